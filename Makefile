@@ -1,0 +1,45 @@
+# Two entry points that work on a fresh Debian/Ubuntu machine:
+#   make demo   set up, then run the main job
+#   make test   set up, then run the whole test suite
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := qemu-system-x86 qemu-utils e2fsprogs mmdebstrap busybox-static skopeo \
+	nftables openssh-client cpio zstd kmod iproute2 docker-registry python3-venv git
+STAMP_APT := $(VENV)/.apt-done
+STAMP_PY  := $(VENV)/.py-done
+
+.PHONY: setup demo test unit lint vm-test bench clean
+
+setup: $(STAMP_APT) $(STAMP_PY)
+
+$(STAMP_APT):
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+$(STAMP_PY): pyproject.toml
+	@[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+demo: setup
+	$(VENV)/bin/banger daemon start
+	$(VENV)/bin/banger doctor
+
+lint: setup
+	$(VENV)/bin/ruff check banger tests
+	$(VENV)/bin/mypy banger
+
+test: setup
+	$(VENV)/bin/ruff check banger tests
+	$(VENV)/bin/mypy banger
+	$(PY) -m pytest -q -ra
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,164 @@
+"""User configuration: ``~/.config/banger/config.toml`` plus ``BANGER_*`` overrides.
+
+Every key is optional. The reference, with defaults, is ``docs/config.md``.
+Precedence: environment > config file > default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from banger.core.errors import InvalidInput
+
+ENV_PREFIX = "BANGER_"
+CONFIG_ENV = "BANGER_CONFIG"
+
+
+def _default_runtime_dir() -> str:
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/banger-{os.getuid()}"
+    return os.path.join(base, "banger")
+
+
+class Settings(BaseModel):
+    """Every configurable knob; field descriptions feed ``docs/config.md``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    state_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_state_dir("banger")),
+        description="Where the store, images, kernels and VMs live.",
+    )
+    cache_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_cache_dir("banger")),
+        description="Prunable downloads (OCI blobs, kernel packages).",
+    )
+    runtime_dir: Path = Field(
+        default_factory=lambda: Path(_default_runtime_dir()),
+        description="Sockets and pidfiles.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Daemon log level."
+    )
+    backend: Literal["auto", "qemu", "firecracker"] = Field(
+        default="auto", description="Which VMM to use."
+    )
+    bridge_name: str = Field(default="banger0", pattern=r"^[a-zA-Z0-9_-]{1,15}$")
+    bridge_cidr: str = Field(default="172.16.0.1/24", description="Bridge address and subnet.")
+    dns_port: int = Field(default=42069, ge=1, le=65535)
+    default_vcpu: int = Field(default=2, ge=1, le=64)
+    default_memory_mib: int = Field(default=1024, ge=128)
+    default_disk: str = Field(default="8G", description="Work disk size of a new VM.")
+    operation_ttl_seconds: int = Field(
+        default=900, ge=1, description="How long finished operations stay queryable."
+    )
+    daemon_start_timeout: float = Field(default=15.0, gt=0)
+
+    @cached_property
+    def paths(self) -> Paths:
+        return Paths(self.state_dir, self.cache_dir, self.runtime_dir)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every file location derived from the three base directories."""
+
+    state_dir: Path
+    cache_dir: Path
+    runtime_dir: Path
+
+    @property
+    def db(self) -> Path:
+        return self.state_dir / "state.db"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "bangerd.log"
+
+    @property
+    def images(self) -> Path:
+        return self.state_dir / "images"
+
+    @property
+    def kernels(self) -> Path:
+        return self.state_dir / "kernels"
+
+    @property
+    def vms(self) -> Path:
+        return self.state_dir / "vms"
+
+    @property
+    def ssh_key(self) -> Path:
+        return self.state_dir / "ssh" / "id_ed25519"
+
+    @property
+    def oci_cache(self) -> Path:
+        return self.cache_dir / "oci"
+
+    @property
+    def socket(self) -> Path:
+        return self.runtime_dir / "bangerd.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.runtime_dir / "bangerd.pid"
+
+
+def config_file() -> Path:
+    explicit = os.environ.get(CONFIG_ENV)
+    if explicit:
+        return Path(explicit)
+    return Path(platformdirs.user_config_dir("banger")) / "config.toml"
+
+
+def _env_overrides() -> dict[str, str]:
+    known = set(Settings.model_fields)
+    out: dict[str, str] = {}
+    for key, value in os.environ.items():
+        if key.startswith(ENV_PREFIX) and key != CONFIG_ENV:
+            name = key[len(ENV_PREFIX) :].lower()
+            if name in known:
+                out[name] = value
+    return out
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{key}' (see docs/config.md for the keys)"
+    return f"key '{key}': {error['msg']} (got {error.get('input')!r})"
+
+
+def load_settings() -> Settings:
+    """Read the config file and environment; raise ``InvalidInput`` naming the bad key."""
+    path = config_file()
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidInput(
+                f"config {path}: cannot parse: {exc}", hint="fix the TOML syntax"
+            ) from exc
+    try:
+        Settings.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(
+            f"config {path}: {_describe(exc.errors()[0])}", hint="fix or remove that key"
+        ) from exc
+    data.update(_env_overrides())
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise InvalidInput(
+            f"environment {ENV_PREFIX}{str(err['loc'][0]).upper()}: {_describe(err)}",
+            hint="fix or unset that variable",
+        ) from exc

@@ -1,0 +1,126 @@
+"""The one way banger runs a host program.
+
+argv lists only (never a shell), stdin closed unless given, a clean
+environment, the command logged at debug, and a non-zero exit raised as
+``CommandError``. Only ``host/``, ``vmm/``, ``kernels/`` and ``images/`` call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+
+from banger.core.errors import HostToolError
+
+log = logging.getLogger("banger.host.run")
+
+_CLEAN_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "LOGNAME", "XDG_RUNTIME_DIR")
+_STDERR_TAIL = 2000
+
+
+class CommandError(HostToolError):
+    """A host command exited non-zero (or could not be started)."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, stderr_tail: str) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+        tail = stderr_tail.strip().splitlines()[-1:] if stderr_tail.strip() else []
+        detail = f": {tail[0]}" if tail else ""
+        super().__init__(f"{argv[0]} exited with status {returncode}{detail}")
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: os.environ[k] for k in _CLEAN_ENV_KEYS if k in os.environ}
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    env.setdefault("LC_ALL", "C.UTF-8")
+    if extra:
+        env.update(extra)
+    return env
+
+
+def require_tool(name: str, package: str) -> str:
+    """Return the path of ``name`` or raise with the package that provides it."""
+    path = shutil.which(name, path=clean_env()["PATH"])
+    if path is None:
+        raise HostToolError(
+            f"{name} is not installed",
+            hint=f"install it: sudo apt-get install {package}",
+        )
+    return path
+
+
+def _tail(data: bytes | None) -> str:
+    return (data or b"")[-_STDERR_TAIL:].decode("utf-8", "replace")
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    input: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``argv`` to completion and return its captured output."""
+    argv = [os.fspath(a) for a in argv]
+    log.debug("run %s", shlex.join(argv))
+    try:
+        proc = subprocess.run(
+            argv,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            env=clean_env(env),
+            cwd=cwd,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise CommandError(argv, 127, f"{argv[0]}: not found") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise CommandError(argv, 124, f"timed out after {timeout}s\n{_tail(exc.stderr)}") from exc
+    if check and proc.returncode != 0:
+        raise CommandError(argv, proc.returncode, _tail(proc.stderr))
+    return proc
+
+
+async def arun(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    input: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
+    """The async twin of :func:`run`."""
+    argv = [os.fspath(a) for a in argv]
+    log.debug("run %s", shlex.join(argv))
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=clean_env(env),
+            cwd=cwd,
+        )
+    except FileNotFoundError as exc:
+        raise CommandError(argv, 127, f"{argv[0]}: not found") from exc
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(input), timeout)
+    except TimeoutError as exc:
+        proc.kill()
+        await proc.wait()
+        raise CommandError(argv, 124, f"timed out after {timeout}s") from exc
+    assert proc.returncode is not None
+    if check and proc.returncode != 0:
+        raise CommandError(argv, proc.returncode, _tail(err))
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
