@@ -26,6 +26,7 @@ $(STAMP_PY): pyproject.toml
 	@[ -x $(PY) ] || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m banger.version --write
 	@touch $@
 
 demo: setup

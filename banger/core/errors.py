@@ -14,10 +14,13 @@ class BangerError(Exception):
     http_status = 500
     exit_code = 1
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, hint: str | None = None, op_id: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.op_id = op_id
 
     def __str__(self) -> str:
         return self.message
@@ -83,6 +86,12 @@ class StoreError(BangerError):
     exit_code = 9
 
 
+class DaemonNotRunning(Unavailable):
+    """No daemon answers on the socket."""
+
+    code = "daemon_not_running"
+
+
 class Cancelled(BangerError):
     code = "cancelled"
     http_status = 409
@@ -98,6 +107,7 @@ ERROR_CLASSES: dict[str, type[BangerError]] = {
         Conflict,
         Forbidden,
         Unavailable,
+        DaemonNotRunning,
         HostToolError,
         GuestError,
         StoreError,

@@ -1,0 +1,81 @@
+"""Finding, starting and stopping the user's bangerd from the client side."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+
+from banger.api.client import Client
+from banger.api.models import Ping
+from banger.config import Settings
+from banger.core.errors import DaemonNotRunning, Unavailable
+from banger.core.wait import poll_until
+from banger.host.proc import pid_alive, send_signal, spawn_detached
+
+STOP_TIMEOUT = 15.0
+DriftHandler = Callable[[str], None]
+
+
+def daemon_stderr_log(settings: Settings) -> str:
+    return str(settings.paths.state_dir / "bangerd.stderr.log")
+
+
+def try_ping(client: Client) -> Ping | None:
+    try:
+        return client.ping()
+    except DaemonNotRunning:
+        return None
+
+
+def start_daemon(settings: Settings, client: Client) -> tuple[Ping, bool]:
+    """Start bangerd unless it answers already; return its ping and whether we started it."""
+    ping = try_ping(client)
+    if ping is not None:
+        return ping, False
+    stderr_log = settings.paths.state_dir / "bangerd.stderr.log"
+    offset = stderr_log.stat().st_size if stderr_log.exists() else 0
+    proc = spawn_detached([sys.executable, "-m", "banger.daemon.main"], log_path=stderr_log)
+
+    def ready() -> Ping | bool | None:
+        if proc.poll() is not None:
+            return True  # exited: stop waiting, report below
+        return try_ping(client)
+
+    result = poll_until(ready, timeout=settings.daemon_start_timeout)
+    if isinstance(result, Ping):
+        return result, True
+    # Another CLI may have won the race to start it; its daemon is as good as ours.
+    ping = try_ping(client)
+    if ping is not None:
+        return ping, False
+    with open(stderr_log, "rb") as f:
+        f.seek(offset)
+        tail = f.read().decode(errors="replace").strip().splitlines()[-1:]
+    reason = tail[0] if tail else f"no answer within {settings.daemon_start_timeout}s"
+    raise Unavailable(f"bangerd failed to start: {reason}", hint=f"see {stderr_log}")
+
+
+def stop_daemon(client: Client) -> int | None:
+    """Ask bangerd to exit and wait for it; escalate to signals. Return its pid, or None."""
+    ping = try_ping(client)
+    if ping is None:
+        return None
+    pid = ping.pid
+    try:
+        client.request("POST", "/shutdown")
+    except DaemonNotRunning:
+        pass
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None:
+            send_signal(pid, sig)
+        if poll_until(lambda: not pid_alive(pid), timeout=STOP_TIMEOUT / 3):
+            return pid
+    raise Unavailable(f"bangerd (pid {pid}) did not exit", hint=f"kill -9 {pid}")
+
+
+def connect(settings: Settings, *, on_version_drift: DriftHandler | None = None) -> Client:
+    """A client for the user's daemon, starting the daemon when it is not running."""
+    client = Client(settings.paths.socket, on_version_drift=on_version_drift)
+    start_daemon(settings, client)
+    return client

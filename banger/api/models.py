@@ -1,0 +1,92 @@
+"""Wire models shared by the daemon and its client (``/v1``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(WireModel):
+    code: str
+    message: str
+    op_id: str | None = None
+    hint: str | None = None
+
+
+class Ping(WireModel):
+    version: str
+    commit: str
+    build_time: str
+    api_version: str
+    pid: int
+    uptime_seconds: float
+    socket: str
+    log_file: str
+
+
+class CheckStatus(StrEnum):
+    PASS = "PASS"
+    WARN = "WARN"
+    FAIL = "FAIL"
+
+
+class DoctorCheck(WireModel):
+    name: str
+    status: CheckStatus
+    detail: str
+    hint: str | None = None
+
+
+class DoctorReport(WireModel):
+    checks: list[DoctorCheck]
+
+
+class OperationState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (OperationState.SUCCEEDED, OperationState.FAILED, OperationState.CANCELLED)
+
+
+class StageState(StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Stage(WireModel):
+    name: str
+    state: StageState
+    detail: str | None = None
+    started_at: datetime
+    finished_at: datetime | None = None
+
+
+class Operation(WireModel):
+    id: str
+    kind: str
+    target: str | None = None
+    state: OperationState
+    stages: list[Stage] = []
+    result: dict[str, Any] | None = None
+    error: ErrorBody | None = None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+    revision: int = 0
+
+
+class OperationList(WireModel):
+    operations: list[Operation]

@@ -1,0 +1,47 @@
+"""What every command shares: settings, a daemon client, output mode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import click
+
+from banger.api.client import Client
+from banger.api.lifecycle import connect
+from banger.cli.render import warn
+from banger.config import Settings, load_settings
+
+
+def _drift_warning(daemon_version: str) -> None:
+    warn(
+        f"bangerd is running version {daemon_version}, this banger is different; "
+        "restart it: banger daemon stop && banger daemon start"
+    )
+
+
+@dataclass
+class CliContext:
+    _settings: Settings | None = None
+    _client: Client | None = field(default=None, repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings()
+        return self._settings
+
+    def client(self) -> Client:
+        """The daemon client; starts bangerd on first use when it is not running."""
+        if self._client is None:
+            self._client = connect(self.settings, on_version_drift=_drift_warning)
+        return self._client
+
+    def bare_client(self) -> Client:
+        """A client that never starts the daemon (daemon status/stop)."""
+        return Client(self.settings.paths.socket, on_version_drift=_drift_warning)
+
+
+pass_ctx = click.make_pass_decorator(CliContext, ensure=True)
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="Print names only.")

@@ -1,0 +1,78 @@
+"""Output: ASCII tables, JSON, errors; colour only on a TTY and never under NO_COLOR."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from banger.core.errors import BangerError
+
+
+def _colour_allowed(stream: Any) -> bool:
+    return "NO_COLOR" not in os.environ and stream.isatty()
+
+
+def console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    colour = _colour_allowed(stream)
+    return Console(
+        file=stream,
+        no_color=not colour,
+        color_system="auto" if colour else None,
+        highlight=False,
+        soft_wrap=True,
+        # Piped output is for scripts: never fold a table row.
+        width=None if stream.isatty() else 1000,
+    )
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    table = Table(box=box.ASCII, show_edge=False, pad_edge=False, header_style="bold")
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(v) for v in row))
+    console().print(table)
+
+
+def _cell(value: Any) -> Text:
+    """Cells are plain text (never markup) unless the caller passes a styled Text."""
+    if isinstance(value, Text):
+        return value
+    return Text("" if value is None else str(value))
+
+
+def print_fields(fields: Sequence[tuple[str, Any]]) -> None:
+    """One ``key: value`` per line, keys aligned."""
+    width = max((len(k) for k, _ in fields), default=0)
+    out = console()
+    for key, value in fields:
+        out.print(f"{key + ':':<{width + 1}} {'' if value is None else value}")
+
+
+def print_error(exc: BangerError) -> None:
+    err = console(stderr=True)
+    op = f" [dim](op {exc.op_id})[/dim]" if exc.op_id else ""
+    err.print(f"banger: {_escape(exc.message)}{op}")
+    if exc.hint:
+        err.print(f"  hint: {_escape(exc.hint)}")
+
+
+def warn(message: str) -> None:
+    console(stderr=True).print(f"banger: warning: {_escape(message)}")
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", r"\[")

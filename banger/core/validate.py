@@ -1,0 +1,160 @@
+"""Validation of user-supplied names, sizes and counts, done once at the boundary.
+
+Nothing here normalises input: ``" web"`` or ``"Web"`` is rejected, never
+stripped or lower-cased, so the name a user typed is the name stored.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from fractions import Fraction
+from typing import Literal
+
+from banger.core.errors import InvalidInput
+
+NameKind = Literal["VM", "image", "kernel"]
+
+NAME_MAX_LEN = 63
+# A DNS label (RFC 1123), because VM names become `<name>.vm` host names.
+NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
+_NAME_RULE = "use 1-63 lowercase letters, digits and '-', not starting or ending with '-'"
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+# Integer part capped at 20 digits so a hostile string never reaches int()'s slow path.
+_SIZE_RE = re.compile(
+    r"(?P<int>[0-9]{1,20})(?:\.(?P<frac>[0-9]{1,3}))?(?:(?P<unit>[KMGT])(?:I?B)?|B)?",
+    re.ASCII | re.IGNORECASE,
+)
+SIZE_MAX = (1 << 63) - 1  # what SQLite INTEGER and off_t can hold
+_SIZE_RULE = (
+    "use a positive number and an optional binary unit K, M, G or T (e.g. 512M, 1.5G, 2GiB)"
+)
+
+MEMORY_MIB_MIN = 128
+MEMORY_MIB_MAX = 1 << 20  # 1 TiB
+VCPU_MIN = 1
+VCPU_MAX = 64
+
+
+def _show(text: str, limit: int = 70) -> str:
+    """Quote ``text`` for a one-line message: control characters escaped, long text cut."""
+    if len(text) > limit:
+        quoted = repr(text[:limit])
+        return quoted[:-1] + "..." + quoted[-1]
+    return repr(text)
+
+
+def _describe_char(ch: str) -> str:
+    shown = repr(ch)
+    if not ch.isascii() or not ch.isprintable():
+        name = unicodedata.name(ch, "")
+        shown += f" U+{ord(ch):04X}" + (f" {name}" if name else "")
+    return shown
+
+
+def validate_name(name: str, kind: NameKind = "VM") -> str:
+    """Return ``name`` unchanged if it is a valid VM/image/kernel name, else raise InvalidInput."""
+    if not isinstance(name, str):
+        raise InvalidInput(f"invalid {kind} name: expected text, got {type(name).__name__}")
+    if NAME_RE.fullmatch(name):
+        return name
+    prefix = f"invalid {kind} name {_show(name)}"
+    hint = "for example: dev-1"
+    if not name:
+        raise InvalidInput(f"invalid {kind} name: it is empty; {_NAME_RULE}", hint=hint)
+    bad = next((ch for ch in name if ch not in _NAME_CHARS), None)
+    if bad is not None:
+        found = _describe_char(bad)
+        if bad.isascii() and bad.isupper() and NAME_RE.fullmatch(name.lower()):
+            hint = f"names are never lower-cased for you; try {name.lower()!r}"
+        raise InvalidInput(f"{prefix}: {_NAME_RULE} (found {found})", hint=hint)
+    if len(name) > NAME_MAX_LEN:
+        raise InvalidInput(
+            f"{prefix}: {len(name)} characters, at most {NAME_MAX_LEN} allowed", hint=hint
+        )
+    raise InvalidInput(f"{prefix}: must not start or end with '-'", hint=hint)
+
+
+def validate_vm_name(name: str, kind: NameKind = "VM") -> str:
+    """Alias of :func:`validate_name` under the name callers look for first."""
+    return validate_name(name, kind)
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """Parse a size such as ``512M``, ``1.5G``, ``2GiB`` or ``1048576`` into bytes.
+
+    Grammar: digits, optionally ``.`` and 1-3 decimals, then an optional unit.
+    Units K, M, G, T are binary (powers of 1024) and may be followed by ``B``
+    or ``iB``; they are case-insensitive, so ``8g``, ``8G``, ``8GB`` and
+    ``8GiB`` all mean 8 * 2**30. No unit (or a bare ``B``) means bytes. The
+    result must be a whole, positive number of bytes no larger than 2**63-1.
+    Whitespace, signs, exponents, ``inf``/``nan``, underscores and non-ASCII
+    digits are rejected, not trimmed.
+    """
+    if not isinstance(text, str):
+        raise InvalidInput(f"invalid {what}: expected text, got {type(text).__name__}")
+    m = _SIZE_RE.fullmatch(text)
+    if m is None:
+        why = "sizes cannot be negative" if text.startswith("-") else _SIZE_RULE
+        raise InvalidInput(f"invalid {what} {_show(text)}: {why}", hint="for example: 8G")
+    frac = m["frac"] or ""
+    number = Fraction(int(m["int"] + frac), 10 ** len(frac))
+    value = number * _UNITS[(m["unit"] or "").upper()]
+    if value.denominator != 1:
+        raise InvalidInput(
+            f"invalid {what} {_show(text)}: not a whole number of bytes",
+            hint="use a smaller unit, e.g. 1536M instead of 1.501G",
+        )
+    size = int(value)
+    if size <= 0:
+        raise InvalidInput(f"invalid {what} {_show(text)}: must be larger than zero")
+    if size > SIZE_MAX:
+        raise InvalidInput(f"invalid {what} {_show(text)}: larger than {format_size(SIZE_MAX)}")
+    return size
+
+
+def format_size(n: int) -> str:
+    """Render bytes in the largest unit that shows them exactly with at most one decimal."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"size must be a non-negative integer, got {n!r}")
+    for unit in ("T", "G", "M", "K"):
+        q = Fraction(n, _UNITS[unit])
+        if q >= 1 and (q * 10).denominator == 1:
+            whole, tenths = divmod(int(q * 10), 10)
+            return f"{whole}{unit}" if tenths == 0 else f"{whole}.{tenths}{unit}"
+    return str(n)
+
+
+def _check_int(value: int, what: str, lo: int, hi: int, unit: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"invalid {what} {value!r}: expected a whole number")
+    if not lo <= value <= hi:
+        raise InvalidInput(
+            f"invalid {what} {value}{unit}: must be between {lo} and {hi}{unit}",
+            hint=f"pick a value from {lo} to {hi}",
+        )
+    return value
+
+
+def validate_memory_mib(mib: int) -> int:
+    """Return ``mib`` if it is a guest memory size within 128..1048576 MiB."""
+    return _check_int(mib, "memory", MEMORY_MIB_MIN, MEMORY_MIB_MAX, " MiB")
+
+
+def parse_memory_mib(text: str) -> int:
+    """Parse a memory flag: a plain integer is MiB (``1024``); a unit is allowed (``2G``)."""
+    if isinstance(text, str) and re.fullmatch(r"[0-9]{1,20}", text, re.ASCII):
+        return validate_memory_mib(int(text))
+    size = parse_size(text, "memory")
+    if size % (1 << 20):
+        raise InvalidInput(
+            f"invalid memory {_show(text)}: not a whole number of MiB", hint="for example: 2G"
+        )
+    return validate_memory_mib(size >> 20)
+
+
+def validate_vcpu(n: int) -> int:
+    """Return ``n`` if it is a vCPU count within 1..64; checking host CPUs is the caller's job."""
+    return _check_int(n, "vCPU count", VCPU_MIN, VCPU_MAX)

@@ -1,0 +1,184 @@
+"""The ASGI app: routes only; the work lives in services."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import structlog
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from banger.api.client import OP_ID_HEADER, VERSION_HEADER, version_tag
+from banger.api.errors import error_body
+from banger.api.models import (
+    DoctorCheck,
+    DoctorReport,
+    ErrorBody,
+    Operation,
+    OperationList,
+    Ping,
+)
+from banger.config import Settings
+from banger.core.errors import BangerError, Forbidden, InvalidInput
+from banger.daemon import doctor
+from banger.daemon.operations import OperationRegistry, new_op_id
+from banger.daemon.peercred import peer_uid
+from banger.version import API_VERSION, version_info
+
+log = structlog.get_logger("banger.daemon.app")
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 403, 404, 409, 500, 502, 503)
+}
+
+
+@dataclass
+class Daemon:
+    """Everything a request handler may need, built once at start."""
+
+    settings: Settings
+    operations: OperationRegistry
+    allowed_uids: frozenset[int]
+    started_at: float = field(default_factory=time.monotonic)
+    request_shutdown: Callable[[], None] = lambda: None
+
+
+def get_daemon(request: Request) -> Daemon:
+    daemon: Daemon = request.app.state.daemon
+    return daemon
+
+
+DaemonDep = Annotated[Daemon, Depends(get_daemon)]
+router = APIRouter(prefix=f"/{API_VERSION}", responses=ERROR_RESPONSES)
+
+
+@router.get("/ping", response_model=Ping)
+async def ping(daemon: DaemonDep) -> Ping:
+    info = version_info()
+    paths = daemon.settings.paths
+    return Ping(
+        version=info.version,
+        commit=info.commit,
+        build_time=info.build_time,
+        api_version=API_VERSION,
+        pid=os.getpid(),
+        uptime_seconds=round(time.monotonic() - daemon.started_at, 3),
+        socket=str(paths.socket),
+        log_file=str(paths.log_file),
+    )
+
+
+@router.get("/doctor", response_model=DoctorReport)
+async def run_doctor(daemon: DaemonDep) -> DoctorReport:
+    results = await asyncio.to_thread(doctor.run_checks, daemon.settings)
+    return DoctorReport(
+        checks=[
+            DoctorCheck(name=r.name, status=r.status, detail=r.detail, hint=r.hint)
+            for r in results
+        ]
+    )
+
+
+@router.get("/operations", response_model=OperationList)
+async def list_operations(daemon: DaemonDep) -> OperationList:
+    return OperationList(operations=daemon.operations.list())
+
+
+@router.get("/operations/{op_id}", response_model=Operation)
+async def get_operation(
+    op_id: str,
+    daemon: DaemonDep,
+    wait: Annotated[float, Query(ge=0, le=60)] = 0,
+    revision: Annotated[int, Query(ge=-1)] = -1,
+) -> Operation:
+    """The operation; with ``wait``, answer as soon as its revision passes ``revision``."""
+    if wait:
+        return await daemon.operations.wait(op_id, after_revision=revision, timeout=wait)
+    return daemon.operations.get(op_id)
+
+
+@router.post("/operations/{op_id}/cancel", response_model=Operation)
+async def cancel_operation(op_id: str, daemon: DaemonDep) -> Operation:
+    return daemon.operations.cancel(op_id)
+
+
+@router.post("/shutdown", status_code=202)
+async def shutdown(daemon: DaemonDep) -> Response:
+    log.info("shutdown requested")
+    daemon.request_shutdown()
+    return Response(status_code=202)
+
+
+def _error_response(exc: BangerError, op_id: str | None) -> JSONResponse:
+    return JSONResponse(
+        status_code=exc.http_status,
+        content=error_body(exc, op_id).model_dump(),
+        headers={OP_ID_HEADER: op_id or "", VERSION_HEADER: version_tag()},
+    )
+
+
+async def _banger_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BangerError)
+    op_id = getattr(request.state, "op_id", None)
+    log.warning("request failed", code=exc.code, error=exc.message)
+    return _error_response(exc, op_id)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"])
+    return await _banger_error(request, InvalidInput(f"{where}: {first['msg']}"))
+
+
+async def _request_context(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """Give every request an op_id, refuse foreign uids, and stamp the version header."""
+    op_id = new_op_id()
+    request.state.op_id = op_id
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(op_id=op_id)
+    daemon: Daemon = request.app.state.daemon
+    uid = peer_uid(request.scope)
+    if uid is not None and uid not in daemon.allowed_uids:
+        log.warning("refused peer", peer_uid=uid, path=request.url.path)
+        return _error_response(
+            Forbidden(
+                f"uid {uid} may not use this daemon",
+                hint="run banger as the daemon's owner (or root)",
+            ),
+            op_id,
+        )
+    started = time.monotonic()
+    response = await call_next(request)
+    response.headers[OP_ID_HEADER] = op_id
+    response.headers[VERSION_HEADER] = version_tag()
+    log.info(
+        "request",
+        method=request.method,
+        path=request.url.path,
+        status=response.status_code,
+        ms=round((time.monotonic() - started) * 1000, 1),
+    )
+    return response
+
+
+def create_app(daemon: Daemon) -> FastAPI:
+    app = FastAPI(
+        title="bangerd",
+        version=version_info().version,
+        description="banger's daemon API (served on a Unix socket).",
+    )
+    app.state.daemon = daemon
+    app.include_router(router)
+    app.add_exception_handler(BangerError, _banger_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.middleware("http")(_request_context)
+    return app

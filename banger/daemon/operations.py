@@ -1,0 +1,185 @@
+"""The async-operation registry: long work runs as a task with live stages.
+
+A route calls ``begin`` and returns the operation at once; the CLI follows it
+with ``GET /v1/operations/{id}?revision=N&wait=S`` (a long poll that answers
+as soon as the operation changes). Finished operations are pruned after a TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from banger.api.errors import error_body
+from banger.api.models import Operation, OperationState, Stage, StageState
+from banger.core.errors import BangerError, Cancelled, NotFound
+
+log = structlog.get_logger("banger.daemon.operations")
+
+Work = Callable[["OperationContext"], Awaitable[dict[str, Any] | None]]
+Persist = Callable[[Operation], None]
+
+
+def new_op_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _Entry:
+    op: Operation
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class OperationContext:
+    """What a running operation uses to report its stages."""
+
+    def __init__(self, registry: OperationRegistry, entry: _Entry) -> None:
+        self._registry = registry
+        self._entry = entry
+
+    @property
+    def id(self) -> str:
+        return self._entry.op.id
+
+    @contextlib.contextmanager
+    def stage(self, name: str, detail: str | None = None) -> Iterator[None]:
+        """Mark ``name`` running for the duration of the block; failed if it raises."""
+        stage = Stage(name=name, state=StageState.RUNNING, detail=detail, started_at=_now())
+        self._entry.op.stages.append(stage)
+        self._registry.touch(self._entry)
+        try:
+            yield
+        except BaseException:
+            stage.state = StageState.FAILED
+            stage.finished_at = _now()
+            self._registry.touch(self._entry)
+            raise
+        stage.state = StageState.DONE
+        stage.finished_at = _now()
+        self._registry.touch(self._entry)
+
+    def detail(self, text: str) -> None:
+        """Update the detail line of the current stage (progress of a download, say)."""
+        if self._entry.op.stages:
+            self._entry.op.stages[-1].detail = text
+            self._registry.touch(self._entry)
+
+
+class OperationRegistry:
+    def __init__(self, *, ttl_seconds: float, persist: Persist | None = None) -> None:
+        self._entries: dict[str, _Entry] = {}
+        self._ttl = timedelta(seconds=ttl_seconds)
+        self._persist = persist
+
+    def begin(
+        self, kind: str, work: Work, *, target: str | None = None, op_id: str | None = None
+    ) -> Operation:
+        now = _now()
+        op = Operation(
+            id=op_id or new_op_id(),
+            kind=kind,
+            target=target,
+            state=OperationState.RUNNING,
+            created_at=now,
+            updated_at=now,
+        )
+        entry = _Entry(op)
+        self._entries[op.id] = entry
+        self.touch(entry)
+        entry.task = asyncio.get_running_loop().create_task(self._run(entry, work))
+        log.info("operation started", operation=op.id, kind=kind, target=target)
+        return op.model_copy(deep=True)
+
+    async def _run(self, entry: _Entry, work: Work) -> None:
+        op = entry.op
+        try:
+            op.result = await work(OperationContext(self, entry))
+            op.state = OperationState.SUCCEEDED
+        except asyncio.CancelledError:
+            op.state = OperationState.CANCELLED
+            op.error = error_body(Cancelled("operation cancelled"), op.id)
+        except BangerError as exc:
+            op.state = OperationState.FAILED
+            op.error = error_body(exc, op.id)
+        except Exception as exc:  # an unexpected bug must still end the operation
+            log.exception("operation crashed", operation=op.id)
+            op.state = OperationState.FAILED
+            op.error = error_body(BangerError(f"internal error: {exc}"), op.id)
+        op.finished_at = _now()
+        self.touch(entry)
+        log.info("operation finished", operation=op.id, state=str(op.state))
+
+    def touch(self, entry: _Entry) -> None:
+        entry.op.revision += 1
+        entry.op.updated_at = _now()
+        if self._persist:
+            self._persist(entry.op)
+        entry.changed.set()
+        entry.changed = asyncio.Event()
+
+    def _entry(self, op_id: str) -> _Entry:
+        try:
+            return self._entries[op_id]
+        except KeyError:
+            raise NotFound(
+                f"operation {op_id!r} not found",
+                hint="finished operations are kept for a while; list them with the API",
+            ) from None
+
+    def get(self, op_id: str) -> Operation:
+        return self._entry(op_id).op.model_copy(deep=True)
+
+    def list(self) -> list[Operation]:
+        return [e.op.model_copy(deep=True) for e in self._entries.values()]
+
+    async def wait(self, op_id: str, *, after_revision: int, timeout: float) -> Operation:
+        """Return once the operation's revision exceeds ``after_revision`` or ``timeout`` ends."""
+        entry = self._entry(op_id)
+        if entry.op.revision <= after_revision and not entry.op.state.finished:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(entry.changed.wait(), timeout)
+        return self.get(op_id)
+
+    def cancel(self, op_id: str) -> Operation:
+        entry = self._entry(op_id)
+        if entry.task is not None and not entry.op.state.finished:
+            entry.task.cancel()
+        return self.get(op_id)
+
+    async def join(self, op_id: str) -> Operation:
+        """Wait for the operation to finish (tests and internal callers)."""
+        entry = self._entry(op_id)
+        if entry.task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(entry.task)
+        return self.get(op_id)
+
+    def prune(self, now: datetime | None = None) -> int:
+        """Forget finished operations older than the TTL; return how many went."""
+        cutoff = (now or _now()) - self._ttl
+        stale = [
+            op_id
+            for op_id, e in self._entries.items()
+            if e.op.finished_at is not None and e.op.finished_at < cutoff
+        ]
+        for op_id in stale:
+            del self._entries[op_id]
+        return len(stale)
+
+    async def cancel_all(self) -> None:
+        tasks = [e.task for e in self._entries.values() if e.task and not e.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,105 @@
+"""bangerd's process: one instance per user, a 0600 Unix socket, uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import structlog
+import uvicorn
+
+from banger.config import Settings
+from banger.core.errors import Conflict
+from banger.daemon.app import Daemon, create_app
+from banger.daemon.operations import OperationRegistry
+from banger.daemon.peercred import PeerCredProtocol
+
+log = structlog.get_logger("banger.daemon.server")
+
+PRUNE_INTERVAL = 60.0
+
+
+@contextlib.contextmanager
+def instance_lock(pidfile: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the pidfile for the daemon's lifetime.
+
+    The kernel drops the lock when the process dies, however it dies, so a
+    stale pidfile or socket never blocks the next start.
+    """
+    pidfile.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(pidfile, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise Conflict(
+                f"another bangerd (pid {other}) is already running for this user",
+                hint="use it, or stop it first: banger daemon stop",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def bind_socket(path: Path) -> socket.socket:
+    """Bind a fresh 0600 socket at ``path``, replacing a stale one (we hold the lock)."""
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    return sock
+
+
+async def _prune_forever(registry: OperationRegistry) -> None:
+    while True:
+        await asyncio.sleep(PRUNE_INTERVAL)
+        registry.prune()
+
+
+async def serve(settings: Settings) -> None:
+    """Run the daemon until a shutdown request or SIGTERM/SIGINT."""
+    paths = settings.paths
+    registry = OperationRegistry(ttl_seconds=settings.operation_ttl_seconds)
+    daemon = Daemon(
+        settings=settings,
+        operations=registry,
+        allowed_uids=frozenset({os.getuid(), 0}),
+    )
+    sock = bind_socket(paths.socket)
+    config = uvicorn.Config(
+        create_app(daemon),
+        http=PeerCredProtocol,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+
+    def request_shutdown() -> None:
+        server.should_exit = True
+
+    daemon.request_shutdown = request_shutdown
+    pruner = asyncio.create_task(_prune_forever(registry))
+    log.info("bangerd listening", socket=str(paths.socket), pid=os.getpid())
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        pruner.cancel()
+        await registry.cancel_all()
+        sock.close()
+        paths.socket.unlink(missing_ok=True)
+        log.info("bangerd stopped")

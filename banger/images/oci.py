@@ -1,0 +1,375 @@
+"""OCI registry pulls through skopeo, the digest-addressed blob cache, and OCI layouts.
+
+Blobs live in ``<cache_dir>/oci/blobs/sha256/<hex>`` (skopeo's shared blob dir
+format) so repeated pulls reuse them. A pull holds a shared ``flock`` on the
+cache while it copies and while its blobs are read; a prune holds it exclusive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from banger.core.errors import Conflict, InvalidInput, NotFound, Unavailable
+from banger.host.run import CommandError, require_tool, run
+
+Progress = Callable[[str], None]
+
+DEFAULT_REGISTRY = "docker.io"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
+PULL_TIMEOUT_S = 3600
+
+# The docker reference grammar (distribution/reference), anchored pieces.
+_ALNUM = r"[a-z0-9]+"
+_SEPARATOR = r"(?:[._]|__|[-]+)"
+_PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+_REFERENCE_RE = re.compile(
+    rf"^(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
+    rf"(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?$"
+)
+_NAME_MAX = 255
+
+
+@dataclass(frozen=True)
+class OciRef:
+    """A parsed, normalised image reference (``docker.io/library/debian:bookworm``)."""
+
+    registry: str
+    repository: str
+    tag: str | None
+    digest: str | None
+
+    @property
+    def host(self) -> str:
+        """The registry host without its port (``[::1]`` keeps its brackets)."""
+        if self.registry.startswith("["):
+            return self.registry[: self.registry.index("]") + 1]
+        return self.registry.rsplit(":", 1)[0]
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in LOOPBACK_HOSTS
+
+    def __str__(self) -> str:
+        out = f"{self.registry}/{self.repository}"
+        if self.tag:
+            out += f":{self.tag}"
+        if self.digest:
+            out += f"@{self.digest}"
+        return out
+
+
+@dataclass(frozen=True)
+class PulledImage:
+    ref: OciRef
+    layout_dir: Path
+    manifest_digest: str
+
+
+def parse_reference(ref: str) -> OciRef:
+    """Parse ``ref`` by the docker reference grammar; raise ``InvalidInput`` if malformed."""
+    text = ref.strip().removeprefix("docker://")
+    match = _REFERENCE_RE.match(text)
+    if match is None or len(match["path"]) + len(match["domain"] or "") + 1 > _NAME_MAX:
+        raise InvalidInput(
+            f"invalid image reference {ref!r}",
+            hint="use [REGISTRY[:PORT]/]REPOSITORY[:TAG][@sha256:DIGEST], lower-case repository,"
+            " e.g. docker.io/library/debian:bookworm",
+        )
+    domain, path = match["domain"], match["path"]
+    # Like docker: a first component is a registry only if it looks like a host.
+    if domain is not None and not ("." in domain or ":" in domain or domain == "localhost"):
+        path = f"{domain}/{path}"
+        if not re.fullmatch(_PATH_COMPONENT, domain):
+            raise InvalidInput(
+                f"invalid image reference {ref!r}: repository must be lower-case",
+                hint="write the repository name in lower case",
+            )
+        domain = None
+    registry = domain or DEFAULT_REGISTRY
+    if registry in ("docker.io", "index.docker.io", "registry-1.docker.io"):
+        registry = DEFAULT_REGISTRY
+        if "/" not in path:
+            path = f"library/{path}"
+    tag = match["tag"]
+    if tag is None and match["digest"] is None:
+        tag = "latest"
+    return OciRef(registry, path, tag, match["digest"])
+
+
+def blob_dir(cache_dir: Path) -> Path:
+    """The shared blob directory under the banger cache dir (``<cache>/oci/blobs``)."""
+    return cache_dir / "oci" / "blobs"
+
+
+def blob_path(blobs: Path, digest: str) -> Path:
+    """The file of ``digest`` (``sha256:<hex>``) inside a blob directory."""
+    algo, _, hexpart = digest.partition(":")
+    if algo != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", hexpart):
+        raise InvalidInput(
+            f"unsupported or malformed digest {digest!r}", hint="only sha256 digests are supported"
+        )
+    return blobs / algo / hexpart
+
+
+@contextlib.contextmanager
+def blob_cache_lock(
+    cache_dir: Path, *, exclusive: bool = False, wait_s: float = 30.0
+) -> Iterator[None]:
+    """Hold the blob cache lock: shared for pulls and readers, exclusive for prune."""
+    lock_file = cache_dir / "oci" / "cache.lock"
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise Conflict(
+                        "the OCI blob cache is busy ("
+                        + ("an image pull is running" if exclusive else "a prune is running")
+                        + ")",
+                        hint="retry when it has finished",
+                    ) from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)
+
+
+def host_oci_arch() -> str:
+    """The OCI architecture name of this host (``amd64`` on x86-64)."""
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), "amd64")
+
+
+def skopeo_copy_argv(
+    skopeo: str, ref: OciRef, dest_layout_dir: Path, blobs: Path, tmpdir: Path, digestfile: Path
+) -> list[str]:
+    """The skopeo command that copies ``ref`` into an OCI layout sharing ``blobs``."""
+    argv = [
+        skopeo,
+        "--override-arch",
+        host_oci_arch(),
+        "--override-os",
+        "linux",
+        "--tmpdir",
+        os.fspath(tmpdir),
+        "copy",
+        "--retry-times",
+        "2",
+        "--dest-shared-blob-dir",
+        os.fspath(blobs),
+        "--digestfile",
+        os.fspath(digestfile),
+    ]
+    if ref.is_loopback:
+        # Plain HTTP and self-signed certificates only on this machine's loopback.
+        argv.append("--src-tls-verify=false")
+    argv += [f"docker://{ref}", f"oci:{os.fspath(dest_layout_dir)}:banger"]
+    return argv
+
+
+def classify_skopeo_error(ref: OciRef, stderr: str) -> Exception | None:
+    """Map skopeo's stderr to a typed error, or ``None`` when it is not recognised."""
+    text = stderr.lower()
+    if "no image found in" in text and ("manifest list" in text or "image index" in text):
+        return NotFound(
+            f"{ref} has no linux/{host_oci_arch()} image",
+            hint="pick a tag published for this architecture",
+        )
+    if any(s in text for s in ("manifest unknown", "name unknown", "not found", "404")):
+        return NotFound(
+            f"image {ref} not found in {ref.registry}",
+            hint=f"check the tag: skopeo list-tags docker://{ref.registry}/{ref.repository}",
+        )
+    if any(s in text for s in ("unauthorized", "authentication required", "denied", "401")):
+        return NotFound(
+            f"image {ref} not found or access denied by {ref.registry}",
+            hint=f"check the name, or log in: skopeo login {ref.registry}",
+        )
+    network = ("connection refused", "no such host", "i/o timeout", "network is unreachable",
+               "tls handshake", "x509:", "dial tcp", "timeout exceeded", "server gave http")
+    if any(s in text for s in network):
+        return Unavailable(
+            f"cannot reach registry {ref.registry}",
+            hint="check the network, proxy and registry address, then retry",
+        )
+    return None
+
+
+def pull_oci(
+    ref: str, dest_layout_dir: Path, cache_dir: Path, *, progress: Progress | None = None
+) -> PulledImage:
+    """Copy ``ref`` from its registry into an OCI layout whose blobs live in the cache."""
+    parsed = parse_reference(ref)
+    skopeo = require_tool("skopeo", "skopeo")
+    if ":" in os.fspath(dest_layout_dir):
+        raise InvalidInput(
+            f"layout directory {dest_layout_dir} contains ':'",
+            hint="choose a cache directory without ':' in its path",
+        )
+    blobs = blob_dir(cache_dir)
+    blobs.mkdir(parents=True, exist_ok=True)
+    dest_layout_dir.mkdir(parents=True, exist_ok=True)
+    if progress:
+        progress(f"pull: fetching {parsed}")
+    with (
+        blob_cache_lock(cache_dir),
+        tempfile.TemporaryDirectory(dir=cache_dir / "oci", prefix="tmp-") as tmp,
+    ):
+        digestfile = Path(tmp) / "digest"
+        argv = skopeo_copy_argv(skopeo, parsed, dest_layout_dir, blobs, Path(tmp), digestfile)
+        try:
+            run(argv, timeout=PULL_TIMEOUT_S)
+        except CommandError as exc:
+            typed = classify_skopeo_error(parsed, exc.stderr_tail)
+            if typed is not None:
+                raise typed from exc
+            raise
+        digest = digestfile.read_text().strip()
+    if progress:
+        progress(f"pull: fetched {parsed} ({digest[:19]})")
+    return PulledImage(parsed, dest_layout_dir, digest)
+
+
+# --- OCI layouts -------------------------------------------------------------
+
+MEDIA_INDEX = ("application/vnd.oci.image.index.v1+json",
+               "application/vnd.docker.distribution.manifest.list.v2+json")
+
+
+@dataclass(frozen=True)
+class LayerBlob:
+    """One layer of an image: how to open its bytes and what they must hash to."""
+
+    name: str
+    open: Callable[[], BinaryIO]
+    digest: str | None = None  # sha256 of the bytes as stored (maybe compressed)
+    diff_id: str | None = None  # sha256 of the uncompressed tar
+
+
+@dataclass(frozen=True)
+class ImageLayers:
+    layers: tuple[LayerBlob, ...]
+    config: dict[str, Any]
+
+
+def _find_blob(blob_dirs: Sequence[Path], digest: str) -> Path:
+    for d in blob_dirs:
+        p = blob_path(d, digest)
+        if p.is_file():
+            return p
+    raise NotFound(
+        f"OCI blob {digest} is missing", hint="the layout is incomplete: pull or export it again"
+    )
+
+
+def _read_json_blob(blob_dirs: Sequence[Path], digest: str) -> dict[str, Any]:
+    import hashlib
+
+    data = _find_blob(blob_dirs, digest).read_bytes()
+    if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+        raise InvalidInput(f"OCI blob {digest} is corrupt", hint="pull or export the image again")
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise InvalidInput(f"OCI blob {digest} is not JSON", hint="pull the image again") from exc
+    if not isinstance(value, dict):
+        raise InvalidInput(f"OCI blob {digest} is not a JSON object", hint="pull the image again")
+    return value
+
+
+def _pick_manifest(descriptors: list[dict[str, Any]]) -> dict[str, Any]:
+    arch = host_oci_arch()
+    for d in descriptors:
+        plat = d.get("platform") or {}
+        if plat.get("os", "linux") == "linux" and plat.get("architecture", arch) == arch:
+            return d
+    raise NotFound(
+        f"the OCI layout has no linux/{arch} image",
+        hint="export or pull the image for this architecture",
+    )
+
+
+def read_oci_layout(layout_dir: Path, blob_dirs: Sequence[Path] = ()) -> ImageLayers:
+    """Resolve ``index.json`` -> manifest -> config + ordered layers of an OCI layout."""
+    dirs = [layout_dir / "blobs", *blob_dirs]
+    try:
+        index = json.loads((layout_dir / "index.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(
+            f"{layout_dir} is not an OCI layout: unreadable index.json",
+            hint="give a directory written by `skopeo copy ... oci:DIR` or `docker save`",
+        ) from exc
+    desc = _pick_manifest(index.get("manifests") or [])
+    for _ in range(4):  # nested indexes (a manifest list inside the layout's index)
+        manifest = _read_json_blob(dirs, desc["digest"])
+        if manifest.get("mediaType") in MEDIA_INDEX or "manifests" in manifest:
+            desc = _pick_manifest(manifest["manifests"])
+            continue
+        break
+    else:
+        raise InvalidInput("OCI index nesting is too deep", hint="export the image again")
+    config = _read_json_blob(dirs, manifest["config"]["digest"])
+    diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+    layers = []
+    for i, layer in enumerate(manifest.get("layers") or []):
+        path = _find_blob(dirs, layer["digest"])
+        layers.append(
+            LayerBlob(
+                name=f"layer {i + 1} ({layer['digest'][:19]})",
+                open=lambda p=path: open(p, "rb"),  # type: ignore[misc]
+                digest=layer["digest"],
+                diff_id=diff_ids[i] if i < len(diff_ids) else None,
+            )
+        )
+    return ImageLayers(tuple(layers), config)
+
+
+# --- cache prune -------------------------------------------------------------
+
+
+def prune_blob_cache(
+    cache_dir: Path, *, dry_run: bool, in_use: set[str], wait_s: float = 30.0
+) -> tuple[int, int]:
+    """Delete cached blobs not in ``in_use``; return (bytes, blobs) freed or that would be."""
+    blobs = blob_dir(cache_dir)
+    if not blobs.exists():
+        return 0, 0
+    lock = contextlib.nullcontext() if dry_run else blob_cache_lock(
+        cache_dir, exclusive=True, wait_s=wait_s
+    )
+    freed_bytes = freed_blobs = 0
+    with lock:
+        for algo_dir in sorted(p for p in blobs.iterdir() if p.is_dir()):
+            for blob in sorted(algo_dir.iterdir()):
+                if f"{algo_dir.name}:{blob.name}" in in_use or not blob.is_file():
+                    continue
+                freed_bytes += blob.stat().st_size
+                freed_blobs += 1
+                if not dry_run:
+                    blob.unlink(missing_ok=True)
+        if not dry_run:
+            # Leftovers of interrupted pulls; no pull is running while we hold the lock.
+            for tmp in (cache_dir / "oci").glob("tmp-*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+    return freed_bytes, freed_blobs

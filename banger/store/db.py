@@ -1,0 +1,268 @@
+"""The SQLite state database: opening, checking, migrating, connections and transactions.
+
+Concurrency model: one sqlite3 connection per thread (the event loop thread and
+each ``asyncio.to_thread`` worker get their own), all in WAL mode, so readers
+never wait for writers. Writes go through ``Store.transaction()``, which takes
+the write lock up front (``BEGIN IMMEDIATE``): two writers queue on
+``busy_timeout`` instead of failing with "database is locked" when a read
+transaction tries to upgrade. Another process (or another ``Store`` on the same
+file) is handled by the same file locks.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from banger.core.errors import StoreError
+from banger.store import schema
+
+BUSY_TIMEOUT_MS = 15_000
+
+
+class _ThreadConnection:
+    """One thread's connection; closed when its thread ends or the store closes."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.depth = 0  # nesting level of Store.transaction() on this thread
+        self._finalizer = weakref.finalize(self, conn.close)
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+class Store:
+    """The state database. Create with ``Store.open(path)``; share one per process."""
+
+    def __init__(self, path: Path) -> None:
+        from banger.store.images import ImageRepository
+        from banger.store.kernels import KernelRepository
+        from banger.store.operations import OperationRepository
+        from banger.store.vms import VMRepository
+
+        self.path = path
+        self._local = threading.local()
+        self._open: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._closed = False
+        self.kernels = KernelRepository(self)
+        self.images = ImageRepository(self)
+        self.vms = VMRepository(self)
+        self.operations = OperationRepository(self)
+
+    # -- opening -------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        """Open (creating when absent) and migrate the database at ``path``.
+
+        Refuses, without writing to it, a file that is not a healthy SQLite
+        database, one we cannot read or write, and one from a newer banger.
+        """
+        path = Path(path)
+        _make_private_dirs(path.parent)
+        if path.is_dir():
+            raise _unusable(path, "it is a directory")
+        if not path.exists():
+            _create_private_file(path)
+        store = cls(path)
+        try:
+            conn = store.connection()
+            check_readable(conn, path)
+            conn.execute("PRAGMA journal_mode = WAL")
+            schema.apply_pending(conn)
+        except sqlite3.Error as exc:
+            store.close()
+            raise _unusable(path, str(exc)) from exc
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    @property
+    def schema_version(self) -> int:
+        return schema.current_version(self.connection())
+
+    # -- connections -----------------------------------------------------------
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (autocommit; use ``transaction()`` to write)."""
+        held: _ThreadConnection | None = getattr(self._local, "held", None)
+        if held is None:
+            held = self._connect()
+            self._local.held = held
+        return held.conn
+
+    def _connect(self) -> _ThreadConnection:
+        with self._lock:
+            if self._closed:
+                raise StoreError("the state database is closed", hint="this is a bug in banger")
+            # check_same_thread=False only so that close() may close it from another thread.
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=0
+            )
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            held = _ThreadConnection(conn)
+            self._open.add(held)
+            return held
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception.
+
+        Nested use on the same thread becomes a SAVEPOINT, so a repository
+        method called inside a caller's transaction joins it atomically.
+        """
+        conn = self.connection()
+        held: _ThreadConnection = self._local.held
+        if held.depth:
+            name = f"sp{held.depth}"
+            conn.execute(f"SAVEPOINT {name}")
+            held.depth += 1
+            try:
+                yield conn
+            except BaseException:
+                conn.execute(f"ROLLBACK TO {name}")
+                conn.execute(f"RELEASE {name}")
+                raise
+            else:
+                conn.execute(f"RELEASE {name}")
+            finally:
+                held.depth -= 1
+            return
+        _execute_busy(conn, "BEGIN IMMEDIATE", self.path)
+        held.depth = 1
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        else:
+            _execute_busy(conn, "COMMIT", self.path)
+        finally:
+            held.depth = 0
+
+    def read(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        """Run one query on this thread's connection and fetch every row."""
+        return self.connection().execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        """Close every thread's connection; the last close checkpoints the WAL."""
+        with self._lock:
+            self._closed = True
+            held = list(self._open)
+            self._open.clear()
+        for item in held:
+            item.close()
+        self._local = threading.local()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_readable(conn: sqlite3.Connection, path: Path) -> int:
+    """Read-only health check: sqlite's quick_check, banger's tables, a known schema version."""
+    problems = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
+    if problems != ["ok"]:
+        raise _unusable(path, "it is corrupt: " + "; ".join(problems[:3]))
+    tables = schema.user_tables(conn)
+    if tables and "schema_migrations" not in tables:
+        raise _unusable(path, "it is an SQLite database but not banger's (no schema_migrations)")
+    version = schema.current_version(conn)
+    known = schema.latest_version()
+    if version > known:
+        raise StoreError(
+            f"the state database {path} has schema version {version}, "
+            f"but this banger only knows up to {known}",
+            hint="it was written by a newer banger: upgrade banger (and restart the daemon)",
+        )
+    return version
+
+
+def probe(path: Path) -> int:
+    """Check an existing database without creating, migrating or writing it (for doctor).
+
+    Returns its schema version; raises StoreError when it is unusable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise _unusable(path, "it is a directory")
+    if not os.access(path, os.R_OK):
+        raise _unusable(path, "permission denied")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error as exc:
+        raise _unusable(path, str(exc)) from exc
+    try:
+        return check_readable(conn, path)
+    except sqlite3.Error as exc:
+        raise _unusable(path, str(exc)) from exc
+    finally:
+        conn.close()
+
+
+def _execute_busy(conn: sqlite3.Connection, sql: str, path: Path) -> None:
+    try:
+        conn.execute(sql)
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise StoreError(
+                f"the state database {path} stayed locked for {BUSY_TIMEOUT_MS // 1000}s",
+                hint="another process holds a long write lock on it; is a stuck bangerd running?",
+            ) from exc
+        raise
+
+
+def _unusable(path: Path, why: str) -> StoreError:
+    if "permission" in why or "readonly" in why or "unable to open" in why:
+        fix = f"check its owner and mode (ls -l {path}), or move it aside to start fresh"
+    else:
+        fix = "move it aside to start fresh"
+    return StoreError(
+        f"cannot use the state database {path}: {why}",
+        hint=f"{fix}: mv {path} {path}.bak",
+    )
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """mkdir -p where every directory we create is 0700 (Path.mkdir ignores mode for parents)."""
+    missing = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for item in reversed(missing):
+        try:
+            item.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the state directory {item}: {exc.strerror}",
+                hint="check the permissions of its parent, or set BANGER_STATE_DIR",
+            ) from exc
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the empty database file 0600 first: sqlite would create it 0644 (umask)."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the state database {path}: {exc.strerror}",
+            hint=f"check the owner and mode of {path.parent}",
+        ) from exc

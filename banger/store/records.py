@@ -1,0 +1,107 @@
+"""Frozen rows of the state database, as the repositories hand them out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+
+class VMState(StrEnum):
+    CREATED = "created"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    ERROR = "error"
+
+
+class OperationState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (OperationState.SUCCEEDED, OperationState.FAILED, OperationState.CANCELLED)
+
+
+class NetMode(StrEnum):
+    TAP = "tap"
+    USER = "user"
+
+
+@dataclass(frozen=True)
+class KernelRecord:
+    """A stored kernel; ``path`` is its directory under the state dir."""
+
+    name: str
+    version: str
+    source: str
+    path: Path
+    is_default: bool = False
+    manifest: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None  # set by ``add`` when None
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """A stored image; ``kernel_name`` None means "the default kernel"."""
+
+    id: str
+    name: str
+    source: str
+    path: Path
+    kernel_name: str | None = None
+    is_default: bool = False
+    size_bytes: int = 0
+    manifest: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class VMRecord:
+    """A VM row; ``spec`` holds whatever the create request asked for, verbatim."""
+
+    id: str
+    name: str
+    backend: str
+    vcpu: int
+    memory_mib: int
+    disk_bytes: int
+    image_id: str | None = None
+    kernel_name: str | None = None
+    state: VMState = VMState.CREATED
+    net_mode: NetMode = NetMode.TAP
+    guest_ip: str | None = None
+    mac: str | None = None
+    tap_name: str | None = None
+    ssh_port: int | None = None
+    nat: bool = False
+    pid: int | None = None
+    boot_id: str | None = None
+    last_error: str | None = None
+    spec: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    started_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class OperationRecord:
+    """A long-running daemon operation; ``stages`` is a JSON list, ``error`` a wire error."""
+
+    id: str
+    kind: str
+    target: str | None = None
+    state: OperationState = OperationState.PENDING
+    stages: list[Any] = field(default_factory=list)
+    result: Any = None
+    error: dict[str, Any] | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    finished_at: datetime | None = None

@@ -1,0 +1,83 @@
+"""What every repository shares: insert, update, select, and constraint-error mapping."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from banger.core.errors import BangerError, Conflict, InvalidInput
+from banger.store.codec import Table, Violation, parse_violation
+
+if TYPE_CHECKING:
+    from banger.store.db import Store
+
+R = TypeVar("R")
+
+
+class Repository(Generic[R]):
+    """Typed access to one table; subclasses add the domain rules."""
+
+    table: Table[R]
+    key: str = "id"
+    immutable: frozenset[str] = frozenset({"id", "created_at"})
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def _insert(self, record: R, explain: Callable[[Violation], BangerError]) -> None:
+        try:
+            with self._store.transaction() as conn:
+                conn.execute(self.table.insert_sql(), self.table.to_row(record))
+        except sqlite3.IntegrityError as exc:
+            raise explain(parse_violation(exc)) from exc
+
+    def _update(
+        self,
+        conn: sqlite3.Connection,
+        key: str,
+        fields: Mapping[str, Any],
+        explain: Callable[[Violation], BangerError],
+    ) -> bool:
+        """UPDATE one row inside the caller's transaction; False when no such row."""
+        frozen = self.immutable & fields.keys()
+        if frozen:
+            raise TypeError(f"{self.table.name}: cannot update {sorted(frozen)}")
+        if not fields:
+            return self._select_one(f"{self.key} = ?", (key,), conn) is not None
+        params = self.table.encode_fields(fields)
+        params["__key"] = key
+        try:
+            cursor = conn.execute(self.table.update_sql(fields.keys(), self.key), params)
+        except sqlite3.IntegrityError as exc:
+            raise explain(parse_violation(exc)) from exc
+        return cursor.rowcount == 1
+
+    def _select_one(
+        self, where: str, params: Any = (), conn: sqlite3.Connection | None = None
+    ) -> R | None:
+        conn = conn or self._store.connection()
+        row = conn.execute(f"SELECT * FROM {self.table.name} WHERE {where}", params).fetchone()
+        return self.table.from_row(row) if row is not None else None
+
+    def _select(self, where: str = "1", params: Any = (), order: str = "") -> list[R]:
+        order = order or self.key
+        rows = self._store.read(
+            f"SELECT * FROM {self.table.name} WHERE {where} ORDER BY {order}", params
+        )
+        return [self.table.from_row(r) for r in rows]
+
+
+def invalid(violation: Violation, what: str) -> BangerError:
+    """CHECK / NOT NULL failures: the caller passed a value the schema forbids."""
+    return InvalidInput(
+        f"invalid {what}: {violation.kind.replace('_', ' ')} rule failed on {violation.column}",
+        hint="this is a bug in the caller; the value should have been validated earlier",
+    )
+
+
+def conflict_on_default(kind: str, current: str | None) -> Conflict:
+    return Conflict(
+        f"{kind} '{current}' is already the default",
+        hint=f"make another {kind} the default with set_default instead of adding a second one",
+    )
