@@ -34,12 +34,13 @@ class Client:
         *,
         timeout: float = 60.0,
         on_version_drift: Callable[[str], None] | None = None,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.socket_path = socket_path
         self._on_version_drift = on_version_drift
         self._drift_reported = False
         self._http = httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(socket_path)),
+            transport=transport or httpx.HTTPTransport(uds=str(socket_path)),
             base_url="http://bangerd",
             timeout=timeout,
             headers={VERSION_HEADER: version_tag()},

@@ -11,7 +11,11 @@ T = TypeVar("T")
 
 
 def poll_until(
-    check: Callable[[], T | None], *, timeout: float, interval: float = 0.02, max_interval: float = 0.25
+    check: Callable[[], T | None],
+    *,
+    timeout: float,
+    interval: float = 0.02,
+    max_interval: float = 0.25,
 ) -> T | None:
     """Call ``check`` until it returns something truthy or ``timeout`` passes."""
     deadline = time.monotonic() + timeout

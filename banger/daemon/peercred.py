@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+from collections.abc import MutableMapping
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -33,7 +34,7 @@ class PeerCredProtocol(H11Protocol):
             self.client = (f"uid:{uid}", pid)
 
 
-def peer_uid(scope: dict[str, Any]) -> int | None:
+def peer_uid(scope: MutableMapping[str, Any]) -> int | None:
     """The peer's uid recorded by :class:`PeerCredProtocol`, or None (e.g. in-process tests)."""
     client = scope.get("client")
     if client and isinstance(client[0], str) and client[0].startswith("uid:"):

@@ -124,3 +124,38 @@ async def arun(
     if check and proc.returncode != 0:
         raise CommandError(argv, proc.returncode, _tail(err))
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+async def arun_to_log(
+    argv: Sequence[str],
+    *,
+    log_path: str | os.PathLike[str],
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """Run ``argv`` with stdout/stderr appended to ``log_path`` and return its exit status.
+
+    For programs that daemonize (``qemu -daemonize``): their long-lived child
+    keeps writing to the log, which a pipe would hold open forever. The
+    program starts in a new session so a terminal's signals never reach it.
+    """
+    argv = [os.fspath(a) for a in argv]
+    log.debug("run %s >> %s", shlex.join(argv), os.fspath(log_path))
+    with open(log_path, "ab") as out:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=clean_env(env),
+                start_new_session=True,
+            )
+        except FileNotFoundError as exc:
+            raise CommandError(argv, 127, f"{argv[0]}: not found") from exc
+    try:
+        return await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError as exc:
+        proc.kill()
+        await proc.wait()
+        raise CommandError(argv, 124, f"timed out after {timeout}s") from exc

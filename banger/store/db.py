@@ -72,17 +72,18 @@ class Store:
             raise _unusable(path, "it is a directory")
         if not path.exists():
             _create_private_file(path)
+        sidecars = _absent_sidecars(path)
         store = cls(path)
         try:
             conn = store.connection()
             check_readable(conn, path)
             conn.execute("PRAGMA journal_mode = WAL")
-            schema.apply_pending(conn)
-        except sqlite3.Error as exc:
+            _migrate(conn, path)
+        except BaseException as exc:
             store.close()
-            raise _unusable(path, str(exc)) from exc
-        except BaseException:
-            store.close()
+            _remove_empty_sidecars(sidecars)
+            if isinstance(exc, sqlite3.Error):
+                raise _unusable(path, str(exc)) from exc
             raise
         return store
 
@@ -193,6 +194,21 @@ def check_readable(conn: sqlite3.Connection, path: Path) -> int:
     return version
 
 
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    done = schema.current_version(conn)
+    for migration in schema.migrations()[done:]:
+        try:
+            schema.apply_pending(conn, upto=migration.version)
+        except sqlite3.Error as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            raise StoreError(
+                f"migration {migration.name} of the state database {path} failed: {exc}",
+                hint="this is a bug in banger; the database was left unchanged at version "
+                f"{schema.current_version(conn)}, so an older banger can still use it",
+            ) from exc
+
+
 def probe(path: Path) -> int:
     """Check an existing database without creating, migrating or writing it (for doctor).
 
@@ -236,6 +252,20 @@ def _unusable(path: Path, why: str) -> StoreError:
         f"cannot use the state database {path}: {why}",
         hint=f"{fix}: mv {path} {path}.bak",
     )
+
+
+def _absent_sidecars(path: Path) -> list[Path]:
+    """The -wal/-shm files not there yet: sqlite creates them even for a db it then rejects."""
+    return [p for p in (Path(f"{path}-wal"), Path(f"{path}-shm")) if not p.exists()]
+
+
+def _remove_empty_sidecars(created: list[Path]) -> None:
+    """Leave a refused database as we found it; a non-empty WAL is never ours to drop."""
+    wal = next((p for p in created if p.name.endswith("-wal")), None)
+    if wal is not None and wal.exists() and wal.stat().st_size > 0:
+        return
+    for item in created:
+        item.unlink(missing_ok=True)
 
 
 def _make_private_dirs(directory: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 
 from banger.core.errors import BangerError, Conflict, NotFound
@@ -56,10 +57,12 @@ class ImageRepository(Repository[ImageRecord]):
             conn.execute("UPDATE images SET is_default = 1 WHERE id = ?", (image.id,))
         return self.get(image.id)
 
-    def in_use_by_vms(self, ref: str) -> list[str]:
+    def in_use_by_vms(self, ref: str) -> builtins.list[str]:
         """Names of the VMs created from this image."""
         image = self.get(ref)
-        rows = self._store.read("SELECT name FROM vms WHERE image_id = ? ORDER BY name", (image.id,))
+        rows = self._store.read(
+            "SELECT name FROM vms WHERE image_id = ? ORDER BY name", (image.id,)
+        )
         return [r[0] for r in rows]
 
     def delete(self, ref: str) -> ImageRecord:

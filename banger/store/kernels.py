@@ -61,10 +61,9 @@ class KernelRepository(Repository[KernelRecord]):
         with self._store.transaction() as conn:
             if self._select_one("name = ?", (name,), conn) is None:
                 raise kernel_not_found(name)
-            images = [r[0] for r in conn.execute(
-                "SELECT name FROM images WHERE kernel_name = ? ORDER BY name", (name,))]
-            vms = [r[0] for r in conn.execute(
-                "SELECT name FROM vms WHERE kernel_name = ? ORDER BY name", (name,))]
+            query = "SELECT name FROM {} WHERE kernel_name = ? ORDER BY name"
+            images = [r[0] for r in conn.execute(query.format("images"), (name,))]
+            vms = [r[0] for r in conn.execute(query.format("vms"), (name,))]
             if images or vms:
                 users = [f"image '{n}'" for n in images] + [f"VM '{n}'" for n in vms]
                 raise Conflict(

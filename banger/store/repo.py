@@ -6,7 +6,7 @@ import sqlite3
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from banger.core.errors import BangerError, Conflict, InvalidInput
+from banger.core.errors import BangerError, InvalidInput
 from banger.store.codec import Table, Violation, parse_violation
 
 if TYPE_CHECKING:
@@ -40,9 +40,6 @@ class Repository(Generic[R]):
         explain: Callable[[Violation], BangerError],
     ) -> bool:
         """UPDATE one row inside the caller's transaction; False when no such row."""
-        frozen = self.immutable & fields.keys()
-        if frozen:
-            raise TypeError(f"{self.table.name}: cannot update {sorted(frozen)}")
         if not fields:
             return self._select_one(f"{self.key} = ?", (key,), conn) is not None
         params = self.table.encode_fields(fields)
@@ -52,6 +49,11 @@ class Repository(Generic[R]):
         except sqlite3.IntegrityError as exc:
             raise explain(parse_violation(exc)) from exc
         return cursor.rowcount == 1
+
+    def _check_mutable(self, fields: Mapping[str, Any]) -> None:
+        frozen = self.immutable & fields.keys()
+        if frozen:
+            raise TypeError(f"{self.table.name}: cannot update {sorted(frozen)}")
 
     def _select_one(
         self, where: str, params: Any = (), conn: sqlite3.Connection | None = None
@@ -73,11 +75,4 @@ def invalid(violation: Violation, what: str) -> BangerError:
     return InvalidInput(
         f"invalid {what}: {violation.kind.replace('_', ' ')} rule failed on {violation.column}",
         hint="this is a bug in the caller; the value should have been validated earlier",
-    )
-
-
-def conflict_on_default(kind: str, current: str | None) -> Conflict:
-    return Conflict(
-        f"{kind} '{current}' is already the default",
-        hint=f"make another {kind} the default with set_default instead of adding a second one",
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -81,16 +81,17 @@ def current_version(conn: sqlite3.Connection) -> int:
     return int(row[0] or 0)
 
 
-def apply_pending(
-    conn: sqlite3.Connection, on_applied: Callable[[Migration], None] | None = None
-) -> list[int]:
-    """Apply each missing migration in its own IMMEDIATE transaction; returns what was applied.
+def apply_pending(conn: sqlite3.Connection, upto: int | None = None) -> list[int]:
+    """Apply each missing migration (up to ``upto``) in its own IMMEDIATE transaction.
 
+    Returns the versions applied.
     The version is re-read after taking the write lock, so two processes opening
     a fresh database at once apply each migration exactly once.
     """
     applied = []
     for migration in migrations():
+        if upto is not None and migration.version > upto:
+            break
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(BOOKKEEPING)
@@ -110,6 +111,4 @@ def apply_pending(
                 conn.execute("ROLLBACK")
             raise
         applied.append(migration.version)
-        if on_applied:
-            on_applied(migration)
     return applied

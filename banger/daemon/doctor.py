@@ -1,0 +1,379 @@
+"""``banger doctor``: one small check per host requirement, each PASS, WARN or FAIL.
+
+Checks reuse the predicates of ``host.probes`` (the same ones that pick
+fallbacks at run time), so doctor and the code that launches VMs agree. Every
+non-PASS row names its fix. The CLI appends its own daemon-vs-CLI version row.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+
+from banger.config import Settings
+from banger.host import probes
+from banger.host.probes import KvmStatus, Version
+
+log = logging.getLogger("banger.daemon.doctor")
+
+FIRECRACKER_MIN: Version = (1, 5, 0)
+FIRECRACKER_MAX_TESTED: Version = (1, 16, 1)
+QEMU_MIN_TESTED: Version = (6, 0, 0)
+FIRECRACKER_RELEASES = "https://github.com/firecracker-microvm/firecracker/releases"
+
+
+class Status(StrEnum):
+    PASS = "PASS"
+    WARN = "WARN"
+    FAIL = "FAIL"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One doctor row; every non-PASS row carries a hint naming the fix."""
+
+    name: str
+    status: Status
+    detail: str
+    hint: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", Status(self.status))  # accept "PASS" etc. too
+        if self.status is not Status.PASS and not self.hint:
+            raise ValueError(f"doctor check {self.name!r}: a {self.status} row needs a hint")
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {k: str(v) if isinstance(v, Status) else v for k, v in asdict(self).items()}
+
+
+def _running_python() -> Version:
+    return sys.version_info.major, sys.version_info.minor, sys.version_info.micro
+
+
+@dataclass(frozen=True)
+class HostView:
+    """Where doctor looks: real roots by default, fake trees in tests."""
+
+    sys_root: Path = probes.SYS_ROOT
+    dev_root: Path = probes.DEV_ROOT
+    search_path: str | None = None  # a PATH string; None means the PATH run() uses
+    busybox_candidates: tuple[Path, ...] = probes.BUSYBOX_CANDIDATES
+    python_version: Version = field(default_factory=_running_python)
+
+
+class DoctorContext:
+    """Settings plus host answers, each probed at most once per doctor run."""
+
+    def __init__(self, settings: Settings, host: HostView) -> None:
+        self.settings = settings
+        self.host = host
+
+    @cached_property
+    def kvm(self) -> KvmStatus:
+        return probes.kvm_status(self.host.sys_root, self.host.dev_root)
+
+    @cached_property
+    def qemu(self) -> Path | None:
+        return probes.qemu_binary(self.host.search_path)
+
+    @cached_property
+    def qemu_version(self) -> Version | None:
+        return probes.qemu_version(self.qemu) if self.qemu else None
+
+    @cached_property
+    def firecracker(self) -> Path | None:
+        return probes.find_tool("firecracker", self.host.search_path)
+
+    @cached_property
+    def firecracker_version(self) -> Version | None:
+        return probes.firecracker_version(self.firecracker) if self.firecracker else None
+
+    @property
+    def firecracker_usable(self) -> bool:
+        """A supported firecracker and a KVM that runs standard guests."""
+        v = self.firecracker_version
+        return v is not None and v >= FIRECRACKER_MIN and self.kvm is KvmStatus.USABLE
+
+    @property
+    def qemu_usable(self) -> bool:
+        return self.qemu is not None  # TCG needs nothing else
+
+    def missing(self, *tools: str) -> list[str]:
+        return [t for t in tools if not probes.have_tool(t, self.host.search_path)]
+
+
+def _vstr(v: Version) -> str:
+    return "v" + ".".join(map(str, v))
+
+
+def _apt(package: str) -> str:
+    return f"install it: sudo apt-get install {package}"
+
+
+Check = Callable[[DoctorContext], CheckResult]
+
+
+def check_python(ctx: DoctorContext) -> CheckResult:
+    v = ctx.host.python_version
+    shown = ".".join(map(str, v))
+    if probes.python_ok(v):
+        return CheckResult("python", Status.PASS, f"Python {shown}")
+    return CheckResult(
+        "python",
+        Status.FAIL,
+        f"Python {shown} is older than 3.11",
+        hint="install Python 3.11 or newer and recreate the virtualenv (make setup)",
+    )
+
+
+def check_store(ctx: DoctorContext) -> CheckResult:
+    db = ctx.settings.paths.db
+    if not db.exists() and not db.is_symlink():
+        return CheckResult("store", Status.PASS, f"{db} absent: created on first start")
+    try:
+        # Read-only, so doctor can never create, migrate or repair the store.
+        conn = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return CheckResult(
+            "store",
+            Status.FAIL,
+            f"{db} is unreadable: {' '.join(str(exc).split())}",
+            hint=f"check its owner and mode (ls -l {db}), or move it aside to start afresh",
+        )
+    # quick_check reports one row per problem, some spanning lines; keep the row one line.
+    problems = [" ".join(str(r[0]).split()) for r in rows if r and r[0] != "ok"]
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        return CheckResult(
+            "store",
+            Status.FAIL,
+            f"{db} is corrupt: {problems[0][:200]}{more}",
+            hint=f"stop the daemon and restore {db} from a backup, or move it aside",
+        )
+    return CheckResult("store", Status.PASS, f"{db} ok")
+
+
+def check_kvm(ctx: DoctorContext) -> CheckResult:
+    dev = ctx.host.dev_root / "kvm"
+    if ctx.kvm is KvmStatus.USABLE:
+        return CheckResult("kvm", Status.PASS, f"{dev} usable for standard guests")
+    if ctx.kvm is KvmStatus.PVM_HOST:
+        return CheckResult(
+            "kvm",
+            Status.WARN,
+            "PVM host (kvm_pvm without kvm_intel/kvm_amd): standard guests hang; "
+            "TCG will be used (slow)",
+            hint="for fast VMs use a host with kvm_intel or kvm_amd; here TCG is the only option",
+        )
+    if ctx.kvm is KvmStatus.NO_ACCESS:
+        return CheckResult(
+            "kvm",
+            Status.WARN,
+            f"{dev} cannot be opened read-write by this user: TCG will be used (slow)",
+            hint="add yourself to the kvm group (sudo usermod -aG kvm $USER) and log in again",
+        )
+    return CheckResult(
+        "kvm",
+        Status.WARN,
+        f"{dev} not found: TCG will be used (slow)",
+        hint="enable virtualization in the firmware and load kvm_intel or kvm_amd (modprobe)",
+    )
+
+
+def check_qemu(ctx: DoctorContext) -> CheckResult:
+    hint = _apt("qemu-system-x86")
+    if ctx.qemu is None:
+        status = Status.WARN if ctx.firecracker_usable else Status.FAIL
+        why = "firecracker is used instead" if ctx.firecracker_usable else "no usable VMM"
+        return CheckResult("qemu", status, f"{probes.QEMU_SYSTEM} not found ({why})", hint=hint)
+    v = ctx.qemu_version
+    if v is None:
+        return CheckResult(
+            "qemu", Status.WARN, f"{ctx.qemu}: --version output not understood", hint=hint
+        )
+    if v < QEMU_MIN_TESTED:
+        return CheckResult(
+            "qemu",
+            Status.WARN,
+            f"QEMU {_vstr(v)} at {ctx.qemu} is older than {_vstr(QEMU_MIN_TESTED)}; "
+            "its microvm machine may lack what banger uses",
+            hint="install a newer qemu-system-x86 (Debian 12 / Ubuntu 22.04 or later)",
+        )
+    return CheckResult("qemu", Status.PASS, f"QEMU {_vstr(v)} at {ctx.qemu}")
+
+
+def _firecracker_missing_status(ctx: DoctorContext) -> Status:
+    return Status.WARN if ctx.qemu_usable else Status.FAIL
+
+
+def check_firecracker(ctx: DoctorContext) -> CheckResult:
+    fc, v = ctx.firecracker, ctx.firecracker_version
+    install = f"install firecracker {_vstr(FIRECRACKER_MIN)}+ from {FIRECRACKER_RELEASES}"
+    if fc is None:
+        why = "optional: QEMU is used instead" if ctx.qemu_usable else "no usable VMM"
+        return CheckResult(
+            "firecracker", _firecracker_missing_status(ctx), f"not found ({why})", hint=install
+        )
+    if v is None:
+        return CheckResult(
+            "firecracker",
+            _firecracker_missing_status(ctx),
+            f"{fc}: --version failed or printed no 'Firecracker vX.Y.Z' line",
+            hint=f"reinstall it: {install}",
+        )
+    tested = f"min {_vstr(FIRECRACKER_MIN)}, tested up to {_vstr(FIRECRACKER_MAX_TESTED)}"
+    if v < FIRECRACKER_MIN:
+        return CheckResult(
+            "firecracker", Status.FAIL, f"{_vstr(v)} at {fc} is too old ({tested})", hint=install
+        )
+    if v > FIRECRACKER_MAX_TESTED:
+        return CheckResult(
+            "firecracker",
+            Status.WARN,
+            f"{_vstr(v)} at {fc} is newer than tested ({tested})",
+            hint=f"if VMs misbehave, install {_vstr(FIRECRACKER_MAX_TESTED)} from "
+            f"{FIRECRACKER_RELEASES}",
+        )
+    note = "" if ctx.kvm is KvmStatus.USABLE else "; unused here without a usable KVM"
+    return CheckResult("firecracker", Status.PASS, f"{_vstr(v)} at {fc} ({tested}){note}")
+
+
+def _accel(ctx: DoctorContext) -> str:
+    return "KVM" if ctx.kvm is KvmStatus.USABLE else "TCG (slow)"
+
+
+def _why_not_firecracker(ctx: DoctorContext) -> str:
+    if ctx.firecracker is None:
+        return "firecracker not installed"
+    v = ctx.firecracker_version
+    if v is None or v < FIRECRACKER_MIN:
+        return "firecracker version unsupported"
+    return f"KVM is {ctx.kvm.value.replace('_', ' ')}"
+
+
+def check_backend(ctx: DoctorContext) -> CheckResult:
+    configured = ctx.settings.backend
+    if configured in ("auto", "firecracker") and ctx.firecracker_usable:
+        return CheckResult("backend", Status.PASS, f"{configured}: firecracker with KVM")
+    if configured in ("auto", "qemu") and ctx.qemu_usable:
+        why = f" ({_why_not_firecracker(ctx)})" if configured == "auto" else ""
+        return CheckResult("backend", Status.PASS, f"{configured}: qemu with {_accel(ctx)}{why}")
+    if configured == "firecracker":
+        return CheckResult(
+            "backend",
+            Status.FAIL,
+            f"backend = firecracker, but it cannot run here: {_why_not_firecracker(ctx)}",
+            hint='fix the firecracker and kvm rows, or set backend = "auto" in config.toml',
+        )
+    return CheckResult(
+        "backend",
+        Status.FAIL,
+        f"{configured}: no usable VMM",
+        hint=_apt("qemu-system-x86")
+        + (', or set backend = "auto"' if configured == "qemu" else ""),
+    )
+
+
+def _tools(
+    ctx: DoctorContext, name: str, tools: tuple[str, ...], package: str, use: str, severity: Status
+) -> CheckResult:
+    missing = ctx.missing(*tools)
+    if not missing:
+        return CheckResult(name, Status.PASS, f"{', '.join(tools)} found")
+    return CheckResult(name, severity, f"missing {', '.join(missing)} ({use})", hint=_apt(package))
+
+
+def check_e2fsprogs(ctx: DoctorContext) -> CheckResult:
+    tools = ("mkfs.ext4", "debugfs", "e2fsck", "resize2fs")
+    return _tools(ctx, "e2fsprogs", tools, "e2fsprogs", "needed for every disk", Status.FAIL)
+
+
+def _image_tool_severity(ctx: DoctorContext, other: str) -> Status:
+    # One way to get an image is enough to create VMs; with neither, nothing works.
+    return Status.WARN if not ctx.missing(other) else Status.FAIL
+
+
+def check_mmdebstrap(ctx: DoctorContext) -> CheckResult:
+    use = "needed to build Debian images"
+    severity = _image_tool_severity(ctx, "skopeo")
+    return _tools(ctx, "mmdebstrap", ("mmdebstrap",), "mmdebstrap", use, severity)
+
+
+def check_skopeo(ctx: DoctorContext) -> CheckResult:
+    use = "needed to pull OCI images"
+    severity = _image_tool_severity(ctx, "mmdebstrap")
+    return _tools(ctx, "skopeo", ("skopeo",), "skopeo", use, severity)
+
+
+def check_busybox(ctx: DoctorContext) -> CheckResult:
+    found = probes.busybox_static_path(ctx.host.busybox_candidates)
+    if found is not None:
+        return CheckResult("busybox-static", Status.PASS, f"{found} is statically linked")
+    present = [p for p in ctx.host.busybox_candidates if p.exists()]
+    detail = (
+        f"{present[0]} is not a statically linked busybox"
+        if present
+        else "no busybox found (needed for the initramfs)"
+    )
+    return CheckResult("busybox-static", Status.FAIL, detail, hint=_apt("busybox-static"))
+
+
+def check_nft(ctx: DoctorContext) -> CheckResult:
+    if probes.have_nft(ctx.host.search_path):
+        return CheckResult("nftables", Status.PASS, "nft found")
+    return CheckResult(
+        "nftables", Status.WARN, "nft not found (needed for --nat)", hint=_apt("nftables")
+    )
+
+
+def check_ssh(ctx: DoctorContext) -> CheckResult:
+    use = "needed to reach guests"
+    return _tools(ctx, "ssh client", ("ssh", "ssh-keygen"), "openssh-client", use, Status.FAIL)
+
+
+CHECKS: list[Check] = [
+    check_python,
+    check_store,
+    check_kvm,
+    check_qemu,
+    check_firecracker,
+    check_backend,
+    check_e2fsprogs,
+    check_mmdebstrap,
+    check_skopeo,
+    check_busybox,
+    check_nft,
+    check_ssh,
+]
+
+
+def _run_one(check: Check, ctx: DoctorContext) -> CheckResult:
+    try:
+        return check(ctx)
+    except Exception as exc:  # one broken check must not hide the others
+        log.exception("doctor check %s crashed", check.__name__)
+        name = check.__name__.removeprefix("check_")
+        return CheckResult(
+            name, Status.FAIL, f"check crashed: {exc!r}", hint="report this as a banger bug"
+        )
+
+
+def run_checks(settings: Settings, host: HostView | None = None) -> list[CheckResult]:
+    """Run every check in order and return one row each."""
+    ctx = DoctorContext(settings, host or HostView())
+    return [_run_one(check, ctx) for check in CHECKS]
+
+
+def any_failed(results: list[CheckResult]) -> bool:
+    """True when a row FAILs: ``banger doctor`` then exits non-zero."""
+    return any(r.status is Status.FAIL for r in results)

@@ -1,0 +1,112 @@
+"""The VMM backend protocol (DESIGN.md s.5) and what every backend shares.
+
+A backend turns a ``VMSpec`` into a running VMM process and back. It knows
+nothing about the store, TAPs or SSH: the daemon's services compose those.
+Readiness here means "the VMM process is up and its control socket
+answers"; "the guest's sshd accepts our key" is ``host/ssh.wait_for_ssh``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import ClassVar, Protocol, runtime_checkable
+
+from banger.core.vmspec import Accel, VMSpec
+from banger.vmm import proc
+
+
+@dataclass(frozen=True)
+class Handle:
+    """A running VMM, named so that a reused pid is never mistaken for it."""
+
+    backend: str
+    vm_id: str
+    pid: int
+    start_time: int  # clock ticks since boot, /proc/<pid>/stat field 22
+    control_socket: Path  # QMP (qemu) or API (firecracker) socket
+    pidfile: Path
+    log_path: Path  # the VMM's own log (its stderr), for error messages
+    # Strings the VMM's argv must contain for it to count as this VM's
+    # (its control socket path, its pidfile): "provably ours".
+    markers: tuple[str, ...]
+
+    def running(self) -> bool:
+        """True while this exact process (pid, start time, argv) is alive."""
+        return proc.is_running(self.pid, self.start_time, self.markers)
+
+
+class StopOutcome(StrEnum):
+    """How ``shutdown`` ended the VMM."""
+
+    POWERDOWN = "powerdown"  # the guest powered off after an ACPI request
+    KILLED = "killed"  # it had to be SIGKILLed
+    GONE = "gone"  # it was not running
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the daemon needs from a VMM. Teardown methods are idempotent."""
+
+    name: ClassVar[str]
+
+    async def launch(self, spec: VMSpec) -> Handle:
+        """Start the VMM detached from the daemon; raise HostToolError with its log tail."""
+        ...
+
+    async def wait_ready(self, handle: Handle, *, timeout: float) -> None:
+        """Return once the VMM process runs and its control socket answers."""
+        ...
+
+    async def shutdown(self, handle: Handle, *, graceful: bool, timeout: float) -> StopOutcome:
+        """Stop the VMM: ACPI powerdown first when ``graceful``, then SIGKILL."""
+        ...
+
+    def kill(self, handle: Handle, sig: int = signal.SIGKILL) -> bool:
+        """Send ``sig`` if the process is still this VM's; True when it was sent."""
+        ...
+
+    async def wait_exit(self, handle: Handle, *, timeout: float) -> bool:
+        """Wait for the VMM to exit; True when it did within ``timeout``."""
+        ...
+
+    def alive(self, handle: Handle) -> bool:
+        """True while the VMM runs (pid, start time and argv all match)."""
+        ...
+
+    def adopt(self, pidfile: Path, spec: VMSpec) -> Handle | None:
+        """A handle on the VMM in ``pidfile`` when it is alive and provably ``spec``'s."""
+        ...
+
+    def cleanup(self, spec: VMSpec) -> None:
+        """Remove the runtime files (socket, pidfile) of a VMM that is gone."""
+        ...
+
+
+def signal_handle(handle: Handle, sig: int) -> bool:
+    """Send ``sig`` to the handle's process only while it is provably the same process."""
+    if not handle.running():
+        return False
+    try:
+        os.kill(handle.pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def have_usable_kvm() -> bool:
+    """True when /dev/kvm is usable and backed by hardware virtualisation (kvm_intel/kvm_amd).
+
+    Other KVM providers (e.g. a PVM host's kvm_pvm) hang standard guest kernels.
+    """
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    return any(Path("/sys/module", m).is_dir() for m in ("kvm_intel", "kvm_amd"))
+
+
+def choose_accel() -> Accel:
+    """KVM where a standard guest can run, otherwise TCG."""
+    return "kvm" if have_usable_kvm() else "tcg"

@@ -1,0 +1,109 @@
+"""Process identity through /proc: is this pid still the VMM we started?
+
+A pid alone is not an identity (pids are reused), so a VMM is named by its
+pid, its start time (field 22 of /proc/<pid>/stat, in clock ticks since
+boot) and strings its command line must contain (its control socket path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def read_stat(pid: int) -> tuple[str, int] | None:
+    """Return (state letter, start time in ticks) of ``pid``, or None when it is gone."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # comm (field 2) may contain spaces and parentheses: split after its last ')'.
+    fields = data[data.rindex(")") + 2 :].split()
+    return fields[0], int(fields[19])
+
+
+def start_time(pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot, or None when it is gone."""
+    stat = read_stat(pid)
+    return None if stat is None else stat[1]
+
+
+def cmdline(pid: int) -> list[str] | None:
+    """The argv of ``pid``, or None when it is gone or a zombie (empty cmdline)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    if not raw:
+        return None
+    return [os.fsdecode(a) for a in raw.rstrip(b"\0").split(b"\0")]
+
+
+def reap(pid: int) -> None:
+    """Collect ``pid`` if it is an exited child of ours; a no-op for anything else."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def is_running(pid: int, started: int, markers: Iterable[str]) -> bool:
+    """True when ``pid`` runs, started at ``started`` and its argv contains every marker."""
+    reap(pid)
+    stat = read_stat(pid)
+    if stat is None or stat[0] in ("Z", "X") or stat[1] != started:
+        return False
+    argv = cmdline(pid)
+    if argv is None:
+        return False
+    return all(any(m in arg for arg in argv) for m in markers)
+
+
+def read_pidfile(path: Path) -> int | None:
+    """The pid in ``path``, or None when the file is missing, empty or not a pid."""
+    try:
+        text = path.read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+async def wait_until_gone(
+    pid: int, started: int, markers: Iterable[str], *, timeout: float
+) -> bool:
+    """Wait up to ``timeout`` seconds for the process to exit; True when it did.
+
+    Event-driven through a pidfd (readable once the process exits), so no
+    polling; a pidfd is opened before the identity is re-checked, which closes
+    the window in which the pid could be reused.
+    """
+    markers = tuple(markers)
+    if not is_running(pid, started, markers):
+        return True
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        if not is_running(pid, started, markers):
+            return True
+        loop = asyncio.get_running_loop()
+        exited = loop.create_future()
+
+        def on_exit() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(fd, on_exit)
+        try:
+            await asyncio.wait_for(exited, timeout)
+        except TimeoutError:
+            return not is_running(pid, started, markers)
+        finally:
+            loop.remove_reader(fd)
+        reap(pid)
+        return True
+    finally:
+        os.close(fd)

@@ -1,0 +1,275 @@
+"""The QEMU backend: a ``microvm`` machine with virtio-mmio devices, driven over QMP.
+
+``qemu_argv`` is a pure builder (golden tests in tests/unit/test_qemu_argv.py);
+``QemuBackend`` is the one place that runs it.
+
+Detaching: QEMU starts with ``-daemonize``. Its first process exits only once
+initialisation finished (disks opened, TAP attached, QMP listening) with a
+status that says whether it worked, so ``launch`` fails fast with QEMU's own
+error and needs no polling. The VMM itself is then a grandchild re-parented to
+init in its own session: a daemon crash, restart or SIGKILL never reaches it,
+and the daemon never has to reap it. ``-D vmm.log`` keeps QEMU's stderr
+pointed at ``vmm.log`` after it daemonizes (otherwise it goes to /dev/null),
+so late errors and "terminating on signal" lines are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import ClassVar
+
+from qemu.qmp import QMPClient, QMPError
+
+from banger.core.errors import Conflict, HostToolError
+from banger.core.vmspec import TapNet, UserNet, VMSpec, kernel_cmdline
+from banger.host.run import arun_to_log, require_tool
+from banger.vmm import proc
+from banger.vmm.base import Handle, StopOutcome, signal_handle
+
+log = logging.getLogger("banger.vmm.qemu")
+
+QEMU_BINARY = "qemu-system-x86_64"
+# Under TCG the kernel hangs calibrating its clock without the legacy PIT, PIC
+# and RTC; under KVM they are emulated in-kernel and cost nothing measurable.
+MACHINE = "microvm,pit=on,pic=on,rtc=on"
+# Fixed virtio-mmio slots: the guest enumerates them in ACPI order, so root is
+# always /dev/vda and the work disk /dev/vdb whatever order QEMU plugs them in.
+ROOT_BUS, WORK_BUS, NET_BUS = "virtio-mmio-bus.0", "virtio-mmio-bus.1", "virtio-mmio-bus.2"
+LAUNCH_TIMEOUT = 30.0
+QMP_TIMEOUT = 5.0
+KILL_TIMEOUT = 10.0
+_LOG_TAIL_BYTES = 4096
+
+
+def opt(value: str | os.PathLike[str]) -> str:
+    """Escape a value for a QEMU ``key=value,...`` option (a comma is written twice)."""
+    return os.fspath(value).replace(",", ",,")
+
+
+def _netdev(spec: VMSpec) -> list[str]:
+    net = spec.net
+    if net is None:
+        return []
+    if isinstance(net, TapNet):
+        backend = f"tap,id=net0,ifname={opt(net.tap_name)},script=no,downscript=no"
+    else:
+        assert isinstance(net, UserNet)
+        backend = f"user,id=net0,hostfwd=tcp:127.0.0.1:{net.ssh_host_port}-:22"
+    return [
+        "-netdev", backend,
+        "-device", f"virtio-net-device,netdev=net0,mac={net.mac},bus={NET_BUS}",
+    ]  # fmt: skip
+
+
+def qemu_argv(spec: VMSpec, *, qemu_binary: str = QEMU_BINARY) -> list[str]:
+    """The full QEMU command line for ``spec`` (pure: no I/O)."""
+    argv = [qemu_binary, "-name", f"guest={opt(spec.name)}", "-M", MACHINE, "-accel", spec.accel]
+    if spec.accel == "kvm":
+        argv += ["-cpu", "host"]
+    argv += [
+        "-smp", str(spec.vcpu),
+        "-m", f"{spec.memory_mib}M",
+        "-nodefaults", "-no-user-config", "-display", "none",
+        # A guest reboot ends the VMM, like Firecracker; restart is the daemon's job.
+        "-no-reboot",
+        "-kernel", os.fspath(spec.kernel),
+    ]  # fmt: skip
+    if spec.initrd is not None:
+        argv += ["-initrd", os.fspath(spec.initrd)]
+    argv += ["-append", kernel_cmdline(spec)]
+    argv += [
+        "-drive", f"id=root,if=none,file={opt(spec.root.path)},format={spec.root.format},"
+        "discard=unmap",
+        "-device", f"virtio-blk-device,drive=root,bus={ROOT_BUS}",
+        "-drive", f"id=work,if=none,file={opt(spec.work_disk)},format=raw,discard=unmap",
+        "-device", f"virtio-blk-device,drive=work,bus={WORK_BUS}",
+    ]  # fmt: skip
+    argv += _netdev(spec)
+    argv += [
+        "-chardev", f"file,id=console,path={opt(spec.console_log)}",
+        "-serial", "chardev:console",
+        "-chardev", f"socket,id=qmp,path={opt(spec.qmp_socket)},server=on,wait=off",
+        "-mon", "chardev=qmp,mode=control",
+        "-pidfile", os.fspath(spec.pidfile),
+        "-daemonize",
+        "-D", os.fspath(spec.vmm_log),
+    ]  # fmt: skip
+    return argv
+
+
+def ownership_markers(spec: VMSpec) -> tuple[str, ...]:
+    """Argv fragments that prove a QEMU process is this VM's (its QMP socket and pidfile)."""
+    return (f"path={opt(spec.qmp_socket)},", os.fspath(spec.pidfile))
+
+
+def log_tail(path: Path, limit: int = _LOG_TAIL_BYTES) -> str:
+    """The last ``limit`` bytes of a log file, or '' when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
+            return f.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def _launch_error(spec: VMSpec, what: str) -> HostToolError:
+    tail = log_tail(spec.vmm_log)
+    last = tail.splitlines()[-1] if tail else "no output"
+    return HostToolError(
+        f"QEMU {what} for VM {spec.name}: {last}",
+        hint=f"full log: {spec.vmm_log}\n{tail}" if tail else f"see {spec.vmm_log}",
+    )
+
+
+class QemuBackend:
+    """``vmm.Backend`` for QEMU (see the module docstring for how it detaches)."""
+
+    name: ClassVar[str] = "qemu"
+
+    def __init__(self, qemu_binary: str | None = None, *, launch_timeout: float = LAUNCH_TIMEOUT):
+        self._binary = qemu_binary
+        self.launch_timeout = launch_timeout
+
+    @property
+    def binary(self) -> str:
+        if self._binary is None:
+            self._binary = require_tool(QEMU_BINARY, "qemu-system-x86")
+        return self._binary
+
+    async def launch(self, spec: VMSpec) -> Handle:
+        """Start QEMU daemonized; return once it initialised, or raise with its log tail."""
+        if self.adopt(spec.pidfile, spec) is not None:
+            raise Conflict(
+                f"VM {spec.name} already has a running QEMU", hint="stop or kill the VM first"
+            )
+        spec.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for path in (spec.console_log, spec.vmm_log):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.cleanup(spec)
+        spec.vmm_log.write_bytes(b"")  # one boot per log: the tail on failure is this launch's
+        argv = qemu_argv(spec, qemu_binary=self.binary)
+        status = await arun_to_log(argv, log_path=spec.vmm_log, timeout=self.launch_timeout)
+        if status != 0:
+            self.cleanup(spec)
+            raise _launch_error(spec, f"failed to start (exit status {status})")
+        handle = self.adopt(spec.pidfile, spec)
+        if handle is None:
+            self.cleanup(spec)
+            raise _launch_error(spec, "exited right after starting")
+        log.debug("launched VM %s: pid %d", spec.vm_id, handle.pid)
+        return handle
+
+    @contextlib.asynccontextmanager
+    async def _qmp(self, handle: Handle) -> AsyncIterator[QMPClient]:
+        client = QMPClient(f"banger-{handle.vm_id}")
+        async with asyncio.timeout(QMP_TIMEOUT):
+            await client.connect(os.fspath(handle.control_socket))
+        try:
+            yield client
+        finally:
+            await client.disconnect()
+
+    async def query_status(self, handle: Handle) -> str:
+        """QEMU's run state (``running``, ``paused``, ``prelaunch``, ...) over QMP."""
+        async with self._qmp(handle) as qmp:
+            async with asyncio.timeout(QMP_TIMEOUT):
+                reply = await qmp.execute("query-status")
+        assert isinstance(reply, dict)
+        return str(reply["status"])
+
+    async def wait_ready(self, handle: Handle, *, timeout: float) -> None:
+        """Return once the process runs and QMP answers ``query-status``."""
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            if not handle.running():
+                raise HostToolError(
+                    f"QEMU of VM {handle.vm_id} exited while starting",
+                    hint=f"see {handle.log_path}: {log_tail(handle.log_path)[-500:]}",
+                )
+            try:
+                await self.query_status(handle)
+                return
+            except (QMPError, OSError, TimeoutError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise HostToolError(
+                        f"QEMU of VM {handle.vm_id} did not answer QMP within {timeout:.0f}s: "
+                        f"{exc}",
+                        hint=f"see {handle.log_path}",
+                    ) from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    async def shutdown(
+        self, handle: Handle, *, graceful: bool = True, timeout: float = 10.0
+    ) -> StopOutcome:
+        """ACPI powerdown (when ``graceful``) bounded by ``timeout``, then SIGKILL."""
+        if not handle.running():
+            self._remove_runtime_files(handle)
+            return StopOutcome.GONE
+        if graceful:
+            try:
+                async with self._qmp(handle) as qmp:
+                    await qmp.execute("system_powerdown")
+            except (QMPError, OSError, TimeoutError) as exc:
+                log.debug("system_powerdown of VM %s failed: %s", handle.vm_id, exc)
+            if await self.wait_exit(handle, timeout=timeout):
+                self._remove_runtime_files(handle)
+                return StopOutcome.POWERDOWN
+        self.kill(handle, signal.SIGKILL)
+        if not await self.wait_exit(handle, timeout=KILL_TIMEOUT):
+            raise HostToolError(
+                f"QEMU pid {handle.pid} of VM {handle.vm_id} survived SIGKILL",
+                hint="the process is stuck in the kernel (D state); check dmesg",
+            )
+        self._remove_runtime_files(handle)
+        return StopOutcome.KILLED
+
+    def kill(self, handle: Handle, sig: int = signal.SIGKILL) -> bool:
+        """Send ``sig`` while the pid is still this VM's QEMU; True when it was sent."""
+        return signal_handle(handle, sig)
+
+    async def wait_exit(self, handle: Handle, *, timeout: float) -> bool:
+        return await proc.wait_until_gone(
+            handle.pid, handle.start_time, handle.markers, timeout=timeout
+        )
+
+    def alive(self, handle: Handle) -> bool:
+        return handle.running()
+
+    def adopt(self, pidfile: Path, spec: VMSpec) -> Handle | None:
+        """A handle on the QEMU in ``pidfile`` if it runs and its argv names ``spec``'s files."""
+        pid = proc.read_pidfile(pidfile)
+        if pid is None:
+            return None
+        started = proc.start_time(pid)
+        markers = ownership_markers(spec)
+        if started is None or not proc.is_running(pid, started, markers):
+            return None
+        return Handle(
+            backend=self.name,
+            vm_id=spec.vm_id,
+            pid=pid,
+            start_time=started,
+            control_socket=spec.qmp_socket,
+            pidfile=pidfile,
+            log_path=spec.vmm_log,
+            markers=markers,
+        )
+
+    def cleanup(self, spec: VMSpec) -> None:
+        """Remove the QMP socket and pidfile unless a live QEMU of this VM still owns them."""
+        if self.adopt(spec.pidfile, spec) is None:
+            for path in (spec.qmp_socket, spec.pidfile):
+                path.unlink(missing_ok=True)
+
+    def _remove_runtime_files(self, handle: Handle) -> None:
+        for path in (handle.control_socket, handle.pidfile):
+            path.unlink(missing_ok=True)

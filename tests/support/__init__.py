@@ -1,0 +1,1 @@
+"""Shared helpers for banger tests: cached artifacts and fixture building blocks."""

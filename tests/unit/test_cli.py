@@ -1,0 +1,87 @@
+"""CLI conventions that need no daemon: version, completion, errors, help examples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from banger.api.client import VERSION_HEADER, Client, version_tag
+from banger.api.errors import error_from_response
+from banger.cli.doctor_cmd import version_drift_check
+from banger.cli.main import cli
+from banger.core.errors import Conflict, NotFound
+
+
+def test_dash_dash_version_is_one_line_with_commit_and_build_time() -> None:
+    out = CliRunner().invoke(cli, ["--version"]).output
+    assert out.count("\n") == 1
+    assert out.startswith("banger ") and "commit" in out and "built" in out
+
+
+def test_version_prints_one_field_a_line_and_json() -> None:
+    out = CliRunner().invoke(cli, ["version"]).output.splitlines()
+    assert [line.split(":")[0] for line in out] == ["version", "commit", "build time"]
+    data = json.loads(CliRunner().invoke(cli, ["version", "--json"]).output)
+    assert set(data) == {"version", "commit", "build_time"}
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_scripts_are_generated(shell: str) -> None:
+    result = CliRunner().invoke(cli, ["completion", shell])
+    assert result.exit_code == 0
+    assert "_BANGER_COMPLETE" in result.output
+
+
+def _all_commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+    found = []
+    for name, cmd in group.commands.items():
+        found.append((f"{prefix}{name}", cmd))
+        if isinstance(cmd, click.Group):
+            found += _all_commands(cmd, f"{prefix}{name} ")
+    return found
+
+
+def test_every_command_has_an_example_in_its_help() -> None:
+    missing = [name for name, cmd in _all_commands(cli) if "banger " not in (cmd.help or "")]
+    assert missing == []
+
+
+def test_error_body_comes_back_as_the_same_class() -> None:
+    err = error_from_response(
+        409, {"code": "conflict", "message": "taken", "op_id": "abc", "hint": "pick another"}
+    )
+    assert isinstance(err, Conflict)
+    assert (err.message, err.op_id, err.hint) == ("taken", "abc", "pick another")
+    odd = error_from_response(500, {"weird": True})
+    assert "unexpected body" in odd.message
+
+
+def test_client_reports_version_drift_once() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.headers[VERSION_HEADER] == version_tag()
+        return httpx.Response(
+            404,
+            json={"code": "not_found", "message": "nope", "op_id": "x", "hint": None},
+            headers={VERSION_HEADER: "9.9.9+deadbeef"},
+        )
+
+    client = Client(
+        Path("/nonexistent"), on_version_drift=seen.append, transport=httpx.MockTransport(handler)
+    )
+    for _ in range(2):
+        with pytest.raises(NotFound):
+            client.request("GET", "/thing")
+    assert seen == ["9.9.9+deadbeef"]
+
+
+def test_version_drift_check_warns_with_a_restart_hint() -> None:
+    assert version_drift_check("1+a", "1+a").status == "PASS"
+    drift = version_drift_check("1+a", "1+b")
+    assert drift.status == "WARN" and "banger daemon stop" in (drift.hint or "")

@@ -1,0 +1,162 @@
+"""The async-operation registry: stages, outcomes, cancel, long-poll, TTL pruning."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from banger.api.models import Operation, OperationState, StageState
+from banger.core.errors import InvalidInput, NotFound
+from banger.daemon.operations import OperationContext, OperationRegistry
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_successful_operation_records_stages_in_order_and_its_result() -> None:
+    async def work(ctx: OperationContext) -> dict[str, Any]:
+        with ctx.stage("reserve"):
+            pass
+        with ctx.stage("disks"):
+            ctx.detail("50%")
+        return {"name": "box"}
+
+    async def scenario() -> Operation:
+        reg = OperationRegistry(ttl_seconds=60)
+        op = reg.begin("vm.create", work, target="box")
+        return await reg.join(op.id)
+
+    op = run(scenario())
+    assert op.state is OperationState.SUCCEEDED
+    assert [s.name for s in op.stages] == ["reserve", "disks"]
+    assert all(s.state is StageState.DONE and s.finished_at for s in op.stages)
+    assert op.stages[1].detail == "50%"
+    assert op.result == {"name": "box"}
+    assert op.finished_at is not None
+
+
+def test_failing_stage_marks_the_stage_and_carries_the_typed_error() -> None:
+    async def work(ctx: OperationContext) -> None:
+        with ctx.stage("disks"):
+            raise InvalidInput("disk too small", hint="use --disk 1G or more")
+
+    async def scenario() -> Operation:
+        reg = OperationRegistry(ttl_seconds=60)
+        return await reg.join(reg.begin("vm.create", work).id)
+
+    op = run(scenario())
+    assert op.state is OperationState.FAILED
+    assert op.stages[0].state is StageState.FAILED
+    assert op.error is not None
+    assert (op.error.code, op.error.hint, op.error.op_id) == (
+        "invalid_input", "use --disk 1G or more", op.id,
+    )
+
+
+def test_unexpected_exception_fails_the_operation_instead_of_hanging_it() -> None:
+    async def work(ctx: OperationContext) -> None:
+        raise RuntimeError("boom")
+
+    async def scenario() -> Operation:
+        reg = OperationRegistry(ttl_seconds=60)
+        return await reg.join(reg.begin("x", work).id)
+
+    op = run(scenario())
+    assert op.state is OperationState.FAILED
+    assert op.error and "boom" in op.error.message
+
+
+def test_cancel_stops_the_work_and_reports_cancelled() -> None:
+    async def work(ctx: OperationContext) -> None:
+        with ctx.stage("boot"):
+            await asyncio.sleep(30)
+
+    async def scenario() -> Operation:
+        reg = OperationRegistry(ttl_seconds=60)
+        op = reg.begin("x", work)
+        await asyncio.sleep(0.01)
+        reg.cancel(op.id)
+        return await reg.join(op.id)
+
+    op = run(scenario())
+    assert op.state is OperationState.CANCELLED
+    assert op.stages[0].state is StageState.FAILED
+
+
+def test_wait_answers_as_soon_as_the_revision_moves() -> None:
+    gate = asyncio.Event
+
+    async def scenario() -> tuple[Operation, float]:
+        release = gate()
+
+        async def work(ctx: OperationContext) -> None:
+            await release.wait()
+            with ctx.stage("ssh"):
+                pass
+
+        reg = OperationRegistry(ttl_seconds=60)
+        op = reg.begin("x", work)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        waiter = asyncio.create_task(reg.wait(op.id, after_revision=op.revision, timeout=10))
+        await asyncio.sleep(0.05)
+        release.set()
+        changed = await waiter
+        return changed, loop.time() - started
+
+    changed, elapsed = run(scenario())
+    assert changed.stages and changed.stages[0].name == "ssh"
+    assert elapsed < 5
+
+
+def test_prune_forgets_only_finished_operations_older_than_the_ttl() -> None:
+    async def scenario() -> tuple[int, list[str]]:
+        reg = OperationRegistry(ttl_seconds=60)
+
+        async def quick(ctx: OperationContext) -> None:
+            return None
+
+        async def slow(ctx: OperationContext) -> None:
+            await asyncio.sleep(30)
+
+        done = reg.begin("quick", quick)
+        running = reg.begin("slow", slow)
+        await reg.join(done.id)
+        later = datetime.now(UTC) + timedelta(seconds=120)
+        pruned = reg.prune(later)
+        remaining = [op.id for op in reg.list()]
+        await reg.cancel_all()
+        assert running.id in remaining
+        return pruned, remaining
+
+    pruned, remaining = run(scenario())
+    assert pruned == 1 and len(remaining) == 1
+
+
+def test_unknown_operation_is_not_found() -> None:
+    reg = OperationRegistry(ttl_seconds=60)
+    with pytest.raises(NotFound):
+        reg.get("missing")
+
+
+def test_persist_hook_sees_every_change() -> None:
+    seen: list[tuple[str, int]] = []
+
+    async def work(ctx: OperationContext) -> None:
+        with ctx.stage("one"):
+            pass
+
+    async def scenario() -> None:
+        reg = OperationRegistry(
+            ttl_seconds=60, persist=lambda op: seen.append((op.state, op.revision))
+        )
+        await reg.join(reg.begin("x", work).id)
+
+    run(scenario())
+    revisions = [r for _, r in seen]
+    assert revisions == sorted(revisions) and len(revisions) >= 4
+    assert seen[-1][0] == OperationState.SUCCEEDED
