@@ -37,10 +37,13 @@ lint: setup
 	$(VENV)/bin/ruff check banger tests
 	$(VENV)/bin/mypy banger
 
+# Fetch what needs the package registries first (test kernel and image, cached
+# under ~/.cache/banger-test), then run the suite in a network namespace.
 test: setup
 	$(VENV)/bin/ruff check banger tests
 	$(VENV)/bin/mypy banger
-	$(PY) -m pytest -q -ra
+	$(PY) -m tests.support.prepare
+	tests/run-in-netns $(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -22,6 +22,10 @@ from typing import Any
 
 from banger.core.errors import StoreError
 from banger.store import schema
+from banger.store.images import ImageRepository
+from banger.store.kernels import KernelRepository
+from banger.store.operations import OperationRepository
+from banger.store.vms import VMRepository
 
 BUSY_TIMEOUT_MS = 15_000
 
@@ -42,11 +46,6 @@ class Store:
     """The state database. Create with ``Store.open(path)``; share one per process."""
 
     def __init__(self, path: Path) -> None:
-        from banger.store.images import ImageRepository
-        from banger.store.kernels import KernelRepository
-        from banger.store.operations import OperationRepository
-        from banger.store.vms import VMRepository
-
         self.path = path
         self._local = threading.local()
         self._open: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
@@ -122,7 +121,9 @@ class Store:
         """A write transaction: BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception.
 
         Nested use on the same thread becomes a SAVEPOINT, so a repository
-        method called inside a caller's transaction joins it atomically.
+        method called inside a caller's transaction joins it atomically. Never
+        ``await`` inside one: coroutines of the event loop share its thread's
+        connection, so they would write into each other's transaction.
         """
         conn = self.connection()
         held: _ThreadConnection = self._local.held

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -307,6 +309,34 @@ def test_two_stores_on_one_file_write_at_once(db_path: Path) -> None:
     finally:
         first.close()
         second.close()
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+from banger.store import OperationRecord, Store
+store = Store.open(Path(sys.argv[1]))
+for n in range(int(sys.argv[3])):
+    store.operations.add(OperationRecord(id=f"{sys.argv[2]}-{n}", kind="load"))
+store.close()
+"""
+
+
+def test_processes_migrate_a_fresh_file_and_write_to_it_at_once(db_path: Path) -> None:
+    db_path.parent.mkdir()
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(db_path), f"p{n}", "100"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(3)
+    ]
+    failures = [w.stderr.read() for w in writers if w.wait(timeout=60) != 0]  # type: ignore[union-attr]
+    assert failures == []
+    with Store.open(db_path) as store:
+        assert len(store.operations.list(kind="load")) == 300
+        assert store.read("SELECT count(*) FROM schema_migrations")[0][0] == schema.latest_version()
 
 
 def test_connection_of_a_finished_thread_is_closed(store: Store) -> None:

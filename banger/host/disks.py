@@ -1,0 +1,241 @@
+"""Per-VM disks: the copy-on-write root overlay and the ext4 work disk (``/root``).
+
+Nothing here mounts anything or needs root when the files are the daemon
+user's: overlays are qcow2 files, reflink clones or sparse copies; the work
+disk is edited with debugfs.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from banger.core.errors import HostToolError, InvalidInput
+from banger.core.vmspec import RootDisk
+from banger.host.ext4 import debugfs_batch, debugfs_quote, make_ext4
+from banger.host.run import require_tool, run
+
+OverlayStrategy = Literal["qcow2", "reflink", "sparse"]
+Progress = Callable[[str], None] | None
+
+FICLONE = 0x40049409  # _IOW(0x94, 9, int)
+# Errors that mean "this filesystem cannot clone", so a copy is the answer.
+_NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS}
+_COPY_CHUNK = 64 << 20
+
+WORK_LABEL = "work"
+# Where the guest's sshd finds its per-VM host key on the work disk
+# (``/root/.banger/`` in the guest; see banger/guest/).
+HOST_KEY_DIR = ".banger"
+HOST_KEY_NAME = "ssh_host_ed25519_key"
+
+
+def _tmp_sibling(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+
+
+def try_reflink(src: Path, dest: Path) -> bool:
+    """Clone ``src`` to ``dest`` with FICLONE; False (and no ``dest``) when unsupported."""
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
+            return True
+        except OSError as exc:
+            if exc.errno not in _NO_REFLINK:
+                raise
+    dest.unlink(missing_ok=True)
+    return False
+
+
+def _copy_range(fin: int, fout: int, offset: int, length: int) -> None:
+    end = offset + length
+    while offset < end:
+        n = os.copy_file_range(fin, fout, min(_COPY_CHUNK, end - offset), offset, offset)
+        if n == 0:
+            raise HostToolError(f"short copy at offset {offset}: the source shrank")
+        offset += n
+
+
+def sparse_copy(src: Path, dest: Path) -> None:
+    """Copy ``src`` to ``dest`` copying only data extents, so holes stay holes."""
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        fout.truncate(size)
+        pos = 0
+        while pos < size:
+            try:
+                data = os.lseek(fin.fileno(), pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # only a hole is left
+                    break
+                raise
+            hole = os.lseek(fin.fileno(), data, os.SEEK_HOLE)
+            _copy_range(fin.fileno(), fout.fileno(), data, hole - data)
+            pos = hole
+
+
+def clone_file(src: Path, dest: Path) -> Literal["reflink", "sparse"]:
+    """Reflink ``src`` to ``dest`` where the filesystem can, else sparse-copy it."""
+    if try_reflink(src, dest):
+        return "reflink"
+    sparse_copy(src, dest)
+    return "sparse"
+
+
+def _qcow2_overlay(backing: Path, dest: Path) -> None:
+    qemu_img = require_tool("qemu-img", "qemu-utils")
+    argv = [qemu_img, "create", "-q", "-f", "qcow2", "-b", os.fspath(backing), "-F", "raw"]
+    run([*argv, os.fspath(dest)], timeout=60)
+
+
+def create_root_overlay(
+    image_rootfs: Path, dest: Path, strategy: OverlayStrategy, *, progress: Progress = None
+) -> RootDisk:
+    """Make ``dest`` a copy-on-write view of ``image_rootfs``; the image is never written."""
+    if not image_rootfs.is_file():
+        raise InvalidInput(
+            f"image rootfs {image_rootfs} does not exist", hint="rebuild or re-import the image"
+        )
+    backing = image_rootfs.resolve()
+    tmp = _tmp_sibling(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if strategy == "qcow2":
+            _qcow2_overlay(backing, tmp)
+        elif strategy == "reflink":
+            used = clone_file(backing, tmp)
+            if progress:
+                progress(f"root overlay: {used} copy of {backing.name}")
+        elif strategy == "sparse":
+            sparse_copy(backing, tmp)
+        else:
+            raise InvalidInput(f"unknown overlay strategy {strategy!r}")
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return RootDisk(path=dest.resolve(), format="qcow2" if strategy == "qcow2" else "raw")
+
+
+def _grow_ext4(image: Path, size_bytes: int) -> None:
+    """Grow the file and the filesystem in ``image`` to ``size_bytes``."""
+    e2fsck = require_tool("e2fsck", "e2fsprogs")
+    resize2fs = require_tool("resize2fs", "e2fsprogs")
+    # resize2fs refuses a filesystem that was mounted since its last check;
+    # 0 (clean) and 1 (errors fixed) both leave it safe to resize.
+    proc = run([e2fsck, "-f", "-p", os.fspath(image)], timeout=600, check=False)
+    if proc.returncode not in (0, 1):
+        raise HostToolError(
+            f"{image.name} has filesystem errors e2fsck cannot fix (status {proc.returncode})",
+            hint=f"inspect it with: e2fsck -f {image}",
+        )
+    with open(image, "r+b") as f:
+        f.truncate(size_bytes)
+    run([resize2fs, os.fspath(image)], timeout=600)
+
+
+def _ssh_commands(keys_file: Path, host_key: tuple[Path, Path] | None) -> list[str]:
+    cmds = [
+        "mkdir /.ssh",  # "already exists" from a seed that has one is harmless
+        "cd /.ssh",
+        "rm authorized_keys",
+        f"write {debugfs_quote(os.fspath(keys_file))} authorized_keys",
+        "sif /.ssh mode 040700",
+        "sif /.ssh uid 0",
+        "sif /.ssh gid 0",
+        "sif /.ssh/authorized_keys mode 0100600",
+        "sif /.ssh/authorized_keys uid 0",
+        "sif /.ssh/authorized_keys gid 0",
+    ]
+    if host_key is not None:
+        d = f"/{HOST_KEY_DIR}"
+        cmds += [f"mkdir {d}", f"cd {d}", f"sif {d} mode 040700", f"sif {d} uid 0"]
+        for src, name, mode in ((host_key[0], HOST_KEY_NAME, "0100600"),
+                                (host_key[1], f"{HOST_KEY_NAME}.pub", "0100644")):  # fmt: skip
+            cmds += [f"rm {name}", f"write {debugfs_quote(os.fspath(src))} {name}"]
+            cmds += [f"sif {d}/{name} mode {mode}", f"sif {d}/{name} uid 0"]
+            cmds += [f"sif {d}/{name} gid 0"]
+    return cmds + ["cd /"]
+
+
+def read_ext4_file(image: Path, path: str) -> bytes:
+    """The contents of ``path`` inside ``image`` (debugfs ``cat``)."""
+    debugfs = require_tool("debugfs", "e2fsprogs")
+    proc = run([debugfs, "-R", f"cat {debugfs_quote(path)}", os.fspath(image)], timeout=60)
+    return proc.stdout
+
+
+def create_work_disk(
+    dest: Path,
+    size_bytes: int,
+    *,
+    seed: Path | None,
+    authorized_keys: bytes,
+    host_key: tuple[bytes, bytes] | None = None,
+    progress: Progress = None,
+) -> None:
+    """A fresh ext4 work disk of ``size_bytes`` from ``seed``, with our key authorised.
+
+    With a seed the image's work seed is cloned (reflink, else sparse copy) and
+    grown with resize2fs, which keeps every owner, mode and xattr of the seed
+    exactly without root (a debugfs ``rdump`` + ``mkfs -d`` would re-own files
+    as the daemon user). ``host_key`` is (private, public) sshd host key text.
+    """
+    if seed is not None and seed.stat().st_size > size_bytes:
+        raise InvalidInput(
+            f"work disk size {size_bytes} is smaller than the image's work seed "
+            f"({seed.stat().st_size} bytes)",
+            hint="ask for a larger --disk",
+        )
+    tmp = _tmp_sibling(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.parent / f".{dest.name}.{os.getpid()}.files"
+    try:
+        if seed is None:
+            make_ext4(tmp, size_bytes, label=WORK_LABEL, root_owner=(0, 0))
+            debugfs_batch(tmp, ["sif / mode 040700"])
+        else:
+            used = clone_file(seed, tmp)
+            if progress:
+                progress(f"work disk: {used} copy of the work seed")
+            if size_bytes > seed.stat().st_size:
+                _grow_ext4(tmp, size_bytes)
+        staging.mkdir(mode=0o700)
+        keys = staging / "authorized_keys"
+        keys.write_bytes(authorized_keys if authorized_keys.endswith(b"\n") else authorized_keys + b"\n")
+        key_files = None
+        if host_key is not None:
+            key_files = (staging / "host_key", staging / "host_key.pub")
+            key_files[0].write_bytes(host_key[0])
+            key_files[1].write_bytes(host_key[1])
+        debugfs_batch(tmp, _ssh_commands(keys, key_files))
+        if read_ext4_file(tmp, "/.ssh/authorized_keys") != keys.read_bytes():
+            raise HostToolError(
+                f"could not write /root/.ssh/authorized_keys into {dest.name}",
+                hint="run debugfs on the image by hand to see why",
+            )
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def grow_work_disk(path: Path, new_size: int) -> bool:
+    """Grow the work disk at ``path`` to ``new_size`` bytes; False when already that size."""
+    current = path.stat().st_size
+    if new_size < current:
+        raise InvalidInput(
+            f"cannot shrink the work disk from {current} to {new_size} bytes",
+            hint="disks only grow; create a new VM for a smaller disk",
+        )
+    if new_size == current:
+        return False
+    _grow_ext4(path, new_size)
+    return True
