@@ -186,7 +186,8 @@ def _check_token(value: str, what: str) -> str:
 
 def kernel_cmdline(spec: VMSpec) -> str:
     """The guest kernel command line: console, panic behaviour, and ``banger.*`` settings."""
-    args = ["console=ttyS0", "reboot=k", "panic=-1"]
+    # root=/dev/vda rw also serves kernels booted without banger's initramfs.
+    args = ["console=ttyS0", "root=/dev/vda", "rw", "reboot=k", "panic=-1"]
     if spec.quiet:
         args.append("quiet")
     args.append(f"banger.hostname={_check_token(spec.name, 'hostname')}")

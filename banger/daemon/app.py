@@ -30,6 +30,7 @@ from banger.core.errors import BangerError, Forbidden, InvalidInput
 from banger.daemon import doctor
 from banger.daemon.operations import OperationRegistry, new_op_id
 from banger.daemon.peercred import peer_uid
+from banger.store.db import Store
 from banger.version import API_VERSION, version_info
 
 log = structlog.get_logger("banger.daemon.app")
@@ -44,6 +45,7 @@ class Daemon:
     """Everything a request handler may need, built once at start."""
 
     settings: Settings
+    store: Store
     operations: OperationRegistry
     allowed_uids: frozenset[int]
     started_at: float = field(default_factory=time.monotonic)

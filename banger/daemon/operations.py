@@ -98,6 +98,7 @@ class OperationRegistry:
         entry = _Entry(op)
         self._entries[op.id] = entry
         self.touch(entry)
+        self._save(op)
         entry.task = asyncio.get_running_loop().create_task(self._run(entry, work))
         log.info("operation started", operation=op.id, kind=kind, target=target)
         return op.model_copy(deep=True)
@@ -119,15 +120,23 @@ class OperationRegistry:
             op.error = error_body(BangerError(f"internal error: {exc}"), op.id)
         op.finished_at = _now()
         self.touch(entry)
+        self._save(op)
         log.info("operation finished", operation=op.id, state=str(op.state))
 
     def touch(self, entry: _Entry) -> None:
         entry.op.revision += 1
         entry.op.updated_at = _now()
-        if self._persist:
-            self._persist(entry.op)
         entry.changed.set()
         entry.changed = asyncio.Event()
+
+    def _save(self, op: Operation) -> None:
+        """Record the operation when it begins and when it ends (not on every stage)."""
+        if self._persist is None:
+            return
+        try:
+            self._persist(op)
+        except BangerError as exc:  # history is best effort; the operation itself goes on
+            log.warning("could not record operation", operation=op.id, error=exc.message)
 
     def _entry(self, op_id: str) -> _Entry:
         try:

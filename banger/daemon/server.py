@@ -8,6 +8,7 @@ import fcntl
 import os
 import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -16,8 +17,10 @@ import uvicorn
 from banger.config import Settings
 from banger.core.errors import Conflict
 from banger.daemon.app import Daemon, create_app
+from banger.daemon.history import operation_recorder
 from banger.daemon.operations import OperationRegistry
 from banger.daemon.peercred import PeerCredProtocol
+from banger.store.db import Store
 
 log = structlog.get_logger("banger.daemon.server")
 
@@ -63,18 +66,26 @@ def bind_socket(path: Path) -> socket.socket:
     return sock
 
 
-async def _prune_forever(registry: OperationRegistry) -> None:
+async def _prune_forever(registry: OperationRegistry, store: Store, ttl: float) -> None:
     while True:
         await asyncio.sleep(PRUNE_INTERVAL)
         registry.prune()
+        store.operations.delete_finished_before(datetime.now(UTC) - timedelta(seconds=ttl))
 
 
 async def serve(settings: Settings) -> None:
     """Run the daemon until a shutdown request or SIGTERM/SIGINT."""
     paths = settings.paths
-    registry = OperationRegistry(ttl_seconds=settings.operation_ttl_seconds)
+    store = Store.open(paths.db)
+    interrupted = store.operations.mark_interrupted()
+    if interrupted:
+        log.warning("operations interrupted by the previous daemon", count=interrupted)
+    registry = OperationRegistry(
+        ttl_seconds=settings.operation_ttl_seconds, persist=operation_recorder(store)
+    )
     daemon = Daemon(
         settings=settings,
+        store=store,
         operations=registry,
         allowed_uids=frozenset({os.getuid(), 0}),
     )
@@ -93,7 +104,9 @@ async def serve(settings: Settings) -> None:
         server.should_exit = True
 
     daemon.request_shutdown = request_shutdown
-    pruner = asyncio.create_task(_prune_forever(registry))
+    pruner = asyncio.create_task(
+        _prune_forever(registry, store, settings.operation_ttl_seconds)
+    )
     log.info("bangerd listening", socket=str(paths.socket), pid=os.getpid())
     try:
         await server.serve(sockets=[sock])
@@ -102,4 +115,5 @@ async def serve(settings: Settings) -> None:
         await registry.cancel_all()
         sock.close()
         paths.socket.unlink(missing_ok=True)
+        store.close()
         log.info("bangerd stopped")

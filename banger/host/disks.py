@@ -11,6 +11,7 @@ import errno
 import fcntl
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -194,7 +195,7 @@ def create_work_disk(
         )
     tmp = _tmp_sibling(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = dest.parent / f".{dest.name}.{os.getpid()}.files"
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         if seed is None:
             make_ext4(tmp, size_bytes, label=WORK_LABEL, root_owner=(0, 0))
@@ -205,9 +206,8 @@ def create_work_disk(
                 progress(f"work disk: {used} copy of the work seed")
             if size_bytes > seed.stat().st_size:
                 _grow_ext4(tmp, size_bytes)
-        staging.mkdir(mode=0o700)
         keys = staging / "authorized_keys"
-        keys.write_bytes(authorized_keys if authorized_keys.endswith(b"\n") else authorized_keys + b"\n")
+        keys.write_bytes(authorized_keys.rstrip(b"\n") + b"\n")
         key_files = None
         if host_key is not None:
             key_files = (staging / "host_key", staging / "host_key.pub")

@@ -35,9 +35,19 @@ class CommandError(HostToolError):
         super().__init__(f"{argv[0]} exited with status {returncode}{detail}")
 
 
+_SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def _search_path() -> str:
+    """The caller's PATH plus the sbin dirs a non-root user's PATH lacks (mkfs.ext4, nft)."""
+    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d]
+    dirs += [d for d in _SYSTEM_PATH if d not in dirs]
+    return os.pathsep.join(dirs)
+
+
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: os.environ[k] for k in _CLEAN_ENV_KEYS if k in os.environ}
-    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    env = {k: os.environ[k] for k in _CLEAN_ENV_KEYS if k in os.environ and k != "PATH"}
+    env["PATH"] = _search_path()
     env.setdefault("LC_ALL", "C.UTF-8")
     if extra:
         env.update(extra)

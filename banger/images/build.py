@@ -11,6 +11,7 @@ The result is staged under ``images_dir`` and renamed into ``images_dir/<id>``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -20,7 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from banger.core.errors import InvalidInput
@@ -160,18 +161,33 @@ def _round_up(n: int, unit: int = 64 * MIB) -> int:
     return ((n + unit - 1) // unit) * unit
 
 
+@contextlib.contextmanager
+def _plain_view(rootdir: Path, mountpoint: Path) -> Iterator[Path]:
+    """A non-recursive bind of ``rootdir``: the tree without mmdebstrap's proc/sys/dev mounts."""
+    mount = require_tool("mount", "mount")
+    umount = require_tool("umount", "mount")
+    mountpoint.mkdir()
+    run([mount, "--bind", str(rootdir), str(mountpoint)], timeout=30)
+    try:
+        yield mountpoint
+    finally:
+        run([umount, str(mountpoint)], timeout=60)
+        mountpoint.rmdir()
+
+
 def finish_rootfs(staging: Path, rootdir: Path, size_bytes: int | None = None) -> None:
     """Inside mmdebstrap's namespace: guest bits, then rootfs.ext4 and work-seed.ext4."""
-    for stale in ("rsa", "ecdsa", "dsa", "ed25519"):
-        for suffix in ("", ".pub"):
-            (rootdir / f"etc/ssh/ssh_host_{stale}_key{suffix}").unlink(missing_ok=True)
-    write_guest_files(rootdir, guest_files(host_key=generate_host_key()))
-    check_bootable(rootdir)
-    if size_bytes is None:
-        size_bytes = _round_up(int(_tree_bytes(rootdir) * 1.3) + ROOTFS_HEADROOM)
-    make_ext4(staging / ROOTFS_NAME, size_bytes, source_dir=rootdir, label="banger-root")
-    seed_size = _round_up(max(WORK_SEED_MIN, 2 * _tree_bytes(rootdir / "root")), 16 * MIB)
-    make_ext4(staging / WORK_SEED_NAME, seed_size, source_dir=rootdir / "root", label="banger-work")
+    with _plain_view(rootdir, staging / "tree") as tree:
+        for stale in ("rsa", "ecdsa", "dsa", "ed25519"):
+            for suffix in ("", ".pub"):
+                (tree / f"etc/ssh/ssh_host_{stale}_key{suffix}").unlink(missing_ok=True)
+        write_guest_files(tree, guest_files(host_key=generate_host_key()))
+        check_bootable(tree)
+        if size_bytes is None:
+            size_bytes = _round_up(int(_tree_bytes(tree) * 1.3) + ROOTFS_HEADROOM)
+        make_ext4(staging / ROOTFS_NAME, size_bytes, source_dir=tree, label="banger-root")
+        seed_size = _round_up(max(WORK_SEED_MIN, 2 * _tree_bytes(tree / "root")), 16 * MIB)
+        make_ext4(staging / WORK_SEED_NAME, seed_size, source_dir=tree / "root", label="banger-work")
 
 
 def sha256_file(path: Path) -> str:

@@ -97,9 +97,10 @@ def _materialize(image: Path, probe: Path, path: str, cache: dict, depth: int = 
                 return
             if not os.path.lexists(dest):
                 os.symlink(target, dest)
-            base = target if target.startswith("/") else posixpath.join(posixpath.dirname(cur), target)
+            base = posixpath.join(posixpath.dirname(cur), target)  # absolute target: join drops cur
             rest = "/".join(parts[i + 1 :])
-            _materialize(image, probe, posixpath.normpath("/" + base + "/" + rest), cache, depth + 1)
+            nxt = posixpath.normpath("/" + base + "/" + rest)
+            _materialize(image, probe, nxt, cache, depth + 1)
             return
         elif node.kind == EntryKind.FILE and i == len(parts) - 1:
             dest.write_bytes(b"")

@@ -9,8 +9,10 @@ through symlinks inside the staging root, never outside it.
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
+import lzma
 import os
 import shutil
 import stat
@@ -20,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, cast
 
 from banger.core.errors import InvalidInput
 from banger.host.ext4 import debugfs_quote
@@ -361,6 +363,17 @@ def _apply_tar(tree: _Tree, stream: IO[bytes]) -> None:
                 tree.add(tar, member, name)
 
 
+def _decompressor(head: bytes, stream: IO[bytes]) -> IO[bytes]:
+    """Wrap ``stream`` in the decompressor its magic bytes call for (or none)."""
+    if head[:2] == _GZIP_MAGIC:
+        return cast(IO[bytes], gzip.GzipFile(fileobj=stream, mode="rb"))
+    if head[:4] == b"\xfd7zX":
+        return cast(IO[bytes], lzma.LZMAFile(stream))
+    if head[:3] == b"BZh":
+        return cast(IO[bytes], bz2.BZ2File(stream))
+    return stream
+
+
 def _apply_layer(tree: _Tree, layer: LayerBlob, workdir: Path) -> None:
     """Stream one (maybe compressed) layer into the tree, verifying its digests."""
     with layer.open() as raw:
@@ -370,19 +383,15 @@ def _apply_layer(tree: _Tree, layer: LayerBlob, workdir: Path) -> None:
             _apply_zstd_layer(tree, layer, raw, workdir)
             return
         hashed = _HashingReader(raw)
-        plain: IO[bytes] = (
-            gzip.GzipFile(fileobj=hashed, mode="rb")  # type: ignore[arg-type]
-            if head[:2] == _GZIP_MAGIC
-            else hashed  # type: ignore[assignment]
-        )
+        plain = _decompressor(head, cast(IO[bytes], hashed))
         diff = _HashingReader(plain)
-        _apply_tar(tree, diff)  # type: ignore[arg-type]
+        _apply_tar(tree, cast(IO[bytes], diff))
         diff_digest = diff.drain()
         _check_digest(layer, "digest", layer.digest, hashed.drain())
         _check_digest(layer, "diff_id", layer.diff_id, diff_digest)
 
 
-def _apply_zstd_layer(tree: _Tree, layer: LayerBlob, raw: BinaryIO, workdir: Path) -> None:
+def _apply_zstd_layer(tree: _Tree, layer: LayerBlob, raw: IO[bytes], workdir: Path) -> None:
     hashed = _HashingReader(raw)
     _check_digest(layer, "digest", layer.digest, hashed.drain())
     zstd = require_tool("zstd", "zstd")
@@ -395,7 +404,7 @@ def _apply_zstd_layer(tree: _Tree, layer: LayerBlob, raw: BinaryIO, workdir: Pat
             timeout=1800)
         with open(Path(tmp) / "layer.tar", "rb") as plain:
             diff = _HashingReader(plain)
-            _apply_tar(tree, diff)  # type: ignore[arg-type]
+            _apply_tar(tree, cast(IO[bytes], diff))
             _check_digest(layer, "diff_id", layer.diff_id, diff.drain())
 
 

@@ -10,6 +10,7 @@ failure at any point leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from banger.core.errors import InvalidInput, NotFound
 from banger.host.ext4 import make_ext4
@@ -175,12 +177,19 @@ def docker_archive_layers(path: Path) -> Iterator[list[LayerBlob]]:
             layers.append(
                 LayerBlob(
                     name=f"layer {i + 1} ({name})",
-                    open=lambda n=name: tar.extractfile(n),  # type: ignore[misc]
+                    open=functools.partial(_member, tar, name),
                     digest=f"sha256:{m[1]}" if m else None,
                     diff_id=diff_ids[i] if i < len(diff_ids) else None,
                 )
             )
         yield layers
+
+
+def _member(tar: tarfile.TarFile, name: str) -> IO[bytes]:
+    f = tar.extractfile(name)
+    if f is None:
+        raise InvalidInput(f"docker-save layer {name} is not a file", hint="export the image again")
+    return f
 
 
 def rootfs_tar_layers(path: Path) -> list[LayerBlob]:
@@ -330,14 +339,14 @@ def import_image(
         progress(f"import: {path} ({kind})")
     source = f"{kind}:{path.resolve()}"
     if kind == SourceKind.OCI_LAYOUT:
-        layers = read_oci_layout(path).layers
-        return build_from_layers(layers, images_dir, req, source=source, progress=progress)
+        oci_layers = read_oci_layout(path).layers
+        return build_from_layers(oci_layers, images_dir, req, source=source, progress=progress)
     if kind == SourceKind.DOCKER_ARCHIVE:
         with docker_archive_layers(path) as layers:
             return build_from_layers(layers, images_dir, req, source=source, progress=progress)
     if kind == SourceKind.ROOTFS_TAR:
-        layers = rootfs_tar_layers(path)
-        return build_from_layers(layers, images_dir, req, source=source, progress=progress)
+        tar_layers = rootfs_tar_layers(path)
+        return build_from_layers(tar_layers, images_dir, req, source=source, progress=progress)
     return import_ext4(path, images_dir, req, source=source, progress=progress)
 
 

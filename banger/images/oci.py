@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from banger.core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from banger.host.run import CommandError, require_tool, run
@@ -262,7 +262,7 @@ class LayerBlob:
     """One layer of an image: how to open its bytes and what they must hash to."""
 
     name: str
-    open: Callable[[], BinaryIO]
+    open: Callable[[], IO[bytes]]
     digest: str | None = None  # sha256 of the bytes as stored (maybe compressed)
     diff_id: str | None = None  # sha256 of the uncompressed tar
 

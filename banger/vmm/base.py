@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
 from banger.core.vmspec import Accel, VMSpec
+from banger.host.probes import have_usable_kvm
 from banger.vmm import proc
 
 
@@ -95,16 +96,6 @@ def signal_handle(handle: Handle, sig: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def have_usable_kvm() -> bool:
-    """True when /dev/kvm is usable and backed by hardware virtualisation (kvm_intel/kvm_amd).
-
-    Other KVM providers (e.g. a PVM host's kvm_pvm) hang standard guest kernels.
-    """
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return False
-    return any(Path("/sys/module", m).is_dir() for m in ("kvm_intel", "kvm_amd"))
 
 
 def choose_accel() -> Accel:

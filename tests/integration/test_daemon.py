@@ -162,3 +162,32 @@ def test_ping_reports_version_pid_and_uptime(banger_env: BangerEnv) -> None:
     assert first["pid"] == banger_env.daemon_pid()
     assert second["uptime_seconds"] > first["uptime_seconds"]
     assert first["version"] and first["commit"] and first["api_version"] == "v1"
+
+
+def test_corrupt_store_stops_the_daemon_with_a_clear_error_and_is_left_untouched(
+    banger_env: BangerEnv,
+) -> None:
+    banger_env.state_dir.mkdir(parents=True)
+    db = banger_env.state_dir / "state.db"
+    garbage = b"this is not an sqlite database\n" * 100
+    db.write_bytes(garbage)
+    result = banger_env.banger("daemon", "start")
+    assert result.returncode != 0
+    assert "bangerd failed to start" in result.stderr and "state.db" in result.stderr
+    assert db.read_bytes() == garbage
+
+
+def test_operations_from_a_killed_daemon_are_marked_interrupted(banger_env: BangerEnv) -> None:
+    from banger.store.db import Store
+    from banger.store.records import OperationRecord, OperationState
+
+    banger_env.state_dir.mkdir(parents=True)
+    with Store.open(banger_env.state_dir / "state.db") as store:
+        store.operations.add(OperationRecord(id="abc", kind="kernel.pull",
+                                             state=OperationState.RUNNING))
+    assert banger_env.banger("daemon", "start").returncode == 0
+    banger_env.banger("daemon", "stop")
+    with Store.open(banger_env.state_dir / "state.db") as store:
+        record = store.operations.get("abc")
+    assert record.state is OperationState.FAILED
+    assert record.error and "interrupted" in record.error["message"]

@@ -143,7 +143,7 @@ def test_unknown_operation_is_not_found() -> None:
         reg.get("missing")
 
 
-def test_persist_hook_sees_every_change() -> None:
+def test_persist_hook_records_the_beginning_and_the_end() -> None:
     seen: list[tuple[str, int]] = []
 
     async def work(ctx: OperationContext) -> None:
@@ -157,6 +157,4 @@ def test_persist_hook_sees_every_change() -> None:
         await reg.join(reg.begin("x", work).id)
 
     run(scenario())
-    revisions = [r for _, r in seen]
-    assert revisions == sorted(revisions) and len(revisions) >= 4
-    assert seen[-1][0] == OperationState.SUCCEEDED
+    assert [state for state, _ in seen] == [OperationState.RUNNING, OperationState.SUCCEEDED]
