@@ -90,3 +90,76 @@ class Operation(WireModel):
 
 class OperationList(WireModel):
     operations: list[Operation]
+
+
+class CatalogKernel(WireModel):
+    name: str
+    description: str
+    package: str
+    pulled: bool
+
+
+class KernelCatalog(WireModel):
+    kernels: list[CatalogKernel]
+
+
+class KernelInfo(WireModel):
+    name: str
+    version: str
+    source: str
+    path: str
+    is_default: bool
+    created_at: datetime | None = None
+    manifest: dict[str, Any] = {}
+
+
+class KernelList(WireModel):
+    kernels: list[KernelInfo]
+
+
+class KernelImportRequest(WireModel):
+    name: str
+    source: str
+
+
+class ImageInfo(WireModel):
+    id: str
+    name: str
+    source: str
+    path: str
+    kernel_name: str | None
+    is_default: bool
+    size_bytes: int
+    created_at: datetime | None = None
+    manifest: dict[str, Any] = {}
+
+
+class ImageList(WireModel):
+    images: list[ImageInfo]
+
+
+class ImageBuildRequest(WireModel):
+    name: str | None = None
+    source: str = "debian:bookworm"
+    packages: list[str] = []
+    size: str | None = None
+
+
+class ImagePullRequest(WireModel):
+    ref: str
+    name: str | None = None
+
+
+class ImageImportRequest(WireModel):
+    path: str
+    name: str | None = None
+
+
+class CachePruneRequest(WireModel):
+    dry_run: bool = False
+
+
+class CachePruneResult(WireModel):
+    bytes: int
+    blobs: int
+    dry_run: bool

@@ -11,6 +11,8 @@ from click.shell_completion import get_completion_class
 from banger.cli.context import CliContext, json_option, pass_ctx
 from banger.cli.daemon_cmd import daemon_group
 from banger.cli.doctor_cmd import doctor
+from banger.cli.image_cmd import image_group
+from banger.cli.kernel_cmd import kernel_group
 from banger.cli.render import print_error, print_fields, print_json
 from banger.core.errors import BangerError
 from banger.version import version_info
@@ -101,6 +103,8 @@ def completion(shell: str) -> None:
 
 cli.add_command(daemon_group)
 cli.add_command(doctor)
+cli.add_command(image_group)
+cli.add_command(kernel_group)
 
 
 def main() -> None:

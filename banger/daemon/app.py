@@ -6,11 +6,10 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -20,45 +19,21 @@ from banger.api.models import (
     CheckStatus,
     DoctorCheck,
     DoctorReport,
-    ErrorBody,
     Operation,
     OperationList,
     Ping,
 )
-from banger.config import Settings
 from banger.core.errors import BangerError, Forbidden, InvalidInput
-from banger.daemon import doctor
-from banger.daemon.operations import OperationRegistry, new_op_id
+from banger.daemon import artifact_routes, doctor
+from banger.daemon.operations import new_op_id
 from banger.daemon.peercred import peer_uid
-from banger.store.db import Store
+from banger.daemon.routes import DaemonDep, api_router
+from banger.daemon.state import Daemon
 from banger.version import API_VERSION, version_info
 
 log = structlog.get_logger("banger.daemon.app")
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 403, 404, 409, 500, 502, 503)
-}
-
-
-@dataclass
-class Daemon:
-    """Everything a request handler may need, built once at start."""
-
-    settings: Settings
-    store: Store
-    operations: OperationRegistry
-    allowed_uids: frozenset[int]
-    started_at: float = field(default_factory=time.monotonic)
-    request_shutdown: Callable[[], None] = lambda: None
-
-
-def get_daemon(request: Request) -> Daemon:
-    daemon: Daemon = request.app.state.daemon
-    return daemon
-
-
-DaemonDep = Annotated[Daemon, Depends(get_daemon)]
-router = APIRouter(prefix=f"/{API_VERSION}", responses=ERROR_RESPONSES)
+router = api_router("daemon")
 
 
 @router.get("/ping", response_model=Ping)
@@ -181,6 +156,7 @@ def create_app(daemon: Daemon) -> FastAPI:
     )
     app.state.daemon = daemon
     app.include_router(router)
+    app.include_router(artifact_routes.router)
     app.add_exception_handler(BangerError, _banger_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.middleware("http")(_request_context)

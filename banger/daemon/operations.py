@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -23,6 +23,7 @@ from banger.core.errors import BangerError, Cancelled, NotFound
 
 log = structlog.get_logger("banger.daemon.operations")
 
+T = TypeVar("T")
 Work = Callable[["OperationContext"], Awaitable[dict[str, Any] | None]]
 Persist = Callable[[Operation], None]
 
@@ -75,6 +76,22 @@ class OperationContext:
         if self._entry.op.stages:
             self._entry.op.stages[-1].detail = text
             self._registry.touch(self._entry)
+
+    def progress_from_thread(self) -> Callable[[str], None]:
+        """A ``progress`` callback for blocking work run in a worker thread."""
+        loop = asyncio.get_running_loop()
+
+        def report(text: str) -> None:
+            loop.call_soon_threadsafe(self.detail, text)
+
+        return report
+
+    async def in_thread(self, stage: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run blocking ``func`` in a worker thread as stage ``stage``, with progress."""
+        with self.stage(stage):
+            return await asyncio.to_thread(
+                func, *args, progress=self.progress_from_thread(), **kwargs
+            )
 
 
 class OperationRegistry:

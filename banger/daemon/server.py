@@ -16,10 +16,11 @@ import uvicorn
 
 from banger.config import Settings
 from banger.core.errors import Conflict
-from banger.daemon.app import Daemon, create_app
+from banger.daemon.app import create_app
 from banger.daemon.history import operation_recorder
 from banger.daemon.operations import OperationRegistry
 from banger.daemon.peercred import PeerCredProtocol
+from banger.daemon.state import Daemon
 from banger.store.db import Store
 
 log = structlog.get_logger("banger.daemon.server")
@@ -83,12 +84,7 @@ async def serve(settings: Settings) -> None:
     registry = OperationRegistry(
         ttl_seconds=settings.operation_ttl_seconds, persist=operation_recorder(store)
     )
-    daemon = Daemon(
-        settings=settings,
-        store=store,
-        operations=registry,
-        allowed_uids=frozenset({os.getuid(), 0}),
-    )
+    daemon = Daemon.build(settings, store, registry, frozenset({os.getuid(), 0}))
     sock = bind_socket(paths.socket)
     config = uvicorn.Config(
         create_app(daemon),

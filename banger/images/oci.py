@@ -83,8 +83,8 @@ class PulledImage:
 
 def parse_reference(ref: str) -> OciRef:
     """Parse ``ref`` by the docker reference grammar; raise ``InvalidInput`` if malformed."""
-    text = ref.strip().removeprefix("docker://")
-    match = _REFERENCE_RE.match(text)
+    text = ref.removeprefix("docker://")
+    match = _REFERENCE_RE.fullmatch(text)
     if match is None or len(match["path"]) + len(match["domain"] or "") + 1 > _NAME_MAX:
         raise InvalidInput(
             f"invalid image reference {ref!r}",

@@ -1,0 +1,211 @@
+"""``banger image ...``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from banger.api.models import CachePruneResult, ImageInfo, ImageList, Operation
+from banger.cli.context import CliContext, json_option, pass_ctx, quiet_option
+from banger.cli.progress import follow
+from banger.cli.render import console, print_fields, print_json, print_table
+from banger.core.validate import format_size, parse_size, validate_name
+
+
+@click.group("image")
+def image_group() -> None:
+    """Golden images: build with mmdebstrap, pull from OCI registries, import, list.
+
+    \b
+    Example:
+      banger image build
+    """
+
+
+def _finish(ctx: CliContext, op: Operation, as_json: bool) -> None:
+    done = follow(ctx.client(), op)
+    info = ImageInfo.model_validate(done.result)
+    if as_json:
+        print_json(info.model_dump(mode="json"))
+    else:
+        default = " (default)" if info.is_default else ""
+        console().print(f"image {info.name} ({info.id}) ready{default}")
+
+
+@image_group.command("build")
+@click.argument("name", required=False)
+@click.option("--from", "source", default="debian:bookworm", show_default=True,
+              help="Distribution and suite to bootstrap.")
+@click.option("--packages", default="", help="Extra Debian packages, comma-separated.")
+@click.option("--size", help="rootfs size, e.g. 4G (default: content plus headroom).")
+@json_option
+@pass_ctx
+def image_build(
+    ctx: CliContext, name: str | None, source: str, packages: str, size: str | None,
+    as_json: bool,
+) -> None:
+    """Build a golden Debian image (and the default kernel, on first use).
+
+    Without NAME the image is named after --from (debian-bookworm).
+
+    \b
+    Examples:
+      banger image build
+      banger image build dev --packages build-essential,python3 --size 4G
+    """
+    if name is not None:
+        validate_name(name, "image")
+    if size is not None:
+        parse_size(size)
+    body = {"name": name, "source": source, "size": size,
+            "packages": [p for p in packages.split(",") if p]}
+    _finish(ctx, ctx.client().post_model("/images/build", Operation, json=body), as_json)
+
+
+@image_group.command("pull")
+@click.argument("ref")
+@click.option("--name", help="Image name (default: from the reference).")
+@json_option
+@pass_ctx
+def image_pull(ctx: CliContext, ref: str, name: str | None, as_json: bool) -> None:
+    """Pull an image from an OCI/Docker registry.
+
+    \b
+    Example:
+      banger image pull docker.io/library/debian:bookworm --name deb
+    """
+    if name is not None:
+        validate_name(name, "image")
+    op = ctx.client().post_model("/images/pull", Operation, json={"ref": ref, "name": name})
+    _finish(ctx, op, as_json)
+
+
+@image_group.command("import")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--name", help="Image name (default: from the file name).")
+@json_option
+@pass_ctx
+def image_import(ctx: CliContext, path: Path, name: str | None, as_json: bool) -> None:
+    """Import a docker-save tar, an OCI layout dir, a rootfs tarball or an ext4 file.
+
+    \b
+    Example:
+      banger image import ./rootfs.tar.gz --name mine
+    """
+    if name is not None:
+        validate_name(name, "image")
+    body = {"path": str(path.absolute()), "name": name}
+    _finish(ctx, ctx.client().post_model("/images/import", Operation, json=body), as_json)
+
+
+@image_group.command("list")
+@json_option
+@quiet_option
+@pass_ctx
+def image_list(ctx: CliContext, as_json: bool, quiet: bool) -> None:
+    """List images (* marks the default).
+
+    \b
+    Example:
+      banger image list
+    """
+    images = ctx.client().get_model("/images", ImageList).images
+    if as_json:
+        print_json([i.model_dump(mode="json") for i in images])
+    elif quiet:
+        for i in images:
+            click.echo(i.name)
+    else:
+        print_table(
+            ["NAME", "DEFAULT", "ID", "KERNEL", "SIZE", "SOURCE"],
+            [[i.name, "*" if i.is_default else "", i.id, i.kernel_name or "(default)",
+              format_size(i.size_bytes) if i.size_bytes else "", i.source] for i in images],
+        )
+
+
+@image_group.command("show")
+@click.argument("ref")
+@json_option
+@pass_ctx
+def image_show(ctx: CliContext, ref: str, as_json: bool) -> None:
+    """Show one image by name or id.
+
+    \b
+    Example:
+      banger image show debian-bookworm
+    """
+    i = ctx.client().get_model(f"/images/{ref}", ImageInfo)
+    if as_json:
+        print_json(i.model_dump(mode="json"))
+        return
+    m = i.manifest
+    print_fields(
+        [("name", i.name), ("id", i.id), ("default", i.is_default), ("source", i.source),
+         ("kernel", i.kernel_name or "(default)"), ("path", i.path),
+         ("size", format_size(i.size_bytes) if i.size_bytes else "?"),
+         ("init", m.get("init_profile")), ("packages", " ".join(m.get("packages", []))),
+         ("created", i.created_at)]
+    )
+
+
+@image_group.command("delete")
+@click.argument("refs", nargs=-1, required=True)
+@pass_ctx
+def image_delete(ctx: CliContext, refs: tuple[str, ...]) -> None:
+    """Delete images (refused while a VM uses one).
+
+    \b
+    Example:
+      banger image delete old-image
+    """
+    client = ctx.client()
+    for ref in refs:
+        info = ImageInfo.model_validate(client.request("DELETE", f"/images/{ref}"))
+        console().print(f"deleted image {info.name} ({info.id})")
+
+
+@image_group.command("promote")
+@click.argument("ref")
+@pass_ctx
+def image_promote(ctx: CliContext, ref: str) -> None:
+    """Make an image the default for new VMs.
+
+    \b
+    Example:
+      banger image promote dev
+    """
+    info = ctx.client().post_model(f"/images/{ref}/promote", ImageInfo)
+    console().print(f"image {info.name} is now the default")
+
+
+@image_group.group("cache")
+def image_cache() -> None:
+    """The OCI blob cache.
+
+    \b
+    Example:
+      banger image cache prune --dry-run
+    """
+
+
+@image_cache.command("prune")
+@click.option("--dry-run", is_flag=True, help="Only report what would be freed.")
+@json_option
+@pass_ctx
+def image_cache_prune(ctx: CliContext, dry_run: bool, as_json: bool) -> None:
+    """Delete cached OCI blobs (safe while a pull runs).
+
+    \b
+    Example:
+      banger image cache prune
+    """
+    result = ctx.client().post_model(
+        "/images/cache/prune", CachePruneResult, json={"dry_run": dry_run}
+    )
+    if as_json:
+        print_json(result.model_dump())
+        return
+    verb = "would free" if dry_run else "freed"
+    console().print(f"{verb} {format_size(result.bytes) if result.bytes else '0'} "
+                    f"in {result.blobs} blobs")

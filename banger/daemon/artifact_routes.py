@@ -1,0 +1,115 @@
+"""``/v1/kernels`` and ``/v1/images``: list/show/delete answer at once; the rest are operations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import Request
+
+from banger.api.models import (
+    CachePruneRequest,
+    CachePruneResult,
+    ImageBuildRequest,
+    ImageImportRequest,
+    ImageInfo,
+    ImageList,
+    ImagePullRequest,
+    KernelCatalog,
+    KernelImportRequest,
+    KernelInfo,
+    KernelList,
+    Operation,
+)
+from banger.daemon.image_service import image_info
+from banger.daemon.kernel_service import kernel_info
+from banger.daemon.routes import DaemonDep, api_router, request_op_id
+
+router = api_router("images and kernels")
+
+
+@router.get("/kernels/catalog", response_model=KernelCatalog)
+async def kernel_catalog(daemon: DaemonDep) -> KernelCatalog:
+    return KernelCatalog(kernels=daemon.kernels.catalog())
+
+
+@router.get("/kernels", response_model=KernelList)
+async def list_kernels(daemon: DaemonDep) -> KernelList:
+    return KernelList(kernels=[kernel_info(k) for k in daemon.store.kernels.list()])
+
+
+@router.get("/kernels/{name}", response_model=KernelInfo)
+async def show_kernel(name: str, daemon: DaemonDep) -> KernelInfo:
+    return kernel_info(daemon.store.kernels.get(name))
+
+
+@router.delete("/kernels/{name}", status_code=204)
+async def delete_kernel(name: str, daemon: DaemonDep) -> None:
+    daemon.kernels.delete(name)
+
+
+@router.post("/kernels/{name}/pull", response_model=Operation, status_code=202)
+async def pull_kernel(name: str, daemon: DaemonDep, request: Request) -> Operation:
+    work = daemon.kernels.pull(name)
+    return daemon.operations.begin("kernel.pull", work, target=name, op_id=request_op_id(request))
+
+
+@router.post("/kernels/import", response_model=Operation, status_code=202)
+async def import_kernel(
+    body: KernelImportRequest, daemon: DaemonDep, request: Request
+) -> Operation:
+    work = daemon.kernels.import_(body.name, Path(body.source))
+    return daemon.operations.begin(
+        "kernel.import", work, target=body.name, op_id=request_op_id(request)
+    )
+
+
+@router.get("/images", response_model=ImageList)
+async def list_images(daemon: DaemonDep) -> ImageList:
+    return ImageList(images=[image_info(i) for i in daemon.store.images.list()])
+
+
+@router.post("/images/build", response_model=Operation, status_code=202)
+async def build_image(body: ImageBuildRequest, daemon: DaemonDep, request: Request) -> Operation:
+    work = daemon.images.build(
+        name=body.name, source=body.source, packages=body.packages, size=body.size
+    )
+    return daemon.operations.begin(
+        "image.build", work, target=body.name, op_id=request_op_id(request)
+    )
+
+
+@router.post("/images/pull", response_model=Operation, status_code=202)
+async def pull_image(body: ImagePullRequest, daemon: DaemonDep, request: Request) -> Operation:
+    work = daemon.images.pull(body.ref, body.name)
+    return daemon.operations.begin(
+        "image.pull", work, target=body.ref, op_id=request_op_id(request)
+    )
+
+
+@router.post("/images/import", response_model=Operation, status_code=202)
+async def import_image(body: ImageImportRequest, daemon: DaemonDep, request: Request) -> Operation:
+    work = daemon.images.import_(Path(body.path), body.name)
+    return daemon.operations.begin(
+        "image.import", work, target=body.path, op_id=request_op_id(request)
+    )
+
+
+@router.post("/images/cache/prune", response_model=CachePruneResult)
+async def prune_cache(body: CachePruneRequest, daemon: DaemonDep) -> CachePruneResult:
+    freed, blobs = daemon.images.prune_cache(dry_run=body.dry_run)
+    return CachePruneResult(bytes=freed, blobs=blobs, dry_run=body.dry_run)
+
+
+@router.get("/images/{ref}", response_model=ImageInfo)
+async def show_image(ref: str, daemon: DaemonDep) -> ImageInfo:
+    return image_info(daemon.store.images.get(ref))
+
+
+@router.delete("/images/{ref}", response_model=ImageInfo)
+async def delete_image(ref: str, daemon: DaemonDep) -> ImageInfo:
+    return image_info(daemon.images.delete(ref))
+
+
+@router.post("/images/{ref}/promote", response_model=ImageInfo)
+async def promote_image(ref: str, daemon: DaemonDep) -> ImageInfo:
+    return image_info(daemon.store.images.set_default(ref))

@@ -1,0 +1,114 @@
+"""Kernels: the catalog, pulls and imports as operations, and the store rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from banger.api.models import CatalogKernel, KernelInfo
+from banger.core.errors import Conflict, InvalidInput
+from banger.core.validate import validate_name
+from banger.daemon.operations import OperationContext, Work
+from banger.kernels import catalog
+from banger.kernels.importer import delete_kernel, import_kernel, pull_kernel
+from banger.kernels.manifest import KernelManifest
+from banger.store.db import Store
+from banger.store.records import KernelRecord
+
+DEFAULT_KERNEL = "debian-cloud"
+
+
+def kernel_info(record: KernelRecord) -> KernelInfo:
+    return KernelInfo(
+        name=record.name,
+        version=record.version,
+        source=record.source,
+        path=str(record.path),
+        is_default=record.is_default,
+        created_at=record.created_at,
+        manifest=record.manifest,
+    )
+
+
+class KernelService:
+    def __init__(self, store: Store, kernels_dir: Path, cache_dir: Path) -> None:
+        self.store = store
+        self.kernels_dir = kernels_dir
+        self.cache_dir = cache_dir
+
+    def catalog(self) -> list[CatalogKernel]:
+        stored = {k.name for k in self.store.kernels.list()}
+        return [
+            CatalogKernel(
+                name=e.name, description=e.description, package=e.package, pulled=e.name in stored
+            )
+            for e in catalog.CATALOG.values()
+        ]
+
+    def _register(self, manifest: KernelManifest) -> KernelRecord:
+        """Record a stored kernel; the first one becomes the default."""
+        existing = self.store.kernels.find(manifest.name)
+        if existing is not None:
+            return existing
+        record = self.store.kernels.add(
+            KernelRecord(
+                name=manifest.name,
+                version=manifest.version,
+                source=manifest.source,
+                path=manifest.path,
+                manifest=manifest.to_json(),
+            )
+        )
+        if self.store.kernels.get_default() is None:
+            record = self.store.kernels.set_default(record.name)
+        return record
+
+    async def _pull(self, ctx: OperationContext, name: str) -> KernelRecord:
+        manifest = await ctx.in_thread(
+            "pull", pull_kernel, name, self.kernels_dir, self.cache_dir
+        )
+        with ctx.stage("register"):
+            return self._register(manifest)
+
+    def pull(self, name: str) -> Work:
+        """Validate now; the returned work pulls catalog kernel ``name``."""
+        validate_name(name, "kernel")
+        catalog.catalog_entry(name)
+
+        async def work(ctx: OperationContext) -> dict[str, Any]:
+            return kernel_info(await self._pull(ctx, name)).model_dump(mode="json")
+
+        return work
+
+    def import_(self, name: str, source: Path) -> Work:
+        """Validate now; the returned work imports ``source`` (a dir or a .deb) as ``name``."""
+        validate_name(name, "kernel")
+        if self.store.kernels.find(name) is not None:
+            raise Conflict(
+                f"kernel '{name}' already exists",
+                hint=f"pick another name, or delete it first: banger kernel delete {name}",
+            )
+        if not source.is_absolute():
+            raise InvalidInput(f"kernel source {source} is not an absolute path")
+
+        async def work(ctx: OperationContext) -> dict[str, Any]:
+            manifest = await ctx.in_thread(
+                "import", import_kernel, name, source, self.kernels_dir
+            )
+            with ctx.stage("register"):
+                return kernel_info(self._register(manifest)).model_dump(mode="json")
+
+        return work
+
+    async def ensure_default(self, ctx: OperationContext) -> KernelRecord:
+        """The default kernel, pulling the catalog's default on first use."""
+        record = self.store.kernels.get_default()
+        if record is not None:
+            return record
+        return await self._pull(ctx, DEFAULT_KERNEL)
+
+    def delete(self, name: str) -> None:
+        record = self.store.kernels.get(name)
+        self.store.kernels.delete(record.name)  # refuses while an image or VM refers to it
+        if record.path.exists():
+            delete_kernel(record.name, self.kernels_dir)

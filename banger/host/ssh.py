@@ -1,0 +1,243 @@
+"""SSH to guests: the managed client key, per-VM host keys and known_hosts, argv and readiness.
+
+``vm ssh`` execs the system ``ssh`` with ``ssh_argv`` (pure); the daemon talks
+to guests through asyncssh (``wait_for_ssh``, ``ssh_exec``). Each VM gets its
+own known_hosts file holding the host key banger generated for it, so no
+prompt ever appears and a reused IP never trips a "host key changed" error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import shlex
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from banger.core.errors import GuestError, InvalidInput, StoreError
+from banger.host.run import CommandError, require_tool, run
+
+log = logging.getLogger("banger.host.ssh")
+
+HOST_KEY_FILE = "ssh_host_ed25519_key"
+_PRIVATE_KEY_HEADER = b"-----BEGIN OPENSSH PRIVATE KEY-----"
+CONNECT_TIMEOUT = 10
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _keygen(dest: Path, comment: str) -> None:
+    keygen = require_tool("ssh-keygen", "openssh-client")
+    run([keygen, "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", os.fspath(dest)], timeout=30)
+
+
+def _corrupt(path: Path, why: str) -> StoreError:
+    return StoreError(
+        f"SSH key {path} is {why}",
+        hint=f"restore it, or move it away (mv {path} {path}.bad) and banger makes a new one",
+    )
+
+
+def ensure_ssh_key(path: Path) -> bytes:
+    """Return the public key line of the managed key at ``path``, generating it on first use.
+
+    An existing file is never overwritten, even when corrupt: that raises
+    StoreError, because regenerating would lock the user out of every VM.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    pub = path.with_name(path.name + ".pub")
+    with _locked(path.with_name(f".{path.name}.lock")):
+        if not path.exists():
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            for p in (tmp, tmp.with_name(tmp.name + ".pub")):
+                p.unlink(missing_ok=True)
+            _keygen(tmp, "banger")
+            os.replace(tmp.with_name(tmp.name + ".pub"), pub)
+            os.replace(tmp, path)
+            log.info("generated SSH key %s", path)
+        try:
+            head = path.read_bytes()[: len(_PRIVATE_KEY_HEADER)]
+        except OSError as exc:
+            raise _corrupt(path, f"unreadable ({exc.strerror})") from exc
+        if head != _PRIVATE_KEY_HEADER:
+            raise _corrupt(path, "not an OpenSSH private key")
+        if not pub.exists():
+            pub.write_bytes(_public_from_private(path))
+        return pub.read_bytes()
+
+
+def _public_from_private(path: Path) -> bytes:
+    keygen = require_tool("ssh-keygen", "openssh-client")
+    try:
+        return run([keygen, "-y", "-f", os.fspath(path)], timeout=30).stdout
+    except CommandError as exc:
+        raise _corrupt(path, "corrupt (ssh-keygen cannot read it)") from exc
+
+
+def generate_host_key(dest_dir: Path) -> tuple[bytes, bytes]:
+    """A fresh ed25519 sshd host key for one VM, kept in ``dest_dir``: (private, public)."""
+    dest_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = dest_dir / HOST_KEY_FILE
+    for p in (key, key.with_name(key.name + ".pub")):
+        p.unlink(missing_ok=True)
+    _keygen(key, "banger-vm")
+    return key.read_bytes(), key.with_name(key.name + ".pub").read_bytes()
+
+
+def known_hosts_line(host: str, port: int, pubkey: bytes | str) -> str:
+    """One known_hosts line binding ``host:port`` to ``pubkey`` (an ``.pub`` line)."""
+    text = pubkey.decode() if isinstance(pubkey, bytes) else pubkey
+    fields = text.split()
+    if len(fields) < 2 or not fields[0].startswith(("ssh-", "ecdsa-", "sk-")):
+        raise InvalidInput(f"not an SSH public key: {text[:40]!r}")
+    pattern = host if port == 22 else f"[{host}]:{port}"
+    return f"{pattern} {fields[0]} {fields[1]}\n"
+
+
+def write_known_hosts(path: Path, host: str, port: int, pubkey: bytes | str) -> None:
+    """Replace ``path`` with a single line for the VM (write to temp, then rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(known_hosts_line(host, port, pubkey))
+    os.replace(tmp, path)
+
+
+def ssh_argv(
+    target: str,
+    port: int,
+    key: Path,
+    known_hosts: Path,
+    user: str = "root",
+    command: Sequence[str] | None = None,
+    *,
+    host_key_recorded: bool = True,
+    batch: bool = True,
+    tty: bool = False,
+    connect_timeout: int = CONNECT_TIMEOUT,
+    ssh_binary: str = "ssh",
+) -> list[str]:
+    """The system ``ssh`` argv for a VM (pure). ``command`` is quoted for the remote shell."""
+    argv = [ssh_binary, "-F", "/dev/null"]  # the user's ~/.ssh/config must not change this
+    options = {
+        "IdentitiesOnly": "yes",
+        "IdentityAgent": "none",
+        "UserKnownHostsFile": os.fspath(known_hosts),
+        "GlobalKnownHostsFile": "/dev/null",
+        "StrictHostKeyChecking": "yes" if host_key_recorded else "accept-new",
+        "BatchMode": "yes" if batch else "no",
+        "LogLevel": "ERROR",
+        "ConnectTimeout": str(connect_timeout),
+    }
+    argv += ["-i", os.fspath(key), "-p", str(port)]
+    for name, value in options.items():
+        argv += ["-o", f"{name}={value}"]
+    if tty:
+        argv.append("-t")
+    argv += ["--", f"{user}@{target}"]
+    if command:
+        # ssh joins its arguments with spaces for the remote shell; one quoted
+        # string keeps `sh -c 'exit 42'` three words on the other side too.
+        argv.append(shlex.join(command))
+    return argv
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_status: int
+    stdout: bytes
+    stderr: bytes
+
+
+def _connect_options(key: Path, known_hosts: Path | None, timeout: float) -> dict[str, object]:
+    return {
+        "username": "root",
+        "client_keys": [os.fspath(key)],
+        "known_hosts": os.fspath(known_hosts) if known_hosts is not None else None,
+        "agent_path": None,
+        "config": [],  # ignore ~/.ssh/config, like ssh_argv's -F /dev/null
+        "connect_timeout": timeout,
+        "login_timeout": timeout,
+    }
+
+
+async def wait_for_ssh(
+    host: str,
+    port: int,
+    key: Path,
+    *,
+    deadline: float,
+    known_hosts: Path | None = None,
+    alive: Callable[[], bool] | None = None,
+) -> None:
+    """Return once sshd at ``host:port`` accepts ``key``; GuestError at ``deadline`` (monotonic).
+
+    ``alive`` (e.g. the VMM handle's ``running``) ends the wait early when the VM died.
+
+    Bounded retries with a short backoff: the guest's sshd comes up at an
+    unknown moment and every 100 ms of slack is visible in ``vm run``.
+    """
+    delay = 0.02
+    last: BaseException | None = None
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise GuestError(
+                f"SSH on {host}:{port} did not accept our key in time: {last or 'no attempt'}",
+                hint="see the VM's console log (banger vm logs)",
+            )
+        if alive is not None and not alive():
+            raise GuestError(f"the VM behind {host}:{port} exited before SSH came up")
+        try:
+            opts = _connect_options(key, known_hosts, min(remaining, CONNECT_TIMEOUT))
+            async with asyncio.timeout(remaining):
+                conn = await asyncssh.connect(host, port, **opts)
+            conn.close()
+            await conn.wait_closed()
+            return
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            last = exc
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.25)
+
+
+async def ssh_exec(
+    host: str,
+    port: int,
+    key: Path,
+    command: Sequence[str],
+    *,
+    known_hosts: Path | None = None,
+    timeout: float = 60,
+    input: bytes | None = None,
+) -> ExecResult:
+    """Run ``command`` (argv, quoted for the remote shell) in the guest; its status and output."""
+    opts = _connect_options(key, known_hosts, min(timeout, CONNECT_TIMEOUT))
+    try:
+        async with asyncio.timeout(timeout):
+            async with asyncssh.connect(host, port, **opts) as conn:
+                res = await conn.run(shlex.join(command), input=input, encoding=None, check=False)
+    except TimeoutError as exc:
+        raise GuestError(
+            f"command in the guest at {host}:{port} timed out after {timeout}s"
+        ) from exc
+    except (OSError, asyncssh.Error) as exc:
+        raise GuestError(f"cannot run a command over SSH on {host}:{port}: {exc}") from exc
+    status = res.exit_status if res.exit_status is not None else 255
+    return ExecResult(status, _as_bytes(res.stdout), _as_bytes(res.stderr))
+
+
+def _as_bytes(data: object) -> bytes:
+    if data is None:
+        return b""
+    return data if isinstance(data, bytes) else str(data).encode()

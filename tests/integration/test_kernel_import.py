@@ -1,0 +1,162 @@
+"""Kernel import from Debian's real cloud kernel package, as a .deb and as a directory."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import stat
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from banger.core.errors import Conflict, NotFound
+from banger.kernels.importer import delete_kernel, get_kernel, import_kernel, list_kernels
+from banger.kernels.initramfs import read_newc
+from banger.kernels.manifest import INITRD, VMLINUX, VMLINUZ, KernelManifest, verify_manifest
+from banger.kernels.modules import module_load_order, module_name, read_modules_dep
+from tests.support.kernel import ensure_kernel_deb
+
+pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
+
+VIRTIO_BOOT_ORDER = [
+    "virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "failover", "net_failover", "virtio_net",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def deb() -> Path:
+    return ensure_kernel_deb()
+
+
+@pytest.fixture(scope="module")
+def unpacked(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("unpacked")
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def from_deb(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> KernelManifest:
+    return import_kernel("cloud", deb, tmp_path_factory.mktemp("kernels"))
+
+
+def subsequence(small: list[str], big: list[str]) -> bool:
+    it = iter(big)
+    return all(x in it for x in small)
+
+
+def test_deb_import_stores_bzimage_elf_vmlinux_initrd_and_a_manifest(
+    from_deb: KernelManifest, unpacked: Path
+) -> None:
+    d = from_deb.path
+    assert sorted(p.name for p in d.iterdir()) == sorted([VMLINUZ, VMLINUX, INITRD, "manifest.json"])
+    (bzimage,) = (unpacked / "boot").glob("vmlinuz-*")
+    assert (d / VMLINUZ).read_bytes() == bzimage.read_bytes()
+    elf = (d / VMLINUX).read_bytes()
+    assert elf[:4] == b"\x7fELF" and elf[4] == 2  # 64-bit
+    assert len(elf) > 2 * bzimage.stat().st_size
+    assert from_deb.version == bzimage.name.removeprefix("vmlinuz-")
+
+
+def test_manifest_sha256_and_sizes_match_the_stored_files(from_deb: KernelManifest) -> None:
+    assert verify_manifest(from_deb) == []
+    for f in from_deb.files:
+        data = (from_deb.path / f.name).read_bytes()
+        assert (hashlib.sha256(data).hexdigest(), len(data)) == (f.sha256, f.size)
+    assert get_kernel("cloud", from_deb.path.parent) == from_deb
+
+
+def test_initrd_holds_static_busybox_an_init_and_exactly_the_ordered_modules(
+    from_deb: KernelManifest, unpacked: Path
+) -> None:
+    entries = {e.name: e for e in read_newc((from_deb.path / INITRD).read_bytes())}
+    assert entries["bin/busybox"].data == Path("/bin/busybox").read_bytes()
+    assert entries["init"].mode & stat.S_IXUSR
+    shipped = sorted(n.removeprefix("lib/modules/").removesuffix(".ko")
+                     for n in entries if n.startswith("lib/modules/") and n.endswith(".ko"))  # fmt: skip
+    assert shipped == sorted(from_deb.modules)
+    init = entries["init"].data.decode()
+    assert f"for m in {' '.join(from_deb.modules)}; do" in init
+    for name in from_deb.modules:
+        assert entries[f"lib/modules/{name}.ko"].data[:4] == b"\x7fELF"
+
+
+def test_module_order_is_the_virtio_boot_order_with_vsock_and_deps_first(
+    from_deb: KernelManifest, unpacked: Path
+) -> None:
+    order = list(from_deb.modules)
+    assert subsequence(VIRTIO_BOOT_ORDER, order)
+    assert order.index("vsock") < order.index("vmw_vsock_virtio_transport_common")
+    assert order.index("vmw_vsock_virtio_transport_common") < order.index("vmw_vsock_virtio_transport")
+    (mods,) = (unpacked / "lib/modules").iterdir()
+    dep_text = read_modules_dep(mods, mods.name)
+    assert [module_name(p) for p in module_load_order(dep_text, order)] == order
+    assert "ext4" not in order  # built into Debian's cloud kernel, so not loaded
+
+
+def test_gnu_cpio_lists_the_initrd(from_deb: KernelManifest) -> None:
+    listing = subprocess.run(
+        ["sh", "-c", 'zcat "$0" | cpio -it --quiet', str(from_deb.path / INITRD)],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert {"init", "bin/busybox", "bin/switch_root", "dev/console", "lib/modules/virtio_blk.ko"} <= set(listing)
+
+
+def test_directory_import_of_the_unpacked_deb_gives_the_same_kernel(
+    from_deb: KernelManifest, unpacked: Path, tmp_path: Path
+) -> None:
+    m = import_kernel("cloud-dir", unpacked, tmp_path)
+    assert m.modules == from_deb.modules and m.version == from_deb.version
+    assert {f.name: f.sha256 for f in m.files if f.name != INITRD} == {
+        f.name: f.sha256 for f in from_deb.files if f.name != INITRD
+    }
+    assert (m.path / INITRD).read_bytes() == (from_deb.path / INITRD).read_bytes()  # reproducible
+    assert m.source == str(unpacked)
+
+
+def test_concurrent_imports_of_one_name_do_the_work_once_and_agree(
+    deb: Path, tmp_path: Path
+) -> None:
+    results: list[KernelManifest] = []
+    errors: list[BaseException] = []
+    progress: list[str] = []
+
+    def worker() -> None:
+        try:
+            results.append(import_kernel("race", deb, tmp_path, progress=progress.append))
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert results[0] == results[1]
+    assert sum(line.startswith("building initramfs") for line in progress) == 1
+    assert "kernel race is already stored" in progress
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".race.lock", "race"]
+
+
+def test_the_same_name_from_another_source_conflicts_and_delete_frees_it(
+    deb: Path, unpacked: Path, tmp_path: Path
+) -> None:
+    import_kernel("k", deb, tmp_path)
+    with pytest.raises(Conflict, match="already exists"):
+        import_kernel("k", unpacked, tmp_path)
+    delete_kernel("k", tmp_path)
+    assert list_kernels(tmp_path) == []
+    with pytest.raises(NotFound):
+        delete_kernel("k", tmp_path)
+    assert import_kernel("k", unpacked, tmp_path).source == str(unpacked)
+
+
+def test_a_failed_import_leaves_nothing_behind(tmp_path: Path) -> None:
+    (tmp_path / "src" / "boot").mkdir(parents=True)
+    (tmp_path / "src" / "boot" / "vmlinuz-1.0").write_bytes(b"not a kernel" * 100)
+    with pytest.raises(Exception, match="no vmlinux found"):
+        import_kernel("broken", tmp_path / "src", tmp_path / "kernels")
+    assert [p.name for p in (tmp_path / "kernels").iterdir()] == [".broken.lock"]

@@ -1,0 +1,104 @@
+"""Kernel manifests: JSON round trip, atomic writes, and readable errors for broken ones."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from banger.core.errors import InvalidInput, StoreError
+from banger.kernels import manifest as mf
+from banger.kernels.importer import delete_kernel, get_kernel, import_kernel, list_kernels
+from banger.kernels.manifest import (
+    KernelFile,
+    KernelManifest,
+    describe_file,
+    load_manifest,
+    verify_manifest,
+    write_manifest,
+)
+
+
+def sample(path: Path) -> KernelManifest:
+    (path / "vmlinuz").write_bytes(b"bz" * 100)
+    return KernelManifest(
+        name="k1",
+        version="6.1.0-1-cloud-amd64",
+        source="/src/k.deb",
+        created="2026-01-01T00:00:00+00:00",
+        files=(describe_file(path / "vmlinuz"),),
+        modules=("virtio_ring", "virtio"),
+        path=path,
+    )
+
+
+def test_manifest_round_trips_through_json(tmp_path: Path) -> None:
+    m = sample(tmp_path)
+    write_manifest(m, tmp_path)
+    assert load_manifest(tmp_path) == m
+    assert load_manifest(tmp_path).file("vmlinuz") == tmp_path / "vmlinuz"
+    assert load_manifest(tmp_path).file("vmlinux") is None
+
+
+def test_describe_file_records_sha256_and_size(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"abc")
+    assert describe_file(tmp_path / "f") == KernelFile(
+        "f", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", 3
+    )
+
+
+def test_verify_reports_an_artifact_changed_after_the_manifest(tmp_path: Path) -> None:
+    m = sample(tmp_path)
+    assert verify_manifest(m) == []
+    (tmp_path / "vmlinuz").write_bytes(b"bz" * 99 + b"zz")
+    assert verify_manifest(m) == ["vmlinuz"]
+
+
+def test_a_failed_write_leaves_the_previous_manifest_intact_and_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = sample(tmp_path)
+    write_manifest(m, tmp_path)
+    before = (tmp_path / "manifest.json").read_bytes()
+
+    def crash(*_a: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mf.os, "fsync", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_manifest(m, tmp_path)
+    assert (tmp_path / "manifest.json").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["manifest.json", "vmlinuz"]
+
+
+def test_a_malformed_manifest_is_a_store_error_naming_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text(json.dumps({"name": "k"}))
+    with pytest.raises(StoreError) as err:
+        load_manifest(tmp_path)
+    assert "banger kernel delete" in (err.value.hint or "")
+
+
+def test_a_missing_manifest_is_a_store_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no manifest"):
+        load_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("bad", ["", "Debian", "-k", "k-", "a" * 64, "k_1", "../k", "k/1"])
+def test_kernel_names_follow_the_vm_name_grammar(bad: str, tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="invalid kernel name"):
+        import_kernel(bad, tmp_path, tmp_path / "kernels")
+    with pytest.raises(InvalidInput):
+        delete_kernel(bad, tmp_path / "kernels")
+    with pytest.raises(InvalidInput):
+        get_kernel(bad, tmp_path / "kernels")
+
+
+def test_list_skips_hidden_staging_dirs_and_lists_stored_kernels_by_name(tmp_path: Path) -> None:
+    for name in ("zeta", "alpha", ".alpha.staging-x"):
+        d = tmp_path / name
+        d.mkdir()
+        write_manifest(sample(d), d)
+    assert [m.path.name for m in list_kernels(tmp_path)] == ["alpha", "zeta"]
+    assert list_kernels(tmp_path / "absent") == []
