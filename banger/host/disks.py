@@ -141,8 +141,10 @@ def _grow_ext4(image: Path, size_bytes: int) -> None:
 
 
 def _ssh_commands(keys_file: Path, host_key: tuple[Path, Path] | None) -> list[str]:
+    # debugfs resolves "mkdir /x" against the cwd, not /: mkdir relative to /.
     cmds = [
-        "mkdir /.ssh",  # "already exists" from a seed that has one is harmless
+        "cd /",
+        "mkdir .ssh",  # "already exists" from a seed that has one is harmless
         "cd /.ssh",
         "rm authorized_keys",
         f"write {debugfs_quote(os.fspath(keys_file))} authorized_keys",
@@ -155,7 +157,13 @@ def _ssh_commands(keys_file: Path, host_key: tuple[Path, Path] | None) -> list[s
     ]
     if host_key is not None:
         d = f"/{HOST_KEY_DIR}"
-        cmds += [f"mkdir {d}", f"cd {d}", f"sif {d} mode 040700", f"sif {d} uid 0"]
+        cmds += [
+            "cd /",
+            f"mkdir {HOST_KEY_DIR}",
+            f"cd {d}",
+            f"sif {d} mode 040700",
+            f"sif {d} uid 0",
+        ]
         for src, name, mode in ((host_key[0], HOST_KEY_NAME, "0100600"),
                                 (host_key[1], f"{HOST_KEY_NAME}.pub", "0100644")):  # fmt: skip
             cmds += [f"rm {name}", f"write {debugfs_quote(os.fspath(src))} {name}"]
@@ -199,7 +207,6 @@ def create_work_disk(
     try:
         if seed is None:
             make_ext4(tmp, size_bytes, label=WORK_LABEL, root_owner=(0, 0))
-            debugfs_batch(tmp, ["sif / mode 040700"])
         else:
             used = clone_file(seed, tmp)
             if progress:
@@ -213,7 +220,9 @@ def create_work_disk(
             key_files = (staging / "host_key", staging / "host_key.pub")
             key_files[0].write_bytes(host_key[0])
             key_files[1].write_bytes(host_key[1])
-        debugfs_batch(tmp, _ssh_commands(keys, key_files))
+        # /root is 0700 in every Debian; a seed already carries its own mode.
+        root_mode = ["sif / mode 040700"] if seed is None else []
+        debugfs_batch(tmp, root_mode + _ssh_commands(keys, key_files))
         if read_ext4_file(tmp, "/.ssh/authorized_keys") != keys.read_bytes():
             raise HostToolError(
                 f"could not write /root/.ssh/authorized_keys into {dest.name}",

@@ -119,6 +119,11 @@ def check_bootable_ext4(image: Path, probe: Path) -> None:
     guest_bits.check_bootable(probe)
 
 
+def _ancestors(path: str) -> list[str]:
+    parts = PurePosixPath(path).parts[1:-1]
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
 def _cd_lines(path: str) -> tuple[str, str]:
     parent, _, base = path.rpartition("/")
     return f"cd {debugfs_quote(parent or '/')}", debugfs_quote(base)
@@ -130,7 +135,14 @@ def guest_script(
     """debugfs commands writing ``files`` into an image whose current nodes are ``existing``."""
     lines: list[str] = []
     type_bits = {Kind.FILE: stat.S_IFREG, Kind.DIR: stat.S_IFDIR, Kind.SYMLINK: stat.S_IFLNK}
+    made: set[str] = set()
     for n, f in enumerate(files):
+        for anc in _ancestors(f.path):
+            if existing.get(anc) is None and anc not in made:
+                cd, base = _cd_lines(anc)
+                lines += [cd, f"mkdir {base}", "cd /", f"sif {debugfs_quote(anc)} mode 040755"]
+                made.add(anc)
+        made.add(f.path)
         node = existing.get(f.path)
         cd, base = _cd_lines(f.path)
         quoted = debugfs_quote(f.path)
@@ -162,15 +174,12 @@ def write_guest_files_ext4(image: Path, files: list[GuestFile], hostdir: Path) -
     hostdir.mkdir(mode=0o700)
     existing: dict[str, Ext4Node | None] = {}
     listings: dict[str, dict[str, Ext4Node]] = {}
-    for f in files:
-        parent, _, base = f.path.rpartition("/")
+    for path in {p for f in files for p in [*_ancestors(f.path), f.path]}:
+        parent, _, base = path.rpartition("/")
         parent = parent or "/"
         if parent not in listings:
             listings[parent] = list_dir(image, parent) or {}
-        node = listings[parent].get(base)
-        if node is not None and node.kind == EntryKind.SYMLINK and f.kind is Kind.DIR:
-            node = Ext4Node(node.name, node.mode, node.uid, node.gid)  # replaced below
-        existing[f.path] = node
+        existing[path] = listings[parent].get(base)
     _refuse_symlinked_parents(image, files, listings)
     run_debugfs_script(image, guest_script(files, existing, hostdir))
 

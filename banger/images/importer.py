@@ -54,7 +54,7 @@ Progress = Callable[[str], None]
 
 MIB = 1 << 20
 GIB = 1 << 30
-MIN_ROOTFS_BYTES = 2 * GIB
+MIN_ROOTFS_BYTES = GIB
 MIN_WORK_SEED_BYTES = 64 * MIB
 _EXT4_MAGIC_OFFSET = 1080
 _EXT4_MAGIC = b"\x53\xef"
@@ -85,7 +85,7 @@ def _round_mib(n: int) -> int:
 
 def default_rootfs_size(used_bytes: int) -> int:
     """Image size for ``used_bytes`` of content: room for the guest to install more."""
-    return _round_mib(max(MIN_ROOTFS_BYTES, used_bytes * 2 + GIB))
+    return _round_mib(max(MIN_ROOTFS_BYTES, used_bytes * 3 // 2 + 512 * MIB))
 
 
 def default_work_seed_size(used_bytes: int) -> int:
@@ -112,11 +112,31 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path, onerror=onerror)
 
 
+_ZEROS = bytes(4 * MIB)
+
+
 def file_sha256(path: Path) -> str:
+    """sha256 of a (sparse) file: holes are hashed as zeros without being read."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(4 * MIB), b""):
-            h.update(chunk)
+        fd, size, pos = f.fileno(), os.fstat(f.fileno()).st_size, 0
+        while pos < size:
+            try:
+                data_at = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                data_at = size
+            while pos < data_at:
+                n = min(len(_ZEROS), data_at - pos)
+                h.update(memoryview(_ZEROS)[:n])
+                pos += n
+            if pos >= size:
+                break
+            hole_at = os.lseek(fd, pos, os.SEEK_HOLE)
+            f.seek(pos)
+            while pos < hole_at:
+                chunk = f.read(min(4 * MIB, hole_at - pos))
+                h.update(chunk)
+                pos += len(chunk)
     return h.hexdigest()
 
 

@@ -49,7 +49,8 @@ def catalog_entry(name: str) -> CatalogEntry:
     except KeyError:
         raise NotFound(
             f"kernel {name!r} is not in the catalog",
-            hint=f"pull one of: {', '.join(sorted(CATALOG))}; or banger kernel import {name} --from DIR",
+            hint=f"pull one of {', '.join(sorted(CATALOG))}; or: banger kernel import {name} "
+            "--from DIR|FILE.deb",
         ) from None
 
 
@@ -67,8 +68,8 @@ def _apt(argv: list[str], *, cwd: Path | None = None) -> str:
     try:
         return run(argv, timeout=_APT_TIMEOUT, cwd=cwd).stdout.decode("utf-8", "replace")
     except CommandError as exc:
-        if "Unable to locate package" in exc.stderr_tail or "No packages found" in exc.stderr_tail:
-            raise NotFound(f"apt does not know the package: {exc.message}", hint=_UPDATE_HINT) from exc
+        if any(m in exc.stderr_tail for m in ("Unable to locate package", "No packages found")):
+            raise NotFound(f"apt does not know the package: {exc}", hint=_UPDATE_HINT) from exc
         raise
 
 
@@ -93,7 +94,9 @@ def _candidate(package: str) -> tuple[str, str]:
     return fields["Version"], fields.get("Architecture", "amd64")
 
 
-def fetch_package(entry: CatalogEntry, cache_dir: Path, *, progress: Progress | None = None) -> Path:
+def fetch_package(
+    entry: CatalogEntry, cache_dir: Path, *, progress: Progress | None = None
+) -> Path:
     """The ``.deb`` of ``entry``'s current kernel in ``cache_dir``, downloaded if not cached."""
     report = progress or (lambda _msg: None)
     apt_get = _apt_tool("apt-get")

@@ -73,7 +73,7 @@ done
 i=0
 while [ ! -b "$root" ]; do
     i=$((i + 1))
-    [ "$i" -gt @ROOT_WAIT@ ] && fail "root device $root did not appear (attach the root disk as virtio-blk)"
+    [ "$i" -gt @ROOT_WAIT@ ] && fail "root device $root did not appear (is it a virtio-blk disk?)"
     usleep 10000
 done
 
@@ -152,11 +152,9 @@ def _is_static_elf(data: bytes) -> bool:
     """True for a 64-bit little-endian ELF without a PT_INTERP (dynamic loader) header."""
     if not data.startswith(b"\x7fELF\x02\x01"):
         return False
-    phoff, = struct.unpack_from("<Q", data, 0x20)
+    (phoff,) = struct.unpack_from("<Q", data, 0x20)
     phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
-    return all(
-        struct.unpack_from("<I", data, phoff + i * phentsize)[0] != 3 for i in range(phnum)
-    )
+    return all(struct.unpack_from("<I", data, phoff + i * phentsize)[0] != 3 for i in range(phnum))
 
 
 def find_busybox() -> bytes:
@@ -222,12 +220,13 @@ def build_initramfs(modules_dir: Path | None, kernel_version: str, out: Path) ->
     paths = plan_modules(modules_dir, kernel_version)
     names = [module_name(p) for p in paths]
     entries = _base_entries(find_busybox(), init_script(names))
-    assert modules_dir is not None or not paths
     for rel, name in zip(paths, names, strict=True):
-        src = modules_dir / rel  # type: ignore[operator]
+        assert modules_dir is not None  # plan_modules returns no paths without it
+        src = modules_dir / rel
         if not src.is_file():
             raise InvalidInput(f"modules.dep names {rel}, which is not in {modules_dir}")
-        entries.append(CpioEntry(f"lib/modules/{name}.ko", stat.S_IFREG | 0o644, _module_bytes(src)))
+        data = _module_bytes(src)
+        entries.append(CpioEntry(f"lib/modules/{name}.ko", stat.S_IFREG | 0o644, data))
     archive = gzip.compress(newc_archive(entries), compresslevel=6, mtime=0)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_bytes(archive)

@@ -72,7 +72,7 @@ class KernelManifest:
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(
                 f"kernel manifest {path / MANIFEST} is malformed: missing or bad {exc}",
-                hint=f"delete the kernel and pull or import it again: banger kernel delete {path.name}",
+                hint=f"delete it and pull or import it again: banger kernel delete {path.name}",
             ) from exc
 
 

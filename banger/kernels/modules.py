@@ -98,7 +98,9 @@ def module_load_order(modules_dep_text: str, wanted: Iterable[str]) -> list[str]
     return order
 
 
-def wanted_modules(deps: Mapping[str, object], contract: Iterable[str] = CONTRACT_MODULES) -> list[str]:
+def wanted_modules(
+    deps: Mapping[str, object], contract: Iterable[str] = CONTRACT_MODULES
+) -> list[str]:
     """The contract's modules plus the soft dependencies of those that are modular."""
     out: list[str] = []
     for name in contract:
@@ -114,9 +116,7 @@ def missing_modules(
     deps: Mapping[str, object], builtin: frozenset[str], contract: Iterable[str] = CONTRACT_MODULES
 ) -> list[str]:
     """Required contract modules that this kernel has neither as a module nor built in."""
-    return [
-        m for m in contract if m not in deps and m not in builtin and m not in OPTIONAL_MODULES
-    ]
+    return [m for m in contract if m not in deps and m not in builtin and m not in OPTIONAL_MODULES]
 
 
 def read_modules_dep(modules_dir: Path, version: str, *, system_map: Path | None = None) -> str:

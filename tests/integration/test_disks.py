@@ -30,13 +30,20 @@ def debugfs(image: Path, request: str) -> str:
 
 
 def stat_of(image: Path, path: str) -> tuple[int, int, int]:
-    """(mode, uid, gid) of ``path`` inside ``image``."""
+    """(permission bits, uid, gid) of ``path`` inside ``image``."""
     out = debugfs(image, f"stat {path}")
     first = next(line for line in out.splitlines() if line.startswith("Inode:"))
     mode = int(first.split("Mode:")[1].split()[0], 8)
     owner = next(line for line in out.splitlines() if line.startswith("User:"))
     uid, gid = int(owner.split()[1]), int(owner.split()[3])
     return mode, uid, gid
+
+
+def fs_bytes(image: Path) -> int:
+    """The filesystem's size as its superblock records it (block count x block size)."""
+    out = subprocess.run(["dumpe2fs", "-h", str(image)], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    return int(fields["Block count"]) * int(fields["Block size"])
 
 
 def allocated(path: Path) -> int:
@@ -131,17 +138,13 @@ def test_work_disk_from_seed_has_requested_size_seed_files_and_our_key(
     create_work_disk(dest, 8 * GIB, seed=seed, authorized_keys=KEY.rstrip())
     elapsed = time.perf_counter() - start
     assert dest.stat().st_size == 8 * GIB
-    out = subprocess.run(["dumpe2fs", "-h", str(dest)], capture_output=True, text=True).stdout
-    block_count = int(
-        next(ln for ln in out.splitlines() if ln.startswith("Block count:")).split()[-1]
-    )
-    assert block_count * 4096 == 8 * GIB
+    assert fs_bytes(dest) == 8 * GIB
     assert read_ext4_file(dest, "/.ssh/authorized_keys") == KEY
-    assert stat_of(dest, "/.ssh/authorized_keys") == (0o100600, 0, 0)
-    assert stat_of(dest, "/.ssh") == (0o40700, 0, 0)
+    assert stat_of(dest, "/.ssh/authorized_keys") == (0o600, 0, 0)
+    assert stat_of(dest, "/.ssh") == (0o700, 0, 0)
     # The seed's files keep their contents, owners and modes.
     assert read_ext4_file(dest, "/.bashrc") == b"export EDITOR=vi\n"
-    assert stat_of(dest, "/.bashrc") == (0o100640, 0, 0)
+    assert stat_of(dest, "/.bashrc") == (0o640, 0, 0)
     assert stat_of(dest, "/.config/tool.toml")[1] == 1000
     assert allocated(dest) < 64 << 20
     subprocess.run(["e2fsck", "-fn", str(dest)], check=True, capture_output=True)
@@ -154,13 +157,13 @@ def test_work_disk_without_seed_is_a_fresh_ext4_with_our_key_and_host_key(tmp_pa
     start = time.perf_counter()
     create_work_disk(dest, 8 * GIB, seed=None, authorized_keys=KEY, host_key=host_key)
     elapsed = time.perf_counter() - start
-    assert stat_of(dest, "/") == (0o40700, 0, 0)
+    assert stat_of(dest, "/") == (0o700, 0, 0)
     assert read_ext4_file(dest, "/.ssh/authorized_keys") == KEY
     key_path = "/.banger/ssh_host_ed25519_key"
     assert read_ext4_file(dest, key_path) == host_key[0]
-    assert stat_of(dest, key_path) == (0o100600, 0, 0)
-    assert stat_of(dest, key_path + ".pub") == (0o100644, 0, 0)
-    assert stat_of(dest, "/.banger") == (0o40700, 0, 0)
+    assert stat_of(dest, key_path) == (0o600, 0, 0)
+    assert stat_of(dest, key_path + ".pub") == (0o644, 0, 0)
+    assert stat_of(dest, "/.banger") == (0o700, 0, 0)
     subprocess.run(["e2fsck", "-fn", str(dest)], check=True, capture_output=True)
     print(f"\nwork disk 8 GiB without seed: {elapsed * 1000:.1f} ms")
 
@@ -186,8 +189,7 @@ def test_grow_work_disk_grows_file_and_filesystem_keeping_files(tmp_path: Path) 
     create_work_disk(dest, 256 << 20, seed=None, authorized_keys=KEY)
     assert grow_work_disk(dest, 1 * GIB) is True
     assert dest.stat().st_size == GIB
-    out = subprocess.run(["dumpe2fs", "-h", str(dest)], capture_output=True, text=True).stdout
-    assert "Block count:              262144" in out
+    assert fs_bytes(dest) == GIB
     assert read_ext4_file(dest, "/.ssh/authorized_keys") == KEY
     assert grow_work_disk(dest, GIB) is False
 

@@ -113,7 +113,8 @@ def rootfs(pulled: dict[str, object]) -> Path:
 
 def test_pull_publishes_rootfs_work_seed_and_manifest(pulled: dict[str, object]) -> None:
     image_dir = Path(str(pulled["dir"]))
-    assert sorted(p.name for p in image_dir.iterdir()) == ["image.json", ROOTFS_NAME, WORK_SEED_NAME]
+    expected = ["image.json", ROOTFS_NAME, WORK_SEED_NAME]
+    assert sorted(p.name for p in image_dir.iterdir()) == expected
     manifest = read_manifest(image_dir)
     assert manifest.name == "test"
     assert manifest.source.startswith("oci:127.0.0.1:") and "@sha256:" in manifest.source
@@ -239,7 +240,8 @@ def test_import_works_for_a_non_root_daemon_user(request: pytest.FixtureRequest)
     script = (
         "from pathlib import Path; import json, sys;"
         "from banger.images.importer import import_image;"
-        f"m = import_image(Path('{work}/layout'), Path('{work}/images'), name='n', kernel_name=None);"
+        f"m = import_image(Path('{work}/layout'), Path('{work}/images'), name='n',"
+        " kernel_name=None);"
         "print(json.dumps({'id': m.id}))"
     )
     proc = subprocess.run(

@@ -73,7 +73,8 @@ def test_opaque_dir_drops_lower_layers_but_keeps_entries_of_its_own_layer(
 ) -> None:
     tree, entries = flatten(
         tmp_path,
-        [Member("srv/old", data=b"o"), Member("srv/sub/deep", data=b"d"), Member("keep", data=b"k")],
+        [Member("srv/old", data=b"o"), Member("srv/sub/deep", data=b"d"),
+         Member("keep", data=b"k")],
         [Member("srv/mine", data=b"m"), Member("srv/.wh..wh..opq"), Member("srv/later", data=b"l")],
     )
     assert sorted(k for k in entries if k.startswith("srv/")) == ["srv/later", "srv/mine"]

@@ -50,7 +50,7 @@ def test_init_script_loads_modules_in_the_given_order() -> None:
     assert script.startswith("#!/bin/sh\n")
 
 
-def test_init_script_switches_to_dev_vda_and_sbin_init_by_default_and_powers_off_on_failure() -> None:
+def test_init_script_mounts_dev_vda_and_runs_sbin_init_by_default_else_powers_off() -> None:
     script = init_script([])
     assert "root=/dev/vda init=/sbin/init fstype=ext4" in script
     assert 'exec switch_root /newroot "$init" "$@"' in script
