@@ -8,6 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from banger.core.states import OperationState
+
+
 
 class WireModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -46,18 +49,6 @@ class DoctorCheck(WireModel):
 
 class DoctorReport(WireModel):
     checks: list[DoctorCheck]
-
-
-class OperationState(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in (OperationState.SUCCEEDED, OperationState.FAILED, OperationState.CANCELLED)
 
 
 class StageState(StrEnum):

@@ -6,27 +6,26 @@ from collections.abc import Callable
 
 from banger.api.models import Operation
 from banger.store.db import Store
-from banger.store.records import OperationRecord, OperationState
+from banger.store.records import OperationRecord
 
 
 def operation_recorder(store: Store) -> Callable[[Operation], None]:
     """A persist hook for the registry that inserts or updates the operation's row."""
 
     def persist(op: Operation) -> None:
-        state = OperationState(op.state.value)
         stages = [s.model_dump(mode="json") for s in op.stages]
         error = op.error.model_dump() if op.error else None
         if store.operations.find(op.id) is None:
             store.operations.add(
                 OperationRecord(
-                    id=op.id, kind=op.kind, target=op.target, state=state, stages=stages,
+                    id=op.id, kind=op.kind, target=op.target, state=op.state, stages=stages,
                     result=op.result, error=error, created_at=op.created_at,
                     finished_at=op.finished_at,
                 )
             )
         else:
             store.operations.update(
-                op.id, state=state, stages=stages, result=op.result, error=error,
+                op.id, state=op.state, stages=stages, result=op.result, error=error,
                 finished_at=op.finished_at,
             )
 

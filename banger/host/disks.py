@@ -12,7 +12,7 @@ import fcntl
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -179,6 +179,34 @@ def read_ext4_file(image: Path, path: str) -> bytes:
     return proc.stdout
 
 
+def install_ssh_files(
+    image: Path,
+    authorized_keys: bytes,
+    host_key: tuple[bytes, bytes] | None = None,
+    *,
+    extra_commands: Sequence[str] = (),
+) -> None:
+    """Write /root/.ssh/authorized_keys (and the VM's sshd host key) into a work disk image."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{image.name}.", dir=image.parent))
+    try:
+        keys = staging / "authorized_keys"
+        keys.write_bytes(authorized_keys.rstrip(b"\n") + b"\n")
+        key_files = None
+        if host_key is not None:
+            key_files = (staging / "host_key", staging / "host_key.pub")
+            key_files[0].write_bytes(host_key[0])
+            key_files[1].write_bytes(host_key[1])
+        debugfs_batch(image, [*extra_commands, *_ssh_commands(keys, key_files)])
+        # debugfs reports failures on stderr with status 0: read the result back.
+        if read_ext4_file(image, "/.ssh/authorized_keys") != keys.read_bytes():
+            raise HostToolError(
+                f"could not write /root/.ssh/authorized_keys into {image.name}",
+                hint=f"run: debugfs -w {image}  to see why",
+            )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def create_work_disk(
     dest: Path,
     size_bytes: int,
@@ -203,7 +231,6 @@ def create_work_disk(
         )
     tmp = _tmp_sibling(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         if seed is None:
             make_ext4(tmp, size_bytes, label=WORK_LABEL, root_owner=(0, 0))
@@ -213,27 +240,13 @@ def create_work_disk(
                 progress(f"work disk: {used} copy of the work seed")
             if size_bytes > seed.stat().st_size:
                 _grow_ext4(tmp, size_bytes)
-        keys = staging / "authorized_keys"
-        keys.write_bytes(authorized_keys.rstrip(b"\n") + b"\n")
-        key_files = None
-        if host_key is not None:
-            key_files = (staging / "host_key", staging / "host_key.pub")
-            key_files[0].write_bytes(host_key[0])
-            key_files[1].write_bytes(host_key[1])
         # /root is 0700 in every Debian; a seed already carries its own mode.
         root_mode = ["sif / mode 040700"] if seed is None else []
-        debugfs_batch(tmp, root_mode + _ssh_commands(keys, key_files))
-        if read_ext4_file(tmp, "/.ssh/authorized_keys") != keys.read_bytes():
-            raise HostToolError(
-                f"could not write /root/.ssh/authorized_keys into {dest.name}",
-                hint="run debugfs on the image by hand to see why",
-            )
+        install_ssh_files(tmp, authorized_keys, host_key, extra_commands=root_mode)
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def grow_work_disk(path: Path, new_size: int) -> bool:

@@ -4,35 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from banger.core.states import NetMode, OperationState, VMState
 
-class VMState(StrEnum):
-    CREATED = "created"
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    ERROR = "error"
-
-
-class OperationState(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in (OperationState.SUCCEEDED, OperationState.FAILED, OperationState.CANCELLED)
-
-
-class NetMode(StrEnum):
-    TAP = "tap"
-    USER = "user"
 
 
 @dataclass(frozen=True)

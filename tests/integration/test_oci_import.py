@@ -109,3 +109,14 @@ def test_ext4_file_without_sshd_is_refused_naming_it(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="sshd"):
         import_image(given, tmp_path / "images", name="e", kernel_name=None)
     assert [p.name for p in (tmp_path / "images").iterdir()] == []
+
+
+def test_sparse_aware_sha256_equals_the_plain_digest(tmp_path: Path) -> None:
+    from banger.images.importer import file_sha256
+
+    path = tmp_path / "sparse"
+    with open(path, "wb") as f:
+        f.truncate(9 << 20)
+        f.seek(5 << 20)
+        f.write(b"data in the middle")
+    assert file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
