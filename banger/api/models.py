@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict
 from banger.core.states import OperationState
 
 
-
 class WireModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

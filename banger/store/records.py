@@ -10,7 +10,6 @@ from typing import Any
 from banger.core.states import NetMode, OperationState, VMState
 
 
-
 @dataclass(frozen=True)
 class KernelRecord:
     """A stored kernel; ``path`` is its directory under the state dir."""
