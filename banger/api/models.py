@@ -153,3 +153,63 @@ class CachePruneResult(WireModel):
     bytes: int
     blobs: int
     dry_run: bool
+
+
+class VMInfo(WireModel):
+    id: str
+    name: str
+    state: str
+    backend: str
+    image_id: str | None
+    image_name: str | None = None
+    kernel_name: str | None
+    vcpu: int
+    memory_mib: int
+    disk_bytes: int
+    net_mode: str
+    guest_ip: str | None
+    ssh_host: str | None = None
+    ssh_port: int | None
+    tap_name: str | None
+    pid: int | None
+    last_error: str | None
+    created_at: datetime | None
+    started_at: datetime | None
+
+
+class VMList(WireModel):
+    vms: list[VMInfo]
+
+
+class VMCreateRequest(WireModel):
+    name: str | None = None
+    image: str | None = None
+    vcpu: int | None = None
+    memory_mib: int | None = None
+    disk: str | None = None
+    nat: bool = False
+    start: bool = True
+
+
+class VMSetRequest(WireModel):
+    vcpu: int | None = None
+    memory_mib: int | None = None
+    disk: str | None = None
+
+
+class VMKillRequest(WireModel):
+    signal: str = "KILL"
+
+
+class SSHCommandRequest(WireModel):
+    command: list[str] = []
+    tty: bool = False
+
+
+class SSHCommand(WireModel):
+    argv: list[str]
+
+
+class LogChunk(WireModel):
+    text: str
+    offset: int

@@ -14,6 +14,7 @@ from banger.cli.doctor_cmd import doctor
 from banger.cli.image_cmd import image_group
 from banger.cli.kernel_cmd import kernel_group
 from banger.cli.render import print_error, print_fields, print_json
+from banger.cli.vm_cmd import ps, vm_group
 from banger.core.errors import BangerError
 from banger.version import version_info
 
@@ -105,6 +106,8 @@ cli.add_command(daemon_group)
 cli.add_command(doctor)
 cli.add_command(image_group)
 cli.add_command(kernel_group)
+cli.add_command(vm_group)
+cli.add_command(ps)
 
 
 def main() -> None:

@@ -35,10 +35,13 @@ def _render(op: Operation) -> Text:
     return Text("\n").join(_stage_line(s) for s in op.stages) if op.stages else Text("starting")
 
 
-def follow(client: Client, op: Operation) -> Operation:
-    """Show ``op``'s stages until it ends; raise its error if it failed."""
+def follow(client: Client, op: Operation, *, quiet: bool = False) -> Operation:
+    """Show ``op``'s stages until it ends (``quiet``: just wait); raise its error if it failed."""
     out = console(stderr=True)
-    if out.is_terminal:
+    if quiet:
+        while not op.state.finished:
+            op = client.operation(op.id, wait=LONG_POLL_SECONDS, revision=op.revision)
+    elif out.is_terminal:
         with Live(_render(op), console=out, refresh_per_second=8, transient=False) as live:
             while not op.state.finished:
                 op = client.operation(op.id, wait=LONG_POLL_SECONDS, revision=op.revision)
@@ -57,7 +60,8 @@ def follow(client: Client, op: Operation) -> Operation:
     if op.state is not OperationState.SUCCEEDED:
         assert op.error is not None
         raise error_from_body(op.error)
-    total = (op.finished_at or op.updated_at).timestamp() - op.created_at.timestamp()
-    out.print(f"{op.kind} done in {total:.1f}s")
+    if not quiet:
+        total = (op.finished_at or op.updated_at).timestamp() - op.created_at.timestamp()
+        out.print(f"{op.kind} done in {total:.1f}s")
     sys.stderr.flush()
     return op

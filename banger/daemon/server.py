@@ -100,6 +100,7 @@ async def serve(settings: Settings) -> None:
         server.should_exit = True
 
     daemon.request_shutdown = request_shutdown
+    await daemon.vms.reconcile()
     pruner = asyncio.create_task(
         _prune_forever(registry, store, settings.operation_ttl_seconds)
     )
@@ -109,6 +110,7 @@ async def serve(settings: Settings) -> None:
     finally:
         pruner.cancel()
         await registry.cancel_all()
+        await daemon.vms.close()
         sock.close()
         paths.socket.unlink(missing_ok=True)
         store.close()

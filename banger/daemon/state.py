@@ -10,7 +10,12 @@ from banger.config import Settings
 from banger.daemon.image_service import ImageService
 from banger.daemon.kernel_service import KernelService
 from banger.daemon.operations import OperationRegistry
+from banger.daemon.vm_create import VMCreator
+from banger.daemon.vm_network import VMNetwork
+from banger.daemon.vm_service import VMService
 from banger.store.db import Store
+from banger.vmm.base import choose_accel
+from banger.vmm.qemu import QemuBackend
 
 
 @dataclass
@@ -20,6 +25,8 @@ class Daemon:
     operations: OperationRegistry
     kernels: KernelService
     images: ImageService
+    vms: VMService
+    creator: VMCreator
     allowed_uids: frozenset[int]
     started_at: float = field(default_factory=time.monotonic)
     request_shutdown: Callable[[], None] = lambda: None
@@ -30,4 +37,7 @@ class Daemon:
         paths = settings.paths
         kernels = KernelService(store, paths.kernels, paths.cache_dir)
         images = ImageService(store, kernels, paths.images, paths.cache_dir)
-        return cls(settings, store, operations, kernels, images, allowed_uids)
+        network = VMNetwork(store, settings.bridge_name, settings.bridge_cidr)
+        vms = VMService(settings, store, network, QemuBackend(), choose_accel())
+        creator = VMCreator(vms, images)
+        return cls(settings, store, operations, kernels, images, vms, creator, allowed_uids)

@@ -196,3 +196,30 @@ def busybox_static_path(candidates: tuple[Path, ...] = BUSYBOX_CANDIDATES) -> Pa
 def python_ok(version: tuple[int, ...] = tuple(sys.version_info[:3])) -> bool:
     """True when the running Python is new enough (3.11+)."""
     return version[:2] >= PYTHON_MIN
+
+
+def host_tsc_khz(cpuinfo: Path = Path("/proc/cpuinfo")) -> int | None:
+    """The host CPU clock in kHz from ``cpu MHz`` (None when unknown).
+
+    Under TCG a guest kernel that cannot calibrate its TSC may hang at boot on
+    a loaded host; ``tsc_early_khz=`` on its command line skips calibration.
+    """
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "cpu MHz":
+                return int(float(value) * 1000)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def memory_available_mib(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """``MemAvailable`` in MiB (None when unknown)."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -187,14 +187,18 @@ def finish_rootfs(staging: Path, rootdir: Path, size_bytes: int | None = None) -
             size_bytes = _round_up(int(_tree_bytes(tree) * 1.3) + ROOTFS_HEADROOM)
         make_ext4(staging / ROOTFS_NAME, size_bytes, source_dir=tree, label="banger-root")
         seed_size = _round_up(max(WORK_SEED_MIN, 2 * _tree_bytes(tree / "root")), 16 * MIB)
-        make_ext4(staging / WORK_SEED_NAME, seed_size, source_dir=tree / "root", label="banger-work")
+        seed = staging / WORK_SEED_NAME
+        make_ext4(seed, seed_size, source_dir=tree / "root", label="banger-work")
 
 
 def sha256_file(path: Path) -> str:
+    """sha256 of a (multi-GiB, sparse) file; one reused buffer keeps it at hash speed."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * MIB):
-            h.update(chunk)
+    buf = bytearray(4 * MIB)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
     return h.hexdigest()
 
 

@@ -31,7 +31,7 @@ WORK_DISK_HOST_KEY = ".banger/ssh_host_ed25519_key"
 
 IMAGE_HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
 
-WORK_DISK_OPTIONS = "noatime,nofail,x-systemd.device-timeout=5s"
+WORK_DISK_OPTIONS = "noatime,nofail,x-systemd.device-timeout=30s"
 
 # Units a sandbox never needs under the systemd profile: timers that wake the
 # disk, mounts nobody uses here, consoles nobody can log in to (root has no

@@ -35,7 +35,7 @@ APPLETS = (
     "sh", "mount", "umount", "insmod", "usleep", "sleep", "switch_root", "poweroff",
     "cat", "ls", "dmesg", "mkdir", "echo",
 )  # fmt: skip
-ROOT_WAIT_ITERATIONS = 1000  # x 10 ms: virtio-blk probes during insmod, this is a safety net
+ROOT_WAIT_ITERATIONS = 300  # x 10 ms; virtio-blk probes during insmod, so this is a safety net
 
 INIT_TEMPLATE = r"""#!/bin/sh
 # banger initramfs: load the guest-contract modules, mount the root disk, switch root.
@@ -84,6 +84,8 @@ mount -t "$fstype" -o "$mode${flags:+,$flags}" "$root" /newroot \
 for d in dev proc sys; do
     if [ -d "/newroot/$d" ]; then mount --move "/$d" "/newroot/$d"; else umount -l "/$d"; fi
 done
+# The real init inherits this environment: give it a normal PATH, not ours.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 exec switch_root /newroot "$init" "$@"
 fail "switch_root to $init failed"
 """

@@ -8,8 +8,10 @@ answers"; "the guest's sshd accepts our key" is ``host/ssh.wait_for_ssh``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -101,3 +103,15 @@ def signal_handle(handle: Handle, sig: int) -> bool:
 def choose_accel() -> Accel:
     """KVM where a standard guest can run, otherwise TCG."""
     return "kvm" if have_usable_kvm() else "tcg"
+
+
+@contextlib.asynccontextmanager
+async def launched(
+    backend: Backend, spec: VMSpec, *, graceful: bool = False, timeout: float = 10.0
+) -> AsyncIterator[Handle]:
+    """Launch ``spec`` for the scope of an ``async with``; the VMM is stopped on exit or error."""
+    handle = await backend.launch(spec)
+    try:
+        yield handle
+    finally:
+        await backend.shutdown(handle, graceful=graceful, timeout=timeout)

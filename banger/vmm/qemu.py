@@ -39,9 +39,10 @@ QEMU_BINARY = "qemu-system-x86_64"
 # Under TCG the kernel hangs calibrating its clock without the legacy PIT, PIC
 # and RTC; under KVM they are emulated in-kernel and cost nothing measurable.
 MACHINE = "microvm,pit=on,pic=on,rtc=on"
-# Fixed virtio-mmio slots: the guest enumerates them in ACPI order, so root is
-# always /dev/vda and the work disk /dev/vdb whatever order QEMU plugs them in.
-ROOT_BUS, WORK_BUS, NET_BUS = "virtio-mmio-bus.0", "virtio-mmio-bus.1", "virtio-mmio-bus.2"
+# Fixed virtio-mmio slots. QEMU's microvm has 24 transports and Linux probes them
+# from the highest down, so the root disk takes the top slot (/dev/vda) and the
+# work disk the next (/dev/vdb); tests/vm checks this in a real guest.
+ROOT_BUS, WORK_BUS, NET_BUS = "virtio-mmio-bus.23", "virtio-mmio-bus.22", "virtio-mmio-bus.21"
 LAUNCH_TIMEOUT = 30.0
 QMP_TIMEOUT = 5.0
 KILL_TIMEOUT = 10.0

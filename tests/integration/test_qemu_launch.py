@@ -23,7 +23,7 @@ import pytest
 from banger.core.errors import Conflict, HostToolError
 from banger.core.vmspec import RootDisk, UserNet, VMSpec
 from banger.vmm import proc
-from banger.vmm.base import Backend, Handle, StopOutcome
+from banger.vmm.base import Backend, Handle, StopOutcome, launched
 from banger.vmm.qemu import QemuBackend
 
 pytestmark = pytest.mark.skipif(
@@ -189,6 +189,22 @@ def test_launch_failure_is_fast_names_the_cause_and_leaves_nothing(spec: VMSpec)
     assert "work.ext4" in str(err.value) and "No such file" in str(err.value)
     assert err.value.hint and str(spec.vmm_log) in err.value.hint
     assert not spec.pidfile.exists() and not spec.qmp_socket.exists()
+    assert qemu_processes_naming(spec.pidfile) == []
+
+
+def test_launched_scope_stops_the_vmm_even_when_the_body_fails(spec: VMSpec) -> None:
+    backend = QemuBackend()
+    seen: list[Handle] = []
+
+    async def scenario() -> None:
+        async with launched(backend, spec) as handle:
+            seen.append(handle)
+            assert backend.alive(handle)
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        asyncio.run(scenario())
+    assert not backend.alive(seen[0])
     assert qemu_processes_naming(spec.pidfile) == []
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from banger.core.errors import BangerError
 from banger.host.ext4 import debugfs_batch, make_ext4
-from banger.images.guest_bits import LEAN_INIT
+from banger.images.guest_bits import LEAN_INIT, WORK_DISK_HOST_KEY
 from banger.images.manifest import ROOTFS_NAME, read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,27 +101,46 @@ def make_test_key(directory: Path) -> Path:
     return key
 
 
-def make_work_disk(path: Path, authorized_key: bytes, size_bytes: int = 256 << 20) -> None:
-    """An ext4 work disk whose root (the guest's /root) holds .ssh/authorized_keys; no mount."""
+def _debugfs_put(src: Path, dest: str, mode: int) -> list[str]:
+    return [
+        f"write {src} {dest}",
+        f"sif {dest} mode 0{0o100000 | mode:o}",
+        f"sif {dest} uid 0",
+        f"sif {dest} gid 0",
+    ]
+
+
+def make_work_disk(
+    path: Path, authorized_key: bytes, *, host_key: Path | None = None, size_bytes: int = 256 << 20
+) -> None:
+    """An ext4 work disk (the guest's /root) with .ssh/authorized_keys and, optionally,
+    the VM's own SSH host key: written with debugfs, never mounted."""
     make_ext4(path, size_bytes, label="banger-work")
     keyfile = path.with_suffix(".authorized_keys")
     keyfile.write_bytes(authorized_key)
-    debugfs_batch(
-        path,
-        [
-            "mkdir .ssh",
-            "sif .ssh mode 040700",
-            f"write {keyfile} .ssh/authorized_keys",
-            "sif .ssh/authorized_keys mode 0100600",
-            "sif .ssh/authorized_keys uid 0",
-            "sif .ssh/authorized_keys gid 0",
-        ],
-    )
+    commands = ["mkdir .ssh", "sif .ssh mode 040700"]
+    commands += _debugfs_put(keyfile, ".ssh/authorized_keys", 0o600)
+    if host_key is not None:
+        commands += ["mkdir .banger", "sif .banger mode 040700"]
+        commands += _debugfs_put(host_key, f"{WORK_DISK_HOST_KEY}", 0o600)
+    debugfs_batch(path, commands)
     keyfile.unlink()
+
+
+def host_tsc_khz() -> int | None:
+    """The host's TSC rate: under TCG the guest TSC runs at it."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("cpu MHz"):
+            return int(float(line.split(":")[1]) * 1000)
+    return None
 
 
 def kernel_cmdline(*, hostname: str, ip: str, gw: str, dns: str, init: str | None) -> str:
     args = ["console=ttyS0", "quiet", "root=/dev/vda", "rw"]
+    khz = host_tsc_khz()
+    if khz:
+        # On a loaded host the kernel's PIT calibration fails and it hangs; tell it the rate.
+        args.append(f"tsc_early_khz={khz}")
     if init:
         args.append(f"banger.init={init}")
     args += [f"banger.hostname={hostname}", f"banger.ip={ip}", f"banger.gw={gw}"]
@@ -135,6 +154,9 @@ def qemu_argv(
         "qemu-system-x86_64",
         "-M", "microvm,pit=on,pic=on,rtc=on",
         "-accel", "tcg",
+        # RDRAND (emulated by TCG) seeds the guest CRNG at once; without it sshd
+        # blocks in getrandom() until "crng init done", ~2 s into a TCG boot.
+        "-cpu", "qemu64,+rdrand",
         "-m", "512", "-smp", "1",
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-serial", f"file:{console}",
@@ -205,6 +227,7 @@ def boot_guest(
     *,
     hostname: str = "banger-test",
     init: str | None = LEAN_INIT,
+    host_key: Path | None = None,
 ) -> Iterator[Guest]:
     """Boot the image on a qcow2 overlay plus a fresh work disk; kill QEMU on exit."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -216,7 +239,7 @@ def boot_guest(
          "-F", "raw", str(overlay)],
         check=True, timeout=30,
     )  # fmt: skip
-    make_work_disk(work, key.with_suffix(".pub").read_bytes())
+    make_work_disk(work, key.with_suffix(".pub").read_bytes(), host_key=host_key)
     port = free_loopback_port()
     cmdline = kernel_cmdline(hostname=hostname, ip=SLIRP_IP, gw=SLIRP_GW, dns=SLIRP_DNS, init=init)
     argv = qemu_argv(kernel_dir, overlay, work, console, port, cmdline)
@@ -228,3 +251,29 @@ def boot_guest(
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=30)
+
+
+def measure_boots(runs: int, *, init: str | None = LEAN_INIT) -> list[float]:
+    """Boot the cached test kernel + image ``runs`` times; seconds to SSH-ready each."""
+    import tempfile
+
+    from tests.support.kernel import ensure_test_kernel
+
+    kernel, image = ensure_test_kernel(), ensure_test_image()
+    times = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory(prefix="banger-boot-") as tmp:
+            with boot_guest(kernel, image, Path(tmp), init=init) as guest:
+                times.append(guest.wait_ssh(120))
+    return times
+
+
+if __name__ == "__main__":
+    # python -m tests.support.image measure [RUNS] [lean|systemd]
+    import statistics
+
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    profile = sys.argv[3] if len(sys.argv) > 3 else "lean"
+    results = measure_boots(n, init=LEAN_INIT if profile == "lean" else None)
+    print(" ".join(f"{t:.2f}" for t in results))
+    print(f"{profile}: median {statistics.median(results):.2f}s best {min(results):.2f}s (n={n})")

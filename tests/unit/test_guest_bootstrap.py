@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,8 +13,16 @@ from banger.images.guest_bits import Kind, guest_files
 BOOTSTRAP = next(f for f in guest_files() if f.path == "/usr/lib/banger/bootstrap").content
 
 
-@pytest.fixture
-def fake_root(tmp_path: Path) -> Path:
+# The script must run on whatever /bin/sh an image has: dash, busybox ash, bash.
+SHELLS = [
+    argv
+    for argv in (["/bin/sh"], ["busybox", "sh"], ["bash", "--posix"])
+    if shutil.which(argv[0])
+]
+
+
+@pytest.fixture(params=SHELLS, ids=lambda argv: argv[0].rsplit("/", 1)[-1])
+def fake_root(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
     root = tmp_path / "root"
     for d in ("sys/class/net/lo", "sys/class/net/eth0", "proc/sys/kernel/random", "etc"):
         (root / d).mkdir(parents=True)
@@ -25,6 +34,7 @@ def fake_root(tmp_path: Path) -> Path:
     fake_ip = root / "bin/fake-ip"
     fake_ip.write_text(f'#!/bin/sh\n[ "$1 $2" = "-batch -" ] && cat > {root}/ip-batch\n')
     fake_ip.chmod(0o755)
+    (root / ".shell").write_text("\n".join(request.param))
     return root
 
 
@@ -38,11 +48,12 @@ def run_bootstrap(root: Path, cmdline: str, *, lib_call: str | None = None) -> s
         "BANGER_ROOT": str(root),
         "BANGER_IP": str(root / "bin/fake-ip"),
     }
+    shell = (root / ".shell").read_text().splitlines()
     if lib_call is None:
-        argv = ["/bin/sh", str(script)]
+        argv = [*shell, str(script)]
     else:
         env["BANGER_BOOTSTRAP_LIB"] = "1"
-        argv = ["/bin/sh", "-c", f'. "$0"; {lib_call}', str(script)]
+        argv = [*shell, "-c", f'. "$0"; {lib_call}', str(script)]
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=10, check=True)
     return proc.stdout
 
@@ -137,3 +148,17 @@ def test_the_bootstrap_and_init_are_posix_sh_that_parses() -> None:
         if entry.kind is Kind.FILE and entry.content.startswith(b"#!/bin/sh"):
             proc = subprocess.run(["/bin/sh", "-n"], input=entry.content, capture_output=True)
             assert proc.returncode == 0, (entry.path, proc.stderr)
+
+
+def test_an_ip_without_batch_mode_gets_one_command_at_a_time(fake_root: Path) -> None:
+    # busybox ip has no -batch: the bootstrap falls back to one run per line.
+    (fake_root / "bin/fake-ip").write_text(
+        f'#!/bin/sh\n[ "$1" = -batch ] && exit 1\necho "$*" >> {fake_root}/ip-calls\n'
+    )
+    run_bootstrap(fake_root, "banger.ip=10.0.2.15/24 banger.gw=10.0.2.2")
+    assert (fake_root / "ip-calls").read_text().splitlines() == [
+        "link set dev lo up",
+        "link set dev eth0 up",
+        "addr replace 10.0.2.15/24 dev eth0",
+        "route replace default via 10.0.2.2 dev eth0",
+    ]

@@ -28,12 +28,12 @@ GOLDEN_TAP_TCG = [
     "-append", CMDLINE,
     "-drive", "id=root,if=none,file=/var/lib/banger/vms/0123abcd/root.qcow2,format=qcow2,"
     "discard=unmap",
-    "-device", "virtio-blk-device,drive=root,bus=virtio-mmio-bus.0",
+    "-device", "virtio-blk-device,drive=root,bus=virtio-mmio-bus.23",
     "-drive", "id=work,if=none,file=/var/lib/banger/vms/0123abcd/work.ext4,format=raw,"
     "discard=unmap",
-    "-device", "virtio-blk-device,drive=work,bus=virtio-mmio-bus.1",
+    "-device", "virtio-blk-device,drive=work,bus=virtio-mmio-bus.22",
     "-netdev", "tap,id=net0,ifname=bgt0a1b2c3d4e5f,script=no,downscript=no",
-    "-device", "virtio-net-device,netdev=net0,mac=02:aa:bb:cc:dd:ee,bus=virtio-mmio-bus.2",
+    "-device", "virtio-net-device,netdev=net0,mac=02:aa:bb:cc:dd:ee,bus=virtio-mmio-bus.21",
     "-chardev", "file,id=console,path=/var/lib/banger/vms/0123abcd/console.log",
     "-serial", "chardev:console",
     "-chardev", "socket,id=qmp,path=/run/banger/vms/0123abcd/qmp.sock,server=on,wait=off",
@@ -87,8 +87,8 @@ def test_commas_in_paths_are_escaped_for_qemu_options() -> None:
 def test_root_and_work_disks_have_fixed_slots_so_the_guest_sees_vda_then_vdb() -> None:
     argv = qemu_argv(make_spec())
     devices = [argv[i + 1] for i, a in enumerate(argv) if a == "-device"]
-    assert devices[0].endswith("drive=root,bus=virtio-mmio-bus.0")
-    assert devices[1].endswith("drive=work,bus=virtio-mmio-bus.1")
+    assert devices[0].endswith("drive=root,bus=virtio-mmio-bus.23")
+    assert devices[1].endswith("drive=work,bus=virtio-mmio-bus.22")
 
 
 def test_ownership_markers_appear_in_the_argv() -> None:

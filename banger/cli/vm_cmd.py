@@ -1,0 +1,379 @@
+"""``banger vm ...`` and ``banger ps``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from banger.api.client import Client
+from banger.api.models import LogChunk, Operation, SSHCommand, VMInfo, VMList
+from banger.cli.context import CliContext, json_option, pass_ctx, quiet_option
+from banger.cli.progress import follow
+from banger.cli.render import console, print_error, print_fields, print_json, print_table
+from banger.core.errors import BangerError, InvalidInput
+from banger.core.validate import (
+    format_size,
+    parse_memory_mib,
+    parse_size,
+    validate_name,
+    validate_vcpu,
+)
+
+SIGNALS = ("TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2", "ABRT")
+
+
+@click.group("vm")
+def vm_group() -> None:
+    """Create, run and manage microVMs.
+
+    \b
+    Examples:
+      banger vm run --rm -- uname -a
+      banger vm create --name box && banger vm ssh box
+    """
+
+
+def _size_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--disk", help="Work disk (/root) size, e.g. 8G.")(func)
+    func = click.option("--memory", "memory", help="Memory in MiB (or with a unit: 2G).")(func)
+    return click.option("--vcpu", type=int, help="Number of vCPUs.")(func)
+
+
+def _create_body(
+    name: str | None, image: str | None, vcpu: int | None, memory: str | None,
+    disk: str | None, start: bool = True,
+) -> dict[str, Any]:
+    """Validate flags before any request (nothing is created on bad input)."""
+    if name is not None:
+        validate_name(name, "VM")
+    if vcpu is not None:
+        validate_vcpu(vcpu)
+    memory_mib = parse_memory_mib(memory) if memory is not None else None
+    if disk is not None:
+        parse_size(disk, "disk")
+    return {"name": name, "image": image, "vcpu": vcpu, "memory_mib": memory_mib,
+            "disk": disk, "start": start}
+
+
+def _create(client: Client, body: dict[str, Any]) -> VMInfo:
+    op = client.post_model("/vms", Operation, json=body)
+    return VMInfo.model_validate(follow(client, op).result)
+
+
+@vm_group.command("create")
+@click.option("--name", help="VM name (default: generated).")
+@click.option("--image", help="Image name or id (default: the default image).")
+@_size_options
+@click.option("--no-start", is_flag=True, help="Only reserve and make the disks.")
+@json_option
+@pass_ctx
+def vm_create(ctx: CliContext, name: str | None, image: str | None, vcpu: int | None,
+              memory: str | None, disk: str | None, no_start: bool, as_json: bool) -> None:
+    """Create a VM and boot it until SSH accepts our key.
+
+    \b
+    Example:
+      banger vm create --name box --vcpu 2 --memory 2048 --disk 16G
+    """
+    info = _create(ctx.client(), _create_body(name, image, vcpu, memory, disk, not no_start))
+    if as_json:
+        print_json(info.model_dump(mode="json"))
+    else:
+        console().print(f"VM {info.name} is {info.state}; connect: banger vm ssh {info.name}")
+
+
+def _each(ctx: CliContext, refs: tuple[str, ...], begin: Callable[[Client, str], Operation],
+          done: str) -> None:
+    """Begin one operation per VM (they run concurrently), then report in argument order."""
+    client = ctx.client()
+    started: list[tuple[str, Operation | BangerError]] = []
+    for ref in refs:
+        try:
+            started.append((ref, begin(client, ref)))
+        except BangerError as exc:
+            started.append((ref, exc))
+    failed: BangerError | None = None
+    for _ref, op in started:
+        try:
+            if isinstance(op, BangerError):
+                raise op
+            info = VMInfo.model_validate(follow(client, op).result)
+            console().print(f"{info.name}: {done} ({info.state})")
+        except BangerError as exc:
+            print_error(exc)
+            failed = failed or exc
+    if failed is not None:
+        sys.exit(failed.exit_code)
+
+
+def _verb(path: str, done: str, doc: str) -> click.Command:
+    @click.argument("vms", nargs=-1, required=True)
+    @pass_ctx
+    def command(ctx: CliContext, vms: tuple[str, ...]) -> None:
+        _each(ctx, vms, lambda c, ref: c.post_model(f"/vms/{ref}/{path}", Operation), done)
+
+    command.__doc__ = doc
+    return click.command(path)(command)
+
+
+vm_group.add_command(_verb("start", "started", """Start stopped VMs.
+
+    \b
+    Example:
+      banger vm start box other
+    """))
+vm_group.add_command(_verb("stop", "stopped", """Stop VMs gracefully; files under /root survive.
+
+    Guest sync + poweroff over SSH first, then ACPI powerdown, then SIGKILL.
+
+    \b
+    Example:
+      banger vm stop box
+    """))
+vm_group.add_command(_verb("restart", "restarted", """Stop, then start VMs (a new boot).
+
+    \b
+    Example:
+      banger vm restart box
+    """))
+
+
+@vm_group.command("delete")
+@click.argument("vms", nargs=-1, required=True)
+@pass_ctx
+def vm_delete(ctx: CliContext, vms: tuple[str, ...]) -> None:
+    """Delete VMs (running ones are killed) and everything they hold.
+
+    \b
+    Example:
+      banger vm delete box
+    """
+    _each(ctx, vms, lambda c, ref: Operation.model_validate(c.request("DELETE", f"/vms/{ref}")),
+          "deleted")
+
+
+@vm_group.command("kill")
+@click.option("--signal", "signame", default="KILL", show_default=True,
+              type=click.Choice(SIGNALS, case_sensitive=False), help="Signal for the VMM.")
+@click.argument("vms", nargs=-1, required=True)
+@pass_ctx
+def vm_kill(ctx: CliContext, signame: str, vms: tuple[str, ...]) -> None:
+    """Send a signal to VMs' VMM processes (KILL leaves them stopped and cleaned up).
+
+    \b
+    Example:
+      banger vm kill --signal TERM box
+    """
+    _each(ctx, vms, lambda c, ref: c.post_model(
+        f"/vms/{ref}/kill", Operation, json={"signal": signame.upper()}), "signalled")
+
+
+@vm_group.command("prune")
+@click.option("-f", "--force", is_flag=True, help="Do not ask.")
+@pass_ctx
+def vm_prune(ctx: CliContext, force: bool) -> None:
+    """Delete every VM that is not running.
+
+    \b
+    Example:
+      banger vm prune -f
+    """
+    client = ctx.client()
+    doomed = [v.name for v in client.get_model("/vms", VMList).vms if v.state != "running"]
+    if not doomed:
+        console().print("nothing to prune")
+        return
+    if not force:
+        if not sys.stdin.isatty():
+            raise InvalidInput("vm prune asks before deleting", hint="pass -f to skip the question")
+        click.confirm(f"Delete {len(doomed)} VMs: {', '.join(doomed)}?", abort=True)
+    _each(ctx, tuple(doomed),
+          lambda c, ref: Operation.model_validate(c.request("DELETE", f"/vms/{ref}")), "deleted")
+
+
+@vm_group.command("set")
+@click.argument("vm")
+@_size_options
+@json_option
+@pass_ctx
+def vm_set(ctx: CliContext, vm: str, vcpu: int | None, memory: str | None, disk: str | None,
+           as_json: bool) -> None:
+    """Change a stopped VM's vCPUs, memory or disk (the disk only grows).
+
+    \b
+    Example:
+      banger vm set box --vcpu 2 --disk 16G
+    """
+    body = _create_body(None, None, vcpu, memory, disk)
+    changes = {k: body[k] for k in ("vcpu", "memory_mib", "disk")}
+    info = VMInfo.model_validate(ctx.client().request("PATCH", f"/vms/{vm}", json=changes))
+    if as_json:
+        print_json(info.model_dump(mode="json"))
+    else:
+        console().print(f"{info.name}: {info.vcpu} vCPU, {info.memory_mib} MiB, "
+                        f"disk {format_size(info.disk_bytes)}")
+
+
+def _age(info: VMInfo) -> str:
+    if info.created_at is None:
+        return ""
+    seconds = int(time.time() - info.created_at.timestamp())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _list(ctx: CliContext, as_json: bool, quiet: bool) -> None:
+    vms = ctx.client().get_model("/vms", VMList).vms
+    if as_json:
+        print_json([v.model_dump(mode="json") for v in vms])
+    elif quiet:
+        for v in vms:
+            click.echo(v.name)
+    else:
+        print_table(
+            ["NAME", "STATE", "IMAGE", "IP", "VCPU", "MEMORY", "DISK", "AGE"],
+            [[v.name, v.state, v.image_name or v.image_id, v.guest_ip or v.net_mode, v.vcpu,
+              f"{v.memory_mib}M", format_size(v.disk_bytes), _age(v)] for v in vms],
+        )
+
+
+@vm_group.command("list")
+@json_option
+@quiet_option
+@pass_ctx
+def vm_list(ctx: CliContext, as_json: bool, quiet: bool) -> None:
+    """List VMs.
+
+    \b
+    Example:
+      banger vm list -q
+    """
+    _list(ctx, as_json, quiet)
+
+
+@click.command("ps")
+@json_option
+@quiet_option
+@pass_ctx
+def ps(ctx: CliContext, as_json: bool, quiet: bool) -> None:
+    """List VMs (same as banger vm list).
+
+    \b
+    Example:
+      banger ps
+    """
+    _list(ctx, as_json, quiet)
+
+
+@vm_group.command("show")
+@click.argument("vm")
+@json_option
+@pass_ctx
+def vm_show(ctx: CliContext, vm: str, as_json: bool) -> None:
+    """Show one VM.
+
+    \b
+    Example:
+      banger vm show box --json
+    """
+    v = ctx.client().get_model(f"/vms/{vm}", VMInfo)
+    if as_json:
+        print_json(v.model_dump(mode="json"))
+        return
+    network = f"tap {v.tap_name}" if v.net_mode == "tap" else "user-mode (slirp)"
+    print_fields([
+        ("name", v.name), ("id", v.id), ("state", v.state), ("image", v.image_name or v.image_id),
+        ("kernel", v.kernel_name), ("backend", v.backend), ("vcpu", v.vcpu),
+        ("memory", f"{v.memory_mib} MiB"), ("disk", format_size(v.disk_bytes)),
+        ("network", f"{v.net_mode}: {network}"), ("ip", v.guest_ip),
+        ("ssh", f"{v.ssh_host}:{v.ssh_port}" if v.ssh_host else None), ("pid", v.pid),
+        ("created", v.created_at), ("started", v.started_at), ("last error", v.last_error),
+    ])
+
+
+@vm_group.command("logs")
+@click.argument("vm")
+@click.option("-f", "--follow", "follow_log", is_flag=True, help="Keep printing new output.")
+@pass_ctx
+def vm_logs(ctx: CliContext, vm: str, follow_log: bool) -> None:
+    """Print a VM's serial console log.
+
+    \b
+    Example:
+      banger vm logs box -f
+    """
+    client = ctx.client()
+    offset = 0
+    while True:
+        chunk = client.get_model(f"/vms/{vm}/logs", LogChunk, params={"offset": offset})
+        sys.stdout.write(chunk.text)
+        sys.stdout.flush()
+        if chunk.offset == offset and not follow_log:
+            return
+        if chunk.offset == offset:
+            time.sleep(0.5)
+        offset = chunk.offset
+
+
+def _ssh_argv(client: Client, vm: str, command: tuple[str, ...], tty: bool) -> list[str]:
+    body = {"command": list(command), "tty": tty}
+    return client.post_model(f"/vms/{vm}/ssh", SSHCommand, json=body).argv
+
+
+@vm_group.command("ssh", context_settings={"ignore_unknown_options": True})
+@click.argument("vm")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_ctx
+def vm_ssh(ctx: CliContext, vm: str, command: tuple[str, ...]) -> None:
+    """Open a shell in a VM, or run one command; its exit code is banger's.
+
+    \b
+    Examples:
+      banger vm ssh box
+      banger vm ssh box -- sh -c 'exit 42'; echo $?
+    """
+    argv = _ssh_argv(ctx.client(), vm, command, tty=not command and sys.stdin.isatty())
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)
+
+
+@vm_group.command("run", context_settings={"ignore_unknown_options": True})
+@click.option("--rm", "remove", is_flag=True, help="Delete the VM afterwards (also on failure).")
+@click.option("--name", help="VM name (default: generated).")
+@click.option("--image", help="Image name or id (default: the default image).")
+@_size_options
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_ctx
+def vm_run(ctx: CliContext, remove: bool, name: str | None, image: str | None, vcpu: int | None,
+           memory: str | None, disk: str | None, command: tuple[str, ...]) -> None:
+    """Create and boot a VM, run CMD in it, and exit with CMD's exit code.
+
+    Without CMD, print how to connect.
+
+    \b
+    Examples:
+      banger vm run --rm -- make -C /root test
+      banger vm run --name box
+    """
+    client = ctx.client()
+    info = _create(client, _create_body(name, image, vcpu, memory, disk))
+    code = 0
+    try:
+        if command:
+            argv = _ssh_argv(client, info.name, command, tty=False)
+            code = subprocess.run(argv, check=False).returncode
+        else:
+            console().print(f"VM {info.name} is running; connect: banger vm ssh {info.name}")
+    finally:
+        if remove:
+            op = Operation.model_validate(client.request("DELETE", f"/vms/{info.name}"))
+            follow(client, op, quiet=True)
+    sys.exit(code)

@@ -1,0 +1,177 @@
+"""``vm create``: validate everything up front, then reserve -> disks -> network -> boot -> ssh.
+
+Every stage that acquires something registers its undo; a failure (or a
+cancel) unwinds them in reverse, and the row is the last thing to go. A row
+still marked ``creating`` after a daemon crash is removed by reconcile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from banger.api.models import VMCreateRequest
+from banger.core.errors import Conflict, InvalidInput, Unavailable
+from banger.core.names import generate_vm_name
+from banger.core.states import VMState
+from banger.core.validate import (
+    format_size,
+    parse_size,
+    validate_memory_mib,
+    validate_name,
+    validate_vcpu,
+)
+from banger.daemon.image_service import DEFAULT_SOURCE, ImageService
+from banger.daemon.operations import OperationContext, Work
+from banger.daemon.vm_layout import VMFiles
+from banger.daemon.vm_service import VMService
+from banger.host import disks, ssh
+from banger.host.net import allocate_mac
+from banger.host.probes import memory_available_mib
+from banger.images.manifest import ROOTFS_NAME, WORK_SEED_NAME
+from banger.store.records import ImageRecord, VMRecord
+
+
+@dataclass(frozen=True)
+class CreatePlan:
+    name: str
+    vcpu: int
+    memory_mib: int
+    disk_bytes: int
+    image: ImageRecord | None  # None: build the default image first (first use)
+    start: bool
+
+
+def _check_host_room(plan: CreatePlan, state_dir: os.PathLike[str]) -> None:
+    cpus = os.cpu_count() or 1
+    if plan.vcpu > cpus:
+        raise InvalidInput(
+            f"--vcpu {plan.vcpu} is more than this host's {cpus} CPUs",
+            hint=f"use --vcpu {cpus} or fewer",
+        )
+    available = memory_available_mib()
+    if available is not None and plan.memory_mib > available:
+        raise Unavailable(
+            f"--memory {plan.memory_mib} MiB is more than the {available} MiB this host has free",
+            hint="ask for less memory, or stop other VMs",
+        )
+    free = shutil.disk_usage(state_dir).free
+    if plan.disk_bytes > free:
+        raise Unavailable(
+            f"--disk {format_size(plan.disk_bytes)} is more than the {free // 2**20} MiB free "
+            f"under {state_dir}",
+            hint="ask for a smaller --disk, or free some space (banger vm prune)",
+        )
+
+
+class VMCreator:
+    def __init__(self, vms: VMService, images: ImageService) -> None:
+        self.vms = vms
+        self.images = images
+        self.store = vms.store
+        self.settings = vms.settings
+
+    def plan(self, req: VMCreateRequest) -> CreatePlan:
+        """Validate the request against the store and the host; nothing is created."""
+        taken = {vm.name for vm in self.store.vms.list()}
+        name = validate_name(req.name, "VM") if req.name is not None else generate_vm_name(taken)
+        if name in taken:
+            raise Conflict(
+                f"VM '{name}' already exists",
+                hint=f"pick another --name, or delete it: banger vm delete {name}",
+            )
+        if req.image is not None:
+            image: ImageRecord | None = self.store.images.get(req.image)
+        else:
+            image = self.store.images.get_default()
+            if image is None and self.store.images.list():
+                raise Conflict("no default image", hint="pick one: banger image promote NAME")
+        plan = CreatePlan(
+            name=name,
+            vcpu=validate_vcpu(req.vcpu if req.vcpu is not None else self.settings.default_vcpu),
+            memory_mib=validate_memory_mib(
+                req.memory_mib if req.memory_mib is not None else self.settings.default_memory_mib
+            ),
+            disk_bytes=parse_size(req.disk or self.settings.default_disk, "disk"),
+            image=image,
+            start=req.start,
+        )
+        _check_host_room(plan, self.settings.paths.state_dir)
+        return plan
+
+    def create(self, req: VMCreateRequest) -> tuple[CreatePlan, Work]:
+        plan = self.plan(req)
+
+        async def work(ctx: OperationContext) -> dict[str, Any]:
+            image = plan.image or await self._default_image(ctx)
+            vm_id = uuid.uuid4().hex[:12]
+            async with self.vms._locks[vm_id], contextlib.AsyncExitStack() as undo:
+                with ctx.stage("reserve"):
+                    vm = self._reserve(vm_id, plan, image)
+                    undo.push_async_callback(self.vms.destroy, vm)
+                with ctx.stage("disks"):
+                    await asyncio.to_thread(self._make_disks, vm, image)
+                if plan.start:
+                    vm = await self.vms.boot(ctx, vm, undo)
+                vm = self.store.vms.update(vm.id, spec={})
+                undo.pop_all()
+            return self.vms.info(vm).model_dump(mode="json")
+
+        return plan, work
+
+    async def _default_image(self, ctx: OperationContext) -> ImageRecord:
+        """First use: build the default kernel and image (with progress)."""
+        result = await self.images.build(
+            name=None, source=DEFAULT_SOURCE, packages=[], size=None
+        )(ctx)
+        assert result is not None
+        return self.store.images.get(result["id"])
+
+    def _reserve(self, vm_id: str, plan: CreatePlan, image: ImageRecord) -> VMRecord:
+        vm = self.store.vms.add(
+            VMRecord(
+                id=vm_id,
+                name=plan.name,
+                backend=self.vms.backend.name,
+                vcpu=plan.vcpu,
+                memory_mib=plan.memory_mib,
+                disk_bytes=plan.disk_bytes,
+                image_id=image.id,
+                kernel_name=image.kernel_name or self._default_kernel(),
+                state=VMState.CREATED,
+                net_mode=self.vms.network.mode,
+                mac=allocate_mac(vm_id),
+                spec={"creating": True},
+            )
+        )
+        self.vms.network.allocate_ip(vm.id)
+        return self.store.vms.get(vm.id)
+
+    def _default_kernel(self) -> str:
+        kernel = self.store.kernels.get_default()
+        if kernel is None:
+            raise Unavailable("no kernel", hint="pull one: banger kernel pull debian-cloud")
+        return kernel.name
+
+    def _make_disks(self, vm: VMRecord, image: ImageRecord) -> None:
+        """Root overlay, per-VM host key, and the work disk with our key authorised."""
+        files = VMFiles.of(self.settings.paths, vm.id)
+        files.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        disks.create_root_overlay(image.path / ROOTFS_NAME, files.root, "qcow2")
+        key_dir = files.dir / "hostkey"
+        host_key = ssh.generate_host_key(key_dir)
+        files.host_key_pub.write_bytes(host_key[1])
+        shutil.rmtree(key_dir)
+        seed = image.path / WORK_SEED_NAME
+        disks.create_work_disk(
+            files.work,
+            vm.disk_bytes,
+            seed=seed if seed.exists() else None,
+            authorized_keys=ssh.ensure_ssh_key(self.settings.paths.ssh_key),
+            host_key=host_key,
+        )

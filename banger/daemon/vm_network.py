@@ -1,0 +1,99 @@
+"""How a VM reaches the network: a TAP on banger's bridge, or QEMU user-mode networking.
+
+TAP mode needs CAP_NET_ADMIN (root, or the root helper in a system install);
+without it VMs fall back to user-mode networking with SSH forwarded to a
+loopback port (``vm show`` says which a VM has).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+
+import structlog
+
+from banger.core.states import NetMode
+from banger.core.vmspec import NetSpec, TapNet, UserNet
+from banger.host import net
+from banger.store.db import Store
+from banger.store.records import VMRecord
+
+log = structlog.get_logger("banger.daemon.vm_network")
+
+TAP_POOL_SIZE = 2
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class VMNetwork:
+    def __init__(self, store: Store, bridge_name: str, bridge_cidr: str) -> None:
+        self.store = store
+        self.bridge_name = bridge_name
+        self.bridge = ipaddress.IPv4Interface(bridge_cidr)
+        self.mode = NetMode.TAP if net.have_net_admin() else NetMode.USER
+        self._pool: net.TapPool | None = None
+        self._ready = asyncio.Lock()
+
+    async def _tap_pool(self) -> net.TapPool:
+        """Create the bridge and the idle TAP pool on first use."""
+        async with self._ready:
+            if self._pool is None:
+                in_use = {vm.tap_name for vm in self.store.vms.list() if vm.tap_name}
+                self._pool = await asyncio.to_thread(self._make_pool, in_use)
+            return self._pool
+
+    def _make_pool(self, in_use: set[str]) -> net.TapPool:
+        """Bridge up, and idle TAPs of a previous daemon taken back (pyroute2 is blocking)."""
+        net.ensure_bridge(self.bridge_name, str(self.bridge))
+        pool = net.TapPool(self.bridge_name, size=TAP_POOL_SIZE)
+        pool.adopt([t for t in net.list_our_taps()
+                    if t not in in_use and net.link_master(t) == self.bridge_name])
+        return pool
+
+    def allocate_ip(self, vm_id: str) -> str | None:
+        """Reserve the VM's guest address (TAP mode only); kept until the VM is deleted."""
+        if self.mode is not NetMode.TAP:
+            return None
+        return self.store.vms.allocate_guest_ip(
+            vm_id, self.bridge.network, reserved={str(self.bridge.ip)}
+        )
+
+    async def attach(self, vm: VMRecord) -> tuple[NetSpec, str | None, int]:
+        """The VM's network for one boot: its spec, its TAP (if any) and its SSH port."""
+        mac = vm.mac or net.allocate_mac(vm.id)
+        if vm.net_mode is NetMode.USER:
+            port = free_loopback_port()
+            return UserNet(ssh_host_port=port, mac=mac), None, port
+        pool = await self._tap_pool()
+        tap = await asyncio.to_thread(pool.acquire)
+        asyncio.get_running_loop().create_task(pool.arefill())
+        assert vm.guest_ip is not None
+        spec = TapNet(
+            tap_name=tap,
+            mac=mac,
+            guest_ip=f"{vm.guest_ip}/{self.bridge.network.prefixlen}",
+            gateway=str(self.bridge.ip),
+        )
+        return spec, tap, 22
+
+    async def detach(self, tap_name: str | None) -> None:
+        """Give back a VM's TAP (idempotent)."""
+        if tap_name:
+            await asyncio.to_thread(net.delete_tap, tap_name)
+
+    def ssh_endpoint(self, vm: VMRecord) -> tuple[str, int]:
+        if vm.net_mode is NetMode.USER:
+            assert vm.ssh_port is not None
+            return "127.0.0.1", vm.ssh_port
+        assert vm.guest_ip is not None
+        return vm.guest_ip, 22
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await asyncio.to_thread(self._pool.drain)

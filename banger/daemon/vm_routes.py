@@ -1,0 +1,111 @@
+"""``/v1/vms``: reads answer at once; lifecycle verbs are operations with live stages."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Query, Request
+
+from banger.api.models import (
+    LogChunk,
+    Operation,
+    SSHCommand,
+    SSHCommandRequest,
+    VMCreateRequest,
+    VMInfo,
+    VMKillRequest,
+    VMList,
+    VMSetRequest,
+)
+from banger.core.errors import Conflict
+from banger.core.states import VMState
+from banger.daemon.operations import Work
+from banger.daemon.routes import DaemonDep, api_router, request_op_id
+from banger.host.ssh import ssh_argv
+
+router = api_router("vms")
+LOG_CHUNK = 256 * 1024
+
+
+@router.get("/vms", response_model=VMList)
+async def list_vms(daemon: DaemonDep) -> VMList:
+    return VMList(vms=[daemon.vms.info(vm) for vm in daemon.store.vms.list()])
+
+
+@router.post("/vms", response_model=Operation, status_code=202)
+async def create_vm(body: VMCreateRequest, daemon: DaemonDep, request: Request) -> Operation:
+    plan, work = daemon.creator.create(body)
+    return daemon.operations.begin(
+        "vm.create", work, target=plan.name, op_id=request_op_id(request)
+    )
+
+
+@router.get("/vms/{ref}", response_model=VMInfo)
+async def show_vm(ref: str, daemon: DaemonDep) -> VMInfo:
+    return daemon.vms.info(daemon.store.vms.get(ref))
+
+
+@router.patch("/vms/{ref}", response_model=VMInfo)
+async def set_vm(ref: str, body: VMSetRequest, daemon: DaemonDep) -> VMInfo:
+    vm = await daemon.vms.set(ref, body.vcpu, body.memory_mib, body.disk)
+    return daemon.vms.info(vm)
+
+
+def _begin(daemon: DaemonDep, request: Request, kind: str, ref: str, work: Work) -> Operation:
+    return daemon.operations.begin(kind, work, target=ref, op_id=request_op_id(request))
+
+
+@router.post("/vms/{ref}/start", response_model=Operation, status_code=202)
+async def start_vm(ref: str, daemon: DaemonDep, request: Request) -> Operation:
+    return _begin(daemon, request, "vm.start", ref, daemon.vms.start(ref))
+
+
+@router.post("/vms/{ref}/stop", response_model=Operation, status_code=202)
+async def stop_vm(ref: str, daemon: DaemonDep, request: Request) -> Operation:
+    return _begin(daemon, request, "vm.stop", ref, daemon.vms.stop(ref))
+
+
+@router.post("/vms/{ref}/restart", response_model=Operation, status_code=202)
+async def restart_vm(ref: str, daemon: DaemonDep, request: Request) -> Operation:
+    return _begin(daemon, request, "vm.restart", ref, daemon.vms.restart(ref))
+
+
+@router.post("/vms/{ref}/kill", response_model=Operation, status_code=202)
+async def kill_vm(ref: str, body: VMKillRequest, daemon: DaemonDep, request: Request) -> Operation:
+    return _begin(daemon, request, "vm.kill", ref, daemon.vms.kill(ref, body.signal))
+
+
+@router.delete("/vms/{ref}", response_model=Operation, status_code=202)
+async def delete_vm(ref: str, daemon: DaemonDep, request: Request) -> Operation:
+    return _begin(daemon, request, "vm.delete", ref, daemon.vms.delete(ref))
+
+
+@router.post("/vms/{ref}/ssh", response_model=SSHCommand)
+async def ssh_command(ref: str, body: SSHCommandRequest, daemon: DaemonDep) -> SSHCommand:
+    """The system ssh argv that reaches the VM (the CLI execs it)."""
+    vm = daemon.store.vms.get(ref)
+    if vm.state is not VMState.RUNNING:
+        raise Conflict(
+            f"VM '{vm.name}' is {vm.state}", hint=f"start it first: banger vm start {vm.name}"
+        )
+    host, port = daemon.vms.network.ssh_endpoint(vm)
+    argv = ssh_argv(
+        host, port, daemon.settings.paths.ssh_key, daemon.vms.files(vm).known_hosts,
+        command=body.command or None, batch=not body.tty, tty=body.tty,
+    )
+    return SSHCommand(argv=argv)
+
+
+@router.get("/vms/{ref}/logs", response_model=LogChunk)
+async def vm_logs(
+    ref: str, daemon: DaemonDep, offset: Annotated[int, Query(ge=0)] = 0
+) -> LogChunk:
+    """The console log from ``offset`` (at most 256 KiB a call)."""
+    path = daemon.vms.files(daemon.store.vms.get(ref)).console_log
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(LOG_CHUNK)
+    except FileNotFoundError:
+        data = b""
+    return LogChunk(text=data.decode("utf-8", "replace"), offset=offset + len(data))

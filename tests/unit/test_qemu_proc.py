@@ -1,0 +1,91 @@
+"""Process identity through /proc: pidfiles, start times, argv markers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from banger.vmm import proc
+
+
+@pytest.mark.parametrize("text", ["", "abc", "-5", "0", "12 34"])
+def test_a_pidfile_without_a_positive_pid_reads_as_none(tmp_path: Path, text: str) -> None:
+    (tmp_path / "pid").write_text(text)
+    assert proc.read_pidfile(tmp_path / "pid") is None
+
+
+def test_pidfile_reads_a_pid_with_a_trailing_newline_and_missing_reads_none(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "pid").write_text("4242\n")
+    assert proc.read_pidfile(tmp_path / "pid") == 4242
+    assert proc.read_pidfile(tmp_path / "missing") is None
+
+
+def spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+    """Start ``argv`` and wait (bounded) until /proc shows its new argv.
+
+    Popen returns once the exec is past its point of no return, a moment
+    before the kernel publishes the new argv in /proc/<pid>/cmdline.
+    """
+    child = subprocess.Popen(argv)
+    deadline = time.monotonic() + 5
+    while proc.cmdline(child.pid) != argv and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return child
+
+
+def test_a_live_process_matches_only_with_its_start_time_and_markers(tmp_path: Path) -> None:
+    marker = str(tmp_path / "marker-arg")
+    # The marker is an argument the program ignores.
+    child = spawn([sys.executable, "-c", "import time; time.sleep(30)", marker])
+    try:
+        started = proc.start_time(child.pid)
+        assert started is not None
+        assert proc.is_running(child.pid, started, [marker])
+        assert not proc.is_running(child.pid, started + 1, [marker])  # a reused pid
+        assert not proc.is_running(child.pid, started, [marker, "not-in-argv"])
+    finally:
+        child.kill()
+        child.wait()
+    assert not proc.is_running(child.pid, started, [marker])
+
+
+def test_an_exited_child_is_reaped_and_not_running() -> None:
+    child = spawn(["sleep", "0.1"])
+    started = proc.start_time(child.pid) or 0
+    assert proc.is_running(child.pid, started, ["sleep"])
+    assert asyncio.run(proc.wait_until_gone(child.pid, started, ["sleep"], timeout=5))
+    child.returncode = 0  # reaped by wait_until_gone, not by Popen
+    assert proc.read_stat(child.pid) is None
+
+
+def test_wait_until_gone_times_out_on_a_process_that_stays() -> None:
+    child = spawn(["sleep", "30"])
+    try:
+        started = proc.start_time(child.pid)
+        assert started is not None
+        assert (
+            asyncio.run(proc.wait_until_gone(child.pid, started, ["sleep"], timeout=0.1)) is False
+        )
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_stat_parsing_survives_a_command_name_with_spaces_and_parens(tmp_path: Path) -> None:
+    exe = tmp_path / "a) b ("
+    os.symlink("/bin/sleep", exe)
+    child = subprocess.Popen([str(exe), "30"])
+    try:
+        stat = proc.read_stat(child.pid)
+        assert stat is not None and stat[0] in "RSD" and stat[1] > 0
+    finally:
+        child.kill()
+        child.wait()
