@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ class BangerEnv:
 
     root: Path
     runtime_override: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def state_dir(self) -> Path:
@@ -48,15 +49,20 @@ class BangerEnv:
             BANGER_CONFIG=str(self.config_file),
             NO_COLOR="1",
         )
+        env.update(self.extra_env)
         env.update(extra)
         return env
+
+    @staticmethod
+    def banger_argv() -> list[str]:
+        return [sys.executable, "-m", "banger.cli"]
 
     def banger(
         self, *args: str, timeout: float = 120, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run the CLI as a user would; never raises on a non-zero exit."""
         return subprocess.run(
-            [sys.executable, "-m", "banger.cli", *args],
+            [*self.banger_argv(), *args],
             env=env or self.env(),
             capture_output=True,
             text=True,
