@@ -44,17 +44,13 @@ class VMNetwork:
         """Create the bridge and the idle TAP pool on first use."""
         async with self._ready:
             if self._pool is None:
-                in_use = {vm.tap_name for vm in self.store.vms.list() if vm.tap_name}
-                self._pool = await asyncio.to_thread(self._make_pool, in_use)
+                self._pool = await asyncio.to_thread(self._make_pool)
             return self._pool
 
-    def _make_pool(self, in_use: set[str]) -> net.TapPool:
-        """Bridge up, and idle TAPs of a previous daemon taken back (pyroute2 is blocking)."""
+    def _make_pool(self) -> net.TapPool:
+        """Bridge up and an empty pool (pyroute2 is blocking: run in a thread)."""
         net.ensure_bridge(self.bridge_name, str(self.bridge))
-        pool = net.TapPool(self.bridge_name, size=TAP_POOL_SIZE)
-        pool.adopt([t for t in net.list_our_taps()
-                    if t not in in_use and net.link_master(t) == self.bridge_name])
-        return pool
+        return net.TapPool(self.bridge_name, size=TAP_POOL_SIZE)
 
     def allocate_ip(self, vm_id: str) -> str | None:
         """Reserve the VM's guest address (TAP mode only); kept until the VM is deleted."""
@@ -81,6 +77,19 @@ class VMNetwork:
             gateway=str(self.bridge.ip),
         )
         return spec, tap, 22
+
+    async def reap_stray_taps(self) -> None:
+        """Delete our TAPs on the bridge that no VM holds (a killed daemon's idle pool)."""
+        if self.mode is not NetMode.TAP:
+            return
+        in_use = {vm.tap_name for vm in self.store.vms.list() if vm.tap_name}
+
+        def reap() -> None:
+            for tap in net.list_our_taps():
+                if tap not in in_use and net.link_master(tap) == self.bridge_name:
+                    net.delete_tap(tap)
+
+        await asyncio.to_thread(reap)
 
     async def detach(self, tap_name: str | None) -> None:
         """Give back a VM's TAP (idempotent)."""

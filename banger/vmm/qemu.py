@@ -74,6 +74,9 @@ def qemu_argv(spec: VMSpec, *, qemu_binary: str = QEMU_BINARY) -> list[str]:
     argv = [qemu_binary, "-name", f"guest={opt(spec.name)}", "-M", MACHINE, "-accel", spec.accel]
     if spec.accel == "kvm":
         argv += ["-cpu", "host"]
+    else:
+        # RDRAND seeds the guest's RNG at once; without it sshd waits ~4 s for entropy.
+        argv += ["-cpu", "qemu64,+rdrand"]
     argv += [
         "-smp", str(spec.vcpu),
         "-m", f"{spec.memory_mib}M",
