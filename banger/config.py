@@ -61,6 +61,9 @@ class Settings(BaseModel):
         default=900, ge=1, description="How long finished operations stay queryable."
     )
     daemon_start_timeout: float = Field(default=15.0, gt=0)
+    ssh_ready_timeout: float = Field(
+        default=120.0, gt=0, description="Seconds a booting VM has until its sshd accepts our key."
+    )
 
     @cached_property
     def paths(self) -> Paths:

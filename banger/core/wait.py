@@ -10,6 +10,24 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+class _Backoff:
+    """Pauses that double from ``interval`` up to ``max_interval``, cut short at the deadline."""
+
+    def __init__(self, timeout: float, interval: float, max_interval: float) -> None:
+        self.deadline = time.monotonic() + timeout
+        self.delay = interval
+        self.max_interval = max_interval
+
+    def next_pause(self) -> float | None:
+        """How long to sleep before the next try; None once the deadline has passed."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        pause = min(self.delay, remaining)
+        self.delay = min(self.delay * 2, self.max_interval)
+        return pause
+
+
 def poll_until(
     check: Callable[[], T | None],
     *,
@@ -18,17 +36,12 @@ def poll_until(
     max_interval: float = 0.25,
 ) -> T | None:
     """Call ``check`` until it returns something truthy or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    delay = interval
-    while True:
-        result = check()
-        if result:
-            return result
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+    backoff = _Backoff(timeout, interval, max_interval)
+    while not (result := check()):
+        if (pause := backoff.next_pause()) is None:
             return None
-        time.sleep(min(delay, remaining))
-        delay = min(delay * 2, max_interval)
+        time.sleep(pause)
+    return result
 
 
 async def apoll_until(
@@ -39,14 +52,9 @@ async def apoll_until(
     max_interval: float = 0.25,
 ) -> T | None:
     """The async twin of :func:`poll_until`."""
-    deadline = time.monotonic() + timeout
-    delay = interval
-    while True:
-        result = await check()
-        if result:
-            return result
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+    backoff = _Backoff(timeout, interval, max_interval)
+    while not (result := await check()):
+        if (pause := backoff.next_pause()) is None:
             return None
-        await asyncio.sleep(min(delay, remaining))
-        delay = min(delay * 2, max_interval)
+        await asyncio.sleep(pause)
+    return result

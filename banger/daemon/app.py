@@ -16,7 +16,6 @@ from fastapi.responses import JSONResponse
 from banger.api.client import OP_ID_HEADER, VERSION_HEADER, version_tag
 from banger.api.errors import error_body
 from banger.api.models import (
-    CheckStatus,
     DoctorCheck,
     DoctorReport,
     Operation,
@@ -57,7 +56,7 @@ async def run_doctor(daemon: DaemonDep) -> DoctorReport:
     results = await asyncio.to_thread(doctor.run_checks, daemon.settings)
     return DoctorReport(
         checks=[
-            DoctorCheck(name=r.name, status=CheckStatus(r.status), detail=r.detail, hint=r.hint)
+            DoctorCheck(name=r.name, status=r.status, detail=r.detail, hint=r.hint)
             for r in results
         ]
     )

@@ -12,10 +12,10 @@ import sqlite3
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 
+from banger.api.models import CheckStatus
 from banger.config import Settings
 from banger.host import probes
 from banger.host.probes import KvmStatus, Version
@@ -28,28 +28,22 @@ QEMU_MIN_TESTED: Version = (6, 0, 0)
 FIRECRACKER_RELEASES = "https://github.com/firecracker-microvm/firecracker/releases"
 
 
-class Status(StrEnum):
-    PASS = "PASS"
-    WARN = "WARN"
-    FAIL = "FAIL"
-
-
 @dataclass(frozen=True)
 class CheckResult:
     """One doctor row; every non-PASS row carries a hint naming the fix."""
 
     name: str
-    status: Status
+    status: CheckStatus
     detail: str
     hint: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "status", Status(self.status))  # accept "PASS" etc. too
-        if self.status is not Status.PASS and not self.hint:
+        object.__setattr__(self, "status", CheckStatus(self.status))  # accept "PASS" etc. too
+        if self.status is not CheckStatus.PASS and not self.hint:
             raise ValueError(f"doctor check {self.name!r}: a {self.status} row needs a hint")
 
     def to_dict(self) -> dict[str, str | None]:
-        return {k: str(v) if isinstance(v, Status) else v for k, v in asdict(self).items()}
+        return {k: str(v) if isinstance(v, CheckStatus) else v for k, v in asdict(self).items()}
 
 
 def _running_python() -> Version:
@@ -123,10 +117,10 @@ def check_python(ctx: DoctorContext) -> CheckResult:
     v = ctx.host.python_version
     shown = ".".join(map(str, v))
     if probes.python_ok(v):
-        return CheckResult("python", Status.PASS, f"Python {shown}")
+        return CheckResult("python", CheckStatus.PASS, f"Python {shown}")
     return CheckResult(
         "python",
-        Status.FAIL,
+        CheckStatus.FAIL,
         f"Python {shown} is older than 3.11",
         hint="install Python 3.11 or newer and recreate the virtualenv (make setup)",
     )
@@ -135,7 +129,7 @@ def check_python(ctx: DoctorContext) -> CheckResult:
 def check_store(ctx: DoctorContext) -> CheckResult:
     db = ctx.settings.paths.db
     if not db.exists() and not db.is_symlink():
-        return CheckResult("store", Status.PASS, f"{db} absent: created on first start")
+        return CheckResult("store", CheckStatus.PASS, f"{db} absent: created on first start")
     try:
         # Read-only, so doctor can never create, migrate or repair the store.
         conn = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, timeout=5)
@@ -146,7 +140,7 @@ def check_store(ctx: DoctorContext) -> CheckResult:
     except sqlite3.Error as exc:
         return CheckResult(
             "store",
-            Status.FAIL,
+            CheckStatus.FAIL,
             f"{db} is unreadable: {' '.join(str(exc).split())}",
             hint=f"check its owner and mode (ls -l {db}), or move it aside to start afresh",
         )
@@ -156,21 +150,21 @@ def check_store(ctx: DoctorContext) -> CheckResult:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         return CheckResult(
             "store",
-            Status.FAIL,
+            CheckStatus.FAIL,
             f"{db} is corrupt: {problems[0][:200]}{more}",
             hint=f"stop the daemon and restore {db} from a backup, or move it aside",
         )
-    return CheckResult("store", Status.PASS, f"{db} ok")
+    return CheckResult("store", CheckStatus.PASS, f"{db} ok")
 
 
 def check_kvm(ctx: DoctorContext) -> CheckResult:
     dev = ctx.host.dev_root / "kvm"
     if ctx.kvm is KvmStatus.USABLE:
-        return CheckResult("kvm", Status.PASS, f"{dev} usable for standard guests")
+        return CheckResult("kvm", CheckStatus.PASS, f"{dev} usable for standard guests")
     if ctx.kvm is KvmStatus.PVM_HOST:
         return CheckResult(
             "kvm",
-            Status.WARN,
+            CheckStatus.WARN,
             "PVM host (kvm_pvm without kvm_intel/kvm_amd): standard guests hang; "
             "TCG will be used (slow)",
             hint="for fast VMs use a host with kvm_intel or kvm_amd; here TCG is the only option",
@@ -178,13 +172,13 @@ def check_kvm(ctx: DoctorContext) -> CheckResult:
     if ctx.kvm is KvmStatus.NO_ACCESS:
         return CheckResult(
             "kvm",
-            Status.WARN,
+            CheckStatus.WARN,
             f"{dev} cannot be opened read-write by this user: TCG will be used (slow)",
             hint="add yourself to the kvm group (sudo usermod -aG kvm $USER) and log in again",
         )
     return CheckResult(
         "kvm",
-        Status.WARN,
+        CheckStatus.WARN,
         f"{dev} not found: TCG will be used (slow)",
         hint="enable virtualization in the firmware and load kvm_intel or kvm_amd (modprobe)",
     )
@@ -193,27 +187,27 @@ def check_kvm(ctx: DoctorContext) -> CheckResult:
 def check_qemu(ctx: DoctorContext) -> CheckResult:
     hint = _apt("qemu-system-x86")
     if ctx.qemu is None:
-        status = Status.WARN if ctx.firecracker_usable else Status.FAIL
+        status = CheckStatus.WARN if ctx.firecracker_usable else CheckStatus.FAIL
         why = "firecracker is used instead" if ctx.firecracker_usable else "no usable VMM"
         return CheckResult("qemu", status, f"{probes.QEMU_SYSTEM} not found ({why})", hint=hint)
     v = ctx.qemu_version
     if v is None:
         return CheckResult(
-            "qemu", Status.WARN, f"{ctx.qemu}: --version output not understood", hint=hint
+            "qemu", CheckStatus.WARN, f"{ctx.qemu}: --version output not understood", hint=hint
         )
     if v < QEMU_MIN_TESTED:
         return CheckResult(
             "qemu",
-            Status.WARN,
+            CheckStatus.WARN,
             f"QEMU {_vstr(v)} at {ctx.qemu} is older than {_vstr(QEMU_MIN_TESTED)}; "
             "its microvm machine may lack what banger uses",
             hint="install a newer qemu-system-x86 (Debian 12 / Ubuntu 22.04 or later)",
         )
-    return CheckResult("qemu", Status.PASS, f"QEMU {_vstr(v)} at {ctx.qemu}")
+    return CheckResult("qemu", CheckStatus.PASS, f"QEMU {_vstr(v)} at {ctx.qemu}")
 
 
-def _firecracker_missing_status(ctx: DoctorContext) -> Status:
-    return Status.WARN if ctx.qemu_usable else Status.FAIL
+def _firecracker_missing_status(ctx: DoctorContext) -> CheckStatus:
+    return CheckStatus.WARN if ctx.qemu_usable else CheckStatus.FAIL
 
 
 def check_firecracker(ctx: DoctorContext) -> CheckResult:
@@ -234,18 +228,21 @@ def check_firecracker(ctx: DoctorContext) -> CheckResult:
     tested = f"min {_vstr(FIRECRACKER_MIN)}, tested up to {_vstr(FIRECRACKER_MAX_TESTED)}"
     if v < FIRECRACKER_MIN:
         return CheckResult(
-            "firecracker", Status.FAIL, f"{_vstr(v)} at {fc} is too old ({tested})", hint=install
+            "firecracker",
+            CheckStatus.FAIL,
+            f"{_vstr(v)} at {fc} is too old ({tested})",
+            hint=install,
         )
     if v > FIRECRACKER_MAX_TESTED:
         return CheckResult(
             "firecracker",
-            Status.WARN,
+            CheckStatus.WARN,
             f"{_vstr(v)} at {fc} is newer than tested ({tested})",
             hint=f"if VMs misbehave, install {_vstr(FIRECRACKER_MAX_TESTED)} from "
             f"{FIRECRACKER_RELEASES}",
         )
     note = "" if ctx.kvm is KvmStatus.USABLE else "; unused here without a usable KVM"
-    return CheckResult("firecracker", Status.PASS, f"{_vstr(v)} at {fc} ({tested}){note}")
+    return CheckResult("firecracker", CheckStatus.PASS, f"{_vstr(v)} at {fc} ({tested}){note}")
 
 
 def _accel(ctx: DoctorContext) -> str:
@@ -264,20 +261,22 @@ def _why_not_firecracker(ctx: DoctorContext) -> str:
 def check_backend(ctx: DoctorContext) -> CheckResult:
     configured = ctx.settings.backend
     if configured in ("auto", "firecracker") and ctx.firecracker_usable:
-        return CheckResult("backend", Status.PASS, f"{configured}: firecracker with KVM")
+        return CheckResult("backend", CheckStatus.PASS, f"{configured}: firecracker with KVM")
     if configured in ("auto", "qemu") and ctx.qemu_usable:
         why = f" ({_why_not_firecracker(ctx)})" if configured == "auto" else ""
-        return CheckResult("backend", Status.PASS, f"{configured}: qemu with {_accel(ctx)}{why}")
+        return CheckResult(
+            "backend", CheckStatus.PASS, f"{configured}: qemu with {_accel(ctx)}{why}"
+        )
     if configured == "firecracker":
         return CheckResult(
             "backend",
-            Status.FAIL,
+            CheckStatus.FAIL,
             f"backend = firecracker, but it cannot run here: {_why_not_firecracker(ctx)}",
             hint='fix the firecracker and kvm rows, or set backend = "auto" in config.toml',
         )
     return CheckResult(
         "backend",
-        Status.FAIL,
+        CheckStatus.FAIL,
         f"{configured}: no usable VMM",
         hint=_apt("qemu-system-x86")
         + (', or set backend = "auto"' if configured == "qemu" else ""),
@@ -285,22 +284,27 @@ def check_backend(ctx: DoctorContext) -> CheckResult:
 
 
 def _tools(
-    ctx: DoctorContext, name: str, tools: tuple[str, ...], package: str, use: str, severity: Status
+    ctx: DoctorContext,
+    name: str,
+    tools: tuple[str, ...],
+    package: str,
+    use: str,
+    severity: CheckStatus,
 ) -> CheckResult:
     missing = ctx.missing(*tools)
     if not missing:
-        return CheckResult(name, Status.PASS, f"{', '.join(tools)} found")
+        return CheckResult(name, CheckStatus.PASS, f"{', '.join(tools)} found")
     return CheckResult(name, severity, f"missing {', '.join(missing)} ({use})", hint=_apt(package))
 
 
 def check_e2fsprogs(ctx: DoctorContext) -> CheckResult:
     tools = ("mkfs.ext4", "debugfs", "e2fsck", "resize2fs")
-    return _tools(ctx, "e2fsprogs", tools, "e2fsprogs", "needed for every disk", Status.FAIL)
+    return _tools(ctx, "e2fsprogs", tools, "e2fsprogs", "needed for every disk", CheckStatus.FAIL)
 
 
-def _image_tool_severity(ctx: DoctorContext, other: str) -> Status:
+def _image_tool_severity(ctx: DoctorContext, other: str) -> CheckStatus:
     # One way to get an image is enough to create VMs; with neither, nothing works.
-    return Status.WARN if not ctx.missing(other) else Status.FAIL
+    return CheckStatus.WARN if not ctx.missing(other) else CheckStatus.FAIL
 
 
 def check_mmdebstrap(ctx: DoctorContext) -> CheckResult:
@@ -318,27 +322,27 @@ def check_skopeo(ctx: DoctorContext) -> CheckResult:
 def check_busybox(ctx: DoctorContext) -> CheckResult:
     found = probes.busybox_static_path(ctx.host.busybox_candidates)
     if found is not None:
-        return CheckResult("busybox-static", Status.PASS, f"{found} is statically linked")
+        return CheckResult("busybox-static", CheckStatus.PASS, f"{found} is statically linked")
     present = [p for p in ctx.host.busybox_candidates if p.exists()]
     detail = (
         f"{present[0]} is not a statically linked busybox"
         if present
         else "no busybox found (needed for the initramfs)"
     )
-    return CheckResult("busybox-static", Status.FAIL, detail, hint=_apt("busybox-static"))
+    return CheckResult("busybox-static", CheckStatus.FAIL, detail, hint=_apt("busybox-static"))
 
 
 def check_nft(ctx: DoctorContext) -> CheckResult:
     if probes.have_nft(ctx.host.search_path):
-        return CheckResult("nftables", Status.PASS, "nft found")
+        return CheckResult("nftables", CheckStatus.PASS, "nft found")
     return CheckResult(
-        "nftables", Status.WARN, "nft not found (needed for --nat)", hint=_apt("nftables")
+        "nftables", CheckStatus.WARN, "nft not found (needed for --nat)", hint=_apt("nftables")
     )
 
 
 def check_ssh(ctx: DoctorContext) -> CheckResult:
     use = "needed to reach guests"
-    return _tools(ctx, "ssh client", ("ssh", "ssh-keygen"), "openssh-client", use, Status.FAIL)
+    return _tools(ctx, "ssh client", ("ssh", "ssh-keygen"), "openssh-client", use, CheckStatus.FAIL)
 
 
 CHECKS: list[Check] = [
@@ -364,7 +368,7 @@ def _run_one(check: Check, ctx: DoctorContext) -> CheckResult:
         log.exception("doctor check %s crashed", check.__name__)
         name = check.__name__.removeprefix("check_")
         return CheckResult(
-            name, Status.FAIL, f"check crashed: {exc!r}", hint="report this as a banger bug"
+            name, CheckStatus.FAIL, f"check crashed: {exc!r}", hint="report this as a banger bug"
         )
 
 
@@ -376,4 +380,4 @@ def run_checks(settings: Settings, host: HostView | None = None) -> list[CheckRe
 
 def any_failed(results: list[CheckResult]) -> bool:
     """True when a row FAILs: ``banger doctor`` then exits non-zero."""
-    return any(r.status is Status.FAIL for r in results)
+    return any(r.status is CheckStatus.FAIL for r in results)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +31,13 @@ Persist = Callable[[Operation], None]
 
 def new_op_id() -> str:
     return uuid.uuid4().hex[:12]
+
+
+def host_os_error(exc: OSError) -> BangerError:
+    """A clear error for a failed file operation (a full disk above all)."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    hint = "free some disk space and try again" if exc.errno == errno.ENOSPC else None
+    return BangerError(f"{exc.strerror or exc}{where}", hint=hint)
 
 
 def _now() -> datetime:
@@ -131,6 +139,9 @@ class OperationRegistry:
         except BangerError as exc:
             op.state = OperationState.FAILED
             op.error = error_body(exc, op.id)
+        except OSError as exc:
+            op.state = OperationState.FAILED
+            op.error = error_body(host_os_error(exc), op.id)
         except Exception as exc:  # an unexpected bug must still end the operation
             log.exception("operation crashed", operation=op.id)
             op.state = OperationState.FAILED

@@ -112,12 +112,13 @@ class VMCreator:
             vm_id = uuid.uuid4().hex[:12]
             async with self.vms._locks[vm_id], contextlib.AsyncExitStack() as undo:
                 with ctx.stage("reserve"):
-                    vm = self._reserve(vm_id, plan, image)
+                    vm = self._add_row(vm_id, plan, image)
                     undo.push_async_callback(self.vms.destroy, vm)
+                    self.vms.network.allocate_ip(vm.id)
                 with ctx.stage("disks"):
                     await asyncio.to_thread(self._make_disks, vm, image)
                 if plan.start:
-                    vm = await self.vms.boot(ctx, vm, undo)
+                    vm = await self.vms.boot(ctx, self.store.vms.get(vm.id), undo)
                 vm = self.store.vms.update(vm.id, spec={})
                 undo.pop_all()
             return self.vms.info(vm).model_dump(mode="json")
@@ -132,8 +133,8 @@ class VMCreator:
         assert result is not None
         return self.store.images.get(result["id"])
 
-    def _reserve(self, vm_id: str, plan: CreatePlan, image: ImageRecord) -> VMRecord:
-        vm = self.store.vms.add(
+    def _add_row(self, vm_id: str, plan: CreatePlan, image: ImageRecord) -> VMRecord:
+        return self.store.vms.add(
             VMRecord(
                 id=vm_id,
                 name=plan.name,
@@ -149,8 +150,6 @@ class VMCreator:
                 spec={"creating": True},
             )
         )
-        self.vms.network.allocate_ip(vm.id)
-        return self.store.vms.get(vm.id)
 
     def _default_kernel(self) -> str:
         kernel = self.store.kernels.get_default()

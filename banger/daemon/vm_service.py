@@ -35,7 +35,6 @@ from banger.vmm.base import Backend, Handle
 
 log = structlog.get_logger("banger.daemon.vm_service")
 
-SSH_READY_TIMEOUT = 120.0
 GRACEFUL_STOP_TIMEOUT = 10.0
 ACPI_STOP_TIMEOUT = 3.0
 SIGNALS = ("TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2", "ABRT")
@@ -119,7 +118,7 @@ class VMService:
         with ctx.stage("ssh"):
             await ssh.wait_for_ssh(
                 host, port, self.paths.ssh_key, known_hosts=files.known_hosts,
-                deadline=time.monotonic() + SSH_READY_TIMEOUT, alive=handle.running,
+                deadline=time.monotonic() + self.settings.ssh_ready_timeout, alive=handle.running,
             )
             vm = self.store.vms.update(vm.id, state=VMState.RUNNING, started_at=utcnow())
         self.watch(vm, handle)

@@ -56,7 +56,14 @@ def try_reflink(src: Path, dest: Path) -> bool:
 def _copy_range(fin: int, fout: int, offset: int, length: int) -> None:
     end = offset + length
     while offset < end:
-        n = os.copy_file_range(fin, fout, min(_COPY_CHUNK, end - offset), offset, offset)
+        count = min(_COPY_CHUNK, end - offset)
+        try:
+            n = os.copy_file_range(fin, fout, count, offset, offset)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            # Across filesystems of different types the kernel refuses: copy by hand.
+            n = os.pwrite(fout, os.pread(fin, count, offset), offset)
         if n == 0:
             raise HostToolError(f"short copy at offset {offset}: the source shrank")
         offset += n

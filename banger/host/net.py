@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import re
 import secrets
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,6 +54,13 @@ def validate_bridge_name(name: str) -> str:
 def new_tap_name() -> str:
     """A fresh random TAP name with our prefix (15 characters)."""
     return TAP_PREFIX + secrets.token_hex((IFNAME_MAX - len(TAP_PREFIX)) // 2)
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def allocate_mac(vm_id: str) -> str:

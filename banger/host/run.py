@@ -8,16 +8,19 @@ environment, the command logged at debug, and a non-zero exit raised as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 from banger.core.errors import HostToolError
 
 log = logging.getLogger("banger.host.run")
+T = TypeVar("T")
 
 _CLEAN_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "LOGNAME", "XDG_RUNTIME_DIR")
 _STDERR_TAIL = 2000
@@ -69,6 +72,47 @@ def _tail(data: bytes | None) -> str:
     return (data or b"")[-_STDERR_TAIL:].decode("utf-8", "replace")
 
 
+def _logged_argv(argv: Sequence[str | os.PathLike[str]], note: str = "") -> list[str]:
+    """``argv`` as strings, logged at debug the way a shell would show it."""
+    strs = [os.fspath(a) for a in argv]
+    log.debug("run %s%s", shlex.join(strs), note)
+    return strs
+
+
+@contextlib.contextmanager
+def _starting(argv: list[str]) -> Iterator[None]:
+    """A program that is not installed fails like a shell's: status 127."""
+    try:
+        yield
+    except FileNotFoundError as exc:
+        raise CommandError(argv, 127, f"{argv[0]}: not found") from exc
+
+
+def _timed_out(argv: list[str], timeout: float, stderr: bytes | None = None) -> CommandError:
+    detail = f"timed out after {timeout}s"
+    return CommandError(argv, 124, detail if stderr is None else f"{detail}\n{_tail(stderr)}")
+
+
+def _result(
+    argv: list[str], returncode: int, stdout: bytes, stderr: bytes, check: bool
+) -> subprocess.CompletedProcess[bytes]:
+    if check and returncode != 0:
+        raise CommandError(argv, returncode, _tail(stderr))
+    return subprocess.CompletedProcess(argv, returncode, stdout, stderr)
+
+
+async def _wait_or_kill(
+    proc: asyncio.subprocess.Process, waiting: Awaitable[T], argv: list[str], timeout: float
+) -> T:
+    """Await ``waiting`` for at most ``timeout``; past it, kill and reap ``proc`` and raise."""
+    try:
+        return await asyncio.wait_for(waiting, timeout)
+    except TimeoutError as exc:
+        proc.kill()
+        await proc.wait()
+        raise _timed_out(argv, timeout) from exc
+
+
 def run(
     argv: Sequence[str],
     *,
@@ -79,26 +123,22 @@ def run(
     check: bool = True,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv`` to completion and return its captured output."""
-    argv = [os.fspath(a) for a in argv]
-    log.debug("run %s", shlex.join(argv))
+    argv = _logged_argv(argv)
     try:
-        proc = subprocess.run(
-            argv,
-            input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-            env=clean_env(env),
-            cwd=cwd,
-            check=False,
-        )
-    except FileNotFoundError as exc:
-        raise CommandError(argv, 127, f"{argv[0]}: not found") from exc
+        with _starting(argv):
+            proc = subprocess.run(
+                argv,
+                input=input,
+                stdin=None if input is not None else subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
+                env=clean_env(env),
+                cwd=cwd,
+                check=False,
+            )
     except subprocess.TimeoutExpired as exc:
-        raise CommandError(argv, 124, f"timed out after {timeout}s\n{_tail(exc.stderr)}") from exc
-    if check and proc.returncode != 0:
-        raise CommandError(argv, proc.returncode, _tail(proc.stderr))
-    return proc
+        raise _timed_out(argv, timeout, exc.stderr or b"") from exc
+    return _result(argv, proc.returncode, proc.stdout, proc.stderr, check)
 
 
 async def arun(
@@ -111,9 +151,8 @@ async def arun(
     check: bool = True,
 ) -> subprocess.CompletedProcess[bytes]:
     """The async twin of :func:`run`."""
-    argv = [os.fspath(a) for a in argv]
-    log.debug("run %s", shlex.join(argv))
-    try:
+    argv = _logged_argv(argv)
+    with _starting(argv):
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
@@ -122,18 +161,9 @@ async def arun(
             env=clean_env(env),
             cwd=cwd,
         )
-    except FileNotFoundError as exc:
-        raise CommandError(argv, 127, f"{argv[0]}: not found") from exc
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(input), timeout)
-    except TimeoutError as exc:
-        proc.kill()
-        await proc.wait()
-        raise CommandError(argv, 124, f"timed out after {timeout}s") from exc
+    out, err = await _wait_or_kill(proc, proc.communicate(input), argv, timeout)
     assert proc.returncode is not None
-    if check and proc.returncode != 0:
-        raise CommandError(argv, proc.returncode, _tail(err))
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    return _result(argv, proc.returncode, out, err, check)
 
 
 async def arun_to_log(
@@ -149,23 +179,14 @@ async def arun_to_log(
     keeps writing to the log, which a pipe would hold open forever. The
     program starts in a new session so a terminal's signals never reach it.
     """
-    argv = [os.fspath(a) for a in argv]
-    log.debug("run %s >> %s", shlex.join(argv), os.fspath(log_path))
-    with open(log_path, "ab") as out:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=clean_env(env),
-                start_new_session=True,
-            )
-        except FileNotFoundError as exc:
-            raise CommandError(argv, 127, f"{argv[0]}: not found") from exc
-    try:
-        return await asyncio.wait_for(proc.wait(), timeout)
-    except TimeoutError as exc:
-        proc.kill()
-        await proc.wait()
-        raise CommandError(argv, 124, f"timed out after {timeout}s") from exc
+    argv = _logged_argv(argv, f" >> {os.fspath(log_path)}")
+    with open(log_path, "ab") as out, _starting(argv):
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=clean_env(env),
+            start_new_session=True,
+        )
+    return await _wait_or_kill(proc, proc.wait(), argv, timeout)

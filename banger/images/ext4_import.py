@@ -17,7 +17,7 @@ from banger.host.ext4 import debugfs_quote, make_ext4
 from banger.host.run import require_tool, run
 from banger.images import guest_bits
 from banger.images.flatten import Entry, EntryKind
-from banger.images.guest_bits import GuestFile, Kind
+from banger.images.guest_bits import GuestFile, Kind, parent_dirs, refuse_symlinked_parents
 from banger.images.ownership import apply_ownership, run_debugfs_script
 
 _MAX_DEPTH = 20
@@ -113,15 +113,10 @@ def check_bootable_ext4(image: Path, probe: Path) -> None:
     """``check_bootable`` for an ext4 image, through a probe tree of the paths it checks."""
     probe.mkdir(mode=0o700)
     cache: dict = {}
-    for _what, candidates, _pkg in guest_bits._REQUIREMENTS:
+    for _what, candidates, _pkg in guest_bits.BOOT_REQUIREMENTS:
         for path in candidates:
             _materialize(image, probe, path, cache)
     guest_bits.check_bootable(probe)
-
-
-def _ancestors(path: str) -> list[str]:
-    parts = PurePosixPath(path).parts[1:-1]
-    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 def _cd_lines(path: str) -> tuple[str, str]:
@@ -137,7 +132,7 @@ def guest_script(
     type_bits = {Kind.FILE: stat.S_IFREG, Kind.DIR: stat.S_IFDIR, Kind.SYMLINK: stat.S_IFLNK}
     made: set[str] = set()
     for n, f in enumerate(files):
-        for anc in _ancestors(f.path):
+        for anc in parent_dirs(f.path):
             if existing.get(anc) is None and anc not in made:
                 cd, base = _cd_lines(anc)
                 lines += [cd, f"mkdir {base}", "cd /", f"sif {debugfs_quote(anc)} mode 040755"]
@@ -174,33 +169,19 @@ def write_guest_files_ext4(image: Path, files: list[GuestFile], hostdir: Path) -
     hostdir.mkdir(mode=0o700)
     existing: dict[str, Ext4Node | None] = {}
     listings: dict[str, dict[str, Ext4Node]] = {}
-    for path in {p for f in files for p in [*_ancestors(f.path), f.path]}:
+    for path in {p for f in files for p in [*parent_dirs(f.path), f.path]}:
         parent, _, base = path.rpartition("/")
         parent = parent or "/"
         if parent not in listings:
             listings[parent] = list_dir(image, parent) or {}
         existing[path] = listings[parent].get(base)
-    _refuse_symlinked_parents(image, files, listings)
+
+    def is_symlink(path: str) -> bool:
+        node = existing.get(path)  # holds every parent of every file
+        return node is not None and node.kind == EntryKind.SYMLINK
+
+    refuse_symlinked_parents(files, is_symlink)
     run_debugfs_script(image, guest_script(files, existing, hostdir))
-
-
-def _refuse_symlinked_parents(
-    image: Path, files: list[GuestFile], listings: dict[str, dict[str, Ext4Node]]
-) -> None:
-    for f in files:
-        parts = PurePosixPath(f.path).parts[1:-1]
-        cur = "/"
-        for part in parts:
-            listing = listings.get(cur)
-            if listing is None:
-                listing = listings[cur] = list_dir(image, cur) or {}
-            node = listing.get(part)
-            if node is not None and node.kind == EntryKind.SYMLINK:
-                raise InvalidInput(
-                    f"image path {posixpath.join(cur, part)} is a symlink; banger writes {f.path}",
-                    hint="make it a real directory in the image, then import again",
-                )
-            cur = posixpath.join(cur, part)
 
 
 def walk_ext4(image: Path, top: str) -> list[Entry]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
@@ -248,10 +248,46 @@ def _inside(rootdir: Path, path: str) -> Path:
     return rootdir.joinpath(*rel.parts[1:])
 
 
+def parent_dirs(path: str) -> list[str]:
+    """The directories above guest path ``path``, outermost first (``/a/b/c``: ``/a``, ``/a/b``)."""
+    parts = PurePosixPath(path).parts[1:-1]
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def refuse_symlinked_parents(files: Iterable[GuestFile], is_symlink: Callable[[str], bool]) -> None:
+    """Raise InvalidInput when a symlink in the image stands where a guest file's parent goes.
+
+    Writing through it would land elsewhere, outside the image for a link like
+    ``/etc/ssh -> /home/user``. ``is_symlink`` answers for one absolute guest
+    path (a directory tree or an ext4 image); parents are asked outermost
+    first, so it is never asked about a path below a symlink.
+    """
+    for f in files:
+        for parent in parent_dirs(f.path):
+            if is_symlink(parent):
+                raise InvalidInput(
+                    f"image path {parent} is a symlink; banger writes {f.path}",
+                    hint="make it a real directory in the image, then import again",
+                )
+
+
 def write_guest_files(rootdir: Path, files: Iterable[GuestFile]) -> None:
-    """Write ``files`` into the tree at ``rootdir`` (ownership applied when running as root)."""
+    """Write ``files`` into the tree at ``rootdir`` (ownership applied when running as root).
+
+    Never writes through a symlink: a symlinked parent directory is refused
+    (``refuse_symlinked_parents``) before anything is written, and a symlink at
+    an entry's own path is replaced, not followed.
+    """
+    entries = list(files)
+
+    def is_symlink(path: str) -> bool:
+        return _inside(rootdir, path).is_symlink()
+
+    refuse_symlinked_parents(entries, is_symlink)
     as_root = os.geteuid() == 0
-    for entry in files:
+    for entry in entries:
+        # Again per entry: an earlier entry may itself have been a symlink.
+        refuse_symlinked_parents([entry], is_symlink)
         dest = _inside(rootdir, entry.path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         if entry.kind is Kind.DIR:
@@ -324,18 +360,19 @@ def _has_executable(rootdir: Path, candidates: Sequence[str]) -> bool:
     return False
 
 
-_REQUIREMENTS = (
+BOOT_REQUIREMENTS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("an init (/sbin/init)", _INIT_CANDIDATES, "systemd-sysv (Debian/Ubuntu) or an init system"),
     ("sshd", _SSHD_CANDIDATES, "openssh-server (Debian/Ubuntu/Fedora) or openssh (Alpine)"),
     ("a shell (/bin/sh)", _SH_CANDIDATES, "dash or busybox"),
     ("ip (iproute2)", _IP_CANDIDATES, "iproute2"),
 )
+"""What a banger guest needs: (what, the guest paths to try, the packages that provide it)."""
 
 
 def check_bootable(rootdir: Path) -> None:
     """Raise InvalidInput naming what a banger guest needs but ``rootdir`` lacks."""
     missing = [
-        (what, pkg) for what, cands, pkg in _REQUIREMENTS if not _has_executable(rootdir, cands)
+        (what, pkg) for what, cands, pkg in BOOT_REQUIREMENTS if not _has_executable(rootdir, cands)
     ]
     if missing:
         whats = ", ".join(what for what, _ in missing)

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO
 
 from banger.core.errors import InvalidInput, NotFound
@@ -226,24 +226,10 @@ def _guest_entries(files: Sequence[GuestFile]) -> list[Entry]:
     ]
 
 
-def _refuse_symlinked_parents(tree: Path, files: Sequence[GuestFile]) -> None:
-    """Guest files must land inside the tree: no image symlink may redirect them."""
-    for f in files:
-        parts = PurePosixPath(f.path).parts[1:-1]
-        for i in range(1, len(parts) + 1):
-            p = tree.joinpath(*parts[:i])
-            if p.is_symlink():
-                raise InvalidInput(
-                    f"image path /{'/'.join(parts[:i])} is a symlink; banger writes {f.path}",
-                    hint="make it a real directory in the image, then import again",
-                )
-
-
 def add_guest_bits(tree: Path, entries: dict[str, Entry]) -> None:
     """Check the tree can boot, then write banger's guest files and record their metadata."""
     check_bootable(tree)
     files = guest_files(host_key=generate_host_key())
-    _refuse_symlinked_parents(tree, files)
     write_guest_files(tree, files)
     for e in _guest_entries(files):
         entries[e.path] = e

@@ -65,10 +65,14 @@ def test_something_that_is_no_image_is_refused(tmp_path: Path) -> None:
         import_image(tmp_path / "junk", tmp_path / "images", name="j", kernel_name=None)
 
 
-def make_ext4_image(tmp_path: Path, *, sshd: bool = True) -> Path:
+def make_ext4_image(
+    tmp_path: Path, *, sshd: bool = True, links: dict[str, str] | None = None
+) -> Path:
     src = tmp_path / "src"
     for d in ("usr/sbin", "usr/bin", "root", "etc"):
         (src / d).mkdir(parents=True)
+    for name, target in (links or {}).items():
+        os.symlink(target, src / name)
     os.symlink("usr/sbin", src / "sbin")  # usrmerge: /sbin/init resolves through a symlink
     os.symlink("usr/bin", src / "bin")
     names = ["usr/sbin/init", "usr/bin/sh", "usr/sbin/ip"] + (["usr/sbin/sshd"] if sshd else [])
@@ -108,6 +112,29 @@ def test_ext4_file_without_sshd_is_refused_naming_it(tmp_path: Path) -> None:
     given = make_ext4_image(tmp_path, sshd=False)
     with pytest.raises(InvalidInput, match="sshd"):
         import_image(given, tmp_path / "images", name="e", kernel_name=None)
+    assert [p.name for p in (tmp_path / "images").iterdir()] == []
+
+
+def test_ext4_file_with_a_symlinked_guest_directory_is_refused(tmp_path: Path) -> None:
+    given = make_ext4_image(tmp_path, links={"etc/ssh": "/home/user"})
+    with pytest.raises(InvalidInput, match="image path /etc/ssh is a symlink"):
+        import_image(given, tmp_path / "images", name="e", kernel_name=None)
+    assert [p.name for p in (tmp_path / "images").iterdir()] == []
+
+
+def test_rootfs_tarball_with_a_guest_directory_linked_out_of_the_tree_is_refused(
+    tmp_path: Path,
+) -> None:
+    outside = tmp_path / "home-user"
+    outside.mkdir()
+    tar = layer_tar(bootable_base([
+        Member("etc", "dir", mode=0o755),
+        Member("etc/ssh", "symlink", link=str(outside)),
+    ]))  # fmt: skip
+    (tmp_path / "rootfs.tar").write_bytes(tar)
+    with pytest.raises(InvalidInput, match="image path /etc/ssh is a symlink"):
+        import_image(tmp_path / "rootfs.tar", tmp_path / "images", name="r", kernel_name=None)
+    assert list(outside.iterdir()) == []
     assert [p.name for p in (tmp_path / "images").iterdir()] == []
 
 

@@ -85,91 +85,32 @@ def ensure_test_image() -> Path:
     return final
 
 
-def free_loopback_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def make_test_key(directory: Path) -> Path:
-    key = directory / "id_ed25519"
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "banger-test", "-f", str(key)],
-        check=True,
-        timeout=30,
+def _guest_spec(
+    kernel_dir: Path, root: RootDisk, workdir: Path, *, port: int, hostname: str, init: str | None
+) -> VMSpec:
+    """The VM banger would launch, on user-mode networking with SSH on ``port``."""
+    return VMSpec(
+        vm_id="banger-test",
+        name=hostname,
+        vcpu=1,
+        memory_mib=512,
+        kernel=kernel_dir / "vmlinuz",
+        initrd=kernel_dir / "initrd.img",
+        root=root,
+        work_disk=workdir / "work.ext4",
+        console_log=workdir / "console.log",
+        vmm_log=workdir / "vmm.log",
+        run_dir=workdir / "run",
+        net=UserNet(ssh_host_port=port, mac=QEMU_DEFAULT_MAC),
+        accel="tcg",
+        init=init,
+        cmdline_extra=tcg_cmdline("tcg"),
     )
-    return key
 
 
-def _debugfs_put(src: Path, dest: str, mode: int) -> list[str]:
-    return [
-        f"write {src} {dest}",
-        f"sif {dest} mode 0{0o100000 | mode:o}",
-        f"sif {dest} uid 0",
-        f"sif {dest} gid 0",
-    ]
-
-
-def make_work_disk(
-    path: Path, authorized_key: bytes, *, host_key: Path | None = None, size_bytes: int = 256 << 20
-) -> None:
-    """An ext4 work disk (the guest's /root) with .ssh/authorized_keys and, optionally,
-    the VM's own SSH host key: written with debugfs, never mounted."""
-    make_ext4(path, size_bytes, label="banger-work")
-    keyfile = path.with_suffix(".authorized_keys")
-    keyfile.write_bytes(authorized_key)
-    commands = ["mkdir .ssh", "sif .ssh mode 040700"]
-    commands += _debugfs_put(keyfile, ".ssh/authorized_keys", 0o600)
-    if host_key is not None:
-        commands += ["mkdir .banger", "sif .banger mode 040700"]
-        commands += _debugfs_put(host_key, f"{WORK_DISK_HOST_KEY}", 0o600)
-    debugfs_batch(path, commands)
-    keyfile.unlink()
-
-
-def host_tsc_khz() -> int | None:
-    """The host's TSC rate: under TCG the guest TSC runs at it."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("cpu MHz"):
-            return int(float(line.split(":")[1]) * 1000)
-    return None
-
-
-def kernel_cmdline(*, hostname: str, ip: str, gw: str, dns: str, init: str | None) -> str:
-    args = ["console=ttyS0", "quiet", "root=/dev/vda", "rw"]
-    khz = host_tsc_khz()
-    if khz:
-        # On a loaded host the kernel's PIT calibration fails and it hangs; tell it the rate.
-        args.append(f"tsc_early_khz={khz}")
-    if init:
-        args.append(f"banger.init={init}")
-    args += [f"banger.hostname={hostname}", f"banger.ip={ip}", f"banger.gw={gw}"]
-    return " ".join(args + [f"banger.dns={dns}"])
-
-
-def qemu_argv(
-    kernel_dir: Path, overlay: Path, work: Path, console: Path, port: int, cmdline: str
-) -> list[str]:
-    return [
-        "qemu-system-x86_64",
-        "-M", "microvm,pit=on,pic=on,rtc=on",
-        "-accel", "tcg",
-        # RDRAND (emulated by TCG) seeds the guest CRNG at once; without it sshd
-        # blocks in getrandom() until "crng init done", ~2 s into a TCG boot.
-        "-cpu", "qemu64,+rdrand",
-        "-m", "512", "-smp", "1",
-        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-serial", f"file:{console}",
-        "-kernel", str(kernel_dir / "vmlinuz"),
-        "-initrd", str(kernel_dir / "initrd.img"),
-        "-append", cmdline,
-        "-drive", f"id=root,file={overlay},format=qcow2,if=none",
-        "-device", "virtio-blk-device,drive=root",
-        "-drive", f"id=work,file={work},format=raw,if=none",
-        "-device", "virtio-blk-device,drive=work",
-        "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
-        "-device", "virtio-net-device,netdev=n0",
-    ]  # fmt: skip
+def foreground_qemu_argv(spec: VMSpec) -> list[str]:
+    """banger's QEMU command line for ``spec``, run in the foreground (no ``-daemonize``)."""
+    return [a for a in qemu_argv(spec) if a != "-daemonize"]
 
 
 @dataclass
@@ -230,23 +171,27 @@ def boot_guest(
     host_key: Path | None = None,
 ) -> Iterator[Guest]:
     """Boot the image on a qcow2 overlay plus a fresh work disk; kill QEMU on exit."""
+    workdir = workdir.absolute()  # VMSpec takes absolute paths only
     workdir.mkdir(parents=True, exist_ok=True)
     read_manifest(image_dir)  # fail early on a half-built image
-    key = make_test_key(workdir)
-    overlay, work, console = workdir / "root.qcow2", workdir / "work.ext4", workdir / "console.log"
-    subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image_dir / ROOTFS_NAME),
-         "-F", "raw", str(overlay)],
-        check=True, timeout=30,
-    )  # fmt: skip
-    make_work_disk(work, key.with_suffix(".pub").read_bytes(), host_key=host_key)
+    key = workdir / "id_ed25519"
+    authorized = ensure_ssh_key(key)
+    root = create_root_overlay(image_dir / ROOTFS_NAME, workdir / "root.qcow2", "qcow2")
     port = free_loopback_port()
-    cmdline = kernel_cmdline(hostname=hostname, ip=SLIRP_IP, gw=SLIRP_GW, dns=SLIRP_DNS, init=init)
-    argv = qemu_argv(kernel_dir, overlay, work, console, port, cmdline)
+    spec = _guest_spec(kernel_dir, root, workdir, port=port, hostname=hostname, init=init)
+    vm_host_key = None
+    if host_key is not None:
+        vm_host_key = host_key.read_bytes(), Path(f"{host_key}.pub").read_bytes()
+    create_work_disk(
+        spec.work_disk, WORK_DISK_BYTES, seed=None, authorized_keys=authorized, host_key=vm_host_key
+    )
+    spec.run_dir.mkdir(mode=0o700, exist_ok=True)
+    argv = foreground_qemu_argv(spec)
     started = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with open(spec.vmm_log, "ab") as vmm_log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=vmm_log)
     try:
-        yield Guest(proc, port, key, console, started)
+        yield Guest(proc, port, key, spec.console_log, started)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from banger.api.models import CheckStatus
 from banger.config import Settings
 from banger.daemon import doctor
-from banger.daemon.doctor import CheckResult, HostView, Status, run_checks
+from banger.daemon.doctor import CheckResult, HostView, run_checks
 
 ALL_TOOLS = (
     "mkfs.ext4", "debugfs", "e2fsck", "resize2fs", "mmdebstrap", "skopeo", "nft", "ssh",
@@ -84,7 +85,7 @@ class FakeHost:
         )
         rows = run_checks(self.settings, host)
         for row in rows:
-            assert row.status is Status.PASS or row.hint, row
+            assert row.status is CheckStatus.PASS or row.hint, row
             assert "\n" not in row.detail
         return {row.name: row for row in rows}
 
@@ -102,7 +103,9 @@ def host(tmp_path: Path) -> FakeHost:
 
 def test_healthy_host_passes_every_check(host: FakeHost) -> None:
     results = host.results()
-    assert {name: r.status for name, r in results.items()} == dict.fromkeys(results, Status.PASS)
+    assert {name: r.status for name, r in results.items()} == dict.fromkeys(
+        results, CheckStatus.PASS
+    )
     assert list(results) == [
         "python", "store", "kvm", "qemu", "firecracker", "backend", "e2fsprogs", "mmdebstrap",
         "skopeo", "busybox-static", "nftables", "ssh client",
@@ -129,9 +132,9 @@ def test_results_serialise_to_json(host: FakeHost) -> None:
 
 def test_non_pass_result_without_hint_is_a_bug() -> None:
     with pytest.raises(ValueError, match="needs a hint"):
-        CheckResult("x", Status.WARN, "detail")
-    assert CheckResult("x", "PASS", "ok").status is Status.PASS  # type: ignore[arg-type]
-    assert CheckResult("x", "FAIL", "bad", hint="fix").status is Status.FAIL  # type: ignore[arg-type]
+        CheckResult("x", CheckStatus.WARN, "detail")
+    assert CheckResult("x", "PASS", "ok").status is CheckStatus.PASS  # type: ignore[arg-type]
+    assert CheckResult("x", "FAIL", "bad", hint="fix").status is CheckStatus.FAIL  # type: ignore[arg-type]
 
 
 def test_a_crashing_check_becomes_a_fail_row(host: FakeHost) -> None:
@@ -140,14 +143,14 @@ def test_a_crashing_check_becomes_a_fail_row(host: FakeHost) -> None:
 
     ctx = doctor.DoctorContext(host.settings, HostView())
     row = doctor._run_one(check_boom, ctx)
-    assert (row.name, row.status) == ("boom", Status.FAIL)
+    assert (row.name, row.status) == ("boom", CheckStatus.FAIL)
     assert "kaput" in row.detail and row.hint
 
 
 def test_any_failed() -> None:
-    ok = CheckResult("a", Status.PASS, "fine")
-    warn = CheckResult("b", Status.WARN, "meh", hint="fix")
-    fail = CheckResult("c", Status.FAIL, "bad", hint="fix")
+    ok = CheckResult("a", CheckStatus.PASS, "fine")
+    warn = CheckResult("b", CheckStatus.WARN, "meh", hint="fix")
+    fail = CheckResult("c", CheckStatus.FAIL, "bad", hint="fix")
     assert not doctor.any_failed([ok, warn])
     assert doctor.any_failed([ok, warn, fail])
 
@@ -155,8 +158,8 @@ def test_any_failed() -> None:
 def test_real_host_report_is_well_formed(tmp_path: Path) -> None:
     rows = run_checks(Settings(state_dir=tmp_path, cache_dir=tmp_path, runtime_dir=tmp_path))
     assert [r.name for r in rows][:2] == ["python", "store"]
-    assert rows[0].status is Status.PASS
-    assert all(r.status is Status.PASS or r.hint for r in rows)
+    assert rows[0].status is CheckStatus.PASS
+    assert all(r.status is CheckStatus.PASS or r.hint for r in rows)
 
 
 # ---------------------------------------------------------------- python
@@ -165,7 +168,7 @@ def test_real_host_report_is_well_formed(tmp_path: Path) -> None:
 def test_python_older_than_3_11_fails(host: FakeHost) -> None:
     host.python = (3, 10, 12)
     row = host.check("python")
-    assert row.status is Status.FAIL
+    assert row.status is CheckStatus.FAIL
     assert "3.10.12" in row.detail and "3.11" in (row.hint or "")
 
 
@@ -174,7 +177,7 @@ def test_python_older_than_3_11_fails(host: FakeHost) -> None:
 
 def test_absent_store_passes_and_is_not_created(host: FakeHost) -> None:
     row = host.check("store")
-    assert row.status is Status.PASS and "created on first start" in row.detail
+    assert row.status is CheckStatus.PASS and "created on first start" in row.detail
     assert not (host.state / "state.db").exists()
 
 
@@ -186,14 +189,14 @@ def test_valid_store_passes_and_is_left_untouched(host: FakeHost) -> None:
     conn.commit()
     conn.close()
     before = db.read_bytes()
-    assert host.check("store").status is Status.PASS
+    assert host.check("store").status is CheckStatus.PASS
     assert db.read_bytes() == before
 
 
 def test_store_that_is_not_sqlite_fails(host: FakeHost) -> None:
     (host.state / "state.db").write_bytes(b"this is not a database" * 100)
     row = host.check("store")
-    assert row.status is Status.FAIL
+    assert row.status is CheckStatus.FAIL
     assert "unreadable" in row.detail and "not a database" in row.detail
     assert "move it aside" in (row.hint or "")
 
@@ -201,7 +204,7 @@ def test_store_that_is_not_sqlite_fails(host: FakeHost) -> None:
 def test_store_that_cannot_be_opened_fails(host: FakeHost) -> None:
     (host.state / "state.db").mkdir()
     row = host.check("store")
-    assert row.status is Status.FAIL and "unreadable" in row.detail
+    assert row.status is CheckStatus.FAIL and "unreadable" in row.detail
 
 
 def test_store_with_a_corrupt_page_fails(host: FakeHost) -> None:
@@ -217,7 +220,7 @@ def test_store_with_a_corrupt_page_fails(host: FakeHost) -> None:
     data[3 * page : 3 * page + 200] = b"\xff" * 200  # smash the header of a b-tree page
     db.write_bytes(bytes(data))
     row = host.check("store")
-    assert row.status is Status.FAIL
+    assert row.status is CheckStatus.FAIL
     assert "corrupt" in row.detail or "malformed" in row.detail
 
 
@@ -225,13 +228,13 @@ def test_store_with_a_corrupt_page_fails(host: FakeHost) -> None:
 
 
 def test_usable_kvm_passes(host: FakeHost) -> None:
-    assert host.check("kvm").status is Status.PASS
+    assert host.check("kvm").status is CheckStatus.PASS
 
 
 def test_pvm_host_warns_that_tcg_will_be_used(host: FakeHost) -> None:
     host.pvm()
     row = host.check("kvm")
-    assert row.status is Status.WARN and "TCG will be used (slow)" in row.detail
+    assert row.status is CheckStatus.WARN and "TCG will be used (slow)" in row.detail
     assert "PVM" in row.detail
 
 
@@ -239,14 +242,14 @@ def test_kvm_without_access_warns_about_the_kvm_group(host: FakeHost) -> None:
     (host.dev_root / "kvm").unlink()
     (host.dev_root / "kvm").mkdir()  # exists, but cannot be opened read-write
     row = host.check("kvm")
-    assert row.status is Status.WARN and "TCG will be used" in row.detail
+    assert row.status is CheckStatus.WARN and "TCG will be used" in row.detail
     assert "kvm group" in (row.hint or "")
 
 
 def test_absent_kvm_warns(host: FakeHost) -> None:
     (host.dev_root / "kvm").unlink()
     row = host.check("kvm")
-    assert row.status is Status.WARN and "not found" in row.detail
+    assert row.status is CheckStatus.WARN and "not found" in row.detail
     assert "modprobe" in (row.hint or "")
 
 
@@ -255,38 +258,38 @@ def test_absent_kvm_warns(host: FakeHost) -> None:
 
 def test_qemu_passes_with_its_version(host: FakeHost) -> None:
     row = host.check("qemu")
-    assert row.status is Status.PASS and "v7.2.22" in row.detail
+    assert row.status is CheckStatus.PASS and "v7.2.22" in row.detail
 
 
 def test_missing_qemu_fails_when_firecracker_is_unusable(host: FakeHost) -> None:
     host.remove("qemu-system-x86_64", "firecracker")
     row = host.check("qemu")
-    assert row.status is Status.FAIL
+    assert row.status is CheckStatus.FAIL
     assert row.hint == "install it: sudo apt-get install qemu-system-x86"
 
 
 def test_missing_qemu_fails_on_a_pvm_host_even_with_firecracker(host: FakeHost) -> None:
     host.remove("qemu-system-x86_64")
     host.pvm()
-    assert host.check("qemu").status is Status.FAIL
+    assert host.check("qemu").status is CheckStatus.FAIL
 
 
 def test_missing_qemu_only_warns_when_firecracker_is_usable(host: FakeHost) -> None:
     host.remove("qemu-system-x86_64")
     row = host.check("qemu")
-    assert row.status is Status.WARN and "firecracker is used instead" in row.detail
+    assert row.status is CheckStatus.WARN and "firecracker is used instead" in row.detail
     assert "qemu-system-x86" in (row.hint or "")
 
 
 def test_qemu_with_unreadable_version_warns(host: FakeHost) -> None:
     host.tool("qemu-system-x86_64", "echo garbage")
-    assert host.check("qemu").status is Status.WARN
+    assert host.check("qemu").status is CheckStatus.WARN
 
 
 def test_old_qemu_warns(host: FakeHost) -> None:
     host.tool("qemu-system-x86_64", "echo 'QEMU emulator version 4.2.1 (Debian 1:4.2-3ubuntu6)'")
     row = host.check("qemu")
-    assert row.status is Status.WARN and "v4.2.1" in row.detail
+    assert row.status is CheckStatus.WARN and "v4.2.1" in row.detail
 
 
 # ---------------------------------------------------------------- firecracker
@@ -295,56 +298,56 @@ def test_old_qemu_warns(host: FakeHost) -> None:
 @pytest.mark.parametrize(
     "version, status",
     [
-        ("0.25.2", Status.FAIL),
-        ("1.4.1", Status.FAIL),
-        ("1.5.0", Status.PASS),
-        ("1.7.0", Status.PASS),
-        ("1.16.1", Status.PASS),
-        ("1.16.2", Status.WARN),
-        ("1.17.0", Status.WARN),
-        ("2.0.0", Status.WARN),
+        ("0.25.2", CheckStatus.FAIL),
+        ("1.4.1", CheckStatus.FAIL),
+        ("1.5.0", CheckStatus.PASS),
+        ("1.7.0", CheckStatus.PASS),
+        ("1.16.1", CheckStatus.PASS),
+        ("1.16.2", CheckStatus.WARN),
+        ("1.17.0", CheckStatus.WARN),
+        ("2.0.0", CheckStatus.WARN),
     ],
 )
-def test_firecracker_version_gate(host: FakeHost, version: str, status: Status) -> None:
+def test_firecracker_version_gate(host: FakeHost, version: str, status: CheckStatus) -> None:
     host.firecracker(f"Firecracker v{version}")
     row = host.check("firecracker")
     assert row.status is status
     assert f"v{version}" in row.detail and str(host.bin / "firecracker") in row.detail
-    if status is Status.WARN:
+    if status is CheckStatus.WARN:
         assert "newer than tested" in row.detail
-    if status is Status.FAIL:
+    if status is CheckStatus.FAIL:
         assert "too old" in row.detail and "v1.5.0" in (row.hint or "")
 
 
 def test_too_old_firecracker_fails_even_when_qemu_is_usable(host: FakeHost) -> None:
     host.firecracker("Firecracker v1.4.1")
-    assert host.check("qemu").status is Status.PASS
-    assert host.check("firecracker").status is Status.FAIL
+    assert host.check("qemu").status is CheckStatus.PASS
+    assert host.check("firecracker").status is CheckStatus.FAIL
 
 
 def test_missing_firecracker_warns_when_qemu_is_usable(host: FakeHost) -> None:
     host.remove("firecracker")
     row = host.check("firecracker")
-    assert row.status is Status.WARN and "QEMU is used instead" in row.detail
+    assert row.status is CheckStatus.WARN and "QEMU is used instead" in row.detail
     assert "firecracker-microvm/firecracker/releases" in (row.hint or "")
 
 
 def test_missing_firecracker_fails_without_qemu(host: FakeHost) -> None:
     host.remove("firecracker", "qemu-system-x86_64")
-    assert host.check("firecracker").status is Status.FAIL
+    assert host.check("firecracker").status is CheckStatus.FAIL
 
 
 def test_firecracker_with_unparseable_version(host: FakeHost) -> None:
     host.tool("firecracker", "echo 'something odd'")
-    assert host.check("firecracker").status is Status.WARN
+    assert host.check("firecracker").status is CheckStatus.WARN
     host.remove("qemu-system-x86_64")
-    assert host.check("firecracker").status is Status.FAIL
+    assert host.check("firecracker").status is CheckStatus.FAIL
 
 
 def test_firecracker_on_a_pvm_host_passes_but_says_it_is_unused(host: FakeHost) -> None:
     host.pvm()
     row = host.check("firecracker")
-    assert row.status is Status.PASS and "unused here" in row.detail
+    assert row.status is CheckStatus.PASS and "unused here" in row.detail
 
 
 # ---------------------------------------------------------------- backend
@@ -352,13 +355,13 @@ def test_firecracker_on_a_pvm_host_passes_but_says_it_is_unused(host: FakeHost) 
 
 def test_auto_backend_picks_firecracker_with_kvm(host: FakeHost) -> None:
     row = host.check("backend")
-    assert row.status is Status.PASS and row.detail == "auto: firecracker with KVM"
+    assert row.status is CheckStatus.PASS and row.detail == "auto: firecracker with KVM"
 
 
 def test_auto_backend_falls_back_to_qemu_tcg_on_a_pvm_host(host: FakeHost) -> None:
     host.pvm()
     row = host.check("backend")
-    assert row.status is Status.PASS
+    assert row.status is CheckStatus.PASS
     assert row.detail == "auto: qemu with TCG (slow) (KVM is pvm host)"
 
 
@@ -371,19 +374,19 @@ def test_configured_firecracker_backend_fails_when_unusable(host: FakeHost) -> N
     host.backend = "firecracker"
     host.pvm()
     row = host.check("backend")
-    assert row.status is Status.FAIL and 'backend = "auto"' in (row.hint or "")
+    assert row.status is CheckStatus.FAIL and 'backend = "auto"' in (row.hint or "")
 
 
 def test_configured_qemu_backend_fails_without_qemu(host: FakeHost) -> None:
     host.backend = "qemu"
     host.remove("qemu-system-x86_64")
     row = host.check("backend")
-    assert row.status is Status.FAIL and "qemu-system-x86" in (row.hint or "")
+    assert row.status is CheckStatus.FAIL and "qemu-system-x86" in (row.hint or "")
 
 
 def test_no_vmm_at_all_fails_the_backend(host: FakeHost) -> None:
     host.remove("qemu-system-x86_64", "firecracker")
-    assert host.check("backend").status is Status.FAIL
+    assert host.check("backend").status is CheckStatus.FAIL
 
 
 # ---------------------------------------------------------------- host tools
@@ -393,54 +396,54 @@ def test_no_vmm_at_all_fails_the_backend(host: FakeHost) -> None:
 def test_any_missing_e2fsprogs_tool_fails(host: FakeHost, tool: str) -> None:
     host.remove(tool)
     row = host.check("e2fsprogs")
-    assert row.status is Status.FAIL and tool in row.detail
+    assert row.status is CheckStatus.FAIL and tool in row.detail
     assert row.hint == "install it: sudo apt-get install e2fsprogs"
 
 
 def test_one_missing_image_tool_warns(host: FakeHost) -> None:
     host.remove("mmdebstrap")
     rows = host.results()
-    assert rows["mmdebstrap"].status is Status.WARN
+    assert rows["mmdebstrap"].status is CheckStatus.WARN
     assert rows["mmdebstrap"].hint == "install it: sudo apt-get install mmdebstrap"
-    assert rows["skopeo"].status is Status.PASS
+    assert rows["skopeo"].status is CheckStatus.PASS
 
 
 def test_missing_skopeo_warns_when_mmdebstrap_is_there(host: FakeHost) -> None:
     host.remove("skopeo")
     row = host.check("skopeo")
-    assert row.status is Status.WARN and "OCI" in row.detail
+    assert row.status is CheckStatus.WARN and "OCI" in row.detail
     assert row.hint == "install it: sudo apt-get install skopeo"
 
 
 def test_no_image_tool_at_all_fails_both(host: FakeHost) -> None:
     host.remove("mmdebstrap", "skopeo")
     rows = host.results()
-    assert rows["mmdebstrap"].status is Status.FAIL
-    assert rows["skopeo"].status is Status.FAIL
+    assert rows["mmdebstrap"].status is CheckStatus.FAIL
+    assert rows["skopeo"].status is CheckStatus.FAIL
 
 
 def test_dynamic_busybox_fails(host: FakeHost) -> None:
     host.busybox.write_bytes(elf(interp=True))
     row = host.check("busybox-static")
-    assert row.status is Status.FAIL and "not a statically linked busybox" in row.detail
+    assert row.status is CheckStatus.FAIL and "not a statically linked busybox" in row.detail
     assert row.hint == "install it: sudo apt-get install busybox-static"
 
 
 def test_missing_busybox_fails(host: FakeHost) -> None:
     host.busybox.unlink()
     row = host.check("busybox-static")
-    assert row.status is Status.FAIL and "no busybox" in row.detail
+    assert row.status is CheckStatus.FAIL and "no busybox" in row.detail
 
 
 def test_missing_nft_warns(host: FakeHost) -> None:
     host.remove("nft")
     row = host.check("nftables")
-    assert row.status is Status.WARN and "--nat" in row.detail
+    assert row.status is CheckStatus.WARN and "--nat" in row.detail
 
 
 @pytest.mark.parametrize("tool", ["ssh", "ssh-keygen"])
 def test_missing_ssh_client_tool_fails(host: FakeHost, tool: str) -> None:
     host.remove(tool)
     row = host.check("ssh client")
-    assert row.status is Status.FAIL and f"missing {tool}" in row.detail
+    assert row.status is CheckStatus.FAIL and f"missing {tool}" in row.detail
     assert row.hint == "install it: sudo apt-get install openssh-client"

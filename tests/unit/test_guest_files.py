@@ -17,6 +17,7 @@ from banger.images.guest_bits import (
     Kind,
     check_bootable,
     guest_files,
+    refuse_symlinked_parents,
     write_guest_files,
 )
 
@@ -119,6 +120,58 @@ def test_write_guest_files_is_idempotent(tmp_path: Path) -> None:
 def test_write_guest_files_refuses_paths_escaping_the_root(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput):
         write_guest_files(tmp_path, [GuestFile("/../etc/passwd", Kind.FILE, content=b"x")])
+
+
+def test_write_guest_files_refuses_an_image_symlink_that_points_out_of_the_tree(
+    tmp_path: Path,
+) -> None:
+    # An untrusted image ships /etc/ssh -> a host directory; nothing may land there.
+    root, outside = tmp_path / "root", tmp_path / "home-user"
+    (root / "etc").mkdir(parents=True)
+    outside.mkdir()
+    (root / "etc/ssh").symlink_to(outside)
+    with pytest.raises(InvalidInput, match="image path /etc/ssh is a symlink") as exc:
+        write_guest_files(root, guest_files(host_key=HostKey(private=b"PRIV", public=b"PUB")))
+    assert exc.value.hint
+    assert list(outside.iterdir()) == []
+    assert not (root / "proc").exists()  # refused before anything was written
+
+
+def test_write_guest_files_refuses_a_relative_symlink_climbing_out_of_the_tree(
+    tmp_path: Path,
+) -> None:
+    root, outside = tmp_path / "root", tmp_path / "elsewhere"
+    (root / "usr/lib").mkdir(parents=True)
+    outside.mkdir()
+    (root / "usr/lib/banger").symlink_to("../../../elsewhere")
+    with pytest.raises(InvalidInput, match="/usr/lib/banger is a symlink"):
+        write_guest_files(root, guest_files())
+    assert list(outside.iterdir()) == []
+
+
+def test_write_guest_files_replaces_a_symlink_at_an_entry_path_instead_of_following_it(
+    tmp_path: Path,
+) -> None:
+    root, victim = tmp_path / "root", tmp_path / "victim"
+    (root / "etc").mkdir(parents=True)
+    victim.write_text("host file\n")
+    (root / "etc/fstab").symlink_to(victim)
+    write_guest_files(root, [GuestFile("/etc/fstab", Kind.FILE, content=b"guest\n")])
+    assert victim.read_text() == "host file\n"
+    assert not (root / "etc/fstab").is_symlink()
+    assert (root / "etc/fstab").read_bytes() == b"guest\n"
+
+
+def test_refuse_symlinked_parents_asks_outermost_parents_first() -> None:
+    asked: list[str] = []
+
+    def is_symlink(path: str) -> bool:
+        asked.append(path)
+        return path == "/a"
+
+    with pytest.raises(InvalidInput, match="image path /a is a symlink; banger writes /a/b/c"):
+        refuse_symlinked_parents([GuestFile("/a/b/c", Kind.FILE)], is_symlink)
+    assert asked == ["/a"]
 
 
 def _exe(root: Path, rel: str) -> None:

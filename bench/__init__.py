@@ -1,0 +1,1 @@
+"""banger's VM lifecycle benchmark (``python -m bench.run``); see bench/README.md."""

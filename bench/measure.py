@@ -1,0 +1,206 @@
+"""The five measurements; each returns plain data for the JSON document."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from banger.api.models import Operation, Stage
+from bench.env import BenchEnv, Progress, banger_argv, wall
+from bench.floor import FloorSetup, boot_floor
+from bench.stats import summary
+
+CREATE_STAGES = ("reserve", "disks", "network", "boot", "ssh")
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _stage(op: Operation, name: str) -> Stage:
+    for stage in op.stages:
+        if stage.name == name:
+            return stage
+    raise KeyError(f"{op.kind} {op.target} has no stage {name!r}: {[s.name for s in op.stages]}")
+
+
+def stage_seconds(op: Operation, name: str) -> float:
+    stage = _stage(op, name)
+    return wall(stage.finished_at) - wall(stage.started_at)
+
+
+def create_figures(op: Operation, sent: float | None = None) -> dict[str, float]:
+    """From a finished vm.create: control-plane overhead, boot to SSH, each stage."""
+    boot_end = wall(_stage(op, "boot").finished_at)
+    figures = {
+        "overhead_s": boot_end - wall(op.created_at),
+        "launch_to_ssh_s": wall(_stage(op, "ssh").finished_at)
+        - wall(_stage(op, "boot").started_at),
+        "create_s": wall(op.finished_at) - wall(op.created_at),
+    }
+    if sent is not None:
+        figures["overhead_client_s"] = boot_end - sent
+    for name in CREATE_STAGES:
+        figures[f"stage_{name}_s"] = stage_seconds(op, name)
+    return figures
+
+
+def _collect(rows: list[dict[str, float]]) -> dict[str, Any]:
+    keys = rows[0].keys() if rows else ()
+    return {key: summary([row[key] for row in rows]) for key in keys}
+
+
+def control_plane(env: BenchEnv, runs: int, keep: int, progress: Progress) -> dict[str, Any]:
+    """``runs`` creates through the API; all but the last ``keep`` VMs deleted at once."""
+    rows, kept, info = [], [], {}
+    for i in range(runs):
+        name = f"bench-cp{i}"
+        sent, op = env.create_vm(name)
+        rows.append(create_figures(op, sent))
+        info = op.result or {}
+        progress(
+            f"create {name}: overhead {rows[-1]['overhead_s'] * 1000:.0f} ms, "
+            f"ssh stage {rows[-1]['stage_ssh_s']:.2f} s"
+        )
+        if i >= runs - keep:
+            kept.append(name)
+        else:
+            env.delete_vm(name)
+    vm = {k: info.get(k) for k in ("vcpu", "memory_mib", "disk_bytes", "net_mode", "backend")}
+    return {"vm": vm, "kept": kept, "figures": _collect(rows), "load": load()}
+
+
+def cli_latency(env: BenchEnv, calls: int, progress: Progress) -> dict[str, Any]:
+    """``banger vm list``, ``banger --version`` and bare ``GET /v1/vms``, ``calls`` times each."""
+    present = len(env.vm_names())
+    listing, version, api = [], [], []
+    for _ in range(calls):
+        listing.append(env.cli_ok("vm", "list").seconds)
+        version.append(env.cli_ok("--version").seconds)
+        t0 = time.perf_counter()
+        env.client.request("GET", "/vms")
+        api.append(time.perf_counter() - t0)
+    progress(f"vm list p50 {sorted(listing)[len(listing) // 2] * 1000:.0f} ms ({present} VMs)")
+    return {
+        "vms_present": present,
+        "vm_list_s": summary(listing),
+        "version_s": summary(version),
+        "api_list_s": summary(api, digits=4),
+        "load": load(),
+    }
+
+
+def _op_for(ops: list[Operation], kind: str, target: str) -> Operation:
+    found = [op for op in ops if op.kind == kind and op.target == target]
+    if not found:
+        raise KeyError(f"no {kind} operation for {target}")
+    return found[-1]
+
+
+def run_breakdown(env: BenchEnv, name: str, started: float, ended: float) -> dict[str, float]:
+    """Where one ``vm run --rm`` went, from its create and delete operations."""
+    ops = env.operations()
+    create, delete = _op_for(ops, "vm.create", name), _op_for(ops, "vm.delete", name)
+    return {
+        "cli_to_create_s": wall(create.created_at) - started,
+        "create_s": wall(create.finished_at) - wall(create.created_at),
+        "exec_s": wall(delete.created_at) - wall(create.finished_at),
+        "delete_s": wall(delete.finished_at) - wall(delete.created_at),
+        "delete_to_exit_s": ended - wall(delete.finished_at),
+        **{f"create_{k}": v for k, v in create_figures(create).items()},
+    }
+
+
+def vm_run_vs_floor(
+    env: BenchEnv, setup: FloorSetup, runs: int, progress: Progress
+) -> dict[str, Any]:
+    """``vm run --rm -- true`` and a floor boot, alternated so host load hits both alike."""
+    run_s, rows, floors = [], [], []
+    for i in range(runs):
+        name = f"bench-run{i}"
+        started = time.time()
+        timed = env.cli_ok("vm", "run", "--rm", "--name", name, "--", "true")
+        run_s.append(timed.seconds)
+        rows.append(run_breakdown(env, name, started, time.time()))
+        with tempfile.TemporaryDirectory(prefix="floor-", dir=env.root) as tmp:
+            floors.append(boot_floor(setup, Path(tmp)))
+        progress(
+            f"vm run {timed.seconds:.2f} s, floor {floors[-1].total_s:.2f} s "
+            f"(ssh-ready {floors[-1].ssh_ready_s:.2f} s)"
+        )
+    return {
+        "vm_run_s": summary(run_s),
+        "breakdown": _collect(rows),
+        "floor_s": summary([f.total_s for f in floors]),
+        "floor_ssh_ready_s": summary([f.ssh_ready_s for f in floors]),
+        "floor_prep_s": summary([f.prep_s for f in floors]),
+        "floor_argv_note": "banger's qemu_argv() minus -daemonize, TAP on the bench bridge",
+        "load": load(),
+    }
+
+
+def concurrent_runs(env: BenchEnv, n: int, progress: Progress) -> dict[str, Any]:
+    """``n`` ``vm run --rm -- true`` started together; all must succeed."""
+    started = time.perf_counter()
+    procs = [
+        env.cli_popen("vm", "run", "--rm", "--name", f"bench-cc{i}", "--", "true") for i in range(n)
+    ]
+    walls, failures = [], []
+    try:
+        for i, proc in enumerate(procs):
+            _, err = proc.communicate(timeout=600)
+            walls.append(time.perf_counter() - started)
+            if proc.returncode != 0:
+                failures.append(f"bench-cc{i}: exit {proc.returncode}: {err.strip()[-500:]}")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    total = time.perf_counter() - started
+    progress(f"{n} concurrent vm run: {total:.2f} s, {n - len(failures)}/{n} succeeded")
+    return {
+        "n": n,
+        "succeeded": n - len(failures),
+        "failures": failures,
+        "wall_s": round(total, 3),
+        "each_s": summary(walls),
+        "load": load(),
+    }
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    from banger.host.probes import kvm_status
+    from banger.vmm.base import choose_accel
+
+    def first(cmd: list[str]) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+            return out.splitlines()[0].strip() if out else ""
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "",
+    )
+    mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(int(mem) / 2**20, 1),
+        "host_kernel": os.uname().release,
+        "qemu": first(["qemu-system-x86_64", "--version"]),
+        "kvm_status": str(kvm_status()),
+        "accel": choose_accel(),
+        "banger": first([*banger_argv(), "--version"]),
+    }

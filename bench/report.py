@@ -1,0 +1,197 @@
+"""Verdicts against DESIGN.md section 10's targets, and the ASCII table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+CONTROL_PLANE_TARGET_S = 0.150
+RUN_RATIO_TARGET = 1.10
+BOOT_TARGET_S = 6.0
+LIST_TARGET_S = 0.250
+
+Row = tuple[str, str, str, str, str]  # section, figure, value, target, verdict
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def secs(seconds: float) -> str:
+    return f"{seconds:.2f} s"
+
+
+def verdicts(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """One entry per target: the figure it is judged on, the target, PASS/MISS."""
+    out: dict[str, dict[str, Any]] = {}
+    cp = doc.get("control_plane")
+    if cp:
+        p95 = cp["figures"]["overhead_s"]["p95"]
+        out["control_plane_p95"] = {
+            "value_s": p95,
+            "target_s": CONTROL_PLANE_TARGET_S,
+            "verdict": verdict(p95 < CONTROL_PLANE_TARGET_S),
+        }
+    run = doc.get("vm_run")
+    if run:
+        ratio = run["vm_run_s"]["p50"] / run["floor_s"]["p50"]
+        run["ratio_p50"] = round(ratio, 3)
+        out["vm_run_ratio"] = {
+            "value": round(ratio, 3),
+            "target": RUN_RATIO_TARGET,
+            "verdict": verdict(ratio <= RUN_RATIO_TARGET),
+        }
+    boot = doc.get("boot")
+    if boot:
+        p50 = boot["launch_to_ssh_s"]["p50"]
+        out["boot_to_ssh_p50"] = {
+            "value_s": p50,
+            "target_s": BOOT_TARGET_S,
+            "verdict": verdict(p50 < BOOT_TARGET_S),
+        }
+    cc = doc.get("concurrent")
+    if cc:
+        out["concurrent_all_succeed"] = {
+            "value": f"{cc['succeeded']}/{cc['n']}",
+            "verdict": verdict(cc["succeeded"] == cc["n"]),
+        }
+    cli = doc.get("cli")
+    if cli:
+        p95 = cli["vm_list_s"]["p95"]
+        out["vm_list_p95"] = {
+            "value_s": p95,
+            "target_s": LIST_TARGET_S,
+            "verdict": verdict(p95 < LIST_TARGET_S),
+        }
+    return out
+
+
+def _v(doc: dict[str, Any], key: str) -> str:
+    return str(doc["verdicts"].get(key, {}).get("verdict", ""))
+
+
+def _control_plane_rows(doc: dict[str, Any]) -> list[Row]:
+    f = doc["control_plane"]["figures"]
+    o, c = f["overhead_s"], f["overhead_client_s"]
+    stages = ", ".join(
+        f"{n} {ms(f[f'stage_{n}_s']['p50'])}" for n in ("reserve", "disks", "network", "boot")
+    )
+    return [
+        (
+            "1 control plane",
+            "received -> VMM launched p50/p95",
+            f"{ms(o['p50'])} / {ms(o['p95'])}",
+            "p95 < 150 ms",
+            _v(doc, "control_plane_p95"),
+        ),
+        ("", "  same, from the client's POST p50/p95", f"{ms(c['p50'])} / {ms(c['p95'])}", "", ""),
+        ("", f"  stage p50: {stages}", "", "", ""),
+    ]
+
+
+def _run_rows(doc: dict[str, Any]) -> list[Row]:
+    r = doc["vm_run"]
+    b = r["breakdown"]
+    parts = ", ".join(
+        f"{label} {secs(b[key]['p50'])}"
+        for label, key in (
+            ("start", "cli_to_create_s"),
+            ("create", "create_s"),
+            ("exec", "exec_s"),
+            ("delete", "delete_s"),
+            ("exit", "delete_to_exit_s"),
+        )
+    )
+    return [
+        ("2 vm run --rm true", "CLI wall clock p50", secs(r["vm_run_s"]["p50"]), "", ""),
+        ("", "floor: bare qemu + ssh poll p50", secs(r["floor_s"]["p50"]), "", ""),
+        (
+            "",
+            "ratio vm run / floor (p50s)",
+            f"{r['ratio_p50']:.2f}",
+            "<= 1.10",
+            _v(doc, "vm_run_ratio"),
+        ),
+        ("", f"  vm run p50: {parts}", "", "", ""),
+        ("", "  floor disk prep p50 (not in floor)", secs(r["floor_prep_s"]["p50"]), "", ""),
+    ]
+
+
+def _boot_rows(doc: dict[str, Any]) -> list[Row]:
+    b = doc["boot"]
+    return [
+        (
+            "3 boot to SSH (TCG)",
+            "banger: VMM launch -> SSH ready p50",
+            secs(b["launch_to_ssh_s"]["p50"]),
+            "< 6 s",
+            _v(doc, "boot_to_ssh_p50"),
+        ),
+        (
+            "",
+            "  of which ssh stage p50 / p95",
+            f"{secs(b['ssh_stage_s']['p50'])} / {secs(b['ssh_stage_s']['p95'])}",
+            "",
+            "",
+        ),
+        ("", "floor: QEMU start -> ssh true p50", secs(b["floor_ssh_ready_s"]["p50"]), "", ""),
+    ]
+
+
+def _concurrent_rows(doc: dict[str, Any]) -> list[Row]:
+    c = doc["concurrent"]
+    return [
+        (
+            f"4 {c['n']} concurrent",
+            f"{c['n']} x vm run --rm true, wall",
+            secs(c["wall_s"]),
+            "all succeed",
+            f"{_v(doc, 'concurrent_all_succeed')} ({c['succeeded']}/{c['n']})",
+        ),
+    ]
+
+
+def _cli_rows(doc: dict[str, Any]) -> list[Row]:
+    c = doc["cli"]
+    lst, ver, api = c["vm_list_s"], c["version_s"], c["api_list_s"]
+    return [
+        (
+            "5 CLI latency",
+            f"vm list p50/p95 ({c['vms_present']} VMs, n={lst['n']})",
+            f"{ms(lst['p50'])} / {ms(lst['p95'])}",
+            "p95 < 250 ms",
+            _v(doc, "vm_list_p95"),
+        ),
+        ("", "banger --version p50 (start-up floor)", ms(ver["p50"]), "", ""),
+        ("", "GET /v1/vms in-process p50", f"{api['p50'] * 1000:.1f} ms", "", ""),
+    ]
+
+
+def table(doc: dict[str, Any]) -> str:
+    """The human-readable summary of ``doc``."""
+    rows: list[Row] = [("section", "figure", "value", "target", "result")]
+    for key, build in (
+        ("control_plane", _control_plane_rows),
+        ("vm_run", _run_rows),
+        ("boot", _boot_rows),
+        ("concurrent", _concurrent_rows),
+        ("cli", _cli_rows),
+    ):
+        if doc.get(key):
+            rows += build(doc)
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = []
+    m = doc["machine"]
+    lines.append(
+        f"VM lifecycle benchmark, {doc['date']}: {m['nproc']} CPUs ({m['cpu']}), "
+        f"accel {m['accel']} (kvm: {m['kvm_status']}), runs={doc['settings']['runs']}, "
+        f"load avg start {doc['load_start']} end {doc.get('load_end')}"
+    )
+    for i, r in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)

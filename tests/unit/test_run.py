@@ -1,0 +1,102 @@
+"""host.run: run(), arun() and arun_to_log() share one contract for argv, errors and timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from banger.host.run import CommandError, arun, arun_to_log, run
+
+
+def test_run_returns_captured_output_and_feeds_input() -> None:
+    proc = run(["sh", "-c", "cat; echo err >&2"], timeout=10, input=b"in\n")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"in\n", b"err\n")
+    assert proc.args == ["sh", "-c", "cat; echo err >&2"]
+
+
+def test_arun_returns_captured_output_and_feeds_input() -> None:
+    proc = asyncio.run(arun(["sh", "-c", "cat; echo err >&2"], timeout=10, input=b"in\n"))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"in\n", b"err\n")
+
+
+def test_stdin_is_closed_unless_input_is_given() -> None:
+    assert run(["cat"], timeout=10).stdout == b""
+    assert asyncio.run(arun(["cat"], timeout=10)).stdout == b""
+
+
+def test_argv_may_hold_paths(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    assert run(["cat", tmp_path / "f"], timeout=10).stdout == b"x"  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("runner", ["run", "arun"])
+def test_a_failing_command_raises_with_its_status_and_last_stderr_line(runner: str) -> None:
+    argv = ["sh", "-c", "echo first >&2; echo 'the reason' >&2; exit 3"]
+    with pytest.raises(CommandError) as exc:
+        run(argv, timeout=10) if runner == "run" else asyncio.run(arun(argv, timeout=10))
+    assert (exc.value.returncode, exc.value.argv) == (3, argv)
+    assert str(exc.value) == "sh exited with status 3: the reason"
+    assert exc.value.stderr_tail == "first\nthe reason\n"
+
+
+@pytest.mark.parametrize("runner", ["run", "arun"])
+def test_check_false_returns_the_failure_instead(runner: str) -> None:
+    argv = ["sh", "-c", "exit 4"]
+    if runner == "run":
+        proc = run(argv, timeout=10, check=False)
+    else:
+        proc = asyncio.run(arun(argv, timeout=10, check=False))
+    assert proc.returncode == 4
+
+
+@pytest.mark.parametrize("runner", ["run", "arun", "arun_to_log"])
+def test_a_missing_program_fails_with_status_127(runner: str, tmp_path: Path) -> None:
+    argv = ["banger-no-such-program"]
+    with pytest.raises(CommandError) as exc:
+        if runner == "run":
+            run(argv, timeout=10)
+        elif runner == "arun":
+            asyncio.run(arun(argv, timeout=10))
+        else:
+            asyncio.run(arun_to_log(argv, log_path=tmp_path / "log", timeout=10))
+    assert exc.value.returncode == 127
+    assert exc.value.stderr_tail == "banger-no-such-program: not found"
+
+
+@pytest.mark.parametrize("runner", ["run", "arun", "arun_to_log"])
+def test_a_command_past_its_timeout_is_killed_with_status_124(runner: str, tmp_path: Path) -> None:
+    argv = ["sleep", "30"]
+    start = time.monotonic()
+    with pytest.raises(CommandError) as exc:
+        if runner == "run":
+            run(argv, timeout=0.3)
+        elif runner == "arun":
+            asyncio.run(arun(argv, timeout=0.3))
+        else:
+            asyncio.run(arun_to_log(argv, log_path=tmp_path / "log", timeout=0.3))
+    assert time.monotonic() - start < 10
+    assert exc.value.returncode == 124
+    assert exc.value.stderr_tail.startswith("timed out after 0.3s")
+    left = subprocess.run(["pgrep", "-P", str(os.getpid()), "-x", "sleep"], check=False)
+    assert left.returncode == 1  # killed and reaped: no child of ours left running
+
+
+def test_arun_to_log_appends_both_streams_and_returns_the_status(tmp_path: Path) -> None:
+    log = tmp_path / "vmm.log"
+    log.write_bytes(b"earlier\n")
+    argv = ["sh", "-c", "echo out; echo err >&2; exit 5"]
+    assert asyncio.run(arun_to_log(argv, log_path=log, timeout=10)) == 5
+    assert log.read_bytes() == b"earlier\nout\nerr\n"
+
+
+def test_the_environment_is_clean(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BANGER_SECRET_FOR_TEST", "leak")
+    out = run(["sh", "-c", "echo ${BANGER_SECRET_FOR_TEST:-clean}"], timeout=10).stdout
+    assert out == b"clean\n"
+    extra = run(["sh", "-c", "echo $X"], timeout=10, env={"X": "given"}).stdout
+    assert extra == b"given\n"
