@@ -37,8 +37,8 @@ class CliContext:
         return self._client
 
     def bare_client(self) -> Client:
-        """A client that never starts the daemon (daemon status/stop)."""
-        return Client(self.settings.paths.socket, on_version_drift=_drift_warning)
+        """A client that never starts the daemon nor warns of drift (daemon start/stop/status)."""
+        return Client(self.settings.paths.socket)
 
 
 pass_ctx = click.make_pass_decorator(CliContext, ensure=True)

@@ -5,9 +5,10 @@
 image builder, so a change to what goes into the guest rebuilds it. Without
 network (tests run in a network namespace) it reuses the cache or skips.
 
-``boot_guest()`` boots kernel + image with a plain ``qemu-system-x86_64`` command
-(microvm, TCG, user-mode networking with SSH forwarded to a loopback port) and
-a work disk holding a fresh test key: no daemon involved.
+``boot_guest()`` boots kernel + image with banger's own QEMU command line
+(``vmm.qemu.qemu_argv`` on a ``VMSpec``: microvm, TCG, user-mode networking
+with SSH forwarded to a loopback port) run in the foreground, on a root overlay
+and work disk made by ``host.disks`` with a fresh test key: no daemon involved.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import fcntl
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,19 +26,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from banger.core.errors import BangerError
-from banger.host.ext4 import debugfs_batch, make_ext4
-from banger.images.guest_bits import LEAN_INIT, WORK_DISK_HOST_KEY
+from banger.core.vmspec import SLIRP_GUEST_IP, RootDisk, UserNet, VMSpec
+from banger.daemon.vm_layout import tcg_cmdline
+from banger.host.disks import create_root_overlay, create_work_disk
+from banger.host.net import free_loopback_port
+from banger.host.ssh import ensure_ssh_key
+from banger.images.guest_bits import LEAN_INIT
 from banger.images.manifest import ROOTFS_NAME, read_manifest
+from banger.vmm.qemu import qemu_argv
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_CACHE = Path(os.environ.get("BANGER_TEST_CACHE", Path.home() / ".cache" / "banger-test"))
 IMAGES_DIR = TEST_CACHE / "images"
 _KEYED_SOURCES = ("banger/guest", "banger/images/guest_bits.py", "banger/images/build.py")
 
-# slirp's fixed addresses: guest 10.0.2.15, gateway 10.0.2.2, DNS 10.0.2.3.
-SLIRP_IP = "10.0.2.15/24"
-SLIRP_GW = "10.0.2.2"
-SLIRP_DNS = "10.0.2.3"
+SLIRP_IP = SLIRP_GUEST_IP  # the address slirp always gives the guest
+QEMU_DEFAULT_MAC = "52:54:00:12:34:56"  # what QEMU picks when given none
+WORK_DISK_BYTES = 256 << 20
 
 
 def image_key() -> str:

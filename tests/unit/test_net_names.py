@@ -1,6 +1,8 @@
-"""TAP/bridge name grammar and MAC allocation (pure)."""
+"""TAP/bridge name grammar, MAC allocation and loopback ports (no root needed)."""
 
 from __future__ import annotations
+
+import socket
 
 import pytest
 
@@ -8,6 +10,7 @@ from banger.core.errors import InvalidInput
 from banger.core.vmspec import UserNet
 from banger.host.net import (
     allocate_mac,
+    free_loopback_port,
     new_tap_name,
     validate_bridge_name,
     validate_tap_name,
@@ -47,3 +50,10 @@ def test_mac_is_locally_administered_unicast_and_valid_for_a_nic() -> None:
         first = int(mac[:2], 16)
         assert first & 0b10 and not first & 0b01
         UserNet(ssh_host_port=2222, mac=mac)  # passes the NIC's own validation
+
+
+def test_free_loopback_port_is_one_a_server_can_bind_at_once() -> None:
+    port = free_loopback_port()
+    assert 1024 <= port <= 65535
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))

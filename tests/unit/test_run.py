@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,51 +35,47 @@ def test_argv_may_hold_paths(tmp_path: Path) -> None:
     assert run(["cat", tmp_path / "f"], timeout=10).stdout == b"x"  # type: ignore[list-item]
 
 
+def invoke(
+    runner: str, argv: list[str], tmp_path: Path, *, timeout: float = 10, check: bool = True
+) -> Any:
+    """Run ``argv`` through one of the three entry points, the async ones to completion."""
+    if runner == "run":
+        return run(argv, timeout=timeout, check=check)
+    if runner == "arun":
+        return asyncio.run(arun(argv, timeout=timeout, check=check))
+    return asyncio.run(arun_to_log(argv, log_path=tmp_path / "log", timeout=timeout))
+
+
 @pytest.mark.parametrize("runner", ["run", "arun"])
-def test_a_failing_command_raises_with_its_status_and_last_stderr_line(runner: str) -> None:
+def test_a_failing_command_raises_with_its_status_and_last_stderr_line(
+    runner: str, tmp_path: Path
+) -> None:
     argv = ["sh", "-c", "echo first >&2; echo 'the reason' >&2; exit 3"]
     with pytest.raises(CommandError) as exc:
-        run(argv, timeout=10) if runner == "run" else asyncio.run(arun(argv, timeout=10))
+        invoke(runner, argv, tmp_path)
     assert (exc.value.returncode, exc.value.argv) == (3, argv)
     assert str(exc.value) == "sh exited with status 3: the reason"
     assert exc.value.stderr_tail == "first\nthe reason\n"
 
 
 @pytest.mark.parametrize("runner", ["run", "arun"])
-def test_check_false_returns_the_failure_instead(runner: str) -> None:
-    argv = ["sh", "-c", "exit 4"]
-    if runner == "run":
-        proc = run(argv, timeout=10, check=False)
-    else:
-        proc = asyncio.run(arun(argv, timeout=10, check=False))
-    assert proc.returncode == 4
+def test_check_false_returns_the_failure_instead(runner: str, tmp_path: Path) -> None:
+    assert invoke(runner, ["sh", "-c", "exit 4"], tmp_path, check=False).returncode == 4
 
 
 @pytest.mark.parametrize("runner", ["run", "arun", "arun_to_log"])
 def test_a_missing_program_fails_with_status_127(runner: str, tmp_path: Path) -> None:
-    argv = ["banger-no-such-program"]
     with pytest.raises(CommandError) as exc:
-        if runner == "run":
-            run(argv, timeout=10)
-        elif runner == "arun":
-            asyncio.run(arun(argv, timeout=10))
-        else:
-            asyncio.run(arun_to_log(argv, log_path=tmp_path / "log", timeout=10))
+        invoke(runner, ["banger-no-such-program"], tmp_path)
     assert exc.value.returncode == 127
     assert exc.value.stderr_tail == "banger-no-such-program: not found"
 
 
 @pytest.mark.parametrize("runner", ["run", "arun", "arun_to_log"])
 def test_a_command_past_its_timeout_is_killed_with_status_124(runner: str, tmp_path: Path) -> None:
-    argv = ["sleep", "30"]
     start = time.monotonic()
     with pytest.raises(CommandError) as exc:
-        if runner == "run":
-            run(argv, timeout=0.3)
-        elif runner == "arun":
-            asyncio.run(arun(argv, timeout=0.3))
-        else:
-            asyncio.run(arun_to_log(argv, log_path=tmp_path / "log", timeout=0.3))
+        invoke(runner, ["sleep", "30"], tmp_path, timeout=0.3)
     assert time.monotonic() - start < 10
     assert exc.value.returncode == 124
     assert exc.value.stderr_tail.startswith("timed out after 0.3s")

@@ -150,3 +150,19 @@ def test_vm_list_and_show_speak_json(vms: VMFactory) -> None:
     assert vms.ok("ps", "-q").split() == ["listed"]
     log = vms.ok("vm", "logs", "listed")
     assert "Linux version" in log or "banger-init" in log
+
+
+def test_without_net_admin_vms_fall_back_to_user_mode_networking(vms: VMFactory) -> None:
+    import subprocess
+
+    started = subprocess.run(
+        ["setpriv", "--bounding-set", "-net_admin", "--inh-caps", "-net_admin",
+         *vms.env.banger_argv(), "daemon", "start"],
+        env=vms.env.env(), capture_output=True, text=True, timeout=60,
+    )
+    assert started.returncode == 0, started.stderr
+    info = vms.create("slirp")
+    assert info["net_mode"] == "user" and info["guest_ip"] is None
+    assert info["ssh_host"] == "127.0.0.1" and int(info["ssh_port"]) > 1024  # type: ignore[arg-type]
+    assert "user-mode" in vms.ok("vm", "show", "slirp")
+    assert vms.ssh("slirp", "sh", "-c", "exit 7").returncode == 7
