@@ -47,13 +47,13 @@ def follow(client: Client, op: Operation, *, quiet: bool = False) -> Operation:
                 op = client.operation(op.id, wait=LONG_POLL_SECONDS, revision=op.revision)
                 live.update(_render(op))
     else:
-        printed: set[str] = set()
+        printed = 0  # stages finish in order: print each once it is done
         while True:
-            for stage in op.stages:
-                key = f"{stage.name}:{stage.state}"
-                if stage.state is not StageState.RUNNING and key not in printed:
-                    printed.add(key)
-                    out.print(_stage_line(stage))
+            for stage in op.stages[printed:]:
+                if stage.state is StageState.RUNNING:
+                    break
+                out.print(_stage_line(stage))
+                printed += 1
             if op.state.finished:
                 break
             op = client.operation(op.id, wait=LONG_POLL_SECONDS, revision=op.revision)
