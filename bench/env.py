@@ -92,11 +92,13 @@ class BenchEnv:
 
     # -- the CLI ----------------------------------------------------------------------
 
-    def cli_popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [*banger_argv(), *args], env=self.env(), text=True,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
+    def cli_popen(self, *args: str, output: Path) -> subprocess.Popen[bytes]:
+        """Start ``banger ARGS`` in the background, its stdout and stderr going to ``output``."""
+        with open(output, "wb") as out:
+            return subprocess.Popen(
+                [*banger_argv(), *args], env=self.env(),
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
 
     def cli(self, *args: str, timeout: float = 300) -> Timed:
         """Run ``banger ARGS`` and time it (wall clock of the whole process)."""

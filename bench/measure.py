@@ -15,6 +15,7 @@ from bench.floor import FloorSetup, boot_floor
 from bench.stats import summary
 
 CREATE_STAGES = ("reserve", "disks", "network", "boot", "ssh")
+CONCURRENT_TIMEOUT_S = 600.0
 
 
 def load() -> list[float]:
@@ -145,30 +146,39 @@ def vm_run_vs_floor(
 
 def concurrent_runs(env: BenchEnv, n: int, progress: Progress) -> dict[str, Any]:
     """``n`` ``vm run --rm -- true`` started together; all must succeed."""
+    logs = [env.root / f"concurrent-{i}.log" for i in range(n)]
     started = time.perf_counter()
     procs = [
-        env.cli_popen("vm", "run", "--rm", "--name", f"bench-cc{i}", "--", "true") for i in range(n)
+        env.cli_popen("vm", "run", "--rm", "--name", f"bench-cc{i}", "--", "true", output=log)
+        for i, log in enumerate(logs)
     ]
-    walls, failures = [], []
+    done: dict[int, float] = {}
     try:
-        for i, proc in enumerate(procs):
-            _, err = proc.communicate(timeout=600)
-            walls.append(time.perf_counter() - started)
-            if proc.returncode != 0:
-                failures.append(f"bench-cc{i}: exit {proc.returncode}: {err.strip()[-500:]}")
+        while len(done) < n:
+            for i, proc in enumerate(procs):
+                if i not in done and proc.poll() is not None:
+                    done[i] = time.perf_counter() - started
+            if time.perf_counter() - started > CONCURRENT_TIMEOUT_S:
+                raise TimeoutError(f"concurrent vm runs still going after {CONCURRENT_TIMEOUT_S}s")
+            time.sleep(0.02)
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
     total = time.perf_counter() - started
+    failures = [
+        f"bench-cc{i}: exit {proc.returncode}: {logs[i].read_text(errors='replace')[-500:]}"
+        for i, proc in enumerate(procs)
+        if proc.returncode != 0
+    ]
     progress(f"{n} concurrent vm run: {total:.2f} s, {n - len(failures)}/{n} succeeded")
     return {
         "n": n,
         "succeeded": n - len(failures),
         "failures": failures,
         "wall_s": round(total, 3),
-        "each_s": summary(walls),
+        "each_s": summary([done[i] for i in range(n)]),
         "load": load(),
     }
 

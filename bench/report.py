@@ -146,7 +146,8 @@ def _concurrent_rows(doc: dict[str, Any]) -> list[Row]:
     return [
         (
             f"4 {c['n']} concurrent",
-            f"{c['n']} x vm run --rm true, wall",
+            f"{c['n']} x vm run --rm true, wall (each {c['each_s']['min']:.1f}-"
+            f"{c['each_s']['max']:.1f} s)",
             secs(c["wall_s"]),
             "all succeed",
             f"{_v(doc, 'concurrent_all_succeed')} ({c['succeeded']}/{c['n']})",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import socket
 
 import structlog
 
@@ -22,13 +21,6 @@ from banger.store.records import VMRecord
 log = structlog.get_logger("banger.daemon.vm_network")
 
 TAP_POOL_SIZE = 2
-
-
-def free_loopback_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class VMNetwork:
@@ -64,7 +56,7 @@ class VMNetwork:
         """The VM's network for one boot: its spec, its TAP (if any) and its SSH port."""
         mac = vm.mac or net.allocate_mac(vm.id)
         if vm.net_mode is NetMode.USER:
-            port = free_loopback_port()
+            port = net.free_loopback_port()
             return UserNet(ssh_host_port=port, mac=mac), None, port
         pool = await self._tap_pool()
         tap = await asyncio.to_thread(pool.acquire)
