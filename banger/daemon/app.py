@@ -110,8 +110,15 @@ async def _banger_error(request: Request, exc: Exception) -> JSONResponse:
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-    where = ".".join(str(p) for p in first["loc"])
-    return await _banger_error(request, InvalidInput(f"{where}: {first['msg']}"))
+    loc = tuple(first["loc"])
+    if loc[:1] == ("path",):
+        error = InvalidInput(
+            f"invalid name {first.get('input')!r}",
+            hint="names are 1-63 lowercase letters, digits and '-'",
+        )
+    else:
+        error = InvalidInput(f"{'.'.join(str(p) for p in loc)}: {first['msg']}")
+    return await _banger_error(request, error)
 
 
 async def _request_context(

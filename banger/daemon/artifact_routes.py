@@ -22,7 +22,7 @@ from banger.api.models import (
 )
 from banger.daemon.image_service import image_info
 from banger.daemon.kernel_service import kernel_info
-from banger.daemon.routes import DaemonDep, api_router, request_op_id
+from banger.daemon.routes import DaemonDep, Ref, api_router, request_op_id
 
 router = api_router("images and kernels")
 
@@ -38,17 +38,17 @@ async def list_kernels(daemon: DaemonDep) -> KernelList:
 
 
 @router.get("/kernels/{name}", response_model=KernelInfo)
-async def show_kernel(name: str, daemon: DaemonDep) -> KernelInfo:
+async def show_kernel(name: Ref, daemon: DaemonDep) -> KernelInfo:
     return kernel_info(daemon.store.kernels.get(name))
 
 
 @router.delete("/kernels/{name}", status_code=204)
-async def delete_kernel(name: str, daemon: DaemonDep) -> None:
+async def delete_kernel(name: Ref, daemon: DaemonDep) -> None:
     daemon.kernels.delete(name)
 
 
 @router.post("/kernels/{name}/pull", response_model=Operation, status_code=202)
-async def pull_kernel(name: str, daemon: DaemonDep, request: Request) -> Operation:
+async def pull_kernel(name: Ref, daemon: DaemonDep, request: Request) -> Operation:
     work = daemon.kernels.pull(name)
     return daemon.operations.begin("kernel.pull", work, target=name, op_id=request_op_id(request))
 
@@ -101,15 +101,15 @@ async def prune_cache(body: CachePruneRequest, daemon: DaemonDep) -> CachePruneR
 
 
 @router.get("/images/{ref}", response_model=ImageInfo)
-async def show_image(ref: str, daemon: DaemonDep) -> ImageInfo:
+async def show_image(ref: Ref, daemon: DaemonDep) -> ImageInfo:
     return image_info(daemon.store.images.get(ref))
 
 
 @router.delete("/images/{ref}", response_model=ImageInfo)
-async def delete_image(ref: str, daemon: DaemonDep) -> ImageInfo:
+async def delete_image(ref: Ref, daemon: DaemonDep) -> ImageInfo:
     return image_info(daemon.images.delete(ref))
 
 
 @router.post("/images/{ref}/promote", response_model=ImageInfo)
-async def promote_image(ref: str, daemon: DaemonDep) -> ImageInfo:
+async def promote_image(ref: Ref, daemon: DaemonDep) -> ImageInfo:
     return image_info(daemon.store.images.set_default(ref))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 
 from banger.api.models import ErrorBody
+from banger.core.validate import NAME_RE
 from banger.daemon.state import Daemon
 from banger.version import API_VERSION
 
@@ -21,6 +22,8 @@ def get_daemon(request: Request) -> Daemon:
 
 
 DaemonDep = Annotated[Daemon, Depends(get_daemon)]
+# A VM, image or kernel by name or id: both follow the name grammar.
+Ref = Annotated[str, Path(pattern=f"^{NAME_RE.pattern}$", max_length=63)]
 
 
 def api_router(tag: str) -> APIRouter:

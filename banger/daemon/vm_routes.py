@@ -20,7 +20,7 @@ from banger.api.models import (
 from banger.core.errors import Conflict
 from banger.core.states import VMState
 from banger.daemon.operations import Work
-from banger.daemon.routes import DaemonDep, api_router, request_op_id
+from banger.daemon.routes import DaemonDep, Ref, api_router, request_op_id
 from banger.host.ssh import ssh_argv
 
 router = api_router("vms")
@@ -41,12 +41,12 @@ async def create_vm(body: VMCreateRequest, daemon: DaemonDep, request: Request) 
 
 
 @router.get("/vms/{ref}", response_model=VMInfo)
-async def show_vm(ref: str, daemon: DaemonDep) -> VMInfo:
+async def show_vm(ref: Ref, daemon: DaemonDep) -> VMInfo:
     return daemon.vms.info(daemon.store.vms.get(ref))
 
 
 @router.patch("/vms/{ref}", response_model=VMInfo)
-async def set_vm(ref: str, body: VMSetRequest, daemon: DaemonDep) -> VMInfo:
+async def set_vm(ref: Ref, body: VMSetRequest, daemon: DaemonDep) -> VMInfo:
     vm = await daemon.vms.set(ref, body.vcpu, body.memory_mib, body.disk)
     return daemon.vms.info(vm)
 
@@ -56,32 +56,32 @@ def _begin(daemon: DaemonDep, request: Request, kind: str, ref: str, work: Work)
 
 
 @router.post("/vms/{ref}/start", response_model=Operation, status_code=202)
-async def start_vm(ref: str, daemon: DaemonDep, request: Request) -> Operation:
+async def start_vm(ref: Ref, daemon: DaemonDep, request: Request) -> Operation:
     return _begin(daemon, request, "vm.start", ref, daemon.vms.start(ref))
 
 
 @router.post("/vms/{ref}/stop", response_model=Operation, status_code=202)
-async def stop_vm(ref: str, daemon: DaemonDep, request: Request) -> Operation:
+async def stop_vm(ref: Ref, daemon: DaemonDep, request: Request) -> Operation:
     return _begin(daemon, request, "vm.stop", ref, daemon.vms.stop(ref))
 
 
 @router.post("/vms/{ref}/restart", response_model=Operation, status_code=202)
-async def restart_vm(ref: str, daemon: DaemonDep, request: Request) -> Operation:
+async def restart_vm(ref: Ref, daemon: DaemonDep, request: Request) -> Operation:
     return _begin(daemon, request, "vm.restart", ref, daemon.vms.restart(ref))
 
 
 @router.post("/vms/{ref}/kill", response_model=Operation, status_code=202)
-async def kill_vm(ref: str, body: VMKillRequest, daemon: DaemonDep, request: Request) -> Operation:
+async def kill_vm(ref: Ref, body: VMKillRequest, daemon: DaemonDep, request: Request) -> Operation:
     return _begin(daemon, request, "vm.kill", ref, daemon.vms.kill(ref, body.signal))
 
 
 @router.delete("/vms/{ref}", response_model=Operation, status_code=202)
-async def delete_vm(ref: str, daemon: DaemonDep, request: Request) -> Operation:
+async def delete_vm(ref: Ref, daemon: DaemonDep, request: Request) -> Operation:
     return _begin(daemon, request, "vm.delete", ref, daemon.vms.delete(ref))
 
 
 @router.post("/vms/{ref}/ssh", response_model=SSHCommand)
-async def ssh_command(ref: str, body: SSHCommandRequest, daemon: DaemonDep) -> SSHCommand:
+async def ssh_command(ref: Ref, body: SSHCommandRequest, daemon: DaemonDep) -> SSHCommand:
     """The system ssh argv that reaches the VM (the CLI execs it)."""
     vm = daemon.store.vms.get(ref)
     if vm.state is not VMState.RUNNING:
@@ -98,7 +98,7 @@ async def ssh_command(ref: str, body: SSHCommandRequest, daemon: DaemonDep) -> S
 
 @router.get("/vms/{ref}/logs", response_model=LogChunk)
 async def vm_logs(
-    ref: str, daemon: DaemonDep, offset: Annotated[int, Query(ge=0)] = 0
+    ref: Ref, daemon: DaemonDep, offset: Annotated[int, Query(ge=0)] = 0
 ) -> LogChunk:
     """The console log from ``offset`` (at most 256 KiB a call)."""
     path = daemon.vms.files(daemon.store.vms.get(ref)).console_log
