@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO
 
 from banger.core.errors import InvalidInput, NotFound
-from banger.host.ext4 import make_ext4
+from banger.host.ext4 import make_ext4, resize_ext4
 from banger.host.run import require_tool, run
 from banger.images import ext4_import
 from banger.images.flatten import Entry, EntryKind, entries_under, flatten_layers
@@ -363,21 +363,20 @@ def import_ext4(
     started = time.monotonic()
     image_id = req.image_id or uuid.uuid4().hex[:12]
     cp = require_tool("cp", "coreutils")
-    with _staging(images_dir) as stage:
+    with _staging(images_dir) as stage, tempfile.TemporaryDirectory(dir=images_dir) as tmp:
+        scratch = Path(tmp)  # probes and guest files: never part of the published image
         rootfs = stage / ROOTFS_NAME
         run([cp, "--sparse=always", "--reflink=auto", os.fspath(path), os.fspath(rootfs)],
             timeout=1800)
         os.chmod(rootfs, stat.S_IRUSR | stat.S_IWUSR)
         if req.size_bytes and req.size_bytes > rootfs.stat().st_size:
-            from banger.host.ext4 import resize_ext4
-
             resize_ext4(rootfs, req.size_bytes)
-        ext4_import.check_bootable_ext4(rootfs, stage / "probe")
+        ext4_import.check_bootable_ext4(rootfs, scratch / "probe")
         files = guest_files(host_key=generate_host_key())
         if progress:
             progress("guest: adding banger's guest files")
-        ext4_import.write_guest_files_ext4(rootfs, files, stage / "guest")
-        ext4_import.build_work_seed_from_ext4(rootfs, stage / WORK_SEED_NAME, stage / "seed")
+        ext4_import.write_guest_files_ext4(rootfs, files, scratch / "guest")
+        ext4_import.build_work_seed_from_ext4(rootfs, stage / WORK_SEED_NAME, scratch / "seed")
         manifest = _manifest(stage, image_id, req, source, started)
         _finish(stage, images_dir, image_id, manifest)
     return manifest

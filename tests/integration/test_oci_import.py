@@ -95,6 +95,10 @@ def test_ext4_file_is_copied_validated_and_given_guest_bits(tmp_path: Path) -> N
     assert detect_source(given) == SourceKind.EXT4
     m = import_image(given, tmp_path / "images", name="e", kernel_name=None)
     image_dir = tmp_path / "images" / m.id
+    assert sorted(p.name for p in image_dir.iterdir()) == [
+        "image.json", ROOTFS_NAME, WORK_SEED_NAME
+    ]
+    assert [p.name for p in (tmp_path / "images").iterdir()] == [m.id]
     rootfs = image_dir / ROOTFS_NAME
     ip = stat_path(rootfs, "/usr/sbin/ip")
     assert ip is not None and (ip["uid"], ip["mode"]) == ("0", "04755")
