@@ -1,12 +1,21 @@
-"""The HTTP client of bangerd's ``/v1`` API over its Unix socket."""
+"""The HTTP client of bangerd's ``/v1`` API over its Unix socket.
+
+Built on the standard library's ``http.client`` rather than httpx (DESIGN.md s.8
+names httpx): every CLI command pays the client's import time, and httpx's
+112 ms of imports were half of the 250 ms budget for ``banger vm list``
+(docs/performance.md). A Unix-socket JSON client needs nothing httpx adds.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import http.client
+import json
+import socket
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
-import httpx
 from pydantic import BaseModel
 
 from banger.api.errors import error_from_response
@@ -25,6 +34,24 @@ def version_tag() -> str:
     return f"{info.version}+{info.short_commit}"
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """An HTTP/1.1 connection (kept alive) to a Unix socket."""
+
+    def __init__(self, socket_path: Path, timeout: float) -> None:
+        super().__init__("bangerd", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.socket_path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
 class Client:
     """A thin typed client; errors come back as the daemon's own error classes."""
 
@@ -34,20 +61,14 @@ class Client:
         *,
         timeout: float = 60.0,
         on_version_drift: Callable[[str], None] | None = None,
-        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.socket_path = socket_path
         self._on_version_drift = on_version_drift
         self._drift_reported = False
-        self._http = httpx.Client(
-            transport=transport or httpx.HTTPTransport(uds=str(socket_path)),
-            base_url="http://bangerd",
-            timeout=timeout,
-            headers={VERSION_HEADER: version_tag()},
-        )
+        self._conn = UnixHTTPConnection(socket_path, timeout)
 
     def close(self) -> None:
-        self._http.close()
+        self._conn.close()
 
     def __enter__(self) -> Client:
         return self
@@ -55,18 +76,48 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            resp = self._http.request(method, f"/{API_VERSION}{path}", **kwargs)
-        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as exc:
-            raise DaemonNotRunning(
-                f"bangerd is not running (no answer on {self.socket_path})",
-                hint="start it with: banger daemon start",
-            ) from exc
-        self._check_version(resp)
-        payload = resp.json() if resp.content else None
-        if resp.status_code >= 400:
-            raise error_from_response(resp.status_code, payload)
+    def _send(
+        self, method: str, url: str, body: bytes | None
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        sent = {VERSION_HEADER: version_tag(), "Host": "bangerd"}
+        if body is not None:
+            sent["Content-Type"] = "application/json"
+        for attempt in (1, 2):
+            try:
+                self._conn.request(method, url, body=body, headers=sent)
+                resp = self._conn.getresponse()
+                headers = {k.lower(): v for k, v in resp.getheaders()}
+                return resp.status, headers, resp.read()
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                self._conn.close()
+                raise DaemonNotRunning(
+                    f"bangerd is not running (no answer on {self.socket_path})",
+                    hint="start it with: banger daemon start",
+                ) from exc
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                # A kept-alive connection the daemon closed (it restarted): reconnect once.
+                self._conn.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> Any:
+        url = f"/{API_VERSION}{path}"
+        if params:
+            url += "?" + urlencode(params)
+        body = None if json_body is None else json.dumps(json_body).encode()
+        status, headers, data = self._send(method, url, body)
+        self._check_version(headers)
+        payload = json.loads(data) if data else None
+        if status >= 400:
+            raise error_from_response(status, payload)
         return payload
 
     def get_model(self, path: str, model: type[M], **kwargs: Any) -> M:
@@ -82,8 +133,8 @@ class Client:
         params = {"wait": wait, "revision": revision}
         return self.get_model(f"/operations/{op_id}", Operation, params=params)
 
-    def _check_version(self, resp: httpx.Response) -> None:
-        daemon = resp.headers.get(VERSION_HEADER)
+    def _check_version(self, headers: Mapping[str, str]) -> None:
+        daemon = headers.get(VERSION_HEADER.lower())
         if daemon and daemon != version_tag() and not self._drift_reported:
             self._drift_reported = True
             if self._on_version_drift:

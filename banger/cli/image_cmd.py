@@ -60,7 +60,7 @@ def image_build(
         parse_size(size)
     body = {"name": name, "source": source, "size": size,
             "packages": [p for p in packages.split(",") if p]}
-    _finish(ctx, ctx.client().post_model("/images/build", Operation, json=body), as_json)
+    _finish(ctx, ctx.client().post_model("/images/build", Operation, json_body=body), as_json)
 
 
 @image_group.command("pull")
@@ -77,7 +77,7 @@ def image_pull(ctx: CliContext, ref: str, name: str | None, as_json: bool) -> No
     """
     if name is not None:
         validate_name(name, "image")
-    op = ctx.client().post_model("/images/pull", Operation, json={"ref": ref, "name": name})
+    op = ctx.client().post_model("/images/pull", Operation, json_body={"ref": ref, "name": name})
     _finish(ctx, op, as_json)
 
 
@@ -96,7 +96,7 @@ def image_import(ctx: CliContext, path: Path, name: str | None, as_json: bool) -
     if name is not None:
         validate_name(name, "image")
     body = {"path": str(path.absolute()), "name": name}
-    _finish(ctx, ctx.client().post_model("/images/import", Operation, json=body), as_json)
+    _finish(ctx, ctx.client().post_model("/images/import", Operation, json_body=body), as_json)
 
 
 @image_group.command("list")
@@ -201,7 +201,7 @@ def image_cache_prune(ctx: CliContext, dry_run: bool, as_json: bool) -> None:
       banger image cache prune
     """
     result = ctx.client().post_model(
-        "/images/cache/prune", CachePruneResult, json={"dry_run": dry_run}
+        "/images/cache/prune", CachePruneResult, json_body={"dry_run": dry_run}
     )
     if as_json:
         print_json(result.model_dump())

@@ -89,7 +89,7 @@ def kernel_import(ctx: CliContext, name: str, source: Path, as_json: bool) -> No
     """
     validate_name(name, "kernel")
     op = ctx.client().post_model(
-        "/kernels/import", Operation, json={"name": name, "source": str(source.absolute())}
+        "/kernels/import", Operation, json_body={"name": name, "source": str(source.absolute())}
     )
     _finish(ctx, op, as_json)
 

@@ -62,7 +62,7 @@ def _create_body(
 
 
 def _create(client: Client, body: dict[str, Any]) -> VMInfo:
-    op = client.post_model("/vms", Operation, json=body)
+    op = client.post_model("/vms", Operation, json_body=body)
     return VMInfo.model_validate(follow(client, op).result)
 
 
@@ -171,7 +171,7 @@ def vm_kill(ctx: CliContext, signame: str, vms: tuple[str, ...]) -> None:
       banger vm kill --signal TERM box
     """
     _each(ctx, vms, lambda c, ref: c.post_model(
-        f"/vms/{ref}/kill", Operation, json={"signal": signame.upper()}), "signalled")
+        f"/vms/{ref}/kill", Operation, json_body={"signal": signame.upper()}), "signalled")
 
 
 @vm_group.command("prune")
@@ -212,7 +212,7 @@ def vm_set(ctx: CliContext, vm: str, vcpu: int | None, memory: str | None, disk:
     """
     body = _create_body(None, None, vcpu, memory, disk)
     changes = {k: body[k] for k in ("vcpu", "memory_mib", "disk")}
-    info = VMInfo.model_validate(ctx.client().request("PATCH", f"/vms/{vm}", json=changes))
+    info = VMInfo.model_validate(ctx.client().request("PATCH", f"/vms/{vm}", json_body=changes))
     if as_json:
         print_json(info.model_dump(mode="json"))
     else:
@@ -325,7 +325,7 @@ def vm_logs(ctx: CliContext, vm: str, follow_log: bool) -> None:
 
 def _ssh_argv(client: Client, vm: str, command: tuple[str, ...], tty: bool) -> list[str]:
     body = {"command": list(command), "tty": tty}
-    return client.post_model(f"/vms/{vm}/ssh", SSHCommand, json=body).argv
+    return client.post_model(f"/vms/{vm}/ssh", SSHCommand, json_body=body).argv
 
 
 @vm_group.command("ssh", context_settings={"ignore_unknown_options": True})

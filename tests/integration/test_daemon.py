@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from banger.core.errors import NotFound
 from banger.core.wait import poll_until
 from banger.host.proc import pid_alive
 from tests.conftest import BangerEnv
@@ -191,3 +192,29 @@ def test_operations_from_a_killed_daemon_are_marked_interrupted(banger_env: Bang
         record = store.operations.get("abc")
     assert record.state is OperationState.FAILED
     assert record.error and "interrupted" in record.error["message"]
+
+
+def test_client_reports_version_drift_once(
+    banger_env: BangerEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from banger.api import client as client_module
+
+    banger_env.banger("daemon", "start")
+    seen: list[str] = []
+    monkeypatch.setattr(client_module, "version_tag", lambda: "0.0.0+someotherbuild")
+    with client_module.Client(banger_env.socket, on_version_drift=seen.append) as client:
+        client.ping()
+        with pytest.raises(NotFound):
+            client.request("GET", "/operations/missing")
+    assert len(seen) == 1 and seen[0] != "0.0.0+someotherbuild"
+
+
+def test_client_reconnects_after_a_daemon_restart(banger_env: BangerEnv) -> None:
+    from banger.api.client import Client
+
+    banger_env.banger("daemon", "start")
+    with Client(banger_env.socket) as client:
+        first = client.ping().pid
+        banger_env.banger("daemon", "stop")
+        banger_env.banger("daemon", "start")
+        assert client.ping().pid != first

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
-import httpx
 import pytest
 from click.testing import CliRunner
 
-from banger.api.client import VERSION_HEADER, Client, version_tag
 from banger.api.errors import error_from_response
 from banger.cli.doctor_cmd import version_drift_check
 from banger.cli.main import cli
-from banger.core.errors import Conflict, NotFound
+from banger.core.errors import Conflict
 
 
 def test_dash_dash_version_is_one_line_with_commit_and_build_time() -> None:
@@ -59,26 +56,6 @@ def test_error_body_comes_back_as_the_same_class() -> None:
     assert (err.message, err.op_id, err.hint) == ("taken", "abc", "pick another")
     odd = error_from_response(500, {"weird": True})
     assert "unexpected body" in odd.message
-
-
-def test_client_reports_version_drift_once() -> None:
-    seen: list[str] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        assert request.headers[VERSION_HEADER] == version_tag()
-        return httpx.Response(
-            404,
-            json={"code": "not_found", "message": "nope", "op_id": "x", "hint": None},
-            headers={VERSION_HEADER: "9.9.9+deadbeef"},
-        )
-
-    client = Client(
-        Path("/nonexistent"), on_version_drift=seen.append, transport=httpx.MockTransport(handler)
-    )
-    for _ in range(2):
-        with pytest.raises(NotFound):
-            client.request("GET", "/thing")
-    assert seen == ["9.9.9+deadbeef"]
 
 
 def test_version_drift_check_warns_with_a_restart_hint() -> None:
