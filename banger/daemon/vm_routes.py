@@ -21,7 +21,6 @@ from banger.core.errors import Conflict
 from banger.core.states import VMState
 from banger.daemon.operations import Work
 from banger.daemon.routes import DaemonDep, Ref, api_router, request_op_id
-from banger.host.ssh import ssh_argv
 
 router = api_router("vms")
 LOG_CHUNK = 256 * 1024
@@ -88,12 +87,7 @@ async def ssh_command(ref: Ref, body: SSHCommandRequest, daemon: DaemonDep) -> S
         raise Conflict(
             f"VM '{vm.name}' is {vm.state}", hint=f"start it first: banger vm start {vm.name}"
         )
-    host, port = daemon.vms.network.ssh_endpoint(vm)
-    argv = ssh_argv(
-        host, port, daemon.settings.paths.ssh_key, daemon.vms.files(vm).known_hosts,
-        command=body.command or None, batch=not body.tty, tty=body.tty,
-    )
-    return SSHCommand(argv=argv)
+    return SSHCommand(argv=daemon.vms.ssh_argv(vm, body.command, body.tty))
 
 
 @router.get("/vms/{ref}/logs", response_model=LogChunk)

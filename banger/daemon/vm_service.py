@@ -116,13 +116,32 @@ class VMService:
             undo.push_async_callback(self.backend.shutdown, handle, graceful=False, timeout=0)
             vm = self.store.vms.update(vm.id, pid=handle.pid)
         with ctx.stage("ssh"):
-            await ssh.wait_for_ssh(
-                host, port, self.paths.ssh_key, known_hosts=files.known_hosts,
-                deadline=time.monotonic() + self.settings.ssh_ready_timeout, alive=handle.running,
-            )
+            await self._wait_ssh(vm, host, port, handle)
             vm = self.store.vms.update(vm.id, state=VMState.RUNNING, started_at=utcnow())
         self.watch(vm, handle)
         return vm
+
+    async def _wait_ssh(self, vm: VMRecord, host: str, port: int, handle: Handle) -> None:
+        """Until sshd accepts our key; leaves the shared SSH connection up where possible."""
+        files = self.files(vm)
+        deadline = time.monotonic() + self.settings.ssh_ready_timeout
+        control = ssh.control_path_for(files.run_dir)
+        if control is None:
+            await ssh.wait_for_ssh(host, port, self.paths.ssh_key, known_hosts=files.known_hosts,
+                                   deadline=deadline, alive=handle.running)
+            return
+        await ssh.open_master(host, port, self.paths.ssh_key, files.known_hosts, control,
+                              deadline=deadline, log_path=files.dir / "ssh.log",
+                              alive=handle.running)
+
+    def ssh_argv(self, vm: VMRecord, command: list[str], tty: bool) -> list[str]:
+        """The system ssh argv that reaches ``vm`` (sharing its SSH connection)."""
+        host, port = self.network.ssh_endpoint(vm)
+        files = self.files(vm)
+        return ssh.ssh_argv(
+            host, port, self.paths.ssh_key, files.known_hosts, command=command or None,
+            batch=not tty, tty=tty, control_path=ssh.control_path_for(files.run_dir),
+        )
 
     def watch(self, vm: VMRecord, handle: Handle) -> None:
         """Notice when the guest's VMM exits on its own (poweroff inside, a crash, kill -9)."""
@@ -143,6 +162,7 @@ class VMService:
 
     async def _teardown(self, vm: VMRecord, *, error: str | None = None) -> VMRecord:
         """Give back what a running VM holds and mark it stopped (idempotent)."""
+        await ssh.close_master(ssh.control_path_for(self.files(vm).run_dir))
         await self.network.detach(vm.tap_name)
         with contextlib.suppress(BangerError):
             self.backend.cleanup(self.spec(vm))
@@ -263,8 +283,9 @@ class VMService:
         handle = self.handle(vm)
         if handle is not None:
             await self.backend.shutdown(handle, graceful=False, timeout=0)
-        await self.network.detach(vm.tap_name)
         files = self.files(vm)
+        await ssh.close_master(ssh.control_path_for(files.run_dir))
+        await self.network.detach(vm.tap_name)
         await asyncio.to_thread(shutil.rmtree, files.dir, ignore_errors=True)
         await asyncio.to_thread(shutil.rmtree, files.run_dir, ignore_errors=True)
         watcher = self._watchers.pop(vm.id, None)

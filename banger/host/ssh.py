@@ -22,13 +22,23 @@ from pathlib import Path
 import asyncssh
 
 from banger.core.errors import GuestError, InvalidInput, StoreError
-from banger.host.run import CommandError, require_tool, run
+from banger.host.run import CommandError, arun, arun_to_log, require_tool, run
 
 log = logging.getLogger("banger.host.ssh")
 
 HOST_KEY_FILE = "ssh_host_ed25519_key"
 _PRIVATE_KEY_HEADER = b"-----BEGIN OPENSSH PRIVATE KEY-----"
 CONNECT_TIMEOUT = 10
+CONTROL_PERSIST = "60s"
+# ssh binds the master socket as "<ControlPath>.<16 random chars>" first.
+_CONTROL_SUFFIX = 17
+_SUN_PATH_MAX = 107
+
+
+def control_path_for(run_dir: Path) -> Path | None:
+    """The VM's ControlMaster socket, or None when the path is too long for a socket."""
+    path = run_dir / "ssh"
+    return path if len(os.fsencode(path)) + _CONTROL_SUFFIX <= _SUN_PATH_MAX else None
 
 
 @contextlib.contextmanager
@@ -126,8 +136,14 @@ def ssh_argv(
     tty: bool = False,
     connect_timeout: int = CONNECT_TIMEOUT,
     ssh_binary: str = "ssh",
+    control_path: Path | None = None,
 ) -> list[str]:
-    """The system ``ssh`` argv for a VM (pure). ``command`` is quoted for the remote shell."""
+    """The system ``ssh`` argv for a VM (pure). ``command`` is quoted for the remote shell.
+
+    With ``control_path``, ssh shares one connection per VM (ControlMaster): the
+    first ssh becomes the master and lingers ``CONTROL_PERSIST`` after its last
+    session, so the next ``vm ssh``/``vm run`` skips the key exchange.
+    """
     argv = [ssh_binary, "-F", "/dev/null"]  # the user's ~/.ssh/config must not change this
     options = {
         "IdentitiesOnly": "yes",
@@ -139,6 +155,14 @@ def ssh_argv(
         "LogLevel": "ERROR",
         "ConnectTimeout": str(connect_timeout),
     }
+    if control_path is not None:
+        options.update(
+            ControlMaster="auto",
+            ControlPath=os.fspath(control_path),
+            ControlPersist=CONTROL_PERSIST,
+            ServerAliveInterval="5",
+            ServerAliveCountMax="3",
+        )
     argv += ["-i", os.fspath(key), "-p", str(port)]
     for name, value in options.items():
         argv += ["-o", f"{name}={value}"]
@@ -169,6 +193,54 @@ def _connect_options(key: Path, known_hosts: Path | None, timeout: float) -> dic
         "connect_timeout": timeout,
         "login_timeout": timeout,
     }
+
+
+async def open_master(
+    host: str,
+    port: int,
+    key: Path,
+    known_hosts: Path,
+    control_path: Path,
+    *,
+    deadline: float,
+    log_path: Path,
+    alive: Callable[[], bool] | None = None,
+) -> None:
+    """Return once sshd accepts our key, leaving the VM's shared connection up.
+
+    The readiness probe *is* the connection later ``ssh`` calls reuse, so
+    ``vm run`` pays for one key exchange, not two (~0.6 s each under TCG).
+    Each try is a short ``ssh ... true``; its master backgrounds itself, so its
+    output goes to ``log_path``, never to a pipe it would hold open.
+    """
+    argv = ssh_argv(host, port, key, known_hosts, command=["true"], connect_timeout=2,
+                    control_path=control_path)
+    delay = 0.02
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise GuestError(
+                f"SSH on {host}:{port} did not accept our key in time",
+                hint="see the VM's console log (banger vm logs)",
+            )
+        if alive is not None and not alive():
+            raise GuestError(f"the VM behind {host}:{port} exited before SSH came up")
+        try:
+            if await arun_to_log(argv, log_path=log_path, timeout=min(remaining, 15)) == 0:
+                return
+        except CommandError as exc:  # a try that timed out: try again
+            log.debug("ssh readiness try failed: %s", exc)
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.25)
+
+
+async def close_master(control_path: Path | None) -> None:
+    """End the VM's shared connection, if one is up (idempotent)."""
+    if control_path is None or not control_path.exists():
+        return
+    argv = ["ssh", "-F", "/dev/null", "-o", f"ControlPath={control_path}", "-O", "exit", "vm"]
+    with contextlib.suppress(CommandError):
+        await arun(argv, timeout=5, check=False)
 
 
 async def wait_for_ssh(

@@ -16,8 +16,11 @@ import pytest
 
 from banger.core.errors import GuestError, StoreError
 from banger.host.ssh import (
+    close_master,
+    control_path_for,
     ensure_ssh_key,
     generate_host_key,
+    open_master,
     ssh_argv,
     ssh_exec,
     wait_for_ssh,
@@ -214,3 +217,58 @@ def test_system_ssh_with_our_argv_propagates_exit_42_without_prompting(
             return await asyncio.wait_for(proc.wait(), 20)
 
     assert asyncio.run(scenario()) == 42
+
+
+def test_open_master_leaves_one_shared_connection_that_later_ssh_reuses(
+    keys: Keys, tmp_path: Path
+) -> None:
+    port = keys.port
+    control = tmp_path / "ctl"
+    connections: list[object] = []
+
+    class CountingServer(asyncssh.SSHServer):
+        def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+            connections.append(conn)
+
+    async def scenario() -> int:
+        server = await asyncssh.listen(
+            "127.0.0.1", port, server_host_keys=[str(keys.host_key)],
+            authorized_client_keys=str(keys.authorized), process_factory=_run_in_shell,
+            encoding=None, server_factory=CountingServer,
+        )  # fmt: skip
+        try:
+            await open_master(
+                "127.0.0.1", port, keys.client, keys.known_hosts, control,
+                deadline=time.monotonic() + 20, log_path=tmp_path / "ssh.log",
+            )  # fmt: skip
+            assert control.exists()
+            argv = ssh_argv("127.0.0.1", port, keys.client, keys.known_hosts,
+                            command=["sh", "-c", "exit 42"], control_path=control)
+            proc = await asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL)
+            code = await asyncio.wait_for(proc.wait(), 20)
+            await close_master(control)
+            return code
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(scenario()) == 42
+    assert len(connections) == 1
+    assert not control.exists()
+
+
+def test_open_master_gives_up_at_the_deadline_when_nothing_listens(
+    keys: Keys, tmp_path: Path
+) -> None:
+    start = time.monotonic()
+    with pytest.raises(GuestError, match="did not accept"):
+        asyncio.run(open_master(
+            "127.0.0.1", keys.port, keys.client, keys.known_hosts, tmp_path / "ctl",
+            deadline=time.monotonic() + 1.0, log_path=tmp_path / "ssh.log",
+        ))  # fmt: skip
+    assert time.monotonic() - start < 5
+
+
+def test_control_path_is_dropped_when_too_long_for_a_socket(tmp_path: Path) -> None:
+    assert control_path_for(Path("/run/user/1000/banger/vms/abc")) is not None
+    assert control_path_for(Path("/" + "x" * 95)) is None
