@@ -56,13 +56,13 @@ def _check_host_room(plan: CreatePlan, state_dir: os.PathLike[str]) -> None:
         )
     available = memory_available_mib()
     if available is not None and plan.memory_mib > available:
-        raise Unavailable(
+        raise InvalidInput(
             f"--memory {plan.memory_mib} MiB is more than the {available} MiB this host has free",
             hint="ask for less memory, or stop other VMs",
         )
     free = shutil.disk_usage(state_dir).free
     if plan.disk_bytes > free:
-        raise Unavailable(
+        raise InvalidInput(
             f"--disk {format_size(plan.disk_bytes)} is more than the {free // 2**20} MiB free "
             f"under {state_dir}",
             hint="ask for a smaller --disk, or free some space (banger vm prune)",
@@ -116,7 +116,7 @@ class VMCreator:
                     undo.push_async_callback(self.vms.destroy, vm)
                     self.vms.network.allocate_ip(vm.id)
                 with ctx.stage("disks"):
-                    await asyncio.to_thread(self._make_disks, vm, image)
+                    await self._make_disks(vm, image)
                 if plan.start:
                     vm = await self.vms.boot(ctx, self.store.vms.get(vm.id), undo)
                 vm = self.store.vms.update(vm.id, spec={})
@@ -157,11 +157,22 @@ class VMCreator:
             raise Unavailable("no kernel", hint="pull one: banger kernel pull debian-cloud")
         return kernel.name
 
-    def _make_disks(self, vm: VMRecord, image: ImageRecord) -> None:
-        """Root overlay, per-VM host key, and the work disk with our key authorised."""
+    async def _make_disks(self, vm: VMRecord, image: ImageRecord) -> None:
+        """Root overlay, and (in parallel) the work disk with our key and a fresh host key."""
         files = VMFiles.of(self.settings.paths, vm.id)
         files.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        disks.create_root_overlay(image.path / ROOTFS_NAME, files.root, "qcow2")
+        results = await asyncio.gather(
+            asyncio.to_thread(
+                disks.create_root_overlay, image.path / ROOTFS_NAME, files.root, "qcow2"
+            ),
+            asyncio.to_thread(self._make_work_disk, vm, image, files),
+            return_exceptions=True,  # both must end before the undo removes their files
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    def _make_work_disk(self, vm: VMRecord, image: ImageRecord, files: VMFiles) -> None:
         key_dir = files.dir / "hostkey"
         host_key = ssh.generate_host_key(key_dir)
         files.host_key_pub.write_bytes(host_key[1])

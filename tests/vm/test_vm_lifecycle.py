@@ -166,3 +166,20 @@ def test_without_net_admin_vms_fall_back_to_user_mode_networking(vms: VMFactory)
     assert info["ssh_host"] == "127.0.0.1" and int(info["ssh_port"]) > 1024  # type: ignore[arg-type]
     assert "user-mode" in vms.ok("vm", "show", "slirp")
     assert vms.ssh("slirp", "sh", "-c", "exit 7").returncode == 7
+
+
+def test_verbs_on_several_vms_run_valid_refs_and_report_missing_ones(vms: VMFactory) -> None:
+    vms.create("alpha", "--no-start")
+    vms.create("beta", "--no-start")
+    result = vms.banger("vm", "start", "alpha", "ghost", "beta")
+    assert result.returncode != 0
+    assert "VM 'ghost' not found" in result.stderr
+    lines = [line for line in result.stdout.splitlines() if line]
+    assert lines == ["alpha: started (running)", "beta: started (running)"]
+    assert vms.ok("vm", "stop", "alpha", "beta").splitlines() == [
+        "alpha: stopped (stopped)", "beta: stopped (stopped)"
+    ]
+    assert vms.ok("vm", "prune", "-f").splitlines() == [
+        "alpha: deleted (stopped)", "beta: deleted (stopped)"
+    ]
+    assert vms.rows() == []
