@@ -144,7 +144,7 @@ class BenchEnv:
     def create_vm(self, name: str) -> tuple[float, Operation]:
         """POST /v1/vms with the defaults; (wall time the request was sent, finished op)."""
         sent = time.time()
-        op = Operation.model_validate(self.client.request("POST", "/vms", json={"name": name}))
+        op = Operation.model_validate(self.client.request("POST", "/vms", json_body={"name": name}))
         return sent, self.wait_ok(op)
 
     def delete_vm(self, name: str) -> Operation:
