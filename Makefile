@@ -36,14 +36,14 @@ demo: setup
 	$(VENV)/bin/banger vm run --rm -- sh -c 'echo "hello from $$(hostname)"; uname -sr; head -1 /etc/os-release'
 
 lint: setup
-	$(VENV)/bin/ruff check banger tests
-	$(VENV)/bin/mypy banger
+	$(VENV)/bin/ruff check banger tests bench
+	$(VENV)/bin/mypy banger bench
 
 # Fetch what needs the package registries first (test kernel and image, cached
 # under ~/.cache/banger-test), then run the suite in a network namespace.
 test: setup
-	$(VENV)/bin/ruff check banger tests
-	$(VENV)/bin/mypy banger
+	$(VENV)/bin/ruff check banger tests bench
+	$(VENV)/bin/mypy banger bench
 	$(PY) -m tests.support.prepare
 	tests/run-in-netns $(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
