@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import time
 
-from rich.live import Live
 from rich.text import Text
 
 from banger.api.client import Client
@@ -42,6 +41,8 @@ def follow(client: Client, op: Operation, *, quiet: bool = False) -> Operation:
         while not op.state.finished:
             op = client.operation(op.id, wait=LONG_POLL_SECONDS, revision=op.revision)
     elif out.is_terminal:
+        from rich.live import Live  # only terminals need it; keeps piped commands' start-up lean
+
         with Live(_render(op), console=out, refresh_per_second=8, transient=False) as live:
             while not op.state.finished:
                 op = client.operation(op.id, wait=LONG_POLL_SECONDS, revision=op.revision)

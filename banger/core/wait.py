@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -43,18 +42,3 @@ def poll_until(
         time.sleep(pause)
     return result
 
-
-async def apoll_until(
-    check: Callable[[], Awaitable[T | None]],
-    *,
-    timeout: float,
-    interval: float = 0.02,
-    max_interval: float = 0.25,
-) -> T | None:
-    """The async twin of :func:`poll_until`."""
-    backoff = _Backoff(timeout, interval, max_interval)
-    while not (result := await check()):
-        if (pause := backoff.next_pause()) is None:
-            return None
-        await asyncio.sleep(pause)
-    return result

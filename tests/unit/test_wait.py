@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 
 import pytest
 
 from banger.core import wait
-from banger.core.wait import apoll_until, poll_until
+from banger.core.wait import poll_until
 
 
 def _countdown(n: int, value: str = "ready") -> Callable[[], str | None]:
@@ -21,27 +20,9 @@ def test_poll_until_returns_the_first_truthy_result() -> None:
     assert poll_until(_countdown(3), timeout=5, interval=0.001) == "ready"
 
 
-def test_apoll_until_returns_the_first_truthy_result() -> None:
-    check = _countdown(3)
-
-    async def acheck() -> str | None:
-        return check()
-
-    assert asyncio.run(apoll_until(acheck, timeout=5, interval=0.001)) == "ready"
-
-
 def test_poll_until_gives_up_with_none_at_the_deadline() -> None:
     start = time.monotonic()
     assert poll_until(lambda: 0, timeout=0.2, interval=0.01) is None
-    assert 0.2 <= time.monotonic() - start < 2
-
-
-def test_apoll_until_gives_up_with_none_at_the_deadline() -> None:
-    async def never() -> None:
-        return None
-
-    start = time.monotonic()
-    assert asyncio.run(apoll_until(never, timeout=0.2, interval=0.01)) is None
     assert 0.2 <= time.monotonic() - start < 2
 
 
