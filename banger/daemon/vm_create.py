@@ -110,7 +110,7 @@ class VMCreator:
         async def work(ctx: OperationContext) -> dict[str, Any]:
             image = plan.image or await self._default_image(ctx)
             vm_id = uuid.uuid4().hex[:12]
-            async with self.vms._locks[vm_id], contextlib.AsyncExitStack() as undo:
+            async with self.vms.lock(vm_id), contextlib.AsyncExitStack() as undo:
                 with ctx.stage("reserve"):
                     vm = self._add_row(vm_id, plan, image)
                     undo.push_async_callback(self.vms.destroy, vm)

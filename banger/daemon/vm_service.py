@@ -23,7 +23,7 @@ from banger.config import Settings
 from banger.core.errors import BangerError, Conflict, GuestError, InvalidInput
 from banger.core.states import VMState
 from banger.core.validate import parse_size, validate_memory_mib, validate_vcpu
-from banger.core.vmspec import Accel, VMSpec
+from banger.core.vmspec import Accel, NetSpec, VMSpec
 from banger.daemon.operations import OperationContext, Work
 from banger.daemon.vm_layout import VMFiles, build_spec
 from banger.daemon.vm_network import VMNetwork
@@ -81,7 +81,11 @@ class VMService:
         async with self._locks[vm.id]:
             yield self.store.vms.get(vm.id)
 
-    def spec(self, vm: VMRecord, net: Any = None) -> VMSpec:
+    def lock(self, vm_id: str) -> asyncio.Lock:
+        """The lock that serialises every verb on one VM."""
+        return self._locks[vm_id]
+
+    def spec(self, vm: VMRecord, net: NetSpec | None = None) -> VMSpec:
         assert vm.image_id is not None
         image = self.store.images.get(vm.image_id)
         kernel = self.store.kernels.get(vm.kernel_name or image.kernel_name or "")
@@ -160,14 +164,14 @@ class VMService:
                 await self._teardown(vm)
         self._watchers.pop(vm_id, None)
 
-    async def _teardown(self, vm: VMRecord, *, error: str | None = None) -> VMRecord:
+    async def _teardown(self, vm: VMRecord) -> VMRecord:
         """Give back what a running VM holds and mark it stopped (idempotent)."""
         await ssh.close_master(ssh.control_path_for(self.files(vm).run_dir))
         await self.network.detach(vm.tap_name)
         with contextlib.suppress(BangerError):
             self.backend.cleanup(self.spec(vm))
         return self.store.vms.update(
-            vm.id, state=VMState.STOPPED, pid=None, tap_name=None, last_error=error
+            vm.id, state=VMState.STOPPED, pid=None, tap_name=None
         )
 
     # -- verbs --------------------------------------------------------------------------

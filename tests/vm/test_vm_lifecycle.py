@@ -179,6 +179,9 @@ def test_verbs_on_several_vms_run_valid_refs_and_report_missing_ones(vms: VMFact
     assert vms.ok("vm", "stop", "alpha", "beta").splitlines() == [
         "alpha: stopped (stopped)", "beta: stopped (stopped)"
     ]
+    asks = vms.banger("vm", "prune")
+    assert asks.returncode != 0 and "pass -f" in asks.stderr
+    assert vms.rows() == ["alpha", "beta"]
     assert vms.ok("vm", "prune", "-f").splitlines() == [
         "alpha: deleted (stopped)", "beta: deleted (stopped)"
     ]
