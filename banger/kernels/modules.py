@@ -28,6 +28,9 @@ CONTRACT_MODULES: tuple[str, ...] = (
     "vmw_vsock_virtio_transport",
     "ext4",
 )
+# Loaded when the kernel has them as modules: the ACPI power button, so that QEMU's
+# system_powerdown reaches the guest's init as a clean poweroff (vm stop's fallback).
+OPTIONAL_MODULES: tuple[str, ...] = ("button", "evdev")
 # ext4 and jbd2 ask for crc32c through the crypto API (a softdep modprobe would
 # honour); the initramfs has no modprobe, so load it explicitly when modular.
 SOFTDEPS: Mapping[str, tuple[str, ...]] = {"ext4": ("crc32c_generic",), "jbd2": ("crc32c_generic",)}
@@ -97,9 +100,11 @@ def module_load_order(modules_dep_text: str, wanted: Iterable[str]) -> list[str]
 
 
 def wanted_modules(
-    deps: Mapping[str, object], contract: Iterable[str] = CONTRACT_MODULES
+    deps: Mapping[str, object],
+    contract: Iterable[str] = CONTRACT_MODULES,
+    optional: Iterable[str] = OPTIONAL_MODULES,
 ) -> list[str]:
-    """The contract's modules plus the soft dependencies of those that are modular."""
+    """The contract's modules, their soft dependencies, and the optional ones this kernel has."""
     out: list[str] = []
     for name in contract:
         for soft in SOFTDEPS.get(name, ()) if name in deps else ():
@@ -107,6 +112,7 @@ def wanted_modules(
                 out.append(soft)
         if name not in out:
             out.append(name)
+    out += [name for name in optional if name in deps and name not in out]
     return out
 
 

@@ -112,3 +112,9 @@ def test_only_the_mmio_transport_is_loaded_because_microvm_and_firecracker_have_
 def test_builtin_ext4_needs_no_crc32c_module() -> None:
     deps = parse_modules_dep("crypto/crc32c_generic.ko:\nblock/virtio_blk.ko:\n")
     assert "crc32c_generic" not in wanted_modules(deps)
+
+
+def test_power_button_drivers_are_loaded_only_when_the_kernel_has_them() -> None:
+    deps = {"virtio_mmio": (), "button": (), "evdev": ()}
+    assert wanted_modules(deps)[-2:] == ["button", "evdev"]
+    assert "button" not in wanted_modules({"virtio_mmio": ()})
