@@ -48,12 +48,11 @@ class Settings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Daemon log level."
     )
-    backend: Literal["auto", "qemu", "firecracker"] = Field(
-        default="auto", description="Which VMM to use."
+    backend: Literal["auto", "qemu"] = Field(
+        default="auto", description="Which VMM to use (this release: QEMU)."
     )
     bridge_name: str = Field(default="banger0", pattern=r"^[a-zA-Z0-9_-]{1,15}$")
     bridge_cidr: str = Field(default="172.16.0.1/24", description="Bridge address and subnet.")
-    dns_port: int = Field(default=42069, ge=1, le=65535)
     default_vcpu: int = Field(default=2, ge=1, le=64)
     default_memory_mib: int = Field(default=1024, ge=128)
     default_disk: str = Field(default="8G", description="Work disk size of a new VM.")
@@ -101,10 +100,6 @@ class Paths:
     @property
     def ssh_key(self) -> Path:
         return self.state_dir / "ssh" / "id_ed25519"
-
-    @property
-    def oci_cache(self) -> Path:
-        return self.cache_dir / "oci"
 
     @property
     def socket(self) -> Path:

@@ -17,10 +17,6 @@ STOP_TIMEOUT = 15.0
 DriftHandler = Callable[[str], None]
 
 
-def daemon_stderr_log(settings: Settings) -> str:
-    return str(settings.paths.state_dir / "bangerd.stderr.log")
-
-
 def try_ping(client: Client) -> Ping | None:
     try:
         return client.ping()

@@ -187,7 +187,6 @@ class VMCreateRequest(WireModel):
     vcpu: int | None = None
     memory_mib: int | None = None
     disk: str | None = None
-    nat: bool = False
     start: bool = True
 
 

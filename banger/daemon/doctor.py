@@ -89,12 +89,6 @@ class DoctorContext:
         return probes.firecracker_version(self.firecracker) if self.firecracker else None
 
     @property
-    def firecracker_usable(self) -> bool:
-        """A supported firecracker and a KVM that runs standard guests."""
-        v = self.firecracker_version
-        return v is not None and v >= FIRECRACKER_MIN and self.kvm is KvmStatus.USABLE
-
-    @property
     def qemu_usable(self) -> bool:
         return self.qemu is not None  # TCG needs nothing else
 
@@ -186,10 +180,8 @@ def check_kvm(ctx: DoctorContext) -> CheckResult:
 
 def check_qemu(ctx: DoctorContext) -> CheckResult:
     hint = _apt("qemu-system-x86")
-    if ctx.qemu is None:
-        status = CheckStatus.WARN if ctx.firecracker_usable else CheckStatus.FAIL
-        why = "firecracker is used instead" if ctx.firecracker_usable else "no usable VMM"
-        return CheckResult("qemu", status, f"{probes.QEMU_SYSTEM} not found ({why})", hint=hint)
+    if ctx.qemu is None:  # this release's only VMM
+        return CheckResult("qemu", CheckStatus.FAIL, f"{probes.QEMU_SYSTEM} not found", hint=hint)
     v = ctx.qemu_version
     if v is None:
         return CheckResult(
@@ -249,37 +241,14 @@ def _accel(ctx: DoctorContext) -> str:
     return "KVM" if ctx.kvm is KvmStatus.USABLE else "TCG (slow)"
 
 
-def _why_not_firecracker(ctx: DoctorContext) -> str:
-    if ctx.firecracker is None:
-        return "firecracker not installed"
-    v = ctx.firecracker_version
-    if v is None or v < FIRECRACKER_MIN:
-        return "firecracker version unsupported"
-    return f"KVM is {ctx.kvm.value.replace('_', ' ')}"
-
-
 def check_backend(ctx: DoctorContext) -> CheckResult:
+    # This release drives QEMU only; the firecracker row above says whether a
+    # Firecracker backend could run here once it lands.
     configured = ctx.settings.backend
-    if configured in ("auto", "firecracker") and ctx.firecracker_usable:
-        return CheckResult("backend", CheckStatus.PASS, f"{configured}: firecracker with KVM")
-    if configured in ("auto", "qemu") and ctx.qemu_usable:
-        why = f" ({_why_not_firecracker(ctx)})" if configured == "auto" else ""
-        return CheckResult(
-            "backend", CheckStatus.PASS, f"{configured}: qemu with {_accel(ctx)}{why}"
-        )
-    if configured == "firecracker":
-        return CheckResult(
-            "backend",
-            CheckStatus.FAIL,
-            f"backend = firecracker, but it cannot run here: {_why_not_firecracker(ctx)}",
-            hint='fix the firecracker and kvm rows, or set backend = "auto" in config.toml',
-        )
+    if ctx.qemu_usable:
+        return CheckResult("backend", CheckStatus.PASS, f"{configured}: qemu with {_accel(ctx)}")
     return CheckResult(
-        "backend",
-        CheckStatus.FAIL,
-        f"{configured}: no usable VMM",
-        hint=_apt("qemu-system-x86")
-        + (', or set backend = "auto"' if configured == "qemu" else ""),
+        "backend", CheckStatus.FAIL, f"{configured}: no usable VMM", hint=_apt("qemu-system-x86")
     )
 
 

@@ -24,18 +24,18 @@ def config_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_every_key_is_optional(config_path: Path) -> None:
     settings = load_settings()
     assert settings.bridge_name == "banger0"
-    assert settings.dns_port == 42069
+    assert settings.backend == "auto"
     assert settings.paths.db.name == "state.db"
 
 
 def test_file_values_apply_and_environment_wins(
     config_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config_path.write_text('log_level = "debug"\ndns_port = 5353\n')
-    monkeypatch.setenv("BANGER_DNS_PORT", "5454")
+    config_path.write_text('log_level = "debug"\ndefault_vcpu = 3\n')
+    monkeypatch.setenv("BANGER_DEFAULT_VCPU", "4")
     settings = load_settings()
     assert settings.log_level == "debug"
-    assert settings.dns_port == 5454
+    assert settings.default_vcpu == 4
 
 
 def test_bad_value_names_the_key_the_file_and_what_is_allowed(config_path: Path) -> None:
@@ -56,8 +56,8 @@ def test_unknown_key_is_refused(config_path: Path) -> None:
 def test_bad_environment_value_names_the_variable(
     config_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("BANGER_DNS_PORT", "ninety")
-    with pytest.raises(InvalidInput, match="BANGER_DNS_PORT"):
+    monkeypatch.setenv("BANGER_DEFAULT_VCPU", "ninety")
+    with pytest.raises(InvalidInput, match="BANGER_DEFAULT_VCPU"):
         load_settings()
 
 

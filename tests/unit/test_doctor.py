@@ -274,11 +274,10 @@ def test_missing_qemu_fails_on_a_pvm_host_even_with_firecracker(host: FakeHost) 
     assert host.check("qemu").status is CheckStatus.FAIL
 
 
-def test_missing_qemu_only_warns_when_firecracker_is_usable(host: FakeHost) -> None:
+def test_missing_qemu_fails_even_when_firecracker_is_usable(host: FakeHost) -> None:
     host.remove("qemu-system-x86_64")
     row = host.check("qemu")
-    assert row.status is CheckStatus.WARN and "firecracker is used instead" in row.detail
-    assert "qemu-system-x86" in (row.hint or "")
+    assert row.status is CheckStatus.FAIL and "qemu-system-x86" in (row.hint or "")
 
 
 def test_qemu_with_unreadable_version_warns(host: FakeHost) -> None:
@@ -353,28 +352,15 @@ def test_firecracker_on_a_pvm_host_passes_but_says_it_is_unused(host: FakeHost) 
 # ---------------------------------------------------------------- backend
 
 
-def test_auto_backend_picks_firecracker_with_kvm(host: FakeHost) -> None:
+def test_backend_is_qemu_with_kvm_where_kvm_is_usable(host: FakeHost) -> None:
     row = host.check("backend")
-    assert row.status is CheckStatus.PASS and row.detail == "auto: firecracker with KVM"
+    assert row.status is CheckStatus.PASS and row.detail == "auto: qemu with KVM"
 
 
-def test_auto_backend_falls_back_to_qemu_tcg_on_a_pvm_host(host: FakeHost) -> None:
+def test_backend_falls_back_to_tcg_on_a_pvm_host(host: FakeHost) -> None:
     host.pvm()
     row = host.check("backend")
-    assert row.status is CheckStatus.PASS
-    assert row.detail == "auto: qemu with TCG (slow) (KVM is pvm host)"
-
-
-def test_auto_backend_says_why_firecracker_is_not_used(host: FakeHost) -> None:
-    host.remove("firecracker")
-    assert "firecracker not installed" in host.check("backend").detail
-
-
-def test_configured_firecracker_backend_fails_when_unusable(host: FakeHost) -> None:
-    host.backend = "firecracker"
-    host.pvm()
-    row = host.check("backend")
-    assert row.status is CheckStatus.FAIL and 'backend = "auto"' in (row.hint or "")
+    assert row.status is CheckStatus.PASS and row.detail == "auto: qemu with TCG (slow)"
 
 
 def test_configured_qemu_backend_fails_without_qemu(host: FakeHost) -> None:
