@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.text import Text
 
 from banger.api.client import version_tag
 from banger.api.models import CheckStatus, DoctorCheck, DoctorReport
@@ -51,6 +50,8 @@ def doctor(ctx: CliContext, as_json: bool) -> None:
 
 
 def _render(checks: list[DoctorCheck]) -> None:
+    from rich.text import Text
+
     colour = {CheckStatus.PASS: "green", CheckStatus.WARN: "yellow", CheckStatus.FAIL: "red"}
     print_table(
         ["CHECK", "STATUS", "DETAIL"],

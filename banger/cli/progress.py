@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import sys
 import time
-
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from banger.api.client import Client
 from banger.api.errors import error_from_body
 from banger.api.models import Operation, OperationState, Stage, StageState
 from banger.cli.render import console
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 LONG_POLL_SECONDS = 10.0
 _MARK = {StageState.RUNNING: "..", StageState.DONE: "ok", StageState.FAILED: "!!"}
@@ -23,6 +25,8 @@ def _elapsed(stage: Stage) -> float:
 
 
 def _stage_line(stage: Stage) -> Text:
+    from rich.text import Text
+
     line = Text(f"[{_MARK[stage.state]}] ", style=_STYLE[stage.state])
     line.append(f"{stage.name:<10} {_elapsed(stage):5.1f}s")
     if stage.detail:
@@ -31,6 +35,8 @@ def _stage_line(stage: Stage) -> Text:
 
 
 def _render(op: Operation) -> Text:
+    from rich.text import Text
+
     return Text("\n").join(_stage_line(s) for s in op.stages) if op.stages else Text("starting")
 
 
