@@ -92,14 +92,14 @@ def _each(ctx: CliContext, refs: tuple[str, ...], begin: Callable[[Client, str],
           done: str) -> None:
     """Begin one operation per VM (they run concurrently), then report in argument order."""
     client = ctx.client()
-    started: list[tuple[str, Operation | BangerError]] = []
+    started: list[Operation | BangerError] = []
     for ref in refs:
         try:
-            started.append((ref, begin(client, ref)))
+            started.append(begin(client, ref))
         except BangerError as exc:
-            started.append((ref, exc))
+            started.append(exc)
     failed: BangerError | None = None
-    for _ref, op in started:
+    for op in started:
         try:
             if isinstance(op, BangerError):
                 raise op
