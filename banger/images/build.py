@@ -12,7 +12,6 @@ The result is staged under ``images_dir`` and renamed into ``images_dir/<id>``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import secrets
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from banger.core.errors import InvalidInput
 from banger.host.ext4 import make_ext4
+from banger.host.files import sha256_file
 from banger.host.run import require_tool, run
 from banger.images.guest_bits import (
     LEAN_INIT,
@@ -189,17 +189,6 @@ def finish_rootfs(staging: Path, rootdir: Path, size_bytes: int | None = None) -
         seed_size = _round_up(max(WORK_SEED_MIN, 2 * _tree_bytes(tree / "root")), 16 * MIB)
         seed = staging / WORK_SEED_NAME
         make_ext4(seed, seed_size, source_dir=tree / "root", label="banger-work")
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 of a (multi-GiB, sparse) file; one reused buffer keeps it at hash speed."""
-    h = hashlib.sha256()
-    buf = bytearray(4 * MIB)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
 
 
 def _new_image_id() -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import re
@@ -29,6 +28,7 @@ from typing import IO
 
 from banger.core.errors import InvalidInput, NotFound
 from banger.host.ext4 import make_ext4, resize_ext4
+from banger.host.files import sha256_file
 from banger.host.run import require_tool, run
 from banger.images import ext4_import
 from banger.images.flatten import Entry, EntryKind, entries_under, flatten_layers
@@ -110,34 +110,6 @@ def _rmtree(path: Path) -> None:
             func(p)
 
     shutil.rmtree(path, onerror=onerror)
-
-
-_ZEROS = bytes(4 * MIB)
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a (sparse) file: holes are hashed as zeros without being read."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        fd, size, pos = f.fileno(), os.fstat(f.fileno()).st_size, 0
-        while pos < size:
-            try:
-                data_at = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole is left
-                data_at = size
-            while pos < data_at:
-                n = min(len(_ZEROS), data_at - pos)
-                h.update(memoryview(_ZEROS)[:n])
-                pos += n
-            if pos >= size:
-                break
-            hole_at = os.lseek(fd, pos, os.SEEK_HOLE)
-            f.seek(pos)
-            while pos < hole_at:
-                chunk = f.read(min(4 * MIB, hole_at - pos))
-                h.update(chunk)
-                pos += len(chunk)
-    return h.hexdigest()
 
 
 # --- source detection ----------------------------------------------------------
@@ -319,7 +291,7 @@ def _manifest(
         kernel_name=req.kernel_name,
         rootfs_bytes=rootfs.stat().st_size,
         work_seed_bytes=seed.stat().st_size,
-        rootfs_sha256=file_sha256(rootfs),
+        rootfs_sha256=sha256_file(rootfs),
         build_seconds=round(time.monotonic() - started, 3),
     )
 

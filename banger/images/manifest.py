@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from banger.core.errors import StoreError
+from banger.host.files import atomic_write_text
 
 MANIFEST_NAME = "image.json"
 ROOTFS_NAME = "rootfs.ext4"
@@ -59,19 +58,8 @@ class ImageManifest:
 
 def write_manifest(image_dir: Path, manifest: ImageManifest) -> Path:
     """Write ``image_dir/image.json`` atomically."""
-    dest = image_dir / MANIFEST_NAME
     text = json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".image.json.", dir=image_dir)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
+    return atomic_write_text(image_dir / MANIFEST_NAME, text)
 
 
 def read_manifest(image_dir: Path) -> ImageManifest:

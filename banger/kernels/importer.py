@@ -24,6 +24,7 @@ from pathlib import Path
 
 from banger.core.errors import Conflict, InvalidInput, NotFound, StoreError
 from banger.core.validate import validate_name
+from banger.host.files import fsync_dir
 from banger.host.run import require_tool, run
 from banger.kernels.catalog import catalog_entry, fetch_package
 from banger.kernels.initramfs import build_initramfs
@@ -33,7 +34,6 @@ from banger.kernels.manifest import (
     VMLINUZ,
     KernelManifest,
     describe_file,
-    fsync_dir,
     load_manifest,
     write_manifest,
 )

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from banger.core.errors import StoreError
+from banger.host.files import atomic_write_text, sha256_file
 
 MANIFEST = "manifest.json"
 SCHEMA = 1
@@ -76,42 +75,14 @@ class KernelManifest:
             ) from exc
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def describe_file(path: Path) -> KernelFile:
     return KernelFile(path.name, sha256_file(path), path.stat().st_size)
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_manifest(manifest: KernelManifest, directory: Path) -> Path:
-    """Write ``directory/manifest.json`` atomically: temp file, fsync, rename, fsync dir."""
-    target = directory / MANIFEST
-    tmp = directory / f".{MANIFEST}.tmp-{os.getpid()}"
-    data = json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(directory)
-    return target
+    """Write ``directory/manifest.json`` atomically."""
+    text = json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n"
+    return atomic_write_text(directory / MANIFEST, text)
 
 
 def load_manifest(directory: Path) -> KernelManifest:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from banger.core.errors import BangerError
-from banger.images.build import build_image, sha256_file
+from banger.host.files import sha256_file
+from banger.images.build import build_image
 from banger.images.guest_bits import LEAN_INIT
 from tests.support.image import ensure_test_image
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from banger.core.errors import InvalidInput, StoreError
-from banger.kernels import manifest as mf
+from banger.host import files
 from banger.kernels.importer import delete_kernel, get_kernel, import_kernel, list_kernels
 from banger.kernels.manifest import (
     KernelFile,
@@ -66,7 +66,7 @@ def test_a_failed_write_leaves_the_previous_manifest_intact_and_no_temp_file(
     def crash(*_a: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(mf.os, "fsync", crash)
+    monkeypatch.setattr(files.os, "fsync", crash)  # the shared atomic write
     with pytest.raises(OSError, match="disk full"):
         write_manifest(m, tmp_path)
     assert (tmp_path / "manifest.json").read_bytes() == before
