@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from banger.core.errors import InvalidInput
+from banger.core.validate import validate_name
 from banger.host.ext4 import make_ext4
 from banger.host.files import sha256_file
 from banger.host.run import require_tool, run
@@ -63,7 +64,6 @@ BUILD_TIMEOUT = 1800.0
 # Debian policy 5.6.1: lowercase alphanumerics and + - . , at least two long,
 # starting with an alphanumeric.
 _PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
-_IMAGE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 # Docs, man pages and translations nobody reads in a sandbox: smaller, faster builds.
 _DPKG_EXCLUDES = (
     "path-exclude=/usr/share/man/*",
@@ -87,16 +87,6 @@ def validate_package_names(packages: Sequence[str]) -> tuple[str, ...]:
             )
         seen.setdefault(pkg, None)
     return tuple(seen)
-
-
-def validate_image_name(name: str) -> str:
-    if not _IMAGE_NAME_RE.fullmatch(name):
-        raise InvalidInput(
-            f"'{name}' is not a valid image name",
-            hint="use up to 63 lowercase letters, digits, '.', '_' or '-', starting with a "
-            "letter or digit",
-        )
-    return name
 
 
 def parse_source(source: str) -> str:
@@ -207,7 +197,7 @@ def build_image(
 ) -> ImageManifest:
     """Build a golden image into ``images_dir/<id>/`` and return its manifest."""
     say = progress or (lambda _msg: None)
-    validate_image_name(name)
+    validate_name(name, "image")
     suite = parse_source(source)
     extra = validate_package_names(packages)
     if size_bytes is not None and size_bytes < 512 * MIB:

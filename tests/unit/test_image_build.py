@@ -11,13 +11,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from banger.core.errors import InvalidInput, StoreError
+from banger.core.validate import validate_name
 from banger.images.build import (
     BASE_PACKAGES,
     build_image,
     mirror_lines,
     mmdebstrap_argv,
     parse_source,
-    validate_image_name,
     validate_package_names,
 )
 from banger.images.manifest import ImageManifest, read_manifest, write_manifest
@@ -61,10 +61,13 @@ def test_from_accepts_debian_suites_only() -> None:
 
 
 def test_image_names_follow_the_grammar() -> None:
-    assert validate_image_name("debian-bookworm") == "debian-bookworm"
+    # build_image checks its name with the one grammar every name follows (core.validate).
+    assert validate_name("debian-bookworm", "image") == "debian-bookworm"
     for bad in ("", "Debian", "../x", "a b", "-x", "x" * 64):
         with pytest.raises(InvalidInput):
-            validate_image_name(bad)
+            validate_name(bad, "image")
+        with pytest.raises(InvalidInput):
+            build_image(bad, Path("/nonexistent"), kernel_name=None)
 
 
 def test_mmdebstrap_argv_is_minbase_with_the_packages_and_the_hook() -> None:
