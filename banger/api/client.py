@@ -61,9 +61,11 @@ class Client:
         *,
         timeout: float = 60.0,
         on_version_drift: Callable[[str], None] | None = None,
+        on_not_running: Callable[[], None] | None = None,
     ) -> None:
         self.socket_path = socket_path
         self._on_version_drift = on_version_drift
+        self._on_not_running = on_not_running
         self._drift_reported = False
         self._conn = UnixHTTPConnection(socket_path, timeout)
 
@@ -113,7 +115,14 @@ class Client:
         if params:
             url += "?" + urlencode(params)
         body = None if json_body is None else json.dumps(json_body).encode()
-        status, headers, data = self._send(method, url, body)
+        try:
+            status, headers, data = self._send(method, url, body)
+        except DaemonNotRunning:
+            if self._on_not_running is None:
+                raise
+            # Nothing reached a daemon (the connect failed), so even a POST is safe to resend.
+            self._on_not_running()
+            status, headers, data = self._send(method, url, body)
         self._check_version(headers)
         payload = json.loads(data) if data else None
         if status >= 400:

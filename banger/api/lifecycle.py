@@ -71,7 +71,14 @@ def stop_daemon(client: Client) -> int | None:
 
 
 def connect(settings: Settings, *, on_version_drift: DriftHandler | None = None) -> Client:
-    """A client for the user's daemon, starting the daemon when it is not running."""
-    client = Client(settings.paths.socket, on_version_drift=on_version_drift)
-    start_daemon(settings, client)
-    return client
+    """A client for the user's daemon; the first request that finds no daemon starts one.
+
+    No ping up front: a running daemon (the usual case) costs each command one
+    round trip, not two.
+    """
+
+    def start() -> None:
+        with Client(settings.paths.socket) as probe:
+            start_daemon(settings, probe)
+
+    return Client(settings.paths.socket, on_version_drift=on_version_drift, on_not_running=start)
