@@ -9,10 +9,12 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-class _Backoff:
+class Backoff:
     """Pauses that double from ``interval`` up to ``max_interval``, cut short at the deadline."""
 
-    def __init__(self, timeout: float, interval: float, max_interval: float) -> None:
+    def __init__(
+        self, timeout: float, interval: float = 0.02, max_interval: float = 0.25
+    ) -> None:
         self.deadline = time.monotonic() + timeout
         self.delay = interval
         self.max_interval = max_interval
@@ -35,7 +37,7 @@ def poll_until(
     max_interval: float = 0.25,
 ) -> T | None:
     """Call ``check`` until it returns something truthy or ``timeout`` passes."""
-    backoff = _Backoff(timeout, interval, max_interval)
+    backoff = Backoff(timeout, interval, max_interval)
     while not (result := check()):
         if (pause := backoff.next_pause()) is None:
             return None

@@ -15,13 +15,14 @@ import logging
 import os
 import shlex
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
 
 from banger.core.errors import GuestError, InvalidInput, StoreError
+from banger.core.wait import Backoff
 from banger.host.run import CommandError, arun, arun_to_log, require_tool, run
 
 log = logging.getLogger("banger.host.ssh")
@@ -215,23 +216,47 @@ async def open_master(
     """
     argv = ssh_argv(host, port, key, known_hosts, command=["true"], connect_timeout=2,
                     control_path=control_path)
-    delay = 0.02
+
+    async def attempt(remaining: float) -> str | None:
+        try:
+            status = await arun_to_log(argv, log_path=log_path, timeout=min(remaining, 15))
+        except CommandError as exc:  # a try that timed out: try again
+            return exc.message
+        return None if status == 0 else f"ssh exited with status {status} (see {log_path})"
+
+    await _until_ssh_accepts(host, port, deadline=deadline, alive=alive, attempt=attempt)
+
+
+async def _until_ssh_accepts(
+    host: str,
+    port: int,
+    *,
+    deadline: float,
+    alive: Callable[[], bool] | None,
+    attempt: Callable[[float], Awaitable[str | None]],
+) -> None:
+    """Retry ``attempt`` (None: success, else why it failed) with a backoff until ``deadline``.
+
+    ``alive`` (e.g. the VMM handle's ``running``) ends the wait early when the VM died.
+    """
+    backoff = Backoff(deadline - time.monotonic())
+    last = "no attempt"
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise GuestError(
-                f"SSH on {host}:{port} did not accept our key in time",
+                f"SSH on {host}:{port} did not accept our key in time: {last}",
                 hint="see the VM's console log (banger vm logs)",
             )
         if alive is not None and not alive():
             raise GuestError(f"the VM behind {host}:{port} exited before SSH came up")
-        try:
-            if await arun_to_log(argv, log_path=log_path, timeout=min(remaining, 15)) == 0:
-                return
-        except CommandError as exc:  # a try that timed out: try again
-            log.debug("ssh readiness try failed: %s", exc)
-        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 0.25)
+        failure = await attempt(remaining)
+        if failure is None:
+            return
+        last = failure
+        pause = backoff.next_pause()
+        if pause:
+            await asyncio.sleep(pause)
 
 
 async def close_master(control_path: Path | None) -> None:
@@ -259,28 +284,19 @@ async def wait_for_ssh(
     Bounded retries with a short backoff: the guest's sshd comes up at an
     unknown moment and every 100 ms of slack is visible in ``vm run``.
     """
-    delay = 0.02
-    last: BaseException | None = None
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise GuestError(
-                f"SSH on {host}:{port} did not accept our key in time: {last or 'no attempt'}",
-                hint="see the VM's console log (banger vm logs)",
-            )
-        if alive is not None and not alive():
-            raise GuestError(f"the VM behind {host}:{port} exited before SSH came up")
+
+    async def attempt(remaining: float) -> str | None:
         try:
             opts = _connect_options(key, known_hosts, min(remaining, CONNECT_TIMEOUT))
             async with asyncio.timeout(remaining):
                 conn = await asyncssh.connect(host, port, **opts)
             conn.close()
             await conn.wait_closed()
-            return
         except (OSError, asyncssh.Error, TimeoutError) as exc:
-            last = exc
-        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 0.25)
+            return str(exc) or type(exc).__name__
+        return None
+
+    await _until_ssh_accepts(host, port, deadline=deadline, alive=alive, attempt=attempt)
 
 
 async def ssh_exec(

@@ -20,7 +20,6 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import ClassVar
@@ -29,6 +28,7 @@ from qemu.qmp import QMPClient, QMPError
 
 from banger.core.errors import Conflict, HostToolError
 from banger.core.vmspec import TapNet, UserNet, VMSpec, kernel_cmdline
+from banger.core.wait import Backoff
 from banger.host.run import arun_to_log, require_tool
 from banger.vmm import proc
 from banger.vmm.base import Handle, StopOutcome, signal_handle
@@ -190,8 +190,7 @@ class QemuBackend:
 
     async def wait_ready(self, handle: Handle, *, timeout: float) -> None:
         """Return once the process runs and QMP answers ``query-status``."""
-        deadline = time.monotonic() + timeout
-        delay = 0.01
+        backoff = Backoff(timeout, interval=0.01, max_interval=0.2)
         while True:
             if not handle.running():
                 raise HostToolError(
@@ -202,14 +201,14 @@ class QemuBackend:
                 await self.query_status(handle)
                 return
             except (QMPError, OSError, TimeoutError) as exc:
-                if time.monotonic() + delay > deadline:
+                pause = backoff.next_pause()
+                if pause is None:
                     raise HostToolError(
                         f"QEMU of VM {handle.vm_id} did not answer QMP within {timeout:.0f}s: "
                         f"{exc}",
                         hint=f"see {handle.log_path}",
                     ) from exc
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.2)
+            await asyncio.sleep(pause)
 
     async def shutdown(
         self, handle: Handle, *, graceful: bool = True, timeout: float = 10.0
