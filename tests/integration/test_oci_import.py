@@ -141,13 +141,3 @@ def test_rootfs_tarball_with_a_guest_directory_linked_out_of_the_tree_is_refused
     assert list(outside.iterdir()) == []
     assert [p.name for p in (tmp_path / "images").iterdir()] == []
 
-
-def test_sparse_aware_sha256_equals_the_plain_digest(tmp_path: Path) -> None:
-    from banger.host.files import sha256_file
-
-    path = tmp_path / "sparse"
-    with open(path, "wb") as f:
-        f.truncate(9 << 20)
-        f.seek(5 << 20)
-        f.write(b"data in the middle")
-    assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
