@@ -13,7 +13,7 @@ import shutil
 import signal
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -39,6 +39,7 @@ GRACEFUL_STOP_TIMEOUT = 10.0
 ACPI_STOP_TIMEOUT = 3.0
 SIGNALS = ("TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2", "ABRT")
 ACTIVE = (VMState.STARTING, VMState.RUNNING, VMState.STOPPING)
+VerbAct = Callable[[OperationContext, VMRecord], Awaitable[VMRecord]]
 
 
 def vm_info(vm: VMRecord, network: VMNetwork, image_name: str | None = None) -> VMInfo:
@@ -176,18 +177,61 @@ class VMService:
 
     # -- verbs --------------------------------------------------------------------------
 
-    def start(self, ref: str) -> Work:
+    def _verb(self, ref: str, act: VerbAct) -> Work:
+        """Work that runs ``act`` on the VM under its lock; an unknown ref fails right away."""
         self.store.vms.get(ref)
 
         async def work(ctx: OperationContext) -> dict[str, Any]:
             async with self.locked(ref) as vm:
-                if vm.state is VMState.RUNNING and self.handle(vm):
-                    return self.info(vm).model_dump(mode="json")
-                if vm.state in ACTIVE:  # a stale row: the VMM is gone
-                    vm = await self._teardown(vm)
-                return self.info(await self._boot_or_stop(ctx, vm)).model_dump(mode="json")
+                return self.info(await act(ctx, vm)).model_dump(mode="json")
 
         return work
+
+    def start(self, ref: str) -> Work:
+        return self._verb(ref, self._start)
+
+    def stop(self, ref: str) -> Work:
+        return self._verb(ref, self._stop_stage)
+
+    def restart(self, ref: str) -> Work:
+        async def restart(ctx: OperationContext, vm: VMRecord) -> VMRecord:
+            return await self._boot_or_stop(ctx, await self._stop_stage(ctx, vm))
+
+        return self._verb(ref, restart)
+
+    def kill(self, ref: str, signame: str) -> Work:
+        if signame.upper().removeprefix("SIG") not in SIGNALS:
+            raise InvalidInput(
+                f"unknown signal {signame!r}", hint=f"use one of: {' '.join(SIGNALS)}"
+            )
+        sig = signal.Signals[f"SIG{signame.upper().removeprefix('SIG')}"]
+
+        async def kill(ctx: OperationContext, vm: VMRecord) -> VMRecord:
+            with ctx.stage("signal", detail=sig.name):
+                handle = self.handle(vm)
+                if handle is None:
+                    return await self._teardown(vm) if vm.state in ACTIVE else vm
+                self.backend.kill(handle, sig)
+                if await self.backend.wait_exit(handle, timeout=5):
+                    vm = await self._teardown(vm)
+                return vm
+
+        return self._verb(ref, kill)
+
+    def delete(self, ref: str) -> Work:
+        async def delete(ctx: OperationContext, vm: VMRecord) -> VMRecord:
+            with ctx.stage("delete"):
+                await self.destroy(vm)
+            return vm
+
+        return self._verb(ref, delete)
+
+    async def _start(self, ctx: OperationContext, vm: VMRecord) -> VMRecord:
+        if vm.state is VMState.RUNNING and self.handle(vm):
+            return vm
+        if vm.state in ACTIVE:  # a stale row: the VMM is gone
+            vm = await self._teardown(vm)
+        return await self._boot_or_stop(ctx, vm)
 
     async def _boot_or_stop(self, ctx: OperationContext, vm: VMRecord) -> VMRecord:
         try:
@@ -202,16 +246,9 @@ class VMService:
             )
             raise
 
-    def stop(self, ref: str) -> Work:
-        self.store.vms.get(ref)
-
-        async def work(ctx: OperationContext) -> dict[str, Any]:
-            async with self.locked(ref) as vm:
-                with ctx.stage("stop"):
-                    vm = await self._stop(vm)
-                return self.info(vm).model_dump(mode="json")
-
-        return work
+    async def _stop_stage(self, ctx: OperationContext, vm: VMRecord) -> VMRecord:
+        with ctx.stage("stop"):
+            return await self._stop(vm)
 
     async def _stop(self, vm: VMRecord) -> VMRecord:
         """Guest sync + poweroff over SSH, then ACPI powerdown, then SIGKILL."""
@@ -236,51 +273,6 @@ class VMService:
         except GuestError as exc:
             # The connection often drops as the guest goes down: that is success.
             log.debug("guest poweroff over SSH", vm=vm.name, error=exc.message)
-
-    def restart(self, ref: str) -> Work:
-        self.store.vms.get(ref)
-
-        async def work(ctx: OperationContext) -> dict[str, Any]:
-            async with self.locked(ref) as vm:
-                with ctx.stage("stop"):
-                    vm = await self._stop(vm)
-                return self.info(await self._boot_or_stop(ctx, vm)).model_dump(mode="json")
-
-        return work
-
-    def kill(self, ref: str, signame: str) -> Work:
-        if signame.upper().removeprefix("SIG") not in SIGNALS:
-            raise InvalidInput(
-                f"unknown signal {signame!r}", hint=f"use one of: {' '.join(SIGNALS)}"
-            )
-        sig = signal.Signals[f"SIG{signame.upper().removeprefix('SIG')}"]
-        self.store.vms.get(ref)
-
-        async def work(ctx: OperationContext) -> dict[str, Any]:
-            async with self.locked(ref) as vm:
-                with ctx.stage("signal", detail=sig.name):
-                    handle = self.handle(vm)
-                    if handle is None:
-                        if vm.state in ACTIVE:
-                            vm = await self._teardown(vm)
-                        return self.info(vm).model_dump(mode="json")
-                    self.backend.kill(handle, sig)
-                    if await self.backend.wait_exit(handle, timeout=5):
-                        vm = await self._teardown(vm)
-                return self.info(vm).model_dump(mode="json")
-
-        return work
-
-    def delete(self, ref: str) -> Work:
-        self.store.vms.get(ref)
-
-        async def work(ctx: OperationContext) -> dict[str, Any]:
-            async with self.locked(ref) as vm:
-                with ctx.stage("delete"):
-                    await self.destroy(vm)
-                return self.info(vm).model_dump(mode="json")
-
-        return work
 
     async def destroy(self, vm: VMRecord) -> None:
         """Kill, release and remove everything of ``vm``, its row last (idempotent)."""
