@@ -157,7 +157,7 @@ def test_only_one_default_image_and_promote_moves_it(store: Store) -> None:
 def test_image_used_by_vms_cannot_be_deleted(store: Store, with_image: ImageRecord) -> None:
     store.vms.add(vm("one"))
     store.vms.add(vm("two"))
-    assert store.images.in_use_by_vms("bookworm") == ["one", "two"]
+    assert store.images.in_use_by_vms(with_image.id) == ["one", "two"]
     with pytest.raises(Conflict, match="image 'bookworm' is in use by VM 'one', 'two'") as err:
         store.images.delete("bookworm")
     assert "banger vm delete one two" in (err.value.hint or "")
@@ -356,7 +356,7 @@ def test_mark_interrupted_fails_only_unfinished_operations(store: Store) -> None
     for op_id in ("p", "r"):
         op = store.operations.get(op_id)
         assert op.state is OperationState.FAILED and op.finished_at is not None
-        assert op.error is not None and op.error["message"] == "interrupted by daemon restart"
+        assert op.error is not None and op.error["message"] == "interrupted by a daemon restart"
     assert store.operations.get("s").error is None
     assert store.operations.mark_interrupted() == 0
 
