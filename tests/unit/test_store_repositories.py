@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import threading
 from datetime import UTC, datetime, timedelta
@@ -376,3 +377,18 @@ def test_delete_finished_before_prunes_only_old_finished_operations(store: Store
 def test_naive_timestamps_are_refused(store: Store) -> None:
     with pytest.raises(TypeError, match="naive"):
         store.operations.delete_finished_before(datetime.now())
+
+
+def test_refs_are_exact_and_a_ref_both_id_and_name_is_refused(
+    store: Store, with_image: ImageRecord
+) -> None:
+    first = store.vms.add(vm("first"))
+    # A row an older banger could write: named exactly like another VM's id.
+    store.vms.add(dataclasses.replace(vm(first.id), id="feedfacecafe"))
+    with pytest.raises(Conflict, match="ambiguous") as err:
+        store.vms.get(first.id)
+    assert "'first' (by name) or 'feedfacecafe' (by id)" in (err.value.hint or "")
+    assert store.vms.get("first").id == first.id
+    assert store.vms.get("feedfacecafe").name == first.id
+    assert store.vms.get_key(first.id).name == "first"  # internal callers hold ids
+    assert store.vms.find(first.id[:4]) is None  # never by prefix
