@@ -183,19 +183,26 @@ def load_settings() -> Settings:
     """Read the config file and environment; raise ``InvalidInput`` naming the bad key."""
     path = config_file()
     data: dict[str, Any] = {}
-    if path.exists():
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as exc:
-            raise InvalidInput(
-                f"config {path}: not UTF-8 (byte {exc.object[exc.start]:#04x} at offset "
-                f"{exc.start})",
-                hint="TOML files are UTF-8 text; re-save it as UTF-8",
-            ) from None
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise InvalidInput(
-                f"config {path}: cannot parse: {exc}", hint="fix the TOML syntax"
-            ) from exc
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raw = b""
+    except OSError as exc:
+        raise InvalidInput(
+            f"config {path}: cannot read it: {exc.strerror}", hint="check its owner and mode"
+        ) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(
+            f"config {path}: not UTF-8 (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start})",
+            hint="TOML files are UTF-8 text; re-save it as UTF-8",
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(
+            f"config {path}: cannot parse: {exc}", hint="fix the TOML syntax"
+        ) from exc
     try:
         Settings.model_validate(data)
     except ValidationError as exc:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -280,3 +282,27 @@ def test_a_full_disk_under_a_running_daemon_answers_json_with_op_id(
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
+
+
+def test_an_unwritable_state_dir_stops_the_daemon_with_one_clear_line() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run bangerd as another uid (setpriv)")
+    root = Path(tempfile.mkdtemp(prefix="banger-unwritable-", dir="/tmp"))
+    root.chmod(0o755)  # traversable by uid 65534, writable by root only
+    env = BangerEnv(root)
+    env.state_dir.mkdir(mode=0o755)  # root's: not writable by uid 65534
+    env.runtime_dir.mkdir()
+    os.chown(env.runtime_dir, 65534, 65534)
+    result = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         *env.banger_argv()[:1], "-m", "banger.daemon.main"],
+        env=env.env(HOME=str(env.runtime_dir)), capture_output=True, text=True, timeout=60,
+        cwd="/",
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(
+        f"bangerd: the state directory {env.state_dir} is not writable by uid 65534 ("
+    ), result.stderr
+    assert "state_dir in" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert list(env.state_dir.iterdir()) == []
+    shutil.rmtree(root)
