@@ -6,6 +6,7 @@ Precedence: environment > config file > default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass
@@ -14,13 +15,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
 from banger.core.errors import InvalidInput
+from banger.core.validate import parse_size
 
 ENV_PREFIX = "BANGER_"
 CONFIG_ENV = "BANGER_CONFIG"
+SOCKET_NAME = "bangerd.sock"
+SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes, one of them the NUL
+BRIDGE_PREFIXES = range(8, 31)  # /31 and /32 leave no guest address
 
 
 def _default_runtime_dir() -> str:
@@ -44,6 +49,7 @@ class Settings(BaseModel):
     runtime_dir: Path = Field(
         default_factory=lambda: Path(_default_runtime_dir()),
         description="Sockets and pidfiles.",
+        validate_default=True,  # XDG_RUNTIME_DIR may make the socket path too long
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Daemon log level."
@@ -63,6 +69,43 @@ class Settings(BaseModel):
     ssh_ready_timeout: float = Field(
         default=120.0, gt=0, description="Seconds a booting VM has until its sshd accepts our key."
     )
+
+    @field_validator("bridge_cidr")
+    @classmethod
+    def _check_bridge_cidr(cls, value: str) -> str:
+        """An address with its prefix, e.g. 172.16.0.1/24: the bridge's, inside the subnet."""
+        try:
+            iface = ipaddress.IPv4Interface(value)
+        except ValueError as exc:
+            raise ValueError(f"not an IPv4 address/prefix such as 172.16.0.1/24 ({exc})") from None
+        if "/" not in value or iface.network.prefixlen not in BRIDGE_PREFIXES:
+            raise ValueError("needs a prefix length from /8 to /30, e.g. 172.16.0.1/24")
+        if iface.ip in (iface.network.network_address, iface.network.broadcast_address):
+            raise ValueError(
+                f"{iface.ip} is the subnet's network or broadcast address, not a host address"
+            )
+        return value
+
+    @field_validator("default_disk")
+    @classmethod
+    def _check_default_disk(cls, value: str) -> str:
+        try:
+            parse_size(value, "size")
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from None
+        return value
+
+    @field_validator("runtime_dir")
+    @classmethod
+    def _check_runtime_dir(cls, value: Path) -> Path:
+        socket = os.fsencode(value / SOCKET_NAME)
+        if len(socket) > SUN_PATH_MAX:
+            raise ValueError(
+                f"the daemon socket {value / SOCKET_NAME} would be {len(socket)} bytes, over the "
+                f"{SUN_PATH_MAX} a Unix socket path allows; use a shorter runtime_dir "
+                "(or XDG_RUNTIME_DIR)"
+            )
+        return value
 
     @cached_property
     def paths(self) -> Paths:
@@ -103,7 +146,7 @@ class Paths:
 
     @property
     def socket(self) -> Path:
-        return self.runtime_dir / "bangerd.sock"
+        return self.runtime_dir / SOCKET_NAME
 
     @property
     def pidfile(self) -> Path:
@@ -132,20 +175,34 @@ def _describe(error: ErrorDetails) -> str:
     key = ".".join(str(p) for p in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"unknown key '{key}' (see docs/config.md for the keys)"
-    return f"key '{key}': {error['msg']} (got {error.get('input')!r})"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"key '{key}': {message} (got {error.get('input')!r})"
 
 
 def load_settings() -> Settings:
     """Read the config file and environment; raise ``InvalidInput`` naming the bad key."""
     path = config_file()
     data: dict[str, Any] = {}
-    if path.exists():
-        try:
-            data = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise InvalidInput(
-                f"config {path}: cannot parse: {exc}", hint="fix the TOML syntax"
-            ) from exc
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raw = b""
+    except OSError as exc:
+        raise InvalidInput(
+            f"config {path}: cannot read it: {exc.strerror}", hint="check its owner and mode"
+        ) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(
+            f"config {path}: not UTF-8 (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start})",
+            hint="TOML files are UTF-8 text; re-save it as UTF-8",
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(
+            f"config {path}: cannot parse: {exc}", hint="fix the TOML syntax"
+        ) from exc
     try:
         Settings.model_validate(data)
     except ValidationError as exc:

@@ -15,6 +15,12 @@ class WireModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class RequestModel(WireModel):
+    """A request body: strict types, so ``true`` or ``"2"`` is never read as a count."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
 class ErrorBody(WireModel):
     code: str
     message: str
@@ -107,7 +113,7 @@ class KernelList(WireModel):
     kernels: list[KernelInfo]
 
 
-class KernelImportRequest(WireModel):
+class KernelImportRequest(RequestModel):
     name: str
     source: str
 
@@ -128,24 +134,24 @@ class ImageList(WireModel):
     images: list[ImageInfo]
 
 
-class ImageBuildRequest(WireModel):
+class ImageBuildRequest(RequestModel):
     name: str | None = None
     source: str = "debian:bookworm"
     packages: list[str] = []
     size: str | None = None
 
 
-class ImagePullRequest(WireModel):
+class ImagePullRequest(RequestModel):
     ref: str
     name: str | None = None
 
 
-class ImageImportRequest(WireModel):
+class ImageImportRequest(RequestModel):
     path: str
     name: str | None = None
 
 
-class CachePruneRequest(WireModel):
+class CachePruneRequest(RequestModel):
     dry_run: bool = False
 
 
@@ -181,7 +187,7 @@ class VMList(WireModel):
     vms: list[VMInfo]
 
 
-class VMCreateRequest(WireModel):
+class VMCreateRequest(RequestModel):
     name: str | None = None
     image: str | None = None
     vcpu: int | None = None
@@ -190,17 +196,17 @@ class VMCreateRequest(WireModel):
     start: bool = True
 
 
-class VMSetRequest(WireModel):
+class VMSetRequest(RequestModel):
     vcpu: int | None = None
     memory_mib: int | None = None
     disk: str | None = None
 
 
-class VMKillRequest(WireModel):
+class VMKillRequest(RequestModel):
     signal: str = "KILL"
 
 
-class SSHCommandRequest(WireModel):
+class SSHCommandRequest(RequestModel):
     command: list[str] = []
     tty: bool = False
 

@@ -42,7 +42,7 @@ def kernel_catalog(ctx: CliContext, as_json: bool) -> None:
     Example:
       banger kernel catalog
     """
-    catalog = ctx.client().get_model("/kernels/catalog", KernelCatalog)
+    catalog = ctx.client().get_model("/kernel-catalog", KernelCatalog)
     if as_json:
         print_json(catalog.model_dump(mode="json"))
         return

@@ -86,6 +86,14 @@ class StoreError(BangerError):
     exit_code = 9
 
 
+class InternalError(BangerError):
+    """An exception no layer turned into a BangerError: a bug, reported with its op_id."""
+
+    code = "internal"
+    http_status = 500
+    exit_code = 10
+
+
 class DaemonNotRunning(Unavailable):
     """No daemon answers on the socket."""
 
@@ -111,6 +119,7 @@ ERROR_CLASSES: dict[str, type[BangerError]] = {
         HostToolError,
         GuestError,
         StoreError,
+        InternalError,
         Cancelled,
     )
 }

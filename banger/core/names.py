@@ -1,9 +1,20 @@
-"""Readable generated VM names: ``<adjective>-<noun>-<4 hex>``."""
+"""Object ids (12 hex digits) and readable generated VM names: ``<adjective>-<noun>-<4 hex>``."""
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Container
+
+ID_LEN = 12
+# The shape of every id banger makes (VMs, images, operations). No name may take it,
+# so a ref is never both one object's id and another's name.
+ID_RE = re.compile(f"[0-9a-f]{{{ID_LEN}}}", re.ASCII)
+
+
+def new_id() -> str:
+    """A fresh random id: ``ID_LEN`` lowercase hex digits."""
+    return secrets.token_hex(ID_LEN // 2)
 
 _ADJECTIVES = (
     "brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lively", "merry",

@@ -12,6 +12,7 @@ from fractions import Fraction
 from typing import Literal
 
 from banger.core.errors import InvalidInput
+from banger.core.names import ID_RE
 
 NameKind = Literal["VM", "image", "kernel"]
 
@@ -75,6 +76,18 @@ def validate_name(name: str, kind: NameKind = "VM") -> str:
             f"{prefix}: {len(name)} characters, at most {NAME_MAX_LEN} allowed", hint=hint
         )
     raise InvalidInput(f"{prefix}: must not start or end with '-'", hint=hint)
+
+
+def validate_new_name(name: str, kind: NameKind = "VM") -> str:
+    """:func:`validate_name`, and not shaped like an id: the name of an object being made."""
+    validate_name(name, kind)
+    if ID_RE.fullmatch(name):
+        raise InvalidInput(
+            f"invalid {kind} name {name!r}: 12 hex digits is the shape of an id, "
+            "and a name must never be mistaken for another object's id",
+            hint="add a letter outside a-f or a '-', e.g. " + repr(f"{kind.lower()}-{name}"),
+        )
+    return name
 
 
 def validate_vm_name(name: str, kind: NameKind = "VM") -> str:

@@ -24,7 +24,7 @@ from banger.api.models import (
 )
 from banger.core.errors import BangerError, Forbidden, InvalidInput
 from banger.daemon import artifact_routes, doctor, vm_routes
-from banger.daemon.operations import new_op_id
+from banger.daemon.operations import new_op_id, unexpected_error
 from banger.daemon.peercred import peer_uid
 from banger.daemon.routes import DaemonDep, api_router
 from banger.daemon.state import Daemon
@@ -124,7 +124,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _request_context(
     request: Request, call_next: Callable[[Request], Awaitable[Response]]
 ) -> Response:
-    """Give every request an op_id, refuse foreign uids, and stamp the version header."""
+    """Give every request an op_id, refuse foreign uids, turn any exception into JSON."""
     op_id = new_op_id()
     request.state.op_id = op_id
     structlog.contextvars.clear_contextvars()
@@ -141,7 +141,12 @@ async def _request_context(
             op_id,
         )
     started = time.monotonic()
-    response = await call_next(request)
+    try:
+        response = await call_next(request)
+    except Exception as exc:  # errors are total: a bug still answers JSON with its op_id
+        log.exception("request crashed", method=request.method, path=request.url.path)
+        error = unexpected_error(exc, daemon.settings.paths.log_file)
+        response = _error_response(error, op_id)
     response.headers[OP_ID_HEADER] = op_id
     response.headers[VERSION_HEADER] = version_tag()
     log.info(

@@ -27,7 +27,8 @@ from banger.daemon.routes import DaemonDep, Ref, api_router, request_op_id
 router = api_router("images and kernels")
 
 
-@router.get("/kernels/catalog", response_model=KernelCatalog)
+# Not under /kernels/: GET /kernels/{name} must reach a kernel named "catalog" too.
+@router.get("/kernel-catalog", response_model=KernelCatalog)
 async def kernel_catalog(daemon: DaemonDep) -> KernelCatalog:
     return KernelCatalog(kernels=daemon.kernels.catalog())
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from banger.api.models import Operation
+from banger.api.models import ErrorBody, Operation, Stage
 from banger.store.db import Store
 from banger.store.records import OperationRecord
 
@@ -30,3 +30,22 @@ def operation_recorder(store: Store) -> Callable[[Operation], None]:
             )
 
     return persist
+
+
+def operation_recaller(store: Store) -> Callable[[str], Operation | None]:
+    """A recall hook for the registry: an operation of an earlier daemon, from its row."""
+
+    def recall(op_id: str) -> Operation | None:
+        record = store.operations.find(op_id)
+        if record is None or record.created_at is None or record.updated_at is None:
+            return None
+        error = ErrorBody.model_validate({"op_id": op_id, **record.error}) if record.error else None
+        return Operation(
+            id=record.id, kind=record.kind, target=record.target, state=record.state,
+            stages=[Stage.model_validate(s) for s in record.stages],
+            result=record.result if isinstance(record.result, dict) else None, error=error,
+            created_at=record.created_at, updated_at=record.updated_at,
+            finished_at=record.finished_at,
+        )
+
+    return recall

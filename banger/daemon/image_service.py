@@ -10,7 +10,7 @@ from typing import Any
 
 from banger.api.models import ImageInfo
 from banger.core.errors import Conflict, InvalidInput, NotFound
-from banger.core.validate import parse_size, validate_name
+from banger.core.validate import parse_size, validate_new_name
 from banger.daemon.kernel_service import KernelService
 from banger.daemon.operations import OperationContext, Work
 from banger.images.build import build_image, parse_source, validate_package_names
@@ -54,7 +54,7 @@ class ImageService:
         self.cache_dir = cache_dir
 
     def _ensure_name_free(self, name: str) -> None:
-        validate_name(name, "image")
+        validate_new_name(name, "image")
         if self.store.images.find(name) is not None:
             raise Conflict(
                 f"image '{name}' already exists",

@@ -7,7 +7,7 @@ from typing import Any
 
 from banger.api.models import CatalogKernel, KernelInfo
 from banger.core.errors import Conflict, InvalidInput
-from banger.core.validate import validate_name
+from banger.core.validate import validate_name, validate_new_name
 from banger.daemon.operations import OperationContext, Work
 from banger.kernels import catalog
 from banger.kernels.importer import delete_kernel, import_kernel, pull_kernel
@@ -82,7 +82,7 @@ class KernelService:
 
     def import_(self, name: str, source: Path) -> Work:
         """Validate now; the returned work imports ``source`` (a dir or a .deb) as ``name``."""
-        validate_name(name, "kernel")
+        validate_new_name(name, "kernel")
         if self.store.kernels.find(name) is not None:
             raise Conflict(
                 f"kernel '{name}' already exists",

@@ -10,27 +10,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
 
 from banger.api.errors import error_body
 from banger.api.models import Operation, OperationState, Stage, StageState
-from banger.core.errors import BangerError, Cancelled, NotFound
+from banger.core.errors import BangerError, Cancelled, InternalError, NotFound
+from banger.core.names import new_id
 
 log = structlog.get_logger("banger.daemon.operations")
 
 T = TypeVar("T")
 Work = Callable[["OperationContext"], Awaitable[dict[str, Any] | None]]
 Persist = Callable[[Operation], None]
+Recall = Callable[[str], Operation | None]
 
 
 def new_op_id() -> str:
-    return uuid.uuid4().hex[:12]
+    return new_id()
 
 
 def host_os_error(exc: OSError) -> BangerError:
@@ -38,6 +40,19 @@ def host_os_error(exc: OSError) -> BangerError:
     where = f" ({exc.filename})" if exc.filename else ""
     hint = "free some disk space and try again" if exc.errno == errno.ENOSPC else None
     return BangerError(f"{exc.strerror or exc}{where}", hint=hint)
+
+
+def unexpected_error(exc: BaseException, log_file: Path | None = None) -> BangerError:
+    """The user-facing error for an exception that no layer turned into a BangerError."""
+    if isinstance(exc, BangerError):
+        return exc
+    if isinstance(exc, OSError):
+        return host_os_error(exc)
+    where = f"the traceback is in {log_file}" if log_file else "the traceback is in the daemon log"
+    return InternalError(
+        f"internal error: {type(exc).__name__}: {exc}",
+        hint=f"this is a bug in banger; {where} (search it for the op id)",
+    )
 
 
 def _now() -> datetime:
@@ -103,10 +118,20 @@ class OperationContext:
 
 
 class OperationRegistry:
-    def __init__(self, *, ttl_seconds: float, persist: Persist | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        ttl_seconds: float,
+        persist: Persist | None = None,
+        recall: Recall | None = None,
+        log_file: Path | None = None,
+    ) -> None:
+        """``persist`` records operations, ``recall`` finds those of an earlier daemon."""
         self._entries: dict[str, _Entry] = {}
         self._ttl = timedelta(seconds=ttl_seconds)
         self._persist = persist
+        self._recall = recall
+        self._log_file = log_file
 
     def begin(
         self, kind: str, work: Work, *, target: str | None = None, op_id: str | None = None
@@ -129,27 +154,29 @@ class OperationRegistry:
         return op.model_copy(deep=True)
 
     async def _run(self, entry: _Entry, work: Work) -> None:
+        """Run the work; whatever it raises (even BaseException) finishes the operation."""
         op = entry.op
         try:
             op.result = await work(OperationContext(self, entry))
             op.state = OperationState.SUCCEEDED
         except asyncio.CancelledError:
-            op.state = OperationState.CANCELLED
-            op.error = error_body(Cancelled("operation cancelled"), op.id)
-        except BangerError as exc:
-            op.state = OperationState.FAILED
-            op.error = error_body(exc, op.id)
-        except OSError as exc:
-            op.state = OperationState.FAILED
-            op.error = error_body(host_os_error(exc), op.id)
-        except Exception as exc:  # an unexpected bug must still end the operation
-            log.exception("operation crashed", operation=op.id)
-            op.state = OperationState.FAILED
-            op.error = error_body(BangerError(f"internal error: {exc}"), op.id)
-        op.finished_at = _now()
-        self.touch(entry)
-        self._save(op)
-        log.info("operation finished", operation=op.id, state=str(op.state))
+            self._fail(op, OperationState.CANCELLED, Cancelled("operation cancelled"))
+        except BaseException as exc:
+            if not isinstance(exc, BangerError | OSError):
+                log.exception("operation crashed", operation=op.id)
+            self._fail(op, OperationState.FAILED, unexpected_error(exc, self._log_file))
+            if not isinstance(exc, Exception):
+                raise  # SystemExit, KeyboardInterrupt: recorded, and still stop the daemon
+        finally:
+            op.finished_at = _now()
+            self.touch(entry)
+            self._save(op)
+            log.info("operation finished", operation=op.id, state=str(op.state))
+
+    @staticmethod
+    def _fail(op: Operation, state: OperationState, error: BangerError) -> None:
+        op.state = state
+        op.error = error_body(error, op.id)
 
     def touch(self, entry: _Entry) -> None:
         entry.op.revision += 1
@@ -163,17 +190,21 @@ class OperationRegistry:
             return
         try:
             self._persist(op)
-        except BangerError as exc:  # history is best effort; the operation itself goes on
-            log.warning("could not record operation", operation=op.id, error=exc.message)
+        except Exception as exc:  # history is best effort; the operation itself goes on
+            log.warning("could not record operation", operation=op.id, error=repr(exc))
 
     def _entry(self, op_id: str) -> _Entry:
-        try:
-            return self._entries[op_id]
-        except KeyError:
+        """The live operation; one of an earlier daemon (finished) comes from history."""
+        entry = self._entries.get(op_id)
+        if entry is not None:
+            return entry
+        past = self._recall(op_id) if self._recall is not None else None
+        if past is None:
             raise NotFound(
                 f"operation {op_id!r} not found",
-                hint="finished operations are kept for a while; list them with the API",
-            ) from None
+                hint="finished operations are kept for operation_ttl_seconds, then pruned",
+            )
+        return _Entry(past)
 
     def get(self, op_id: str) -> Operation:
         return self._entry(op_id).op.model_copy(deep=True)

@@ -17,7 +17,7 @@ import uvicorn
 from banger.config import Settings
 from banger.core.errors import Conflict
 from banger.daemon.app import create_app
-from banger.daemon.history import operation_recorder
+from banger.daemon.history import operation_recaller, operation_recorder
 from banger.daemon.operations import OperationRegistry
 from banger.daemon.peercred import PeerCredProtocol
 from banger.daemon.state import Daemon
@@ -82,7 +82,10 @@ async def serve(settings: Settings) -> None:
     if interrupted:
         log.warning("operations interrupted by the previous daemon", count=interrupted)
     registry = OperationRegistry(
-        ttl_seconds=settings.operation_ttl_seconds, persist=operation_recorder(store)
+        ttl_seconds=settings.operation_ttl_seconds,
+        persist=operation_recorder(store),
+        recall=operation_recaller(store),
+        log_file=paths.log_file,
     )
     daemon = Daemon.build(settings, store, registry, frozenset({os.getuid(), 0}))
     sock = bind_socket(paths.socket)

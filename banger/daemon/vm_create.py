@@ -9,30 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from banger.api.models import VMCreateRequest
 from banger.core.errors import Conflict, InvalidInput, Unavailable
-from banger.core.names import generate_vm_name
+from banger.core.names import generate_vm_name, new_id
 from banger.core.states import VMState
 from banger.core.validate import (
     format_size,
     parse_size,
     validate_memory_mib,
-    validate_name,
+    validate_new_name,
     validate_vcpu,
 )
 from banger.daemon.image_service import DEFAULT_SOURCE, ImageService
 from banger.daemon.operations import OperationContext, Work
 from banger.daemon.vm_layout import VMFiles
-from banger.daemon.vm_service import VMService
+from banger.daemon.vm_service import VMService, check_host_room
 from banger.host import disks, ssh
 from banger.host.net import allocate_mac
-from banger.host.probes import memory_available_mib
 from banger.images.manifest import ROOTFS_NAME, WORK_SEED_NAME
 from banger.store.records import ImageRecord, VMRecord
 
@@ -47,25 +44,15 @@ class CreatePlan:
     start: bool
 
 
-def _check_host_room(plan: CreatePlan, state_dir: os.PathLike[str]) -> None:
-    cpus = os.cpu_count() or 1
-    if plan.vcpu > cpus:
+def _check_seed_fits(image: ImageRecord, disk_bytes: int) -> None:
+    """The work disk starts as a copy of the image's work seed, so it cannot be smaller."""
+    seed = image.path / WORK_SEED_NAME
+    seed_bytes = seed.stat().st_size if seed.is_file() else 0
+    if disk_bytes < seed_bytes:
         raise InvalidInput(
-            f"--vcpu {plan.vcpu} is more than this host's {cpus} CPUs",
-            hint=f"use --vcpu {cpus} or fewer",
-        )
-    available = memory_available_mib()
-    if available is not None and plan.memory_mib > available:
-        raise InvalidInput(
-            f"--memory {plan.memory_mib} MiB is more than the {available} MiB this host has free",
-            hint="ask for less memory, or stop other VMs",
-        )
-    free = shutil.disk_usage(state_dir).free
-    if plan.disk_bytes > free:
-        raise InvalidInput(
-            f"--disk {format_size(plan.disk_bytes)} is more than the {free // 2**20} MiB free "
-            f"under {state_dir}",
-            hint="ask for a smaller --disk, or free some space (banger vm prune)",
+            f"--disk {format_size(disk_bytes)} is smaller than the work seed of image "
+            f"'{image.name}' ({format_size(seed_bytes)})",
+            hint=f"ask for --disk {format_size(seed_bytes)} or more",
         )
 
 
@@ -79,7 +66,10 @@ class VMCreator:
     def plan(self, req: VMCreateRequest) -> CreatePlan:
         """Validate the request against the store and the host; nothing is created."""
         taken = {vm.name for vm in self.store.vms.list()}
-        name = validate_name(req.name, "VM") if req.name is not None else generate_vm_name(taken)
+        if req.name is None:
+            name = generate_vm_name(taken)
+        else:
+            name = validate_new_name(req.name, "VM")
         if name in taken:
             raise Conflict(
                 f"VM '{name}' already exists",
@@ -97,11 +87,18 @@ class VMCreator:
             memory_mib=validate_memory_mib(
                 req.memory_mib if req.memory_mib is not None else self.settings.default_memory_mib
             ),
-            disk_bytes=parse_size(req.disk or self.settings.default_disk, "disk"),
+            disk_bytes=parse_size(
+                req.disk if req.disk is not None else self.settings.default_disk, "disk"
+            ),
             image=image,
             start=req.start,
         )
-        _check_host_room(plan, self.settings.paths.state_dir)
+        if image is not None:
+            _check_seed_fits(image, plan.disk_bytes)
+        check_host_room(
+            self.settings.paths.state_dir,
+            vcpu=plan.vcpu, memory_mib=plan.memory_mib, disk_bytes=plan.disk_bytes,
+        )
         return plan
 
     def create(self, req: VMCreateRequest) -> tuple[CreatePlan, Work]:
@@ -109,7 +106,7 @@ class VMCreator:
 
         async def work(ctx: OperationContext) -> dict[str, Any]:
             image = plan.image or await self._default_image(ctx)
-            vm_id = uuid.uuid4().hex[:12]
+            vm_id = new_id()
             async with self.vms.lock(vm_id), contextlib.AsyncExitStack() as undo:
                 with ctx.stage("reserve"):
                     vm = self._add_row(vm_id, plan, image)
@@ -118,7 +115,7 @@ class VMCreator:
                 with ctx.stage("disks"):
                     await self._make_disks(vm, image)
                 if plan.start:
-                    vm = await self.vms.boot(ctx, self.store.vms.get(vm.id), undo)
+                    vm = await self.vms.boot(ctx, self.store.vms.get_key(vm.id), undo)
                 vm = self.store.vms.update(vm.id, spec={})
                 undo.pop_all()
             return self.vms.info(vm).model_dump(mode="json")
@@ -131,7 +128,7 @@ class VMCreator:
             name=None, source=DEFAULT_SOURCE, packages=[], size=None
         )(ctx)
         assert result is not None
-        return self.store.images.get(result["id"])
+        return self.store.images.get_key(result["id"])
 
     def _add_row(self, vm_id: str, plan: CreatePlan, image: ImageRecord) -> VMRecord:
         return self.store.vms.add(

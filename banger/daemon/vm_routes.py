@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 from fastapi import Query, Request
@@ -19,8 +20,10 @@ from banger.api.models import (
 )
 from banger.core.errors import Conflict
 from banger.core.states import VMState
+from banger.core.validate import SIZE_MAX
 from banger.daemon.operations import Work
 from banger.daemon.routes import DaemonDep, Ref, api_router, request_op_id
+from banger.host.files import open_nofollow
 
 router = api_router("vms")
 LOG_CHUNK = 256 * 1024
@@ -92,12 +95,12 @@ async def ssh_command(ref: Ref, body: SSHCommandRequest, daemon: DaemonDep) -> S
 
 @router.get("/vms/{ref}/logs", response_model=LogChunk)
 async def vm_logs(
-    ref: Ref, daemon: DaemonDep, offset: Annotated[int, Query(ge=0)] = 0
+    ref: Ref, daemon: DaemonDep, offset: Annotated[int, Query(ge=0, le=SIZE_MAX)] = 0
 ) -> LogChunk:
     """The console log from ``offset`` (at most 256 KiB a call)."""
     path = daemon.vms.files(daemon.store.vms.get(ref)).console_log
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as f:
             f.seek(offset)
             data = f.read(LOG_CHUNK)
     except FileNotFoundError:

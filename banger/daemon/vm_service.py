@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import signal
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -22,12 +24,13 @@ from banger.api.models import VMInfo
 from banger.config import Settings
 from banger.core.errors import BangerError, Conflict, GuestError, InvalidInput
 from banger.core.states import VMState
-from banger.core.validate import parse_size, validate_memory_mib, validate_vcpu
+from banger.core.validate import format_size, parse_size, validate_memory_mib, validate_vcpu
 from banger.core.vmspec import Accel, NetSpec, VMSpec
 from banger.daemon.operations import OperationContext, Work
 from banger.daemon.vm_layout import VMFiles, build_spec
 from banger.daemon.vm_network import VMNetwork
 from banger.host import disks, ssh
+from banger.host.probes import memory_available_mib
 from banger.store.codec import utcnow
 from banger.store.db import Store
 from banger.store.records import VMRecord
@@ -53,6 +56,39 @@ def vm_info(vm: VMRecord, network: VMNetwork, image_name: str | None = None) -> 
     )
 
 
+def check_host_room(
+    state_dir: Path,
+    *,
+    vcpu: int | None = None,
+    memory_mib: int | None = None,
+    disk_bytes: int | None = None,
+    disk_in_use: int = 0,
+) -> None:
+    """Refuse sizes this host cannot give (``create`` and ``set`` alike).
+
+    ``disk_in_use`` is what the disk already takes (``set`` grows an existing one).
+    """
+    cpus = os.cpu_count() or 1
+    if vcpu is not None and vcpu > cpus:
+        raise InvalidInput(
+            f"--vcpu {vcpu} is more than this host's {cpus} CPUs",
+            hint=f"use --vcpu {cpus} or fewer",
+        )
+    available = memory_available_mib()
+    if memory_mib is not None and available is not None and memory_mib > available:
+        raise InvalidInput(
+            f"--memory {memory_mib} MiB is more than the {available} MiB this host has free",
+            hint="ask for less memory, or stop other VMs",
+        )
+    free = shutil.disk_usage(state_dir).free
+    if disk_bytes is not None and disk_bytes - disk_in_use > free:
+        raise InvalidInput(
+            f"--disk {format_size(disk_bytes)} is more than the {free // 2**20} MiB free "
+            f"under {state_dir}",
+            hint="ask for a smaller --disk, or free some space (banger vm prune)",
+        )
+
+
 class VMService:
     def __init__(
         self, settings: Settings, store: Store, network: VMNetwork, backend: Backend, accel: Accel
@@ -72,7 +108,7 @@ class VMService:
         return VMFiles.of(self.paths, vm.id)
 
     def info(self, vm: VMRecord) -> VMInfo:
-        image = self.store.images.find(vm.image_id) if vm.image_id else None
+        image = self.store.images.find_key(vm.image_id) if vm.image_id else None
         return vm_info(vm, self.network, image.name if image else None)
 
     @contextlib.asynccontextmanager
@@ -80,7 +116,7 @@ class VMService:
         """The VM's row, fresh, while holding its lock (one verb at a time per VM)."""
         vm = self.store.vms.get(ref)
         async with self._locks[vm.id]:
-            yield self.store.vms.get(vm.id)
+            yield self.store.vms.get_key(vm.id)
 
     def lock(self, vm_id: str) -> asyncio.Lock:
         """The lock that serialises every verb on one VM."""
@@ -88,7 +124,7 @@ class VMService:
 
     def spec(self, vm: VMRecord, net: NetSpec | None = None) -> VMSpec:
         assert vm.image_id is not None
-        image = self.store.images.get(vm.image_id)
+        image = self.store.images.get_key(vm.image_id)
         kernel = self.store.kernels.get(vm.kernel_name or image.kernel_name or "")
         return build_spec(vm, self.files(vm), image, kernel, net, self.accel)
 
@@ -159,7 +195,7 @@ class VMService:
         while not await self.backend.wait_exit(handle, timeout=3600):
             pass
         async with self._locks[vm_id]:
-            vm = self.store.vms.find(vm_id)
+            vm = self.store.vms.find_key(vm_id)
             if vm is not None and vm.state in ACTIVE and vm.pid == handle.pid:
                 log.info("VM exited on its own", vm=vm.name, pid=handle.pid)
                 await self._teardown(vm)
@@ -291,17 +327,19 @@ class VMService:
 
     async def set(self, ref: str, vcpu: int | None, memory_mib: int | None,
                   disk: str | None) -> VMRecord:
-        """Change a stopped VM's size; the disk only grows."""
+        """Change a stopped VM's size; the disk only grows; the host checks of ``create``."""
         if vcpu is not None:
             validate_vcpu(vcpu)
         if memory_mib is not None:
             validate_memory_mib(memory_mib)
-        new_disk = parse_size(disk, "disk") if disk else None
+        new_disk = parse_size(disk, "disk") if disk is not None else None
         async with self.locked(ref) as vm:
             if vm.state in ACTIVE:
                 raise Conflict(
                     f"VM '{vm.name}' is {vm.state}", hint=f"stop it first: banger vm stop {vm.name}"
                 )
+            check_host_room(self.paths.state_dir, vcpu=vcpu, memory_mib=memory_mib,
+                            disk_bytes=new_disk, disk_in_use=vm.disk_bytes)
             fields: dict[str, Any] = {}
             if vcpu is not None:
                 fields["vcpu"] = vcpu

@@ -1,11 +1,14 @@
-"""File primitives every store of artifacts needs: a sparse-aware sha256 and atomic writes."""
+"""File primitives every store of artifacts needs: sparse sha256, atomic writes, no-follow opens."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
 from pathlib import Path
+
+from banger.core.errors import Conflict
 
 _CHUNK = 4 << 20
 _ZEROS = bytes(_CHUNK)
@@ -39,6 +42,24 @@ def sha256_file(path: Path) -> str:
                 h.update(view[:n])
                 pos += n
     return h.hexdigest()
+
+
+def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` that refuses a symlink at ``path`` (never writes or reads through one)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise Conflict(
+            f"refusing to open {path}: it is a symbolic link, not banger's file",
+            hint=f"something replaced it; look at it (ls -l {path}), remove it, and retry",
+        ) from None
+
+
+def reset_file(path: Path) -> None:
+    """Create ``path`` empty (0600) or empty it; refuse a symlink there (its target untouched)."""
+    os.close(open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
 
 
 def fsync_dir(path: Path) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import shlex
 import shutil
 import sys
@@ -24,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from banger.core.errors import InvalidInput
+from banger.core.names import new_id
 from banger.core.validate import validate_name
 from banger.host.ext4 import make_ext4
 from banger.host.files import sha256_file
@@ -181,10 +181,6 @@ def finish_rootfs(staging: Path, rootdir: Path, size_bytes: int | None = None) -
         make_ext4(seed, seed_size, source_dir=tree / "root", label="banger-work")
 
 
-def _new_image_id() -> str:
-    return secrets.token_hex(6)
-
-
 def build_image(
     name: str,
     images_dir: Path,
@@ -207,7 +203,7 @@ def build_image(
     require_tool("ssh-keygen", "openssh-client")
     all_packages = validate_package_names(BASE_PACKAGES + extra)
     images_dir.mkdir(parents=True, exist_ok=True)
-    image_id = _new_image_id()
+    image_id = new_id()
     staging = Path(tempfile.mkdtemp(prefix=f".build-{image_id}-", dir=images_dir))
     started = time.monotonic()
     try:

@@ -19,7 +19,6 @@ import stat
 import tarfile
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import IO
 
 from banger.core.errors import InvalidInput, NotFound
+from banger.core.names import new_id
 from banger.host.ext4 import make_ext4, resize_ext4
 from banger.host.files import sha256_file
 from banger.host.run import require_tool, run
@@ -263,7 +263,7 @@ def build_from_layers(
 ) -> ImageManifest:
     """Flatten ``layers``, add guest bits, and publish an image directory."""
     started = time.monotonic()
-    image_id = req.image_id or uuid.uuid4().hex[:12]
+    image_id = req.image_id or new_id()
     with _staging(images_dir) as stage:
         tree = stage / "tree"
         tree.mkdir(mode=0o700)
@@ -333,7 +333,7 @@ def import_ext4(
 ) -> ImageManifest:
     """Copy an existing ext4 image, validate it, and add the guest bits through debugfs."""
     started = time.monotonic()
-    image_id = req.image_id or uuid.uuid4().hex[:12]
+    image_id = req.image_id or new_id()
     cp = require_tool("cp", "coreutils")
     with _staging(images_dir) as stage, tempfile.TemporaryDirectory(dir=images_dir) as tmp:
         scratch = Path(tmp)  # probes and guest files: never part of the published image

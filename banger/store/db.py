@@ -146,12 +146,13 @@ class Store:
         held.depth = 1
         try:
             yield conn
-        except BaseException:
+            _execute_busy(conn, "COMMIT", self.path)
+        except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
+                raise write_failed(self.path, exc) from exc
             raise
-        else:
-            _execute_busy(conn, "COMMIT", self.path)
         finally:
             held.depth = 0
 
@@ -241,7 +242,20 @@ def _execute_busy(conn: sqlite3.Connection, sql: str, path: Path) -> None:
                 f"the state database {path} stayed locked for {BUSY_TIMEOUT_MS // 1000}s",
                 hint="another process holds a long write lock on it; is a stuck bangerd running?",
             ) from exc
-        raise
+        raise write_failed(path, exc) from exc
+
+
+def write_failed(path: Path, exc: sqlite3.Error) -> StoreError:
+    """A write the database refused for a reason of the host: read-only, full, I/O error."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name.startswith("SQLITE_READONLY"):
+        hint = (f"the file or its filesystem turned read-only: check `ls -l {path}` and "
+                "`findmnt -T` on it, then restart the daemon (banger daemon stop)")
+    elif name == "SQLITE_FULL":
+        hint = f"the disk holding {path.parent} is full: free some space and try again"
+    else:
+        hint = "check the disk (dmesg) and the daemon log"
+    return StoreError(f"cannot write the state database {path}: {exc}", hint=hint)
 
 
 def _unusable(path: Path, why: str) -> StoreError:

@@ -9,7 +9,7 @@ from banger.core.errors import BangerError, Conflict, NotFound
 from banger.store.codec import Table, Violation, utcnow
 from banger.store.kernels import kernel_not_found
 from banger.store.records import ImageRecord
-from banger.store.repo import Repository, invalid
+from banger.store.repo import Repository, invalid, one_by_ref
 
 IMAGES: Table[ImageRecord] = Table(
     "images",
@@ -24,17 +24,18 @@ def image_not_found(ref: str) -> NotFound:
 
 class ImageRepository(Repository[ImageRecord]):
     table = IMAGES
+    not_found = staticmethod(image_not_found)
 
     def add(self, record: ImageRecord) -> ImageRecord:
         """Insert an image; Conflict on a taken name/id or a second default, NotFound kernel."""
         if record.created_at is None:
             record = dataclasses.replace(record, created_at=utcnow())
         self._insert(record, lambda v: self._explain(v, record))
-        return self.get(record.id)
+        return self.get_key(record.id)
 
     def find(self, ref: str) -> ImageRecord | None:
-        """By id first, then by name."""
-        return self._select_one("id = ?", (ref,)) or self._select_one("name = ?", (ref,))
+        """A user's ref: exactly the image's name or its id (never a prefix)."""
+        return one_by_ref(self._select("id = ? OR name = ?", (ref, ref)), ref, "image")
 
     def get(self, ref: str) -> ImageRecord:
         found = self.find(ref)
@@ -55,13 +56,12 @@ class ImageRepository(Repository[ImageRecord]):
             conn = self._store.connection()
             conn.execute("UPDATE images SET is_default = 0 WHERE is_default = 1")
             conn.execute("UPDATE images SET is_default = 1 WHERE id = ?", (image.id,))
-        return self.get(image.id)
+        return self.get_key(image.id)
 
-    def in_use_by_vms(self, ref: str) -> builtins.list[str]:
+    def in_use_by_vms(self, image_id: str) -> builtins.list[str]:
         """Names of the VMs created from this image."""
-        image = self.get(ref)
         rows = self._store.read(
-            "SELECT name FROM vms WHERE image_id = ? ORDER BY name", (image.id,)
+            "SELECT name FROM vms WHERE image_id = ? ORDER BY name", (image_id,)
         )
         return [r[0] for r in rows]
 

@@ -24,6 +24,7 @@ class KernelRepository(Repository[KernelRecord]):
     table = KERNELS
     key = "name"
     immutable = frozenset({"name", "created_at"})
+    not_found = staticmethod(kernel_not_found)
 
     def add(self, record: KernelRecord) -> KernelRecord:
         """Insert a kernel; Conflict when the name is taken or a second default is added."""

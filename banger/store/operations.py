@@ -27,7 +27,7 @@ OPERATIONS: Table[OperationRecord] = Table(
 
 INTERRUPTED_ERROR = {
     "code": "error",
-    "message": "interrupted by daemon restart",
+    "message": "interrupted by a daemon restart",
     "hint": "run the command again",
 }
 

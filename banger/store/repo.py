@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from banger.core.errors import BangerError, InvalidInput
+from banger.core.errors import BangerError, Conflict, InvalidInput, NotFound
 from banger.store.codec import Table, Violation, parse_violation
 
 if TYPE_CHECKING:
@@ -15,15 +15,34 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 
+class _Named(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+
 class Repository(Generic[R]):
     """Typed access to one table; subclasses add the domain rules."""
 
     table: Table[R]
     key: str = "id"
     immutable: frozenset[str] = frozenset({"id", "created_at"})
+    not_found: Callable[[str], NotFound]
 
     def __init__(self, store: Store) -> None:
         self._store = store
+
+    def find_key(self, key: str) -> R | None:
+        """Exactly the row with this key (internal callers, which hold ids, not user refs)."""
+        return self._select_one(f"{self.key} = ?", (key,))
+
+    def get_key(self, key: str) -> R:
+        found = self.find_key(key)
+        if found is None:
+            raise self.not_found(key)
+        return found
 
     def _insert(self, record: R, explain: Callable[[Violation], BangerError]) -> None:
         try:
@@ -75,4 +94,22 @@ def invalid(violation: Violation, what: str) -> BangerError:
     return InvalidInput(
         f"invalid {what}: {violation.kind.replace('_', ' ')} rule failed on {violation.column}",
         hint="this is a bug in the caller; the value should have been validated earlier",
+    )
+
+
+def one_by_ref(rows: Sequence[R], ref: str, what: str) -> R | None:
+    """The row a user's ref names, from the rows whose id or name equals it.
+
+    New names cannot look like ids (``validate_new_name``), so two rows can only
+    be rows written before that rule: refused as ambiguous, never a guess.
+    """
+    if len(rows) < 2:
+        return rows[0] if rows else None
+    named: Sequence[_Named] = rows  # type: ignore[assignment]
+    by_id = next(r for r in named if r.id == ref)
+    by_name = next(r for r in named if r.name == ref)
+    raise Conflict(
+        f"{what} ref '{ref}' is ambiguous: it is the id of {what} '{by_id.name}' "
+        f"and the name of {what} {by_name.id}",
+        hint=f"say which: '{by_id.name}' (by name) or '{by_name.id}' (by id)",
     )

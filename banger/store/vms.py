@@ -12,7 +12,7 @@ from banger.store.codec import Table, Violation, utcnow
 from banger.store.images import image_not_found
 from banger.store.kernels import kernel_not_found
 from banger.store.records import NetMode, VMRecord, VMState
-from banger.store.repo import Repository, invalid
+from banger.store.repo import Repository, invalid, one_by_ref
 
 VMS: Table[VMRecord] = Table(
     "vms",
@@ -36,6 +36,7 @@ def vm_not_found(ref: str) -> NotFound:
 class VMRepository(Repository[VMRecord]):
     table = VMS
     immutable = frozenset({"id", "created_at", "updated_at"})
+    not_found = staticmethod(vm_not_found)
 
     def add(self, record: VMRecord) -> VMRecord:
         """Insert a VM; Conflict when its name, IP or MAC is taken, NotFound image/kernel."""
@@ -44,11 +45,11 @@ class VMRepository(Repository[VMRecord]):
             record, created_at=record.created_at or now, updated_at=record.updated_at or now
         )
         self._insert(record, lambda v: self._explain(v, record))
-        return self.get(record.id)
+        return self.get_key(record.id)
 
     def find(self, ref: str) -> VMRecord | None:
-        """By id first, then by name."""
-        return self._select_one("id = ?", (ref,)) or self._select_one("name = ?", (ref,))
+        """A user's ref: exactly the VM's name or its id (never a prefix)."""
+        return one_by_ref(self._select("id = ? OR name = ?", (ref, ref)), ref, "VM")
 
     def get(self, ref: str) -> VMRecord:
         found = self.find(ref)
@@ -87,7 +88,7 @@ class VMRepository(Repository[VMRecord]):
             self._update(
                 conn, vm_id, {**fields, "updated_at": utcnow()}, lambda v: self._explain(v, merged)
             )
-        return self.get(vm_id)
+        return self.get_key(vm_id)
 
     def delete(self, vm_id: str, *, missing_ok: bool = False) -> None:
         """Delete the row (which releases its guest IP); NotFound unless ``missing_ok``."""
@@ -155,7 +156,7 @@ class VMRepository(Repository[VMRecord]):
         if violation.column == "vms.mac":
             return Conflict(f"MAC address {record.mac} is already used by another VM")
         if violation.kind == "foreign_key":
-            if record.image_id and self._store.images.find(record.image_id) is None:
+            if record.image_id and self._store.images.find_key(record.image_id) is None:
                 return image_not_found(record.image_id)
             if record.kernel_name and self._store.kernels.find(record.kernel_name) is None:
                 return kernel_not_found(record.kernel_name)

@@ -29,6 +29,7 @@ from qemu.qmp import QMPClient, QMPError
 from banger.core.errors import Conflict, HostToolError
 from banger.core.vmspec import TapNet, UserNet, VMSpec, kernel_cmdline
 from banger.core.wait import Backoff
+from banger.host.files import open_nofollow, reset_file
 from banger.host.run import arun_to_log, require_tool
 from banger.vmm import proc
 from banger.vmm.base import Handle, StopOutcome, signal_handle
@@ -116,10 +117,10 @@ def ownership_markers(spec: VMSpec) -> tuple[str, ...]:
 def log_tail(path: Path, limit: int = _LOG_TAIL_BYTES) -> str:
     """The last ``limit`` bytes of a log file, or '' when it cannot be read."""
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
             return f.read().decode("utf-8", "replace").strip()
-    except OSError:
+    except (OSError, Conflict):
         return ""
 
 
@@ -154,10 +155,12 @@ class QemuBackend:
                 f"VM {spec.name} already has a running QEMU", hint="stop or kill the VM first"
             )
         spec.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.cleanup(spec)
         for path in (spec.console_log, spec.vmm_log):
             path.parent.mkdir(parents=True, exist_ok=True)
-        self.cleanup(spec)
-        spec.vmm_log.write_bytes(b"")  # one boot per log: the tail on failure is this launch's
+            # Ours and empty before QEMU opens them (it would follow a planted symlink);
+            # one boot per log: the tail on failure is this launch's.
+            reset_file(path)
         argv = qemu_argv(spec, qemu_binary=self.binary)
         status = await arun_to_log(argv, log_path=spec.vmm_log, timeout=self.launch_timeout)
         if status != 0:

@@ -64,9 +64,12 @@ def test_no_endpoint_answers_500_or_an_undeclared_status(
             # Bodies such as {"disk": "garbage"} are schema-valid strings that the daemon
             # rightly refuses with 400, so the "positive data is accepted" check does not
             # apply; every other check (no 5xx, declared statuses, schemas) does.
-            case.validate_response(
-                uds_client.request(**kwargs), excluded_checks=[positive_data_acceptance]
-            )
+            response = uds_client.request(**kwargs)
+            case.validate_response(response, excluded_checks=[positive_data_acceptance])
+            if response.status_code >= 400:  # errors are total: always the JSON error body
+                body = response.json()
+                assert body["op_id"] == response.headers["X-Banger-Op-Id"], body
+                assert body["code"] != "internal", body
 
         conforms()
 

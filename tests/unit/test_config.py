@@ -65,3 +65,51 @@ def test_broken_toml_is_a_clear_error(config_path: Path) -> None:
     config_path.write_text("log_level = \n")
     with pytest.raises(InvalidInput, match="cannot parse"):
         load_settings()
+
+
+@pytest.mark.parametrize("cidr, words", [
+    ("172.16.0.0/24", "network or broadcast"),
+    ("172.16.0.255/24", "network or broadcast"),
+    ("172.16.0.1", "prefix length"),
+    ("172.16.0.1/31", "prefix length"),
+    ("10.0.0.1/4", "prefix length"),
+    ("300.1.1.1/24", "not an IPv4 address"),
+    ("fd00::1/64", "not an IPv4 address"),
+])
+def test_bridge_cidr_must_be_a_host_address_with_room_for_guests(
+    config_path: Path, cidr: str, words: str
+) -> None:
+    config_path.write_text(f'bridge_cidr = "{cidr}"\n')
+    with pytest.raises(InvalidInput) as err:
+        load_settings()
+    assert f"config {config_path}: key 'bridge_cidr': " in err.value.message
+    assert words in err.value.message and "\n" not in err.value.message
+
+
+@pytest.mark.parametrize("disk", ["", "8X", "-1G", "0"])
+def test_default_disk_must_be_a_size(config_path: Path, disk: str) -> None:
+    config_path.write_text(f'default_disk = "{disk}"\n')
+    with pytest.raises(InvalidInput, match=f"config {config_path}: key 'default_disk': invalid"):
+        load_settings()
+
+
+def test_a_config_file_that_is_not_utf8_is_one_clear_line(config_path: Path) -> None:
+    config_path.write_bytes(b'log_level = "d\xe9bug"\n')
+    with pytest.raises(InvalidInput) as err:
+        load_settings()
+    assert err.value.message == f"config {config_path}: not UTF-8 (byte 0xe9 at offset 14)"
+
+
+def test_a_runtime_dir_too_long_for_a_socket_is_refused_naming_the_key(
+    config_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    long_dir = "/tmp/" + "r" * 100
+    config_path.write_text(f'runtime_dir = "{long_dir}"\n')
+    with pytest.raises(InvalidInput) as err:
+        load_settings()
+    assert f"config {config_path}: key 'runtime_dir'" in err.value.message
+    assert "over the 107 a Unix socket path allows" in err.value.message
+    config_path.write_text("")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", long_dir)
+    with pytest.raises(InvalidInput, match="XDG_RUNTIME_DIR"):
+        load_settings()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -158,3 +160,75 @@ def test_persist_hook_records_the_beginning_and_the_end() -> None:
 
     run(scenario())
     assert [state for state, _ in seen] == [OperationState.RUNNING, OperationState.SUCCEEDED]
+
+
+class Abort(BaseException):
+    """Like GeneratorExit or a library's own BaseException: not an Exception."""
+
+
+def test_a_base_exception_in_the_worker_still_finishes_the_operation_and_propagates() -> None:
+    async def work(ctx: OperationContext) -> None:
+        with ctx.stage("boot"):
+            raise Abort("stop")
+
+    seen: list[Operation] = []
+
+    async def scenario() -> Operation:
+        reg = OperationRegistry(ttl_seconds=60, persist=lambda op: seen.append(op.model_copy()))
+        op = reg.begin("x", work)
+        entry_task = reg._entries[op.id].task
+        assert entry_task is not None
+        with pytest.raises(Abort):
+            await entry_task
+        return reg.get(op.id)
+
+    op = run(scenario())
+    assert op.state is OperationState.FAILED and op.finished_at is not None
+    assert op.error is not None and op.error.code == "internal"
+    assert op.error.message == "internal error: Abort: stop"
+    assert seen[-1].state is OperationState.FAILED  # the history row is finished too
+
+
+def test_a_failing_history_write_never_leaves_the_operation_running() -> None:
+    def persist(op: Operation) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    async def work(ctx: OperationContext) -> dict[str, Any]:
+        return {"ok": True}
+
+    async def scenario() -> Operation:
+        reg = OperationRegistry(ttl_seconds=60, persist=persist)
+        return await reg.join(reg.begin("x", work).id)
+
+    assert run(scenario()).state is OperationState.SUCCEEDED
+
+
+def test_an_unexpected_error_names_its_type_and_the_log_file(tmp_path: Path) -> None:
+    log_file = tmp_path / "bangerd.log"
+
+    async def work(ctx: OperationContext) -> None:
+        {}["missing"]
+
+    async def scenario() -> Operation:
+        reg = OperationRegistry(ttl_seconds=60, log_file=log_file)
+        return await reg.join(reg.begin("x", work).id)
+
+    op = run(scenario())
+    assert op.error is not None
+    assert (op.error.code, op.error.message) == ("internal", "internal error: KeyError: 'missing'")
+    assert str(log_file) in (op.error.hint or "")
+
+
+def test_an_operation_of_an_earlier_daemon_is_recalled_from_history() -> None:
+    now = datetime.now(UTC)
+    past = Operation(id="old", kind="vm.create", state=OperationState.FAILED, created_at=now,
+                     updated_at=now, finished_at=now)
+
+    async def scenario() -> tuple[Operation, Operation]:
+        reg = OperationRegistry(ttl_seconds=60, recall=lambda i: past if i == "old" else None)
+        with pytest.raises(NotFound):
+            reg.get("never")
+        return reg.get("old"), await reg.wait("old", after_revision=5, timeout=30)
+
+    got, waited = run(scenario())
+    assert got == past and waited == past

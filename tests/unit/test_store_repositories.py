@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import threading
 from datetime import UTC, datetime, timedelta
@@ -157,7 +158,7 @@ def test_only_one_default_image_and_promote_moves_it(store: Store) -> None:
 def test_image_used_by_vms_cannot_be_deleted(store: Store, with_image: ImageRecord) -> None:
     store.vms.add(vm("one"))
     store.vms.add(vm("two"))
-    assert store.images.in_use_by_vms("bookworm") == ["one", "two"]
+    assert store.images.in_use_by_vms(with_image.id) == ["one", "two"]
     with pytest.raises(Conflict, match="image 'bookworm' is in use by VM 'one', 'two'") as err:
         store.images.delete("bookworm")
     assert "banger vm delete one two" in (err.value.hint or "")
@@ -356,7 +357,7 @@ def test_mark_interrupted_fails_only_unfinished_operations(store: Store) -> None
     for op_id in ("p", "r"):
         op = store.operations.get(op_id)
         assert op.state is OperationState.FAILED and op.finished_at is not None
-        assert op.error is not None and op.error["message"] == "interrupted by daemon restart"
+        assert op.error is not None and op.error["message"] == "interrupted by a daemon restart"
     assert store.operations.get("s").error is None
     assert store.operations.mark_interrupted() == 0
 
@@ -376,3 +377,18 @@ def test_delete_finished_before_prunes_only_old_finished_operations(store: Store
 def test_naive_timestamps_are_refused(store: Store) -> None:
     with pytest.raises(TypeError, match="naive"):
         store.operations.delete_finished_before(datetime.now())
+
+
+def test_refs_are_exact_and_a_ref_both_id_and_name_is_refused(
+    store: Store, with_image: ImageRecord
+) -> None:
+    first = store.vms.add(vm("first"))
+    # A row an older banger could write: named exactly like another VM's id.
+    store.vms.add(dataclasses.replace(vm(first.id), id="feedfacecafe"))
+    with pytest.raises(Conflict, match="ambiguous") as err:
+        store.vms.get(first.id)
+    assert "'first' (by name) or 'feedfacecafe' (by id)" in (err.value.hint or "")
+    assert store.vms.get("first").id == first.id
+    assert store.vms.get("feedfacecafe").name == first.id
+    assert store.vms.get_key(first.id).name == "first"  # internal callers hold ids
+    assert store.vms.find(first.id[:4]) is None  # never by prefix

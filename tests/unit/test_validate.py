@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from banger.core.errors import InvalidInput
+from banger.core.names import ID_RE, new_id
 from banger.core.validate import (
     NAME_RE,
     SIZE_MAX,
@@ -16,6 +17,7 @@ from banger.core.validate import (
     parse_memory_mib,
     parse_size,
     validate_name,
+    validate_new_name,
     validate_vcpu,
     validate_vm_name,
 )
@@ -368,3 +370,21 @@ def test_vcpu_out_of_range_is_rejected(n: int) -> None:
 def test_vcpu_must_be_an_integer(bad: object) -> None:
     with pytest.raises(InvalidInput, match="expected a whole number"):
         validate_vcpu(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["0123456789ab", "deadbeefcafe", "000000000000"])
+def test_a_new_name_cannot_have_the_shape_of_an_id(name: str) -> None:
+    assert ID_RE.fullmatch(name)
+    with pytest.raises(InvalidInput, match="shape of an id"):
+        validate_new_name(name, "image")
+    assert validate_name(name) == name  # still a valid ref: it may be an id
+
+
+@pytest.mark.parametrize("name", ["0123456789a", "0123456789abc", "0123456789ag", "dead-beef-caf"])
+def test_names_near_the_id_shape_are_fine(name: str) -> None:
+    assert validate_new_name(name, "VM") == name
+
+
+def test_new_ids_have_the_id_shape() -> None:
+    ids = {new_id() for _ in range(50)}
+    assert len(ids) == 50 and all(ID_RE.fullmatch(i) for i in ids)
