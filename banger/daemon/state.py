@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from banger.daemon.operations import OperationRegistry
 from banger.daemon.vm_create import VMCreator
 from banger.daemon.vm_network import VMNetwork
 from banger.daemon.vm_service import VMService
+from banger.host import net
 from banger.store.db import Store
 from banger.vmm.base import choose_accel
 from banger.vmm.qemu import QemuBackend
@@ -37,7 +39,8 @@ class Daemon:
         paths = settings.paths
         kernels = KernelService(store, paths.kernels, paths.cache_dir)
         images = ImageService(store, kernels, paths.images, paths.cache_dir)
-        network = VMNetwork(store, settings.bridge_name, settings.bridge_cidr)
+        owner = net.owner_alias(os.getuid(), str(paths.state_dir.resolve()))
+        network = VMNetwork(store, settings.bridge_name, settings.bridge_cidr, owner)
         vms = VMService(settings, store, network, QemuBackend(), choose_accel())
         creator = VMCreator(vms, images)
         return cls(settings, store, operations, kernels, images, vms, creator, allowed_uids)

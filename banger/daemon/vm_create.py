@@ -101,8 +101,11 @@ class VMCreator:
         )
         return plan
 
-    def create(self, req: VMCreateRequest) -> tuple[CreatePlan, Work]:
+    async def create(self, req: VMCreateRequest) -> tuple[CreatePlan, Work]:
         plan = self.plan(req)
+        # Before any reservation: a bridge another daemon owns is refused here, as the
+        # create's own error, and its subnet's addresses are never handed out twice.
+        await self.vms.network.claim_bridge()
 
         async def work(ctx: OperationContext) -> dict[str, Any]:
             image = plan.image or await self._default_image(ctx)

@@ -3,6 +3,10 @@
 TAP mode needs CAP_NET_ADMIN (root, or the root helper in a system install);
 without it VMs fall back to user-mode networking with SSH forwarded to a
 loopback port (``vm show`` says which a VM has).
+
+The bridge is this daemon's alone (see ``host.net``): it is claimed when a VM is
+created or first boots, and adopted (if it already exists) at daemon start, so a
+second daemon on the same ``bridge_name`` is refused before it reserves anything.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import ipaddress
 
 import structlog
 
+from banger.core.errors import Conflict
 from banger.core.states import NetMode
 from banger.core.vmspec import NetSpec, TapNet, UserNet
 from banger.host import net
@@ -24,10 +29,11 @@ TAP_POOL_SIZE = 2
 
 
 class VMNetwork:
-    def __init__(self, store: Store, bridge_name: str, bridge_cidr: str) -> None:
+    def __init__(self, store: Store, bridge_name: str, bridge_cidr: str, owner: str) -> None:
         self.store = store
         self.bridge_name = bridge_name
         self.bridge = ipaddress.IPv4Interface(bridge_cidr)
+        self.owner = owner
         self.mode = NetMode.TAP if net.have_net_admin() else NetMode.USER
         self._pool: net.TapPool | None = None
         self._ready = asyncio.Lock()
@@ -41,8 +47,16 @@ class VMNetwork:
 
     def _make_pool(self) -> net.TapPool:
         """Bridge up and an empty pool (pyroute2 is blocking: run in a thread)."""
-        net.ensure_bridge(self.bridge_name, str(self.bridge))
+        self._claim()
         return net.TapPool(self.bridge_name, size=TAP_POOL_SIZE)
+
+    def _claim(self, create: bool = True) -> bool:
+        return net.claim_bridge(self.bridge_name, str(self.bridge), self.owner, create=create)
+
+    async def claim_bridge(self) -> None:
+        """TAP mode: make the bridge ours, or raise ``Conflict`` naming the config key to change."""
+        if self.mode is NetMode.TAP:
+            await asyncio.to_thread(self._claim)
 
     def allocate_ip(self, vm_id: str) -> str | None:
         """Reserve the VM's guest address (TAP mode only); kept until the VM is deleted."""
@@ -70,15 +84,21 @@ class VMNetwork:
         )
         return spec, tap, 22
 
-    async def reap_stray_taps(self) -> None:
-        """Delete our TAPs on the bridge that no VM holds (a killed daemon's idle pool)."""
+    async def reconcile(self) -> None:
+        """Daemon start: adopt an existing bridge of ours (stamp it, pin its MAC), then
+        delete its TAPs that no VM holds (a killed daemon's idle pool)."""
         if self.mode is not NetMode.TAP:
             return
         in_use = {vm.tap_name for vm in self.store.vms.list() if vm.tap_name}
 
         def reap() -> None:
-            for tap in net.list_our_taps():
-                if tap not in in_use and net.link_master(tap) == self.bridge_name:
+            try:
+                self._claim(create=False)
+            except Conflict as exc:  # refused again, to the user, at the first vm create
+                log.warning("not using the bridge", error=str(exc), hint=exc.hint)
+                return
+            for tap in net.taps_on_our_bridge(self.bridge_name, self.owner):
+                if tap not in in_use:
                     net.delete_tap(tap)
 
         await asyncio.to_thread(reap)

@@ -36,7 +36,7 @@ async def list_vms(daemon: DaemonDep) -> VMList:
 
 @router.post("/vms", response_model=Operation, status_code=202)
 async def create_vm(body: VMCreateRequest, daemon: DaemonDep, request: Request) -> Operation:
-    plan, work = daemon.creator.create(body)
+    plan, work = await daemon.creator.create(body)
     return daemon.operations.begin(
         "vm.create", work, target=plan.name, op_id=request_op_id(request)
     )

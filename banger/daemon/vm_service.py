@@ -369,7 +369,7 @@ class VMService:
             else:
                 log.info("VM is gone; cleaning up", vm=vm.name)
                 await self._teardown(vm)
-        await self.network.reap_stray_taps()
+        await self.network.reconcile()
 
     async def close(self) -> None:
         """Daemon shutdown: stop watching (guests keep running) and drop idle TAPs."""

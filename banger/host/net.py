@@ -2,6 +2,13 @@
 
 Never ``ip`` in a shell. Every name passes a narrow grammar first: TAPs carry
 our prefix, so teardown can never touch an interface banger did not make.
+
+A bridge belongs to one daemon: its alias (IFLA_IFALIAS) records the owner
+(``owner_alias``), and a daemon refuses a bridge another one owns, and a subnet
+another interface already uses; two daemons on one bridge delete each other's
+TAPs and hand out the same guest addresses. The bridge's MAC is pinned
+(``bridge_mac``): a bridge without one takes the lowest MAC of its ports, so
+every TAP added or removed could move the gateway's MAC under running guests.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import errno
 import hashlib
 import ipaddress
 import logging
+import os
 import re
 import secrets
 import socket
@@ -31,6 +39,11 @@ IFNAME_MAX = 15  # IFNAMSIZ - 1
 _TAP_RE = re.compile(rf"{TAP_PREFIX}[0-9a-f]{{1,{IFNAME_MAX - len(TAP_PREFIX)}}}", re.ASCII)
 _BRIDGE_RE = re.compile(r"[a-zA-Z0-9_-]{1,15}", re.ASCII)
 CAP_NET_ADMIN = 12
+# First MAC octets: locally administered (bit 1 set) and unicast (bit 0 clear); the
+# guests' and the bridges' differ, so a bridge's MAC can never be a guest's.
+GUEST_MAC_OCTET = 0x02
+BRIDGE_MAC_OCTET = 0x06
+OWNER_PREFIX = "banger:"
 
 
 def validate_tap_name(name: str) -> str:
@@ -63,11 +76,26 @@ def free_loopback_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _derived_mac(first_octet: int, seed: str) -> str:
+    """``first_octet`` then five bytes of sha256(``seed``)."""
+    digest = hashlib.sha256(seed.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (first_octet, *digest[:5]))
+
+
 def allocate_mac(vm_id: str) -> str:
     """A deterministic, locally administered unicast MAC for ``vm_id``."""
-    digest = hashlib.sha256(vm_id.encode()).digest()
-    # 0x02: locally administered (bit 1 set), unicast (bit 0 clear).
-    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+    return _derived_mac(GUEST_MAC_OCTET, vm_id)
+
+
+def bridge_mac(name: str, owner: str) -> str:
+    """The MAC pinned on bridge ``name`` of ``owner``: stable across restarts, never a guest's."""
+    return _derived_mac(BRIDGE_MAC_OCTET, f"{owner}\0{name}")
+
+
+def owner_alias(uid: int, state_dir: str) -> str:
+    """The alias a daemon stamps on its bridge: its uid and a hash of its state dir."""
+    digest = hashlib.sha256(os.fsencode(state_dir)).hexdigest()[:12]
+    return f"{OWNER_PREFIX}{uid}:{digest}"
 
 
 def have_net_admin() -> bool:
@@ -105,37 +133,124 @@ def _kind(link: object) -> str | None:
     return link.get(("linkinfo", "kind"))  # type: ignore[attr-defined]
 
 
-def ensure_bridge(name: str, cidr: str) -> None:
-    """Make sure bridge ``name`` exists, carries ``cidr`` (e.g. 172.16.0.1/24) and is up."""
-    validate_bridge_name(name)
+def _parse_cidr(cidr: str) -> ipaddress.IPv4Interface:
     try:
-        iface = ipaddress.IPv4Interface(cidr)
+        return ipaddress.IPv4Interface(cidr)
     except ValueError as exc:
-        raise InvalidInput(f"invalid bridge address {cidr!r}: {exc}") from exc
+        raise InvalidInput(
+            f"invalid bridge_cidr {cidr!r}: {exc}", hint="use an address and prefix: 172.16.0.1/24"
+        ) from exc
+
+
+def _link_addresses(ipr: IPRoute, index: int | None = None) -> list[tuple[int, str, int]]:
+    """(interface index, address, prefix length) of every IPv4 address, or of one interface's."""
+    found = ipr.get_addr(family=socket.AF_INET, **({} if index is None else {"index": index}))
+    return [(a["index"], str(a.get("address")), int(a["prefixlen"])) for a in found]
+
+
+def _refuse_foreign_bridge(ipr: IPRoute, idx: int, iface: ipaddress.IPv4Interface,
+                           owner: str) -> None:
+    """Raise unless bridge ``idx`` is ``owner``'s, or an unstamped bridge provably ours."""
+    link = ipr.get_links(idx)[0]
+    name = link.get("ifname")
+    if _kind(link) != "bridge":
+        raise Conflict(
+            f"interface {name} exists and is not a bridge",
+            hint="set bridge_name in the config to an unused name",
+        )
+    alias = link.get("ifalias") or ""
+    if alias == owner:
+        return
+    mine = (str(iface.ip), iface.network.prefixlen) in {a[1:] for a in _link_addresses(ipr, idx)}
+    if not alias and (mine or link.get("address") == bridge_mac(name, owner)):
+        return  # made by banger before owners were recorded, or by us a moment ago
+    fix = (
+        "give this daemon its own bridge_name and bridge_cidr in its config "
+        f"(e.g. banger1 and 172.16.1.1/24), or delete {name} if nothing uses it: "
+        f"ip link delete {name}"
+    )
+    if alias.startswith(OWNER_PREFIX):
+        uid = alias.split(":")[1]
+        raise Conflict(
+            f"bridge_name {name}: that bridge belongs to another banger daemon "
+            f"(uid {uid if uid.isdigit() else '?'}, another state_dir)",
+            hint=fix,
+        )
+    raise Conflict(f"bridge_name {name}: that bridge exists and is not banger's", hint=fix)
+
+
+def _refuse_overlap(ipr: IPRoute, iface: ipaddress.IPv4Interface, bridge: int | None) -> None:
+    """Raise when an interface other than ``bridge`` has an address in our subnet."""
+    for index, address, prefixlen in _link_addresses(ipr):
+        theirs = ipaddress.IPv4Interface(f"{address}/{prefixlen}")
+        if index != bridge and theirs.network.overlaps(iface.network):
+            links = ipr.get_links(index)
+            holder = links[0].get("ifname") if links else f"interface {index}"
+            raise Conflict(
+                f"bridge_cidr {iface} overlaps {theirs} on {holder}",
+                hint="set bridge_cidr (and bridge_name) in the config to a subnet nothing uses",
+            )
+
+
+def _configure_bridge(ipr: IPRoute, idx: int, iface: ipaddress.IPv4Interface,
+                      owner: str, mac: str) -> None:
+    """Stamp the owner, pin the MAC (even an equal one: it marks the address as set), add
+    the address and bring the bridge up."""
+    ipr.link("set", index=idx, address=mac, ifalias=owner)
+    if (str(iface.ip), iface.network.prefixlen) not in {a[1:] for a in _link_addresses(ipr, idx)}:
+        try:
+            ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+    ipr.link("set", index=idx, state="up")
+
+
+def _add_bridge(ipr: IPRoute, name: str, mac: str) -> int | None:
+    """Create bridge ``name`` with ``mac``; None when another creator got there first."""
+    try:
+        ipr.link("add", ifname=name, kind="bridge", address=mac)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
+        return None
+    idx = _index(ipr, name)
+    if idx is None:
+        raise HostToolError(f"bridge {name} vanished right after it was created")
+    return idx
+
+
+def claim_bridge(name: str, cidr: str, owner: str, *, create: bool = True) -> bool:
+    """Make bridge ``name`` exist as ``owner``'s, carrying ``cidr`` (e.g. 172.16.0.1/24), up.
+
+    Refuses (``Conflict``) a bridge of another owner and a subnet that another
+    interface already uses; a refused or failed claim leaves nothing behind. With
+    ``create=False`` an absent bridge is left absent (returns False).
+    """
+    validate_bridge_name(name)
+    iface = _parse_cidr(cidr)
+    mac = bridge_mac(name, owner)
     with _netlink(f"set up bridge {name}") as ipr:
         idx = _index(ipr, name)
         if idx is None:
-            try:
-                ipr.link("add", ifname=name, kind="bridge")
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:  # lost a race with another creator
+            if not create:
+                return False
+            _refuse_overlap(ipr, iface, None)
+            idx = _add_bridge(ipr, name, mac)
+            if idx is not None:
+                try:
+                    _configure_bridge(ipr, idx, iface, owner, mac)
+                except BaseException:
+                    ipr.link("del", index=idx)
                     raise
+                return True
             idx = _index(ipr, name)
-            assert idx is not None
-        link = ipr.get_links(idx)[0]
-        if _kind(link) != "bridge":
-            raise Conflict(
-                f"interface {name} exists and is not a bridge",
-                hint="set bridge_name in the config to an unused name",
-            )
-        have = {(a.get("address"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=2)}
-        if (str(iface.ip), iface.network.prefixlen) not in have:
-            try:
-                ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:
-                    raise
-        ipr.link("set", index=idx, state="up")
+            if idx is None:
+                raise HostToolError(f"bridge {name} appeared and vanished", hint="try again")
+        _refuse_foreign_bridge(ipr, idx, iface, owner)
+        _refuse_overlap(ipr, iface, idx)
+        _configure_bridge(ipr, idx, iface, owner, mac)
+    return True
 
 
 def delete_bridge(name: str) -> bool:
@@ -188,23 +303,23 @@ def delete_tap(name: str) -> bool:
     return True
 
 
-def list_our_taps() -> list[str]:
-    """Names of every TAP with our prefix on this host (network namespace)."""
-    with _netlink("list TAPs") as ipr:
-        names = [link.get("ifname") for link in ipr.get_links() if _kind(link) == "tun"]
+def taps_on_our_bridge(bridge: str, owner: str) -> list[str]:
+    """Our-prefix TAPs enslaved to ``bridge`` when that bridge is ``owner``'s; else none.
+
+    What a daemon may reap: never a TAP on another daemon's bridge, nor one on ours
+    that banger did not name.
+    """
+    validate_bridge_name(bridge)
+    with _netlink(f"list TAPs on {bridge}") as ipr:
+        idx = _index(ipr, bridge)
+        if idx is None or ipr.get_links(idx)[0].get("ifalias") != owner:
+            return []
+        names = [
+            link.get("ifname")
+            for link in ipr.get_links()
+            if _kind(link) == "tun" and link.get("master") == idx
+        ]
     return sorted(n for n in names if n and _TAP_RE.fullmatch(n))
-
-
-def link_master(name: str) -> str | None:
-    """The name of the bridge ``name`` is enslaved to, or None."""
-    with _netlink(f"inspect {name}") as ipr:
-        idx = _index(ipr, name)
-        if idx is None:
-            return None
-        master = ipr.get_links(idx)[0].get("master")
-        if not master:
-            return None
-        return str(ipr.get_links(master)[0].get("ifname"))
 
 
 class TapPool:

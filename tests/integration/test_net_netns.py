@@ -1,17 +1,8 @@
-"""Bridge, TAPs and the TAP pool made for real, each test inside its own network namespace.
-
-The body runs in a forked child that unshares a fresh network namespace (via
-libc: os.unshare is 3.12+), so nothing touches the host's interfaces and the
-namespace, with everything in it, vanishes when the child exits.
-"""
+"""Bridge, TAPs and the TAP pool made for real, each test inside its own network namespace."""
 
 from __future__ import annotations
 
-import ctypes
 import os
-import pickle
-import traceback
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,8 +10,9 @@ from pyroute2 import IPRoute
 
 from banger.core.errors import Conflict, InvalidInput
 from banger.host import net
+from tests.support.netns import addresses, in_fresh_netns, links
 
-CLONE_NEWNET = 0x40000000
+OWNER = net.owner_alias(0, "/test/state")
 
 pytestmark = [
     pytest.mark.root,
@@ -28,65 +20,10 @@ pytestmark = [
 ]
 
 
-def in_fresh_netns(body: Callable[[], Any]) -> Any:
-    """Run ``body`` in a child process inside a new network namespace; return its result."""
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        os.close(rfd)
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.unshare(CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
-            payload = pickle.dumps(("ok", body()))
-        except BaseException:
-            payload = pickle.dumps(("error", traceback.format_exc()))
-        with os.fdopen(wfd, "wb") as w:
-            w.write(payload)
-        os._exit(0)
-    os.close(wfd)
-    with os.fdopen(rfd, "rb") as r:
-        data = r.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0 and data, "netns child died"
-    kind, value = pickle.loads(data)
-    if kind == "error":
-        pytest.fail(f"in the network namespace:\n{value}", pytrace=False)
-    return value
-
-
-def links() -> dict[str, dict[str, Any]]:
-    with IPRoute() as ipr:
-        all_links = ipr.get_links()
-        by_index = {link["index"]: link.get("ifname") for link in all_links}
-        return {
-            link.get("ifname"): {
-                "kind": link.get(("linkinfo", "kind")),
-                "master": by_index.get(link.get("master")),
-                "up": bool(link["flags"] & 1),
-                "owner": next(
-                    (
-                        v
-                        for k, v in (link.get(("linkinfo", "data")) or {}).get("attrs", [])
-                        if k == "IFLA_TUN_OWNER"
-                    ),
-                    None,
-                ),  # fmt: skip
-            }
-            for link in all_links
-        }
-
-
-def addresses(name: str) -> list[str]:
-    with IPRoute() as ipr:
-        idx = ipr.link_lookup(ifname=name)[0]
-        return [f"{a.get('address')}/{a['prefixlen']}" for a in ipr.get_addr(index=idx, family=2)]
-
-
-def test_ensure_bridge_creates_an_up_bridge_with_its_address_and_is_idempotent() -> None:
+def test_claim_bridge_creates_an_up_bridge_with_its_address_and_is_idempotent() -> None:
     def body() -> tuple[dict[str, Any], list[str]]:
-        net.ensure_bridge("bgbr0", "172.16.5.1/24")
-        net.ensure_bridge("bgbr0", "172.16.5.1/24")
+        net.claim_bridge("bgbr0", "172.16.5.1/24", OWNER)
+        net.claim_bridge("bgbr0", "172.16.5.1/24", OWNER)
         return links()["bgbr0"], addresses("bgbr0")
 
     link, addrs = in_fresh_netns(body)
@@ -94,12 +31,12 @@ def test_ensure_bridge_creates_an_up_bridge_with_its_address_and_is_idempotent()
     assert addrs == ["172.16.5.1/24"]
 
 
-def test_ensure_bridge_refuses_a_name_taken_by_another_kind_of_interface() -> None:
+def test_claim_bridge_refuses_a_name_taken_by_another_kind_of_interface() -> None:
     def body() -> str:
         with IPRoute() as ipr:
             ipr.link("add", ifname="bgdummy", kind="tuntap", mode="tap")
         try:
-            net.ensure_bridge("bgdummy", "172.16.5.1/24")
+            net.claim_bridge("bgdummy", "172.16.5.1/24", OWNER)
         except Conflict as exc:
             return str(exc)
         return "no error"
@@ -109,10 +46,10 @@ def test_ensure_bridge_refuses_a_name_taken_by_another_kind_of_interface() -> No
 
 def test_tap_is_created_on_the_bridge_up_and_owned_then_deleted_idempotently() -> None:
     def body() -> tuple[dict[str, Any], list[str], bool, bool, dict[str, Any]]:
-        net.ensure_bridge("bgbr0", "172.16.5.1/24")
+        net.claim_bridge("bgbr0", "172.16.5.1/24", OWNER)
         net.create_tap("bgt00aa", "bgbr0", owner_uid=1000)
         tap = links()["bgt00aa"]
-        ours = net.list_our_taps()
+        ours = net.taps_on_our_bridge("bgbr0", OWNER)
         first, second = net.delete_tap("bgt00aa"), net.delete_tap("bgt00aa")
         return tap, ours, first, second, links()
 
@@ -123,13 +60,14 @@ def test_tap_is_created_on_the_bridge_up_and_owned_then_deleted_idempotently() -
     assert "bgt00aa" not in after
 
 
-def test_list_our_taps_ignores_taps_without_our_prefix() -> None:
+def test_taps_on_our_bridge_ignores_taps_without_our_prefix() -> None:
     def body() -> list[str]:
-        net.ensure_bridge("bgbr0", "172.16.5.1/24")
+        net.claim_bridge("bgbr0", "172.16.5.1/24", OWNER)
         with IPRoute() as ipr:
             ipr.link("add", ifname="tap0", kind="tuntap", mode="tap")
+            ipr.link("set", ifname="tap0", master=ipr.link_lookup(ifname="bgbr0")[0])
         net.create_tap("bgt01", "bgbr0")
-        return net.list_our_taps()
+        return net.taps_on_our_bridge("bgbr0", OWNER)
 
     assert in_fresh_netns(body) == ["bgt01"]
 
@@ -141,21 +79,21 @@ def test_teardown_refuses_interfaces_that_are_not_ours() -> None:
 
 def test_pool_keeps_idle_taps_hands_one_out_refills_and_drains_to_nothing() -> None:
     def body() -> dict[str, Any]:
-        net.ensure_bridge("bgbr0", "172.16.5.1/24")
+        net.claim_bridge("bgbr0", "172.16.5.1/24", OWNER)
         pool = net.TapPool("bgbr0", size=3)
         made = pool.fill()
         idle_before = pool.idle
         taken = pool.acquire()
         idle_after_take = len(pool.idle)
         refilled = pool.fill()
-        on_bridge = {n: links()[n]["master"] for n in net.list_our_taps()}
+        on_bridge = {n: links()[n]["master"] for n in net.taps_on_our_bridge("bgbr0", OWNER)}
         pool.release(taken)
         pool.drain()
         net.delete_bridge("bgbr0")
         return {
             "made": made, "idle_before": idle_before, "taken": taken,
             "idle_after_take": idle_after_take, "refilled": refilled, "on_bridge": on_bridge,
-            "left": net.list_our_taps(), "bridge_left": "bgbr0" in links(),
+            "left": net.taps_on_our_bridge("bgbr0", OWNER), "bridge_left": "bgbr0" in links(),
         }  # fmt: skip
 
     r = in_fresh_netns(body)
@@ -168,9 +106,9 @@ def test_pool_keeps_idle_taps_hands_one_out_refills_and_drains_to_nothing() -> N
 
 def test_pool_makes_a_tap_on_the_spot_when_empty() -> None:
     def body() -> tuple[str, list[str]]:
-        net.ensure_bridge("bgbr0", "172.16.5.1/24")
+        net.claim_bridge("bgbr0", "172.16.5.1/24", OWNER)
         pool = net.TapPool("bgbr0", size=0)
-        return pool.acquire(), net.list_our_taps()
+        return pool.acquire(), net.taps_on_our_bridge("bgbr0", OWNER)
 
     name, ours = in_fresh_netns(body)
     assert ours == [name]
@@ -178,7 +116,7 @@ def test_pool_makes_a_tap_on_the_spot_when_empty() -> None:
 
 def test_delete_bridge_is_idempotent() -> None:
     def body() -> tuple[bool, bool]:
-        net.ensure_bridge("bgbr0", "172.16.5.1/24")
+        net.claim_bridge("bgbr0", "172.16.5.1/24", OWNER)
         return net.delete_bridge("bgbr0"), net.delete_bridge("bgbr0")
 
     assert in_fresh_netns(body) == (True, False)
