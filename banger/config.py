@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
 from banger.core.errors import InvalidInput
@@ -63,6 +63,14 @@ class Settings(BaseModel):
     ssh_ready_timeout: float = Field(
         default=120.0, gt=0, description="Seconds a booting VM has until its sshd accepts our key."
     )
+
+    @field_validator("state_dir", "cache_dir", "runtime_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # The daemon runs at "/", the CLI wherever it is typed: a relative path means two places.
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        return value
 
     @cached_property
     def paths(self) -> Paths:
