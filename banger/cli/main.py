@@ -8,6 +8,7 @@ import traceback
 from typing import Any, NoReturn
 
 import click
+from click.exceptions import NoArgsIsHelpError
 from click.shell_completion import get_completion_class
 
 from banger.cli.context import CliContext, json_option, pass_ctx
@@ -37,6 +38,9 @@ class BangerGroup(click.Group):
         kwargs["standalone_mode"] = False
         try:
             code = super().main(*args, **kwargs)
+        except NoArgsIsHelpError as exc:  # a bare group: its help, as click does
+            click.echo(exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx else "banger"
             print_error(InvalidInput(exc.format_message(), hint=f"see: {where} --help"))

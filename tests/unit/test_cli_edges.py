@@ -186,3 +186,9 @@ def test_an_unexpected_exception_is_one_line_naming_the_log(
     with pytest.raises(SystemExit):
         _boom_group().main(["boom"])
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_bare_group_still_shows_its_help(dirs: Path) -> None:
+    result = _run("vm")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Usage: banger vm [OPTIONS] COMMAND")
