@@ -107,6 +107,14 @@ class Settings(BaseModel):
             )
         return value
 
+    @field_validator("state_dir", "cache_dir", "runtime_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # The daemon runs at "/", the CLI wherever it is typed: a relative path means two places.
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        return value
+
     @cached_property
     def paths(self) -> Paths:
         return Paths(self.state_dir, self.cache_dir, self.runtime_dir)

@@ -10,28 +10,80 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from banger.api.errors import error_from_response
 from banger.api.models import Operation, Ping
-from banger.core.errors import DaemonNotRunning
+from banger.core.errors import BangerError, DaemonNotRunning, InvalidInput
+from banger.core.validate import NameKind, validate_name
+from banger.host.private_dirs import check_daemon_socket, permission_denied
 from banger.version import API_VERSION, version_info
 
 M = TypeVar("M", bound=BaseModel)
+
+_COLLECTIONS: dict[NameKind, str] = {"VM": "vms", "image": "images", "kernel": "kernels"}
+
+# What a request path may hold once every segment is quoted: no "?", "#", "/" of its own.
+_SAFE_PATH = re.compile(r"(?:/[A-Za-z0-9._~%-]+)+", re.ASCII)
 
 VERSION_HEADER = "X-Banger-Version"
 OP_ID_HEADER = "X-Banger-Op-Id"
 
 
+def api_path(*segments: str) -> str:
+    """``/a/b/c`` from segments, each quoted whole: a ``?``, ``#`` or ``/`` in one stays in it."""
+    for seg in segments:
+        if not seg:
+            raise InvalidInput("an empty name or id in a request", hint="name the object to act on")
+    return "".join("/" + quote(seg, safe="") for seg in segments)
+
+
+def ref_path(kind: NameKind, ref: str, *rest: str) -> str:
+    """The path of one VM, image or kernel (by name or id) and what follows it.
+
+    A ref is checked against the name grammar first: ``box?x`` must never reach
+    the daemon as ``box``, nor ``''`` as the collection itself.
+    """
+    validate_name(ref, kind)
+    return api_path(_COLLECTIONS[kind], ref, *rest)
+
+
 def version_tag() -> str:
     info = version_info()
     return f"{info.version}+{info.short_commit}"
+
+
+def _decode(method: str, url: str, status: int, headers: Mapping[str, str], data: bytes) -> Any:
+    """The JSON payload, or the daemon's typed error; anything else is a clear BangerError."""
+    op_id = headers.get(OP_ID_HEADER.lower())
+    where = f"{method} {url}: HTTP {status}"
+    if 300 <= status < 400:
+        raise BangerError(f"bangerd answered {where} (a redirect; banger never follows one)",
+                          op_id=op_id)
+    payload = None
+    if data:
+        ctype = headers.get("content-type", "").split(";")[0].strip()
+        if ctype != "application/json":
+            raise BangerError(f"bangerd answered {where} with {ctype or 'no content type'}, "
+                              "not JSON", hint="see the daemon log (banger daemon status)",
+                              op_id=op_id)
+        try:
+            payload = json.loads(data)
+        except ValueError as exc:
+            raise BangerError(f"bangerd answered {where} with malformed JSON: {exc}",
+                              op_id=op_id) from None
+    if status >= 400:
+        err = error_from_response(status, payload)
+        err.op_id = err.op_id or op_id
+        raise err
+    return payload
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -42,10 +94,14 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.socket_path = socket_path
 
     def connect(self) -> None:
+        check_daemon_socket(self.socket_path)  # never talk to a socket another user planted
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
             sock.connect(str(self.socket_path))
+        except PermissionError:
+            sock.close()
+            raise permission_denied(self.socket_path) from None
         except OSError:
             sock.close()
             raise
@@ -67,6 +123,7 @@ class Client:
         self._on_version_drift = on_version_drift
         self._on_not_running = on_not_running
         self._drift_reported = False
+        self.last_op_id: str | None = None
         self._conn = UnixHTTPConnection(socket_path, timeout)
 
     def close(self) -> None:
@@ -111,6 +168,8 @@ class Client:
         json_body: Any = None,
         params: Mapping[str, Any] | None = None,
     ) -> Any:
+        if not _SAFE_PATH.fullmatch(path):
+            raise InvalidInput(f"unsafe request path {path!r}", hint="build paths with api_path()")
         url = f"/{API_VERSION}{path}"
         if params:
             url += "?" + urlencode(params)
@@ -124,23 +183,34 @@ class Client:
             self._on_not_running()
             status, headers, data = self._send(method, url, body)
         self._check_version(headers)
-        payload = json.loads(data) if data else None
-        if status >= 400:
-            raise error_from_response(status, payload)
-        return payload
+        self.last_op_id = headers.get(OP_ID_HEADER.lower()) or self.last_op_id
+        return _decode(method, url, status, headers, data)
 
     def get_model(self, path: str, model: type[M], **kwargs: Any) -> M:
-        return model.model_validate(self.request("GET", path, **kwargs))
+        return self._validate(path, model, self.request("GET", path, **kwargs))
 
     def post_model(self, path: str, model: type[M], **kwargs: Any) -> M:
-        return model.model_validate(self.request("POST", path, **kwargs))
+        return self._validate(path, model, self.request("POST", path, **kwargs))
+
+    def _validate(self, path: str, model: type[M], payload: Any) -> M:
+        """The answer as ``model``; data banger cannot use is a clear error, not a traceback."""
+        try:
+            return model.model_validate(payload)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(body)"
+            raise BangerError(
+                f"bangerd answered {path} with unusable data: {where}: {first['msg']}",
+                hint="is that your own bangerd, of this version? see: banger daemon status",
+                op_id=self.last_op_id,
+            ) from None
 
     def ping(self) -> Ping:
         return self.get_model("/ping", Ping)
 
     def operation(self, op_id: str, *, wait: float = 0, revision: int = -1) -> Operation:
         params = {"wait": wait, "revision": revision}
-        return self.get_model(f"/operations/{op_id}", Operation, params=params)
+        return self.get_model(api_path("operations", op_id), Operation, params=params)
 
     def _check_version(self, headers: Mapping[str, str]) -> None:
         daemon = headers.get(VERSION_HEADER.lower())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sys
 from collections.abc import Callable
 
 from banger.api.client import Client
@@ -11,7 +10,8 @@ from banger.api.models import Ping
 from banger.config import Settings
 from banger.core.errors import DaemonNotRunning, Unavailable
 from banger.core.wait import poll_until
-from banger.host.proc import pid_alive, send_signal, spawn_detached
+from banger.host.private_dirs import ensure_private_dir
+from banger.host.proc import pid_alive, python_module_argv, send_signal, spawn_detached
 
 STOP_TIMEOUT = 15.0
 DriftHandler = Callable[[str], None]
@@ -29,9 +29,10 @@ def start_daemon(settings: Settings, client: Client) -> tuple[Ping, bool]:
     ping = try_ping(client)
     if ping is not None:
         return ping, False
-    stderr_log = settings.paths.state_dir / "bangerd.stderr.log"
+    state_dir = ensure_private_dir(settings.paths.state_dir, setting="BANGER_STATE_DIR")
+    stderr_log = state_dir / "bangerd.stderr.log"
     offset = stderr_log.stat().st_size if stderr_log.exists() else 0
-    proc = spawn_detached([sys.executable, "-m", "banger.daemon.main"], log_path=stderr_log)
+    proc = spawn_detached(python_module_argv("banger.daemon.main"), log_path=stderr_log)
 
     def ready() -> Ping | bool | None:
         if proc.poll() is not None:

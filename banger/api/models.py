@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
 
 from banger.core.states import OperationState
 
@@ -206,13 +207,15 @@ class VMKillRequest(RequestModel):
     signal: str = "KILL"
 
 
-class SSHCommandRequest(RequestModel):
-    command: list[str] = []
-    tty: bool = False
+class SSHTarget(WireModel):
+    """How to reach a running VM over SSH; the CLI builds the ``ssh`` argv from it."""
 
-
-class SSHCommand(WireModel):
-    argv: list[str]
+    host: IPvAnyAddress
+    port: int = Field(ge=1, le=65535)
+    user: str = Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    key: Path
+    known_hosts: Path
+    control_path: Path | None = None
 
 
 class LogChunk(WireModel):

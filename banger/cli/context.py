@@ -36,6 +36,10 @@ class CliContext:
             self._client = connect(self.settings, on_version_drift=_drift_warning)
         return self._client
 
+    def last_op_id(self) -> str | None:
+        """The op id of the last answer the daemon gave this command, if any."""
+        return self._client.last_op_id if self._client is not None else None
+
     def bare_client(self) -> Client:
         """A client that never starts the daemon nor warns of drift (daemon start/stop/status)."""
         return Client(self.settings.paths.socket)

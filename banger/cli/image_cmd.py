@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from banger.api.client import ref_path
 from banger.api.models import CachePruneResult, ImageInfo, ImageList, Operation
 from banger.cli.context import CliContext, json_option, pass_ctx, quiet_option
 from banger.cli.progress import follow
@@ -135,7 +136,7 @@ def image_show(ctx: CliContext, ref: str, as_json: bool) -> None:
     Example:
       banger image show debian-bookworm
     """
-    i = ctx.client().get_model(f"/images/{ref}", ImageInfo)
+    i = ctx.client().get_model(ref_path("image", ref), ImageInfo)
     if as_json:
         print_json(i.model_dump(mode="json"))
         return
@@ -161,7 +162,7 @@ def image_delete(ctx: CliContext, refs: tuple[str, ...]) -> None:
     """
     client = ctx.client()
     for ref in refs:
-        info = ImageInfo.model_validate(client.request("DELETE", f"/images/{ref}"))
+        info = ImageInfo.model_validate(client.request("DELETE", ref_path("image", ref)))
         console().print(f"deleted image {info.name} ({info.id})")
 
 
@@ -175,7 +176,7 @@ def image_promote(ctx: CliContext, ref: str) -> None:
     Example:
       banger image promote dev
     """
-    info = ctx.client().post_model(f"/images/{ref}/promote", ImageInfo)
+    info = ctx.client().post_model(ref_path("image", ref, "promote"), ImageInfo)
     console().print(f"image {info.name} is now the default")
 
 

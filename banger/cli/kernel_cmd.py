@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from banger.api.client import ref_path
 from banger.api.models import KernelCatalog, KernelInfo, KernelList, Operation
 from banger.cli.context import CliContext, json_option, pass_ctx, quiet_option
 from banger.cli.progress import follow
@@ -64,7 +65,7 @@ def kernel_pull(ctx: CliContext, name: str, as_json: bool) -> None:
       banger kernel pull debian-cloud
     """
     validate_name(name, "kernel")
-    op = ctx.client().post_model(f"/kernels/{name}/pull", Operation)
+    op = ctx.client().post_model(ref_path("kernel", name, "pull"), Operation)
     _finish(ctx, op, as_json)
 
 
@@ -129,7 +130,7 @@ def kernel_show(ctx: CliContext, name: str, as_json: bool) -> None:
     Example:
       banger kernel show debian-cloud --json
     """
-    k = ctx.client().get_model(f"/kernels/{name}", KernelInfo)
+    k = ctx.client().get_model(ref_path("kernel", name), KernelInfo)
     if as_json:
         print_json(k.model_dump(mode="json"))
         return
@@ -153,5 +154,5 @@ def kernel_delete(ctx: CliContext, names: tuple[str, ...]) -> None:
     """
     client = ctx.client()
     for name in names:
-        client.request("DELETE", f"/kernels/{name}")
+        client.request("DELETE", ref_path("kernel", name))
         console().print(f"deleted kernel {name}")

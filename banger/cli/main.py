@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Any
+import traceback
+from typing import Any, NoReturn
 
 import click
+from click.exceptions import NoArgsIsHelpError
 from click.shell_completion import get_completion_class
 
 from banger.cli.context import CliContext, json_option, pass_ctx
@@ -15,30 +18,70 @@ from banger.cli.image_cmd import image_group
 from banger.cli.kernel_cmd import kernel_group
 from banger.cli.render import print_error, print_fields, print_json
 from banger.cli.vm_cmd import ps, vm_group
-from banger.core.errors import BangerError
+from banger.config import load_settings
+from banger.core.errors import BangerError, InvalidInput
 from banger.version import version_info
 
 COMPLETION_SHELLS = ("bash", "zsh", "fish")
 
 
 class BangerGroup(click.Group):
-    """Maps every BangerError to ``banger: <message>`` and its exit code."""
+    """Maps every error to ``banger: <message>`` and its exit code; never a traceback.
+
+    BangerErrors keep their class's exit code; click's usage errors exit 2;
+    anything else is an internal error naming the daemon's log (a traceback
+    only under ``BANGER_DEBUG=1``).
+    """
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("prog_name", "banger")
-        kwargs["standalone_mode"] = True
+        kwargs["prog_name"] = "banger"
+        kwargs["standalone_mode"] = False
         try:
-            return super().main(*args, **kwargs)
-        except BangerError as exc:  # raised outside invoke (e.g. during completion)
+            code = super().main(*args, **kwargs)
+        except NoArgsIsHelpError as exc:  # a bare group: its help, as click does
+            click.echo(exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx else "banger"
+            print_error(InvalidInput(exc.format_message(), hint=f"see: {where} --help"))
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            print_error(BangerError(exc.format_message()))
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            print_error(BangerError("interrupted"))
+            sys.exit(130)
+        except BangerError as exc:
             print_error(exc)
             sys.exit(exc.exit_code)
+        except BrokenPipeError:
+            sys.exit(1)  # output went to a closed pipe (e.g. `| head`): nothing left to say
+        except Exception as exc:  # outside a command (e.g. completion)
+            _internal_error(exc, None)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except BangerError as exc:
-            print_error(exc)
-            sys.exit(exc.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, BangerError,
+                BrokenPipeError):
+            raise
+        except Exception as exc:
+            _internal_error(exc, ctx.find_object(CliContext))
+
+
+def _internal_error(exc: Exception, cli: CliContext | None) -> NoReturn:
+    """The last resort: one line with the type, the op id if any, and where to look."""
+    op = cli.last_op_id() if cli is not None else None
+    try:
+        log = f"; see {load_settings().paths.log_file}"
+    except BangerError:
+        log = ""
+    if os.environ.get("BANGER_DEBUG") == "1":
+        traceback.print_exception(exc)
+    print_error(BangerError(f"internal error: {type(exc).__name__}: {exc}{log}", op_id=op,
+                            hint=None if log == "" else "BANGER_DEBUG=1 shows the traceback"))
+    sys.exit(BangerError.exit_code)
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:

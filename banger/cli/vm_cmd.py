@@ -7,16 +7,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
-from banger.api.client import Client
-from banger.api.models import LogChunk, Operation, SSHCommand, VMInfo, VMList
+from banger.api.client import Client, ref_path
+from banger.api.models import LogChunk, Operation, SSHTarget, VMInfo, VMList
 from banger.cli.context import CliContext, json_option, pass_ctx, quiet_option
 from banger.cli.progress import follow
 from banger.cli.render import console, print_error, print_fields, print_json, print_table
 from banger.core.errors import BangerError, InvalidInput
+from banger.core.sshcmd import ssh_argv
 from banger.core.validate import (
     format_size,
     parse_memory_mib,
@@ -90,7 +92,12 @@ def vm_create(ctx: CliContext, name: str | None, image: str | None, vcpu: int | 
 
 def _each(ctx: CliContext, refs: tuple[str, ...], begin: Callable[[Client, str], Operation],
           done: str) -> None:
-    """Begin one operation per VM (they run concurrently), then report in argument order."""
+    """Begin one operation per VM (they run concurrently), then report in argument order.
+
+    Every ref is checked first: one malformed ref means nothing is started.
+    """
+    for ref in refs:
+        validate_name(ref, "VM")
     client = ctx.client()
     started: list[Operation | BangerError] = []
     for ref in refs:
@@ -116,7 +123,7 @@ def _verb(path: str, done: str, doc: str) -> click.Command:
     @click.argument("vms", nargs=-1, required=True)
     @pass_ctx
     def command(ctx: CliContext, vms: tuple[str, ...]) -> None:
-        _each(ctx, vms, lambda c, ref: c.post_model(f"/vms/{ref}/{path}", Operation), done)
+        _each(ctx, vms, lambda c, ref: c.post_model(ref_path("VM", ref, path), Operation), done)
 
     command.__doc__ = doc
     return click.command(path)(command)
@@ -144,6 +151,10 @@ vm_group.add_command(_verb("restart", "restarted", """Stop, then start VMs (a ne
     """))
 
 
+def _begin_delete(client: Client, ref: str) -> Operation:
+    return Operation.model_validate(client.request("DELETE", ref_path("VM", ref)))
+
+
 @vm_group.command("delete")
 @click.argument("vms", nargs=-1, required=True)
 @pass_ctx
@@ -154,8 +165,7 @@ def vm_delete(ctx: CliContext, vms: tuple[str, ...]) -> None:
     Example:
       banger vm delete box
     """
-    _each(ctx, vms, lambda c, ref: Operation.model_validate(c.request("DELETE", f"/vms/{ref}")),
-          "deleted")
+    _each(ctx, vms, _begin_delete, "deleted")
 
 
 @vm_group.command("kill")
@@ -171,7 +181,7 @@ def vm_kill(ctx: CliContext, signame: str, vms: tuple[str, ...]) -> None:
       banger vm kill --signal TERM box
     """
     _each(ctx, vms, lambda c, ref: c.post_model(
-        f"/vms/{ref}/kill", Operation, json_body={"signal": signame.upper()}), "signalled")
+        ref_path("VM", ref, "kill"), Operation, json_body={"signal": signame.upper()}), "signalled")
 
 
 @vm_group.command("prune")
@@ -193,8 +203,7 @@ def vm_prune(ctx: CliContext, force: bool) -> None:
         if not sys.stdin.isatty():
             raise InvalidInput("vm prune asks before deleting", hint="pass -f to skip the question")
         click.confirm(f"Delete {len(doomed)} VMs: {', '.join(doomed)}?", abort=True)
-    _each(ctx, tuple(doomed),
-          lambda c, ref: Operation.model_validate(c.request("DELETE", f"/vms/{ref}")), "deleted")
+    _each(ctx, tuple(doomed), _begin_delete, "deleted")
 
 
 @vm_group.command("set")
@@ -212,7 +221,8 @@ def vm_set(ctx: CliContext, vm: str, vcpu: int | None, memory: str | None, disk:
     """
     body = _create_body(None, None, vcpu, memory, disk)
     changes = {k: body[k] for k in ("vcpu", "memory_mib", "disk")}
-    info = VMInfo.model_validate(ctx.client().request("PATCH", f"/vms/{vm}", json_body=changes))
+    answer = ctx.client().request("PATCH", ref_path("VM", vm), json_body=changes)
+    info = VMInfo.model_validate(answer)
     if as_json:
         print_json(info.model_dump(mode="json"))
     else:
@@ -284,7 +294,7 @@ def vm_show(ctx: CliContext, vm: str, as_json: bool) -> None:
     Example:
       banger vm show box --json
     """
-    v = ctx.client().get_model(f"/vms/{vm}", VMInfo)
+    v = ctx.client().get_model(ref_path("VM", vm), VMInfo)
     if as_json:
         print_json(v.model_dump(mode="json"))
         return
@@ -313,7 +323,7 @@ def vm_logs(ctx: CliContext, vm: str, follow_log: bool) -> None:
     client = ctx.client()
     offset = 0
     while True:
-        chunk = client.get_model(f"/vms/{vm}/logs", LogChunk, params={"offset": offset})
+        chunk = client.get_model(ref_path("VM", vm, "logs"), LogChunk, params={"offset": offset})
         sys.stdout.write(chunk.text)
         sys.stdout.flush()
         if chunk.offset == offset and not follow_log:
@@ -323,14 +333,29 @@ def vm_logs(ctx: CliContext, vm: str, follow_log: bool) -> None:
         offset = chunk.offset
 
 
-def _ssh_argv(client: Client, vm: str, command: tuple[str, ...], tty: bool) -> list[str]:
-    body = {"command": list(command), "tty": tty}
-    return client.post_model(f"/vms/{vm}/ssh", SSHCommand, json_body=body).argv
+def _inside(path: Path, base: Path) -> bool:
+    return path.is_absolute() and ".." not in path.parts and path.is_relative_to(base)
 
 
-@vm_group.command("ssh", context_settings={"ignore_unknown_options": True})
+def _ssh_argv(ctx: CliContext, vm: str, command: tuple[str, ...], tty: bool) -> list[str]:
+    """The ssh argv, built here from the daemon's data after checking it: never an argv it sent."""
+    target = ctx.client().get_model(ref_path("VM", vm, "ssh"), SSHTarget)
+    paths = ctx.settings.paths
+    for label, path, base in (("key", target.key, paths.state_dir),
+                              ("known_hosts", target.known_hosts, paths.state_dir),
+                              ("control socket", target.control_path, paths.runtime_dir)):
+        if path is not None and not _inside(path, base):
+            raise BangerError(f"bangerd sent an SSH {label} path outside {base}: {path}",
+                              hint="is that your own bangerd? see: banger daemon status")
+    return ssh_argv(str(target.host), target.port, target.key, target.known_hosts, target.user,
+                    command=command or None, batch=not tty, tty=tty,
+                    control_path=target.control_path)
+
+
+# Options are parsed strictly up to "--": a mistyped flag is a usage error, never a command.
+@vm_group.command("ssh")
 @click.argument("vm")
-@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- CMD ...]")
 @pass_ctx
 def vm_ssh(ctx: CliContext, vm: str, command: tuple[str, ...]) -> None:
     """Open a shell in a VM, or run one command; its exit code is banger's.
@@ -340,17 +365,17 @@ def vm_ssh(ctx: CliContext, vm: str, command: tuple[str, ...]) -> None:
       banger vm ssh box
       banger vm ssh box -- sh -c 'exit 42'; echo $?
     """
-    argv = _ssh_argv(ctx.client(), vm, command, tty=not command and sys.stdin.isatty())
+    argv = _ssh_argv(ctx, vm, command, tty=not command and sys.stdin.isatty())
     sys.stdout.flush()
     os.execvp(argv[0], argv)
 
 
-@vm_group.command("run", context_settings={"ignore_unknown_options": True})
+@vm_group.command("run")
 @click.option("--rm", "remove", is_flag=True, help="Delete the VM afterwards (also on failure).")
 @click.option("--name", help="VM name (default: generated).")
 @click.option("--image", help="Image name or id (default: the default image).")
 @_size_options
-@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- CMD ...]")
 @pass_ctx
 def vm_run(ctx: CliContext, remove: bool, name: str | None, image: str | None, vcpu: int | None,
            memory: str | None, disk: str | None, command: tuple[str, ...]) -> None:
@@ -368,12 +393,11 @@ def vm_run(ctx: CliContext, remove: bool, name: str | None, image: str | None, v
     code = 0
     try:
         if command:
-            argv = _ssh_argv(client, info.name, command, tty=False)
+            argv = _ssh_argv(ctx, info.name, command, tty=False)
             code = subprocess.run(argv, check=False).returncode
         else:
             console().print(f"VM {info.name} is running; connect: banger vm ssh {info.name}")
     finally:
         if remove:
-            op = Operation.model_validate(client.request("DELETE", f"/vms/{info.name}"))
-            follow(client, op, quiet=True)
+            follow(client, _begin_delete(client, info.name), quiet=True)
     sys.exit(code)

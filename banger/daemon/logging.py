@@ -19,8 +19,10 @@ _SHARED: list[Processor] = [
 
 
 def configure_logging(level: str, log_file: Path, *, to_stderr: bool = True) -> None:
-    """Route structlog and stdlib logging (uvicorn, host.run) through one JSON formatter."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
+    """Route structlog and stdlib logging (uvicorn, host.run) through one JSON formatter.
+
+    ``log_file``'s directory must exist (the daemon makes its state dir private first).
+    """
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_SHARED,
         processors=[

@@ -9,37 +9,55 @@ from pathlib import Path
 
 import structlog
 
-from banger.config import config_file, load_settings
+from banger.config import Settings, config_file, load_settings
 from banger.core.errors import BangerError, InvalidInput
 from banger.daemon.logging import configure_logging
 from banger.daemon.server import instance_lock, serve
+from banger.host.private_dirs import ensure_private_dir
+
+
+def _private_dir(path: Path, setting: str) -> None:
+    """Create and prove one of our dirs; a dir we cannot even create is one clear line."""
+    try:
+        ensure_private_dir(path, setting=setting)
+    except OSError as exc:
+        raise InvalidInput(
+            f"cannot create {path}: {exc.strerror}", hint=f"set {setting} to a directory you own"
+        ) from None
 
 
 def writable_state_dir(path: Path) -> None:
-    """Create ``state_dir`` (0700) and make sure we can write to it, or one clear line."""
-    where = f"state_dir in {config_file()} (or BANGER_STATE_DIR)"
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InvalidInput(
-            f"cannot create the state directory {path}: {exc.strerror}", hint=f"set {where}"
-        ) from None
+    """Our state dir must also be writable (a read-only mount, a 0500 dir), or one clear line."""
     if not os.access(path, os.W_OK | os.X_OK):
+        where = f"state_dir in {config_file()} (or BANGER_STATE_DIR)"
         raise InvalidInput(
             f"the state directory {path} is not writable by uid {os.getuid()}",
             hint=f"fix its owner or mode, or its mount (findmnt -T {path}), or set {where}",
         )
 
 
+def _prepare() -> Settings:
+    """Settings, then the three private dirs; the daemon never runs in the caller's directory."""
+    os.chdir("/")
+    settings = load_settings()
+    paths = settings.paths
+    for directory, setting in (
+        (paths.state_dir, "BANGER_STATE_DIR"),
+        (paths.cache_dir, "BANGER_CACHE_DIR"),
+        (paths.runtime_dir, "XDG_RUNTIME_DIR or BANGER_RUNTIME_DIR"),
+    ):
+        _private_dir(directory, setting)
+    writable_state_dir(paths.state_dir)
+    return settings
+
+
 def main() -> None:
     try:
-        settings = load_settings()
-        writable_state_dir(settings.paths.state_dir)
+        settings = _prepare()
     except BangerError as exc:
         print(f"bangerd: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""), file=sys.stderr)
         sys.exit(exc.exit_code)
     paths = settings.paths
-    paths.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     configure_logging(settings.log_level, paths.log_file)
     log = structlog.get_logger("banger.daemon")
     try:

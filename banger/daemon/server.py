@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import os
 import socket
@@ -15,7 +16,7 @@ import structlog
 import uvicorn
 
 from banger.config import Settings
-from banger.core.errors import Conflict
+from banger.core.errors import Conflict, Forbidden
 from banger.daemon.app import create_app
 from banger.daemon.history import operation_recaller, operation_recorder
 from banger.daemon.operations import OperationRegistry
@@ -33,10 +34,19 @@ def instance_lock(pidfile: Path) -> Iterator[None]:
     """Hold an exclusive lock on the pidfile for the daemon's lifetime.
 
     The kernel drops the lock when the process dies, however it dies, so a
-    stale pidfile or socket never blocks the next start.
+    stale pidfile or socket never blocks the next start. Its directory is
+    private already (``host.private_dirs``); the pidfile is still opened without
+    following a symlink, so a planted link is refused, its target untouched.
     """
-    pidfile.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(pidfile, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(pidfile, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise Forbidden(
+            f"refusing to use {pidfile}: it is a symlink",
+            hint=f"remove it if you did not create it: rm {pidfile}",
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -10,8 +10,7 @@ from fastapi import Query, Request
 from banger.api.models import (
     LogChunk,
     Operation,
-    SSHCommand,
-    SSHCommandRequest,
+    SSHTarget,
     VMCreateRequest,
     VMInfo,
     VMKillRequest,
@@ -82,15 +81,15 @@ async def delete_vm(ref: Ref, daemon: DaemonDep, request: Request) -> Operation:
     return _begin(daemon, request, "vm.delete", ref, daemon.vms.delete(ref))
 
 
-@router.post("/vms/{ref}/ssh", response_model=SSHCommand)
-async def ssh_command(ref: Ref, body: SSHCommandRequest, daemon: DaemonDep) -> SSHCommand:
-    """The system ssh argv that reaches the VM (the CLI execs it)."""
+@router.get("/vms/{ref}/ssh", response_model=SSHTarget)
+async def ssh_target(ref: Ref, daemon: DaemonDep) -> SSHTarget:
+    """Where and with which files to reach the VM over SSH (data: the CLI builds the argv)."""
     vm = daemon.store.vms.get(ref)
     if vm.state is not VMState.RUNNING:
         raise Conflict(
             f"VM '{vm.name}' is {vm.state}", hint=f"start it first: banger vm start {vm.name}"
         )
-    return SSHCommand(argv=daemon.vms.ssh_argv(vm, body.command, body.tty))
+    return daemon.vms.ssh_target(vm)
 
 
 @router.get("/vms/{ref}/logs", response_model=LogChunk)

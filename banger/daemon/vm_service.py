@@ -15,12 +15,13 @@ import signal
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from banger.api.models import VMInfo
+from banger.api.models import SSHTarget, VMInfo
 from banger.config import Settings
 from banger.core.errors import BangerError, Conflict, GuestError, InvalidInput
 from banger.core.states import VMState
@@ -175,13 +176,13 @@ class VMService:
                               deadline=deadline, log_path=files.dir / "ssh.log",
                               alive=handle.running)
 
-    def ssh_argv(self, vm: VMRecord, command: list[str], tty: bool) -> list[str]:
-        """The system ssh argv that reaches ``vm`` (sharing its SSH connection)."""
+    def ssh_target(self, vm: VMRecord) -> SSHTarget:
+        """Where ``vm``'s sshd is and the files that reach it (sharing its SSH connection)."""
         host, port = self.network.ssh_endpoint(vm)
         files = self.files(vm)
-        return ssh.ssh_argv(
-            host, port, self.paths.ssh_key, files.known_hosts, command=command or None,
-            batch=not tty, tty=tty, control_path=ssh.control_path_for(files.run_dir),
+        return SSHTarget(
+            host=ip_address(host), port=port, user="root", key=self.paths.ssh_key,
+            known_hosts=files.known_hosts, control_path=ssh.control_path_for(files.run_dir),
         )
 
     def watch(self, vm: VMRecord, handle: Handle) -> None:

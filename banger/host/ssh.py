@@ -1,6 +1,6 @@
 """SSH to guests: the managed client key, per-VM host keys and known_hosts, argv and readiness.
 
-``vm ssh`` execs the system ``ssh`` with ``ssh_argv`` (pure); the daemon talks
+The CLI builds ``vm ssh``'s system ``ssh`` argv itself (``core.sshcmd``); the daemon talks
 to guests through asyncssh (``wait_for_ssh``, ``ssh_exec``). Each VM gets its
 own known_hosts file holding the host key banger generated for it, so no
 prompt ever appears and a reused IP never trips a "host key changed" error.
@@ -22,6 +22,7 @@ from pathlib import Path
 import asyncssh
 
 from banger.core.errors import GuestError, InvalidInput, StoreError
+from banger.core.sshcmd import CONNECT_TIMEOUT, ssh_argv
 from banger.core.wait import Backoff
 from banger.host.run import CommandError, arun, arun_to_log, require_tool, run
 
@@ -29,8 +30,6 @@ log = logging.getLogger("banger.host.ssh")
 
 HOST_KEY_FILE = "ssh_host_ed25519_key"
 _PRIVATE_KEY_HEADER = b"-----BEGIN OPENSSH PRIVATE KEY-----"
-CONNECT_TIMEOUT = 10
-CONTROL_PERSIST = "60s"
 # ssh binds the master socket as "<ControlPath>.<16 random chars>" first.
 _CONTROL_SUFFIX = 17
 _SUN_PATH_MAX = 107
@@ -122,59 +121,6 @@ def write_known_hosts(path: Path, host: str, port: int, pubkey: bytes | str) -> 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(known_hosts_line(host, port, pubkey))
     os.replace(tmp, path)
-
-
-def ssh_argv(
-    target: str,
-    port: int,
-    key: Path,
-    known_hosts: Path,
-    user: str = "root",
-    command: Sequence[str] | None = None,
-    *,
-    host_key_recorded: bool = True,
-    batch: bool = True,
-    tty: bool = False,
-    connect_timeout: int = CONNECT_TIMEOUT,
-    ssh_binary: str = "ssh",
-    control_path: Path | None = None,
-) -> list[str]:
-    """The system ``ssh`` argv for a VM (pure). ``command`` is quoted for the remote shell.
-
-    With ``control_path``, ssh shares one connection per VM (ControlMaster): the
-    first ssh becomes the master and lingers ``CONTROL_PERSIST`` after its last
-    session, so the next ``vm ssh``/``vm run`` skips the key exchange.
-    """
-    argv = [ssh_binary, "-F", "/dev/null"]  # the user's ~/.ssh/config must not change this
-    options = {
-        "IdentitiesOnly": "yes",
-        "IdentityAgent": "none",
-        "UserKnownHostsFile": os.fspath(known_hosts),
-        "GlobalKnownHostsFile": "/dev/null",
-        "StrictHostKeyChecking": "yes" if host_key_recorded else "accept-new",
-        "BatchMode": "yes" if batch else "no",
-        "LogLevel": "ERROR",
-        "ConnectTimeout": str(connect_timeout),
-    }
-    if control_path is not None:
-        options.update(
-            ControlMaster="auto",
-            ControlPath=os.fspath(control_path),
-            ControlPersist=CONTROL_PERSIST,
-            ServerAliveInterval="5",
-            ServerAliveCountMax="3",
-        )
-    argv += ["-i", os.fspath(key), "-p", str(port)]
-    for name, value in options.items():
-        argv += ["-o", f"{name}={value}"]
-    if tty:
-        argv.append("-t")
-    argv += ["--", f"{user}@{target}"]
-    if command:
-        # ssh joins its arguments with spaces for the remote shell; one quoted
-        # string keeps `sh -c 'exit 42'` three words on the other side too.
-        argv.append(shlex.join(command))
-    return argv
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 mmdebstrap bootstraps Debian (root mode when we are root, ``--mode=unshare``
 otherwise) and hands the tree to a customize hook that runs this module
-(``python -m banger.images.build finish STAGING ROOTDIR``) inside mmdebstrap's
+(``python -I -m banger.images.build finish STAGING ROOTDIR``) inside mmdebstrap's
 namespace, where every file is still owned by uid 0: the hook writes the guest
 bits and runs ``mkfs.ext4 -d`` for ``rootfs.ext4`` and ``work-seed.ext4``, so
 ownership is right in both modes without a directory of subuid-owned files.
@@ -27,6 +27,7 @@ from banger.core.names import new_id
 from banger.core.validate import validate_name
 from banger.host.ext4 import make_ext4
 from banger.host.files import sha256_file
+from banger.host.proc import python_module_argv
 from banger.host.run import require_tool, run
 from banger.images.guest_bits import (
     LEAN_INIT,
@@ -129,9 +130,8 @@ def mmdebstrap_argv(
 
 def finish_hook_command(staging: Path) -> str:
     """The customize-hook text: rerun this module on mmdebstrap's tree (``$1``)."""
-    return shlex.join([sys.executable, "-m", "banger.images.build", "finish", str(staging)]) + (
-        ' "$1"'
-    )
+    argv = python_module_argv("banger.images.build", "finish", str(staging))
+    return shlex.join(argv) + ' "$1"'
 
 
 def _tree_bytes(root: Path) -> int:

@@ -290,9 +290,11 @@ def test_an_unwritable_state_dir_stops_the_daemon_with_one_clear_line() -> None:
     root = Path(tempfile.mkdtemp(prefix="banger-unwritable-", dir="/tmp"))
     root.chmod(0o755)  # traversable by uid 65534, writable by root only
     env = BangerEnv(root)
-    env.state_dir.mkdir(mode=0o755)  # root's: not writable by uid 65534
-    env.runtime_dir.mkdir()
-    os.chown(env.runtime_dir, 65534, 65534)
+    env.state_dir.mkdir(mode=0o500)  # 65534's own, private, but not writable
+    os.chown(env.state_dir, 65534, 65534)
+    for own in (env.runtime_dir, env.cache_dir):
+        own.mkdir(mode=0o700)
+        os.chown(own, 65534, 65534)
     result = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
          *env.banger_argv()[:1], "-m", "banger.daemon.main"],

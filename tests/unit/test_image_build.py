@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
 import string
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from banger.core.validate import validate_name
 from banger.images.build import (
     BASE_PACKAGES,
     build_image,
+    finish_hook_command,
     mirror_lines,
     mmdebstrap_argv,
     parse_source,
@@ -130,3 +133,9 @@ def test_a_missing_or_corrupt_image_json_is_a_store_error(tmp_path: Path) -> Non
     (tmp_path / "image.json").write_text("{not json")
     with pytest.raises(StoreError):
         read_manifest(tmp_path)
+
+
+def test_the_finish_hook_runs_our_module_isolated_from_the_working_directory() -> None:
+    words = shlex.split(finish_hook_command(Path("/state/images/.build-x")))
+    assert words[:4] == [sys.executable, "-I", "-m", "banger.images.build"]
+    assert words[4:] == ["finish", "/state/images/.build-x", "$1"]

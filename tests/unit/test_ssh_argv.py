@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from banger.core.errors import InvalidInput
-from banger.host.ssh import known_hosts_line, ssh_argv
+from banger.core.sshcmd import ssh_argv
+from banger.host.ssh import known_hosts_line
 
 KEY = Path("/home/u/.local/state/banger/ssh/id_ed25519")
 KH = Path("/home/u/.local/state/banger/vms/0123abcd/known_hosts")

@@ -15,13 +15,13 @@ import asyncssh
 import pytest
 
 from banger.core.errors import GuestError, StoreError
+from banger.core.sshcmd import ssh_argv
 from banger.host.ssh import (
     close_master,
     control_path_for,
     ensure_ssh_key,
     generate_host_key,
     open_master,
-    ssh_argv,
     ssh_exec,
     wait_for_ssh,
     write_known_hosts,

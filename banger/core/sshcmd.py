@@ -1,0 +1,68 @@
+"""The system ``ssh`` command line for a VM: a pure builder the CLI and the daemon share.
+
+The CLI builds ``vm ssh``'s argv itself from the data the daemon returns (address,
+port, key and known_hosts paths), so it never executes an argv a daemon sent it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+CONNECT_TIMEOUT = 10
+CONTROL_PERSIST = "60s"
+
+
+def ssh_argv(
+    target: str,
+    port: int,
+    key: Path,
+    known_hosts: Path,
+    user: str = "root",
+    command: Sequence[str] | None = None,
+    *,
+    host_key_recorded: bool = True,
+    batch: bool = True,
+    tty: bool = False,
+    connect_timeout: int = CONNECT_TIMEOUT,
+    ssh_binary: str = "ssh",
+    control_path: Path | None = None,
+) -> list[str]:
+    """The system ``ssh`` argv for a VM (pure). ``command`` is quoted for the remote shell.
+
+    With ``control_path``, ssh shares one connection per VM (ControlMaster): the
+    first ssh becomes the master and lingers ``CONTROL_PERSIST`` after its last
+    session, so the next ``vm ssh``/``vm run`` skips the key exchange.
+    """
+    argv = [ssh_binary, "-F", "/dev/null"]  # the user's ~/.ssh/config must not change this
+    options = {
+        "IdentitiesOnly": "yes",
+        "IdentityAgent": "none",
+        "UserKnownHostsFile": os.fspath(known_hosts),
+        "GlobalKnownHostsFile": "/dev/null",
+        "StrictHostKeyChecking": "yes" if host_key_recorded else "accept-new",
+        "BatchMode": "yes" if batch else "no",
+        "LogLevel": "ERROR",
+        "ConnectTimeout": str(connect_timeout),
+    }
+    if control_path is not None:
+        options.update(
+            ControlMaster="auto",
+            ControlPath=os.fspath(control_path),
+            ControlPersist=CONTROL_PERSIST,
+            ServerAliveInterval="5",
+            ServerAliveCountMax="3",
+        )
+    argv += ["-i", os.fspath(key), "-p", str(port)]
+    for name, value in options.items():
+        argv += ["-o", f"{name}={value}"]
+    if tty:
+        argv.append("-t")
+    argv += ["--", f"{user}@{target}"]
+    if command:
+        # ssh joins its arguments with spaces for the remote shell; one quoted
+        # string keeps `sh -c 'exit 42'` three words on the other side too.
+        argv.append(shlex.join(command))
+    return argv

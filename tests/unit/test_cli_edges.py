@@ -1,0 +1,194 @@
+"""The CLI's edge: usage errors, refs, and what a broken or fake daemon may answer.
+
+The daemon here is ``tests.support.fake_daemon``: real HTTP over a real Unix
+socket, answering what a hostile or broken bangerd would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from banger.api.client import Client, _decode, api_path, ref_path
+from banger.cli.context import CliContext
+from banger.cli.main import BangerGroup, cli
+from banger.cli.vm_cmd import _ssh_argv
+from banger.core.errors import BangerError, InvalidInput
+from banger.core.sshcmd import ssh_argv
+from tests.support.fake_daemon import Answer, fake_daemon
+
+HOSTILE_REFS = ["box?x", "box#x", "box/start", "box%2Fx", "my box", "bøx", ""]
+
+
+@pytest.fixture
+def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    for key in ("STATE_DIR", "RUNTIME_DIR", "CACHE_DIR"):
+        monkeypatch.setenv(f"BANGER_{key}", str(tmp_path / key.lower()))
+    monkeypatch.setenv("BANGER_CONFIG", str(tmp_path / "config.toml"))
+    monkeypatch.setenv("NO_COLOR", "1")
+    yield tmp_path
+
+
+def _run(*args: str) -> click.testing.Result:
+    return CliRunner().invoke(cli, list(args))
+
+
+@pytest.mark.parametrize("args", [
+    ["vm", "run", "--nat", "--", "true"],
+    ["vm", "run", "--rm", "--bogus", "--", "true"],
+    ["vm", "ssh", "box", "--nat", "--", "true"],
+])
+def test_an_unknown_option_before_dash_dash_is_a_usage_error_not_a_command(
+    dirs: Path, args: list[str]
+) -> None:
+    result = _run(*args)
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("banger: No such option") and "Traceback" not in result.output
+    assert lines[1].strip().startswith(f"hint: see: banger {args[0]} {args[1]} --help")
+    assert not (dirs / "runtime_dir").exists(), "no daemon may be started for a usage error"
+
+
+def test_other_usage_errors_use_the_banger_form(dirs: Path) -> None:
+    result = _run("vm", "kill", "--signal", "NOPE", "box")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("banger: Invalid value for '--signal'")
+
+
+@pytest.mark.parametrize("ref", HOSTILE_REFS)
+def test_a_ref_outside_the_name_grammar_never_becomes_a_url(dirs: Path, ref: str) -> None:
+    with fake_daemon(dirs / "runtime_dir" / "bangerd.sock", {}) as fake:
+        for args in (["vm", "delete", ref], ["vm", "show", ref], ["kernel", "delete", ref],
+                     ["image", "show", ref], ["vm", "start", "ok", ref]):
+            result = _run(*args)
+            assert result.exit_code == 2, (args, result.output)
+            assert result.stderr.startswith("banger: invalid "), result.stderr
+            assert "Traceback" not in result.output
+    assert fake.seen == [], "a malformed ref among several must stop them all"
+
+
+def test_segments_are_quoted_whole_and_unsafe_paths_are_refused() -> None:
+    assert api_path("vms", "box?x", "start") == "/vms/box%3Fx/start"
+    assert api_path("vms", "a/b") == "/vms/a%2Fb"
+    assert api_path("vms", "%2F") == "/vms/%252F"
+    with pytest.raises(InvalidInput):
+        api_path("kernels", "")
+    for ref in HOSTILE_REFS:
+        with pytest.raises(InvalidInput):
+            ref_path("VM", ref)
+    with pytest.raises(InvalidInput, match="unsafe request path"):
+        Client(Path("/nonexistent/sock")).request("DELETE", "/vms/box?x")
+
+
+def test_a_redirect_is_an_error_never_followed(dirs: Path) -> None:
+    answers = {"DELETE /v1/kernels/k": Answer(307, b"", headers={"Location": "/v1/kernels"})}
+    with fake_daemon(dirs / "runtime_dir" / "bangerd.sock", answers):
+        result = _run("kernel", "delete", "k")
+    assert result.exit_code == 1
+    assert "HTTP 307" in result.stderr and "redirect" in result.stderr
+    with pytest.raises(BangerError, match="redirect"):
+        _decode("GET", "/v1/x", 301, {}, b"")
+
+
+def test_a_plain_text_500_is_a_typed_error_with_the_op_id(dirs: Path) -> None:
+    answers = {"GET /v1/vms": Answer(500, b"Internal Server Error", "text/plain")}
+    with fake_daemon(dirs / "runtime_dir" / "bangerd.sock", answers):
+        result = _run("vm", "list")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        "banger: bangerd answered GET /v1/vms: HTTP 500 with text/plain, not JSON (op op-fake-1)"
+    )
+    assert "Traceback" not in result.output
+
+
+def test_answers_banger_cannot_use_are_clear_errors(dirs: Path) -> None:
+    answers = {"GET /v1/vms": Answer.json({"vms": "nope"})}
+    with fake_daemon(dirs / "runtime_dir" / "bangerd.sock", answers):
+        result = _run("vm", "list")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("banger: bangerd answered /vms with unusable data: vms")
+
+
+def _target(dirs: Path, **override: object) -> dict[str, object]:
+    state = dirs / "state_dir"
+    target: dict[str, object] = {
+        "host": "172.16.0.9", "port": 22, "user": "root", "key": str(state / "ssh/id_ed25519"),
+        "known_hosts": str(state / "vms/abc/known_hosts"),
+        "control_path": str(dirs / "runtime_dir/vms/abc/ssh"),
+    }
+    target.update(override)
+    return target
+
+
+def test_the_ssh_argv_is_built_here_from_checked_data(dirs: Path) -> None:
+    target = _target(dirs)
+    with fake_daemon(dirs / "runtime_dir" / "bangerd.sock",
+                     {"GET /v1/vms/box/ssh": Answer.json(target)}):
+        argv = _ssh_argv(CliContext(), "box", ("uname", "-r"), tty=False)
+    assert argv == ssh_argv("172.16.0.9", 22, Path(str(target["key"])),
+                            Path(str(target["known_hosts"])), "root", command=("uname", "-r"),
+                            control_path=Path(str(target["control_path"])))
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"key": "/etc/shadow"}, "SSH key path outside"),
+    ({"known_hosts": "/tmp/kh"}, "SSH known_hosts path outside"),
+    ({"control_path": "/tmp/evil.sock"}, "SSH control socket path outside"),
+    ({"key": "state_dir/ssh/id"}, "SSH key path outside"),
+    ({"host": "evil; rm -rf ~"}, "unusable data: host"),
+    ({"host": "-oProxyCommand=sh"}, "unusable data: host"),
+    ({"port": "22 -o ProxyCommand=x"}, "unusable data: port"),
+    ({"user": "-oProxyCommand=x"}, "unusable data: user"),
+    ({"argv": ["sh", "-c", "id"]}, "unusable data: argv"),
+])
+def test_a_fake_daemons_ssh_data_is_refused(
+    dirs: Path, override: dict[str, object], message: str
+) -> None:
+    target = _target(dirs, **override)
+    if "key" in override and not str(override["key"]).startswith("/"):
+        target["key"] = str(dirs / "state_dir" / ".." / "escape" / "id")
+    with fake_daemon(dirs / "runtime_dir" / "bangerd.sock",
+                     {"GET /v1/vms/box/ssh": Answer.json(target)}):
+        with pytest.raises(BangerError, match=message):
+            _ssh_argv(CliContext(), "box", ("true",), tty=False)
+
+
+def _boom_group() -> click.Group:
+    @click.group(cls=BangerGroup)
+    def group() -> None:
+        pass
+
+    @group.command("boom")
+    def boom() -> None:
+        raise RuntimeError("the unexpected")
+
+    return group
+
+
+def test_an_unexpected_exception_is_one_line_naming_the_log(
+    dirs: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BANGER_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        _boom_group().main(["boom"])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == (
+        "banger: internal error: RuntimeError: the unexpected; "
+        f"see {dirs / 'state_dir' / 'bangerd.log'}"
+    )
+    assert "Traceback" not in err
+    monkeypatch.setenv("BANGER_DEBUG", "1")
+    with pytest.raises(SystemExit):
+        _boom_group().main(["boom"])
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_bare_group_still_shows_its_help(dirs: Path) -> None:
+    result = _run("vm")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Usage: banger vm [OPTIONS] COMMAND")
