@@ -11,7 +11,7 @@ from banger.api.models import CachePruneResult, ImageInfo, ImageList, Operation
 from banger.cli.context import CliContext, json_option, pass_ctx, quiet_option
 from banger.cli.progress import follow
 from banger.cli.render import console, print_fields, print_json, print_table
-from banger.core.validate import format_size, parse_size, validate_name
+from banger.core.validate import format_size, parse_size, validate_new_name
 
 
 @click.group("image")
@@ -56,7 +56,7 @@ def image_build(
       banger image build dev --packages build-essential,python3 --size 4G
     """
     if name is not None:
-        validate_name(name, "image")
+        validate_new_name(name, "image")
     if size is not None:
         parse_size(size)
     body = {"name": name, "source": source, "size": size,
@@ -77,7 +77,7 @@ def image_pull(ctx: CliContext, ref: str, name: str | None, as_json: bool) -> No
       banger image pull docker.io/library/debian:bookworm --name deb
     """
     if name is not None:
-        validate_name(name, "image")
+        validate_new_name(name, "image")
     op = ctx.client().post_model("/images/pull", Operation, json_body={"ref": ref, "name": name})
     _finish(ctx, op, as_json)
 
@@ -95,7 +95,7 @@ def image_import(ctx: CliContext, path: Path, name: str | None, as_json: bool) -
       banger image import ./rootfs.tar.gz --name mine
     """
     if name is not None:
-        validate_name(name, "image")
+        validate_new_name(name, "image")
     body = {"path": str(path.absolute()), "name": name}
     _finish(ctx, ctx.client().post_model("/images/import", Operation, json_body=body), as_json)
 

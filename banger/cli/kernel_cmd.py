@@ -11,7 +11,7 @@ from banger.api.models import KernelCatalog, KernelInfo, KernelList, Operation
 from banger.cli.context import CliContext, json_option, pass_ctx, quiet_option
 from banger.cli.progress import follow
 from banger.cli.render import console, print_fields, print_json, print_table
-from banger.core.validate import validate_name
+from banger.core.validate import validate_new_name
 
 
 @click.group("kernel")
@@ -64,7 +64,7 @@ def kernel_pull(ctx: CliContext, name: str, as_json: bool) -> None:
     Example:
       banger kernel pull debian-cloud
     """
-    validate_name(name, "kernel")
+    validate_new_name(name, "kernel")
     op = ctx.client().post_model(ref_path("kernel", name, "pull"), Operation)
     _finish(ctx, op, as_json)
 
@@ -88,7 +88,7 @@ def kernel_import(ctx: CliContext, name: str, source: Path, as_json: bool) -> No
       banger kernel import mykernel --from ./linux-image-6.1.0-cloud-amd64.deb
       banger kernel import mykernel --from /srv/kernel-root
     """
-    validate_name(name, "kernel")
+    validate_new_name(name, "kernel")
     op = ctx.client().post_model(
         "/kernels/import", Operation, json_body={"name": name, "source": str(source.absolute())}
     )

@@ -24,6 +24,7 @@ from banger.core.validate import (
     parse_memory_mib,
     parse_size,
     validate_name,
+    validate_new_name,
     validate_vcpu,
 )
 
@@ -53,7 +54,7 @@ def _create_body(
 ) -> dict[str, Any]:
     """Validate flags before any request (nothing is created on bad input)."""
     if name is not None:
-        validate_name(name, "VM")
+        validate_new_name(name, "VM")
     if vcpu is not None:
         validate_vcpu(vcpu)
     memory_mib = parse_memory_mib(memory) if memory is not None else None

@@ -71,6 +71,17 @@ def test_a_ref_outside_the_name_grammar_never_becomes_a_url(dirs: Path, ref: str
     assert fake.seen == [], "a malformed ref among several must stop them all"
 
 
+def test_a_new_name_shaped_like_an_id_is_refused_before_any_request(dirs: Path) -> None:
+    with fake_daemon(dirs / "runtime_dir" / "bangerd.sock", {}) as fake:
+        for args in (["vm", "create", "--name", "0123456789ab"],
+                     ["image", "pull", "r/x:1", "--name", "0123456789ab"],
+                     ["kernel", "pull", "0123456789ab"]):
+            result = _run(*args)
+            assert result.exit_code == 2, (args, result.output)
+            assert "shape of an id" in result.stderr.splitlines()[0]
+    assert fake.seen == []
+
+
 def test_segments_are_quoted_whole_and_unsafe_paths_are_refused() -> None:
     assert api_path("vms", "box?x", "start") == "/vms/box%3Fx/start"
     assert api_path("vms", "a/b") == "/vms/a%2Fb"
