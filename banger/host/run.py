@@ -14,16 +14,19 @@ import os
 import shlex
 import shutil
 import subprocess
+import time
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
-from banger.core.errors import HostToolError
+from banger.core.cancel import current_token
+from banger.core.errors import Cancelled, HostToolError
 
 log = logging.getLogger("banger.host.run")
 T = TypeVar("T")
 
 _CLEAN_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "LOGNAME", "XDG_RUNTIME_DIR")
 _STDERR_TAIL = 2000
+_CANCEL_POLL_S = 0.2
 
 
 class CommandError(HostToolError):
@@ -122,23 +125,46 @@ def run(
     cwd: str | os.PathLike[str] | None = None,
     check: bool = True,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run ``argv`` to completion and return its captured output."""
+    """Run ``argv`` to completion and return its captured output.
+
+    Under a cancelled :class:`~banger.core.cancel.CancelToken` the child is
+    killed and reaped, and ``Cancelled`` is raised.
+    """
     argv = _logged_argv(argv)
-    try:
-        with _starting(argv):
-            proc = subprocess.run(
-                argv,
-                input=input,
-                stdin=None if input is not None else subprocess.DEVNULL,
-                capture_output=True,
-                timeout=timeout,
-                env=clean_env(env),
-                cwd=cwd,
-                check=False,
-            )
-    except subprocess.TimeoutExpired as exc:
-        raise _timed_out(argv, timeout, exc.stderr or b"") from exc
-    return _result(argv, proc.returncode, proc.stdout, proc.stderr, check)
+    with _starting(argv):
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=clean_env(env),
+            cwd=cwd,
+        )
+    with proc:
+        out, err = _communicate(proc, argv, input, timeout)
+    return _result(argv, proc.returncode, out, err, check)
+
+
+def _communicate(
+    proc: subprocess.Popen[bytes], argv: list[str], input: bytes | None, timeout: float
+) -> tuple[bytes, bytes]:
+    """``proc.communicate`` bounded by ``timeout`` and by the current cancel token."""
+    token = current_token()
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        step = left if token is None else min(left, _CANCEL_POLL_S)
+        try:
+            return proc.communicate(input, timeout=max(step, 0))
+        except subprocess.TimeoutExpired:
+            cancelled = token is not None and token.cancelled
+            if not cancelled and time.monotonic() < deadline:
+                continue
+            proc.kill()
+            _, err = proc.communicate()
+            if cancelled:
+                raise Cancelled("operation cancelled") from None
+            raise _timed_out(argv, timeout, err) from None
 
 
 async def arun(
