@@ -20,7 +20,7 @@ import structlog
 
 from banger.api.errors import error_body
 from banger.api.models import Operation, OperationState, Stage, StageState
-from banger.core.cancel import CancelToken, cancel_scope, checkpoint
+from banger.core.cancel import CancelToken, cancel_scope
 from banger.core.errors import BangerError, Cancelled, NotFound
 
 log = structlog.get_logger("banger.daemon.operations")
@@ -87,14 +87,10 @@ class OperationContext:
             self._registry.touch(self._entry)
 
     def progress_from_thread(self) -> Callable[[str], None]:
-        """A ``progress`` callback for blocking work run in a worker thread.
-
-        Every report is also a cancel checkpoint of the work that makes it.
-        """
+        """A ``progress`` callback for blocking work run in a worker thread."""
         loop = asyncio.get_running_loop()
 
         def report(text: str) -> None:
-            checkpoint()
             loop.call_soon_threadsafe(self.detail, text)
 
         return report

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shlex
@@ -16,7 +17,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
-from typing import TypeVar
+from typing import IO, TypeVar
 
 from banger.core.cancel import current_token
 from banger.core.errors import Cancelled, HostToolError
@@ -131,9 +132,11 @@ def run(
     killed and reaped, and ``Cancelled`` is raised.
     """
     argv = _logged_argv(argv)
+    if shutil.which(argv[0], path=clean_env(env)["PATH"]) is None:
+        raise CommandError(argv, 127, f"{argv[0]}: not found")  # not setpriv's words for it
     with _starting(argv):
         proc = subprocess.Popen(
-            argv,
+            [*_dies_with_us(), *argv],
             stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -143,6 +146,19 @@ def run(
     with proc:
         out, err = _communicate(proc, argv, input, timeout)
     return _result(argv, proc.returncode, out, err, check)
+
+
+@functools.cache
+def _dies_with_us() -> tuple[str, ...]:
+    """An argv prefix that kills the child when its parent dies (SIGKILL included).
+
+    ``run`` always waits for its child in the thread that started it, so the
+    parent-death signal (which follows that thread) fires only when the daemon
+    itself dies: a killed daemon leaves no ``dpkg-deb`` or ``mkfs`` writing on
+    into the scratch dir the next start sweeps.
+    """
+    setpriv = shutil.which("setpriv", path=clean_env()["PATH"])
+    return (setpriv, "--pdeathsig", "KILL", "--") if setpriv else ()
 
 
 def _communicate(
@@ -165,6 +181,34 @@ def _communicate(
             if cancelled:
                 raise Cancelled("operation cancelled") from None
             raise _timed_out(argv, timeout, err) from None
+
+
+@contextlib.contextmanager
+def stream_stdout(argv: Sequence[str], *, timeout: float) -> Iterator[IO[bytes]]:
+    """Run ``argv`` with its stdout as a stream read inside the block.
+
+    The child is killed if the block raises (or it outlives ``timeout`` past
+    the block); a non-zero exit raises ``CommandError``. Data flows into this
+    process, so nothing the child does outlives a killed daemon.
+    """
+    argv = _logged_argv(argv)
+    if shutil.which(argv[0], path=clean_env()["PATH"]) is None:
+        raise CommandError(argv, 127, f"{argv[0]}: not found")
+    proc = subprocess.Popen(
+        [*_dies_with_us(), *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=clean_env(),
+    )
+    with proc:
+        assert proc.stdout is not None
+        try:
+            yield proc.stdout
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            proc.stdout.close()
+        _, err = _communicate(proc, argv, None, timeout)
+    _result(argv, proc.returncode, b"", err, True)
 
 
 async def arun(

@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import re
+import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from banger.core.cancel import checkpoint
 from banger.core.errors import Conflict, InvalidInput, NotFound, StoreError
-from banger.core.validate import validate_name
+from banger.core.validate import safe_relative_path, validate_name
 from banger.host.files import (
     fsync_dir,
     make_scratch,
@@ -36,7 +37,7 @@ from banger.host.files import (
     scratch_root,
     write_private,
 )
-from banger.host.run import require_tool, run
+from banger.host.run import require_tool, stream_stdout
 from banger.kernels.catalog import catalog_entry, fetch_package
 from banger.kernels.initramfs import build_initramfs
 from banger.kernels.manifest import (
@@ -148,8 +149,27 @@ def _name_lock(kernels_dir: Path, name: str) -> contextlib.AbstractContextManage
 
 
 def _extract_deb(deb: Path, into: Path) -> None:
+    """Unpack the files of ``deb`` into ``into``, every member name checked first.
+
+    The data tar streams from ``dpkg-deb --fsys-tarfile`` and is written here
+    (not by a forked ``dpkg-deb -x`` that could outlive a killed daemon), with
+    tarfile's "tar" filter on top: nothing lands outside ``into``.
+    """
     dpkg_deb = require_tool("dpkg-deb", "dpkg")
-    run([dpkg_deb, "-x", os.fspath(deb), os.fspath(into)], timeout=600)
+    where = f"package {deb.name}"
+    with stream_stdout([dpkg_deb, "--fsys-tarfile", os.fspath(deb)], timeout=600) as data:
+        try:
+            with tarfile.open(fileobj=data, mode="r|") as tar:
+                for member in tar:
+                    checkpoint()
+                    rel = member.name.removeprefix("./").rstrip("/")
+                    if rel in ("", "."):
+                        continue
+                    member.name = safe_relative_path(rel, where=where)
+                    tar.extract(member, into, filter="tar")
+        except (tarfile.TarError, EOFError) as exc:
+            raise InvalidInput(f"{where}: truncated or corrupt archive ({exc})",
+                               hint="download the package again") from exc
 
 
 def _stage(src: KernelSource, stage: Path, report: Progress) -> KernelManifest:
@@ -159,9 +179,11 @@ def _stage(src: KernelSource, stage: Path, report: Progress) -> KernelManifest:
     if kernel[:4] != ELF_MAGIC:
         write_private(stage / VMLINUZ, kernel)
         files.append(VMLINUZ)
+    checkpoint()
     report("extracting vmlinux")
     write_vmlinux(kernel, stage / VMLINUX)
     files.append(VMLINUX)
+    checkpoint()
     report("building initramfs")
     modules = build_initramfs(src.modules_dir, src.version, stage / INITRD, src.system_map)
     files.append(INITRD)
@@ -214,6 +236,7 @@ def _import_locked(
     extract = make_scratch(kernels_dir, f"kernel-{name}.extract-")
     try:
         root = _source_root(source, extract, report)
+        checkpoint()
         layout = detect_layout(root)
         report(f"found kernel {layout.version} ({layout.kernel.name})")
         staged = _stage(layout, stage, report)
