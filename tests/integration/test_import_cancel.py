@@ -40,9 +40,11 @@ def cancel_at_every_step(state: Path, store: str, do_import: Importer) -> int:
         token = CancelToken()
         seen: list[str] = []
 
-        def report(msg: str, token: CancelToken = token, seen: list[str] = seen) -> None:
+        def report(
+            msg: str, token: CancelToken = token, seen: list[str] = seen, at: int = step
+        ) -> None:
             seen.append(msg)
-            if len(seen) == step:
+            if len(seen) == at:
                 token.cancel()
 
         with cancel_scope(token):
