@@ -171,3 +171,34 @@ def parse_memory_mib(text: str) -> int:
 def validate_vcpu(n: int) -> int:
     """Return ``n`` if it is a vCPU count within 1..64; checking host CPUs is the caller's job."""
     return _check_int(n, "vCPU count", VCPU_MIN, VCPU_MAX)
+
+
+def safe_component(name: str, *, where: str, hint: str = "rebuild it without such names") -> str:
+    """Return ``name`` if it is one path component from untrusted data, else InvalidInput.
+
+    One component means: not empty, no ``/``, not ``.`` or ``..``, no NUL. Every
+    name read from an image, a layer or a kernel package passes here before it
+    becomes part of a host path.
+    """
+    why = None
+    if name in ("", ".", ".."):
+        why = "empty" if not name else f"'{name}' is not a name"
+    elif "/" in name:
+        why = "a name holds '/'"
+    elif "\0" in name:
+        why = "a name holds a NUL byte"
+    if why is not None:
+        raise InvalidInput(f"unsafe entry name {_show(name)} in {where}: {why}", hint=hint)
+    return name
+
+
+def safe_relative_path(
+    path: str, *, where: str, hint: str = "rebuild it without such paths"
+) -> str:
+    """A relative path from untrusted data, each component checked by :func:`safe_component`."""
+    parts = path.split("/")
+    if not path or path.startswith("/"):
+        raise InvalidInput(f"unsafe path {_show(path)} in {where}: not a relative path", hint=hint)
+    for part in parts:
+        safe_component(part, where=where, hint=hint)
+    return path

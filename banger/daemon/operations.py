@@ -20,6 +20,7 @@ import structlog
 
 from banger.api.errors import error_body
 from banger.api.models import Operation, OperationState, Stage, StageState
+from banger.core.cancel import CancelToken, cancel_scope
 from banger.core.errors import BangerError, Cancelled, InternalError, NotFound
 from banger.core.names import new_id
 
@@ -110,11 +111,48 @@ class OperationContext:
         return report
 
     async def in_thread(self, stage: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run blocking ``func`` in a worker thread as stage ``stage``, with progress."""
+        """Run blocking ``func`` in a worker thread as stage ``stage``, with progress.
+
+        On cancel the thread's token fires and this waits for the thread to
+        end (its own cleanup runs first) before the cancel goes on. Work that
+        got past its last checkpoint has committed: its result stands.
+        """
+        token = CancelToken()
+        report = self.progress_from_thread()
+
+        def call() -> T:
+            with cancel_scope(token):
+                return func(*args, progress=report, **kwargs)
+
         with self.stage(stage):
-            return await asyncio.to_thread(
-                func, *args, progress=self.progress_from_thread(), **kwargs
-            )
+            thread = asyncio.ensure_future(asyncio.to_thread(call))
+            try:
+                return await asyncio.shield(thread)
+            except asyncio.CancelledError:
+                token.cancel()
+                try:
+                    result = await _finish_uncancelled(thread)
+                except Cancelled:
+                    raise asyncio.CancelledError() from None
+                _uncancel()
+                return result
+
+
+async def _finish_uncancelled(thread: asyncio.Future[T]) -> T:
+    """Await ``thread`` to its end even if our own task is cancelled again meanwhile."""
+    while True:
+        try:
+            return await asyncio.shield(thread)
+        except asyncio.CancelledError:
+            if thread.done():
+                return thread.result()
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        while task.cancelling():
+            task.uncancel()
 
 
 class OperationRegistry:

@@ -22,6 +22,7 @@ from banger.daemon.history import operation_recaller, operation_recorder
 from banger.daemon.operations import OperationRegistry
 from banger.daemon.peercred import PeerCredProtocol
 from banger.daemon.state import Daemon
+from banger.host.files import sweep_scratch
 from banger.store.db import Store
 
 log = structlog.get_logger("banger.daemon.server")
@@ -88,6 +89,7 @@ async def serve(settings: Settings) -> None:
     """Run the daemon until a shutdown request or SIGTERM/SIGINT."""
     paths = settings.paths
     store = Store.open(paths.db)
+    sweep_scratch(paths.state_dir)  # what a killed daemon left mid-import; we hold the lock
     interrupted = store.operations.mark_interrupted()
     if interrupted:
         log.warning("operations interrupted by the previous daemon", count=interrupted)

@@ -29,7 +29,8 @@ def make_ext4(
     """Create a sparse ext4 image of ``size_bytes``, optionally filled from ``source_dir``."""
     mkfs = require_tool("mkfs.ext4", "e2fsprogs")
     image.parent.mkdir(parents=True, exist_ok=True)
-    with open(image, "wb") as f:
+    fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
         f.truncate(size_bytes)
     argv = [mkfs, "-F", "-q", "-E", f"{LAZY_INIT},root_owner={root_owner[0]}:{root_owner[1]}"]
     if label:
@@ -54,12 +55,32 @@ def debugfs_quote(path: str) -> str:
     return f'"{path}"' if " " in path else path
 
 
-def debugfs_batch(image: Path, commands: Iterable[str], *, timeout: float = 600) -> str:
-    """Apply debugfs ``commands`` (one per line, already quoted) to ``image`` in one run."""
+def debugfs_batch(
+    image: Path, commands: Iterable[str], *, timeout: float = 600, writable: bool = True
+) -> str:
+    """Run debugfs ``commands`` (one per line, already quoted) on ``image`` in one run."""
     debugfs = require_tool("debugfs", "e2fsprogs")
     script = "".join(f"{c}\n" for c in commands).encode()
-    proc = run([debugfs, "-w", "-f", "-", os.fspath(image)], input=script, timeout=timeout)
+    argv = [debugfs, *(["-w"] if writable else []), "-f", "-", os.fspath(image)]
+    proc = run(argv, input=script, timeout=timeout)
     return proc.stdout.decode("utf-8", "replace")
+
+
+def check_ext4(image: Path, *, what: str = "ext4 image") -> None:
+    """Refuse ``image`` unless ``e2fsck -fn`` finds it clean (read-only: nothing is fixed)."""
+    e2fsck = require_tool("e2fsck", "e2fsprogs")
+    proc = run([e2fsck, "-fn", os.fspath(image)], timeout=1800, check=False)
+    if proc.returncode == 0:
+        return
+    out = (proc.stdout + proc.stderr).decode("utf-8", "replace").splitlines()
+    problems = [
+        line.strip() for line in out
+        if line.strip() and not line.startswith(("Pass ", "e2fsck ", os.fspath(image)))
+    ]
+    raise InvalidInput(
+        f"corrupt {what}: {problems[0] if problems else f'e2fsck exit status {proc.returncode}'}",
+        hint="repair it with e2fsck -f (on a copy), or export the image again",
+    )
 
 
 def resize_ext4(image: Path, size_bytes: int) -> None:

@@ -1,17 +1,32 @@
-"""File primitives every store of artifacts needs: sparse sha256, atomic writes, no-follow opens."""
+"""File primitives every store of artifacts needs.
+
+A sparse-aware sha256, atomic writes, one scratch directory per state dir
+(``state_dir/tmp``: staging and extract dirs, lock files; swept at daemon
+start, so a killed daemon leaves nothing behind), per-name locks that do not
+pile up, and reads of untrusted trees that never leave their root.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import os
+import shutil
+import stat
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from banger.core.errors import Conflict
+from banger.core.cancel import pause
+from banger.core.errors import Conflict, InvalidInput
+from banger.core.validate import safe_relative_path
 
 _CHUNK = 4 << 20
 _ZEROS = bytes(_CHUNK)
+SCRATCH_DIR = "tmp"
+_LOCK_POLL_S = 0.1
 
 
 def sha256_file(path: Path) -> str:
@@ -84,3 +99,113 @@ def atomic_write_text(path: Path, text: str) -> Path:
         raise
     fsync_dir(path.parent)
     return path
+
+
+def remove_tree(path: Path) -> None:
+    """``rm -rf path``, also through directories a flattened image left without write bits."""
+
+    def onerror(func: Callable[..., object], p: str, _exc: object) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(p), 0o700)
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, 0o700)
+            func(p)
+
+    if os.path.lexists(path):
+        shutil.rmtree(path, onerror=onerror)
+
+
+def scratch_root(store_dir: Path) -> Path:
+    """The private scratch dir beside ``store_dir`` (``images/``, ``kernels/``): ``../tmp``."""
+    root = store_dir.parent / SCRATCH_DIR
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return root
+
+
+def make_scratch(store_dir: Path, prefix: str) -> Path:
+    """A new private dir under :func:`scratch_root`, on the same filesystem as ``store_dir``."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=scratch_root(store_dir)))
+
+
+def sweep_scratch(state_dir: Path) -> int:
+    """Remove everything a killed process left in ``state_dir/tmp``; return how many.
+
+    Only call it while no other process can be using the dir (the daemon
+    holds its instance lock).
+    """
+    root = state_dir / SCRATCH_DIR
+    if not root.is_dir() or root.is_symlink():
+        return 0
+    leftovers = list(root.iterdir())
+    for p in leftovers:
+        remove_tree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+    return len(leftovers)
+
+
+@contextlib.contextmanager
+def name_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on file ``path``, removed on release so lock files never pile up.
+
+    A waiter that got the lock on a file the previous holder already unlinked
+    retries on the new file; waiting polls, so a cancelled operation stops waiting.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    while True:
+        fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    pause(_LOCK_POLL_S)
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                    break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def resolve_inside(root: Path, rel: str, *, where: str) -> Path:
+    """``root/rel`` with symlinks resolved, refused unless it stays inside ``root``.
+
+    ``rel`` comes from untrusted data (a package, an image): each component
+    is checked first, then symlinks are followed only as far as they stay in ``root``.
+    """
+    hint = "the package or directory must hold its own files, not links to the host's"
+    safe_relative_path(rel, where=where, hint=hint)
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(real_root, rel))
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise InvalidInput(f"{where}: {rel!r} resolves outside {root}", hint=hint)
+    return Path(real)
+
+
+def read_inside(root: Path, rel: str, *, where: str) -> bytes:
+    """The bytes of regular file ``rel`` inside ``root`` (see :func:`resolve_inside`)."""
+    path = resolve_inside(root, rel, where=where)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP):
+            raise InvalidInput(f"{where}: {rel!r} is missing from {root}") from exc
+        raise
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise InvalidInput(f"{where}: {rel!r} in {root} is not a regular file")
+        return f.read()
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` as an owner-only (0600) file, never through a symlink."""
+    fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(data)

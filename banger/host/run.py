@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shlex
 import shutil
 import subprocess
+import time
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
-from typing import TypeVar
+from typing import IO, TypeVar
 
-from banger.core.errors import HostToolError
+from banger.core.cancel import current_token
+from banger.core.errors import Cancelled, HostToolError
 
 log = logging.getLogger("banger.host.run")
 T = TypeVar("T")
 
 _CLEAN_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "LOGNAME", "XDG_RUNTIME_DIR")
 _STDERR_TAIL = 2000
+_CANCEL_POLL_S = 0.2
 
 
 class CommandError(HostToolError):
@@ -122,23 +126,89 @@ def run(
     cwd: str | os.PathLike[str] | None = None,
     check: bool = True,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run ``argv`` to completion and return its captured output."""
+    """Run ``argv`` to completion and return its captured output.
+
+    Under a cancelled :class:`~banger.core.cancel.CancelToken` the child is
+    killed and reaped, and ``Cancelled`` is raised.
+    """
     argv = _logged_argv(argv)
-    try:
-        with _starting(argv):
-            proc = subprocess.run(
-                argv,
-                input=input,
-                stdin=None if input is not None else subprocess.DEVNULL,
-                capture_output=True,
-                timeout=timeout,
-                env=clean_env(env),
-                cwd=cwd,
-                check=False,
-            )
-    except subprocess.TimeoutExpired as exc:
-        raise _timed_out(argv, timeout, exc.stderr or b"") from exc
-    return _result(argv, proc.returncode, proc.stdout, proc.stderr, check)
+    if shutil.which(argv[0], path=clean_env(env)["PATH"]) is None:
+        raise CommandError(argv, 127, f"{argv[0]}: not found")  # not setpriv's words for it
+    with _starting(argv):
+        proc = subprocess.Popen(
+            [*_dies_with_us(), *argv],
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=clean_env(env),
+            cwd=cwd,
+        )
+    with proc:
+        out, err = _communicate(proc, argv, input, timeout)
+    return _result(argv, proc.returncode, out, err, check)
+
+
+@functools.cache
+def _dies_with_us() -> tuple[str, ...]:
+    """An argv prefix that kills the child when its parent dies (SIGKILL included).
+
+    ``run`` always waits for its child in the thread that started it, so the
+    parent-death signal (which follows that thread) fires only when the daemon
+    itself dies: a killed daemon leaves no ``dpkg-deb`` or ``mkfs`` writing on
+    into the scratch dir the next start sweeps.
+    """
+    setpriv = shutil.which("setpriv", path=clean_env()["PATH"])
+    return (setpriv, "--pdeathsig", "KILL", "--") if setpriv else ()
+
+
+def _communicate(
+    proc: subprocess.Popen[bytes], argv: list[str], input: bytes | None, timeout: float
+) -> tuple[bytes, bytes]:
+    """``proc.communicate`` bounded by ``timeout`` and by the current cancel token."""
+    token = current_token()
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        step = left if token is None else min(left, _CANCEL_POLL_S)
+        try:
+            return proc.communicate(input, timeout=max(step, 0))
+        except subprocess.TimeoutExpired:
+            cancelled = token is not None and token.cancelled
+            if not cancelled and time.monotonic() < deadline:
+                continue
+            proc.kill()
+            _, err = proc.communicate()
+            if cancelled:
+                raise Cancelled("operation cancelled") from None
+            raise _timed_out(argv, timeout, err) from None
+
+
+@contextlib.contextmanager
+def stream_stdout(argv: Sequence[str], *, timeout: float) -> Iterator[IO[bytes]]:
+    """Run ``argv`` with its stdout as a stream read inside the block.
+
+    The child is killed if the block raises (or it outlives ``timeout`` past
+    the block); a non-zero exit raises ``CommandError``. Data flows into this
+    process, so nothing the child does outlives a killed daemon.
+    """
+    argv = _logged_argv(argv)
+    if shutil.which(argv[0], path=clean_env()["PATH"]) is None:
+        raise CommandError(argv, 127, f"{argv[0]}: not found")
+    proc = subprocess.Popen(
+        [*_dies_with_us(), *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=clean_env(),
+    )
+    with proc:
+        assert proc.stdout is not None
+        try:
+            yield proc.stdout
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            proc.stdout.close()
+        _, err = _communicate(proc, argv, None, timeout)
+    _result(argv, proc.returncode, b"", err, True)
 
 
 async def arun(

@@ -17,16 +17,16 @@ import re
 import shlex
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from banger.core.cancel import checkpoint
 from banger.core.errors import InvalidInput
 from banger.core.names import new_id
 from banger.core.validate import validate_name
 from banger.host.ext4 import make_ext4
-from banger.host.files import sha256_file
+from banger.host.files import make_scratch, sha256_file
 from banger.host.proc import python_module_argv
 from banger.host.run import require_tool, run
 from banger.images.guest_bits import (
@@ -202,9 +202,9 @@ def build_image(
     require_tool("mkfs.ext4", "e2fsprogs")
     require_tool("ssh-keygen", "openssh-client")
     all_packages = validate_package_names(BASE_PACKAGES + extra)
-    images_dir.mkdir(parents=True, exist_ok=True)
+    images_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     image_id = new_id()
-    staging = Path(tempfile.mkdtemp(prefix=f".build-{image_id}-", dir=images_dir))
+    staging = make_scratch(images_dir, f"build-{image_id}-")
     started = time.monotonic()
     try:
         say(f"bootstrap debian:{suite} ({len(all_packages)} packages) and guest bits")
@@ -229,6 +229,7 @@ def build_image(
             build_seconds=round(time.monotonic() - started, 1),
         )
         write_manifest(staging, manifest)
+        checkpoint()  # the last one: past the rename the image is published
         final = images_dir / image_id
         os.rename(staging, final)
     except BaseException:

@@ -2,18 +2,26 @@
 
 Nothing is mounted. Boot validation reuses ``guest_bits.check_bootable`` on a
 tiny probe tree that mirrors just the paths it looks at (symlinks included).
+
+The image is untrusted: it must pass ``e2fsck -fn`` first, every name read
+from it is checked to be one safe path component (``core.validate.safe_component``)
+before it becomes part of a host path, and files are copied out one by one
+to host paths banger builds (never ``rdump``, which trusts on-disk names).
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from banger.core.cancel import checkpoint
 from banger.core.errors import InvalidInput
-from banger.host.ext4 import debugfs_quote, make_ext4
+from banger.core.validate import safe_component
+from banger.host.ext4 import debugfs_batch, debugfs_quote, make_ext4
 from banger.host.run import require_tool, run
 from banger.images import guest_bits
 from banger.images.flatten import Entry, EntryKind
@@ -21,6 +29,7 @@ from banger.images.guest_bits import GuestFile, Kind, parent_dirs, refuse_symlin
 from banger.images.ownership import apply_ownership, run_debugfs_script
 
 _MAX_DEPTH = 20
+_NAME_HINT = "the image is damaged or hostile: repair it with e2fsck or rebuild it"
 _KINDS = {
     stat.S_IFREG: EntryKind.FILE,
     stat.S_IFDIR: EntryKind.DIR,
@@ -43,34 +52,64 @@ class Ext4Node:
         return _KINDS.get(stat.S_IFMT(self.mode))
 
 
-def _debugfs(image: Path, request: str) -> str:
+def _debugfs(image: Path, request: str) -> bytes:
     debugfs = require_tool("debugfs", "e2fsprogs")
-    proc = run([debugfs, "-R", request, os.fspath(image)], timeout=60, check=False)
-    return proc.stdout.decode("utf-8", "replace")
+    return run([debugfs, "-R", request, os.fspath(image)], timeout=60, check=False).stdout
+
+
+# ``ls -p`` prints /inode/mode/uid/gid/name/size/ (size empty for directories).
+_LS_LINE = re.compile(rb"/(\d+)/([0-7]+)/(\d+)/(\d+)/(.*)/(\d*)/", re.DOTALL)
 
 
 def list_dir(image: Path, path: str) -> dict[str, Ext4Node] | None:
-    """The entries of directory ``path`` in ``image`` (``None`` when it is not one)."""
+    """The entries of directory ``path`` in ``image`` (``None`` when it is not one).
+
+    Every name is checked to be one safe path component; a listing that holds
+    an unsafe or duplicate name refuses the whole image.
+    """
     try:
         quoted = debugfs_quote(path)
     except InvalidInput:
         return None
     out = _debugfs(image, f"ls -p {quoted}")
+    where = f"ext4 image directory {path}"
     nodes: dict[str, Ext4Node] = {}
-    for line in out.splitlines():
-        fields = line.split("/")
-        if len(fields) < 7 or fields[5] in ("", ".", ".."):
+    for raw in out.split(b"\n"):
+        if not raw.strip():
             continue
-        nodes[fields[5]] = Ext4Node(fields[5], int(fields[2], 8), int(fields[3]), int(fields[4]))
+        m = _LS_LINE.fullmatch(raw)
+        if m is None:
+            raise InvalidInput(
+                f"unsafe entry name in {where}: unreadable listing line {raw[:80]!r}",
+                hint=_NAME_HINT,
+            )
+        name = m[5].decode("utf-8", "surrogateescape")
+        if name in (".", "..") and name not in nodes:
+            nodes[name] = Ext4Node(name, 0, 0, 0)
+            continue
+        if name in nodes:
+            raise InvalidInput(f"unsafe entry name {name!r} in {where}: it appears twice",
+                               hint=_NAME_HINT)
+        safe_component(name, where=where, hint=_NAME_HINT)
+        nodes[name] = Ext4Node(name, int(m[2], 8), int(m[3]), int(m[4]))
+    nodes.pop(".", None)
+    nodes.pop("..", None)
     return nodes if out.strip() else None
 
 
-def _symlink_target(image: Path, path: str) -> str | None:
-    out = _debugfs(image, f"stat {debugfs_quote(path)}")
+def symlink_target(image: Path, path: str, scratch: Path) -> str | None:
+    """The target of symlink ``path`` in ``image`` (fast links from ``stat``, others dumped)."""
+    out = _debugfs(image, f"stat {debugfs_quote(path)}").decode("utf-8", "surrogateescape")
     for line in out.splitlines():
         if "Fast link dest:" in line:
             return line.split("Fast link dest:", 1)[1].strip().strip('"')
-    return None
+    dest = scratch / "link"
+    _debugfs(image, f"dump {debugfs_quote(path)} {debugfs_quote(os.fspath(dest))}")
+    if not dest.is_file():
+        return None
+    target = dest.read_bytes().decode("utf-8", "surrogateescape")
+    dest.unlink()
+    return target or None
 
 
 def _materialize(image: Path, probe: Path, path: str, cache: dict, depth: int = 0) -> None:
@@ -92,7 +131,7 @@ def _materialize(image: Path, probe: Path, path: str, cache: dict, depth: int = 
         if node.kind == EntryKind.DIR:
             dest.mkdir(exist_ok=True)
         elif node.kind == EntryKind.SYMLINK:
-            target = _symlink_target(image, cur)
+            target = symlink_target(image, cur, probe)
             if target is None or depth >= _MAX_DEPTH:
                 return
             if not os.path.lexists(dest):
@@ -202,20 +241,45 @@ def walk_ext4(image: Path, top: str) -> list[Entry]:
     return out
 
 
+def _copy_out(image: Path, top: str, entries: list[Entry], dest: Path, scratch: Path) -> None:
+    """Copy the files, dirs and symlinks ``entries`` below ``top`` of ``image`` into ``dest``.
+
+    Host paths are built here from names :func:`list_dir` checked, never by debugfs
+    from on-disk names; symlinks are made last, so nothing is written through one.
+    """
+    dumps: list[str] = []
+    links: list[Entry] = []
+    for e in entries:  # parents come before their children
+        host = dest / e.path
+        if e.kind == EntryKind.DIR:
+            host.mkdir(mode=0o700)
+        elif e.kind == EntryKind.FILE:
+            dumps.append(f"dump {debugfs_quote(posixpath.join(top, e.path))} "
+                         f"{debugfs_quote(os.fspath(host))}")
+        elif e.kind == EntryKind.SYMLINK:
+            links.append(e)
+    if dumps:
+        debugfs_batch(image, dumps, writable=False)
+    for e in links:
+        checkpoint()
+        target = symlink_target(image, posixpath.join(top, e.path), scratch)
+        if target is not None:
+            os.symlink(target, dest / e.path)
+
+
 def build_work_seed_from_ext4(image: Path, seed: Path, tmp: Path) -> None:
     """Cut ``/root`` of ``image`` into a small ext4 work seed with its ownership."""
     from banger.images.importer import default_work_seed_size, tree_usage
 
     tmp.mkdir(mode=0o700)
-    debugfs = require_tool("debugfs", "e2fsprogs")
-    run([debugfs, "-R", f"rdump /root {debugfs_quote(os.fspath(tmp))}", os.fspath(image)],
-        timeout=600)
     src = tmp / "root"
-    src.mkdir(exist_ok=True)
+    src.mkdir(mode=0o700)
     root = (list_dir(image, "/") or {}).get("root")
-    entries = [e for e in walk_ext4(image, "/root") if e.kind in (
-        EntryKind.FILE, EntryKind.DIR, EntryKind.SYMLINK)]
+    copied = (EntryKind.FILE, EntryKind.DIR, EntryKind.SYMLINK)
+    entries = [e for e in walk_ext4(image, "/root") if e.kind in copied]
+    _copy_out(image, "/root", entries, src, tmp)
     entries.append(Entry("", EntryKind.DIR, root.mode & 0o7777 if root else 0o700,
                          root.uid if root else 0, root.gid if root else 0))
+    checkpoint()
     make_ext4(seed, default_work_seed_size(tree_usage(src)), source_dir=src)
     apply_ownership(seed, entries)

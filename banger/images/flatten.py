@@ -10,6 +10,7 @@ through symlinks inside the staging root, never outside it.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import hashlib
 import lzma
@@ -18,13 +19,16 @@ import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import IO, cast
 
+from banger.core.cancel import checkpoint
 from banger.core.errors import InvalidInput
+from banger.core.validate import safe_component
 from banger.host.ext4 import debugfs_quote
 from banger.host.run import require_tool, run
 from banger.images.oci import LayerBlob
@@ -89,12 +93,10 @@ def normalize_member_name(name: str, *, layer: str = "") -> str:
             f"unsafe entry {name!r}{where}: absolute path",
             hint="rebuild the image with relative paths in its layers",
         )
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise InvalidInput(
-            f"unsafe entry {name!r}{where}: '..' component",
-            hint="rebuild the image without '..' in its layer paths",
-        )
+    parts = [p for p in name.split("/") if p not in ("", ".")]  # "./a//b" is plain "a/b"
+    for part in parts:
+        safe_component(part, where=f"layer entry {name!r}{where}",
+                       hint="rebuild the image without '..' in its layer paths")
     rel = "/".join(parts)
     check_encodable(rel, entry=name, layer=layer)
     return rel
@@ -117,16 +119,42 @@ def check_encodable(rel: str, *, entry: str, layer: str = "") -> None:
         )
 
 
+_DECODE_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)
+_TAR_BLOCK = 512
+
+
+def corrupt_archive(what: str, why: object) -> InvalidInput:
+    return InvalidInput(
+        f"{what}: truncated or corrupt archive ({why})",
+        hint="download or export it again; a partial copy cannot be imported",
+    )
+
+
+@contextlib.contextmanager
+def archive_errors(what: str) -> Iterator[None]:
+    """Turn a tar or decompressor complaint about ``what`` into one clear InvalidInput."""
+    try:
+        yield
+    except _DECODE_ERRORS as exc:
+        raise corrupt_archive(what, exc) from exc
+    except OSError as exc:
+        if exc.errno is not None:  # a real I/O error (a full disk), not bad data
+            raise
+        raise corrupt_archive(what, exc) from exc  # BadGzipFile, bz2's "Invalid data stream"
+
+
 class _HashingReader:
-    """A read-only stream that hashes what passes through it."""
+    """A read-only stream that hashes (and counts) what passes through it."""
 
     def __init__(self, raw: IO[bytes]) -> None:
         self.raw = raw
         self.sha = hashlib.sha256()
+        self.size = 0
 
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n)
         self.sha.update(data)
+        self.size += len(data)
         return data
 
     def drain(self) -> str:
@@ -352,15 +380,22 @@ def _member_kind(member: tarfile.TarInfo) -> EntryKind | None:
     return None
 
 
-def _apply_tar(tree: _Tree, stream: IO[bytes]) -> None:
-    with tarfile.open(fileobj=stream, mode="r|") as tar:
+def _apply_tar(tree: _Tree, stream: _HashingReader) -> None:
+    """Apply one uncompressed layer tar; refuse one that stops before its end-of-archive block."""
+    fileobj = cast(IO[bytes], stream)
+    with archive_errors(tree.layer), tarfile.open(fileobj=fileobj, mode="r|") as tar:
         for member in tar:
+            checkpoint()
             name = normalize_member_name(member.name, layer=tree.layer)
             base = name.rpartition("/")[2]
             if base.startswith(WHITEOUT_PREFIX):
                 tree.whiteout(name)
             else:
                 tree.add(tar, member, name)
+        end = tar.offset
+        stream.drain()
+    if stream.size < end + _TAR_BLOCK:  # tarfile takes a cut-off header for the end
+        raise corrupt_archive(tree.layer, "it ends without the end-of-archive block")
 
 
 def _decompressor(head: bytes, stream: IO[bytes]) -> IO[bytes]:
@@ -385,9 +420,10 @@ def _apply_layer(tree: _Tree, layer: LayerBlob, workdir: Path) -> None:
         hashed = _HashingReader(raw)
         plain = _decompressor(head, cast(IO[bytes], hashed))
         diff = _HashingReader(plain)
-        _apply_tar(tree, cast(IO[bytes], diff))
+        _apply_tar(tree, diff)
         diff_digest = diff.drain()
-        _check_digest(layer, "digest", layer.digest, hashed.drain())
+        with archive_errors(layer.name):
+            _check_digest(layer, "digest", layer.digest, hashed.drain())
         _check_digest(layer, "diff_id", layer.diff_id, diff_digest)
 
 
@@ -404,7 +440,7 @@ def _apply_zstd_layer(tree: _Tree, layer: LayerBlob, raw: IO[bytes], workdir: Pa
             timeout=1800)
         with open(Path(tmp) / "layer.tar", "rb") as plain:
             diff = _HashingReader(plain)
-            _apply_tar(tree, cast(IO[bytes], diff))
+            _apply_tar(tree, diff)
             _check_digest(layer, "diff_id", layer.diff_id, diff.drain())
 
 

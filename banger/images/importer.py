@@ -2,9 +2,9 @@
 
 ``import_image`` accepts a docker-save tar, an OCI layout dir, a rootfs tarball
 or an ext4 file; ``pull_image`` pulls a registry reference. Both produce
-``images_dir/<id>/{rootfs.ext4, work-seed.ext4, image.json}``, staged in a
-hidden temp dir under ``images_dir`` and renamed into place in one step, so a
-failure at any point leaves nothing behind.
+``images_dir/<id>/{rootfs.ext4, work-seed.ext4, image.json}``, staged in the
+state dir's scratch dir (``tmp/``, swept at daemon start) and renamed into
+place in one step, so a failure, a cancel or a kill leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -25,13 +25,21 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO
 
+from banger.core.cancel import checkpoint
 from banger.core.errors import InvalidInput, NotFound
 from banger.core.names import new_id
-from banger.host.ext4 import make_ext4, resize_ext4
-from banger.host.files import sha256_file
+from banger.host.ext4 import check_ext4, make_ext4, resize_ext4
+from banger.host.files import make_scratch, remove_tree, sha256_file
 from banger.host.run import require_tool, run
 from banger.images import ext4_import
-from banger.images.flatten import Entry, EntryKind, entries_under, flatten_layers
+from banger.images.flatten import (
+    Entry,
+    EntryKind,
+    archive_errors,
+    corrupt_archive,
+    entries_under,
+    flatten_layers,
+)
 from banger.images.guest_bits import (
     GuestFile,
     Kind,
@@ -59,6 +67,7 @@ MIN_WORK_SEED_BYTES = 64 * MIB
 _EXT4_MAGIC_OFFSET = 1080
 _EXT4_MAGIC = b"\x53\xef"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_COMPRESSED_MAGICS = (b"\x1f\x8b", b"BZh", b"\xfd7zX")
 _ROOTFS_TOP = frozenset({"bin", "etc", "usr", "sbin", "lib", "var", "root", "home", "opt"})
 
 
@@ -102,16 +111,6 @@ def tree_usage(root: Path) -> int:
     return total
 
 
-def _rmtree(path: Path) -> None:
-    def onerror(func: Callable[..., object], p: str, _exc: object) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700) if os.path.isdir(p) and not os.path.islink(p) else None
-            func(p)
-
-    shutil.rmtree(path, onerror=onerror)
-
-
 # --- source detection ----------------------------------------------------------
 
 
@@ -141,6 +140,8 @@ def detect_source(path: Path) -> SourceKind:
                 if top in _ROOTFS_TOP:
                     return SourceKind.ROOTFS_TAR
     except (tarfile.TarError, EOFError, OSError) as exc:
+        if head[257:262] == b"ustar" or head[:4].startswith(_COMPRESSED_MAGICS):
+            raise corrupt_archive(str(path), exc) from exc
         raise InvalidInput(
             f"{path} is neither a tar archive nor an ext4 image",
             hint="give a docker-save tar, a rootfs tar(.gz/.zst), an OCI layout dir or ext4",
@@ -151,13 +152,15 @@ def detect_source(path: Path) -> SourceKind:
 @contextlib.contextmanager
 def docker_archive_layers(path: Path) -> Iterator[list[LayerBlob]]:
     """The ordered layers of a ``docker save`` tar, readable while the context is open."""
-    with tarfile.open(path) as tar:
+    with archive_errors(str(path)):
+        tar = tarfile.open(path)
+    with tar:
         try:
             manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
             image = manifest[0]
             config = json.load(tar.extractfile(image["Config"]))  # type: ignore[arg-type]
             names: list[str] = image["Layers"]
-        except (KeyError, IndexError, ValueError, TypeError) as exc:
+        except (KeyError, IndexError, ValueError, TypeError, tarfile.TarError) as exc:
             raise InvalidInput(
                 f"{path}: malformed docker-save manifest.json",
                 hint="export the image again with docker save",
@@ -233,6 +236,7 @@ def _make_images(
 def _finish(stage: Path, images_dir: Path, image_id: str, manifest: ImageManifest) -> Path:
     write_manifest(stage, manifest)
     dest = images_dir / image_id
+    checkpoint()  # the last one: past the rename the image is published
     try:
         os.rename(stage, dest)  # atomic; fails if an image dir of that id exists
     except OSError as exc:
@@ -243,14 +247,13 @@ def _finish(stage: Path, images_dir: Path, image_id: str, manifest: ImageManifes
 
 
 @contextlib.contextmanager
-def _staging(images_dir: Path) -> Iterator[Path]:
-    images_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".import-", dir=images_dir))
+def _staging(images_dir: Path, prefix: str = "import-") -> Iterator[Path]:
+    images_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    stage = make_scratch(images_dir, prefix)
     try:
         yield stage
     finally:
-        if stage.exists():
-            _rmtree(stage)
+        remove_tree(stage)
 
 
 def build_from_layers(
@@ -272,7 +275,7 @@ def build_from_layers(
             progress("guest: checking init and sshd, adding banger's guest files")
         add_guest_bits(tree, entries)
         _make_images(tree, entries, stage, req, progress)
-        _rmtree(tree)
+        remove_tree(tree)
         manifest = _manifest(stage, image_id, req, source, started)
         _finish(stage, images_dir, image_id, manifest)
     if progress:
@@ -335,12 +338,14 @@ def import_ext4(
     started = time.monotonic()
     image_id = req.image_id or new_id()
     cp = require_tool("cp", "coreutils")
-    with _staging(images_dir) as stage, tempfile.TemporaryDirectory(dir=images_dir) as tmp:
-        scratch = Path(tmp)  # probes and guest files: never part of the published image
-        rootfs = stage / ROOTFS_NAME
+    with _staging(images_dir) as stage, _staging(images_dir, "import-scratch-") as scratch:
+        rootfs = stage / ROOTFS_NAME  # scratch: probes and guest files, never published
         run([cp, "--sparse=always", "--reflink=auto", os.fspath(path), os.fspath(rootfs)],
             timeout=1800)
         os.chmod(rootfs, stat.S_IRUSR | stat.S_IWUSR)
+        if progress:
+            progress("check: e2fsck -fn")
+        check_ext4(rootfs)  # untrusted until a read-only fsck finds it clean
         if req.size_bytes and req.size_bytes > rootfs.stat().st_size:
             resize_ext4(rootfs, req.size_bytes)
         ext4_import.check_bootable_ext4(rootfs, scratch / "probe")

@@ -2,30 +2,42 @@
 
 A stored kernel is ``vmlinuz`` (bootable bzImage, QEMU), ``vmlinux`` (ELF,
 Firecracker), ``initrd.img`` (banger's initramfs) and ``manifest.json``. It
-is staged in a hidden directory beside its destination and renamed into
-place, so a kernel directory is either complete or absent. A per-name lock
-file serialises pulls and imports of one name: the first does the work,
-the others wait and get its result.
+is staged in the state dir's scratch dir (``tmp/``, same filesystem) and
+renamed into place, so a kernel directory is either complete or absent. A
+per-name lock file serialises pulls and imports of one name: the first does
+the work, the others wait and get its result.
+
+Every path taken from a package or directory (the kernel, the modules tree,
+``modules.dep`` entries) resolves inside it or is refused
+(``host.files.resolve_inside``); what is stored is owner-only (0700/0600).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from banger.core.cancel import checkpoint
 from banger.core.errors import Conflict, InvalidInput, NotFound, StoreError
-from banger.core.validate import validate_name
-from banger.host.files import fsync_dir
-from banger.host.run import require_tool, run
+from banger.core.validate import safe_relative_path, validate_name
+from banger.host.files import (
+    fsync_dir,
+    make_scratch,
+    name_lock,
+    read_inside,
+    remove_tree,
+    resolve_inside,
+    scratch_root,
+    write_private,
+)
+from banger.host.run import require_tool, stream_stdout
 from banger.kernels.catalog import catalog_entry, fetch_package
 from banger.kernels.initramfs import build_initramfs
 from banger.kernels.manifest import (
@@ -51,6 +63,7 @@ class KernelSource:
     version: str
     modules_dir: Path | None
     initrd: Path | None = None
+    system_map: Path | None = None
 
 
 def _version_key(version: str) -> list[tuple[int, str]]:
@@ -58,11 +71,10 @@ def _version_key(version: str) -> list[tuple[int, str]]:
 
 
 def _inside(root: Path, rel: object, key: str) -> Path:
-    if not isinstance(rel, str) or not rel or os.path.isabs(rel):
+    if not isinstance(rel, str):
         raise InvalidInput(f"{root / METADATA}: {key!r} must be a relative path, got {rel!r}")
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise InvalidInput(f"{root / METADATA}: {key!r} points outside {root}: {rel!r}")
+    path = resolve_inside(root, rel.strip("/") if rel.startswith("./") else rel,
+                          where=f"{root / METADATA} {key!r}")
     if not path.exists():
         raise InvalidInput(f"{root / METADATA}: {key!r} names {rel}, which does not exist")
     return path
@@ -71,7 +83,7 @@ def _inside(root: Path, rel: object, key: str) -> Path:
 def _from_metadata(root: Path) -> KernelSource:
     """Read ``metadata.json``: ``kernel`` (required), ``modules``, ``initrd``, ``version``."""
     try:
-        meta = json.loads((root / METADATA).read_text())
+        meta = json.loads(read_inside(root, METADATA, where=METADATA))
     except (OSError, ValueError) as exc:
         raise InvalidInput(f"{root / METADATA} is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict) or "kernel" not in meta:
@@ -116,37 +128,64 @@ def detect_layout(root: Path) -> KernelSource:
     initrds = sorted((root / "boot").glob(f"initr*-{version}*")) or sorted(
         (root / "boot").glob("initr*")
     )
-    return KernelSource(kernel, version, module_dirs.get(version), initrds[-1] if initrds else None)
+    system_map = root / "boot" / f"System.map-{version}"
+    found = [kernel, module_dirs.get(version), initrds[-1] if initrds else None,
+             system_map if os.path.lexists(system_map) else None]
+    kernel_, modules, initrd, sysmap = (_within(root, p) for p in found)
+    assert kernel_ is not None
+    return KernelSource(kernel_, version, modules, initrd, sysmap)
 
 
-@contextlib.contextmanager
-def name_lock(kernels_dir: Path, name: str) -> Iterator[None]:
-    """Hold the exclusive lock for kernel ``name`` (blocks while another holder works)."""
-    kernels_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(kernels_dir / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def _within(root: Path, found: Path | None) -> Path | None:
+    """``found`` (a path under ``root``) resolved, refused if a symlink takes it outside."""
+    if found is None:
+        return None
+    return resolve_inside(root, found.relative_to(root).as_posix(), where=f"kernel source {root}")
+
+
+def _name_lock(kernels_dir: Path, name: str) -> contextlib.AbstractContextManager[None]:
+    """The exclusive lock for kernel ``name`` (waits while another holder works)."""
+    return name_lock(scratch_root(kernels_dir) / f"kernel-{name}.lock")
 
 
 def _extract_deb(deb: Path, into: Path) -> None:
+    """Unpack the files of ``deb`` into ``into``, every member name checked first.
+
+    The data tar streams from ``dpkg-deb --fsys-tarfile`` and is written here
+    (not by a forked ``dpkg-deb -x`` that could outlive a killed daemon), with
+    tarfile's "tar" filter on top: nothing lands outside ``into``.
+    """
     dpkg_deb = require_tool("dpkg-deb", "dpkg")
-    run([dpkg_deb, "-x", os.fspath(deb), os.fspath(into)], timeout=600)
+    where = f"package {deb.name}"
+    with stream_stdout([dpkg_deb, "--fsys-tarfile", os.fspath(deb)], timeout=600) as data:
+        try:
+            with tarfile.open(fileobj=data, mode="r|") as tar:
+                for member in tar:
+                    checkpoint()
+                    rel = member.name.removeprefix("./").rstrip("/")
+                    if rel in ("", "."):
+                        continue
+                    member.name = safe_relative_path(rel, where=where)
+                    tar.extract(member, into, filter="tar")
+        except (tarfile.TarError, EOFError) as exc:
+            raise InvalidInput(f"{where}: truncated or corrupt archive ({exc})",
+                               hint="download the package again") from exc
 
 
 def _stage(src: KernelSource, stage: Path, report: Progress) -> KernelManifest:
     """Write the artifacts of ``src`` into ``stage``; return the manifest (without source)."""
     files = []
-    if src.kernel.read_bytes()[:4] != ELF_MAGIC:
-        shutil.copyfile(src.kernel, stage / VMLINUZ)
+    kernel = read_inside(src.kernel.parent, src.kernel.name, where="kernel")
+    if kernel[:4] != ELF_MAGIC:
+        write_private(stage / VMLINUZ, kernel)
         files.append(VMLINUZ)
+    checkpoint()
     report("extracting vmlinux")
-    write_vmlinux(src.kernel, stage / VMLINUX)
+    write_vmlinux(kernel, stage / VMLINUX)
     files.append(VMLINUX)
+    checkpoint()
     report("building initramfs")
-    modules = build_initramfs(src.modules_dir, src.version, stage / INITRD)
+    modules = build_initramfs(src.modules_dir, src.version, stage / INITRD, src.system_map)
     files.append(INITRD)
     report(f"initramfs loads {len(modules)} modules: {' '.join(modules) or '(none)'}")
     return KernelManifest(
@@ -171,11 +210,18 @@ def _existing(name: str, dest: Path, source: str) -> KernelManifest | None:
     return manifest
 
 
-def _remove_leftovers(name: str, kernels_dir: Path) -> None:
-    """Drop what a crashed import of ``name`` left behind (we hold its lock, so none is live)."""
-    for kind in ("staging", "extract", "deleting"):
-        for d in kernels_dir.glob(f".{name}.{kind}-*"):
-            shutil.rmtree(d, ignore_errors=True)
+def _source_root(source: Path, extract: Path, report: Progress) -> Path:
+    """The tree to import from: ``source`` itself, or a .deb unpacked into ``extract``."""
+    if source.is_dir():
+        return source
+    if source.is_file() and source.suffix == ".deb":
+        report(f"extracting {source.name}")
+        _extract_deb(source, extract)
+        return extract
+    raise InvalidInput(
+        f"cannot import {source}: not a directory or a .deb file",
+        hint="pass --from DIR (boot/ and lib/modules/) or --from FILE.deb",
+    )
 
 
 def _import_locked(
@@ -186,24 +232,14 @@ def _import_locked(
     if existing is not None:
         report(f"kernel {name} is already stored")
         return existing
-    _remove_leftovers(name, kernels_dir)
-    stage = Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=kernels_dir))
+    stage = make_scratch(kernels_dir, f"kernel-{name}.staging-")
+    extract = make_scratch(kernels_dir, f"kernel-{name}.extract-")
     try:
-        with tempfile.TemporaryDirectory(prefix=f".{name}.extract-", dir=kernels_dir) as tmp:
-            if source.is_dir():
-                root = source
-            elif source.is_file() and source.suffix == ".deb":
-                report(f"extracting {source.name}")
-                root = Path(tmp)
-                _extract_deb(source, root)
-            else:
-                raise InvalidInput(
-                    f"cannot import {source}: not a directory or a .deb file",
-                    hint="pass --from DIR (boot/ and lib/modules/) or --from FILE.deb",
-                )
-            layout = detect_layout(root)
-            report(f"found kernel {layout.version} ({layout.kernel.relative_to(root)})")
-            staged = _stage(layout, stage, report)
+        root = _source_root(source, extract, report)
+        checkpoint()
+        layout = detect_layout(root)
+        report(f"found kernel {layout.version} ({layout.kernel.name})")
+        staged = _stage(layout, stage, report)
         manifest = KernelManifest(
             name=name,
             version=staged.version,
@@ -214,12 +250,12 @@ def _import_locked(
             path=dest,
         )
         write_manifest(manifest, stage)
-        os.chmod(stage, 0o755)
+        checkpoint()  # the last one: past the rename the kernel is stored
         os.rename(stage, dest)
         fsync_dir(kernels_dir)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    finally:
+        remove_tree(extract)
+        remove_tree(stage)
     report(f"stored kernel {name} ({manifest.version})")
     return manifest
 
@@ -234,9 +270,10 @@ def import_kernel(
     """
     validate_name(name, "kernel")
     source = source.absolute()
+    kernels_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not source.exists():
         raise NotFound(f"{source} does not exist", hint="pass --from an existing DIR or FILE.deb")
-    with name_lock(kernels_dir, name):
+    with _name_lock(kernels_dir, name):
         return _import_locked(name, source, os.fspath(source), kernels_dir, progress or _quiet)
 
 
@@ -248,7 +285,8 @@ def pull_kernel(
     entry = catalog_entry(name)
     report = progress or _quiet
     label = f"catalog:{entry.name}"
-    with name_lock(kernels_dir, name):
+    kernels_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with _name_lock(kernels_dir, name):
         existing = _existing(name, kernels_dir / name, label)
         if existing is not None:
             report(f"kernel {name} is already stored")
@@ -291,12 +329,12 @@ def get_kernel(name: str, kernels_dir: Path) -> KernelManifest:
 def delete_kernel(name: str, kernels_dir: Path) -> None:
     """Remove stored kernel ``name`` (the caller checks that no image refers to it)."""
     validate_name(name, "kernel")
-    with name_lock(kernels_dir, name):
+    with _name_lock(kernels_dir, name):
         dest = kernels_dir / name
         if not dest.is_dir():
             raise NotFound(f"kernel {name} not found", hint="see banger kernel list")
         # Rename first so the kernel vanishes at once, even if removal is slow or fails.
-        doomed = Path(tempfile.mkdtemp(prefix=f".{name}.deleting-", dir=kernels_dir))
+        doomed = make_scratch(kernels_dir, f"kernel-{name}.deleting-")
         os.rename(dest, doomed / name)
         fsync_dir(kernels_dir)
-        shutil.rmtree(doomed, ignore_errors=True)
+        remove_tree(doomed)

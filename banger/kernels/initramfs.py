@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from banger.core.errors import HostToolError, InvalidInput
+from banger.host.files import read_inside, write_private
 from banger.host.run import require_tool
 from banger.kernels.modules import (
     missing_modules,
@@ -170,14 +171,13 @@ def find_busybox() -> bytes:
     return data
 
 
-def _module_bytes(path: Path) -> bytes:
+def _module_bytes(name: str, data: bytes) -> bytes:
     """A module's ELF bytes, decompressed so busybox insmod can load it."""
-    data = path.read_bytes()
-    if path.name.endswith(".xz"):
+    if name.endswith(".xz"):
         return lzma.decompress(data)
-    if path.name.endswith(".gz"):
+    if name.endswith(".gz"):
         return zlib.decompress(data, wbits=31)
-    if path.name.endswith(".zst"):
+    if name.endswith(".zst"):
         import zstandard
 
         return zstandard.ZstdDecompressor().decompressobj().decompress(data)
@@ -194,11 +194,12 @@ def _base_entries(busybox: bytes, init: str) -> list[CpioEntry]:
     return entries
 
 
-def plan_modules(modules_dir: Path | None, kernel_version: str) -> list[str]:
+def plan_modules(
+    modules_dir: Path | None, kernel_version: str, system_map: Path | None = None
+) -> list[str]:
     """Paths (relative to ``modules_dir``) of the modules to load, in order."""
     if modules_dir is None:
         return []  # a kernel without modules has the contract built in, or will fail loudly
-    system_map = modules_dir.parent.parent.parent / "boot" / f"System.map-{kernel_version}"
     dep_text = read_modules_dep(modules_dir, kernel_version, system_map=system_map)
     deps = parse_modules_dep(dep_text)
     builtin = read_modules_builtin(modules_dir)
@@ -213,24 +214,25 @@ def plan_modules(modules_dir: Path | None, kernel_version: str) -> list[str]:
     return module_load_order(dep_text, wanted_modules(deps))
 
 
-def build_initramfs(modules_dir: Path | None, kernel_version: str, out: Path) -> list[str]:
-    """Write banger's initramfs for this kernel to ``out``; return the module load order.
+def build_initramfs(
+    modules_dir: Path | None, kernel_version: str, out: Path, system_map: Path | None = None
+) -> list[str]:
+    """Write banger's initramfs for this kernel to ``out`` (0600); return the module load order.
 
     ``modules_dir`` is the kernel's ``lib/modules/<version>`` tree (None when
-    the kernel has no modules).
+    the kernel has no modules). Every module path ``modules.dep`` names is
+    read only if it resolves inside that tree.
     """
-    paths = plan_modules(modules_dir, kernel_version)
+    paths = plan_modules(modules_dir, kernel_version, system_map)
     names = [module_name(p) for p in paths]
     entries = _base_entries(find_busybox(), init_script(names))
     for rel, name in zip(paths, names, strict=True):
         assert modules_dir is not None  # plan_modules returns no paths without it
-        src = modules_dir / rel
-        if not src.is_file():
-            raise InvalidInput(f"modules.dep names {rel}, which is not in {modules_dir}")
-        data = _module_bytes(src)
+        raw = read_inside(modules_dir, rel, where=f"{modules_dir}/modules.dep")
+        data = _module_bytes(rel, raw)
         entries.append(CpioEntry(f"lib/modules/{name}.ko", stat.S_IFREG | 0o644, data))
     archive = gzip.compress(newc_archive(entries), compresslevel=6, mtime=0)
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(archive)
+    write_private(tmp, archive)
     os.replace(tmp, out)
     return names

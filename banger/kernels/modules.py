@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from banger.core.errors import InvalidInput
+from banger.host.files import read_inside
 from banger.host.run import require_tool, run
 
 # What the guest contract (DESIGN.md s.4) needs: the virtio-mmio transport
@@ -128,9 +129,9 @@ def read_modules_dep(modules_dir: Path, version: str, *, system_map: Path | None
 
     ``depmod -n`` writes to stdout only, so a source tree is never modified.
     """
-    dep = modules_dir / "modules.dep"
-    if dep.is_file():
-        return dep.read_text()
+    if os.path.lexists(modules_dir / "modules.dep"):
+        dep = read_inside(modules_dir, "modules.dep", where=f"kernel modules {modules_dir}")
+        return dep.decode("utf-8", "replace")
     depmod = require_tool("depmod", "kmod")
     with tempfile.TemporaryDirectory(prefix="banger-depmod-") as tmp:
         # depmod wants BASE/lib/modules/VERSION; point that at the real tree.
@@ -138,7 +139,7 @@ def read_modules_dep(modules_dir: Path, version: str, *, system_map: Path | None
         (base / "lib" / "modules").mkdir(parents=True)
         os.symlink(modules_dir.resolve(), base / "lib" / "modules" / version)
         argv = [depmod, "-n", "-b", os.fspath(base)]
-        if system_map is not None and system_map.is_file():
+        if system_map is not None:
             argv += ["-F", os.fspath(system_map)]
         out = run([*argv, version], timeout=120).stdout.decode("utf-8", "replace")
     # stdout holds every modules.* file; modules.dep comes first, up to the first comment.
@@ -152,5 +153,7 @@ def read_modules_dep(modules_dir: Path, version: str, *, system_map: Path | None
 
 def read_modules_builtin(modules_dir: Path) -> frozenset[str] | None:
     """Built-in module names, or None when the tree has no ``modules.builtin``."""
-    path = modules_dir / "modules.builtin"
-    return parse_modules_builtin(path.read_text()) if path.is_file() else None
+    if not os.path.lexists(modules_dir / "modules.builtin"):
+        return None
+    text = read_inside(modules_dir, "modules.builtin", where=f"kernel modules {modules_dir}")
+    return parse_modules_builtin(text.decode("utf-8", "replace"))

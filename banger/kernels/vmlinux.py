@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from banger.core.errors import InvalidInput
+from banger.host.files import write_private
 
 ELF_MAGIC = b"\x7fELF"
 _LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"
@@ -139,8 +140,8 @@ def extract_vmlinux(image: bytes) -> bytes:
     )
 
 
-def write_vmlinux(kernel: Path, out: Path) -> int:
-    """Extract the vmlinux of the kernel file ``kernel`` into ``out``; return its size."""
-    elf = extract_vmlinux(kernel.read_bytes())
-    out.write_bytes(elf)
+def write_vmlinux(kernel: bytes, out: Path) -> int:
+    """Extract the vmlinux of the kernel image ``kernel`` into ``out`` (0600); return its size."""
+    elf = extract_vmlinux(kernel)
+    write_private(out, elf)
     return len(elf)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from banger.core.errors import Conflict, NotFound
+from banger.core.errors import Conflict, InvalidInput, NotFound
 from banger.kernels.importer import delete_kernel, get_kernel, import_kernel, list_kernels
 from banger.kernels.initramfs import read_newc
 from banger.kernels.manifest import INITRD, VMLINUX, VMLINUZ, KernelManifest, verify_manifest
@@ -133,10 +133,11 @@ def test_concurrent_imports_of_one_name_do_the_work_once_and_agree(
     results: list[KernelManifest] = []
     errors: list[BaseException] = []
     progress: list[str] = []
+    kernels = tmp_path / "kernels"
 
     def worker() -> None:
         try:
-            results.append(import_kernel("race", deb, tmp_path, progress=progress.append))
+            results.append(import_kernel("race", deb, kernels, progress=progress.append))
         except BaseException as exc:  # noqa: BLE001 - surfaced by the assert below
             errors.append(exc)
 
@@ -149,7 +150,10 @@ def test_concurrent_imports_of_one_name_do_the_work_once_and_agree(
     assert results[0] == results[1]
     assert sum(line.startswith("building initramfs") for line in progress) == 1
     assert "kernel race is already stored" in progress
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".race.lock", "race"]
+    assert [p.name for p in kernels.iterdir()] == ["race"]
+    assert list((tmp_path / "tmp").iterdir()) == []  # no staging dir, no lock file left
+    assert stat.S_IMODE((kernels / "race").stat().st_mode) == 0o700
+    assert {stat.S_IMODE(f.stat().st_mode) for f in (kernels / "race").iterdir()} == {0o600}
 
 
 def test_the_same_name_from_another_source_conflicts_and_delete_frees_it(
@@ -170,4 +174,68 @@ def test_a_failed_import_leaves_nothing_behind(tmp_path: Path) -> None:
     (tmp_path / "src" / "boot" / "vmlinuz-1.0").write_bytes(b"not a kernel" * 100)
     with pytest.raises(Exception, match="no vmlinux found"):
         import_kernel("broken", tmp_path / "src", tmp_path / "kernels")
-    assert [p.name for p in (tmp_path / "kernels").iterdir()] == [".broken.lock"]
+    assert list((tmp_path / "kernels").iterdir()) == []
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+SECRET = b"host-secret-7f3a9c1e"
+
+
+def hostile_tree(tmp_path: Path, unpacked: Path, dep_lines: list[str], link: bool) -> Path:
+    """A kernel tree (the real bzImage) whose modules.dep or modules reach a host file."""
+    marker_dir = tmp_path / "host"
+    marker_dir.mkdir()
+    for module in ("virtio_blk", "virtio_net", "virtio_mmio"):
+        marker = marker_dir / f"{module}.ko"
+        marker.write_bytes(SECRET)
+        marker.chmod(0o600)
+    (bzimage,) = (unpacked / "boot").glob("vmlinuz-*")
+    version = bzimage.name.removeprefix("vmlinuz-")
+    tree = tmp_path / "pkg"
+    mods = tree / "lib/modules" / version
+    (mods / "kernel").mkdir(parents=True)
+    (tree / "boot").mkdir()
+    shutil.copyfile(bzimage, tree / "boot" / bzimage.name)
+    if link:
+        (mods / "kernel/virtio_mmio.ko").symlink_to(marker_dir / "virtio_mmio.ko")
+    text = "\n".join(line.replace("HOST", str(marker_dir)) for line in dep_lines) + "\n"
+    (mods / "modules.dep").write_text(text)
+    return tree
+
+
+def as_deb(tree: Path) -> Path:
+    (tree / "DEBIAN").mkdir()
+    (tree / "DEBIAN/control").write_text(
+        "Package: linux-image-hostile\nVersion: 1\nArchitecture: amd64\n"
+        "Maintainer: t <t@t>\nDescription: hostile\n"
+    )
+    deb = tree.with_suffix(".deb")
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(tree), str(deb)],
+                   check=True, capture_output=True)
+    shutil.rmtree(tree)
+    return deb
+
+
+HOSTILE = {
+    "dotdot": (["../../../../../../../../../../HOST/virtio_blk.ko:"], False, "'..' is not a name"),
+    "absolute": (["HOST/virtio_net.ko:"], False, "not a relative path"),
+    "symlink": (["kernel/virtio_mmio.ko:"], True, "resolves outside"),
+}
+
+
+@pytest.mark.parametrize("packaging", ["deb", "dir"])
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_package_reaching_outside_itself_is_refused_and_leaks_nothing(
+    tmp_path: Path, unpacked: Path, case: str, packaging: str
+) -> None:
+    lines, link, error = HOSTILE[case]
+    source = hostile_tree(tmp_path, unpacked, lines, link)
+    if packaging == "deb":
+        source = as_deb(source)
+    state = tmp_path / "state"
+    with pytest.raises(InvalidInput, match=error):
+        import_kernel("hostile", source, state / "kernels")
+    assert list((state / "kernels").iterdir()) == []
+    assert list((state / "tmp").iterdir()) == []
+    for f in state.rglob("*"):
+        assert not f.is_file() or SECRET not in f.read_bytes(), f

@@ -61,7 +61,8 @@ def test_metadata_json_takes_precedence_over_file_names(tmp_path: Path) -> None:
     [
         ({"modules": "mods"}, "at least a 'kernel'"),
         ({"kernel": "/boot/vmlinuz"}, "relative path"),
-        ({"kernel": "../outside"}, "outside"),
+        ({"kernel": "../outside"}, "'..' is not a name"),
+        ({"kernel": "escape"}, "resolves outside"),
         ({"kernel": "nope"}, "does not exist"),
     ],
 )
@@ -70,6 +71,7 @@ def test_bad_metadata_json_is_rejected_with_the_reason(
 ) -> None:
     touch(tmp_path, "mods/")
     (tmp_path.parent / "outside").write_bytes(b"x")
+    (tmp_path / "escape").symlink_to(tmp_path.parent / "outside")
     (tmp_path / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(InvalidInput, match=error):
         detect_layout(tmp_path)
@@ -79,3 +81,22 @@ def test_a_directory_without_a_kernel_says_what_was_expected(tmp_path: Path) -> 
     touch(tmp_path, "lib/modules/6.1/")
     with pytest.raises(InvalidInput, match="boot/vmlinuz-VERSION"):
         detect_layout(tmp_path)
+
+
+@pytest.mark.parametrize("link", ["boot", "boot/vmlinuz-6.1", "lib/modules/6.1", "metadata.json"])
+def test_a_symlink_out_of_the_directory_is_refused(tmp_path: Path, link: str) -> None:
+    outside = tmp_path / "host"
+    touch(outside, "boot/vmlinuz-6.1", "lib/modules/6.1/", "metadata.json")
+    (outside / "metadata.json").write_text('{"kernel": "boot/vmlinuz-6.1"}')
+    src = tmp_path / "src"
+    touch(src, "boot/vmlinuz-6.1", "lib/modules/6.1/")
+    victim = src / link
+    if victim.is_dir():
+        import shutil
+
+        shutil.rmtree(victim)
+    else:
+        victim.unlink(missing_ok=True)
+    victim.symlink_to(outside / link)
+    with pytest.raises(InvalidInput, match="resolves outside"):
+        detect_layout(src)

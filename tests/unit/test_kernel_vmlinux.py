@@ -76,5 +76,5 @@ def test_an_uncompressed_elf_is_returned_as_is() -> None:
 def test_write_vmlinux_writes_the_elf_and_returns_its_size(tmp_path: Path) -> None:
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(bzimage(COMPRESSORS["xz"](FAKE_ELF)))
-    assert write_vmlinux(kernel, tmp_path / "vmlinux") == len(FAKE_ELF)
+    assert write_vmlinux(kernel.read_bytes(), tmp_path / "vmlinux") == len(FAKE_ELF)
     assert (tmp_path / "vmlinux").read_bytes() == FAKE_ELF
