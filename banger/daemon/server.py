@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import os
 import socket
@@ -16,13 +15,13 @@ import structlog
 import uvicorn
 
 from banger.config import Settings
-from banger.core.errors import Conflict, Forbidden
+from banger.core.errors import Conflict
 from banger.daemon.app import create_app
 from banger.daemon.history import operation_recaller, operation_recorder
 from banger.daemon.operations import OperationRegistry
 from banger.daemon.peercred import PeerCredProtocol
 from banger.daemon.state import Daemon
-from banger.host.files import sweep_scratch
+from banger.host.files import open_nofollow, sweep_scratch
 from banger.store.db import Store
 
 log = structlog.get_logger("banger.daemon.server")
@@ -39,15 +38,7 @@ def instance_lock(pidfile: Path) -> Iterator[None]:
     private already (``host.private_dirs``); the pidfile is still opened without
     following a symlink, so a planted link is refused, its target untouched.
     """
-    try:
-        fd = os.open(pidfile, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-        raise Forbidden(
-            f"refusing to use {pidfile}: it is a symlink",
-            hint=f"remove it if you did not create it: rm {pidfile}",
-        ) from None
+    fd = open_nofollow(pidfile, os.O_RDWR | os.O_CREAT)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from banger.core.cancel import pause
-from banger.core.errors import Conflict, InvalidInput
+from banger.core.errors import Forbidden, InvalidInput
 from banger.core.validate import safe_relative_path
 
 _CHUNK = 4 << 20
@@ -66,7 +66,7 @@ def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
     except OSError as exc:
         if exc.errno != errno.ELOOP:
             raise
-        raise Conflict(
+        raise Forbidden(
             f"refusing to open {path}: it is a symbolic link, not banger's file",
             hint=f"something replaced it; look at it (ls -l {path}), remove it, and retry",
         ) from None

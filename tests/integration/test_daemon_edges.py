@@ -220,7 +220,7 @@ def test_a_planted_console_log_symlink_is_refused_and_its_target_untouched(
     vm_dir.mkdir(parents=True)
     (vm_dir / "console.log").symlink_to(target)
     result = seeded.banger("vm", "logs", "alpha")
-    assert result.returncode == 4, result.stderr
+    assert result.returncode == 5, result.stderr
     assert "symbolic link" in result.stderr and "not for the console" not in result.stdout
     assert target.read_text() == "not for the console\n"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from banger.core.errors import Conflict
+from banger.core.errors import Forbidden
 from banger.host.files import atomic_write_text, open_nofollow, reset_file, sha256_file
 
 
@@ -43,9 +43,9 @@ def test_reset_file_refuses_a_planted_symlink_and_leaves_its_target(tmp_path: Pa
     target.write_text("keep me")
     link = tmp_path / "console.log"
     link.symlink_to(target)
-    with pytest.raises(Conflict, match="symbolic link"):
+    with pytest.raises(Forbidden, match="symbolic link"):
         reset_file(link)
-    with pytest.raises(Conflict, match="symbolic link"):
+    with pytest.raises(Forbidden, match="symbolic link"):
         open_nofollow(link, os.O_RDONLY)
     assert target.read_text() == "keep me"
     plain = tmp_path / "vmm.log"
@@ -65,6 +65,6 @@ def test_qemu_launch_refuses_a_symlinked_log_before_starting_anything(tmp_path: 
     (vm_dir / "console.log").symlink_to(target)
     spec = make_spec(console_log=vm_dir / "console.log", vmm_log=vm_dir / "vmm.log",
                      run_dir=tmp_path / "run")
-    with pytest.raises(Conflict, match="console.log: it is a symbolic link"):
+    with pytest.raises(Forbidden, match="console.log: it is a symbolic link"):
         asyncio.run(QemuBackend(qemu_binary="/bin/false").launch(spec))
     assert target.read_text() == "root:secret\n"
