@@ -15,6 +15,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from typing import IO, TypeVar
@@ -134,18 +135,35 @@ def run(
     argv = _logged_argv(argv)
     if shutil.which(argv[0], path=clean_env(env)["PATH"]) is None:
         raise CommandError(argv, 127, f"{argv[0]}: not found")  # not setpriv's words for it
-    with _starting(argv):
+    with _stdin_from(input) as stdin, _starting(argv):
         proc = subprocess.Popen(
             [*_dies_with_us(), *argv],
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=clean_env(env),
             cwd=cwd,
         )
     with proc:
-        out, err = _communicate(proc, argv, input, timeout)
+        out, err = _communicate(proc, argv, timeout)
     return _result(argv, proc.returncode, out, err, check)
+
+
+@contextlib.contextmanager
+def _stdin_from(data: bytes | None) -> Iterator[int | IO[bytes]]:
+    """The child's stdin: closed, or ``data`` in an unlinked temporary file.
+
+    A file rather than a pipe because ``_communicate`` waits in short steps
+    (to notice a cancel), and ``Popen.communicate`` can neither resend input on
+    a retry nor keep writing it without being passed it again.
+    """
+    if data is None:
+        yield subprocess.DEVNULL
+        return
+    with tempfile.TemporaryFile() as f:
+        f.write(data)
+        f.seek(0)
+        yield f
 
 
 @functools.cache
@@ -162,7 +180,7 @@ def _dies_with_us() -> tuple[str, ...]:
 
 
 def _communicate(
-    proc: subprocess.Popen[bytes], argv: list[str], input: bytes | None, timeout: float
+    proc: subprocess.Popen[bytes], argv: list[str], timeout: float
 ) -> tuple[bytes, bytes]:
     """``proc.communicate`` bounded by ``timeout`` and by the current cancel token."""
     token = current_token()
@@ -171,7 +189,7 @@ def _communicate(
         left = deadline - time.monotonic()
         step = left if token is None else min(left, _CANCEL_POLL_S)
         try:
-            return proc.communicate(input, timeout=max(step, 0))
+            return proc.communicate(timeout=max(step, 0))
         except subprocess.TimeoutExpired:
             cancelled = token is not None and token.cancelled
             if not cancelled and time.monotonic() < deadline:
@@ -207,7 +225,7 @@ def stream_stdout(argv: Sequence[str], *, timeout: float) -> Iterator[IO[bytes]]
             raise
         finally:
             proc.stdout.close()
-        _, err = _communicate(proc, argv, None, timeout)
+        _, err = _communicate(proc, argv, timeout)
     _result(argv, proc.returncode, b"", err, True)
 
 

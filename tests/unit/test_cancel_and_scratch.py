@@ -27,6 +27,13 @@ def test_a_cancelled_token_kills_the_running_child_and_raises() -> None:
     assert left.returncode == 1
 
 
+def test_a_slow_child_fed_on_stdin_finishes_under_a_live_token() -> None:
+    # The token makes run() wait in short steps; the input goes in once, not per step.
+    with cancel_scope(CancelToken()):
+        result = run(["sh", "-c", "sleep 0.6; wc -c"], timeout=30, input=b"x" * 100_000)
+    assert result.stdout.strip() == b"100000"
+
+
 def test_checkpoint_raises_only_under_a_cancelled_token() -> None:
     checkpoint()
     token = CancelToken()
