@@ -76,7 +76,7 @@ def test_a_planted_pidfile_link_is_refused_and_its_target_untouched(tmp_path: Pa
     pidfile = tmp_path / "run" / "bangerd.pid"
     pidfile.parent.mkdir(mode=0o700)
     pidfile.symlink_to(victim)
-    with pytest.raises(Forbidden, match="symlink"):
+    with pytest.raises(Forbidden, match="symbolic link"):
         with instance_lock(pidfile):
             pass
     assert victim.read_text() == "keep me\n"
