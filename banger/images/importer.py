@@ -28,7 +28,7 @@ from typing import IO
 from banger.core.cancel import checkpoint
 from banger.core.errors import InvalidInput, NotFound
 from banger.core.names import new_id
-from banger.host.ext4 import check_ext4, make_ext4, resize_ext4
+from banger.host.ext4 import check_ext4, grow_ext4, make_ext4
 from banger.host.files import make_scratch, remove_tree, sha256_file
 from banger.host.run import require_tool, run
 from banger.images import ext4_import
@@ -347,7 +347,7 @@ def import_ext4(
             progress("check: e2fsck -fn")
         check_ext4(rootfs)  # untrusted until a read-only fsck finds it clean
         if req.size_bytes and req.size_bytes > rootfs.stat().st_size:
-            resize_ext4(rootfs, req.size_bytes)
+            grow_ext4(rootfs, req.size_bytes)
         ext4_import.check_bootable_ext4(rootfs, scratch / "probe")
         files = guest_files(host_key=generate_host_key())
         if progress:
