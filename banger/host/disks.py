@@ -100,6 +100,13 @@ def clone_file(src: Path, dest: Path) -> Literal["reflink", "sparse"]:
     return "sparse"
 
 
+def copy_sparsifying(src: Path, dest: Path) -> None:
+    """Copy ``src`` to ``dest``: a reflink where the filesystem can, else a copy that turns
+    runs of zeros into holes (an imported, fully allocated image stays small)."""
+    cp = require_tool("cp", "coreutils")
+    run([cp, "--sparse=always", "--reflink=auto", os.fspath(src), os.fspath(dest)], timeout=1800)
+
+
 def _qcow2_overlay(backing: Path, dest: Path) -> None:
     qemu_img = require_tool("qemu-img", "qemu-utils")
     argv = [qemu_img, "create", "-q", "-f", "qcow2", "-b", os.fspath(backing), "-F", "raw"]

@@ -26,6 +26,7 @@ from banger.images import guest_bits
 from banger.images.flatten import Entry, EntryKind
 from banger.images.guest_bits import GuestFile, Kind, parent_dirs, refuse_symlinked_parents
 from banger.images.ownership import apply_ownership
+from banger.images.sizing import default_work_seed_size, tree_usage
 
 _MAX_DEPTH = 20
 _NAME_HINT = "the image is damaged or hostile: repair it with e2fsck or rebuild it"
@@ -263,8 +264,6 @@ def _copy_out(image: Path, top: str, entries: list[Entry], dest: Path, scratch: 
 
 def build_work_seed_from_ext4(image: Path, seed: Path, tmp: Path) -> None:
     """Cut ``/root`` of ``image`` into a small ext4 work seed with its ownership."""
-    from banger.images.importer import default_work_seed_size, tree_usage
-
     tmp.mkdir(mode=0o700)
     src = tmp / "root"
     src.mkdir(mode=0o700)
