@@ -27,6 +27,7 @@ from pathlib import Path
 from banger.core.cancel import checkpoint
 from banger.core.errors import Conflict, InvalidInput, NotFound, StoreError
 from banger.core.validate import safe_relative_path, validate_name
+from banger.host.dpkg import data_tar
 from banger.host.files import (
     fsync_dir,
     make_scratch,
@@ -37,7 +38,6 @@ from banger.host.files import (
     scratch_root,
     write_private,
 )
-from banger.host.run import require_tool, stream_stdout
 from banger.kernels.catalog import catalog_entry, fetch_package
 from banger.kernels.initramfs import build_initramfs
 from banger.kernels.manifest import (
@@ -155,9 +155,8 @@ def _extract_deb(deb: Path, into: Path) -> None:
     (not by a forked ``dpkg-deb -x`` that could outlive a killed daemon), with
     tarfile's "tar" filter on top: nothing lands outside ``into``.
     """
-    dpkg_deb = require_tool("dpkg-deb", "dpkg")
     where = f"package {deb.name}"
-    with stream_stdout([dpkg_deb, "--fsys-tarfile", os.fspath(deb)], timeout=600) as data:
+    with data_tar(deb) as data:
         try:
             with tarfile.open(fileobj=data, mode="r|") as tar:
                 for member in tar:
