@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from banger.core.cancel import checkpoint
+from banger.core.defaults import DEFAULT_IMAGE_SOURCE
 from banger.core.errors import InvalidInput
 from banger.core.names import new_id
 from banger.core.validate import validate_name
@@ -142,7 +143,7 @@ def build_image(
     name: str,
     images_dir: Path,
     *,
-    source: str = "debian:bookworm",
+    source: str = DEFAULT_IMAGE_SOURCE,
     packages: Sequence[str] = (),
     size_bytes: int | None = None,
     kernel_name: str | None,
