@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from banger.core.cancel import checkpoint
-from banger.core.errors import Conflict, InvalidInput, NotFound, StoreError
+from banger.core.errors import Conflict, InvalidInput, NotFound
 from banger.core.validate import safe_relative_path, validate_name
 from banger.host.dpkg import data_tar
 from banger.host.files import (
@@ -296,33 +296,6 @@ def pull_kernel(
 
 def _quiet(_msg: str) -> None:
     pass
-
-
-def list_kernels(kernels_dir: Path) -> list[KernelManifest]:
-    """Every stored kernel, by name; skips staging directories and unreadable entries."""
-    if not kernels_dir.is_dir():
-        return []
-    out = []
-    for d in sorted(kernels_dir.iterdir()):
-        if d.name.startswith(".") or not d.is_dir():
-            continue
-        try:
-            out.append(load_manifest(d))
-        except StoreError:
-            continue
-    return out
-
-
-def get_kernel(name: str, kernels_dir: Path) -> KernelManifest:
-    """The manifest of stored kernel ``name``, or NotFound."""
-    validate_name(name, "kernel")
-    dest = kernels_dir / name
-    if not dest.is_dir():
-        raise NotFound(
-            f"kernel {name} not found",
-            hint=f"see banger kernel list, or pull it: banger kernel pull {name}",
-        )
-    return load_manifest(dest)
 
 
 def delete_kernel(name: str, kernels_dir: Path) -> None:
