@@ -10,7 +10,7 @@ import pytest
 BANGER = Path(__file__).resolve().parents[2] / "banger"
 RUNNERS = {"banger.host.run", "subprocess", "asyncio.subprocess"}
 # Packages that keep domain logic and call host/'s typed functions instead.
-DOMAIN = ("images", "kernels", "store", "core")
+DOMAIN = ("images", "kernels", "store", "core", "daemon", "api")
 
 
 def _imports(path: Path) -> set[str]:
