@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
 
+from banger.core.defaults import DEFAULT_IMAGE_SOURCE
 from banger.core.states import OperationState
 
 
@@ -137,7 +138,7 @@ class ImageList(WireModel):
 
 class ImageBuildRequest(RequestModel):
     name: str | None = None
-    source: str = "debian:bookworm"
+    source: str = DEFAULT_IMAGE_SOURCE
     packages: list[str] = []
     size: str | None = None
 

@@ -11,6 +11,7 @@ from banger.api.models import CachePruneResult, ImageInfo, ImageList, Operation
 from banger.cli.context import CliContext, json_option, pass_ctx, quiet_option
 from banger.cli.progress import follow
 from banger.cli.render import console, print_fields, print_json, print_table
+from banger.core.defaults import DEFAULT_IMAGE_SOURCE
 from banger.core.validate import format_size, parse_size, validate_new_name
 
 
@@ -36,7 +37,7 @@ def _finish(ctx: CliContext, op: Operation, as_json: bool) -> None:
 
 @image_group.command("build")
 @click.argument("name", required=False)
-@click.option("--from", "source", default="debian:bookworm", show_default=True,
+@click.option("--from", "source", default=DEFAULT_IMAGE_SOURCE, show_default=True,
               help="Distribution and suite to bootstrap.")
 @click.option("--packages", default="", help="Extra Debian packages, comma-separated.")
 @click.option("--size", help="rootfs size, e.g. 4G (default: content plus headroom).")

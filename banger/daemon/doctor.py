@@ -17,6 +17,7 @@ from pathlib import Path
 
 from banger.api.models import CheckStatus
 from banger.config import Settings
+from banger.core.errors import HostToolError
 from banger.host import probes
 from banger.host.probes import KvmStatus, Version
 
@@ -289,16 +290,13 @@ def check_skopeo(ctx: DoctorContext) -> CheckResult:
 
 
 def check_busybox(ctx: DoctorContext) -> CheckResult:
-    found = probes.busybox_static_path(ctx.host.busybox_candidates)
-    if found is not None:
-        return CheckResult("busybox-static", CheckStatus.PASS, f"{found} is statically linked")
-    present = [p for p in ctx.host.busybox_candidates if p.exists()]
-    detail = (
-        f"{present[0]} is not a statically linked busybox"
-        if present
-        else "no busybox found (needed for the initramfs)"
-    )
-    return CheckResult("busybox-static", CheckStatus.FAIL, detail, hint=_apt("busybox-static"))
+    """The same judgement the initramfs builder makes (``probes.static_busybox``)."""
+    try:
+        found = probes.static_busybox(ctx.host.busybox_candidates)
+    except HostToolError as exc:
+        return CheckResult("busybox-static", CheckStatus.FAIL, exc.message,
+                           hint=_apt("busybox-static"))
+    return CheckResult("busybox-static", CheckStatus.PASS, f"{found} is statically linked")
 
 
 def check_nft(ctx: DoctorContext) -> CheckResult:

@@ -20,8 +20,6 @@ from banger.images.oci import parse_reference, prune_blob_cache
 from banger.store.db import Store
 from banger.store.records import ImageRecord
 
-DEFAULT_SOURCE = "debian:bookworm"
-
 
 def image_info(record: ImageRecord) -> ImageInfo:
     return ImageInfo(

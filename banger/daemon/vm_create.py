@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from banger.api.models import VMCreateRequest
+from banger.core.defaults import DEFAULT_IMAGE_SOURCE
 from banger.core.errors import Conflict, InvalidInput, Unavailable
 from banger.core.names import generate_vm_name, new_id
 from banger.core.states import VMState
@@ -24,7 +25,7 @@ from banger.core.validate import (
     validate_new_name,
     validate_vcpu,
 )
-from banger.daemon.image_service import DEFAULT_SOURCE, ImageService
+from banger.daemon.image_service import ImageService
 from banger.daemon.operations import OperationContext, Work
 from banger.daemon.vm_layout import VMFiles
 from banger.daemon.vm_service import VMService, check_host_room
@@ -128,7 +129,7 @@ class VMCreator:
     async def _default_image(self, ctx: OperationContext) -> ImageRecord:
         """First use: build the default kernel and image (with progress)."""
         result = await self.images.build(
-            name=None, source=DEFAULT_SOURCE, packages=[], size=None
+            name=None, source=DEFAULT_IMAGE_SOURCE, packages=[], size=None
         )(ctx)
         assert result is not None
         return self.store.images.get_key(result["id"])

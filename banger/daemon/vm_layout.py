@@ -8,6 +8,7 @@ from pathlib import Path
 from banger.config import Paths
 from banger.core.vmspec import Accel, NetSpec, RootDisk, VMSpec
 from banger.host.probes import host_tsc_khz
+from banger.host.ssh import HOST_KEY_FILE
 from banger.store.records import ImageRecord, KernelRecord, VMRecord
 
 
@@ -44,7 +45,7 @@ class VMFiles:
 
     @property
     def host_key_pub(self) -> Path:
-        return self.dir / "ssh_host_ed25519_key.pub"
+        return self.dir / f"{HOST_KEY_FILE}.pub"
 
 
 def tcg_cmdline(accel: Accel) -> tuple[str, ...]:

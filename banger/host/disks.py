@@ -18,8 +18,9 @@ from typing import Literal
 
 from banger.core.errors import HostToolError, InvalidInput
 from banger.core.vmspec import RootDisk
-from banger.host.ext4 import debugfs_batch, debugfs_quote, make_ext4
+from banger.host.ext4 import debugfs_batch, debugfs_quote, grow_ext4, make_ext4, read_ext4_file
 from banger.host.run import require_tool, run
+from banger.host.ssh import HOST_KEY_FILE
 
 OverlayStrategy = Literal["qcow2", "reflink", "sparse"]
 Progress = Callable[[str], None] | None
@@ -33,7 +34,11 @@ WORK_LABEL = "work"
 # Where the guest's sshd finds its per-VM host key on the work disk
 # (``/root/.banger/`` in the guest; see banger/guest/).
 HOST_KEY_DIR = ".banger"
-HOST_KEY_NAME = "ssh_host_ed25519_key"
+# What install_ssh_files may meet on a seed that has them already (or not yet).
+_SSH_OK_ERRORS = (
+    "Ext2 directory already exists",
+    "rm: File not found by ext2_lookup while trying to resolve filename",
+)
 
 
 def _tmp_sibling(dest: Path) -> Path:
@@ -95,6 +100,13 @@ def clone_file(src: Path, dest: Path) -> Literal["reflink", "sparse"]:
     return "sparse"
 
 
+def copy_sparsifying(src: Path, dest: Path) -> None:
+    """Copy ``src`` to ``dest``: a reflink where the filesystem can, else a copy that turns
+    runs of zeros into holes (an imported, fully allocated image stays small)."""
+    cp = require_tool("cp", "coreutils")
+    run([cp, "--sparse=always", "--reflink=auto", os.fspath(src), os.fspath(dest)], timeout=1800)
+
+
 def _qcow2_overlay(backing: Path, dest: Path) -> None:
     qemu_img = require_tool("qemu-img", "qemu-utils")
     argv = [qemu_img, "create", "-q", "-f", "qcow2", "-b", os.fspath(backing), "-F", "raw"]
@@ -130,23 +142,6 @@ def create_root_overlay(
     return RootDisk(path=dest.resolve(), format="qcow2" if strategy == "qcow2" else "raw")
 
 
-def _grow_ext4(image: Path, size_bytes: int) -> None:
-    """Grow the file and the filesystem in ``image`` to ``size_bytes``."""
-    e2fsck = require_tool("e2fsck", "e2fsprogs")
-    resize2fs = require_tool("resize2fs", "e2fsprogs")
-    # resize2fs refuses a filesystem that was mounted since its last check;
-    # 0 (clean) and 1 (errors fixed) both leave it safe to resize.
-    proc = run([e2fsck, "-f", "-p", os.fspath(image)], timeout=600, check=False)
-    if proc.returncode not in (0, 1):
-        raise HostToolError(
-            f"{image.name} has filesystem errors e2fsck cannot fix (status {proc.returncode})",
-            hint=f"inspect it with: e2fsck -f {image}",
-        )
-    with open(image, "r+b") as f:
-        f.truncate(size_bytes)
-    run([resize2fs, os.fspath(image)], timeout=600)
-
-
 def _ssh_commands(keys_file: Path, host_key: tuple[Path, Path] | None) -> list[str]:
     # debugfs resolves "mkdir /x" against the cwd, not /: mkdir relative to /.
     cmds = [
@@ -171,19 +166,12 @@ def _ssh_commands(keys_file: Path, host_key: tuple[Path, Path] | None) -> list[s
             f"sif {d} mode 040700",
             f"sif {d} uid 0",
         ]
-        for src, name, mode in ((host_key[0], HOST_KEY_NAME, "0100600"),
-                                (host_key[1], f"{HOST_KEY_NAME}.pub", "0100644")):  # fmt: skip
+        for src, name, mode in ((host_key[0], HOST_KEY_FILE, "0100600"),
+                                (host_key[1], f"{HOST_KEY_FILE}.pub", "0100644")):  # fmt: skip
             cmds += [f"rm {name}", f"write {debugfs_quote(os.fspath(src))} {name}"]
             cmds += [f"sif {d}/{name} mode {mode}", f"sif {d}/{name} uid 0"]
             cmds += [f"sif {d}/{name} gid 0"]
     return cmds + ["cd /"]
-
-
-def read_ext4_file(image: Path, path: str) -> bytes:
-    """The contents of ``path`` inside ``image`` (debugfs ``cat``)."""
-    debugfs = require_tool("debugfs", "e2fsprogs")
-    proc = run([debugfs, "-R", f"cat {debugfs_quote(path)}", os.fspath(image)], timeout=60)
-    return proc.stdout
 
 
 def install_ssh_files(
@@ -203,8 +191,9 @@ def install_ssh_files(
             key_files = (staging / "host_key", staging / "host_key.pub")
             key_files[0].write_bytes(host_key[0])
             key_files[1].write_bytes(host_key[1])
-        debugfs_batch(image, [*extra_commands, *_ssh_commands(keys, key_files)])
-        # debugfs reports failures on stderr with status 0: read the result back.
+        debugfs_batch(image, [*extra_commands, *_ssh_commands(keys, key_files)],
+                      ok_errors=_SSH_OK_ERRORS)
+        # Read the result back: a tolerated error must not hide a missing key.
         if read_ext4_file(image, "/.ssh/authorized_keys") != keys.read_bytes():
             raise HostToolError(
                 f"could not write /root/.ssh/authorized_keys into {image.name}",
@@ -246,7 +235,7 @@ def create_work_disk(
             if progress:
                 progress(f"work disk: {used} copy of the work seed")
             if size_bytes > seed.stat().st_size:
-                _grow_ext4(tmp, size_bytes)
+                grow_ext4(tmp, size_bytes)
         # /root is 0700 in every Debian; a seed already carries its own mode.
         root_mode = ["sif / mode 040700"] if seed is None else []
         install_ssh_files(tmp, authorized_keys, host_key, extra_commands=root_mode)
@@ -266,5 +255,5 @@ def grow_work_disk(path: Path, new_size: int) -> bool:
         )
     if new_size == current:
         return False
-    _grow_ext4(path, new_size)
+    grow_ext4(path, new_size)
     return True

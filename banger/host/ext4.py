@@ -1,21 +1,36 @@
 """ext4 images through e2fsprogs, without mounting and without root.
 
-``mkfs.ext4 -d`` fills a new image from a directory; ``debugfs -w -f -``
+Every use of ``mkfs.ext4``, ``e2fsck``, ``resize2fs`` and ``debugfs`` is
+here. ``mkfs.ext4 -d`` fills a new image from a directory; ``debugfs -w -f -``
 applies batched metadata edits (ownership, modes, files) to an image the
-daemon user owns.
+daemon user owns; ``debugfs -R`` answers one read-only request.
+
+debugfs exits 0 whatever happens, so its stderr is the only report. One
+policy for every run: an image debugfs cannot open is a ``HostToolError``;
+in a batch every other error line is one too, unless the caller named it as
+expected (``ok_errors``); a single request returns its output, empty when the
+path is missing, for the caller to judge.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from banger.core.errors import InvalidInput
+from banger.core.errors import HostToolError, InvalidInput
 from banger.host.run import require_tool, run
 
 # Lazy init keeps mkfs of a multi-GiB image sub-second.
 LAZY_INIT = "lazy_itable_init=1,lazy_journal_init=1"
+_PACKAGE = "e2fsprogs"
+_OPEN_FAILED = ("while trying to open", "Filesystem not open")
+
+
+def require_e2fsprogs() -> None:
+    """Raise HostToolError (with the package to install) unless e2fsprogs is installed."""
+    for tool in ("mkfs.ext4", "debugfs", "e2fsck", "resize2fs"):
+        require_tool(tool, _PACKAGE)
 
 
 def make_ext4(
@@ -27,7 +42,7 @@ def make_ext4(
     root_owner: tuple[int, int] = (0, 0),
 ) -> None:
     """Create a sparse ext4 image of ``size_bytes``, optionally filled from ``source_dir``."""
-    mkfs = require_tool("mkfs.ext4", "e2fsprogs")
+    mkfs = require_tool("mkfs.ext4", _PACKAGE)
     image.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -45,30 +60,9 @@ def make_ext4(
         raise
 
 
-def debugfs_quote(path: str) -> str:
-    """Quote ``path`` for a debugfs script line, refusing what debugfs cannot encode."""
-    if any(c in path for c in '"\\\n\r\t\0') or not path.isprintable():
-        raise InvalidInput(
-            f"path {path!r} cannot be encoded for debugfs",
-            hint="rename the entry: quotes, backslashes and control characters are not supported",
-        )
-    return f'"{path}"' if " " in path else path
-
-
-def debugfs_batch(
-    image: Path, commands: Iterable[str], *, timeout: float = 600, writable: bool = True
-) -> str:
-    """Run debugfs ``commands`` (one per line, already quoted) on ``image`` in one run."""
-    debugfs = require_tool("debugfs", "e2fsprogs")
-    script = "".join(f"{c}\n" for c in commands).encode()
-    argv = [debugfs, *(["-w"] if writable else []), "-f", "-", os.fspath(image)]
-    proc = run(argv, input=script, timeout=timeout)
-    return proc.stdout.decode("utf-8", "replace")
-
-
 def check_ext4(image: Path, *, what: str = "ext4 image") -> None:
     """Refuse ``image`` unless ``e2fsck -fn`` finds it clean (read-only: nothing is fixed)."""
-    e2fsck = require_tool("e2fsck", "e2fsprogs")
+    e2fsck = require_tool("e2fsck", _PACKAGE)
     proc = run([e2fsck, "-fn", os.fspath(image)], timeout=1800, check=False)
     if proc.returncode == 0:
         return
@@ -83,11 +77,86 @@ def check_ext4(image: Path, *, what: str = "ext4 image") -> None:
     )
 
 
-def resize_ext4(image: Path, size_bytes: int) -> None:
-    """Grow ``image`` to ``size_bytes`` (file and filesystem)."""
-    e2fsck = require_tool("e2fsck", "e2fsprogs")
-    resize2fs = require_tool("resize2fs", "e2fsprogs")
+def grow_ext4(image: Path, size_bytes: int) -> None:
+    """Grow the file and the filesystem in ``image`` to ``size_bytes``."""
+    e2fsck = require_tool("e2fsck", _PACKAGE)
+    resize2fs = require_tool("resize2fs", _PACKAGE)
+    # resize2fs refuses a filesystem that was mounted since its last check;
+    # 0 (clean) and 1 (errors fixed) both leave it safe to resize.
+    proc = run([e2fsck, "-f", "-p", os.fspath(image)], timeout=600, check=False)
+    if proc.returncode not in (0, 1):
+        raise HostToolError(
+            f"{image.name} has filesystem errors e2fsck cannot fix (status {proc.returncode})",
+            hint=f"inspect it with: e2fsck -f {image}",
+        )
     with open(image, "r+b") as f:
         f.truncate(size_bytes)
-    run([e2fsck, "-f", "-p", os.fspath(image)], timeout=600)
     run([resize2fs, os.fspath(image)], timeout=600)
+
+
+def debugfs_quote(path: str) -> str:
+    """Quote ``path`` for a debugfs script line, refusing what debugfs cannot encode."""
+    if any(c in path for c in '"\\\n\r\t\0') or not path.isprintable():
+        raise InvalidInput(
+            f"path {path!r} cannot be encoded for debugfs",
+            hint="rename the entry: quotes, backslashes and control characters are not supported",
+        )
+    return f'"{path}"' if " " in path else path
+
+
+def debugfs_errors(stderr: str) -> list[str]:
+    """The error lines of a debugfs run (it exits 0 even when commands fail)."""
+    return [
+        line
+        for line in stderr.splitlines()
+        if line.strip() and not line.startswith("debugfs ") and not line.startswith("\t")
+    ]
+
+
+def _debugfs(
+    image: Path, args: list[str], *, script: bytes | None, timeout: float
+) -> tuple[bytes, list[str]]:
+    """Run debugfs on ``image``: its stdout and error lines; HostToolError if it cannot open it."""
+    debugfs = require_tool("debugfs", _PACKAGE)
+    proc = run([debugfs, *args, os.fspath(image)], input=script, timeout=timeout)
+    errors = debugfs_errors(proc.stderr.decode("utf-8", "replace"))
+    opened = [e for e in errors if any(m in e for m in _OPEN_FAILED)]
+    if opened:
+        raise HostToolError(f"debugfs cannot open {image.name}: {opened[0]}",
+                            hint=f"check the image with: e2fsck -fn {image}")
+    return proc.stdout, errors
+
+
+def debugfs_request(image: Path, request: str, *, timeout: float = 60) -> bytes:
+    """The output of one read-only debugfs ``request`` (already quoted); empty when it failed."""
+    return _debugfs(image, ["-R", request], script=None, timeout=timeout)[0]
+
+
+def debugfs_batch(
+    image: Path,
+    commands: Iterable[str],
+    *,
+    writable: bool = True,
+    ok_errors: Sequence[str] = (),
+    timeout: float = 1800,
+) -> str:
+    """Run debugfs ``commands`` (one per line, already quoted) on ``image`` in one run.
+
+    Any error line debugfs prints raises HostToolError, unless it contains one
+    of ``ok_errors`` (e.g. ``"already exists"`` for a mkdir that may repeat).
+    """
+    script = "".join(f"{c}\n" for c in commands).encode()
+    args = [*(["-w"] if writable else []), "-f", "-"]
+    out, errors = _debugfs(image, args, script=script, timeout=timeout)
+    failed = [e for e in errors if not any(ok in e for ok in ok_errors)]
+    if failed:
+        raise HostToolError(
+            f"debugfs could not edit {image.name}: {failed[0]}",
+            hint="this is a bug in banger; please report it with the daemon log",
+        )
+    return out.decode("utf-8", "replace")
+
+
+def read_ext4_file(image: Path, path: str) -> bytes:
+    """The contents of ``path`` inside ``image`` (empty when there is no such file)."""
+    return debugfs_request(image, f"cat {debugfs_quote(path)}")

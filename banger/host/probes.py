@@ -15,6 +15,7 @@ import sys
 from enum import StrEnum
 from pathlib import Path
 
+from banger.core.errors import HostToolError
 from banger.host.run import CommandError, clean_env, run
 
 SYS_ROOT = Path("/sys")
@@ -191,6 +192,19 @@ def busybox_static_path(candidates: tuple[Path, ...] = BUSYBOX_CANDIDATES) -> Pa
         if path.is_file() and os.access(path, os.X_OK) and is_static_elf(path):
             return path
     return None
+
+
+def static_busybox(candidates: tuple[Path, ...] = BUSYBOX_CANDIDATES) -> Path:
+    """The busybox an initramfs can run (``busybox_static_path``), or HostToolError saying why."""
+    found = busybox_static_path(candidates)
+    if found is not None:
+        return found
+    present = [p for p in candidates if p.exists()]
+    raise HostToolError(
+        f"{present[0]} is not a statically linked busybox and cannot run in an initramfs"
+        if present else "no busybox found (needed for the initramfs)",
+        hint="install the static build: sudo apt-get install busybox-static",
+    )
 
 
 def python_ok(version: tuple[int, ...] = tuple(sys.version_info[:3])) -> bool:

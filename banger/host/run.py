@@ -2,7 +2,7 @@
 
 argv lists only (never a shell), stdin closed unless given, a clean
 environment, the command logged at debug, and a non-zero exit raised as
-``CommandError``. Only ``host/``, ``vmm/``, ``kernels/`` and ``images/`` call it.
+``CommandError``. Only ``host/`` and ``vmm/`` call it (``tests/unit/test_layers.py``).
 """
 
 from __future__ import annotations

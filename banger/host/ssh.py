@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import shlex
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from banger.host.run import CommandError, arun, arun_to_log, require_tool, run
 log = logging.getLogger("banger.host.ssh")
 
 HOST_KEY_FILE = "ssh_host_ed25519_key"
+"""The file name of an sshd host key, in an image's /etc/ssh and on a work disk's .banger/."""
 _PRIVATE_KEY_HEADER = b"-----BEGIN OPENSSH PRIVATE KEY-----"
 # ssh binds the master socket as "<ControlPath>.<16 random chars>" first.
 _CONTROL_SUFFIX = 17
@@ -104,6 +106,19 @@ def generate_host_key(dest_dir: Path) -> tuple[bytes, bytes]:
         p.unlink(missing_ok=True)
     _keygen(key, "banger-vm")
     return key.read_bytes(), key.with_name(key.name + ".pub").read_bytes()
+
+
+def fresh_host_key(comment: str) -> tuple[bytes, bytes]:
+    """A fresh ed25519 sshd host key kept nowhere on the host: (private, public)."""
+    with tempfile.TemporaryDirectory(prefix="banger-hostkey-") as tmp:
+        key = Path(tmp) / HOST_KEY_FILE
+        _keygen(key, comment)
+        return key.read_bytes(), key.with_name(key.name + ".pub").read_bytes()
+
+
+def require_keygen() -> None:
+    """Raise HostToolError (with the package to install) unless ssh-keygen is installed."""
+    require_tool("ssh-keygen", "openssh-client")
 
 
 def known_hosts_line(host: str, port: int, pubkey: bytes | str) -> str:

@@ -11,24 +11,26 @@ The result is staged under ``images_dir`` and renamed into ``images_dir/<id>``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from banger.core.cancel import checkpoint
+from banger.core.defaults import DEFAULT_IMAGE_SOURCE
 from banger.core.errors import InvalidInput
 from banger.core.names import new_id
 from banger.core.validate import validate_name
-from banger.host.ext4 import make_ext4
+from banger.host import mmdebstrap
+from banger.host.ext4 import make_ext4, require_e2fsprogs
 from banger.host.files import make_scratch, sha256_file
+from banger.host.mount import bind_view
 from banger.host.proc import python_module_argv
-from banger.host.run import require_tool, run
+from banger.host.ssh import require_keygen
 from banger.images.guest_bits import (
     LEAN_INIT,
     check_bootable,
@@ -41,6 +43,12 @@ from banger.images.manifest import (
     WORK_SEED_NAME,
     ImageManifest,
     write_manifest,
+)
+from banger.images.sizing import (
+    MIB,
+    default_work_seed_size,
+    golden_rootfs_size,
+    tree_usage,
 )
 
 Progress = Callable[[str], None]
@@ -57,16 +65,13 @@ BASE_PACKAGES: tuple[str, ...] = (
 SUITES = ("bullseye", "bookworm", "trixie", "forky", "sid", "unstable", "testing", "stable")
 MIRROR = "http://deb.debian.org/debian"
 SECURITY_MIRROR = "http://deb.debian.org/debian-security"
-MIB = 1024 * 1024
-ROOTFS_HEADROOM = 2048 * MIB
-WORK_SEED_MIN = 64 * MIB
 BUILD_TIMEOUT = 1800.0
 
 # Debian policy 5.6.1: lowercase alphanumerics and + - . , at least two long,
 # starting with an alphanumeric.
 _PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 # Docs, man pages and translations nobody reads in a sandbox: smaller, faster builds.
-_DPKG_EXCLUDES = (
+DPKG_EXCLUDES = (
     "path-exclude=/usr/share/man/*",
     "path-exclude=/usr/share/info/*",
     "path-exclude=/usr/share/doc/*",
@@ -111,72 +116,25 @@ def mirror_lines(suite: str) -> list[str]:
     return lines
 
 
-def mmdebstrap_argv(
-    mmdebstrap: str, suite: str, packages: Sequence[str], hook: str, *, unshare: bool
-) -> list[str]:
-    """The mmdebstrap command line (pure; ``hook`` is the customize-hook shell text)."""
-    argv = [
-        mmdebstrap,
-        "--mode=unshare" if unshare else "--mode=root",
-        "--variant=minbase",
-        "--format=null",
-        "--include=" + ",".join(packages),
-        "--aptopt=Acquire::Retries \"3\"",
-    ]
-    argv += [f"--dpkgopt={opt}" for opt in _DPKG_EXCLUDES]
-    argv += [f"--customize-hook={hook}", suite, "/dev/null"]
-    return argv + mirror_lines(suite)
-
-
 def finish_hook_command(staging: Path) -> str:
     """The customize-hook text: rerun this module on mmdebstrap's tree (``$1``)."""
     argv = python_module_argv("banger.images.build", "finish", str(staging))
     return shlex.join(argv) + ' "$1"'
 
 
-def _tree_bytes(root: Path) -> int:
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in filenames + dirnames:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except FileNotFoundError:
-                continue
-            # Round each entry up to a 4 KiB block, plus its inode.
-            total += ((st.st_size + 4095) // 4096) * 4096 + 256
-    return total
-
-
-def _round_up(n: int, unit: int = 64 * MIB) -> int:
-    return ((n + unit - 1) // unit) * unit
-
-
-@contextlib.contextmanager
-def _plain_view(rootdir: Path, mountpoint: Path) -> Iterator[Path]:
-    """A non-recursive bind of ``rootdir``: the tree without mmdebstrap's proc/sys/dev mounts."""
-    mount = require_tool("mount", "mount")
-    umount = require_tool("umount", "mount")
-    mountpoint.mkdir()
-    run([mount, "--bind", str(rootdir), str(mountpoint)], timeout=30)
-    try:
-        yield mountpoint
-    finally:
-        run([umount, str(mountpoint)], timeout=60)
-        mountpoint.rmdir()
-
-
 def finish_rootfs(staging: Path, rootdir: Path, size_bytes: int | None = None) -> None:
     """Inside mmdebstrap's namespace: guest bits, then rootfs.ext4 and work-seed.ext4."""
-    with _plain_view(rootdir, staging / "tree") as tree:
+    # A non-recursive bind: the tree without mmdebstrap's proc/sys/dev mounts.
+    with bind_view(rootdir, staging / "tree") as tree:
         for stale in ("rsa", "ecdsa", "dsa", "ed25519"):
             for suffix in ("", ".pub"):
                 (tree / f"etc/ssh/ssh_host_{stale}_key{suffix}").unlink(missing_ok=True)
         write_guest_files(tree, guest_files(host_key=generate_host_key()))
         check_bootable(tree)
         if size_bytes is None:
-            size_bytes = _round_up(int(_tree_bytes(tree) * 1.3) + ROOTFS_HEADROOM)
+            size_bytes = golden_rootfs_size(tree_usage(tree))
         make_ext4(staging / ROOTFS_NAME, size_bytes, source_dir=tree, label="banger-root")
-        seed_size = _round_up(max(WORK_SEED_MIN, 2 * _tree_bytes(tree / "root")), 16 * MIB)
+        seed_size = default_work_seed_size(tree_usage(tree / "root"))
         seed = staging / WORK_SEED_NAME
         make_ext4(seed, seed_size, source_dir=tree / "root", label="banger-work")
 
@@ -185,7 +143,7 @@ def build_image(
     name: str,
     images_dir: Path,
     *,
-    source: str = "debian:bookworm",
+    source: str = DEFAULT_IMAGE_SOURCE,
     packages: Sequence[str] = (),
     size_bytes: int | None = None,
     kernel_name: str | None,
@@ -198,9 +156,9 @@ def build_image(
     extra = validate_package_names(packages)
     if size_bytes is not None and size_bytes < 512 * MIB:
         raise InvalidInput("image size must be at least 512M", hint="pass --size 4G or more")
-    mmdebstrap = require_tool("mmdebstrap", "mmdebstrap")
-    require_tool("mkfs.ext4", "e2fsprogs")
-    require_tool("ssh-keygen", "openssh-client")
+    mmdebstrap.require_mmdebstrap()
+    require_e2fsprogs()
+    require_keygen()
     all_packages = validate_package_names(BASE_PACKAGES + extra)
     images_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     image_id = new_id()
@@ -211,8 +169,8 @@ def build_image(
         hook = finish_hook_command(staging)
         if size_bytes is not None:
             hook = f"BANGER_ROOTFS_BYTES={int(size_bytes)} {hook}"
-        argv = mmdebstrap_argv(mmdebstrap, suite, all_packages, hook, unshare=os.geteuid() != 0)
-        run(argv, timeout=BUILD_TIMEOUT)
+        mmdebstrap.bootstrap(suite, all_packages, hook, mirrors=mirror_lines(suite),
+                             dpkg_options=DPKG_EXCLUDES, timeout=BUILD_TIMEOUT)
         say("checksum rootfs.ext4")
         rootfs = staging / ROOTFS_NAME
         manifest = ImageManifest(

@@ -21,12 +21,12 @@ from pathlib import Path, PurePosixPath
 from banger.core.cancel import checkpoint
 from banger.core.errors import InvalidInput
 from banger.core.validate import safe_component
-from banger.host.ext4 import debugfs_batch, debugfs_quote, make_ext4
-from banger.host.run import require_tool, run
+from banger.host.ext4 import debugfs_batch, debugfs_quote, debugfs_request, make_ext4
 from banger.images import guest_bits
 from banger.images.flatten import Entry, EntryKind
 from banger.images.guest_bits import GuestFile, Kind, parent_dirs, refuse_symlinked_parents
-from banger.images.ownership import apply_ownership, run_debugfs_script
+from banger.images.ownership import apply_ownership
+from banger.images.sizing import default_work_seed_size, tree_usage
 
 _MAX_DEPTH = 20
 _NAME_HINT = "the image is damaged or hostile: repair it with e2fsck or rebuild it"
@@ -52,11 +52,6 @@ class Ext4Node:
         return _KINDS.get(stat.S_IFMT(self.mode))
 
 
-def _debugfs(image: Path, request: str) -> bytes:
-    debugfs = require_tool("debugfs", "e2fsprogs")
-    return run([debugfs, "-R", request, os.fspath(image)], timeout=60, check=False).stdout
-
-
 # ``ls -p`` prints /inode/mode/uid/gid/name/size/ (size empty for directories).
 _LS_LINE = re.compile(rb"/(\d+)/([0-7]+)/(\d+)/(\d+)/(.*)/(\d*)/", re.DOTALL)
 
@@ -71,7 +66,7 @@ def list_dir(image: Path, path: str) -> dict[str, Ext4Node] | None:
         quoted = debugfs_quote(path)
     except InvalidInput:
         return None
-    out = _debugfs(image, f"ls -p {quoted}")
+    out = debugfs_request(image, f"ls -p {quoted}")
     where = f"ext4 image directory {path}"
     nodes: dict[str, Ext4Node] = {}
     for raw in out.split(b"\n"):
@@ -99,12 +94,12 @@ def list_dir(image: Path, path: str) -> dict[str, Ext4Node] | None:
 
 def symlink_target(image: Path, path: str, scratch: Path) -> str | None:
     """The target of symlink ``path`` in ``image`` (fast links from ``stat``, others dumped)."""
-    out = _debugfs(image, f"stat {debugfs_quote(path)}").decode("utf-8", "surrogateescape")
+    out = debugfs_request(image, f"stat {debugfs_quote(path)}").decode("utf-8", "surrogateescape")
     for line in out.splitlines():
         if "Fast link dest:" in line:
             return line.split("Fast link dest:", 1)[1].strip().strip('"')
     dest = scratch / "link"
-    _debugfs(image, f"dump {debugfs_quote(path)} {debugfs_quote(os.fspath(dest))}")
+    debugfs_request(image, f"dump {debugfs_quote(path)} {debugfs_quote(os.fspath(dest))}")
     if not dest.is_file():
         return None
     target = dest.read_bytes().decode("utf-8", "surrogateescape")
@@ -220,7 +215,7 @@ def write_guest_files_ext4(image: Path, files: list[GuestFile], hostdir: Path) -
         return node is not None and node.kind == EntryKind.SYMLINK
 
     refuse_symlinked_parents(files, is_symlink)
-    run_debugfs_script(image, guest_script(files, existing, hostdir))
+    debugfs_batch(image, guest_script(files, existing, hostdir))
 
 
 def walk_ext4(image: Path, top: str) -> list[Entry]:
@@ -269,8 +264,6 @@ def _copy_out(image: Path, top: str, entries: list[Entry], dest: Path, scratch: 
 
 def build_work_seed_from_ext4(image: Path, seed: Path, tmp: Path) -> None:
     """Cut ``/root`` of ``image`` into a small ext4 work seed with its ownership."""
-    from banger.images.importer import default_work_seed_size, tree_usage
-
     tmp.mkdir(mode=0o700)
     src = tmp / "root"
     src.mkdir(mode=0o700)

@@ -30,7 +30,7 @@ from banger.core.cancel import checkpoint
 from banger.core.errors import InvalidInput
 from banger.core.validate import safe_component
 from banger.host.ext4 import debugfs_quote
-from banger.host.run import require_tool, run
+from banger.host.zstd import decompress_file
 from banger.images.oci import LayerBlob
 
 Progress = Callable[[str], None]
@@ -430,14 +430,12 @@ def _apply_layer(tree: _Tree, layer: LayerBlob, workdir: Path) -> None:
 def _apply_zstd_layer(tree: _Tree, layer: LayerBlob, raw: IO[bytes], workdir: Path) -> None:
     hashed = _HashingReader(raw)
     _check_digest(layer, "digest", layer.digest, hashed.drain())
-    zstd = require_tool("zstd", "zstd")
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         src = Path(tmp) / "layer.tar.zst"
         with open(src, "wb") as out:
             raw.seek(0)
             shutil.copyfileobj(raw, out, _COPY_CHUNK)
-        run([zstd, "-d", "-q", "--rm", os.fspath(src), "-o", os.fspath(Path(tmp) / "layer.tar")],
-            timeout=1800)
+        decompress_file(src, Path(tmp) / "layer.tar")
         with open(Path(tmp) / "layer.tar", "rb") as plain:
             diff = _HashingReader(plain)
             _apply_tar(tree, diff)

@@ -10,7 +10,6 @@ ext4 image through a debugfs batch. The files themselves live in
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -18,18 +17,12 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 
 from banger.core.errors import InvalidInput
-from banger.host.run import require_tool, run
+from banger.host.ssh import HOST_KEY_FILE, fresh_host_key
 
 LEAN_INIT = "/usr/lib/banger/init"
 """The lean init; the kernel command line selects it with ``banger.init=``."""
 
-SYSTEMD_INIT = "/sbin/init"
-INIT_PROFILES = {"lean": LEAN_INIT, "systemd": SYSTEMD_INIT}
-
-WORK_DISK_HOST_KEY = ".banger/ssh_host_ed25519_key"
-"""Where the host writes a VM's own SSH host key, relative to the work disk root (/root)."""
-
-IMAGE_HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
+IMAGE_HOST_KEY = f"/etc/ssh/{HOST_KEY_FILE}"
 
 WORK_DISK_OPTIONS = "noatime,nofail,x-systemd.device-timeout=30s"
 
@@ -310,12 +303,8 @@ def write_guest_files(rootdir: Path, files: Iterable[GuestFile]) -> None:
 
 def generate_host_key() -> HostKey:
     """A fresh ed25519 host key for one image (each build gets its own)."""
-    keygen = require_tool("ssh-keygen", "openssh-client")
-    with tempfile.TemporaryDirectory(prefix="banger-hostkey-") as tmp:
-        key = Path(tmp) / "key"
-        argv = [keygen, "-q", "-t", "ed25519", "-N", "", "-C", "banger-image", "-f", str(key)]
-        run(argv, timeout=30)
-        return HostKey(private=key.read_bytes(), public=key.with_suffix(".pub").read_bytes())
+    private, public = fresh_host_key("banger-image")
+    return HostKey(private=private, public=public)
 
 
 _INIT_CANDIDATES = (

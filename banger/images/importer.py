@@ -28,9 +28,9 @@ from typing import IO
 from banger.core.cancel import checkpoint
 from banger.core.errors import InvalidInput, NotFound
 from banger.core.names import new_id
-from banger.host.ext4 import check_ext4, make_ext4, resize_ext4
+from banger.host.disks import copy_sparsifying
+from banger.host.ext4 import check_ext4, grow_ext4, make_ext4
 from banger.host.files import make_scratch, remove_tree, sha256_file
-from banger.host.run import require_tool, run
 from banger.images import ext4_import
 from banger.images.flatten import (
     Entry,
@@ -57,13 +57,10 @@ from banger.images.oci import (
     read_oci_layout,
 )
 from banger.images.ownership import apply_ownership
+from banger.images.sizing import MIB, default_rootfs_size, default_work_seed_size, tree_usage
 
 Progress = Callable[[str], None]
 
-MIB = 1 << 20
-GIB = 1 << 30
-MIN_ROOTFS_BYTES = GIB
-MIN_WORK_SEED_BYTES = 64 * MIB
 _EXT4_MAGIC_OFFSET = 1080
 _EXT4_MAGIC = b"\x53\xef"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -86,29 +83,6 @@ class ImageRequest:
     kernel_name: str | None
     size_bytes: int | None = None
     image_id: str | None = None
-
-
-def _round_mib(n: int) -> int:
-    return (n + MIB - 1) // MIB * MIB
-
-
-def default_rootfs_size(used_bytes: int) -> int:
-    """Image size for ``used_bytes`` of content: room for the guest to install more."""
-    return _round_mib(max(MIN_ROOTFS_BYTES, used_bytes * 3 // 2 + 512 * MIB))
-
-
-def default_work_seed_size(used_bytes: int) -> int:
-    return _round_mib(max(MIN_WORK_SEED_BYTES, used_bytes * 2 + 32 * MIB))
-
-
-def tree_usage(root: Path) -> int:
-    """Bytes the tree at ``root`` needs, counting every inode as at least one block."""
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            st = os.lstat(os.path.join(dirpath, name))
-            total += (st.st_size + 4095) // 4096 * 4096 + 4096
-    return total
 
 
 # --- source detection ----------------------------------------------------------
@@ -337,17 +311,15 @@ def import_ext4(
     """Copy an existing ext4 image, validate it, and add the guest bits through debugfs."""
     started = time.monotonic()
     image_id = req.image_id or new_id()
-    cp = require_tool("cp", "coreutils")
     with _staging(images_dir) as stage, _staging(images_dir, "import-scratch-") as scratch:
         rootfs = stage / ROOTFS_NAME  # scratch: probes and guest files, never published
-        run([cp, "--sparse=always", "--reflink=auto", os.fspath(path), os.fspath(rootfs)],
-            timeout=1800)
+        copy_sparsifying(path, rootfs)
         os.chmod(rootfs, stat.S_IRUSR | stat.S_IWUSR)
         if progress:
             progress("check: e2fsck -fn")
         check_ext4(rootfs)  # untrusted until a read-only fsck finds it clean
         if req.size_bytes and req.size_bytes > rootfs.stat().st_size:
-            resize_ext4(rootfs, req.size_bytes)
+            grow_ext4(rootfs, req.size_bytes)
         ext4_import.check_bootable_ext4(rootfs, scratch / "probe")
         files = guest_files(host_key=generate_host_key())
         if progress:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from banger.core.errors import Conflict, InvalidInput, NotFound, Unavailable
-from banger.host.run import CommandError, require_tool, run
+from banger.core.errors import Conflict, InvalidInput, NotFound
+from banger.host import skopeo
 
 Progress = Callable[[str], None]
 
@@ -161,59 +161,11 @@ def host_oci_arch() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), "amd64")
 
 
-def skopeo_copy_argv(
-    skopeo: str, ref: OciRef, dest_layout_dir: Path, blobs: Path, tmpdir: Path, digestfile: Path
-) -> list[str]:
-    """The skopeo command that copies ``ref`` into an OCI layout sharing ``blobs``."""
-    argv = [
-        skopeo,
-        "--override-arch",
-        host_oci_arch(),
-        "--override-os",
-        "linux",
-        "--tmpdir",
-        os.fspath(tmpdir),
-        "copy",
-        "--retry-times",
-        "2",
-        "--dest-shared-blob-dir",
-        os.fspath(blobs),
-        "--digestfile",
-        os.fspath(digestfile),
-    ]
-    if ref.is_loopback:
-        # Plain HTTP and self-signed certificates only on this machine's loopback.
-        argv.append("--src-tls-verify=false")
-    argv += [f"docker://{ref}", f"oci:{os.fspath(dest_layout_dir)}:banger"]
-    return argv
-
-
-def classify_skopeo_error(ref: OciRef, stderr: str) -> Exception | None:
-    """Map skopeo's stderr to a typed error, or ``None`` when it is not recognised."""
-    text = stderr.lower()
-    if "no image found in" in text and ("manifest list" in text or "image index" in text):
-        return NotFound(
-            f"{ref} has no linux/{host_oci_arch()} image",
-            hint="pick a tag published for this architecture",
-        )
-    if any(s in text for s in ("manifest unknown", "name unknown", "not found", "404")):
-        return NotFound(
-            f"image {ref} not found in {ref.registry}",
-            hint=f"check the tag: skopeo list-tags docker://{ref.registry}/{ref.repository}",
-        )
-    if any(s in text for s in ("unauthorized", "authentication required", "denied", "401")):
-        return NotFound(
-            f"image {ref} not found or access denied by {ref.registry}",
-            hint=f"check the name, or log in: skopeo login {ref.registry}",
-        )
-    network = ("connection refused", "no such host", "i/o timeout", "network is unreachable",
-               "tls handshake", "x509:", "dial tcp", "timeout exceeded", "server gave http")
-    if any(s in text for s in network):
-        return Unavailable(
-            f"cannot reach registry {ref.registry}",
-            hint="check the network, proxy and registry address, then retry",
-        )
-    return None
+def skopeo_source(ref: OciRef) -> skopeo.Source:
+    """What skopeo copies for ``ref``: this host's architecture, TLS off only on loopback."""
+    # Plain HTTP and self-signed certificates only on this machine's loopback.
+    return skopeo.Source(str(ref), ref.registry, ref.repository, host_oci_arch(),
+                         tls_verify=not ref.is_loopback)
 
 
 def pull_oci(
@@ -221,7 +173,7 @@ def pull_oci(
 ) -> PulledImage:
     """Copy ``ref`` from its registry into an OCI layout whose blobs live in the cache."""
     parsed = parse_reference(ref)
-    skopeo = require_tool("skopeo", "skopeo")
+    skopeo.require_skopeo()
     if ":" in os.fspath(dest_layout_dir):
         raise InvalidInput(
             f"layout directory {dest_layout_dir} contains ':'",
@@ -236,16 +188,8 @@ def pull_oci(
         blob_cache_lock(cache_dir),
         tempfile.TemporaryDirectory(dir=cache_dir / "oci", prefix="tmp-") as tmp,
     ):
-        digestfile = Path(tmp) / "digest"
-        argv = skopeo_copy_argv(skopeo, parsed, dest_layout_dir, blobs, Path(tmp), digestfile)
-        try:
-            run(argv, timeout=PULL_TIMEOUT_S)
-        except CommandError as exc:
-            typed = classify_skopeo_error(parsed, exc.stderr_tail)
-            if typed is not None:
-                raise typed from exc
-            raise
-        digest = digestfile.read_text().strip()
+        digest = skopeo.copy_to_layout(skopeo_source(parsed), dest_layout_dir, blobs=blobs,
+                                       tmpdir=Path(tmp), timeout=PULL_TIMEOUT_S)
     if progress:
         progress(f"pull: fetched {parsed} ({digest[:19]})")
     return PulledImage(parsed, dest_layout_dir, digest)

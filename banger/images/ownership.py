@@ -7,13 +7,10 @@ said, so a setuid-root binary is uid 0 and mode 04755 even for a non-root daemon
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from banger.core.errors import HostToolError
-from banger.host.ext4 import debugfs_quote
-from banger.host.run import require_tool, run
+from banger.host.ext4 import debugfs_batch, debugfs_quote
 from banger.images.flatten import NODE_KINDS, Entry, EntryKind
 
 Progress = Callable[[str], None]
@@ -51,28 +48,6 @@ def ownership_script(entries: Iterable[Entry]) -> list[str]:
     return lines
 
 
-def debugfs_errors(stderr: str) -> list[str]:
-    """The error lines of a ``debugfs -f`` run (it exits 0 even when commands fail)."""
-    return [
-        line
-        for line in stderr.splitlines()
-        if line.strip() and not line.startswith("debugfs ") and not line.startswith("\t")
-    ]
-
-
-def run_debugfs_script(image: Path, lines: list[str], *, timeout: float = 1800) -> None:
-    """Run ``lines`` through ``debugfs -w -f -``; raise if any command reported an error."""
-    debugfs = require_tool("debugfs", "e2fsprogs")
-    script = "".join(f"{line}\n" for line in lines).encode()
-    proc = run([debugfs, "-w", "-f", "-", os.fspath(image)], input=script, timeout=timeout)
-    errors = debugfs_errors(proc.stderr.decode("utf-8", "replace"))
-    if errors:
-        raise HostToolError(
-            f"debugfs could not apply ownership to {image.name}: {errors[0]}",
-            hint="this is a bug in banger's image import; please report it",
-        )
-
-
 def apply_ownership(
     image: Path, entries: Iterable[Entry], *, progress: Progress | None = None
 ) -> int:
@@ -80,5 +55,5 @@ def apply_ownership(
     lines = ownership_script(entries)
     if progress:
         progress(f"ownership: {len(lines)} debugfs commands")
-    run_debugfs_script(image, lines)
+    debugfs_batch(image, lines)
     return len(lines)

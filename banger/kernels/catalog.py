@@ -9,19 +9,15 @@ resolves it (``apt-cache depends``) and downloads the real package
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from banger.core.errors import NotFound, Unavailable
-from banger.host.run import CommandError, clean_env, run
+from banger.core.errors import NotFound
+from banger.host import apt
 
 Progress = Callable[[str], None]
-_APT_TIMEOUT = 600
-_UPDATE_HINT = "refresh the package lists (sudo apt-get update) and try again"
 
 
 @dataclass(frozen=True)
@@ -54,44 +50,14 @@ def catalog_entry(name: str) -> CatalogEntry:
         ) from None
 
 
-def _apt_tool(name: str) -> str:
-    path = shutil.which(name, path=clean_env()["PATH"])
-    if path is None:
-        raise Unavailable(
-            f"catalog kernels are fetched with {name}, which this host does not have",
-            hint="import a kernel instead: banger kernel import NAME --from DIR|FILE.deb",
-        )
-    return path
-
-
-def _apt(argv: list[str], *, cwd: Path | None = None) -> str:
-    try:
-        return run(argv, timeout=_APT_TIMEOUT, cwd=cwd).stdout.decode("utf-8", "replace")
-    except CommandError as exc:
-        if any(m in exc.stderr_tail for m in ("Unable to locate package", "No packages found")):
-            raise NotFound(f"apt does not know the package: {exc}", hint=_UPDATE_HINT) from exc
-        raise
-
-
 def resolve_package(metapackage: str) -> str:
     """The versioned ``linux-image-*`` package that ``metapackage`` depends on."""
-    out = _apt([_apt_tool("apt-cache"), "depends", metapackage])
-    for line in out.splitlines():
-        m = re.match(r"\s*\|?Depends:\s*(linux-image-[^\s:<>]+)", line)
-        if m:
-            return m.group(1)
-    if re.search(r"^\S", out, re.M) and metapackage.startswith("linux-image-"):
+    images = [d for d in apt.depends(metapackage) if d.startswith("linux-image-")]
+    if images:
+        return images[0]
+    if metapackage.startswith("linux-image-"):
         return metapackage  # already a versioned image package with no image dependency
-    raise NotFound(f"apt knows no kernel image for {metapackage}", hint=_UPDATE_HINT)
-
-
-def _candidate(package: str) -> tuple[str, str]:
-    """(version, architecture) apt would download for ``package``."""
-    out = _apt([_apt_tool("apt-cache"), "show", "--no-all-versions", package])
-    fields = dict(re.findall(r"^(Version|Architecture):\s*(\S+)", out, re.M))
-    if "Version" not in fields:
-        raise NotFound(f"apt has no candidate version of {package}", hint=_UPDATE_HINT)
-    return fields["Version"], fields.get("Architecture", "amd64")
+    raise NotFound(f"apt knows no kernel image for {metapackage}", hint=apt.UPDATE_HINT)
 
 
 def fetch_package(
@@ -99,9 +65,9 @@ def fetch_package(
 ) -> Path:
     """The ``.deb`` of ``entry``'s current kernel in ``cache_dir``, downloaded if not cached."""
     report = progress or (lambda _msg: None)
-    apt_get = _apt_tool("apt-get")
+    apt.require_apt_get()
     package = resolve_package(entry.package)
-    version, arch = _candidate(package)
+    version, arch = apt.candidate(package)
     deb = cache_dir / f"{package}_{version.replace(':', '%3a')}_{arch}.deb"
     if deb.is_file():
         report(f"using cached {deb.name}")
@@ -111,10 +77,6 @@ def fetch_package(
     # Download into a private directory, then rename: a reader never sees a partial .deb.
     with tempfile.TemporaryDirectory(prefix=".download-", dir=cache_dir) as tmp:
         os.chmod(tmp, 0o755)  # lets apt's sandbox user write when we are root
-        _apt([apt_get, "download", f"{package}={version}"], cwd=Path(tmp))
-        got = sorted(Path(tmp).glob(f"{package}_*.deb"))
-        if not got:
-            raise NotFound(f"apt-get download {package} produced no .deb", hint=_UPDATE_HINT)
-        os.replace(got[0], deb)
+        os.replace(apt.download(package, version, Path(tmp)), deb)
     report(f"downloaded {deb.name} ({deb.stat().st_size >> 20} MiB)")
     return deb

@@ -25,8 +25,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from banger.core.cancel import checkpoint
-from banger.core.errors import Conflict, InvalidInput, NotFound, StoreError
+from banger.core.errors import Conflict, InvalidInput, NotFound
 from banger.core.validate import safe_relative_path, validate_name
+from banger.host.dpkg import data_tar
 from banger.host.files import (
     fsync_dir,
     make_scratch,
@@ -37,7 +38,6 @@ from banger.host.files import (
     scratch_root,
     write_private,
 )
-from banger.host.run import require_tool, stream_stdout
 from banger.kernels.catalog import catalog_entry, fetch_package
 from banger.kernels.initramfs import build_initramfs
 from banger.kernels.manifest import (
@@ -155,9 +155,8 @@ def _extract_deb(deb: Path, into: Path) -> None:
     (not by a forked ``dpkg-deb -x`` that could outlive a killed daemon), with
     tarfile's "tar" filter on top: nothing lands outside ``into``.
     """
-    dpkg_deb = require_tool("dpkg-deb", "dpkg")
     where = f"package {deb.name}"
-    with stream_stdout([dpkg_deb, "--fsys-tarfile", os.fspath(deb)], timeout=600) as data:
+    with data_tar(deb) as data:
         try:
             with tarfile.open(fileobj=data, mode="r|") as tar:
                 for member in tar:
@@ -297,33 +296,6 @@ def pull_kernel(
 
 def _quiet(_msg: str) -> None:
     pass
-
-
-def list_kernels(kernels_dir: Path) -> list[KernelManifest]:
-    """Every stored kernel, by name; skips staging directories and unreadable entries."""
-    if not kernels_dir.is_dir():
-        return []
-    out = []
-    for d in sorted(kernels_dir.iterdir()):
-        if d.name.startswith(".") or not d.is_dir():
-            continue
-        try:
-            out.append(load_manifest(d))
-        except StoreError:
-            continue
-    return out
-
-
-def get_kernel(name: str, kernels_dir: Path) -> KernelManifest:
-    """The manifest of stored kernel ``name``, or NotFound."""
-    validate_name(name, "kernel")
-    dest = kernels_dir / name
-    if not dest.is_dir():
-        raise NotFound(
-            f"kernel {name} not found",
-            hint=f"see banger kernel list, or pull it: banger kernel pull {name}",
-        )
-    return load_manifest(dest)
 
 
 def delete_kernel(name: str, kernels_dir: Path) -> None:

@@ -13,14 +13,13 @@ import gzip
 import lzma
 import os
 import stat
-import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from banger.core.errors import HostToolError, InvalidInput
+from banger.core.errors import InvalidInput
 from banger.host.files import read_inside, write_private
-from banger.host.run import require_tool
+from banger.host.probes import BUSYBOX_CANDIDATES, static_busybox
 from banger.kernels.modules import (
     missing_modules,
     module_load_order,
@@ -151,24 +150,9 @@ def read_newc(data: bytes) -> list[CpioEntry]:
         entries.append(CpioEntry(name, mode, body, (f[9], f[10])))
 
 
-def _is_static_elf(data: bytes) -> bool:
-    """True for a 64-bit little-endian ELF without a PT_INTERP (dynamic loader) header."""
-    if not data.startswith(b"\x7fELF\x02\x01"):
-        return False
-    (phoff,) = struct.unpack_from("<Q", data, 0x20)
-    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
-    return all(struct.unpack_from("<I", data, phoff + i * phentsize)[0] != 3 for i in range(phnum))
-
-
-def find_busybox() -> bytes:
-    """The bytes of the host's static busybox, or HostToolError naming the package."""
-    data = Path(require_tool("busybox", "busybox-static")).read_bytes()
-    if not _is_static_elf(data):
-        raise HostToolError(
-            "the host's busybox is dynamically linked and cannot run in an initramfs",
-            hint="install the static build: sudo apt-get install busybox-static",
-        )
-    return data
+def find_busybox(candidates: tuple[Path, ...] = BUSYBOX_CANDIDATES) -> bytes:
+    """The bytes of the host's static busybox (the one ``banger doctor`` checks)."""
+    return static_busybox(candidates).read_bytes()
 
 
 def _module_bytes(name: str, data: bytes) -> bytes:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from banger.core.errors import InvalidInput
 from banger.host.files import read_inside
-from banger.host.run import require_tool, run
+from banger.host.kmod import depmod_modules_dep
 
 # What the guest contract (DESIGN.md s.4) needs: the virtio-mmio transport
 # (QEMU microvm and Firecracker have no PCI), the root and work disks, the
@@ -132,23 +131,7 @@ def read_modules_dep(modules_dir: Path, version: str, *, system_map: Path | None
     if os.path.lexists(modules_dir / "modules.dep"):
         dep = read_inside(modules_dir, "modules.dep", where=f"kernel modules {modules_dir}")
         return dep.decode("utf-8", "replace")
-    depmod = require_tool("depmod", "kmod")
-    with tempfile.TemporaryDirectory(prefix="banger-depmod-") as tmp:
-        # depmod wants BASE/lib/modules/VERSION; point that at the real tree.
-        base = Path(tmp)
-        (base / "lib" / "modules").mkdir(parents=True)
-        os.symlink(modules_dir.resolve(), base / "lib" / "modules" / version)
-        argv = [depmod, "-n", "-b", os.fspath(base)]
-        if system_map is not None:
-            argv += ["-F", os.fspath(system_map)]
-        out = run([*argv, version], timeout=120).stdout.decode("utf-8", "replace")
-    # stdout holds every modules.* file; modules.dep comes first, up to the first comment.
-    lines: list[str] = []
-    for line in out.splitlines():
-        if line.startswith("#"):
-            break
-        lines.append(line)
-    return "\n".join(lines) + "\n"
+    return depmod_modules_dep(modules_dir, version, system_map=system_map)
 
 
 def read_modules_builtin(modules_dir: Path) -> frozenset[str] | None:

@@ -14,10 +14,9 @@ from banger.host.disks import (
     create_root_overlay,
     create_work_disk,
     grow_work_disk,
-    read_ext4_file,
     sparse_copy,
 )
-from banger.host.ext4 import debugfs_batch, make_ext4
+from banger.host.ext4 import debugfs_batch, make_ext4, read_ext4_file
 
 GIB = 1 << 30
 KEY = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITest banger\n"

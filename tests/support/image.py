@@ -38,7 +38,10 @@ from banger.vmm.qemu import qemu_argv
 REPO = Path(__file__).resolve().parents[2]
 TEST_CACHE = Path(os.environ.get("BANGER_TEST_CACHE", Path.home() / ".cache" / "banger-test"))
 IMAGES_DIR = TEST_CACHE / "images"
-_KEYED_SOURCES = ("banger/guest", "banger/images/guest_bits.py", "banger/images/build.py")
+_KEYED_SOURCES = (
+    "banger/guest", "banger/images/guest_bits.py", "banger/images/build.py",
+    "banger/images/sizing.py", "banger/host/mmdebstrap.py",
+)
 
 SLIRP_IP = SLIRP_GUEST_IP  # the address slirp always gives the guest
 QEMU_DEFAULT_MAC = "52:54:00:12:34:56"  # what QEMU picks when given none

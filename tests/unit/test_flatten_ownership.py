@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from banger.core.errors import InvalidInput
+from banger.host.ext4 import debugfs_errors
 from banger.images.flatten import Entry, EntryKind
-from banger.images.ownership import debugfs_errors, ownership_script
+from banger.images.ownership import ownership_script
 
 
 def test_ownership_script_golden() -> None:

@@ -14,12 +14,13 @@ from hypothesis import strategies as st
 
 from banger.core.errors import InvalidInput, StoreError
 from banger.core.validate import validate_name
+from banger.host.mmdebstrap import mmdebstrap_argv
 from banger.images.build import (
     BASE_PACKAGES,
+    DPKG_EXCLUDES,
     build_image,
     finish_hook_command,
     mirror_lines,
-    mmdebstrap_argv,
     parse_source,
     validate_package_names,
 )
@@ -75,7 +76,8 @@ def test_image_names_follow_the_grammar() -> None:
 
 def test_mmdebstrap_argv_is_minbase_with_the_packages_and_the_hook() -> None:
     argv = mmdebstrap_argv(
-        "/usr/bin/mmdebstrap", "bookworm", ("git", "curl"), "HOOK", unshare=False
+        "/usr/bin/mmdebstrap", "bookworm", ("git", "curl"), "HOOK", unshare=False,
+        mirrors=mirror_lines("bookworm"), dpkg_options=DPKG_EXCLUDES,
     )
     assert argv[:5] == [
         "/usr/bin/mmdebstrap", "--mode=root", "--variant=minbase", "--format=null",
@@ -84,7 +86,9 @@ def test_mmdebstrap_argv_is_minbase_with_the_packages_and_the_hook() -> None:
     assert "--customize-hook=HOOK" in argv
     assert argv[-5:-3] == ["bookworm", "/dev/null"]
     assert argv[-3:] == mirror_lines("bookworm")
-    unshared = mmdebstrap_argv("mmdebstrap", "sid", ("git",), "H", unshare=True)
+    assert "--dpkgopt=path-exclude=/usr/share/man/*" in argv
+    unshared = mmdebstrap_argv("mmdebstrap", "sid", ("git",), "H", unshare=True,
+                               mirrors=mirror_lines("sid"))
     assert unshared[1] == "--mode=unshare"
     assert unshared[-1] == "deb http://deb.debian.org/debian sid main"
 

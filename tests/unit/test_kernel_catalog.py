@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from banger.core.errors import NotFound, Unavailable
+from banger.host import apt as host_apt
 from banger.host.run import CommandError
-from banger.kernels import catalog
 from banger.kernels.catalog import CATALOG, catalog_entry, fetch_package, resolve_package
 
 DEPENDS = """linux-image-cloud-amd64
@@ -44,8 +44,8 @@ class FakeApt:
 @pytest.fixture
 def apt(monkeypatch: pytest.MonkeyPatch) -> FakeApt:
     fake = FakeApt()
-    monkeypatch.setattr(catalog, "run", fake)
-    monkeypatch.setattr(catalog.shutil, "which", lambda name, path=None: f"/usr/bin/{name}")
+    monkeypatch.setattr(host_apt, "run", fake)
+    monkeypatch.setattr(host_apt.shutil, "which", lambda name, path=None: f"/usr/bin/{name}")
     return fake
 
 
@@ -80,7 +80,7 @@ def test_fetch_downloads_the_pinned_version_once_then_reuses_the_cache(
 def test_a_host_without_apt_is_told_to_use_kernel_import(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(catalog.shutil, "which", lambda name, path=None: None)
+    monkeypatch.setattr(host_apt.shutil, "which", lambda name, path=None: None)
     with pytest.raises(Unavailable) as err:
         fetch_package(catalog_entry("debian-cloud"), tmp_path)
     assert "banger kernel import" in (err.value.hint or "")
@@ -92,8 +92,8 @@ def test_a_package_apt_does_not_know_suggests_apt_get_update(
     def unknown(argv: Sequence[str], **_: Any) -> Any:
         raise CommandError(argv, 100, "E: No packages found")
 
-    monkeypatch.setattr(catalog, "run", unknown)
-    monkeypatch.setattr(catalog.shutil, "which", lambda name, path=None: f"/usr/bin/{name}")
+    monkeypatch.setattr(host_apt, "run", unknown)
+    monkeypatch.setattr(host_apt.shutil, "which", lambda name, path=None: f"/usr/bin/{name}")
     with pytest.raises(NotFound) as err:
         fetch_package(catalog_entry("debian-cloud"), tmp_path)
     assert "sudo apt-get update" in (err.value.hint or "")

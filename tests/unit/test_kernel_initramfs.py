@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from banger.core.errors import InvalidInput
+from banger.core.errors import HostToolError, InvalidInput
+from banger.host import probes
 from banger.kernels.initramfs import (
     APPLETS,
     CpioEntry,
     _base_entries,
-    _is_static_elf,
+    find_busybox,
     init_script,
     newc_archive,
     read_newc,
@@ -79,7 +80,15 @@ def test_base_layout_has_console_busybox_its_applets_and_an_executable_init() ->
 
 
 @pytest.mark.skipif(not Path("/bin/busybox").exists(), reason="needs busybox-static")
-def test_static_elf_check_tells_static_from_dynamic() -> None:
-    assert _is_static_elf(Path("/bin/busybox").read_bytes())
-    assert not _is_static_elf(Path(shutil.which("ls") or "/bin/ls").read_bytes())
-    assert not _is_static_elf(b"#!/bin/sh\n")
+def test_the_initramfs_takes_the_busybox_doctor_passes_and_refuses_a_dynamic_one(
+    tmp_path: Path
+) -> None:
+    dynamic = tmp_path / "busybox"
+    shutil.copy(shutil.which("ls") or "/bin/ls", dynamic)  # executable, but dynamically linked
+    with pytest.raises(HostToolError, match="not a statically linked busybox"):
+        find_busybox((dynamic,))
+    with pytest.raises(HostToolError, match="no busybox found"):
+        find_busybox((tmp_path / "absent",))
+    assert probes.busybox_static_path() is not None  # what banger doctor checks
+    assert find_busybox() == probes.busybox_static_path().read_bytes()  # type: ignore[union-attr]
+    assert find_busybox((dynamic, Path("/bin/busybox"))) == Path("/bin/busybox").read_bytes()

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from banger.core.errors import InvalidInput, StoreError
+from banger.daemon.kernel_service import KernelService
 from banger.host import files
-from banger.kernels.importer import delete_kernel, get_kernel, import_kernel, list_kernels
+from banger.kernels.importer import delete_kernel, import_kernel
 from banger.kernels.manifest import (
     KernelFile,
     KernelManifest,
@@ -19,12 +20,13 @@ from banger.kernels.manifest import (
     verify_manifest,
     write_manifest,
 )
+from banger.store.db import Store
 
 
-def sample(path: Path) -> KernelManifest:
+def sample(path: Path, name: str = "k1") -> KernelManifest:
     (path / "vmlinuz").write_bytes(b"bz" * 100)
     return KernelManifest(
-        name="k1",
+        name=name,
         version="6.1.0-1-cloud-amd64",
         source="/src/k.deb",
         created="2026-01-01T00:00:00+00:00",
@@ -91,14 +93,22 @@ def test_kernel_names_follow_the_vm_name_grammar(bad: str, tmp_path: Path) -> No
         import_kernel(bad, tmp_path, tmp_path / "kernels")
     with pytest.raises(InvalidInput):
         delete_kernel(bad, tmp_path / "kernels")
+    service = KernelService(Store.open(tmp_path / "state.db"), tmp_path / "kernels", tmp_path)
     with pytest.raises(InvalidInput):
-        get_kernel(bad, tmp_path / "kernels")
+        service.import_(bad, tmp_path)
+    assert not (tmp_path / "kernels").exists()
 
 
-def test_list_skips_hidden_staging_dirs_and_lists_stored_kernels_by_name(tmp_path: Path) -> None:
+def test_stored_kernels_are_the_registered_rows_never_staging_dirs(tmp_path: Path) -> None:
+    kernels = tmp_path / "kernels"
+    service = KernelService(Store.open(tmp_path / "state.db"), kernels, tmp_path)
     for name in ("zeta", "alpha", ".alpha.staging-x"):
-        d = tmp_path / name
-        d.mkdir()
-        write_manifest(sample(d), d)
-    assert [m.path.name for m in list_kernels(tmp_path)] == ["alpha", "zeta"]
-    assert list_kernels(tmp_path / "absent") == []
+        d = kernels / name
+        d.mkdir(parents=True)
+        m = sample(d, name)
+        write_manifest(m, d)
+        if not name.startswith("."):  # what a finished pull or import registers
+            service._register(m)
+    assert [k.name for k in service.store.kernels.list()] == ["alpha", "zeta"]
+    assert [k.path for k in service.store.kernels.list()] == [kernels / "alpha", kernels / "zeta"]
+    assert service.store.kernels.get_default().name == "zeta"  # type: ignore[union-attr]

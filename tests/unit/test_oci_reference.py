@@ -7,12 +7,8 @@ from pathlib import Path
 import pytest
 
 from banger.core.errors import InvalidInput, NotFound, Unavailable
-from banger.images.oci import (
-    OciRef,
-    classify_skopeo_error,
-    parse_reference,
-    skopeo_copy_argv,
-)
+from banger.host.skopeo import classify_error, copy_argv
+from banger.images.oci import OciRef, parse_reference, skopeo_source
 
 
 @pytest.mark.parametrize(
@@ -56,8 +52,9 @@ def test_reference_prints_canonically() -> None:
 )
 def test_only_loopback_registries_skip_tls_verification(registry: str, loopback: bool) -> None:
     ref = parse_reference(f"{registry}/img:1")
-    argv = skopeo_copy_argv(
-        "skopeo", ref, Path("/c/layout"), Path("/c/blobs"), Path("/c/tmp"), Path("/c/d")
+    argv = copy_argv(
+        "skopeo", skopeo_source(ref), Path("/c/layout"), blobs=Path("/c/blobs"),
+        tmpdir=Path("/c/tmp"), digestfile=Path("/c/d"),
     )
     assert ("--src-tls-verify=false" in argv) is loopback
     assert all("tls-verify" not in a or loopback for a in argv)
@@ -65,9 +62,9 @@ def test_only_loopback_registries_skip_tls_verification(registry: str, loopback:
 
 def test_skopeo_argv_shares_the_blob_cache_and_picks_linux_amd64() -> None:
     ref = parse_reference("debian:bookworm")
-    argv = skopeo_copy_argv(
-        "/usr/bin/skopeo", ref, Path("/c/layout"), Path("/c/oci/blobs"), Path("/c/t"),
-        Path("/c/t/digest"),
+    argv = copy_argv(
+        "/usr/bin/skopeo", skopeo_source(ref), Path("/c/layout"), blobs=Path("/c/oci/blobs"),
+        tmpdir=Path("/c/t"), digestfile=Path("/c/t/digest"),
     )
     assert argv == [
         "/usr/bin/skopeo", "--override-arch", "amd64", "--override-os", "linux",
@@ -91,10 +88,10 @@ def test_skopeo_argv_shares_the_blob_cache_and_picks_linux_amd64() -> None:
     ],
 )
 def test_skopeo_failures_map_to_typed_errors_with_hints(stderr: str, cls: type) -> None:
-    err = classify_skopeo_error(parse_reference("127.0.0.1:5000/test:2"), stderr)
+    err = classify_error(skopeo_source(parse_reference("127.0.0.1:5000/test:2")), stderr)
     assert isinstance(err, cls)
     assert err.hint  # type: ignore[attr-defined]
 
 
 def test_unrecognised_skopeo_failure_is_left_to_the_generic_error() -> None:
-    assert classify_skopeo_error(parse_reference("x/y"), "something odd happened") is None
+    assert classify_error(skopeo_source(parse_reference("x/y")), "something odd happened") is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from banger.host.ssh import (
     close_master,
     control_path_for,
     ensure_ssh_key,
+    fresh_host_key,
     generate_host_key,
     open_master,
     ssh_exec,
@@ -62,6 +64,22 @@ def test_host_keys_differ_per_vm(tmp_path: Path) -> None:
     b_priv, b_pub = generate_host_key(tmp_path / "b")
     assert a_pub != b_pub and a_priv.startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
     assert (tmp_path / "a" / "ssh_host_ed25519_key").read_bytes() == a_priv
+
+
+def test_an_image_host_key_is_fresh_each_time_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    tempfile.tempdir = None  # re-read TMPDIR
+    try:
+        a_priv, a_pub = fresh_host_key("banger-image")
+        b_priv, b_pub = fresh_host_key("banger-image")
+    finally:
+        tempfile.tempdir = None
+    assert a_pub != b_pub and a_pub.startswith(b"ssh-ed25519 ")
+    assert a_pub.endswith(b"banger-image\n")
+    assert a_priv.startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert list(tmp_path.iterdir()) == []
 
 
 def _free_port() -> int:
