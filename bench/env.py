@@ -110,6 +110,13 @@ class BenchEnv:
         )  # fmt: skip
         return Timed(result, time.perf_counter() - started)
 
+    def bare_python(self) -> float:
+        """Seconds of ``python -c pass`` with the CLI's interpreter and environment."""
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], env=self.env(), stdin=subprocess.DEVNULL,
+                       capture_output=True, check=True, timeout=60)
+        return time.perf_counter() - started
+
     def cli_ok(self, *args: str, timeout: float = 300) -> Timed:
         timed = self.cli(*args, timeout=timeout)
         if not timed.ok:
