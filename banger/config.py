@@ -2,21 +2,23 @@
 
 Every key is optional. The reference, with defaults, is ``docs/config.md``.
 Precedence: environment > config file > default.
+
+Plain dataclasses and one table of keys, not pydantic: every CLI command reads
+the settings, and pydantic's imports alone cost more than the rest of a
+``banger vm list -q`` (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
-
-import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_core import ErrorDetails
+from typing import Any
 
 from banger.core.errors import InvalidInput
 from banger.core.validate import parse_size
@@ -26,98 +28,166 @@ CONFIG_ENV = "BANGER_CONFIG"
 SOCKET_NAME = "bangerd.sock"
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes, one of them the NUL
 BRIDGE_PREFIXES = range(8, 31)  # /31 and /32 leave no guest address
+_BRIDGE_NAME = re.compile(r"[a-zA-Z0-9_-]{1,15}", re.ASCII)
 
 
-def _default_runtime_dir() -> str:
+def _default_runtime_dir() -> Path:
     base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/banger-{os.getuid()}"
-    return os.path.join(base, "banger")
+    return Path(base, "banger")
 
 
-class Settings(BaseModel):
-    """Every configurable knob; field descriptions feed ``docs/config.md``."""
+def _xdg_dir(env: str, fallback: str) -> Path:
+    """``$ENV/banger``, or ``~/<fallback>/banger`` when ENV is unset or empty (as platformdirs)."""
+    base = os.environ.get(env, "").strip() or os.path.join(os.path.expanduser("~"), fallback)
+    return Path(base, "banger")
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    state_dir: Path = Field(
-        default_factory=lambda: Path(platformdirs.user_state_dir("banger")),
-        description="Where the store, images, kernels and VMs live.",
-    )
-    cache_dir: Path = Field(
-        default_factory=lambda: Path(platformdirs.user_cache_dir("banger")),
-        description="Prunable downloads (OCI blobs, kernel packages).",
-    )
-    runtime_dir: Path = Field(
-        default_factory=lambda: Path(_default_runtime_dir()),
-        description="Sockets and pidfiles.",
-        validate_default=True,  # XDG_RUNTIME_DIR may make the socket path too long
-    )
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        default="info", description="Daemon log level."
-    )
-    backend: Literal["auto", "qemu"] = Field(
-        default="auto", description="Which VMM to use (this release: QEMU)."
-    )
-    bridge_name: str = Field(default="banger0", pattern=r"^[a-zA-Z0-9_-]{1,15}$")
-    bridge_cidr: str = Field(default="172.16.0.1/24", description="Bridge address and subnet.")
-    default_vcpu: int = Field(default=2, ge=1, le=64)
-    default_memory_mib: int = Field(default=1024, ge=128)
-    default_disk: str = Field(default="8G", description="Work disk size of a new VM.")
-    operation_ttl_seconds: int = Field(
-        default=900, ge=1, description="How long finished operations stay queryable."
-    )
-    daemon_start_timeout: float = Field(default=15.0, gt=0)
-    ssh_ready_timeout: float = Field(
-        default=120.0, gt=0, description="Seconds a booting VM has until its sshd accepts our key."
-    )
+# -- value checks: each takes what the file or the environment gave and returns the value --
 
-    @field_validator("bridge_cidr")
-    @classmethod
-    def _check_bridge_cidr(cls, value: str) -> str:
-        """An address with its prefix, e.g. 172.16.0.1/24: the bridge's, inside the subnet."""
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+def _integer(low: int, high: int | None = None) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value.strip(), re.ASCII):
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError("must be a whole number")
+        if value < low or (high is not None and value > high):
+            raise ValueError(f"must be from {low} to {high}" if high else f"must be >= {low}")
+        return value
+
+    return check
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, str):
         try:
-            iface = ipaddress.IPv4Interface(value)
-        except ValueError as exc:
-            raise ValueError(f"not an IPv4 address/prefix such as 172.16.0.1/24 ({exc})") from None
-        if "/" not in value or iface.network.prefixlen not in BRIDGE_PREFIXES:
-            raise ValueError("needs a prefix length from /8 to /30, e.g. 172.16.0.1/24")
-        if iface.ip in (iface.network.network_address, iface.network.broadcast_address):
-            raise ValueError(
-                f"{iface.ip} is the subnet's network or broadcast address, not a host address"
-            )
-        return value
+            value = float(value)
+        except ValueError:
+            raise ValueError("must be a number of seconds") from None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        raise ValueError("must be a number of seconds above 0")
+    return float(value)
 
-    @field_validator("default_disk")
-    @classmethod
-    def _check_default_disk(cls, value: str) -> str:
-        try:
-            parse_size(value, "size")
-        except InvalidInput as exc:
-            raise ValueError(exc.message) from None
-        return value
 
-    @field_validator("runtime_dir")
-    @classmethod
-    def _check_runtime_dir(cls, value: Path) -> Path:
-        socket = os.fsencode(value / SOCKET_NAME)
-        if len(socket) > SUN_PATH_MAX:
-            raise ValueError(
-                f"the daemon socket {value / SOCKET_NAME} would be {len(socket)} bytes, over the "
-                f"{SUN_PATH_MAX} a Unix socket path allows; use a shorter runtime_dir "
-                "(or XDG_RUNTIME_DIR)"
-            )
-        return value
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in allowed:
+            raise ValueError("must be one of " + ", ".join(repr(a) for a in allowed))
+        return str(value)
 
-    @field_validator("state_dir", "cache_dir", "runtime_dir")
-    @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        # The daemon runs at "/", the CLI wherever it is typed: a relative path means two places.
-        if not value.is_absolute():
-            raise ValueError("must be an absolute path")
-        return value
+    return check
+
+
+def _directory(value: Any) -> Path:
+    # The daemon runs at "/", the CLI wherever it is typed: a relative path means two places.
+    if not isinstance(value, str | Path) or not os.path.isabs(value):
+        raise ValueError("must be an absolute path")
+    return Path(value)
+
+
+def _runtime_dir(value: Any) -> Path:
+    path = _directory(value)
+    socket = os.fsencode(path / SOCKET_NAME)
+    if len(socket) > SUN_PATH_MAX:
+        raise ValueError(
+            f"the daemon socket {path / SOCKET_NAME} would be {len(socket)} bytes, over the "
+            f"{SUN_PATH_MAX} a Unix socket path allows; use a shorter runtime_dir "
+            "(or XDG_RUNTIME_DIR)"
+        )
+    return path
+
+
+def _bridge_name(value: Any) -> str:
+    if not _BRIDGE_NAME.fullmatch(_string(value)):
+        raise ValueError("must be 1-15 of A-Z a-z 0-9 _ -")
+    return str(value)
+
+
+def _bridge_cidr(value: Any) -> str:
+    """An address with its prefix, e.g. 172.16.0.1/24: the bridge's, inside the subnet."""
+    try:
+        iface = ipaddress.IPv4Interface(_string(value))
+    except ValueError as exc:
+        raise ValueError(f"not an IPv4 address/prefix such as 172.16.0.1/24 ({exc})") from None
+    if "/" not in value or iface.network.prefixlen not in BRIDGE_PREFIXES:
+        raise ValueError("needs a prefix length from /8 to /30, e.g. 172.16.0.1/24")
+    if iface.ip in (iface.network.network_address, iface.network.broadcast_address):
+        raise ValueError(
+            f"{iface.ip} is the subnet's network or broadcast address, not a host address"
+        )
+    return str(value)
+
+
+def _size(value: Any) -> str:
+    try:
+        parse_size(_string(value), "size")
+    except InvalidInput as exc:
+        raise ValueError(exc.message) from None
+    return str(value)
+
+
+def _key(check: Callable[[Any], Any], default: Callable[[], Any], doc: str) -> Any:
+    """A settings field: its check and description (``docs/config.md``) ride in the metadata."""
+    return field(default_factory=default, metadata={"check": check, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every configurable knob; built from keyword values, each checked (``InvalidInput``)."""
+
+    state_dir: Path = _key(_directory, lambda: _xdg_dir("XDG_STATE_HOME", ".local/state"),
+                           "Where the store, images, kernels and VMs live.")
+    cache_dir: Path = _key(_directory, lambda: _xdg_dir("XDG_CACHE_HOME", ".cache"),
+                           "Prunable downloads (OCI blobs, kernel packages).")
+    runtime_dir: Path = _key(_runtime_dir, _default_runtime_dir, "Sockets and pidfiles.")
+    log_level: str = _key(_choice("debug", "info", "warning", "error"), lambda: "info",
+                          "Daemon log level.")
+    backend: str = _key(_choice("auto", "qemu"), lambda: "auto",
+                        "Which VMM to use (this release: QEMU).")
+    bridge_name: str = _key(_bridge_name, lambda: "banger0", "Host bridge for VM networking.")
+    bridge_cidr: str = _key(_bridge_cidr, lambda: "172.16.0.1/24", "Bridge address and subnet.")
+    default_vcpu: int = _key(_integer(1, 64), lambda: 2, "vCPUs of a new VM.")
+    default_memory_mib: int = _key(_integer(128), lambda: 1024, "Memory of a new VM in MiB.")
+    default_disk: str = _key(_size, lambda: "8G", "Work disk size of a new VM.")
+    operation_ttl_seconds: int = _key(_integer(1), lambda: 900,
+                                      "How long finished operations stay queryable.")
+    daemon_start_timeout: float = _key(_seconds, lambda: 15.0,
+                                       "Seconds the CLI waits for an auto-started daemon.")
+    ssh_ready_timeout: float = _key(
+        _seconds, lambda: 120.0, "Seconds a booting VM has until its sshd accepts our key."
+    )
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            try:
+                checked = f.metadata["check"](getattr(self, f.name))
+            except ValueError as exc:
+                value = getattr(self, f.name)
+                raise _BadKey(f.name, f"key '{f.name}': {exc} (got {value!r})") from None
+            object.__setattr__(self, f.name, checked)
 
     @cached_property
     def paths(self) -> Paths:
         return Paths(self.state_dir, self.cache_dir, self.runtime_dir)
+
+
+def setting_names() -> list[str]:
+    """Every key a config file (or ``BANGER_<KEY>``) may set."""
+    return [f.name for f in fields(Settings)]
+
+
+class _BadKey(InvalidInput):
+    """A value a key does not accept; ``load_settings`` says where it came from."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message, hint="fix or remove that key")
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -165,11 +235,11 @@ def config_file() -> Path:
     explicit = os.environ.get(CONFIG_ENV)
     if explicit:
         return Path(explicit)
-    return Path(platformdirs.user_config_dir("banger")) / "config.toml"
+    return _xdg_dir("XDG_CONFIG_HOME", ".config") / "config.toml"
 
 
 def _env_overrides() -> dict[str, str]:
-    known = set(Settings.model_fields)
+    known = set(setting_names())
     out: dict[str, str] = {}
     for key, value in os.environ.items():
         if key.startswith(ENV_PREFIX) and key != CONFIG_ENV:
@@ -179,12 +249,12 @@ def _env_overrides() -> dict[str, str]:
     return out
 
 
-def _describe(error: ErrorDetails) -> str:
-    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
-    if error["type"] == "extra_forbidden":
-        return f"unknown key '{key}' (see docs/config.md for the keys)"
-    message = error["msg"].removeprefix("Value error, ")
-    return f"key '{key}': {message} (got {error.get('input')!r})"
+def _settings(data: dict[str, Any]) -> Settings:
+    unknown = sorted(set(data) - set(setting_names()))
+    if unknown:
+        key = unknown[0]
+        raise _BadKey(key, f"unknown key '{key}' (see docs/config.md for the keys)")
+    return Settings(**data)
 
 
 def load_settings() -> Settings:
@@ -212,17 +282,12 @@ def load_settings() -> Settings:
             f"config {path}: cannot parse: {exc}", hint="fix the TOML syntax"
         ) from exc
     try:
-        Settings.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidInput(
-            f"config {path}: {_describe(exc.errors()[0])}", hint="fix or remove that key"
-        ) from exc
-    data.update(_env_overrides())
+        _settings(data)
+    except _BadKey as exc:
+        raise InvalidInput(f"config {path}: {exc.message}", hint=exc.hint) from None
+    env = _env_overrides()
     try:
-        return Settings.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise InvalidInput(
-            f"environment {ENV_PREFIX}{str(err['loc'][0]).upper()}: {_describe(err)}",
-            hint="fix or unset that variable",
-        ) from exc
+        return _settings(data | env)
+    except _BadKey as exc:
+        where = f"environment {ENV_PREFIX}{exc.key.upper()}" if exc.key in env else f"config {path}"
+        raise InvalidInput(f"{where}: {exc.message}", hint="fix or unset that variable") from None

@@ -23,6 +23,7 @@ from typing import Any
 
 from banger.api.client import Client
 from banger.api.models import Operation, OperationState
+from tests.support.hostcheck import processes_naming
 
 BRIDGE_NAME = "bgbench0"
 BRIDGE_CIDR = "172.31.99.1/24"
@@ -108,6 +109,13 @@ class BenchEnv:
             stdin=subprocess.DEVNULL, timeout=timeout, check=False,
         )  # fmt: skip
         return Timed(result, time.perf_counter() - started)
+
+    def bare_python(self) -> float:
+        """Seconds of ``python -c pass`` with the CLI's interpreter and environment."""
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], env=self.env(), stdin=subprocess.DEVNULL,
+                       capture_output=True, check=True, timeout=60)
+        return time.perf_counter() - started
 
     def cli_ok(self, *args: str, timeout: float = 300) -> Timed:
         timed = self.cli(*args, timeout=timeout)
@@ -200,12 +208,4 @@ class BenchEnv:
 
     def _our_processes(self) -> list[int]:
         """Processes whose command line names this environment's private dir (VMMs, daemon)."""
-        marker = str(self.root).encode()
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            with contextlib.suppress(OSError):
-                if marker in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-        return pids
+        return list(processes_naming(str(self.root)))

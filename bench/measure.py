@@ -76,23 +76,33 @@ def control_plane(env: BenchEnv, runs: int, keep: int, progress: Progress) -> di
 
 
 def cli_latency(env: BenchEnv, calls: int, progress: Progress) -> dict[str, Any]:
-    """``banger vm list``, ``banger --version`` and bare ``GET /v1/vms``, ``calls`` times each."""
+    """``vm list`` (and ``-q``), ``--version``, ``python -c pass``, ``GET /v1/vms``: ``calls`` each.
+
+    Interleaved, so that the host's load hits every figure alike.
+    """
     present = len(env.vm_names())
-    listing, version, api = [], [], []
+    listing, quiet, version, python, api = [], [], [], [], []
     for _ in range(calls):
         listing.append(env.cli_ok("vm", "list").seconds)
+        quiet.append(env.cli_ok("vm", "list", "-q").seconds)
         version.append(env.cli_ok("--version").seconds)
+        python.append(env.bare_python())
         t0 = time.perf_counter()
         env.client.request("GET", "/vms")
         api.append(time.perf_counter() - t0)
-    progress(f"vm list p50 {sorted(listing)[len(listing) // 2] * 1000:.0f} ms ({present} VMs)")
-    return {
+    doc: dict[str, Any] = {
         "vms_present": present,
         "vm_list_s": summary(listing),
+        "vm_list_q_s": summary(quiet),
         "version_s": summary(version),
+        "python_s": summary(python),
         "api_list_s": summary(api, digits=4),
         "load": load(),
     }
+    doc["ratio_q_to_python"] = round(doc["vm_list_q_s"]["p50"] / doc["python_s"]["p50"], 2)
+    progress(f"vm list p50 {doc['vm_list_s']['p50'] * 1000:.0f} ms ({present} VMs), "
+             f"vm list -q / python -c pass {doc['ratio_q_to_python']}x")
+    return doc
 
 
 def _op_for(ops: list[Operation], kind: str, target: str) -> Operation:

@@ -8,6 +8,7 @@ CONTROL_PLANE_TARGET_S = 0.150
 RUN_RATIO_TARGET = 1.10
 BOOT_TARGET_S = 6.0
 LIST_TARGET_S = 0.250
+CLI_RATIO_TARGET = 10.0  # vm list -q p50 / python -c pass p50, same run (issue 8)
 
 Row = tuple[str, str, str, str, str]  # section, figure, value, target, verdict
 
@@ -65,6 +66,12 @@ def verdicts(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "value_s": p95,
             "target_s": LIST_TARGET_S,
             "verdict": verdict(p95 < LIST_TARGET_S),
+        }
+        ratio = cli["ratio_q_to_python"]
+        out["cli_ratio"] = {
+            "value": ratio,
+            "target": CLI_RATIO_TARGET,
+            "verdict": verdict(ratio <= CLI_RATIO_TARGET),
         }
     return out
 
@@ -165,6 +172,15 @@ def _cli_rows(doc: dict[str, Any]) -> list[Row]:
             f"{ms(lst['p50'])} / {ms(lst['p95'])}",
             "p95 < 250 ms",
             _v(doc, "vm_list_p95"),
+        ),
+        ("", "vm list -q p50", ms(c["vm_list_q_s"]["p50"]), "", ""),
+        ("", "python -c pass p50 (bare interpreter)", ms(c["python_s"]["p50"]), "", ""),
+        (
+            "",
+            "ratio vm list -q / python -c pass (p50s)",
+            f"{c['ratio_q_to_python']:.1f}",
+            "<= 10",
+            _v(doc, "cli_ratio"),
         ),
         ("", "banger --version p50 (start-up floor)", ms(ver["p50"]), "", ""),
         ("", "GET /v1/vms in-process p50", f"{api['p50'] * 1000:.1f} ms", "", ""),

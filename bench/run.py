@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrent", type=int, default=4, help="concurrent vm runs (4)")
     p.add_argument("--list-calls", type=int, default=20, help="vm list / --version calls (20)")
     p.add_argument("--json-out", type=Path, help="also write the JSON document here")
+    p.add_argument("--only", choices=["cli"],
+                   help="cli: only section 5, against a daemon with no VMs (no kernel, no image)")
     args = p.parse_args(argv)
     if args.runs < 2:
         p.error("--runs must be at least 2 (two VMs stay up for the vm list figure)")
@@ -70,6 +72,12 @@ def boot_section(doc: dict[str, Any], cp_rows: list[float], ssh_rows: list[float
         "floor_ssh_ready_s": doc["vm_run"]["floor_ssh_ready_s"],
         "note": "banger figures pool the API creates and the vm run creates",
     }
+
+
+def measure_cli_only(env: BenchEnv, args: argparse.Namespace, doc: dict[str, Any]) -> None:
+    doc["setup_s"] = {"daemon_start": env.cli_ok("daemon", "start").seconds}
+    progress(f"5/5 CLI latency: {args.list_calls} calls each, no VMs")
+    doc["cli"] = measure.cli_latency(env, args.list_calls, progress)
 
 
 def measure_all(env: BenchEnv, args: argparse.Namespace, doc: dict[str, Any]) -> None:
@@ -108,13 +116,14 @@ def main(argv: list[str] | None = None) -> int:
             "runs": args.runs,
             "concurrent": args.concurrent,
             "list_calls": args.list_calls,
+            "only": args.only,
         },
         "load_start": measure.load(),
     }
     env = BenchEnv.make()
     failed: BaseException | None = None
     try:
-        measure_all(env, args, doc)
+        (measure_cli_only if args.only == "cli" else measure_all)(env, args, doc)
     except (Exception, KeyboardInterrupt) as exc:
         failed = exc
         doc["error"] = f"{type(exc).__name__}: {exc}"

@@ -4,6 +4,10 @@ Built on the standard library's ``http.client`` rather than httpx (DESIGN.md s.8
 names httpx): every CLI command pays the client's import time, and httpx's
 112 ms of imports were half of the 250 ms budget for ``banger vm list``
 (docs/performance.md). A Unix-socket JSON client needs nothing httpx adds.
+
+For the same reason pydantic and the wire models are imported only by the
+calls that parse or send a model: ``banger vm list -q`` (``get_names``) and a
+daemon that is not running never load them.
 """
 
 from __future__ import annotations
@@ -14,19 +18,20 @@ import re
 import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlencode
 
-from pydantic import BaseModel, ValidationError
-
-from banger.api.errors import error_from_response
-from banger.api.models import Operation, Ping
 from banger.core.errors import BangerError, DaemonNotRunning, InvalidInput
 from banger.core.validate import NameKind, validate_name
 from banger.host.private_dirs import check_daemon_socket, permission_denied
 from banger.version import API_VERSION, version_info
 
-M = TypeVar("M", bound=BaseModel)
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from banger.api.models import Operation, Ping, RequestModel
+
+M = TypeVar("M", bound="BaseModel")
 
 _COLLECTIONS: dict[NameKind, str] = {"VM": "vms", "image": "images", "kernel": "kernels"}
 
@@ -80,6 +85,8 @@ def _decode(method: str, url: str, status: int, headers: Mapping[str, str], data
             raise BangerError(f"bangerd answered {where} with malformed JSON: {exc}",
                               op_id=op_id) from None
     if status >= 400:
+        from banger.api.errors import error_from_response
+
         err = error_from_response(status, payload)
         err.op_id = err.op_id or op_id
         raise err
@@ -166,22 +173,26 @@ class Client:
         path: str,
         *,
         json_body: Any = None,
+        body: RequestModel | None = None,
         params: Mapping[str, Any] | None = None,
     ) -> Any:
+        """One call; ``body`` is a request model (what the CLI sends), ``json_body`` raw JSON."""
+        if body is not None:
+            json_body = body.model_dump(mode="json")
         if not _SAFE_PATH.fullmatch(path):
             raise InvalidInput(f"unsafe request path {path!r}", hint="build paths with api_path()")
         url = f"/{API_VERSION}{path}"
         if params:
             url += "?" + urlencode(params)
-        body = None if json_body is None else json.dumps(json_body).encode()
+        sent = None if json_body is None else json.dumps(json_body).encode()
         try:
-            status, headers, data = self._send(method, url, body)
+            status, headers, data = self._send(method, url, sent)
         except DaemonNotRunning:
             if self._on_not_running is None:
                 raise
             # Nothing reached a daemon (the connect failed), so even a POST is safe to resend.
             self._on_not_running()
-            status, headers, data = self._send(method, url, body)
+            status, headers, data = self._send(method, url, sent)
         self._check_version(headers)
         self.last_op_id = headers.get(OP_ID_HEADER.lower()) or self.last_op_id
         return _decode(method, url, status, headers, data)
@@ -192,23 +203,56 @@ class Client:
     def post_model(self, path: str, model: type[M], **kwargs: Any) -> M:
         return self._validate(path, model, self.request("POST", path, **kwargs))
 
+    def get_names(self, kind: NameKind) -> list[str]:
+        """The names of every VM, image or kernel (``list -q``), read without pydantic.
+
+        Each must be a well-formed name: a hostile daemon cannot print terminal
+        escapes or extra lines through ``-q``.
+        """
+        collection = _COLLECTIONS[kind]
+        path = api_path(collection)
+        payload = self.request("GET", path)
+        items = payload.get(collection) if isinstance(payload, dict) else None
+        if not isinstance(items, list):
+            raise self._unusable(path, collection, "expected a list")
+        names = []
+        for i, item in enumerate(items):
+            name = item.get("name") if isinstance(item, dict) else None
+            if not isinstance(name, str):
+                raise self._unusable(path, f"{collection}.{i}.name", "expected a string")
+            try:
+                validate_name(name, kind)
+            except InvalidInput as exc:
+                raise self._unusable(path, f"{collection}.{i}.name", exc.message) from None
+            names.append(name)
+        return names
+
+    def _unusable(self, path: str, where: str, why: str) -> BangerError:
+        return BangerError(
+            f"bangerd answered {path} with unusable data: {where}: {why}",
+            hint="is that your own bangerd, of this version? see: banger daemon status",
+            op_id=self.last_op_id,
+        )
+
     def _validate(self, path: str, model: type[M], payload: Any) -> M:
         """The answer as ``model``; data banger cannot use is a clear error, not a traceback."""
+        from pydantic import ValidationError
+
         try:
             return model.model_validate(payload)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "(body)"
-            raise BangerError(
-                f"bangerd answered {path} with unusable data: {where}: {first['msg']}",
-                hint="is that your own bangerd, of this version? see: banger daemon status",
-                op_id=self.last_op_id,
-            ) from None
+            raise self._unusable(path, where, first["msg"]) from None
 
     def ping(self) -> Ping:
+        from banger.api.models import Ping
+
         return self.get_model("/ping", Ping)
 
     def operation(self, op_id: str, *, wait: float = 0, revision: int = -1) -> Operation:
+        from banger.api.models import Operation
+
         params = {"wait": wait, "revision": revision}
         return self.get_model(api_path("operations", op_id), Operation, params=params)
 

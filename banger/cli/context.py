@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import click
 
 from banger.api.client import Client
-from banger.api.lifecycle import connect
+from banger.cli.lifecycle import connect
 from banger.cli.render import warn
 from banger.config import Settings, load_settings
 

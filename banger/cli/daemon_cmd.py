@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from banger.api.lifecycle import start_daemon, stop_daemon, try_ping
 from banger.cli.context import CliContext, json_option, pass_ctx
+from banger.cli.lifecycle import start_daemon, stop_daemon, try_ping
 from banger.cli.render import console, print_json, print_table
 from banger.core.errors import DaemonNotRunning
 

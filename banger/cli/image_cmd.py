@@ -7,7 +7,16 @@ from pathlib import Path
 import click
 
 from banger.api.client import ref_path
-from banger.api.models import CachePruneResult, ImageInfo, ImageList, Operation
+from banger.api.models import (
+    CachePruneRequest,
+    CachePruneResult,
+    ImageBuildRequest,
+    ImageImportRequest,
+    ImageInfo,
+    ImageList,
+    ImagePullRequest,
+    Operation,
+)
 from banger.cli.context import CliContext, json_option, pass_ctx, quiet_option
 from banger.cli.progress import follow
 from banger.cli.render import console, print_fields, print_json, print_table
@@ -60,9 +69,9 @@ def image_build(
         validate_new_name(name, "image")
     if size is not None:
         parse_size(size)
-    body = {"name": name, "source": source, "size": size,
-            "packages": [p for p in packages.split(",") if p]}
-    _finish(ctx, ctx.client().post_model("/images/build", Operation, json_body=body), as_json)
+    body = ImageBuildRequest(name=name, source=source, size=size,
+                             packages=[p for p in packages.split(",") if p])
+    _finish(ctx, ctx.client().post_model("/images/build", Operation, body=body), as_json)
 
 
 @image_group.command("pull")
@@ -79,7 +88,8 @@ def image_pull(ctx: CliContext, ref: str, name: str | None, as_json: bool) -> No
     """
     if name is not None:
         validate_new_name(name, "image")
-    op = ctx.client().post_model("/images/pull", Operation, json_body={"ref": ref, "name": name})
+    body = ImagePullRequest(ref=ref, name=name)
+    op = ctx.client().post_model("/images/pull", Operation, body=body)
     _finish(ctx, op, as_json)
 
 
@@ -97,8 +107,8 @@ def image_import(ctx: CliContext, path: Path, name: str | None, as_json: bool) -
     """
     if name is not None:
         validate_new_name(name, "image")
-    body = {"path": str(path.absolute()), "name": name}
-    _finish(ctx, ctx.client().post_model("/images/import", Operation, json_body=body), as_json)
+    body = ImageImportRequest(path=str(path.absolute()), name=name)
+    _finish(ctx, ctx.client().post_model("/images/import", Operation, body=body), as_json)
 
 
 @image_group.command("list")
@@ -203,7 +213,7 @@ def image_cache_prune(ctx: CliContext, dry_run: bool, as_json: bool) -> None:
       banger image cache prune
     """
     result = ctx.client().post_model(
-        "/images/cache/prune", CachePruneResult, json_body={"dry_run": dry_run}
+        "/images/cache/prune", CachePruneResult, body=CachePruneRequest(dry_run=dry_run)
     )
     if as_json:
         print_json(result.model_dump())

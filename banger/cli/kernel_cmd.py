@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from banger.api.client import ref_path
-from banger.api.models import KernelCatalog, KernelInfo, KernelList, Operation
+from banger.api.models import KernelCatalog, KernelImportRequest, KernelInfo, KernelList, Operation
 from banger.cli.context import CliContext, json_option, pass_ctx, quiet_option
 from banger.cli.progress import follow
 from banger.cli.render import console, print_fields, print_json, print_table
@@ -90,7 +90,8 @@ def kernel_import(ctx: CliContext, name: str, source: Path, as_json: bool) -> No
     """
     validate_new_name(name, "kernel")
     op = ctx.client().post_model(
-        "/kernels/import", Operation, json_body={"name": name, "source": str(source.absolute())}
+        "/kernels/import", Operation,
+        body=KernelImportRequest(name=name, source=str(source.absolute())),
     )
     _finish(ctx, op, as_json)
 

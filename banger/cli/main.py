@@ -12,20 +12,32 @@ from click.exceptions import NoArgsIsHelpError
 from click.shell_completion import get_completion_class
 
 from banger.cli.context import CliContext, json_option, pass_ctx
-from banger.cli.daemon_cmd import daemon_group
-from banger.cli.doctor_cmd import doctor
-from banger.cli.image_cmd import image_group
-from banger.cli.kernel_cmd import kernel_group
+from banger.cli.lazy import LazyGroup
 from banger.cli.render import print_error, print_fields, print_json
-from banger.cli.vm_cmd import ps, vm_group
 from banger.config import load_settings
 from banger.core.errors import BangerError, InvalidInput
 from banger.version import version_info
 
 COMPLETION_SHELLS = ("bash", "zsh", "fish")
 
+# Each subcommand's module is imported only when it runs (cli/lazy.py).
+COMMANDS = {
+    "daemon": "banger.cli.daemon_cmd:daemon_group",
+    "doctor": "banger.cli.doctor_cmd:doctor",
+    "image": "banger.cli.image_cmd:image_group",
+    "kernel": "banger.cli.kernel_cmd:kernel_group",
+    "ps": "banger.cli.vm_list:ps",
+}
+VM_COMMANDS = {
+    **{verb: f"banger.cli.vm_cmd:vm_{verb}" for verb in (
+        "create", "start", "stop", "restart", "delete", "kill", "prune", "set", "show", "logs",
+        "ssh", "run",
+    )},
+    "list": "banger.cli.vm_list:vm_list",
+}
 
-class BangerGroup(click.Group):
+
+class BangerGroup(LazyGroup):
     """Maps every error to ``banger: <message>`` and its exit code; never a traceback.
 
     BangerErrors keep their class's exit code; click's usage errors exit 2;
@@ -90,7 +102,8 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
         ctx.exit()
 
 
-@click.group(cls=BangerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=BangerGroup, lazy=COMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--version",
     is_flag=True,
@@ -145,12 +158,15 @@ def completion(shell: str) -> None:
     click.echo(comp_cls(cli, {}, "banger", "_BANGER_COMPLETE").source())
 
 
-cli.add_command(daemon_group)
-cli.add_command(doctor)
-cli.add_command(image_group)
-cli.add_command(kernel_group)
-cli.add_command(vm_group)
-cli.add_command(ps)
+@cli.group("vm", cls=LazyGroup, lazy=VM_COMMANDS)
+def vm_group() -> None:
+    """Create, run and manage microVMs.
+
+    \b
+    Examples:
+      banger vm run --rm -- uname -a
+      banger vm create --name box && banger vm ssh box
+    """
 
 
 def main() -> None:

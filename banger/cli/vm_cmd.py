@@ -1,4 +1,4 @@
-"""``banger vm ...`` and ``banger ps``."""
+"""``banger vm ...``: the commands that act on VMs (``vm list``/``ps`` are in ``vm_list.py``)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,19 @@ from typing import Any
 import click
 
 from banger.api.client import Client, ref_path
-from banger.api.models import LogChunk, Operation, SSHTarget, VMInfo, VMList
-from banger.cli.context import CliContext, json_option, pass_ctx, quiet_option
+from banger.api.models import (
+    LogChunk,
+    Operation,
+    SSHTarget,
+    VMCreateRequest,
+    VMInfo,
+    VMKillRequest,
+    VMList,
+    VMSetRequest,
+)
+from banger.cli.context import CliContext, json_option, pass_ctx
 from banger.cli.progress import follow
-from banger.cli.render import console, print_error, print_fields, print_json, print_table
+from banger.cli.render import console, print_error, print_fields, print_json
 from banger.core.errors import BangerError, InvalidInput
 from banger.core.sshcmd import ssh_argv
 from banger.core.validate import (
@@ -31,17 +40,6 @@ from banger.core.validate import (
 SIGNALS = ("TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2", "ABRT")
 
 
-@click.group("vm")
-def vm_group() -> None:
-    """Create, run and manage microVMs.
-
-    \b
-    Examples:
-      banger vm run --rm -- uname -a
-      banger vm create --name box && banger vm ssh box
-    """
-
-
 def _size_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--disk", help="Work disk (/root) size, e.g. 8G.")(func)
     func = click.option("--memory", "memory", help="Memory in MiB (or with a unit: 2G).")(func)
@@ -51,7 +49,7 @@ def _size_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def _create_body(
     name: str | None, image: str | None, vcpu: int | None, memory: str | None,
     disk: str | None, start: bool = True,
-) -> dict[str, Any]:
+) -> VMCreateRequest:
     """Validate flags before any request (nothing is created on bad input)."""
     if name is not None:
         validate_new_name(name, "VM")
@@ -60,16 +58,16 @@ def _create_body(
     memory_mib = parse_memory_mib(memory) if memory is not None else None
     if disk is not None:
         parse_size(disk, "disk")
-    return {"name": name, "image": image, "vcpu": vcpu, "memory_mib": memory_mib,
-            "disk": disk, "start": start}
+    return VMCreateRequest(name=name, image=image, vcpu=vcpu, memory_mib=memory_mib, disk=disk,
+                           start=start)
 
 
-def _create(client: Client, body: dict[str, Any]) -> VMInfo:
-    op = client.post_model("/vms", Operation, json_body=body)
+def _create(client: Client, body: VMCreateRequest) -> VMInfo:
+    op = client.post_model("/vms", Operation, body=body)
     return VMInfo.model_validate(follow(client, op).result)
 
 
-@vm_group.command("create")
+@click.command("create")
 @click.option("--name", help="VM name (default: generated).")
 @click.option("--image", help="Image name or id (default: the default image).")
 @_size_options
@@ -130,33 +128,33 @@ def _verb(path: str, done: str, doc: str) -> click.Command:
     return click.command(path)(command)
 
 
-vm_group.add_command(_verb("start", "started", """Start stopped VMs.
+vm_start = _verb("start", "started", """Start stopped VMs.
 
     \b
     Example:
       banger vm start box other
-    """))
-vm_group.add_command(_verb("stop", "stopped", """Stop VMs gracefully; files under /root survive.
+    """)
+vm_stop = _verb("stop", "stopped", """Stop VMs gracefully; files under /root survive.
 
     Guest sync + poweroff over SSH first, then ACPI powerdown, then SIGKILL.
 
     \b
     Example:
       banger vm stop box
-    """))
-vm_group.add_command(_verb("restart", "restarted", """Stop, then start VMs (a new boot).
+    """)
+vm_restart = _verb("restart", "restarted", """Stop, then start VMs (a new boot).
 
     \b
     Example:
       banger vm restart box
-    """))
+    """)
 
 
 def _begin_delete(client: Client, ref: str) -> Operation:
     return Operation.model_validate(client.request("DELETE", ref_path("VM", ref)))
 
 
-@vm_group.command("delete")
+@click.command("delete")
 @click.argument("vms", nargs=-1, required=True)
 @pass_ctx
 def vm_delete(ctx: CliContext, vms: tuple[str, ...]) -> None:
@@ -169,7 +167,7 @@ def vm_delete(ctx: CliContext, vms: tuple[str, ...]) -> None:
     _each(ctx, vms, _begin_delete, "deleted")
 
 
-@vm_group.command("kill")
+@click.command("kill")
 @click.option("--signal", "signame", default="KILL", show_default=True,
               type=click.Choice(SIGNALS, case_sensitive=False), help="Signal for the VMM.")
 @click.argument("vms", nargs=-1, required=True)
@@ -182,10 +180,11 @@ def vm_kill(ctx: CliContext, signame: str, vms: tuple[str, ...]) -> None:
       banger vm kill --signal TERM box
     """
     _each(ctx, vms, lambda c, ref: c.post_model(
-        ref_path("VM", ref, "kill"), Operation, json_body={"signal": signame.upper()}), "signalled")
+        ref_path("VM", ref, "kill"), Operation, body=VMKillRequest(signal=signame.upper())),
+        "signalled")
 
 
-@vm_group.command("prune")
+@click.command("prune")
 @click.option("-f", "--force", is_flag=True, help="Do not ask.")
 @pass_ctx
 def vm_prune(ctx: CliContext, force: bool) -> None:
@@ -207,7 +206,7 @@ def vm_prune(ctx: CliContext, force: bool) -> None:
     _each(ctx, tuple(doomed), _begin_delete, "deleted")
 
 
-@vm_group.command("set")
+@click.command("set")
 @click.argument("vm")
 @_size_options
 @json_option
@@ -220,9 +219,9 @@ def vm_set(ctx: CliContext, vm: str, vcpu: int | None, memory: str | None, disk:
     Example:
       banger vm set box --vcpu 2 --disk 16G
     """
-    body = _create_body(None, None, vcpu, memory, disk)
-    changes = {k: body[k] for k in ("vcpu", "memory_mib", "disk")}
-    answer = ctx.client().request("PATCH", ref_path("VM", vm), json_body=changes)
+    checked = _create_body(None, None, vcpu, memory, disk)
+    changes = VMSetRequest(vcpu=checked.vcpu, memory_mib=checked.memory_mib, disk=checked.disk)
+    answer = ctx.client().request("PATCH", ref_path("VM", vm), body=changes)
     info = VMInfo.model_validate(answer)
     if as_json:
         print_json(info.model_dump(mode="json"))
@@ -231,60 +230,7 @@ def vm_set(ctx: CliContext, vm: str, vcpu: int | None, memory: str | None, disk:
                         f"disk {format_size(info.disk_bytes)}")
 
 
-def _age(info: VMInfo) -> str:
-    if info.created_at is None:
-        return ""
-    seconds = int(time.time() - info.created_at.timestamp())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-def _list(ctx: CliContext, as_json: bool, quiet: bool) -> None:
-    vms = ctx.client().get_model("/vms", VMList).vms
-    if as_json:
-        print_json([v.model_dump(mode="json") for v in vms])
-    elif quiet:
-        for v in vms:
-            click.echo(v.name)
-    else:
-        print_table(
-            ["NAME", "STATE", "IMAGE", "IP", "VCPU", "MEMORY", "DISK", "AGE"],
-            [[v.name, v.state, v.image_name or v.image_id, v.guest_ip or v.net_mode, v.vcpu,
-              f"{v.memory_mib}M", format_size(v.disk_bytes), _age(v)] for v in vms],
-        )
-
-
-@vm_group.command("list")
-@json_option
-@quiet_option
-@pass_ctx
-def vm_list(ctx: CliContext, as_json: bool, quiet: bool) -> None:
-    """List VMs.
-
-    \b
-    Example:
-      banger vm list -q
-    """
-    _list(ctx, as_json, quiet)
-
-
-@click.command("ps")
-@json_option
-@quiet_option
-@pass_ctx
-def ps(ctx: CliContext, as_json: bool, quiet: bool) -> None:
-    """List VMs (same as banger vm list).
-
-    \b
-    Example:
-      banger ps
-    """
-    _list(ctx, as_json, quiet)
-
-
-@vm_group.command("show")
+@click.command("show")
 @click.argument("vm")
 @json_option
 @pass_ctx
@@ -310,7 +256,7 @@ def vm_show(ctx: CliContext, vm: str, as_json: bool) -> None:
     ])
 
 
-@vm_group.command("logs")
+@click.command("logs")
 @click.argument("vm")
 @click.option("-f", "--follow", "follow_log", is_flag=True, help="Keep printing new output.")
 @pass_ctx
@@ -354,7 +300,7 @@ def _ssh_argv(ctx: CliContext, vm: str, command: tuple[str, ...], tty: bool) -> 
 
 
 # Options are parsed strictly up to "--": a mistyped flag is a usage error, never a command.
-@vm_group.command("ssh")
+@click.command("ssh")
 @click.argument("vm")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- CMD ...]")
 @pass_ctx
@@ -371,7 +317,7 @@ def vm_ssh(ctx: CliContext, vm: str, command: tuple[str, ...]) -> None:
     os.execvp(argv[0], argv)
 
 
-@vm_group.command("run")
+@click.command("run")
 @click.option("--rm", "remove", is_flag=True, help="Delete the VM afterwards (also on failure).")
 @click.option("--name", help="VM name (default: generated).")
 @click.option("--image", help="Image name or id (default: the default image).")

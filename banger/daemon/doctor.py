@@ -299,14 +299,6 @@ def check_busybox(ctx: DoctorContext) -> CheckResult:
     return CheckResult("busybox-static", CheckStatus.PASS, f"{found} is statically linked")
 
 
-def check_nft(ctx: DoctorContext) -> CheckResult:
-    if probes.have_nft(ctx.host.search_path):
-        return CheckResult("nftables", CheckStatus.PASS, "nft found")
-    return CheckResult(
-        "nftables", CheckStatus.WARN, "nft not found (needed for --nat)", hint=_apt("nftables")
-    )
-
-
 def check_ssh(ctx: DoctorContext) -> CheckResult:
     use = "needed to reach guests"
     return _tools(ctx, "ssh client", ("ssh", "ssh-keygen"), "openssh-client", use, CheckStatus.FAIL)
@@ -323,7 +315,6 @@ CHECKS: list[Check] = [
     check_mmdebstrap,
     check_skopeo,
     check_busybox,
-    check_nft,
     check_ssh,
 ]
 

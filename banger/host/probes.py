@@ -84,11 +84,6 @@ def have_tool(name: str, search_path: str | None = None) -> bool:
     return find_tool(name, search_path) is not None
 
 
-def have_nft(search_path: str | None = None) -> bool:
-    """True when the nftables CLI is installed."""
-    return have_tool("nft", search_path)
-
-
 def qemu_binary(search_path: str | None = None) -> Path | None:
     """Path of ``qemu-system-x86_64``, or None."""
     return find_tool(QEMU_SYSTEM, search_path)

@@ -35,6 +35,7 @@ class FakeDaemon:
     socket: Path
     answers: dict[str, Answer]
     seen: list[str] = field(default_factory=list)
+    bodies: dict[str, bytes] = field(default_factory=dict)  # the last body per "METHOD /path"
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -50,7 +51,7 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         length = int(self.headers.get("Content-Length") or 0)
         if length:
-            self.rfile.read(length)
+            fake.bodies[f"{self.command} {self.path}"] = self.rfile.read(length)
         fake.seen.append(f"{self.command} {self.path}")
         answer = fake.answers.get(f"{self.command} {self.path}", Answer(404, b"no such thing",
                                                                           "text/plain"))

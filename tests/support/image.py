@@ -3,7 +3,8 @@
 ``ensure_test_image()`` builds the golden image into
 ``~/.cache/banger-test/images/<key>/``; the key hashes ``banger/guest/`` and the
 image builder, so a change to what goes into the guest rebuilds it. Without
-network (tests run in a network namespace) it reuses the cache or skips.
+network (tests run in a network namespace) it reuses the cache; a build that
+fails is an error (``tests/support/hostcheck.py``), never a skip.
 
 ``boot_guest()`` boots kernel + image with banger's own QEMU command line
 (``vmm.qemu.qemu_argv`` on a ``VMSpec``: microvm, TCG, user-mode networking
@@ -34,6 +35,7 @@ from banger.host.ssh import ensure_ssh_key
 from banger.images.guest_bits import LEAN_INIT
 from banger.images.manifest import ROOTFS_NAME, read_manifest
 from banger.vmm.qemu import qemu_argv
+from tests.support.hostcheck import artifact_failed
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_CACHE = Path(os.environ.get("BANGER_TEST_CACHE", Path.home() / ".cache" / "banger-test"))
@@ -61,14 +63,6 @@ def image_key() -> str:
     return h.hexdigest()[:16]
 
 
-def _skip_or_raise(message: str, exc: BaseException) -> None:
-    if "pytest" in sys.modules:
-        import pytest
-
-        pytest.skip(f"{message}: {exc}")
-    raise RuntimeError(message) from exc
-
-
 def ensure_test_image() -> Path:
     """The directory of the cached test image (rootfs.ext4, work-seed.ext4, image.json)."""
     from banger.images.build import build_image
@@ -84,7 +78,7 @@ def ensure_test_image() -> Path:
         try:
             manifest = build_image("banger-test", IMAGES_DIR, kernel_name="debian-cloud")
         except (BangerError, OSError) as exc:
-            _skip_or_raise("the test image is not cached and could not be built", exc)
+            artifact_failed("the test image", exc)
         os.rename(IMAGES_DIR / manifest.id, final)
         for stale in IMAGES_DIR.iterdir():
             if stale.is_dir() and stale != final and not stale.name.startswith("."):

@@ -4,34 +4,22 @@ Callable before the tests run, with network::
 
     .venv/bin/python -c "from tests.support.kernel import ensure_test_kernel as e; print(e())"
 
-and from tests, where without network it reuses the cache or skips the test.
+and from tests, where without network it reuses the cache; a fetch that fails
+is an error (``tests/support/hostcheck.py``), never a skip.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
-from typing import NoReturn
 
 from banger.core.errors import BangerError
+from tests.support.hostcheck import artifact_failed
 
 TEST_CACHE = Path(os.environ.get("BANGER_TEST_CACHE", Path.home() / ".cache" / "banger-test"))
 KERNELS_DIR = TEST_CACHE / "kernels"
 DEBS_DIR = TEST_CACHE / "debs"
 TEST_KERNEL = "debian-cloud"
-
-
-def _unavailable(what: str, exc: BaseException) -> NoReturn:
-    message = f"{what} is not cached and could not be fetched: {exc}"
-    hint = getattr(exc, "hint", None)
-    if hint:
-        message += f" ({hint})"
-    if "pytest" in sys.modules:
-        import pytest
-
-        pytest.skip(message)
-    raise RuntimeError(message) from exc
 
 
 def ensure_test_kernel() -> Path:
@@ -44,7 +32,7 @@ def ensure_test_kernel() -> Path:
     try:
         return pull_kernel(TEST_KERNEL, KERNELS_DIR, DEBS_DIR).path
     except (BangerError, OSError) as exc:
-        _unavailable(f"test kernel {TEST_KERNEL}", exc)
+        artifact_failed(f"test kernel {TEST_KERNEL}", exc)
 
 
 def ensure_kernel_deb() -> Path:
@@ -57,4 +45,4 @@ def ensure_kernel_deb() -> Path:
     try:
         return fetch_package(catalog_entry(TEST_KERNEL), DEBS_DIR)
     except (BangerError, OSError) as exc:
-        _unavailable("the test kernel .deb", exc)
+        artifact_failed("the test kernel .deb", exc)

@@ -3,7 +3,7 @@
     .venv/bin/python -m tests.support.prepare
 
 Run it before the real-VM tests, which run inside a network namespace and only
-reuse ``~/.cache/banger-test`` (they skip with a message when it is empty).
+reuse ``~/.cache/banger-test`` (they error, naming this command, when it is empty).
 """
 
 from __future__ import annotations

@@ -116,12 +116,23 @@ def test_a_plain_text_500_is_a_typed_error_with_the_op_id(dirs: Path) -> None:
     assert "Traceback" not in result.output
 
 
-def test_answers_banger_cannot_use_are_clear_errors(dirs: Path) -> None:
-    answers = {"GET /v1/vms": Answer.json({"vms": "nope"})}
+@pytest.mark.parametrize("quiet", [[], ["-q"]])
+@pytest.mark.parametrize("payload", [
+    {"vms": "nope"},
+    {"vms": [{"name": 7}]},
+    {"vms": [{"name": "box\x1b[2J"}]},
+    {"vms": [{"name": "box\nrm -rf /"}]},
+    ["vms"],
+])
+def test_answers_banger_cannot_use_are_clear_errors(
+    dirs: Path, payload: object, quiet: list[str]
+) -> None:
+    answers = {"GET /v1/vms": Answer.json(payload)}
     with fake_daemon(dirs / "runtime_dir" / "bangerd.sock", answers):
-        result = _run("vm", "list")
-    assert result.exit_code == 1
-    assert result.stderr.startswith("banger: bangerd answered /vms with unusable data: vms")
+        result = _run("vm", "list", *quiet)
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    assert result.stderr.startswith("banger: bangerd answered /vms with unusable data: ")
 
 
 def _target(dirs: Path, **override: object) -> dict[str, object]:

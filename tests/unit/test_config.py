@@ -113,3 +113,30 @@ def test_a_runtime_dir_too_long_for_a_socket_is_refused_naming_the_key(
     monkeypatch.setenv("XDG_RUNTIME_DIR", long_dir)
     with pytest.raises(InvalidInput, match="XDG_RUNTIME_DIR"):
         load_settings()
+
+
+@pytest.mark.parametrize("line, words", [
+    ("default_vcpu = true", "must be a whole number"),
+    ("default_vcpu = 2.5", "must be a whole number"),
+    ('daemon_start_timeout = "soon"', "must be a number of seconds"),
+    ("daemon_start_timeout = 0", "above 0"),
+    ("bridge_name = 5", "must be a string"),
+    ('bridge_name = "br;rm -rf"', "1-15 of"),
+    ('state_dir = "relative/dir"', "must be an absolute path"),
+])
+def test_a_value_of_the_wrong_kind_is_refused_naming_the_key(
+    config_path: Path, line: str, words: str
+) -> None:
+    config_path.write_text(line + "\n")
+    key = line.split()[0]
+    with pytest.raises(InvalidInput) as err:
+        load_settings()
+    assert err.value.message.startswith(f"config {config_path}: key '{key}': ")
+    assert words in err.value.message
+
+
+def test_settings_built_in_code_are_checked_too() -> None:
+    from banger.config import Settings
+
+    with pytest.raises(InvalidInput, match="key 'default_memory_mib': must be >= 128"):
+        Settings(default_memory_mib=64)

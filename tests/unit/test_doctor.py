@@ -15,7 +15,7 @@ from banger.daemon import doctor
 from banger.daemon.doctor import CheckResult, HostView, run_checks
 
 ALL_TOOLS = (
-    "mkfs.ext4", "debugfs", "e2fsck", "resize2fs", "mmdebstrap", "skopeo", "nft", "ssh",
+    "mkfs.ext4", "debugfs", "e2fsck", "resize2fs", "mmdebstrap", "skopeo", "ssh",
     "ssh-keygen",
 )  # fmt: skip
 
@@ -108,7 +108,7 @@ def test_healthy_host_passes_every_check(host: FakeHost) -> None:
     )
     assert list(results) == [
         "python", "store", "kvm", "qemu", "firecracker", "backend", "e2fsprogs", "mmdebstrap",
-        "skopeo", "busybox-static", "nftables", "ssh client",
+        "skopeo", "busybox-static", "ssh client",
     ]  # fmt: skip
     assert not doctor.any_failed(list(results.values()))
 
@@ -118,15 +118,15 @@ def test_one_row_per_registered_check(host: FakeHost) -> None:
 
 
 def test_results_serialise_to_json(host: FakeHost) -> None:
-    host.remove("nft")
+    host.remove("skopeo")
     rows = [r.to_dict() for r in host.results().values()]
     decoded = json.loads(json.dumps(rows))
-    nft = next(r for r in decoded if r["name"] == "nftables")
-    assert nft == {
-        "name": "nftables",
+    skopeo = next(r for r in decoded if r["name"] == "skopeo")
+    assert skopeo == {
+        "name": "skopeo",
         "status": "WARN",
-        "detail": "nft not found (needed for --nat)",
-        "hint": "install it: sudo apt-get install nftables",
+        "detail": "missing skopeo (needed to pull OCI images)",
+        "hint": "install it: sudo apt-get install skopeo",
     }
 
 
@@ -421,10 +421,8 @@ def test_missing_busybox_fails(host: FakeHost) -> None:
     assert row.status is CheckStatus.FAIL and "no busybox" in row.detail
 
 
-def test_missing_nft_warns(host: FakeHost) -> None:
-    host.remove("nft")
-    row = host.check("nftables")
-    assert row.status is CheckStatus.WARN and "--nat" in row.detail
+def test_no_check_for_nat_before_nat_exists(host: FakeHost) -> None:
+    assert not any("--nat" in r.detail or r.name == "nftables" for r in host.results().values())
 
 
 @pytest.mark.parametrize("tool", ["ssh", "ssh-keygen"])

@@ -98,9 +98,6 @@ def test_have_tool_finds_only_executables_on_the_given_path(tmp_path: Path) -> N
     assert probes.find_tool("skopeo", str(bin_dir)) == bin_dir / "skopeo"
     assert not probes.have_tool("notexec", str(bin_dir))
     assert not probes.have_tool("mmdebstrap", str(bin_dir))
-    assert not probes.have_nft(str(bin_dir))
-    stub(bin_dir, "nft", "exit 0")
-    assert probes.have_nft(str(bin_dir))
 
 
 def test_qemu_binary_and_version_come_from_the_path(tmp_path: Path) -> None:

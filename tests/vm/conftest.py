@@ -2,8 +2,12 @@
 
 Each test gets its own state/runtime dirs, bridge name and subnet. The factory
 owns every VM the test creates; at the end it deletes them, stops the daemon,
-and asserts that nothing is left: no VMM process, TAP, VM directory or row.
-Console and daemon logs are printed when a test fails.
+kills any VMM still naming the test's dirs by pid, removes the bridge, and then
+fails the test for anything that was left: a VMM process, TAP, VM directory or
+row. Console and daemon logs are printed when a test fails.
+
+A host without what real VMs need skips, naming it; a test kernel or image that
+cannot be made is an error (``tests/support/hostcheck.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BangerEnv
+from tests.support.hostcheck import kill_leftover_vmms, require_vm_host
 from tests.support.image import ensure_test_image
 from tests.support.kernel import ensure_kernel_deb
 
@@ -32,6 +37,7 @@ def _ok(result: subprocess.CompletedProcess[str]) -> str:
 @pytest.fixture(scope="session")
 def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A state.db that knows the test kernel and image (their files stay where imported)."""
+    require_vm_host()
     root = tmp_path_factory.mktemp("template")
     env = BangerEnv(root)
     try:
@@ -83,11 +89,6 @@ class VMFactory:
         return "\n".join(parts)
 
 
-def vmm_processes(marker: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "qemu-system" in line and marker in line]
-
-
 def bridge_ports(bridge: str) -> list[str]:
     out = subprocess.run(["ip", "-o", "link", "show", "master", bridge],
                          capture_output=True, text=True).stdout
@@ -111,11 +112,16 @@ def vms(tmp_path: Path, template_db: Path, request: pytest.FixtureRequest) -> It
         factory.banger("vm", "delete", name)
     leftover_rows = factory.rows()
     factory.banger("daemon", "stop")
-    assert leftover_rows == [], "VM rows left behind"
-    assert vmm_processes(str(tmp_path)) == [], "VMM processes left behind"
-    assert bridge_ports(bridge) == [], "TAPs left on the bridge"
-    assert not list((env.state_dir / "vms").glob("*")), "VM files left behind"
+    leaked_vmms = kill_leftover_vmms(str(tmp_path))
+    leftover_taps = bridge_ports(bridge)
     subprocess.run(["ip", "link", "delete", bridge], capture_output=True)
+    leaked = [what for what, found in (
+        (f"VMM processes (killed by pid): {leaked_vmms}", leaked_vmms),
+        (f"VM rows: {leftover_rows}", leftover_rows),
+        (f"TAPs on the bridge: {leftover_taps}", leftover_taps),
+        ("VM files", list((env.state_dir / "vms").glob("*"))),
+    ) if found]  # fmt: skip
+    assert not leaked, f"{request.node.nodeid} left behind: " + "; ".join(leaked)
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

@@ -1,17 +1,20 @@
-"""Finding, starting and stopping the user's bangerd from the client side."""
+"""Finding, starting and stopping the user's bangerd: the CLI's business, so it lives in cli/."""
 
 from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from banger.api.client import Client
-from banger.api.models import Ping
 from banger.config import Settings
 from banger.core.errors import DaemonNotRunning, Unavailable
 from banger.core.wait import poll_until
 from banger.host.private_dirs import ensure_private_dir
 from banger.host.proc import pid_alive, python_module_argv, send_signal, spawn_detached
+
+if TYPE_CHECKING:
+    from banger.api.models import Ping
 
 STOP_TIMEOUT = 15.0
 DriftHandler = Callable[[str], None]
@@ -26,6 +29,8 @@ def try_ping(client: Client) -> Ping | None:
 
 def start_daemon(settings: Settings, client: Client) -> tuple[Ping, bool]:
     """Start bangerd unless it answers already; return its ping and whether we started it."""
+    from banger.api.models import Ping
+
     ping = try_ping(client)
     if ping is not None:
         return ping, False
