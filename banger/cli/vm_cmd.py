@@ -307,7 +307,16 @@ def vm_show(ctx: CliContext, vm: str, as_json: bool) -> None:
         ("network", f"{v.net_mode}: {network}"), ("ip", v.guest_ip),
         ("ssh", f"{v.ssh_host}:{v.ssh_port}" if v.ssh_host else None), ("pid", v.pid),
         ("created", v.created_at), ("started", v.started_at), ("last error", v.last_error),
+        ("last change", _last_change(v)),
     ])
+
+
+def _last_change(v: VMInfo) -> str | None:
+    """When the VM entered its state, and why."""
+    if v.state_changed_at is None:
+        return v.state_reason
+    when = v.state_changed_at.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+    return f"{when}: {v.state_reason}" if v.state_reason else when
 
 
 @vm_group.command("logs")

@@ -2,7 +2,7 @@
 
 Every stage that acquires something registers its undo; a failure (or a
 cancel) unwinds them in reverse, and the row is the last thing to go. A row
-still marked ``creating`` after a daemon crash is removed by reconcile.
+still in state ``creating`` after a daemon crash is removed by reconcile.
 """
 
 from __future__ import annotations
@@ -117,9 +117,13 @@ class VMCreator:
                     self.vms.network.allocate_ip(vm.id)
                 with ctx.stage("disks"):
                     await self._make_disks(vm, image)
+                vm = self.store.vms.get_key(vm.id)
                 if plan.start:
-                    vm = await self.vms.boot(ctx, self.store.vms.get_key(vm.id), undo)
-                vm = self.store.vms.update(vm.id, spec={})
+                    vm = await self.vms.boot(ctx, vm, undo)
+                else:
+                    vm = self.store.vms.transition(
+                        vm, VMState.CREATED, reason="created without booting (--no-start)"
+                    )
                 undo.pop_all()
             return self.vms.info(vm).model_dump(mode="json")
 
@@ -144,10 +148,10 @@ class VMCreator:
                 disk_bytes=plan.disk_bytes,
                 image_id=image.id,
                 kernel_name=image.kernel_name or self._default_kernel(),
-                state=VMState.CREATED,
+                state=VMState.CREATING,
+                state_reason="create requested",
                 net_mode=self.vms.network.mode,
                 mac=allocate_mac(vm_id),
-                spec={"creating": True},
             )
         )
 

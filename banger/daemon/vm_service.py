@@ -42,7 +42,6 @@ log = structlog.get_logger("banger.daemon.vm_service")
 GRACEFUL_STOP_TIMEOUT = 10.0
 ACPI_STOP_TIMEOUT = 3.0
 SIGNALS = ("TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2", "ABRT")
-ACTIVE = (VMState.STARTING, VMState.RUNNING, VMState.STOPPING)
 VerbAct = Callable[[OperationContext, VMRecord], Awaitable[VMRecord]]
 
 
@@ -53,7 +52,8 @@ def vm_info(vm: VMRecord, network: VMNetwork, image_name: str | None = None) -> 
         image_name=image_name, kernel_name=vm.kernel_name, vcpu=vm.vcpu,
         memory_mib=vm.memory_mib, disk_bytes=vm.disk_bytes, net_mode=vm.net_mode,
         guest_ip=vm.guest_ip, ssh_host=host, ssh_port=port, tap_name=vm.tap_name, pid=vm.pid,
-        last_error=vm.last_error, created_at=vm.created_at, started_at=vm.started_at,
+        last_error=vm.last_error, state_reason=vm.state_reason,
+        state_changed_at=vm.state_changed_at, created_at=vm.created_at, started_at=vm.started_at,
     )
 
 
@@ -142,14 +142,20 @@ class VMService:
     async def boot(
         self, ctx: OperationContext, vm: VMRecord, undo: contextlib.AsyncExitStack
     ) -> VMRecord:
-        """Stages network, boot and ssh; every acquired resource registers its undo."""
+        """Stages network, boot and ssh; every acquired resource registers its undo.
+
+        A VM being created boots in state ``creating`` (reconcile removes it if the
+        daemon dies meanwhile); any other VM goes through ``starting``.
+        """
         files = self.files(vm)
+        if vm.state is not VMState.CREATING:
+            vm = self.store.vms.transition(
+                vm, VMState.STARTING, reason="start requested", last_error=None
+            )
         with ctx.stage("network"):
             net, tap, port = await self.network.attach(vm)
             undo.push_async_callback(self.network.detach, tap)
-            vm = self.store.vms.update(
-                vm.id, state=VMState.STARTING, last_error=None, tap_name=tap, ssh_port=port
-            )
+            vm = self.store.vms.update(vm.id, tap_name=tap, ssh_port=port)
             host, port = self.network.ssh_endpoint(vm)
             ssh.write_known_hosts(files.known_hosts, host, port, files.host_key_pub.read_bytes())
         with ctx.stage("boot"):
@@ -159,7 +165,9 @@ class VMService:
             vm = self.store.vms.update(vm.id, pid=handle.pid)
         with ctx.stage("ssh"):
             await self._wait_ssh(vm, host, port, handle)
-            vm = self.store.vms.update(vm.id, state=VMState.RUNNING, started_at=utcnow())
+            vm = self.store.vms.transition(
+                vm, VMState.RUNNING, reason="booted, sshd accepts our key", started_at=utcnow()
+            )
         self.watch(vm, handle)
         return vm
 
@@ -197,19 +205,19 @@ class VMService:
             pass
         async with self._locks[vm_id]:
             vm = self.store.vms.find_key(vm_id)
-            if vm is not None and vm.state in ACTIVE and vm.pid == handle.pid:
+            if vm is not None and vm.state.active and vm.pid == handle.pid:
                 log.info("VM exited on its own", vm=vm.name, pid=handle.pid)
-                await self._teardown(vm)
+                await self._teardown(vm, "its VMM exited on its own (guest poweroff or crash)")
         self._watchers.pop(vm_id, None)
 
-    async def _teardown(self, vm: VMRecord) -> VMRecord:
-        """Give back what a running VM holds and mark it stopped (idempotent)."""
+    async def _teardown(self, vm: VMRecord, reason: str) -> VMRecord:
+        """Give back what an active VM holds and mark it stopped because of ``reason``."""
         await ssh.close_master(ssh.control_path_for(self.files(vm).run_dir))
         await self.network.detach(vm.tap_name)
         with contextlib.suppress(BangerError):
             self.backend.cleanup(self.spec(vm))
-        return self.store.vms.update(
-            vm.id, state=VMState.STOPPED, pid=None, tap_name=None
+        return self.store.vms.transition(
+            vm, VMState.STOPPED, reason=reason, pid=None, tap_name=None
         )
 
     # -- verbs --------------------------------------------------------------------------
@@ -232,7 +240,7 @@ class VMService:
 
     def restart(self, ref: str) -> Work:
         async def restart(ctx: OperationContext, vm: VMRecord) -> VMRecord:
-            return await self._boot_or_stop(ctx, await self._stop_stage(ctx, vm))
+            return await self._boot_or_fail(ctx, await self._stop_stage(ctx, vm))
 
         return self._verb(ref, restart)
 
@@ -246,12 +254,14 @@ class VMService:
         async def kill(ctx: OperationContext, vm: VMRecord) -> VMRecord:
             with ctx.stage("signal", detail=sig.name):
                 handle = self.handle(vm)
-                if handle is None:
-                    return await self._teardown(vm) if vm.state in ACTIVE else vm
-                self.backend.kill(handle, sig)
-                if await self.backend.wait_exit(handle, timeout=5):
-                    vm = await self._teardown(vm)
-                return vm
+                if handle is not None:
+                    self.backend.kill(handle, sig)
+                    if not await self.backend.wait_exit(handle, timeout=5):
+                        return vm
+                if not vm.state.active:
+                    return vm
+                why = f"killed with {sig.name}" if handle else "its VMM was already gone"
+                return await self._teardown(vm, why)
 
         return self._verb(ref, kill)
 
@@ -266,11 +276,12 @@ class VMService:
     async def _start(self, ctx: OperationContext, vm: VMRecord) -> VMRecord:
         if vm.state is VMState.RUNNING and self.handle(vm):
             return vm
-        if vm.state in ACTIVE:  # a stale row: the VMM is gone
-            vm = await self._teardown(vm)
-        return await self._boot_or_stop(ctx, vm)
+        if vm.state.active:  # a stale row: the VMM is gone
+            vm = await self._teardown(vm, "its VMM was gone when start was asked")
+        return await self._boot_or_fail(ctx, vm)
 
-    async def _boot_or_stop(self, ctx: OperationContext, vm: VMRecord) -> VMRecord:
+    async def _boot_or_fail(self, ctx: OperationContext, vm: VMRecord) -> VMRecord:
+        """Boot; a failed boot is undone and leaves the VM in ``error``, saying why."""
         try:
             async with contextlib.AsyncExitStack() as undo:
                 vm = await self.boot(ctx, vm, undo)
@@ -278,9 +289,12 @@ class VMService:
                 return vm
         except BaseException as exc:
             message = exc.message if isinstance(exc, BangerError) else repr(exc)
-            self.store.vms.update(
-                vm.id, state=VMState.STOPPED, pid=None, tap_name=None, last_error=message
-            )
+            current = self.store.vms.find_key(vm.id)
+            if current is not None and current.state is VMState.STARTING:
+                self.store.vms.transition(
+                    current, VMState.ERROR, reason=f"start failed: {message}",
+                    pid=None, tap_name=None, last_error=message,
+                )
             raise
 
     async def _stop_stage(self, ctx: OperationContext, vm: VMRecord) -> VMRecord:
@@ -289,16 +303,17 @@ class VMService:
 
     async def _stop(self, vm: VMRecord) -> VMRecord:
         """Guest sync + poweroff over SSH, then ACPI powerdown, then SIGKILL."""
-        if vm.state not in ACTIVE:
+        if not vm.state.active:
             return vm
         handle = self.handle(vm)
         if handle is None:
-            return await self._teardown(vm)
-        vm = self.store.vms.update(vm.id, state=VMState.STOPPING)
+            return await self._teardown(vm, "its VMM was gone when stop was asked")
+        if vm.state is VMState.RUNNING:
+            vm = self.store.vms.transition(vm, VMState.STOPPING, reason="stop requested")
         await self._guest_poweroff(vm)
         if not await self.backend.wait_exit(handle, timeout=GRACEFUL_STOP_TIMEOUT):
             await self.backend.shutdown(handle, graceful=True, timeout=ACPI_STOP_TIMEOUT)
-        return await self._teardown(vm)
+        return await self._teardown(vm, "stopped on request")
 
     async def _guest_poweroff(self, vm: VMRecord) -> None:
         host, port = self.network.ssh_endpoint(vm)
@@ -335,7 +350,7 @@ class VMService:
             validate_memory_mib(memory_mib)
         new_disk = parse_size(disk, "disk") if disk is not None else None
         async with self.locked(ref) as vm:
-            if vm.state in ACTIVE:
+            if vm.state.active or vm.state is VMState.CREATING:
                 raise Conflict(
                     f"VM '{vm.name}' is {vm.state}", hint=f"stop it first: banger vm stop {vm.name}"
                 )
@@ -356,20 +371,26 @@ class VMService:
     async def reconcile(self) -> None:
         """Adopt VMs whose VMM provably runs; clean up the rest, and half-made creates."""
         for vm in self.store.vms.list():
-            if vm.spec.get("creating"):
+            if vm.state is VMState.CREATING:
                 log.warning("removing a VM whose create was interrupted", vm=vm.name)
                 await self.destroy(vm)
                 continue
-            if vm.state not in ACTIVE:
+            if not vm.state.active:
                 continue
             handle = self.handle(vm)
-            if handle is not None:
-                log.info("adopted running VM", vm=vm.name, pid=handle.pid)
-                vm = self.store.vms.update(vm.id, state=VMState.RUNNING, pid=handle.pid)
-                self.watch(vm, handle)
-            else:
+            if handle is None:
                 log.info("VM is gone; cleaning up", vm=vm.name)
-                await self._teardown(vm)
+                await self._teardown(vm, "its VMM was gone at daemon start")
+                continue
+            log.info("adopted running VM", vm=vm.name, pid=handle.pid)
+            if vm.state is VMState.RUNNING:
+                vm = self.store.vms.update(vm.id, pid=handle.pid)
+            else:
+                vm = self.store.vms.transition(
+                    vm, VMState.RUNNING, reason="its VMM runs: adopted at daemon start",
+                    pid=handle.pid,
+                )
+            self.watch(vm, handle)
         await self.network.reconcile()
 
     async def close(self) -> None:
