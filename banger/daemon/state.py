@@ -13,6 +13,7 @@ from banger.daemon.kernel_service import KernelService
 from banger.daemon.operations import OperationRegistry
 from banger.daemon.vm_create import VMCreator
 from banger.daemon.vm_network import VMNetwork
+from banger.daemon.vm_runtime import VMRuntime
 from banger.daemon.vm_service import VMService
 from banger.host import net
 from banger.store.db import Store
@@ -41,6 +42,6 @@ class Daemon:
         images = ImageService(store, kernels, paths.images, paths.cache_dir)
         owner = net.owner_alias(os.getuid(), str(paths.state_dir.resolve()))
         network = VMNetwork(store, settings.bridge_name, settings.bridge_cidr, owner)
-        vms = VMService(settings, store, network, QemuBackend(), choose_accel())
+        vms = VMService(VMRuntime(settings, store, network, QemuBackend(), choose_accel()))
         creator = VMCreator(vms, images)
         return cls(settings, store, operations, kernels, images, vms, creator, allowed_uids)

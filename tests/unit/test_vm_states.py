@@ -16,6 +16,7 @@ from banger.core.errors import Conflict
 from banger.core.states import VM_TRANSITIONS, NetMode, VMState
 from banger.core.wait import poll_until
 from banger.daemon.vm_network import VMNetwork
+from banger.daemon.vm_runtime import VMRuntime
 from banger.daemon.vm_service import VMService
 from banger.store import ImageRecord, KernelRecord, Store, VMRecord
 from banger.vmm.qemu import QemuBackend, ownership_markers
@@ -107,17 +108,17 @@ def service(store: Store, tmp_path: Path):
                         runtime_dir=tmp_path / "run")
     network = VMNetwork(store, settings.bridge_name, settings.bridge_cidr, "test-owner")
     network.mode = NetMode.USER  # no bridge: these tests touch no host network
-    return VMService(settings, store, network, QemuBackend(), "tcg")
+    return VMService(VMRuntime(settings, store, network, QemuBackend(), "tcg"))
 
 
 def stand_in_vmm(service: VMService, vm: VMRecord) -> subprocess.Popen[bytes]:
     """A process whose argv carries the VM's QMP socket and pidfile, as its QEMU's would."""
-    spec = service.spec(vm)
+    spec = service.rt.spec(vm)
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-c", "import time; time.sleep(60)", *ownership_markers(spec)]
     vmm = subprocess.Popen(argv)
     spec.pidfile.write_text(f"{vmm.pid}\n")
-    assert poll_until(lambda: service.handle(vm) is not None, timeout=10)
+    assert poll_until(lambda: service.rt.handle(vm) is not None, timeout=10)
     return vmm
 
 
@@ -125,7 +126,7 @@ def test_reconcile_removes_creates_adopts_live_vmms_and_stops_the_rest(
     service: VMService, store: Store
 ) -> None:
     half = add_vm(store, "half", VMState.CREATING)
-    service.files(half).dir.mkdir(parents=True)
+    service.rt.files(half).dir.mkdir(parents=True)
     live = add_vm(store, "live", VMState.STARTING)
     vmm = stand_in_vmm(service, live)
     gone = {s: add_vm(store, f"gone-{s}", s) for s in (VMState.RUNNING, VMState.STOPPING)}
@@ -138,7 +139,7 @@ def test_reconcile_removes_creates_adopts_live_vmms_and_stops_the_rest(
 
     try:
         asyncio.run(reconcile())
-        assert store.vms.find_key(half.id) is None and not service.files(half).dir.exists()
+        assert store.vms.find_key(half.id) is None and not service.rt.files(half).dir.exists()
         adopted = store.vms.get_key(live.id)
         assert (adopted.state, adopted.pid) == (VMState.RUNNING, vmm.pid)
         assert adopted.state_reason == "its VMM runs: adopted at daemon start"
@@ -157,12 +158,12 @@ def test_the_watcher_marks_a_vm_whose_vmm_exits_stopped_saying_why(
 ) -> None:
     vm = add_vm(store, "box", VMState.RUNNING)
     vmm = stand_in_vmm(service, vm)
-    handle = service.handle(vm)
+    handle = service.rt.handle(vm)
     assert handle is not None
     vm = store.vms.update(vm.id, pid=vmm.pid)
 
     async def watch_then_exit() -> None:
-        service.watch(vm, handle)
+        service.watcher.watch(vm, handle)
         vmm.kill()
         async with asyncio.timeout(10):
             while store.vms.get_key(vm.id).state is not VMState.STOPPED:
