@@ -18,6 +18,7 @@ from banger.cli.context import CliContext, json_option, pass_ctx, quiet_option
 from banger.cli.progress import follow
 from banger.cli.render import console, print_error, print_fields, print_json, print_table
 from banger.core.errors import BangerError, InvalidInput
+from banger.core.signals import VMM_SIGNALS
 from banger.core.sshcmd import ssh_argv
 from banger.core.validate import (
     format_size,
@@ -27,8 +28,6 @@ from banger.core.validate import (
     validate_new_name,
     validate_vcpu,
 )
-
-SIGNALS = ("TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2", "ABRT")
 
 
 @click.group("vm")
@@ -171,7 +170,7 @@ def vm_delete(ctx: CliContext, vms: tuple[str, ...]) -> None:
 
 @vm_group.command("kill")
 @click.option("--signal", "signame", default="KILL", show_default=True,
-              type=click.Choice(SIGNALS, case_sensitive=False), help="Signal for the VMM.")
+              type=click.Choice(VMM_SIGNALS, case_sensitive=False), help="Signal for the VMM.")
 @click.argument("vms", nargs=-1, required=True)
 @pass_ctx
 def vm_kill(ctx: CliContext, signame: str, vms: tuple[str, ...]) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from banger.api.models import VMCreateRequest
-from banger.core.errors import Conflict, InvalidInput, Unavailable
+from banger.core.errors import Conflict, InvalidInput
 from banger.core.names import generate_vm_name, new_id
 from banger.core.states import VMState
 from banger.core.validate import (
@@ -149,7 +149,7 @@ class VMCreator:
                 memory_mib=plan.memory_mib,
                 disk_bytes=plan.disk_bytes,
                 image_id=image.id,
-                kernel_name=image.kernel_name or self._default_kernel(),
+                kernel_name=self.rt.kernel(image).name,
                 state=VMState.CREATING,
                 state_reason="create requested",
                 net_mode=self.rt.network.mode,
@@ -157,19 +157,14 @@ class VMCreator:
             )
         )
 
-    def _default_kernel(self) -> str:
-        kernel = self.store.kernels.get_default()
-        if kernel is None:
-            raise Unavailable("no kernel", hint="pull one: banger kernel pull debian-cloud")
-        return kernel.name
-
     async def _make_disks(self, vm: VMRecord, image: ImageRecord) -> None:
         """Root overlay, and (in parallel) the work disk with our key and a fresh host key."""
         files = self.rt.files(vm)
         files.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         results = await asyncio.gather(
             asyncio.to_thread(
-                disks.create_root_overlay, image.path / ROOTFS_NAME, files.root, "qcow2"
+                disks.create_root_overlay, image.path / ROOTFS_NAME, files.root,
+                self.rt.backend.traits.root_overlay,
             ),
             asyncio.to_thread(self._make_work_disk, vm, image, files),
             return_exceptions=True,  # both must end before the undo removes their files

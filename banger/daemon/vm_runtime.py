@@ -15,30 +15,29 @@ from collections.abc import AsyncIterator
 
 from banger.api.models import VMInfo
 from banger.config import Settings
-from banger.core.errors import BangerError
+from banger.core.errors import BangerError, Unavailable
 from banger.core.states import VMState
-from banger.core.vmspec import Accel, NetSpec, VMSpec
+from banger.core.vmspec import NetSpec, VMSpec
 from banger.daemon.vm_layout import VMFiles, build_spec
 from banger.daemon.vm_network import VMNetwork
 from banger.store.db import Store
-from banger.store.records import VMRecord
+from banger.store.records import ImageRecord, KernelRecord, VMRecord
 from banger.vmm.base import Backend, Handle
 
 
 class VMRuntime:
     def __init__(
-        self, settings: Settings, store: Store, network: VMNetwork, backend: Backend, accel: Accel
+        self, settings: Settings, store: Store, network: VMNetwork, backend: Backend
     ) -> None:
         self.settings = settings
         self.paths = settings.paths
         self.store = store
         self.network = network
         self.backend = backend
-        self.accel = accel
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def files(self, vm: VMRecord) -> VMFiles:
-        return VMFiles.of(self.paths, vm.id)
+        return VMFiles.of(self.paths, vm.id, self.backend.traits.root_format)
 
     def info(self, vm: VMRecord) -> VMInfo:
         """The wire view of ``vm`` (its SSH endpoint only while it runs)."""
@@ -66,12 +65,23 @@ class VMRuntime:
         async with self._locks[vm.id]:
             yield self.store.vms.get_key(vm.id)
 
+    def kernel(self, image: ImageRecord, vm: VMRecord | None = None) -> KernelRecord:
+        """The kernel a VM boots: its own, else its image's, else the default one."""
+        name = (vm.kernel_name if vm else None) or image.kernel_name
+        if name is not None:
+            return self.store.kernels.get(name)
+        kernel = self.store.kernels.get_default()
+        if kernel is None:
+            raise Unavailable("no kernel", hint="pull one: banger kernel pull debian-cloud")
+        return kernel
+
     def spec(self, vm: VMRecord, net: NetSpec | None = None) -> VMSpec:
         """The backend's view of ``vm`` for one boot."""
         assert vm.image_id is not None
         image = self.store.images.get_key(vm.image_id)
-        kernel = self.store.kernels.get(vm.kernel_name or image.kernel_name or "")
-        return build_spec(vm, self.files(vm), image, kernel, net, self.accel)
+        backend = self.backend
+        kernel = self.kernel(image, vm)
+        return build_spec(vm, self.files(vm), image, kernel, net, backend.traits, backend.accel)
 
     def handle(self, vm: VMRecord) -> Handle | None:
         """The VM's running VMM, if it provably runs."""

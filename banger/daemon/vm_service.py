@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 from collections.abc import Awaitable, Callable
 from ipaddress import ip_address
 from pathlib import Path
@@ -19,6 +18,7 @@ import structlog
 
 from banger.api.models import SSHTarget
 from banger.core.errors import Conflict, GuestError, InvalidInput
+from banger.core.signals import parse_vmm_signal
 from banger.core.states import VMState
 from banger.core.validate import format_size, parse_size, validate_memory_mib, validate_vcpu
 from banger.daemon.operations import OperationContext, Work
@@ -32,8 +32,7 @@ from banger.store.records import VMRecord
 log = structlog.get_logger("banger.daemon.vm_service")
 
 GRACEFUL_STOP_TIMEOUT = 10.0
-ACPI_STOP_TIMEOUT = 3.0
-SIGNALS = ("TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2", "ABRT")
+VMM_STOP_TIMEOUT = 3.0
 VerbAct = Callable[[OperationContext, VMRecord], Awaitable[VMRecord]]
 
 
@@ -108,11 +107,7 @@ class VMService:
         return self._verb(ref, restart)
 
     def kill(self, ref: str, signame: str) -> Work:
-        if signame.upper().removeprefix("SIG") not in SIGNALS:
-            raise InvalidInput(
-                f"unknown signal {signame!r}", hint=f"use one of: {' '.join(SIGNALS)}"
-            )
-        sig = signal.Signals[f"SIG{signame.upper().removeprefix('SIG')}"]
+        sig = parse_vmm_signal(signame)
 
         async def kill(ctx: OperationContext, vm: VMRecord) -> VMRecord:
             with ctx.stage("signal", detail=sig.name):
@@ -144,11 +139,12 @@ class VMService:
         return await self.booter.boot_or_fail(ctx, vm)
 
     async def _stop_stage(self, ctx: OperationContext, vm: VMRecord) -> VMRecord:
-        with ctx.stage("stop"):
+        how = f"poweroff over SSH, then {self.rt.backend.traits.guest_stop}, then SIGKILL"
+        with ctx.stage("stop", detail=how):
             return await self._stop(vm)
 
     async def _stop(self, vm: VMRecord) -> VMRecord:
-        """Guest sync + poweroff over SSH, then ACPI powerdown, then SIGKILL."""
+        """Guest sync + poweroff over SSH, then the backend's graceful stop, then SIGKILL."""
         if not vm.state.active:
             return vm
         handle = self.rt.handle(vm)
@@ -158,7 +154,7 @@ class VMService:
             vm = self.rt.store.vms.transition(vm, VMState.STOPPING, reason="stop requested")
         await self._guest_poweroff(vm)
         if not await self.rt.backend.wait_exit(handle, timeout=GRACEFUL_STOP_TIMEOUT):
-            await self.rt.backend.shutdown(handle, graceful=True, timeout=ACPI_STOP_TIMEOUT)
+            await self.rt.backend.shutdown(handle, graceful=True, timeout=VMM_STOP_TIMEOUT)
         return await self.watcher.teardown(vm, "stopped on request")
 
     async def _guest_poweroff(self, vm: VMRecord) -> None:

@@ -106,9 +106,9 @@ def test_of_many_racing_starts_exactly_one_wins(store: Store) -> None:
 def service(store: Store, tmp_path: Path):
     settings = Settings(state_dir=tmp_path / "state", cache_dir=tmp_path / "cache",
                         runtime_dir=tmp_path / "run")
-    network = VMNetwork(store, settings.bridge_name, settings.bridge_cidr, "test-owner")
-    network.mode = NetMode.USER  # no bridge: these tests touch no host network
-    return VMService(VMRuntime(settings, store, network, QemuBackend(), "tcg"))
+    network = VMNetwork(store, settings.bridge_name, settings.bridge_cidr, "test-owner",
+                        frozenset({NetMode.USER}))  # no bridge: these tests touch no host network
+    return VMService(VMRuntime(settings, store, network, QemuBackend()))
 
 
 def stand_in_vmm(service: VMService, vm: VMRecord) -> subprocess.Popen[bytes]:
