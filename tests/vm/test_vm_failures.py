@@ -74,3 +74,32 @@ def test_a_vmm_killed_behind_our_back_marks_the_vm_stopped(vms: VMFactory) -> No
     assert vms.show("doomed")["tap_name"] is None
     assert vms.ok("vm", "start", "doomed")
     assert vms.ssh("doomed", "true").returncode == 0
+
+
+def test_a_failed_start_leaves_the_vm_in_error_saying_why_and_a_later_start_boots(
+    vms: VMFactory, tmp_path: Path
+) -> None:
+    vms.create("flaky", "--no-start")
+    made = vms.show("flaky")
+    assert (made["state"], made["state_reason"]) == ("created", "created without booting "
+                                                     "(--no-start)")
+    vms.ok("daemon", "stop")
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    qemu = fake / "qemu-system-x86_64"
+    qemu.write_text("#!/bin/sh\necho 'qemu: could not load kernel' >&2\nexit 1\n")
+    qemu.chmod(0o755)
+    vms.env.extra_env["PATH"] = f"{fake}:{os.environ['PATH']}"
+    result = vms.banger("vm", "start", "flaky")
+    assert result.returncode != 0 and "failed to start" in result.stderr
+    failed = vms.show("flaky")
+    assert failed["state"] == "error" and (failed["pid"], failed["tap_name"]) == (None, None)
+    reason = str(failed["state_reason"])
+    assert reason.startswith("start failed: ") and "could not load kernel" in reason
+    vms.ok("daemon", "stop")
+    del vms.env.extra_env["PATH"]
+    vms.ok("vm", "start", "flaky")
+    shown = vms.ok("vm", "show", "flaky")
+    assert "state:" in shown and "running" in shown
+    assert "booted, sshd accepts our key" in shown.split("last change:", 1)[1]
+    assert vms.ssh("flaky", "true").returncode == 0
