@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from banger.core.vmspec import RootDisk, TapNet, VMSpec
-from banger.daemon.vm_layout import tcg_cmdline
+from banger.daemon.vm_layout import boot_kernel, tcg_cmdline
 from banger.host import disks, ssh
 from banger.host.net import allocate_mac
-from banger.vmm.base import choose_accel
-from banger.vmm.qemu import qemu_argv
+from banger.store.records import KernelRecord
+from banger.vmm.factory import HostFacts
+from banger.vmm.qemu import QemuBackend, qemu_argv
 
 FLOOR_TAP = "bgbfloor0"
 SSH_POLL_S = 0.025
@@ -93,7 +94,8 @@ def _prepare(setup: FloorSetup, workdir: Path) -> tuple[Path, Path, Path]:
     key = workdir / "id_ed25519"
     pub = ssh.ensure_ssh_key(key)
     overlay, work = workdir / "root.qcow2", workdir / "work.ext4"
-    disks.create_root_overlay(setup.image_dir / "rootfs.ext4", overlay, "qcow2")
+    overlay_kind = QemuBackend.traits.root_overlay
+    disks.create_root_overlay(setup.image_dir / "rootfs.ext4", overlay, overlay_kind)
     seed = setup.image_dir / "work-seed.ext4"
     disks.create_work_disk(
         work, setup.disk_bytes, seed=seed if seed.exists() else None, authorized_keys=pub,
@@ -103,16 +105,17 @@ def _prepare(setup: FloorSetup, workdir: Path) -> tuple[Path, Path, Path]:
 
 
 def _spec(setup: FloorSetup, workdir: Path, overlay: Path, work: Path, tap: str) -> VMSpec:
-    accel = choose_accel()  # what the daemon picks on this host
-    vmlinux, initrd = setup.kernel_dir / "vmlinux", setup.kernel_dir / "initrd.img"
+    accel = HostFacts.probe().accel  # what the daemon picks on this host
+    kernel = KernelRecord("bench", "", "bench", setup.kernel_dir)
+    initrd = setup.kernel_dir / "initrd.img"
     return VMSpec(
         vm_id="benchfloor",
         name="benchfloor",
         vcpu=setup.vcpu,
         memory_mib=setup.memory_mib,
-        kernel=vmlinux if vmlinux.exists() else setup.kernel_dir / "vmlinuz",
+        kernel=boot_kernel(kernel, QemuBackend.traits),
         initrd=initrd if initrd.exists() else None,
-        root=RootDisk(overlay, "qcow2"),
+        root=RootDisk(overlay, QemuBackend.traits.root_format),
         work_disk=work,
         console_log=workdir / "console.log",
         vmm_log=workdir / "vmm.log",

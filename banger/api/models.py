@@ -181,6 +181,8 @@ class VMInfo(WireModel):
     tap_name: str | None
     pid: int | None
     last_error: str | None
+    state_reason: str | None = None  # why the last change of state happened
+    state_changed_at: datetime | None = None
     created_at: datetime | None
     started_at: datetime | None
 

@@ -69,20 +69,27 @@ def print_fields(fields: Sequence[tuple[str, Any]]) -> None:
     width = max((len(k) for k, _ in fields), default=0)
     out = console()
     for key, value in fields:
-        out.print(f"{key + ':':<{width + 1}} {'' if value is None else value}")
+        out.print(_plain(f"{key + ':':<{width + 1}} {'' if value is None else value}"))
 
 
 def print_error(exc: BangerError) -> None:
+    from rich.text import Text
+
     err = console(stderr=True)
-    op = f" [dim](op {exc.op_id})[/dim]" if exc.op_id else ""
-    err.print(f"banger: {_escape(exc.message)}{op}")
+    line = _plain(f"banger: {exc.message}")
+    if exc.op_id:
+        line.append(Text(f" (op {exc.op_id})", style="dim"))
+    err.print(line)
     if exc.hint:
-        err.print(f"  hint: {_escape(exc.hint)}")
+        err.print(_plain(f"  hint: {exc.hint}"))
 
 
 def warn(message: str) -> None:
-    console(stderr=True).print(f"banger: warning: {_escape(message)}")
+    console(stderr=True).print(_plain(f"banger: warning: {message}"))
 
 
-def _escape(text: str) -> str:
-    return text.replace("[", r"\[")
+def _plain(text: str) -> Text:
+    """Data printed literally: never read as rich markup (``[``, backslashes)."""
+    from rich.text import Text
+
+    return Text(text)

@@ -27,6 +27,7 @@ from banger.cli.context import CliContext, json_option, pass_ctx
 from banger.cli.progress import follow
 from banger.cli.render import console, print_error, print_fields, print_json
 from banger.core.errors import BangerError, InvalidInput
+from banger.core.signals import VMM_SIGNALS
 from banger.core.sshcmd import ssh_argv
 from banger.core.validate import (
     format_size,
@@ -36,8 +37,6 @@ from banger.core.validate import (
     validate_new_name,
     validate_vcpu,
 )
-
-SIGNALS = ("TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2", "ABRT")
 
 
 def _size_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -169,7 +168,7 @@ def vm_delete(ctx: CliContext, vms: tuple[str, ...]) -> None:
 
 @click.command("kill")
 @click.option("--signal", "signame", default="KILL", show_default=True,
-              type=click.Choice(SIGNALS, case_sensitive=False), help="Signal for the VMM.")
+              type=click.Choice(VMM_SIGNALS, case_sensitive=False), help="Signal for the VMM.")
 @click.argument("vms", nargs=-1, required=True)
 @pass_ctx
 def vm_kill(ctx: CliContext, signame: str, vms: tuple[str, ...]) -> None:
@@ -253,7 +252,16 @@ def vm_show(ctx: CliContext, vm: str, as_json: bool) -> None:
         ("network", f"{v.net_mode}: {network}"), ("ip", v.guest_ip),
         ("ssh", f"{v.ssh_host}:{v.ssh_port}" if v.ssh_host else None), ("pid", v.pid),
         ("created", v.created_at), ("started", v.started_at), ("last error", v.last_error),
+        ("last change", _last_change(v)),
     ])
+
+
+def _last_change(v: VMInfo) -> str | None:
+    """When the VM entered its state, and why."""
+    if v.state_changed_at is None:
+        return v.state_reason
+    when = v.state_changed_at.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+    return f"{when}: {v.state_reason}" if v.state_reason else when
 
 
 @click.command("logs")

@@ -119,7 +119,7 @@ class VMSpec:
     name: str
     vcpu: int
     memory_mib: int
-    kernel: Path  # bzImage / vmlinuz (QEMU)
+    kernel: Path  # in a form the backend boots (its traits.kernel_forms)
     root: RootDisk
     work_disk: Path
     console_log: Path
@@ -127,7 +127,6 @@ class VMSpec:
     run_dir: Path  # control socket and pidfile
     net: NetSpec | None = None
     initrd: Path | None = None
-    vmlinux: Path | None = None  # uncompressed kernel (Firecracker)
     accel: Accel = "tcg"
     init: str | None = None  # guest init override, passed as banger.init=
     cmdline_extra: tuple[str, ...] = ()
@@ -149,7 +148,6 @@ class VMSpec:
             "VMM log": self.vmm_log,
             "run dir": self.run_dir,
             "initrd": self.initrd,
-            "vmlinux": self.vmlinux,
         }
         for what, path in paths.items():
             if path is not None:

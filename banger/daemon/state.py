@@ -13,11 +13,11 @@ from banger.daemon.kernel_service import KernelService
 from banger.daemon.operations import OperationRegistry
 from banger.daemon.vm_create import VMCreator
 from banger.daemon.vm_network import VMNetwork
+from banger.daemon.vm_runtime import VMRuntime
 from banger.daemon.vm_service import VMService
 from banger.host import net
 from banger.store.db import Store
-from banger.vmm.base import choose_accel
-from banger.vmm.qemu import QemuBackend
+from banger.vmm.factory import HostFacts, backend_for
 
 
 @dataclass
@@ -40,7 +40,9 @@ class Daemon:
         kernels = KernelService(store, paths.kernels, paths.cache_dir)
         images = ImageService(store, kernels, paths.images, paths.cache_dir)
         owner = net.owner_alias(os.getuid(), str(paths.state_dir.resolve()))
-        network = VMNetwork(store, settings.bridge_name, settings.bridge_cidr, owner)
-        vms = VMService(settings, store, network, QemuBackend(), choose_accel())
+        backend = backend_for(settings.backend, HostFacts.probe())
+        network = VMNetwork(store, settings.bridge_name, settings.bridge_cidr, owner,
+                            backend.traits.net_kinds)
+        vms = VMService(VMRuntime(settings, store, network, backend))
         creator = VMCreator(vms, images)
         return cls(settings, store, operations, kernels, images, vms, creator, allowed_uids)

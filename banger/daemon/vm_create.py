@@ -2,7 +2,7 @@
 
 Every stage that acquires something registers its undo; a failure (or a
 cancel) unwinds them in reverse, and the row is the last thing to go. A row
-still marked ``creating`` after a daemon crash is removed by reconcile.
+still in state ``creating`` after a daemon crash is removed by reconcile.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from banger.api.models import VMCreateRequest
 from banger.core.defaults import DEFAULT_IMAGE_SOURCE
-from banger.core.errors import Conflict, InvalidInput, Unavailable
+from banger.core.errors import Conflict, InvalidInput
 from banger.core.names import generate_vm_name, new_id
 from banger.core.states import VMState
 from banger.core.validate import (
@@ -59,10 +59,12 @@ def _check_seed_fits(image: ImageRecord, disk_bytes: int) -> None:
 
 class VMCreator:
     def __init__(self, vms: VMService, images: ImageService) -> None:
-        self.vms = vms
+        self.rt = vms.rt
+        self.booter = vms.booter
+        self.watcher = vms.watcher
         self.images = images
-        self.store = vms.store
-        self.settings = vms.settings
+        self.store = vms.rt.store
+        self.settings = vms.rt.settings
 
     def plan(self, req: VMCreateRequest) -> CreatePlan:
         """Validate the request against the store and the host; nothing is created."""
@@ -106,23 +108,27 @@ class VMCreator:
         plan = self.plan(req)
         # Before any reservation: a bridge another daemon owns is refused here, as the
         # create's own error, and its subnet's addresses are never handed out twice.
-        await self.vms.network.claim_bridge()
+        await self.rt.network.claim_bridge()
 
         async def work(ctx: OperationContext) -> dict[str, Any]:
             image = plan.image or await self._default_image(ctx)
             vm_id = new_id()
-            async with self.vms.lock(vm_id), contextlib.AsyncExitStack() as undo:
+            async with self.rt.lock(vm_id), contextlib.AsyncExitStack() as undo:
                 with ctx.stage("reserve"):
                     vm = self._add_row(vm_id, plan, image)
-                    undo.push_async_callback(self.vms.destroy, vm)
-                    self.vms.network.allocate_ip(vm.id)
+                    undo.push_async_callback(self.watcher.destroy, vm)
+                    self.rt.network.allocate_ip(vm.id)
                 with ctx.stage("disks"):
                     await self._make_disks(vm, image)
+                vm = self.store.vms.get_key(vm.id)
                 if plan.start:
-                    vm = await self.vms.boot(ctx, self.store.vms.get_key(vm.id), undo)
-                vm = self.store.vms.update(vm.id, spec={})
+                    vm = await self.booter.boot(ctx, vm, undo)
+                else:
+                    vm = self.store.vms.transition(
+                        vm, VMState.CREATED, reason="created without booting (--no-start)"
+                    )
                 undo.pop_all()
-            return self.vms.info(vm).model_dump(mode="json")
+            return self.rt.info(vm).model_dump(mode="json")
 
         return plan, work
 
@@ -139,32 +145,27 @@ class VMCreator:
             VMRecord(
                 id=vm_id,
                 name=plan.name,
-                backend=self.vms.backend.name,
+                backend=self.rt.backend.name,
                 vcpu=plan.vcpu,
                 memory_mib=plan.memory_mib,
                 disk_bytes=plan.disk_bytes,
                 image_id=image.id,
-                kernel_name=image.kernel_name or self._default_kernel(),
-                state=VMState.CREATED,
-                net_mode=self.vms.network.mode,
+                kernel_name=self.rt.kernel(image).name,
+                state=VMState.CREATING,
+                state_reason="create requested",
+                net_mode=self.rt.network.mode,
                 mac=allocate_mac(vm_id),
-                spec={"creating": True},
             )
         )
 
-    def _default_kernel(self) -> str:
-        kernel = self.store.kernels.get_default()
-        if kernel is None:
-            raise Unavailable("no kernel", hint="pull one: banger kernel pull debian-cloud")
-        return kernel.name
-
     async def _make_disks(self, vm: VMRecord, image: ImageRecord) -> None:
         """Root overlay, and (in parallel) the work disk with our key and a fresh host key."""
-        files = VMFiles.of(self.settings.paths, vm.id)
+        files = self.rt.files(vm)
         files.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         results = await asyncio.gather(
             asyncio.to_thread(
-                disks.create_root_overlay, image.path / ROOTFS_NAME, files.root, "qcow2"
+                disks.create_root_overlay, image.path / ROOTFS_NAME, files.root,
+                self.rt.backend.traits.root_overlay,
             ),
             asyncio.to_thread(self._make_work_disk, vm, image, files),
             return_exceptions=True,  # both must end before the undo removes their files

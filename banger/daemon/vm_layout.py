@@ -6,10 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from banger.config import Paths
-from banger.core.vmspec import Accel, NetSpec, RootDisk, VMSpec
+from banger.core.vmspec import Accel, DiskFormat, NetSpec, RootDisk, VMSpec
 from banger.host.probes import host_tsc_khz
 from banger.host.ssh import HOST_KEY_FILE
+from banger.kernels.manifest import INITRD, VMLINUX, VMLINUZ
 from banger.store.records import ImageRecord, KernelRecord, VMRecord
+from banger.vmm.traits import BackendTraits, KernelForm
+
+# The file each kernel form is stored as in kernels_dir/<name>/.
+KERNEL_FILES = {KernelForm.VMLINUX: VMLINUX, KernelForm.BZIMAGE: VMLINUZ}
 
 
 @dataclass(frozen=True)
@@ -18,14 +23,15 @@ class VMFiles:
 
     dir: Path
     run_dir: Path
+    root_format: DiskFormat  # the backend's (traits.root_format)
 
     @classmethod
-    def of(cls, paths: Paths, vm_id: str) -> VMFiles:
-        return cls(paths.vms / vm_id, paths.runtime_dir / "vms" / vm_id)
+    def of(cls, paths: Paths, vm_id: str, root_format: DiskFormat) -> VMFiles:
+        return cls(paths.vms / vm_id, paths.runtime_dir / "vms" / vm_id, root_format)
 
     @property
     def root(self) -> Path:
-        return self.dir / "root.qcow2"
+        return self.dir / f"root.{self.root_format}"
 
     @property
     def work(self) -> Path:
@@ -60,28 +66,34 @@ def tcg_cmdline(accel: Accel) -> tuple[str, ...]:
     return (f"tsc_early_khz={khz}",) if khz else ()
 
 
+def boot_kernel(kernel: KernelRecord, traits: BackendTraits) -> Path:
+    """The stored kernel file the backend boots: its first preferred form that is stored.
+
+    With none stored, the last form's path, so the launch fails naming that file.
+    """
+    paths = [kernel.path / KERNEL_FILES[form] for form in traits.kernel_forms]
+    return next((p for p in paths if p.exists()), paths[-1])
+
+
 def build_spec(
     vm: VMRecord,
     files: VMFiles,
     image: ImageRecord,
     kernel: KernelRecord,
     net: NetSpec | None,
+    traits: BackendTraits,
     accel: Accel,
 ) -> VMSpec:
     """The backend's view of ``vm`` for one boot."""
-    kdir = kernel.path
-    # QEMU boots the uncompressed ELF (PVH) ~0.5 s faster under TCG than the bzImage.
-    vmlinux = kdir / "vmlinux"
-    initrd = kdir / "initrd.img"
+    initrd = kernel.path / INITRD
     return VMSpec(
         vm_id=vm.id,
         name=vm.name,
         vcpu=vm.vcpu,
         memory_mib=vm.memory_mib,
-        kernel=vmlinux if vmlinux.exists() else kdir / "vmlinuz",
-        vmlinux=vmlinux if vmlinux.exists() else None,
+        kernel=boot_kernel(kernel, traits),
         initrd=initrd if initrd.exists() else None,
-        root=RootDisk(files.root, "qcow2"),
+        root=RootDisk(files.root, files.root_format),
         work_disk=files.work,
         console_log=files.console_log,
         vmm_log=files.vmm_log,

@@ -1,4 +1,4 @@
-"""How a VM reaches the network: a TAP on banger's bridge, or QEMU user-mode networking.
+"""How a VM reaches the network: a TAP on banger's bridge, or the VMM's user-mode networking.
 
 TAP mode needs CAP_NET_ADMIN (root, or the root helper in a system install);
 without it VMs fall back to user-mode networking with SSH forwarded to a
@@ -28,13 +28,29 @@ log = structlog.get_logger("banger.daemon.vm_network")
 TAP_POOL_SIZE = 2
 
 
+def choose_net_mode(kinds: frozenset[NetMode], net_admin: bool) -> NetMode:
+    """TAP when the backend offers it and we may make TAPs, else the backend's user mode."""
+    if NetMode.TAP in kinds and (net_admin or NetMode.USER not in kinds):
+        return NetMode.TAP  # a TAP-only backend without CAP_NET_ADMIN fails at the bridge
+    if NetMode.USER in kinds:
+        return NetMode.USER
+    raise ValueError(f"a backend offers no network kind: {sorted(kinds)}")
+
+
 class VMNetwork:
-    def __init__(self, store: Store, bridge_name: str, bridge_cidr: str, owner: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        bridge_name: str,
+        bridge_cidr: str,
+        owner: str,
+        kinds: frozenset[NetMode],
+    ) -> None:
         self.store = store
         self.bridge_name = bridge_name
         self.bridge = ipaddress.IPv4Interface(bridge_cidr)
         self.owner = owner
-        self.mode = NetMode.TAP if net.have_net_admin() else NetMode.USER
+        self.mode = choose_net_mode(kinds, net.have_net_admin())
         self._pool: net.TapPool | None = None
         self._ready = asyncio.Lock()
 

@@ -30,7 +30,7 @@ LOG_CHUNK = 256 * 1024
 
 @router.get("/vms", response_model=VMList)
 async def list_vms(daemon: DaemonDep) -> VMList:
-    return VMList(vms=[daemon.vms.info(vm) for vm in daemon.store.vms.list()])
+    return VMList(vms=[daemon.vms.rt.info(vm) for vm in daemon.store.vms.list()])
 
 
 @router.post("/vms", response_model=Operation, status_code=202)
@@ -43,13 +43,13 @@ async def create_vm(body: VMCreateRequest, daemon: DaemonDep, request: Request) 
 
 @router.get("/vms/{ref}", response_model=VMInfo)
 async def show_vm(ref: Ref, daemon: DaemonDep) -> VMInfo:
-    return daemon.vms.info(daemon.store.vms.get(ref))
+    return daemon.vms.rt.info(daemon.store.vms.get(ref))
 
 
 @router.patch("/vms/{ref}", response_model=VMInfo)
 async def set_vm(ref: Ref, body: VMSetRequest, daemon: DaemonDep) -> VMInfo:
     vm = await daemon.vms.set(ref, body.vcpu, body.memory_mib, body.disk)
-    return daemon.vms.info(vm)
+    return daemon.vms.rt.info(vm)
 
 
 def _begin(daemon: DaemonDep, request: Request, kind: str, ref: str, work: Work) -> Operation:
@@ -97,7 +97,7 @@ async def vm_logs(
     ref: Ref, daemon: DaemonDep, offset: Annotated[int, Query(ge=0, le=SIZE_MAX)] = 0
 ) -> LogChunk:
     """The console log from ``offset`` (at most 256 KiB a call)."""
-    path = daemon.vms.files(daemon.store.vms.get(ref)).console_log
+    path = daemon.vms.rt.files(daemon.store.vms.get(ref)).console_log
     try:
         with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as f:
             f.seek(offset)

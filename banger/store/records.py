@@ -50,15 +50,15 @@ class VMRecord:
     disk_bytes: int
     image_id: str | None = None
     kernel_name: str | None = None
-    state: VMState = VMState.CREATED
+    state: VMState = VMState.CREATING
+    state_reason: str | None = None  # why the last transition happened
+    state_changed_at: datetime | None = None  # set by ``add`` and ``transition``
     net_mode: NetMode = NetMode.TAP
     guest_ip: str | None = None
     mac: str | None = None
     tap_name: str | None = None
     ssh_port: int | None = None
-    nat: bool = False
     pid: int | None = None
-    boot_id: str | None = None
     last_error: str | None = None
     spec: dict[str, Any] = field(default_factory=dict)
     created_at: datetime | None = None

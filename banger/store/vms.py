@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from banger.core.errors import BangerError, Conflict, NotFound, Unavailable
+from banger.core.states import check_vm_transition
 from banger.store.codec import Table, Violation, utcnow
 from banger.store.images import image_not_found
 from banger.store.kernels import kernel_not_found
@@ -20,13 +21,17 @@ VMS: Table[VMRecord] = Table(
     {
         "state": VMState,
         "net_mode": NetMode,
-        "nat": "bool",
         "spec": "json",
         "created_at": "time",
         "updated_at": "time",
         "started_at": "time",
+        "state_changed_at": "time",
     },
 )
+
+
+# Only ``transition`` writes these.
+STATE_FIELDS = frozenset({"state", "state_reason", "state_changed_at"})
 
 
 def vm_not_found(ref: str) -> NotFound:
@@ -42,7 +47,10 @@ class VMRepository(Repository[VMRecord]):
         """Insert a VM; Conflict when its name, IP or MAC is taken, NotFound image/kernel."""
         now = utcnow()
         record = dataclasses.replace(
-            record, created_at=record.created_at or now, updated_at=record.updated_at or now
+            record,
+            created_at=record.created_at or now,
+            updated_at=record.updated_at or now,
+            state_changed_at=record.state_changed_at or now,
         )
         self._insert(record, lambda v: self._explain(v, record))
         return self.get_key(record.id)
@@ -62,28 +70,38 @@ class VMRepository(Repository[VMRecord]):
             return self._select(order="created_at, name")
         return self._select("state = ?", (VMState(state).value,), order="created_at, name")
 
-    def update(
-        self, vm_id: str, *, expect_state: Iterable[VMState | str] | None = None, **fields: Any
-    ) -> VMRecord:
-        """Set ``fields`` on one VM (``updated_at`` too) and return the new row.
+    def update(self, vm_id: str, **fields: Any) -> VMRecord:
+        """Set ``fields`` (never the state: see ``transition``) and ``updated_at``."""
+        self._check_mutable(fields)
+        if STATE_FIELDS & fields.keys():
+            raise TypeError("vms: the state changes only through transition()")
+        return self._write(vm_id, None, fields)
 
-        With ``expect_state``, the update happens only if the VM is in one of those
-        states (compare-and-set), else Conflict: two requests cannot both win a
-        transition such as stopped -> starting.
+    def transition(self, seen: VMRecord, to: VMState, *, reason: str, **fields: Any) -> VMRecord:
+        """Move ``seen`` to state ``to`` (with ``fields``), recording when and why.
+
+        A compare-and-set: it happens only if the VM is still in the state the caller
+        saw (``seen.state``), else Conflict, so two requests cannot both win one
+        transition; and only along ``VM_TRANSITIONS``, else Conflict.
         """
         self._check_mutable(fields)
+        if STATE_FIELDS & fields.keys():
+            raise TypeError("vms: pass the new state as `to` and the cause as `reason`")
+        change = {"state": to, "state_reason": reason, "state_changed_at": utcnow()}
+        return self._write(seen.id, seen.state, {**fields, **change})
+
+    def _write(self, vm_id: str, expect: VMState | None, fields: dict[str, Any]) -> VMRecord:
         with self._store.transaction() as conn:
             current = self._select_one("id = ?", (vm_id,), conn)
             if current is None:
                 raise vm_not_found(vm_id)
-            if expect_state is not None:
-                allowed = {VMState(s) for s in expect_state}
-                if current.state not in allowed:
-                    wanted = " or ".join(sorted(allowed))
+            if expect is not None:
+                if current.state is not expect:
                     raise Conflict(
-                        f"VM '{current.name}' is {current.state}, not {wanted}",
+                        f"VM '{current.name}' is {current.state}, not {expect}",
                         hint=f"check its state: banger vm show {current.name}",
                     )
+                check_vm_transition(current.name, current.state, fields["state"])
             merged = dataclasses.replace(current, **fields)
             self._update(
                 conn, vm_id, {**fields, "updated_at": utcnow()}, lambda v: self._explain(v, merged)

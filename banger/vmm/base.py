@@ -2,8 +2,10 @@
 
 A backend turns a ``VMSpec`` into a running VMM process and back. It knows
 nothing about the store, TAPs or SSH: the daemon's services compose those.
-Readiness here means "the VMM process is up and its control socket
-answers"; "the guest's sshd accepts our key" is ``host/ssh.wait_for_ssh``.
+What it is (overlay format, kernel forms, network kinds...) is its ``traits``
+(``vmm/traits.py``); ``vmm/factory.py:backend_for`` picks one for the host.
+``launch`` returns once the VMM initialised; "the guest's sshd accepts our
+key" is ``host/ssh.wait_for_ssh``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 from banger.core.vmspec import Accel, VMSpec
 from banger.host.probes import have_usable_kvm
 from banger.vmm import proc
+from banger.vmm.traits import BackendTraits
 
 
 @dataclass(frozen=True)
@@ -55,13 +58,11 @@ class Backend(Protocol):
     """What the daemon needs from a VMM. Teardown methods are idempotent."""
 
     name: ClassVar[str]
+    traits: ClassVar[BackendTraits]
+    accel: Accel  # how guests run on this host (the factory decides: vmm/factory.py)
 
     async def launch(self, spec: VMSpec) -> Handle:
         """Start the VMM detached from the daemon; raise HostToolError with its log tail."""
-        ...
-
-    async def wait_ready(self, handle: Handle, *, timeout: float) -> None:
-        """Return once the VMM process runs and its control socket answers."""
         ...
 
     async def shutdown(self, handle: Handle, *, graceful: bool, timeout: float) -> StopOutcome:

@@ -27,12 +27,12 @@ from typing import ClassVar
 from qemu.qmp import QMPClient, QMPError
 
 from banger.core.errors import Conflict, HostToolError
-from banger.core.vmspec import TapNet, UserNet, VMSpec, kernel_cmdline
-from banger.core.wait import Backoff
+from banger.core.vmspec import Accel, TapNet, UserNet, VMSpec, kernel_cmdline
 from banger.host.files import open_nofollow, reset_file
 from banger.host.run import arun_to_log, require_tool
 from banger.vmm import proc
 from banger.vmm.base import Handle, StopOutcome, signal_handle
+from banger.vmm.traits import TRAITS, BackendTraits
 
 log = logging.getLogger("banger.vmm.qemu")
 
@@ -137,9 +137,17 @@ class QemuBackend:
     """``vmm.Backend`` for QEMU (see the module docstring for how it detaches)."""
 
     name: ClassVar[str] = "qemu"
+    traits: ClassVar[BackendTraits] = TRAITS["qemu"]
 
-    def __init__(self, qemu_binary: str | None = None, *, launch_timeout: float = LAUNCH_TIMEOUT):
+    def __init__(
+        self,
+        qemu_binary: str | None = None,
+        *,
+        accel: Accel = "tcg",
+        launch_timeout: float = LAUNCH_TIMEOUT,
+    ):
         self._binary = qemu_binary
+        self.accel = accel
         self.launch_timeout = launch_timeout
 
     @property
@@ -190,28 +198,6 @@ class QemuBackend:
                 reply = await qmp.execute("query-status")
         assert isinstance(reply, dict)
         return str(reply["status"])
-
-    async def wait_ready(self, handle: Handle, *, timeout: float) -> None:
-        """Return once the process runs and QMP answers ``query-status``."""
-        backoff = Backoff(timeout, interval=0.01, max_interval=0.2)
-        while True:
-            if not handle.running():
-                raise HostToolError(
-                    f"QEMU of VM {handle.vm_id} exited while starting",
-                    hint=f"see {handle.log_path}: {log_tail(handle.log_path)[-500:]}",
-                )
-            try:
-                await self.query_status(handle)
-                return
-            except (QMPError, OSError, TimeoutError) as exc:
-                pause = backoff.next_pause()
-                if pause is None:
-                    raise HostToolError(
-                        f"QEMU of VM {handle.vm_id} did not answer QMP within {timeout:.0f}s: "
-                        f"{exc}",
-                        hint=f"see {handle.log_path}",
-                    ) from exc
-            await asyncio.sleep(pause)
 
     async def shutdown(
         self, handle: Handle, *, graceful: bool = True, timeout: float = 10.0

@@ -96,7 +96,6 @@ def test_launch_query_adopt_kill_leaves_no_process(spec: VMSpec) -> None:
 
     async def scenario() -> tuple[Handle, str, Handle | None, bool, bool]:
         handle = await backend.launch(spec)
-        await backend.wait_ready(handle, timeout=10)
         status = await backend.query_status(handle)
         adopted = backend.adopt(spec.pidfile, spec)
         sent = backend.kill(handle, signal.SIGKILL)

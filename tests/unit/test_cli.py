@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import click
 import pytest
 from click.testing import CliRunner
 
 from banger.api.errors import error_from_response
+from banger.api.models import VMInfo
+from banger.cli import render
 from banger.cli.doctor_cmd import version_drift_check
 from banger.cli.main import cli
+from banger.cli.vm_cmd import _last_change
 from banger.core.errors import Conflict
 
 
@@ -62,3 +66,24 @@ def test_version_drift_check_warns_with_a_restart_hint() -> None:
     assert version_drift_check("1+a", "1+a").status == "PASS"
     drift = version_drift_check("1+a", "1+b")
     assert drift.status == "WARN" and "banger daemon stop" in (drift.hint or "")
+
+
+def test_data_that_looks_like_markup_is_printed_literally(capsys) -> None:
+    hostile = r"qemu: [/bold] [red]x\ end\\"
+    render.print_fields([("last error", hostile), ("pid", None)])
+    render.print_error(Conflict(hostile, hint=hostile, op_id="op1"))
+    render.warn(hostile)
+    out, err = capsys.readouterr()
+    assert out == f"last error: {hostile}\npid:        \n"
+    assert err == f"banger: {hostile} (op op1)\n  hint: {hostile}\nbanger: warning: {hostile}\n"
+
+
+def test_vm_show_prints_the_last_change_of_state_and_why() -> None:
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    fields = dict(id="a" * 12, name="box", state="error", backend="qemu", image_id=None,
+                  kernel_name=None, vcpu=1, memory_mib=256, disk_bytes=0, net_mode="user",
+                  guest_ip=None, ssh_port=None, tap_name=None, pid=None, last_error="boom",
+                  created_at=when, started_at=None)
+    shown = VMInfo(**fields, state_changed_at=when, state_reason="start failed: boom")
+    assert _last_change(shown) == "2026-01-02 03:04:05 UTC: start failed: boom"
+    assert _last_change(VMInfo(**fields)) is None  # an older daemon sends neither

@@ -113,17 +113,44 @@ def test_a_failing_migration_leaves_nothing_half_applied(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     Store.open(db_path).close()
-    broken = schema.Migration(2, "0002_broken.sql", "CREATE TABLE extra (a);\nNOT SQL;\n")
     shipped = schema.migrations()
+    last = len(shipped)
+    name = f"{last + 1:04d}_broken.sql"
+    broken = schema.Migration(last + 1, name, "CREATE TABLE extra (a);\nNOT SQL;\n")
     monkeypatch.setattr(schema, "migrations", lambda: (*shipped, broken))
     with pytest.raises(StoreError) as err:
         Store.open(db_path)
-    assert "0002_broken.sql" in err.value.message
-    assert "left unchanged at version 1" in (err.value.hint or "")
+    assert name in err.value.message
+    assert f"left unchanged at version {last}" in (err.value.hint or "")
     with _raw(db_path) as conn:
         assert "extra" not in schema.user_tables(conn)
-        assert schema.current_version(conn) == 1
+        assert schema.current_version(conn) == last
     conn.close()
+
+
+def test_migration_2_turns_the_creating_flag_into_a_state_and_drops_unused_columns(
+    db_path: Path,
+) -> None:
+    db_path.parent.mkdir()
+    with _raw(db_path) as conn:
+        schema.apply_pending(conn, upto=1)
+        row = ("'qemu', 1, 256, 0, 1, 'b1', '2024-01-01T00:00:00.000000+00:00', "
+               "'2024-01-02T00:00:00.000000+00:00'")
+        conn.execute(
+            "INSERT INTO vms (id, name, state, spec, backend, vcpu, memory_mib, disk_bytes, "
+            f"nat, boot_id, created_at, updated_at) VALUES "
+            f"('v1', 'half', 'starting', '{{\"creating\": true, \"k\": 1}}', {row}), "
+            f"('v2', 'made', 'running', '{{\"creating\": false}}', {row})"
+        )
+    conn.close()
+    with Store.open(db_path) as store:
+        half, made = store.vms.get("half"), store.vms.get("made")
+        columns = {r[1] for r in store.read("PRAGMA table_info(vms)")}
+    assert (half.state, half.spec) == ("creating", {"k": 1})
+    assert (made.state, made.spec) == ("running", {})
+    assert half.state_changed_at == half.updated_at and half.state_reason is None
+    assert {"state_reason", "state_changed_at"} <= columns
+    assert not {"nat", "boot_id"} & columns
 
 
 # -- unusable files are refused, never recreated ---------------------------------

@@ -178,20 +178,18 @@ def test_vm_round_trips_every_field(store: Store, with_image: ImageRecord) -> No
             kernel_name="debian-cloud",
             net_mode=NetMode.USER,
             ssh_port=2222,
-            nat=True,
             mac="52:54:00:00:00:01",
             tap_name="bgr-tap0",
             pid=4242,
-            boot_id="b1",
             spec={"packages": ["git"], "cmd": None},
             started_at=started,
         )
     )
     assert store.vms.get("box") == added == store.vms.get("vm-box")
-    assert added.state is VMState.CREATED and added.net_mode is NetMode.USER
-    assert added.nat is True and added.spec == {"packages": ["git"], "cmd": None}
+    assert added.state is VMState.CREATING and added.net_mode is NetMode.USER
+    assert added.spec == {"packages": ["git"], "cmd": None}
     assert added.started_at == started
-    assert added.created_at == added.updated_at
+    assert added.created_at == added.updated_at == added.state_changed_at
 
 
 def test_vm_with_a_taken_name_is_a_conflict(store: Store, with_image: ImageRecord) -> None:
@@ -234,8 +232,8 @@ def test_vm_update_changes_fields_and_bumps_updated_at(
     store: Store, with_image: ImageRecord
 ) -> None:
     added = store.vms.add(vm())
-    updated = store.vms.update(added.id, state=VMState.RUNNING, pid=99, spec={"a": 1})
-    assert (updated.state, updated.pid, updated.spec) == (VMState.RUNNING, 99, {"a": 1})
+    updated = store.vms.update(added.id, pid=99, spec={"a": 1})
+    assert (updated.state, updated.pid, updated.spec) == (VMState.CREATING, 99, {"a": 1})
     assert updated.updated_at is not None and added.updated_at is not None
     assert updated.updated_at > added.updated_at
     assert updated.created_at == added.created_at
@@ -247,13 +245,19 @@ def test_vm_update_changes_fields_and_bumps_updated_at(
         store.vms.update("vm-ghost", pid=1)
 
 
-def test_vm_update_with_expected_state_is_compare_and_set(
-    store: Store, with_image: ImageRecord
-) -> None:
-    store.vms.add(vm(state=VMState.STOPPED))
-    store.vms.update("vm-box", expect_state=[VMState.STOPPED], state=VMState.STARTING)
+def test_vm_update_never_changes_the_state(store: Store, with_image: ImageRecord) -> None:
+    added = store.vms.add(vm(state=VMState.STOPPED))
+    for field in ("state", "state_reason", "state_changed_at"):
+        with pytest.raises(TypeError, match="transition"):
+            store.vms.update(added.id, **{field: getattr(added, field)})
+    assert store.vms.get_key(added.id) == added
+
+
+def test_vm_transition_is_compare_and_set(store: Store, with_image: ImageRecord) -> None:
+    seen = store.vms.add(vm(state=VMState.STOPPED))
+    store.vms.transition(seen, VMState.STARTING, reason="start requested")
     with pytest.raises(Conflict, match="VM 'box' is starting, not stopped"):
-        store.vms.update("vm-box", expect_state=["stopped"], state=VMState.STARTING)
+        store.vms.transition(seen, VMState.STARTING, reason="a second start")
 
 
 def test_vm_list_filters_by_state_in_creation_order(store: Store, with_image: ImageRecord) -> None:

@@ -25,6 +25,16 @@ def _fails(vms: VMFactory, *args: str, needle: str, keep: tuple[str, ...] = ()) 
     return result.stderr
 
 
+def path_with_a_failing_vmm(tmp_path: Path) -> str:
+    """A PATH whose QEMU fails at once, the way a kernel it cannot load makes it."""
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    qemu = fake / "qemu-system-x86_64"
+    qemu.write_text("#!/bin/sh\necho 'qemu: could not load kernel' >&2\nexit 1\n")
+    qemu.chmod(0o755)
+    return f"{fake}:{os.environ['PATH']}"
+
+
 def test_reserve_failure_when_the_subnet_is_full(vms: VMFactory) -> None:
     vms.env.extra_env["BANGER_BRIDGE_CIDR"] = "172.31.5.1/30"  # room for one guest
     vms.create("first", "--no-start")
@@ -51,12 +61,7 @@ def test_network_failure_when_the_bridge_name_is_taken(vms: VMFactory) -> None:
 
 
 def test_boot_failure_when_the_vmm_dies_at_launch(vms: VMFactory, tmp_path: Path) -> None:
-    fake = tmp_path / "fakebin"
-    fake.mkdir()
-    qemu = fake / "qemu-system-x86_64"
-    qemu.write_text("#!/bin/sh\necho 'qemu: could not load kernel' >&2\nexit 1\n")
-    qemu.chmod(0o755)
-    vms.env.extra_env["PATH"] = f"{fake}:{os.environ['PATH']}"
+    vms.env.extra_env["PATH"] = path_with_a_failing_vmm(tmp_path)
     stderr = _fails(vms, "--name", "noboot", needle="failed to start")
     assert "could not load kernel" in stderr
 
@@ -74,3 +79,27 @@ def test_a_vmm_killed_behind_our_back_marks_the_vm_stopped(vms: VMFactory) -> No
     assert vms.show("doomed")["tap_name"] is None
     assert vms.ok("vm", "start", "doomed")
     assert vms.ssh("doomed", "true").returncode == 0
+
+
+def test_a_failed_start_leaves_the_vm_in_error_saying_why_and_a_later_start_boots(
+    vms: VMFactory, tmp_path: Path
+) -> None:
+    vms.create("flaky", "--no-start")
+    made = vms.show("flaky")
+    assert (made["state"], made["state_reason"]) == ("created", "created without booting "
+                                                     "(--no-start)")
+    vms.ok("daemon", "stop")
+    vms.env.extra_env["PATH"] = path_with_a_failing_vmm(tmp_path)
+    result = vms.banger("vm", "start", "flaky")
+    assert result.returncode != 0 and "failed to start" in result.stderr
+    failed = vms.show("flaky")
+    assert failed["state"] == "error" and (failed["pid"], failed["tap_name"]) == (None, None)
+    reason = str(failed["state_reason"])
+    assert reason.startswith("start failed: ") and "could not load kernel" in reason
+    vms.ok("daemon", "stop")
+    del vms.env.extra_env["PATH"]
+    vms.ok("vm", "start", "flaky")
+    shown = vms.ok("vm", "show", "flaky")
+    assert "state:" in shown and "running" in shown
+    assert "booted, sshd accepts our key" in shown.split("last change:", 1)[1]
+    assert vms.ssh("flaky", "true").returncode == 0

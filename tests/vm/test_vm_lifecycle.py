@@ -128,10 +128,10 @@ def test_daemon_killed_mid_create_leaves_nothing_after_restart(vms: VMFactory) -
     )
     db = vms.env.state_dir / "state.db"
 
-    def booting() -> bool:
+    def booting() -> bool:  # a create boots in state 'creating': its VMM has a pid
         with sqlite3.connect(db) as conn:
-            row = conn.execute("SELECT state FROM vms WHERE name='halfway'").fetchone()
-        return bool(row) and row[0] == "starting"
+            row = conn.execute("SELECT state, pid FROM vms WHERE name='halfway'").fetchone()
+        return bool(row) and row[0] == "creating" and row[1] is not None
 
     assert poll_until(booting, timeout=60)
     daemon_pid = vms.env.daemon_pid()

@@ -1,0 +1,85 @@
+"""Boot: a VM's row -> a running VMM whose sshd accepts our key (stages network, boot, ssh)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from banger.core.errors import BangerError
+from banger.core.states import VMState
+from banger.daemon.operations import OperationContext
+from banger.daemon.vm_runtime import VMRuntime
+from banger.daemon.vm_watch import VMWatcher
+from banger.host import ssh
+from banger.store.codec import utcnow
+from banger.store.records import VMRecord
+from banger.vmm.base import Handle
+
+
+class VMBooter:
+    def __init__(self, rt: VMRuntime, watcher: VMWatcher) -> None:
+        self.rt = rt
+        self.watcher = watcher
+
+    async def boot(
+        self, ctx: OperationContext, vm: VMRecord, undo: contextlib.AsyncExitStack
+    ) -> VMRecord:
+        """Stages network, boot and ssh; every acquired resource registers its undo.
+
+        A VM being created boots in state ``creating`` (reconcile removes it if the
+        daemon dies meanwhile); any other VM goes through ``starting``.
+        """
+        rt = self.rt
+        files = rt.files(vm)
+        if vm.state is not VMState.CREATING:
+            vm = rt.store.vms.transition(
+                vm, VMState.STARTING, reason="start requested", last_error=None
+            )
+        with ctx.stage("network"):
+            net, tap, port = await rt.network.attach(vm)
+            undo.push_async_callback(rt.network.detach, tap)
+            vm = rt.store.vms.update(vm.id, tap_name=tap, ssh_port=port)
+            host, port = rt.network.ssh_endpoint(vm)
+            ssh.write_known_hosts(files.known_hosts, host, port, files.host_key_pub.read_bytes())
+        with ctx.stage("boot"):
+            handle = await rt.backend.launch(rt.spec(vm, net))
+            undo.push_async_callback(rt.backend.shutdown, handle, graceful=False, timeout=0)
+            vm = rt.store.vms.update(vm.id, pid=handle.pid)
+        with ctx.stage("ssh"):
+            await self._wait_ssh(vm, host, port, handle)
+            vm = rt.store.vms.transition(
+                vm, VMState.RUNNING, reason="booted, sshd accepts our key", started_at=utcnow()
+            )
+        self.watcher.watch(vm, handle)
+        return vm
+
+    async def boot_or_fail(self, ctx: OperationContext, vm: VMRecord) -> VMRecord:
+        """Boot; a failed boot is undone and leaves the VM in ``error``, saying why."""
+        try:
+            async with contextlib.AsyncExitStack() as undo:
+                vm = await self.boot(ctx, vm, undo)
+                undo.pop_all()
+                return vm
+        except BaseException as exc:
+            message = exc.message if isinstance(exc, BangerError) else repr(exc)
+            current = self.rt.store.vms.find_key(vm.id)
+            if current is not None and current.state is VMState.STARTING:
+                self.rt.store.vms.transition(
+                    current, VMState.ERROR, reason=f"start failed: {message}",
+                    pid=None, tap_name=None, last_error=message,
+                )
+            raise
+
+    async def _wait_ssh(self, vm: VMRecord, host: str, port: int, handle: Handle) -> None:
+        """Until sshd accepts our key; leaves the shared SSH connection up where possible."""
+        files = self.rt.files(vm)
+        key = self.rt.paths.ssh_key
+        deadline = time.monotonic() + self.rt.settings.ssh_ready_timeout
+        control = ssh.control_path_for(files.run_dir)
+        if control is None:
+            await ssh.wait_for_ssh(host, port, key, known_hosts=files.known_hosts,
+                                   deadline=deadline, alive=handle.running)
+            return
+        await ssh.open_master(host, port, key, files.known_hosts, control,
+                              deadline=deadline, log_path=files.dir / "ssh.log",
+                              alive=handle.running)
