@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
 from banger.core.vmspec import Accel, VMSpec
+from banger.host import proc_identity as proc
 from banger.host.probes import have_usable_kvm
-from banger.vmm import proc
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,9 @@ from qemu.qmp import QMPClient, QMPError
 from banger.core.errors import Conflict, HostToolError
 from banger.core.vmspec import TapNet, UserNet, VMSpec, kernel_cmdline
 from banger.core.wait import Backoff
+from banger.host import proc_identity as proc
 from banger.host.files import open_nofollow, reset_file
 from banger.host.run import arun_to_log, require_tool
-from banger.vmm import proc
 from banger.vmm.base import Handle, StopOutcome, signal_handle
 
 log = logging.getLogger("banger.vmm.qemu")
