@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +23,7 @@ import structlog
 from banger.api.models import SSHTarget, VMInfo
 from banger.config import Settings
 from banger.core.errors import BangerError, Conflict, GuestError, InvalidInput
+from banger.core.signals import parse_signal
 from banger.core.states import VMState
 from banger.core.validate import format_size, parse_size, validate_memory_mib, validate_vcpu
 from banger.core.vmspec import Accel, NetSpec, VMSpec
@@ -41,7 +41,6 @@ log = structlog.get_logger("banger.daemon.vm_service")
 
 GRACEFUL_STOP_TIMEOUT = 10.0
 ACPI_STOP_TIMEOUT = 3.0
-SIGNALS = ("TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2", "ABRT")
 ACTIVE = (VMState.STARTING, VMState.RUNNING, VMState.STOPPING)
 VerbAct = Callable[[OperationContext, VMRecord], Awaitable[VMRecord]]
 
@@ -237,11 +236,7 @@ class VMService:
         return self._verb(ref, restart)
 
     def kill(self, ref: str, signame: str) -> Work:
-        if signame.upper().removeprefix("SIG") not in SIGNALS:
-            raise InvalidInput(
-                f"unknown signal {signame!r}", hint=f"use one of: {' '.join(SIGNALS)}"
-            )
-        sig = signal.Signals[f"SIG{signame.upper().removeprefix('SIG')}"]
+        sig = parse_signal(signame)
 
         async def kill(ctx: OperationContext, vm: VMRecord) -> VMRecord:
             with ctx.stage("signal", detail=sig.name):
