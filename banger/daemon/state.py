@@ -15,6 +15,7 @@ from banger.daemon.vm_create import VMCreator
 from banger.daemon.vm_network import VMNetwork
 from banger.daemon.vm_service import VMService
 from banger.host import net
+from banger.host.privileged import host_ops_for
 from banger.store.db import Store
 from banger.vmm.base import choose_accel
 from banger.vmm.qemu import QemuBackend
@@ -40,7 +41,8 @@ class Daemon:
         kernels = KernelService(store, paths.kernels, paths.cache_dir)
         images = ImageService(store, kernels, paths.images, paths.cache_dir)
         owner = net.owner_alias(os.getuid(), str(paths.state_dir.resolve()))
-        network = VMNetwork(store, settings.bridge_name, settings.bridge_cidr, owner)
-        vms = VMService(settings, store, network, QemuBackend(), choose_accel())
+        host_ops = host_ops_for()
+        network = VMNetwork(store, settings.bridge_name, settings.bridge_cidr, owner, host_ops)
+        vms = VMService(settings, store, network, QemuBackend(host_ops=host_ops), choose_accel())
         creator = VMCreator(vms, images)
         return cls(settings, store, operations, kernels, images, vms, creator, allowed_uids)
