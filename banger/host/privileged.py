@@ -67,7 +67,8 @@ class HostOps(Protocol):
     def signal_vmm(self, pid: int, start_time: int, markers: tuple[str, ...],
                    sig: signal.Signals) -> bool:
         """Send ``sig`` to the VMM ``pid`` started at ``start_time`` whose argv holds every
-        marker; False when it is gone, ``Forbidden`` when ``pid`` is another process."""
+        marker, one of them its pidfile; False when it is gone, ``Forbidden`` when ``pid``
+        is another process."""
         ...
 
 
@@ -116,7 +117,7 @@ def validate_markers(markers: object) -> tuple[str, ...]:
     if not any(_path_marker(m) for m in markers):
         raise InvalidInput(
             f"VMM markers {_show(markers)} name no path: they cannot prove a process is ours",
-            hint="pass the VMM's pidfile or control socket path as a marker",
+            hint="pass the VMM's pidfile path (as in its argv) as a marker",
         )
     return markers
 
