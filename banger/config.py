@@ -10,7 +10,6 @@ the settings, and pydantic's imports alone cost more than the rest of a
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import tomllib
@@ -21,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from banger.core.errors import InvalidInput
-from banger.core.validate import parse_size
+from banger.core.validate import parse_bridge_cidr, parse_size
 
 ENV_PREFIX = "BANGER_"
 CONFIG_ENV = "BANGER_CONFIG"
 SOCKET_NAME = "bangerd.sock"
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes, one of them the NUL
-BRIDGE_PREFIXES = range(8, 31)  # /31 and /32 leave no guest address
 _BRIDGE_NAME = re.compile(r"[a-zA-Z0-9_-]{1,15}", re.ASCII)
 
 
@@ -112,15 +110,9 @@ def _bridge_name(value: Any) -> str:
 def _bridge_cidr(value: Any) -> str:
     """An address with its prefix, e.g. 172.16.0.1/24: the bridge's, inside the subnet."""
     try:
-        iface = ipaddress.IPv4Interface(_string(value))
-    except ValueError as exc:
-        raise ValueError(f"not an IPv4 address/prefix such as 172.16.0.1/24 ({exc})") from None
-    if "/" not in value or iface.network.prefixlen not in BRIDGE_PREFIXES:
-        raise ValueError("needs a prefix length from /8 to /30, e.g. 172.16.0.1/24")
-    if iface.ip in (iface.network.network_address, iface.network.broadcast_address):
-        raise ValueError(
-            f"{iface.ip} is the subnet's network or broadcast address, not a host address"
-        )
+        parse_bridge_cidr(value)
+    except InvalidInput as exc:
+        raise ValueError(exc.message) from None
     return str(value)
 
 

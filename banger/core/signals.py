@@ -1,4 +1,4 @@
-"""The signals ``vm kill`` may send a VMM: one list for the CLI's choices and the daemon's check."""
+"""The signals banger sends a VM's VMM: one allowlist for the CLI, the daemon and the host seam."""
 
 from __future__ import annotations
 
@@ -7,11 +7,20 @@ import signal
 from banger.core.errors import InvalidInput
 
 VMM_SIGNALS = ("TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2", "ABRT")
+_ALLOWED = frozenset(signal.Signals[f"SIG{name}"] for name in VMM_SIGNALS)
+_RULE = f"use one of: {' '.join(VMM_SIGNALS)}"
 
 
 def parse_vmm_signal(name: str) -> signal.Signals:
     """``KILL``, ``sigkill``, ``SIGKILL`` -> SIGKILL; any other name is InvalidInput."""
     bare = name.upper().removeprefix("SIG")
     if bare not in VMM_SIGNALS:
-        raise InvalidInput(f"unknown signal {name!r}", hint=f"use one of: {' '.join(VMM_SIGNALS)}")
+        raise InvalidInput(f"unknown signal {name!r}", hint=_RULE)
     return signal.Signals[f"SIG{bare}"]
+
+
+def validate_signal(sig: object) -> signal.Signals:
+    """Return ``sig`` if it is an allowlisted ``signal.Signals`` member (never a bare number)."""
+    if not isinstance(sig, signal.Signals) or sig not in _ALLOWED:
+        raise InvalidInput(f"refusing to send signal {str(sig)[:40]!r} to a VMM", hint=_RULE)
+    return sig

@@ -6,6 +6,7 @@ stripped or lower-cased, so the name a user typed is the name stored.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import unicodedata
 from fractions import Fraction
@@ -202,3 +203,29 @@ def safe_relative_path(
     for part in parts:
         safe_component(part, where=where, hint=hint)
     return path
+
+
+BRIDGE_PREFIXES = range(8, 31)  # /31 and /32 leave no guest address
+_CIDR_RULE = "use the bridge's address and its subnet's prefix, e.g. 172.16.0.1/24"
+
+
+def parse_bridge_cidr(value: object) -> ipaddress.IPv4Interface:
+    """The bridge's address with its prefix (172.16.0.1/24): a host address of a /8-/30."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"invalid bridge_cidr {value!r}", hint=_CIDR_RULE)
+    try:
+        iface = ipaddress.IPv4Interface(value)
+    except ValueError as exc:
+        raise InvalidInput(
+            f"not an IPv4 address/prefix such as 172.16.0.1/24 ({exc})", hint=_CIDR_RULE
+        ) from None
+    if "/" not in value or iface.network.prefixlen not in BRIDGE_PREFIXES:
+        raise InvalidInput(
+            "needs a prefix length from /8 to /30, e.g. 172.16.0.1/24", hint=_CIDR_RULE
+        )
+    if iface.ip in (iface.network.network_address, iface.network.broadcast_address):
+        raise InvalidInput(
+            f"{iface.ip} is the subnet's network or broadcast address, not a host address",
+            hint=_CIDR_RULE,
+        )
+    return iface

@@ -16,6 +16,7 @@ from banger.daemon.vm_network import VMNetwork
 from banger.daemon.vm_runtime import VMRuntime
 from banger.daemon.vm_service import VMService
 from banger.host import net
+from banger.host.privileged import host_ops_for
 from banger.store.db import Store
 from banger.vmm.factory import HostFacts, backend_for
 
@@ -40,9 +41,10 @@ class Daemon:
         kernels = KernelService(store, paths.kernels, paths.cache_dir)
         images = ImageService(store, kernels, paths.images, paths.cache_dir)
         owner = net.owner_alias(os.getuid(), str(paths.state_dir.resolve()))
-        backend = backend_for(settings.backend, HostFacts.probe())
+        host_ops = host_ops_for()
+        backend = backend_for(settings.backend, HostFacts.probe(), host_ops)
         network = VMNetwork(store, settings.bridge_name, settings.bridge_cidr, owner,
-                            backend.traits.net_kinds)
+                            backend.traits.net_kinds, host_ops)
         vms = VMService(VMRuntime(settings, store, network, backend))
         creator = VMCreator(vms, images)
         return cls(settings, store, operations, kernels, images, vms, creator, allowed_uids)

@@ -2,7 +2,9 @@
 
 TAP mode needs CAP_NET_ADMIN (root, or the root helper in a system install);
 without it VMs fall back to user-mode networking with SSH forwarded to a
-loopback port (``vm show`` says which a VM has).
+loopback port (``vm show`` says which a VM has). Every privileged step (the
+bridge, TAPs, the reap) goes through the ``HostOps`` it is given, so it runs the
+same whichever transport (in-process or the root helper) carries it out.
 
 The bridge is this daemon's alone (see ``host.net``): it is claimed when a VM is
 created or first boots, and adopted (if it already exists) at daemon start, so a
@@ -20,6 +22,7 @@ from banger.core.errors import Conflict
 from banger.core.states import NetMode
 from banger.core.vmspec import NetSpec, TapNet, UserNet
 from banger.host import net
+from banger.host.privileged import HostOps
 from banger.store.db import Store
 from banger.store.records import VMRecord
 
@@ -45,12 +48,14 @@ class VMNetwork:
         bridge_cidr: str,
         owner: str,
         kinds: frozenset[NetMode],
+        ops: HostOps,
     ) -> None:
         self.store = store
         self.bridge_name = bridge_name
         self.bridge = ipaddress.IPv4Interface(bridge_cidr)
         self.owner = owner
-        self.mode = choose_net_mode(kinds, net.have_net_admin())
+        self.ops = ops
+        self.mode = choose_net_mode(kinds, ops.can_manage_network())
         self._pool: net.TapPool | None = None
         self._ready = asyncio.Lock()
 
@@ -64,10 +69,10 @@ class VMNetwork:
     def _make_pool(self) -> net.TapPool:
         """Bridge up and an empty pool (pyroute2 is blocking: run in a thread)."""
         self._claim()
-        return net.TapPool(self.bridge_name, size=TAP_POOL_SIZE)
+        return net.TapPool(self.ops, self.bridge_name, size=TAP_POOL_SIZE)
 
     def _claim(self, create: bool = True) -> bool:
-        return net.claim_bridge(self.bridge_name, str(self.bridge), self.owner, create=create)
+        return self.ops.claim_bridge(self.bridge_name, str(self.bridge), self.owner, create=create)
 
     async def claim_bridge(self) -> None:
         """TAP mode: make the bridge ours, or raise ``Conflict`` naming the config key to change."""
@@ -113,16 +118,16 @@ class VMNetwork:
             except Conflict as exc:  # refused again, to the user, at the first vm create
                 log.warning("not using the bridge", error=str(exc), hint=exc.hint)
                 return
-            for tap in net.taps_on_our_bridge(self.bridge_name, self.owner):
+            for tap in self.ops.taps_on_our_bridge(self.bridge_name, self.owner):
                 if tap not in in_use:
-                    net.delete_tap(tap)
+                    self.ops.delete_tap(tap)
 
         await asyncio.to_thread(reap)
 
     async def detach(self, tap_name: str | None) -> None:
         """Give back a VM's TAP (idempotent)."""
         if tap_name:
-            await asyncio.to_thread(net.delete_tap, tap_name)
+            await asyncio.to_thread(self.ops.delete_tap, tap_name)
 
     def ssh_endpoint(self, vm: VMRecord) -> tuple[str, int]:
         if vm.net_mode is NetMode.USER:

@@ -9,6 +9,10 @@ another interface already uses; two daemons on one bridge delete each other's
 TAPs and hand out the same guest addresses. The bridge's MAC is pinned
 (``bridge_mac``): a bridge without one takes the lowest MAC of its ports, so
 every TAP added or removed could move the gateway's MAC under running guests.
+
+The daemon reaches these functions only through ``host.privileged.HostOps``
+(in-process today, the root helper later); the TAP pool makes its TAPs through
+one too.
 """
 
 from __future__ import annotations
@@ -26,11 +30,16 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from banger.core.errors import Conflict, Forbidden, HostToolError, InvalidInput
+from banger.core.validate import parse_bridge_cidr
+
+if TYPE_CHECKING:
+    from banger.host.privileged import HostOps
 
 log = logging.getLogger("banger.host.net")
 
@@ -44,11 +53,12 @@ CAP_NET_ADMIN = 12
 GUEST_MAC_OCTET = 0x02
 BRIDGE_MAC_OCTET = 0x06
 OWNER_PREFIX = "banger:"
+_OWNER_RE = re.compile(rf"{OWNER_PREFIX}[0-9]{{1,10}}:[0-9a-f]{{12}}", re.ASCII)
 
 
 def validate_tap_name(name: str) -> str:
     """Return ``name`` if it is one of ours (``bgt`` + hex, at most 15 chars), else raise."""
-    if not _TAP_RE.fullmatch(name):
+    if not isinstance(name, str) or not _TAP_RE.fullmatch(name):
         raise InvalidInput(
             f"invalid TAP name {name!r}",
             hint=f"banger's TAPs are {TAP_PREFIX!r} plus 1-12 lowercase hex digits",
@@ -57,11 +67,21 @@ def validate_tap_name(name: str) -> str:
 
 
 def validate_bridge_name(name: str) -> str:
-    if not _BRIDGE_RE.fullmatch(name):
+    if not isinstance(name, str) or not _BRIDGE_RE.fullmatch(name):
         raise InvalidInput(
             f"invalid bridge name {name!r}", hint="use 1-15 letters, digits, '_' or '-'"
         )
     return name
+
+
+def validate_owner(owner: str) -> str:
+    """Return ``owner`` if it has the grammar of ``owner_alias``, else raise."""
+    if not isinstance(owner, str) or not _OWNER_RE.fullmatch(owner):
+        raise InvalidInput(
+            f"invalid bridge owner {owner!r}",
+            hint=f"a bridge owner is {OWNER_PREFIX!r}<uid>:<12 hex digits> (see owner_alias)",
+        )
+    return owner
 
 
 def new_tap_name() -> str:
@@ -133,13 +153,12 @@ def _kind(link: object) -> str | None:
     return link.get(("linkinfo", "kind"))  # type: ignore[attr-defined]
 
 
-def _parse_cidr(cidr: str) -> ipaddress.IPv4Interface:
+def parse_cidr(cidr: str) -> ipaddress.IPv4Interface:
+    """The bridge's address and prefix, by the config's grammar, naming the key on refusal."""
     try:
-        return ipaddress.IPv4Interface(cidr)
-    except ValueError as exc:
-        raise InvalidInput(
-            f"invalid bridge_cidr {cidr!r}: {exc}", hint="use an address and prefix: 172.16.0.1/24"
-        ) from exc
+        return parse_bridge_cidr(cidr)
+    except InvalidInput as exc:
+        raise InvalidInput(f"invalid bridge_cidr {cidr!r}: {exc.message}", hint=exc.hint) from None
 
 
 def _link_addresses(ipr: IPRoute, index: int | None = None) -> list[tuple[int, str, int]]:
@@ -228,7 +247,8 @@ def claim_bridge(name: str, cidr: str, owner: str, *, create: bool = True) -> bo
     ``create=False`` an absent bridge is left absent (returns False).
     """
     validate_bridge_name(name)
-    iface = _parse_cidr(cidr)
+    validate_owner(owner)
+    iface = parse_cidr(cidr)
     mac = bridge_mac(name, owner)
     with _netlink(f"set up bridge {name}") as ipr:
         idx = _index(ipr, name)
@@ -310,6 +330,7 @@ def taps_on_our_bridge(bridge: str, owner: str) -> list[str]:
     that banger did not name.
     """
     validate_bridge_name(bridge)
+    validate_owner(owner)
     with _netlink(f"list TAPs on {bridge}") as ipr:
         idx = _index(ipr, bridge)
         if idx is None or ipr.get_links(idx)[0].get("ifalias") != owner:
@@ -327,12 +348,15 @@ class TapPool:
 
     ``acquire`` is instant when the pool has one; call ``arefill`` (or ``fill``
     in a worker thread) afterwards, off the hot path. A released TAP is
-    deleted, not recycled, so no VM inherits another's TAP state.
+    deleted, not recycled, so no VM inherits another's TAP state. Every TAP is
+    made and deleted through ``ops`` (the privileged-operations seam).
     """
 
-    def __init__(self, bridge: str, size: int = 2, owner_uid: int | None = None) -> None:
+    def __init__(self, ops: HostOps, bridge: str, size: int = 2,
+                 owner_uid: int | None = None) -> None:
         if size < 0:
             raise InvalidInput(f"TAP pool size must be >= 0, got {size}")
+        self.ops = ops
         self.bridge = validate_bridge_name(bridge)
         self.size = size
         self.owner_uid = owner_uid
@@ -362,7 +386,7 @@ class TapPool:
                 self._pending += 1
             name = new_tap_name()
             try:
-                create_tap(name, self.bridge, self.owner_uid)
+                self.ops.create_tap(name, self.bridge, self.owner_uid)
             finally:
                 with self._lock:
                     self._pending -= 1
@@ -380,16 +404,16 @@ class TapPool:
             if self._idle:
                 return self._idle.pop(0)
         name = new_tap_name()
-        create_tap(name, self.bridge, self.owner_uid)
+        self.ops.create_tap(name, self.bridge, self.owner_uid)
         return name
 
     def release(self, name: str) -> None:
         """Delete a TAP a VM no longer uses (idempotent)."""
-        delete_tap(name)
+        self.ops.delete_tap(name)
 
     def drain(self) -> None:
         """Delete every idle TAP (daemon shutdown)."""
         with self._lock:
             names, self._idle = self._idle, []
         for name in names:
-            delete_tap(name)
+            self.ops.delete_tap(name)

@@ -11,7 +11,6 @@ key" is ``host/ssh.wait_for_ssh``.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,8 +19,8 @@ from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
 from banger.core.vmspec import Accel, VMSpec
+from banger.host import proc_identity as proc
 from banger.host.probes import have_usable_kvm
-from banger.vmm import proc
 from banger.vmm.traits import BackendTraits
 
 
@@ -69,7 +68,7 @@ class Backend(Protocol):
         """Stop the VMM: ACPI powerdown first when ``graceful``, then SIGKILL."""
         ...
 
-    def kill(self, handle: Handle, sig: int = signal.SIGKILL) -> bool:
+    def kill(self, handle: Handle, sig: signal.Signals = signal.SIGKILL) -> bool:
         """Send ``sig`` if the process is still this VM's; True when it was sent."""
         ...
 
@@ -88,17 +87,6 @@ class Backend(Protocol):
     def cleanup(self, spec: VMSpec) -> None:
         """Remove the runtime files (socket, pidfile) of a VMM that is gone."""
         ...
-
-
-def signal_handle(handle: Handle, sig: int) -> bool:
-    """Send ``sig`` to the handle's process only while it is provably the same process."""
-    if not handle.running():
-        return False
-    try:
-        os.kill(handle.pid, sig)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def choose_accel() -> Accel:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from banger.core.errors import InvalidInput, Unavailable
 from banger.core.vmspec import Accel
+from banger.host.privileged import HostOps
 from banger.vmm.base import Backend, choose_accel
 from banger.vmm.qemu import QemuBackend
 from banger.vmm.traits import TRAITS
@@ -26,11 +27,14 @@ class HostFacts:
         return cls(accel=choose_accel())
 
 
-def backend_for(name: str, host: HostFacts) -> Backend:
-    """The backend called ``name`` (``auto``: the best this host can run), set up for ``host``."""
+def backend_for(name: str, host: HostFacts, ops: HostOps | None = None) -> Backend:
+    """The backend called ``name`` (``auto``: the best this host can run), set up for ``host``.
+
+    ``ops`` is the daemon's privileged seam, through which the backend signals its VMMs.
+    """
     chosen = IMPLEMENTED[0] if name == "auto" else name
     if chosen == "qemu":
-        return QemuBackend(accel=host.accel)
+        return QemuBackend(accel=host.accel, host_ops=ops)
     if chosen in TRAITS:
         raise Unavailable(
             f"the {chosen} backend is not in this release",

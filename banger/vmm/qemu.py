@@ -28,10 +28,11 @@ from qemu.qmp import QMPClient, QMPError
 
 from banger.core.errors import Conflict, HostToolError
 from banger.core.vmspec import Accel, TapNet, UserNet, VMSpec, kernel_cmdline
+from banger.host import proc_identity as proc
 from banger.host.files import open_nofollow, reset_file
+from banger.host.privileged import HostOps, host_ops_for
 from banger.host.run import arun_to_log, require_tool
-from banger.vmm import proc
-from banger.vmm.base import Handle, StopOutcome, signal_handle
+from banger.vmm.base import Handle, StopOutcome
 from banger.vmm.traits import TRAITS, BackendTraits
 
 log = logging.getLogger("banger.vmm.qemu")
@@ -145,10 +146,12 @@ class QemuBackend:
         *,
         accel: Accel = "tcg",
         launch_timeout: float = LAUNCH_TIMEOUT,
+        host_ops: HostOps | None = None,
     ):
         self._binary = qemu_binary
         self.accel = accel
         self.launch_timeout = launch_timeout
+        self.host_ops = host_ops if host_ops is not None else host_ops_for()
 
     @property
     def binary(self) -> str:
@@ -224,9 +227,9 @@ class QemuBackend:
         self._remove_runtime_files(handle)
         return StopOutcome.KILLED
 
-    def kill(self, handle: Handle, sig: int = signal.SIGKILL) -> bool:
+    def kill(self, handle: Handle, sig: signal.Signals = signal.SIGKILL) -> bool:
         """Send ``sig`` while the pid is still this VM's QEMU; True when it was sent."""
-        return signal_handle(handle, sig)
+        return self.host_ops.signal_vmm(handle.pid, handle.start_time, handle.markers, sig)
 
     async def wait_exit(self, handle: Handle, *, timeout: float) -> bool:
         return await proc.wait_until_gone(

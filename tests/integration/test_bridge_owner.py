@@ -17,10 +17,12 @@ from pyroute2 import IPRoute
 
 from banger.core.errors import Conflict
 from banger.host import net
+from banger.host.privileged import host_ops_for
 from tests.conftest import BangerEnv
 from tests.support.netns import addresses, in_fresh_netns, links
 
 OWNER = net.owner_alias(0, "/test/state")
+OPS = host_ops_for()  # the daemon's seam: validated, in-process
 OTHER = net.owner_alias(1234, "/home/someone/state")
 CIDR = "172.30.5.1/24"
 LOW_MAC = "00:00:00:00:00:01"  # lower than any bridge MAC: a bridge without its own takes it
@@ -62,7 +64,7 @@ def _refusal(name: str, cidr: str, owner: str = OWNER) -> Conflict:
 def test_bridge_mac_stays_pinned_across_20_tap_pool_refills_and_drains() -> None:
     def body() -> dict[str, Any]:
         net.claim_bridge("bgbr0", CIDR, OWNER)
-        pool = net.TapPool("bgbr0", size=3)
+        pool = net.TapPool(OPS, "bgbr0", size=3)
         seen = {links()["bgbr0"]["address"]}
         for _ in range(20):
             pool.fill()
@@ -162,9 +164,9 @@ def test_an_absent_bridge_is_not_made_when_only_adopting() -> None:
 def test_reap_candidates_are_only_our_taps_on_our_bridge() -> None:
     def body() -> dict[str, list[str]]:
         net.claim_bridge("bgbra", "172.30.5.1/24", OTHER)
-        net.TapPool("bgbra", size=2).fill()
+        net.TapPool(OPS, "bgbra", size=2).fill()
         net.claim_bridge("bgbrb", "172.30.6.1/24", OWNER)
-        ours = net.TapPool("bgbrb", size=2)
+        ours = net.TapPool(OPS, "bgbrb", size=2)
         ours.fill()
         return {
             "ours": sorted(ours.idle),

@@ -10,9 +10,11 @@ from pyroute2 import IPRoute
 
 from banger.core.errors import Conflict, InvalidInput
 from banger.host import net
+from banger.host.privileged import host_ops_for
 from tests.support.netns import addresses, in_fresh_netns, links
 
 OWNER = net.owner_alias(0, "/test/state")
+OPS = host_ops_for()  # the daemon's seam: validated, in-process
 
 pytestmark = [
     pytest.mark.root,
@@ -80,7 +82,7 @@ def test_teardown_refuses_interfaces_that_are_not_ours() -> None:
 def test_pool_keeps_idle_taps_hands_one_out_refills_and_drains_to_nothing() -> None:
     def body() -> dict[str, Any]:
         net.claim_bridge("bgbr0", "172.16.5.1/24", OWNER)
-        pool = net.TapPool("bgbr0", size=3)
+        pool = net.TapPool(OPS, "bgbr0", size=3)
         made = pool.fill()
         idle_before = pool.idle
         taken = pool.acquire()
@@ -107,7 +109,7 @@ def test_pool_keeps_idle_taps_hands_one_out_refills_and_drains_to_nothing() -> N
 def test_pool_makes_a_tap_on_the_spot_when_empty() -> None:
     def body() -> tuple[str, list[str]]:
         net.claim_bridge("bgbr0", "172.16.5.1/24", OWNER)
-        pool = net.TapPool("bgbr0", size=0)
+        pool = net.TapPool(OPS, "bgbr0", size=0)
         return pool.acquire(), net.taps_on_our_bridge("bgbr0", OWNER)
 
     name, ours = in_fresh_netns(body)
@@ -124,3 +126,29 @@ def test_delete_bridge_is_idempotent() -> None:
 
 def test_the_host_namespace_is_untouched_by_these_tests() -> None:
     assert not [n for n in links() if n.startswith(("bgt", "bgbr"))]
+
+
+def test_the_seam_runs_the_real_operations_and_refuses_foreign_interfaces() -> None:
+    def body() -> dict[str, Any]:
+        lo = links()["lo"]
+        OPS.claim_bridge("bgbr0", "172.16.5.1/24", OWNER)
+        OPS.create_tap("bgt0b", "bgbr0", owner_uid=1000)
+        listed = OPS.taps_on_our_bridge("bgbr0", OWNER)
+        refusals = []
+        for call in (lambda: OPS.delete_tap("lo"), lambda: OPS.create_tap("lo", "bgbr0"),
+                     lambda: OPS.create_tap("bgt0c", "bgbr0", owner_uid=-1),
+                     lambda: OPS.claim_bridge("lo", "172.16.6.1/24", OWNER)):  # fmt: skip
+            try:
+                call()
+            except (InvalidInput, Conflict) as exc:
+                refusals.append(type(exc).__name__)
+        made = links()
+        deleted = OPS.delete_tap("bgt0b"), OPS.delete_tap("bgt0b")
+        return {"listed": listed, "refusals": refusals, "made": made, "deleted": deleted,
+                "lo": lo}  # fmt: skip
+
+    r = in_fresh_netns(body)
+    assert r["listed"] == ["bgt0b"] and r["made"]["bgt0b"]["owner"] == 1000
+    assert r["refusals"] == ["InvalidInput"] * 3 + ["Conflict"]  # lo: a name, not a bridge
+    assert "bgt0c" not in r["made"] and r["made"]["lo"] == r["lo"]
+    assert r["deleted"] == (True, False)

@@ -22,7 +22,7 @@ import pytest
 
 from banger.core.errors import Conflict, HostToolError
 from banger.core.vmspec import RootDisk, UserNet, VMSpec
-from banger.vmm import proc
+from banger.host import proc_identity as proc
 from banger.vmm.base import Backend, Handle, StopOutcome, launched
 from banger.vmm.qemu import QemuBackend
 

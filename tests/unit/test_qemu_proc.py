@@ -6,12 +6,12 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from banger.vmm import proc
+from banger.host import proc_identity as proc
+from tests.support.processes import spawn
 
 
 @pytest.mark.parametrize("text", ["", "abc", "-5", "0", "12 34"])
@@ -26,19 +26,6 @@ def test_pidfile_reads_a_pid_with_a_trailing_newline_and_missing_reads_none(
     (tmp_path / "pid").write_text("4242\n")
     assert proc.read_pidfile(tmp_path / "pid") == 4242
     assert proc.read_pidfile(tmp_path / "missing") is None
-
-
-def spawn(argv: list[str]) -> subprocess.Popen[bytes]:
-    """Start ``argv`` and wait (bounded) until /proc shows its new argv.
-
-    Popen returns once the exec is past its point of no return, a moment
-    before the kernel publishes the new argv in /proc/<pid>/cmdline.
-    """
-    child = subprocess.Popen(argv)
-    deadline = time.monotonic() + 5
-    while proc.cmdline(child.pid) != argv and time.monotonic() < deadline:
-        time.sleep(0.001)
-    return child
 
 
 def test_a_live_process_matches_only_with_its_start_time_and_markers(tmp_path: Path) -> None:

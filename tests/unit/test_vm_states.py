@@ -18,8 +18,10 @@ from banger.core.wait import poll_until
 from banger.daemon.vm_network import VMNetwork
 from banger.daemon.vm_runtime import VMRuntime
 from banger.daemon.vm_service import VMService
+from banger.host.privileged import CheckedHostOps
 from banger.store import ImageRecord, KernelRecord, Store, VMRecord
 from banger.vmm.qemu import QemuBackend, ownership_markers
+from tests.support.fake_host_ops import RecordingHostOps
 
 PAIRS = list(itertools.product(VMState, VMState))
 
@@ -107,7 +109,8 @@ def service(store: Store, tmp_path: Path):
     settings = Settings(state_dir=tmp_path / "state", cache_dir=tmp_path / "cache",
                         runtime_dir=tmp_path / "run")
     network = VMNetwork(store, settings.bridge_name, settings.bridge_cidr, "test-owner",
-                        frozenset({NetMode.USER}))  # no bridge: these tests touch no host network
+                        frozenset({NetMode.USER}),  # no bridge: these tests touch no host network
+                        CheckedHostOps(RecordingHostOps()))
     return VMService(VMRuntime(settings, store, network, QemuBackend()))
 
 

@@ -2,13 +2,15 @@
 
 A pid alone is not an identity (pids are reused), so a VMM is named by its
 pid, its start time (field 22 of /proc/<pid>/stat, in clock ticks since
-boot) and strings its command line must contain (its control socket path).
+boot) and strings its command line must contain (its control socket path);
+before a signal, its pidfile must also name it back (``pidfile_names``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -61,13 +63,29 @@ def is_running(pid: int, started: int, markers: Iterable[str]) -> bool:
     return all(any(m in arg for arg in argv) for m in markers)
 
 
+def _parse_pid(text: str) -> int | None:
+    text = text.strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
 def read_pidfile(path: Path) -> int | None:
     """The pid in ``path``, or None when the file is missing, empty or not a pid."""
     try:
-        text = path.read_text().strip()
+        return _parse_pid(path.read_text())
     except (FileNotFoundError, NotADirectoryError):
         return None
-    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def pidfile_names(path: Path, pid: int) -> bool:
+    """True when ``path`` is a regular file (not a symlink) holding exactly ``pid``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return False
+        return _parse_pid(f.read(32).decode("ascii", "replace")) == pid
 
 
 async def wait_until_gone(

@@ -1,0 +1,214 @@
+"""The privileged host operations behind one typed interface (DESIGN.md s.1).
+
+Everything banger does that needs root or CAP_NET_ADMIN goes through a
+``HostOps``: claiming the bridge, making and deleting TAPs, listing the TAPs a
+daemon may reap, and signalling a VMM it can prove is its own. Callers hold a
+``HostOps`` and never know which transport runs the operation, like mkosi's
+``sandbox=`` argument:
+
+- ``InProcessHostOps``: the daemon holds the privileges itself (root, as in CI,
+  or CAP_NET_ADMIN) and the operations run in its process. The only transport
+  today.
+- the ``bangerd-root`` client: the root helper of a system install, a second
+  implementation arriving with the privilege split; callers do not change.
+
+NAT rules, resolver routing and loop/dm devices (and, with Firecracker, jailer
+chroot staging) join this interface when they land, each with its validators.
+
+``CheckedHostOps`` validates every argument against a narrow grammar before
+any transport sees it (TAP names with our prefix, bridge names, CIDRs, owner
+aliases, uids, pids above 1, argv markers naming a path, allowlisted signals),
+and ``host_ops_for`` always wraps the transport in it; the root helper's server
+will wrap its in-process operations in it again. Blocking methods (netlink)
+belong in a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from banger.core.errors import Forbidden, InvalidInput
+from banger.core.signals import validate_signal
+from banger.host import net
+from banger.host import proc_identity as proc
+
+PID_MAX = 1 << 22  # the kernel's ceiling for /proc/sys/kernel/pid_max
+UID_MAX = (1 << 32) - 2  # (uid_t)-1 means "no uid"
+MARKER_MAX = 4096
+
+
+@runtime_checkable
+class HostOps(Protocol):
+    """The privileged subset of host operations; every transport implements all of it."""
+
+    def can_manage_network(self) -> bool:
+        """True when this transport can make bridges and TAPs (else: user-mode networking)."""
+        ...
+
+    def claim_bridge(self, name: str, cidr: str, owner: str, *, create: bool = True) -> bool:
+        """``host.net.claim_bridge``: bridge ``name`` up as ``owner``'s, carrying ``cidr``."""
+        ...
+
+    def create_tap(self, name: str, bridge: str, owner_uid: int | None = None) -> None:
+        """A persistent TAP ``name`` (our prefix) enslaved to ``bridge``, up."""
+        ...
+
+    def delete_tap(self, name: str) -> bool:
+        """Delete TAP ``name``; False when it did not exist."""
+        ...
+
+    def taps_on_our_bridge(self, bridge: str, owner: str) -> list[str]:
+        """Our-prefix TAPs on ``bridge`` when it is ``owner``'s: what a daemon may reap."""
+        ...
+
+    def signal_vmm(self, pid: int, start_time: int, markers: tuple[str, ...],
+                   sig: signal.Signals) -> bool:
+        """Send ``sig`` to the VMM ``pid`` started at ``start_time`` whose argv holds every
+        marker, one of them its pidfile; False when it is gone, ``Forbidden`` when ``pid``
+        is another process."""
+        ...
+
+
+def _show(value: object) -> str:
+    """``repr(value)``, cut short: a hostile argument never floods an error line."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _validate_int(value: object, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput(
+            f"invalid {what} {_show(value)}", hint=f"use an integer in {low}..{high}"
+        )
+    return value
+
+
+def validate_pid(pid: object) -> int:
+    """A pid banger may signal: never 0, init (1) or a negative process group."""
+    return _validate_int(pid, "pid", 2, PID_MAX)
+
+
+def validate_uid(uid: object) -> int | None:
+    """A TAP owner's uid, or None for root's."""
+    return None if uid is None else _validate_int(uid, "uid", 0, UID_MAX)
+
+
+def _path_marker(marker: str) -> bool:
+    """A normalised absolute path of at least two components (``/run/.../vmm.pid``)."""
+    return marker.startswith("/") and os.path.normpath(marker) == marker and marker.count("/") > 1
+
+
+def validate_markers(markers: object) -> tuple[str, ...]:
+    """The argv fragments proving a VMM ours: at least one names a file of ours by path.
+
+    With no markers any process started at the same tick would pass for the VMM;
+    with a marker like ``/`` any program run by path would.
+    """
+    if not isinstance(markers, tuple) or not all(
+        isinstance(m, str) and 0 < len(m) <= MARKER_MAX and "\0" not in m for m in markers
+    ):
+        raise InvalidInput(
+            f"invalid VMM markers {_show(markers)}",
+            hint=f"a tuple of 1-{MARKER_MAX} character strings without NUL",
+        )
+    if not any(_path_marker(m) for m in markers):
+        raise InvalidInput(
+            f"VMM markers {_show(markers)} name no path: they cannot prove a process is ours",
+            hint="pass the VMM's pidfile path (as in its argv) as a marker",
+        )
+    return markers
+
+
+class InProcessHostOps:
+    """``HostOps`` run in the daemon's own process (it holds the privileges)."""
+
+    def can_manage_network(self) -> bool:
+        return net.have_net_admin()
+
+    def claim_bridge(self, name: str, cidr: str, owner: str, *, create: bool = True) -> bool:
+        return net.claim_bridge(name, cidr, owner, create=create)
+
+    def create_tap(self, name: str, bridge: str, owner_uid: int | None = None) -> None:
+        net.create_tap(name, bridge, owner_uid)
+
+    def delete_tap(self, name: str) -> bool:
+        return net.delete_tap(name)
+
+    def taps_on_our_bridge(self, bridge: str, owner: str) -> list[str]:
+        return net.taps_on_our_bridge(bridge, owner)
+
+    def signal_vmm(self, pid: int, start_time: int, markers: tuple[str, ...],
+                   sig: signal.Signals) -> bool:
+        """Prove identity with a pidfd held, then signal through it: the pid cannot be
+        reused between the proof and the signal. Proof: the start time, every marker
+        in the argv, and a marker that is a pidfile (not a symlink) naming ``pid``."""
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        try:
+            if not proc.is_running(pid, start_time, ()):
+                return False  # exited, or the pid now names a later process
+            if not proc.is_running(pid, start_time, markers) or not any(
+                _path_marker(m) and proc.pidfile_names(Path(m), pid) for m in markers
+            ):
+                raise Forbidden(
+                    f"refusing to signal pid {pid}: it is not a VMM of this daemon (its "
+                    "command line lacks the VM's files, or no pidfile among them names it)",
+                    hint="banger signals only the VMMs it started; stop the VM with banger vm stop",
+                )
+            signal.pidfd_send_signal(fd, sig)
+        except ProcessLookupError:
+            return False
+        finally:
+            os.close(fd)
+        return True
+
+
+class CheckedHostOps:
+    """Validates every argument, then hands the call to ``transport`` (any ``HostOps``)."""
+
+    def __init__(self, transport: HostOps) -> None:
+        self.transport = transport
+
+    def can_manage_network(self) -> bool:
+        return self.transport.can_manage_network()
+
+    def claim_bridge(self, name: str, cidr: str, owner: str, *, create: bool = True) -> bool:
+        net.validate_bridge_name(name)
+        net.parse_cidr(cidr)
+        net.validate_owner(owner)
+        return self.transport.claim_bridge(name, cidr, owner, create=bool(create))
+
+    def create_tap(self, name: str, bridge: str, owner_uid: int | None = None) -> None:
+        net.validate_tap_name(name)
+        net.validate_bridge_name(bridge)
+        self.transport.create_tap(name, bridge, validate_uid(owner_uid))
+
+    def delete_tap(self, name: str) -> bool:
+        return self.transport.delete_tap(net.validate_tap_name(name))
+
+    def taps_on_our_bridge(self, bridge: str, owner: str) -> list[str]:
+        net.validate_bridge_name(bridge)
+        net.validate_owner(owner)
+        return [net.validate_tap_name(t) for t in self.transport.taps_on_our_bridge(bridge, owner)]
+
+    def signal_vmm(self, pid: int, start_time: int, markers: tuple[str, ...],
+                   sig: signal.Signals) -> bool:
+        validate_pid(pid)
+        _validate_int(start_time, "process start time", 0, 1 << 63)
+        validate_markers(markers)
+        validate_signal(sig)
+        return self.transport.signal_vmm(pid, start_time, markers, sig)
+
+
+def host_ops_for() -> HostOps:
+    """The host operations this daemon uses, validated on every call.
+
+    Today always in-process; the privilege split adds the ``bangerd-root`` client,
+    picked when a system install names the helper's socket.
+    """
+    return CheckedHostOps(InProcessHostOps())
