@@ -27,6 +27,7 @@ from banger.core.errors import BangerError, Conflict, GuestError, InvalidInput
 from banger.core.states import VMState
 from banger.core.validate import format_size, parse_size, validate_memory_mib, validate_vcpu
 from banger.core.vmspec import Accel, NetSpec, VMSpec
+from banger.daemon.background import BackgroundTasks
 from banger.daemon.operations import OperationContext, Work
 from banger.daemon.vm_layout import VMFiles, build_spec
 from banger.daemon.vm_network import VMNetwork
@@ -102,6 +103,7 @@ class VMService:
         self.accel = accel
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._tasks = BackgroundTasks()
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -190,7 +192,9 @@ class VMService:
         old = self._watchers.pop(vm.id, None)
         if old is not None:
             old.cancel()
-        self._watchers[vm.id] = asyncio.get_running_loop().create_task(self._watch(vm.id, handle))
+        self._watchers[vm.id] = self._tasks.spawn(
+            self._watch(vm.id, handle), name=f"watch VM {vm.name}"
+        )
 
     async def _watch(self, vm_id: str, handle: Handle) -> None:
         while not await self.backend.wait_exit(handle, timeout=3600):
@@ -374,7 +378,5 @@ class VMService:
 
     async def close(self) -> None:
         """Daemon shutdown: stop watching (guests keep running) and drop idle TAPs."""
-        for task in self._watchers.values():
-            task.cancel()
-        await asyncio.gather(*self._watchers.values(), return_exceptions=True)
+        await self._tasks.aclose()
         await self.network.close()

@@ -1,0 +1,146 @@
+"""The daemon's event loop never blocks, its background tasks are owned, and shutdown stops them.
+
+Deletes and the blob-cache prune run on a real store and real files; the
+served daemon runs in-process on a real socket (its networking kept to
+user mode, so the test leaves the host's links alone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Awaitable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+
+from banger.config import Settings
+from banger.daemon import server
+from banger.daemon.background import BackgroundTasks
+from banger.daemon.image_service import ImageService
+from banger.daemon.kernel_service import KernelService
+from banger.store.db import Store
+
+LOCK_RELEASE_AFTER_S = 0.5
+
+
+async def loop_ticks_while(work: Awaitable[Any]) -> int:
+    """How often another coroutine got to run while ``work`` was in flight (it must end)."""
+    task = asyncio.ensure_future(work)
+    ticks = 0
+    while not task.done():
+        ticks += 1
+        await asyncio.sleep(0)
+    await task
+    return ticks
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store.open(tmp_path / "state.db")
+    yield opened
+    opened.close()
+
+
+def services(store: Store, tmp_path: Path) -> tuple[KernelService, ImageService]:
+    kernels = KernelService(store, tmp_path / "kernels", tmp_path / "cache")
+    return kernels, ImageService(store, kernels, tmp_path / "images", tmp_path / "cache")
+
+
+def make_tree(root: Path, dirs: int = 40, files: int = 100) -> None:
+    for d in range(dirs):
+        sub = root / f"d{d}"
+        sub.mkdir(parents=True)
+        for f in range(files):
+            (sub / f"f{f}").write_bytes(b"x")
+
+
+def test_a_failing_background_task_is_logged_with_its_name() -> None:
+    async def boom() -> None:
+        raise RuntimeError("refill went wrong")
+
+    async def scenario() -> None:
+        tasks = BackgroundTasks()
+        tasks.spawn(boom(), name="refill the TAP pool")
+        while tasks.running:
+            await asyncio.sleep(0)
+
+    with structlog.testing.capture_logs() as logs:
+        asyncio.run(scenario())
+
+    failures = [e for e in logs if e["event"] == "background task failed"]
+    assert len(failures) == 1
+    assert failures[0]["task"] == "refill the TAP pool"
+    assert isinstance(failures[0]["exc_info"], RuntimeError)
+
+
+def test_background_tasks_hold_their_tasks_and_cancel_the_rest_on_close() -> None:
+    async def scenario() -> tuple[int, bool, int]:
+        forever = asyncio.Event()
+        async with BackgroundTasks() as tasks:
+            task = tasks.spawn(forever.wait(), name="waits forever")
+            await asyncio.sleep(0)
+            held = len(tasks.running)
+        return held, task.cancelled(), len(tasks.running)
+
+    held, cancelled, left = asyncio.run(scenario())
+    assert (held, cancelled, left) == (1, True, 0)
+
+
+# --- the served daemon ---------------------------------------------------------------
+
+
+def _settings(tmp_path: Path) -> Settings:
+    for name in ("state", "cache", "run"):
+        (tmp_path / name).mkdir(mode=0o700)
+    return Settings(
+        state_dir=tmp_path / "state", cache_dir=tmp_path / "cache", runtime_dir=tmp_path / "run"
+    )
+
+
+def _fds_open_on(path: Path) -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+    return count
+
+
+async def _until(check: Any, what: str, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)
+    assert check(), what
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    # User-mode networking: no bridge or TAP on the host this test runs on.
+    monkeypatch.setattr("banger.daemon.vm_network.net.have_net_admin", lambda: False)
+    return _settings(tmp_path)
+
+
+def _client(settings: Settings) -> httpx.AsyncClient:
+    transport = httpx.AsyncHTTPTransport(uds=str(settings.paths.socket))
+    return httpx.AsyncClient(transport=transport, base_url="http://bangerd", timeout=30)
+
+
+def test_shutdown_stops_every_service_the_daemon_started(settings: Settings) -> None:
+    async def scenario() -> tuple[set[str], set[asyncio.Task[Any]]]:
+        served = asyncio.create_task(server.serve(settings))
+        await _until(settings.paths.socket.exists, "the daemon never listened")
+        services = {t.get_name() for t in asyncio.all_tasks()}
+        async with _client(settings) as client:
+            assert (await client.get("/v1/ping")).status_code == 200
+            await client.post("/v1/shutdown")
+        await served
+        return services, asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[arg-type]
+
+    services, leftover = asyncio.run(scenario())
+    assert "prune operations" in services
+    assert leftover == set()
+    assert not settings.paths.socket.exists()
