@@ -45,7 +45,7 @@ async def show_kernel(name: Ref, daemon: DaemonDep) -> KernelInfo:
 
 @router.delete("/kernels/{name}", status_code=204)
 async def delete_kernel(name: Ref, daemon: DaemonDep) -> None:
-    daemon.kernels.delete(name)
+    await daemon.kernels.delete(name)
 
 
 @router.post("/kernels/{name}/pull", response_model=Operation, status_code=202)
@@ -97,7 +97,7 @@ async def import_image(body: ImageImportRequest, daemon: DaemonDep, request: Req
 
 @router.post("/images/cache/prune", response_model=CachePruneResult)
 async def prune_cache(body: CachePruneRequest, daemon: DaemonDep) -> CachePruneResult:
-    freed, blobs = daemon.images.prune_cache(dry_run=body.dry_run)
+    freed, blobs = await daemon.images.prune_cache(dry_run=body.dry_run)
     return CachePruneResult(bytes=freed, blobs=blobs, dry_run=body.dry_run)
 
 
@@ -108,7 +108,7 @@ async def show_image(ref: Ref, daemon: DaemonDep) -> ImageInfo:
 
 @router.delete("/images/{ref}", response_model=ImageInfo)
 async def delete_image(ref: Ref, daemon: DaemonDep) -> ImageInfo:
-    return image_info(daemon.images.delete(ref))
+    return image_info(await daemon.images.delete(ref))
 
 
 @router.post("/images/{ref}/promote", response_model=ImageInfo)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from banger.core.errors import Conflict, InvalidInput, NotFound
 from banger.core.validate import parse_size, validate_new_name
 from banger.daemon.kernel_service import KernelService
 from banger.daemon.operations import OperationContext, Work
+from banger.host.files import remove_tree
 from banger.images.build import build_image, parse_source, validate_package_names
 from banger.images.importer import import_image, pull_image
 from banger.images.manifest import ImageManifest
@@ -61,7 +62,7 @@ class ImageService:
                 hint=f"pick another with --name, or delete it first: banger image delete {name}",
             )
 
-    def _register(self, manifest: ImageManifest) -> ImageRecord:
+    async def _register(self, manifest: ImageManifest) -> ImageRecord:
         """Record a finished image dir; the first image becomes the default."""
         path = self.images_dir / manifest.id
         try:
@@ -77,7 +78,7 @@ class ImageService:
                 )
             )
         except BaseException:
-            shutil.rmtree(path, ignore_errors=True)  # lost a race for the name: leave nothing
+            await asyncio.to_thread(remove_tree, path)  # lost a race for the name: leave nothing
             raise
         if self.store.images.get_default() is None:
             record = self.store.images.set_default(record.id)
@@ -92,7 +93,7 @@ class ImageService:
                 stage, func, *args, images_dir=self.images_dir, kernel_name=kernel.name, **kwargs
             )
             with ctx.stage("register"):
-                return image_info(self._register(manifest)).model_dump(mode="json")
+                return image_info(await self._register(manifest)).model_dump(mode="json")
 
         return work
 
@@ -126,11 +127,15 @@ class ImageService:
         self._ensure_name_free(name)
         return self._produce("import", import_image, path, name=name)
 
-    def delete(self, ref: str) -> ImageRecord:
+    async def delete(self, ref: str) -> ImageRecord:
+        """Forget the image, then remove its files in a worker thread (never on the loop)."""
         record = self.store.images.delete(ref)  # refuses while a VM uses it
-        shutil.rmtree(record.path, ignore_errors=True)
+        await asyncio.to_thread(remove_tree, record.path)
         return record
 
-    def prune_cache(self, *, dry_run: bool) -> tuple[int, int]:
+    async def prune_cache(self, *, dry_run: bool) -> tuple[int, int]:
+        """Delete the OCI blob cache; waiting for a running pull's lock happens in a thread."""
         # Stored images are flattened ext4 files: no cached blob is needed after a pull.
-        return prune_blob_cache(self.cache_dir, dry_run=dry_run, in_use=set())
+        return await asyncio.to_thread(
+            prune_blob_cache, self.cache_dir, dry_run=dry_run, in_use=set()
+        )

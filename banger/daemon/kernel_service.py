@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +108,9 @@ class KernelService:
             return record
         return await self._pull(ctx, DEFAULT_KERNEL)
 
-    def delete(self, name: str) -> None:
+    async def delete(self, name: str) -> None:
+        """Forget the kernel, then remove its files in a worker thread (it may wait for a lock)."""
         record = self.store.kernels.get(name)
         self.store.kernels.delete(record.name)  # refuses while an image or VM refers to it
         if record.path.exists():
-            delete_kernel(record.name, self.kernels_dir)
+            await asyncio.to_thread(delete_kernel, record.name, self.kernels_dir)

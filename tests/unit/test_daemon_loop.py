@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
+import threading
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,10 @@ from banger.daemon import server
 from banger.daemon.background import BackgroundTasks
 from banger.daemon.image_service import ImageService
 from banger.daemon.kernel_service import KernelService
+from banger.host.files import scratch_root
+from banger.images.oci import blob_cache_lock, blob_dir
 from banger.store.db import Store
+from banger.store.records import ImageRecord, KernelRecord
 
 LOCK_RELEASE_AFTER_S = 0.5
 
@@ -57,6 +62,51 @@ def make_tree(root: Path, dirs: int = 40, files: int = 100) -> None:
         sub.mkdir(parents=True)
         for f in range(files):
             (sub / f"f{f}").write_bytes(b"x")
+
+
+def test_deleting_an_image_with_a_large_tree_lets_other_coroutines_run(
+    store: Store, tmp_path: Path
+) -> None:
+    _, images = services(store, tmp_path)
+    path = tmp_path / "images" / "img1"
+    make_tree(path)
+    store.images.add(ImageRecord(id="img1", name="big", source="test", path=path))
+
+    ticks = asyncio.run(loop_ticks_while(images.delete("big")))
+
+    assert ticks > 1, "the image's files were removed on the event loop"
+    assert not path.exists()
+    assert store.images.find("big") is None
+
+
+@contextlib.contextmanager
+def held_flock(path: Path) -> Iterator[int]:
+    """An exclusive flock on ``path`` that a timer thread drops after a moment."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    timer = threading.Timer(LOCK_RELEASE_AFTER_S, os.close, [fd])
+    timer.start()
+    try:
+        yield fd
+    finally:
+        timer.join()
+
+
+def test_a_kernel_delete_waiting_for_the_kernels_lock_does_not_block_the_loop(
+    store: Store, tmp_path: Path
+) -> None:
+    kernels, _ = services(store, tmp_path)
+    path = tmp_path / "kernels" / "k1"
+    make_tree(path, dirs=2, files=2)
+    store.kernels.add(KernelRecord(name="k1", version="6.1", source="test", path=path))
+
+    with held_flock(scratch_root(tmp_path / "kernels") / "kernel-k1.lock"):
+        ticks = asyncio.run(loop_ticks_while(kernels.delete("k1")))
+
+    assert ticks > 1, "the kernel delete waited for its lock on the event loop"
+    assert not path.exists()
+    assert store.kernels.find("k1") is None
 
 
 def test_a_failing_background_task_is_logged_with_its_name() -> None:
@@ -129,13 +179,28 @@ def _client(settings: Settings) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=transport, base_url="http://bangerd", timeout=30)
 
 
-def test_shutdown_stops_every_service_the_daemon_started(settings: Settings) -> None:
+def test_ping_answers_while_a_cache_prune_waits_for_a_pull_and_shutdown_stops_everything(
+    settings: Settings,
+) -> None:
+    cache = settings.paths.cache_dir
+    blob = blob_dir(cache) / "sha256" / ("ab" * 32)
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(b"layer")
+    lock_file = cache / "oci" / "cache.lock"
+
     async def scenario() -> tuple[set[str], set[asyncio.Task[Any]]]:
         served = asyncio.create_task(server.serve(settings))
         await _until(settings.paths.socket.exists, "the daemon never listened")
         services = {t.get_name() for t in asyncio.all_tasks()}
         async with _client(settings) as client:
-            assert (await client.get("/v1/ping")).status_code == 200
+            with blob_cache_lock(cache):  # a pull in progress: the prune must wait for it
+                prune = asyncio.create_task(client.post("/v1/images/cache/prune", json={}))
+                await _until(lambda: _fds_open_on(lock_file) == 2, "the prune never waited")
+                ping = await client.get("/v1/ping")
+                assert ping.status_code == 200 and not prune.done()
+            pruned = await prune
+            assert pruned.status_code == 200, pruned.text
+            assert pruned.json()["blobs"] == 1 and not blob.exists()
             await client.post("/v1/shutdown")
         await served
         return services, asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[arg-type]
