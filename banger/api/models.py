@@ -10,6 +10,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
 
 from banger.core.states import OperationState
+from banger.images.manifest import ImageManifest
+from banger.kernels.manifest import KernelManifest
 
 
 class WireModel(BaseModel):
@@ -107,7 +109,7 @@ class KernelInfo(WireModel):
     path: str
     is_default: bool
     created_at: datetime | None = None
-    manifest: dict[str, Any] = {}
+    manifest: KernelManifest | None = None
 
 
 class KernelList(WireModel):
@@ -128,7 +130,7 @@ class ImageInfo(WireModel):
     is_default: bool
     size_bytes: int
     created_at: datetime | None = None
-    manifest: dict[str, Any] = {}
+    manifest: ImageManifest | None = None
 
 
 class ImageList(WireModel):

@@ -74,7 +74,7 @@ class ImageService:
                     path=path,
                     kernel_name=manifest.kernel_name,
                     size_bytes=manifest.rootfs_bytes + manifest.work_seed_bytes,
-                    manifest=manifest.to_json(),
+                    manifest=manifest,
                 )
             )
         except BaseException:

@@ -57,7 +57,7 @@ class KernelService:
                 version=manifest.version,
                 source=manifest.source,
                 path=manifest.path,
-                manifest=manifest.to_json(),
+                manifest=manifest,
             )
         )
         if self.store.kernels.get_default() is None:
