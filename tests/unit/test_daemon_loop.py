@@ -20,11 +20,13 @@ import httpx
 import pytest
 import structlog
 
+from banger.api.models import OperationState
 from banger.config import Settings
 from banger.daemon import server
 from banger.daemon.background import BackgroundTasks
 from banger.daemon.image_service import ImageService
 from banger.daemon.kernel_service import KernelService
+from banger.daemon.operations import OperationContext, OperationRegistry
 from banger.host.files import scratch_root
 from banger.images.oci import blob_cache_lock, blob_dir
 from banger.store.db import Store
@@ -107,6 +109,37 @@ def test_a_kernel_delete_waiting_for_the_kernels_lock_does_not_block_the_loop(
     assert ticks > 1, "the kernel delete waited for its lock on the event loop"
     assert not path.exists()
     assert store.kernels.find("k1") is None
+
+
+def test_operations_blocked_in_their_threads_leave_the_shared_executor_to_requests() -> None:
+    """More blocked operations than the default executor has workers: a request's short
+    ``to_thread`` call (a delete, a prune) still answers at once."""
+    release = threading.Event()
+    crowd = 40  # above the default executor's cap of 32 workers
+
+    def blocked(progress: Any) -> str:
+        release.wait()
+        return "done"
+
+    async def work(ctx: OperationContext) -> None:
+        await ctx.in_thread("block", blocked)
+
+    async def scenario() -> tuple[bool, list[OperationState]]:
+        registry = OperationRegistry(ttl_seconds=60)
+        ops = [registry.begin("test.block", work) for _ in range(crowd)]
+        await asyncio.sleep(0.1)  # let every operation reach its thread
+        timer = threading.Timer(LOCK_RELEASE_AFTER_S * 4, release.set)
+        timer.start()
+        await asyncio.to_thread(lambda: None)
+        answered_while_blocked = not release.is_set()
+        release.set()
+        timer.join()
+        states = [(await registry.join(op.id)).state for op in ops]
+        return answered_while_blocked, states
+
+    answered_while_blocked, states = asyncio.run(scenario())
+    assert answered_while_blocked, "blocked operations starved the shared thread pool"
+    assert states == [OperationState.SUCCEEDED] * crowd
 
 
 def test_a_failing_background_task_is_logged_with_its_name() -> None:
