@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
 
@@ -71,24 +70,6 @@ class Stage(WireModel):
     detail: str | None = None
     started_at: datetime
     finished_at: datetime | None = None
-
-
-class Operation(WireModel):
-    id: str
-    kind: str
-    target: str | None = None
-    state: OperationState
-    stages: list[Stage] = []
-    result: dict[str, Any] | None = None
-    error: ErrorBody | None = None
-    created_at: datetime
-    updated_at: datetime
-    finished_at: datetime | None = None
-    revision: int = 0
-
-
-class OperationList(WireModel):
-    operations: list[Operation]
 
 
 class CatalogKernel(WireModel):
@@ -188,6 +169,28 @@ class VMInfo(WireModel):
 
 class VMList(WireModel):
     vms: list[VMInfo]
+
+
+# What a finished operation hands back: the kernel, image or VM it made or changed.
+OperationResult = KernelInfo | ImageInfo | VMInfo
+
+
+class Operation(WireModel):
+    id: str
+    kind: str
+    target: str | None = None
+    state: OperationState
+    stages: list[Stage] = []
+    result: OperationResult | None = None
+    error: ErrorBody | None = None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+    revision: int = 0
+
+
+class OperationList(WireModel):
+    operations: list[Operation]
 
 
 class VMCreateRequest(RequestModel):

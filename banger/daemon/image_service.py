@@ -6,9 +6,8 @@ import asyncio
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from banger.api.models import ImageInfo
+from banger.api.models import ImageBuildRequest, ImageImportRequest, ImageInfo, ImagePullRequest
 from banger.core.errors import Conflict, InvalidInput, NotFound
 from banger.core.validate import parse_size, validate_new_name
 from banger.daemon.kernel_service import KernelService
@@ -20,8 +19,6 @@ from banger.images.manifest import ImageManifest
 from banger.images.oci import parse_reference, prune_blob_cache
 from banger.store.db import Store
 from banger.store.records import ImageRecord
-
-DEFAULT_SOURCE = "debian:bookworm"
 
 
 def image_info(record: ImageRecord) -> ImageInfo:
@@ -87,43 +84,43 @@ class ImageService:
     def _produce(
         self, stage: str, func: Callable[..., ImageManifest], *args: object, **kwargs: object
     ) -> Work:
-        async def work(ctx: OperationContext) -> dict[str, Any]:
+        async def work(ctx: OperationContext) -> ImageInfo:
             kernel = await self.kernels.ensure_default(ctx)
             manifest = await ctx.in_thread(
                 stage, func, *args, images_dir=self.images_dir, kernel_name=kernel.name, **kwargs
             )
             with ctx.stage("register"):
-                return image_info(await self._register(manifest)).model_dump(mode="json")
+                return image_info(await self._register(manifest))
 
         return work
 
-    def build(
-        self, *, name: str | None, source: str, packages: list[str], size: str | None
-    ) -> Work:
+    def build(self, req: ImageBuildRequest) -> Work:
         """Validate now; the returned work builds a golden image with mmdebstrap."""
-        parse_source(source)
-        validate_package_names(packages)
-        name = name or name_from_source(source)
+        parse_source(req.source)
+        validate_package_names(req.packages)
+        name = req.name or name_from_source(req.source)
         self._ensure_name_free(name)
-        size_bytes = parse_size(size) if size else None
+        size_bytes = parse_size(req.size) if req.size else None
         return self._produce(
-            "build", build_image, name, source=source, packages=packages, size_bytes=size_bytes
+            "build", build_image, name, source=req.source, packages=req.packages,
+            size_bytes=size_bytes,
         )
 
-    def pull(self, ref: str, name: str | None) -> Work:
-        """Validate now; the returned work pulls ``ref`` from its OCI registry."""
-        parsed = parse_reference(ref)
-        name = name or name_from_source(str(parsed))
+    def pull(self, req: ImagePullRequest) -> Work:
+        """Validate now; the returned work pulls ``req.ref`` from its OCI registry."""
+        parsed = parse_reference(req.ref)
+        name = req.name or name_from_source(str(parsed))
         self._ensure_name_free(name)
-        return self._produce("pull", pull_image, ref, cache_dir=self.cache_dir, name=name)
+        return self._produce("pull", pull_image, req.ref, cache_dir=self.cache_dir, name=name)
 
-    def import_(self, path: Path, name: str | None) -> Work:
+    def import_(self, req: ImageImportRequest) -> Work:
         """Validate now; the returned work imports a tar, OCI layout or ext4 file."""
+        path = Path(req.path)
         if not path.is_absolute():
             raise InvalidInput(f"image path {path} is not an absolute path")
         if not path.exists():
             raise NotFound(f"{path} does not exist", hint="pass an existing file or directory")
-        name = name or name_from_source(path.name.split(".", 1)[0])
+        name = req.name or name_from_source(path.name.split(".", 1)[0])
         self._ensure_name_free(name)
         return self._produce("import", import_image, path, name=name)
 

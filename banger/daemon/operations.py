@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import structlog
 
 from banger.api.errors import error_body
-from banger.api.models import Operation, OperationState, Stage, StageState
+from banger.api.models import Operation, OperationResult, OperationState, Stage, StageState
 from banger.core.cancel import CancelToken, cancel_scope
 from banger.core.errors import BangerError, Cancelled, InternalError, NotFound
 from banger.core.names import new_id
@@ -29,7 +29,7 @@ from banger.core.names import new_id
 log = structlog.get_logger("banger.daemon.operations")
 
 T = TypeVar("T")
-Work = Callable[["OperationContext"], Awaitable[dict[str, Any] | None]]
+Work = Callable[["OperationContext"], Awaitable[OperationResult | None]]
 Persist = Callable[[Operation], None]
 Recall = Callable[[str], Operation | None]
 

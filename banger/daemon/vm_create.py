@@ -11,9 +11,8 @@ import asyncio
 import contextlib
 import shutil
 from dataclasses import dataclass
-from typing import Any
 
-from banger.api.models import VMCreateRequest
+from banger.api.models import ImageBuildRequest, ImageInfo, VMCreateRequest, VMInfo
 from banger.core.errors import Conflict, InvalidInput, Unavailable
 from banger.core.names import generate_vm_name, new_id
 from banger.core.states import VMState
@@ -24,7 +23,7 @@ from banger.core.validate import (
     validate_new_name,
     validate_vcpu,
 )
-from banger.daemon.image_service import DEFAULT_SOURCE, ImageService
+from banger.daemon.image_service import ImageService
 from banger.daemon.operations import OperationContext, Work
 from banger.daemon.vm_layout import VMFiles
 from banger.daemon.vm_service import VMService, check_host_room
@@ -107,7 +106,7 @@ class VMCreator:
         # create's own error, and its subnet's addresses are never handed out twice.
         await self.vms.network.claim_bridge()
 
-        async def work(ctx: OperationContext) -> dict[str, Any]:
+        async def work(ctx: OperationContext) -> VMInfo:
             image = plan.image or await self._default_image(ctx)
             vm_id = new_id()
             async with self.vms.lock(vm_id), contextlib.AsyncExitStack() as undo:
@@ -121,17 +120,15 @@ class VMCreator:
                     vm = await self.vms.boot(ctx, self.store.vms.get_key(vm.id), undo)
                 vm = self.store.vms.update(vm.id, spec={})
                 undo.pop_all()
-            return self.vms.info(vm).model_dump(mode="json")
+            return self.vms.info(vm)
 
         return plan, work
 
     async def _default_image(self, ctx: OperationContext) -> ImageRecord:
         """First use: build the default kernel and image (with progress)."""
-        result = await self.images.build(
-            name=None, source=DEFAULT_SOURCE, packages=[], size=None
-        )(ctx)
-        assert result is not None
-        return self.store.images.get_key(result["id"])
+        built = await self.images.build(ImageBuildRequest())(ctx)
+        assert isinstance(built, ImageInfo)
+        return self.store.images.get_key(built.id)
 
     def _add_row(self, vm_id: str, plan: CreatePlan, image: ImageRecord) -> VMRecord:
         return self.store.vms.add(

@@ -222,9 +222,9 @@ class VMService:
         """Work that runs ``act`` on the VM under its lock; an unknown ref fails right away."""
         self.store.vms.get(ref)
 
-        async def work(ctx: OperationContext) -> dict[str, Any]:
+        async def work(ctx: OperationContext) -> VMInfo:
             async with self.locked(ref) as vm:
-                return self.info(await act(ctx, vm)).model_dump(mode="json")
+                return self.info(await act(ctx, vm))
 
         return work
 
