@@ -57,12 +57,14 @@ def _collect(rows: list[dict[str, float]]) -> dict[str, Any]:
 
 def control_plane(env: BenchEnv, runs: int, keep: int, progress: Progress) -> dict[str, Any]:
     """``runs`` creates through the API; all but the last ``keep`` VMs deleted at once."""
-    rows, kept, info = [], [], {}
+    rows: list[dict[str, float]] = []
+    kept: list[str] = []
+    info: dict[str, Any] = {}
     for i in range(runs):
         name = f"bench-cp{i}"
         sent, op = env.create_vm(name)
         rows.append(create_figures(op, sent))
-        info = op.result or {}
+        info = op.result.model_dump(mode="json") if op.result is not None else {}
         progress(
             f"create {name}: overhead {rows[-1]['overhead_s'] * 1000:.0f} ms, "
             f"ssh stage {rows[-1]['stage_ssh_s']:.2f} s"

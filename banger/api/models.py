@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
 
 from banger.core.defaults import DEFAULT_IMAGE_SOURCE
 from banger.core.states import OperationState
+from banger.images.manifest import ImageManifest
+from banger.kernels.manifest import KernelManifest
 
 
 class WireModel(BaseModel):
@@ -72,24 +73,6 @@ class Stage(WireModel):
     finished_at: datetime | None = None
 
 
-class Operation(WireModel):
-    id: str
-    kind: str
-    target: str | None = None
-    state: OperationState
-    stages: list[Stage] = []
-    result: dict[str, Any] | None = None
-    error: ErrorBody | None = None
-    created_at: datetime
-    updated_at: datetime
-    finished_at: datetime | None = None
-    revision: int = 0
-
-
-class OperationList(WireModel):
-    operations: list[Operation]
-
-
 class CatalogKernel(WireModel):
     name: str
     description: str
@@ -108,7 +91,7 @@ class KernelInfo(WireModel):
     path: str
     is_default: bool
     created_at: datetime | None = None
-    manifest: dict[str, Any] = {}
+    manifest: KernelManifest | None = None
 
 
 class KernelList(WireModel):
@@ -129,7 +112,7 @@ class ImageInfo(WireModel):
     is_default: bool
     size_bytes: int
     created_at: datetime | None = None
-    manifest: dict[str, Any] = {}
+    manifest: ImageManifest | None = None
 
 
 class ImageList(WireModel):
@@ -189,6 +172,28 @@ class VMInfo(WireModel):
 
 class VMList(WireModel):
     vms: list[VMInfo]
+
+
+# What a finished operation hands back: the kernel, image or VM it made or changed.
+OperationResult = KernelInfo | ImageInfo | VMInfo
+
+
+class Operation(WireModel):
+    id: str
+    kind: str
+    target: str | None = None
+    state: OperationState
+    stages: list[Stage] = []
+    result: OperationResult | None = None
+    error: ErrorBody | None = None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+    revision: int = 0
+
+
+class OperationList(WireModel):
+    operations: list[Operation]
 
 
 class VMCreateRequest(RequestModel):

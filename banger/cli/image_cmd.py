@@ -156,7 +156,7 @@ def image_show(ctx: CliContext, ref: str, as_json: bool) -> None:
         [("name", i.name), ("id", i.id), ("default", i.is_default), ("source", i.source),
          ("kernel", i.kernel_name or "(default)"), ("path", i.path),
          ("size", format_size(i.size_bytes) if i.size_bytes else "?"),
-         ("init", m.get("init_profile")), ("packages", " ".join(m.get("packages", []))),
+         ("init", m.init_profile if m else None), ("packages", " ".join(m.packages) if m else ""),
          ("created", i.created_at)]
     )
 

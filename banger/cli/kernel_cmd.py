@@ -135,11 +135,12 @@ def kernel_show(ctx: CliContext, name: str, as_json: bool) -> None:
     if as_json:
         print_json(k.model_dump(mode="json"))
         return
-    files = ", ".join(f["name"] for f in k.manifest.get("files", []))
+    m = k.manifest
+    files = ", ".join(f.name for f in m.files) if m else ""
     print_fields(
         [("name", k.name), ("version", k.version), ("default", k.is_default),
          ("source", k.source), ("path", k.path), ("files", files),
-         ("modules", " ".join(k.manifest.get("modules", []))), ("created", k.created_at)]
+         ("modules", " ".join(m.modules) if m else ""), ("created", k.created_at)]
     )
 
 

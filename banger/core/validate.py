@@ -10,10 +10,13 @@ import ipaddress
 import re
 import unicodedata
 from fractions import Fraction
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from banger.core.errors import InvalidInput
 from banger.core.names import ID_RE
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 NameKind = Literal["VM", "image", "kernel"]
 
@@ -229,3 +232,12 @@ def parse_bridge_cidr(value: object) -> ipaddress.IPv4Interface:
             hint=_CIDR_RULE,
         )
     return iface
+
+
+def first_validation_error(exc: ValidationError) -> str:
+    """``field.sub: message`` of a model's first validation error, for a one-line message."""
+    errors = exc.errors()
+    if not errors:
+        return str(exc)
+    where = ".".join(str(p) for p in errors[0]["loc"])
+    return f"{where}: {errors[0]['msg']}" if where else str(errors[0]["msg"])

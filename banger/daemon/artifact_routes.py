@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from fastapi import Request
 
 from banger.api.models import (
@@ -45,7 +43,7 @@ async def show_kernel(name: Ref, daemon: DaemonDep) -> KernelInfo:
 
 @router.delete("/kernels/{name}", status_code=204)
 async def delete_kernel(name: Ref, daemon: DaemonDep) -> None:
-    daemon.kernels.delete(name)
+    await daemon.kernels.delete(name)
 
 
 @router.post("/kernels/{name}/pull", response_model=Operation, status_code=202)
@@ -58,7 +56,7 @@ async def pull_kernel(name: Ref, daemon: DaemonDep, request: Request) -> Operati
 async def import_kernel(
     body: KernelImportRequest, daemon: DaemonDep, request: Request
 ) -> Operation:
-    work = daemon.kernels.import_(body.name, Path(body.source))
+    work = daemon.kernels.import_(body)
     return daemon.operations.begin(
         "kernel.import", work, target=body.name, op_id=request_op_id(request)
     )
@@ -71,9 +69,7 @@ async def list_images(daemon: DaemonDep) -> ImageList:
 
 @router.post("/images/build", response_model=Operation, status_code=202)
 async def build_image(body: ImageBuildRequest, daemon: DaemonDep, request: Request) -> Operation:
-    work = daemon.images.build(
-        name=body.name, source=body.source, packages=body.packages, size=body.size
-    )
+    work = daemon.images.build(body)
     return daemon.operations.begin(
         "image.build", work, target=body.name, op_id=request_op_id(request)
     )
@@ -81,7 +77,7 @@ async def build_image(body: ImageBuildRequest, daemon: DaemonDep, request: Reque
 
 @router.post("/images/pull", response_model=Operation, status_code=202)
 async def pull_image(body: ImagePullRequest, daemon: DaemonDep, request: Request) -> Operation:
-    work = daemon.images.pull(body.ref, body.name)
+    work = daemon.images.pull(body)
     return daemon.operations.begin(
         "image.pull", work, target=body.ref, op_id=request_op_id(request)
     )
@@ -89,7 +85,7 @@ async def pull_image(body: ImagePullRequest, daemon: DaemonDep, request: Request
 
 @router.post("/images/import", response_model=Operation, status_code=202)
 async def import_image(body: ImageImportRequest, daemon: DaemonDep, request: Request) -> Operation:
-    work = daemon.images.import_(Path(body.path), body.name)
+    work = daemon.images.import_(body)
     return daemon.operations.begin(
         "image.import", work, target=body.path, op_id=request_op_id(request)
     )
@@ -97,7 +93,7 @@ async def import_image(body: ImageImportRequest, daemon: DaemonDep, request: Req
 
 @router.post("/images/cache/prune", response_model=CachePruneResult)
 async def prune_cache(body: CachePruneRequest, daemon: DaemonDep) -> CachePruneResult:
-    freed, blobs = daemon.images.prune_cache(dry_run=body.dry_run)
+    freed, blobs = await daemon.images.prune_cache(dry_run=body.dry_run)
     return CachePruneResult(bytes=freed, blobs=blobs, dry_run=body.dry_run)
 
 
@@ -108,7 +104,7 @@ async def show_image(ref: Ref, daemon: DaemonDep) -> ImageInfo:
 
 @router.delete("/images/{ref}", response_model=ImageInfo)
 async def delete_image(ref: Ref, daemon: DaemonDep) -> ImageInfo:
-    return image_info(daemon.images.delete(ref))
+    return image_info(await daemon.images.delete(ref))
 
 
 @router.post("/images/{ref}/promote", response_model=ImageInfo)

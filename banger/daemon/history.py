@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from banger.api.models import ErrorBody, Operation, Stage
+from pydantic import TypeAdapter, ValidationError
+
+from banger.api.models import ErrorBody, Operation, OperationResult, Stage
 from banger.store.db import Store
 from banger.store.records import OperationRecord
 
@@ -15,17 +18,18 @@ def operation_recorder(store: Store) -> Callable[[Operation], None]:
     def persist(op: Operation) -> None:
         stages = [s.model_dump(mode="json") for s in op.stages]
         error = op.error.model_dump() if op.error else None
+        result = op.result.model_dump(mode="json") if op.result is not None else None
         if store.operations.find(op.id) is None:
             store.operations.add(
                 OperationRecord(
                     id=op.id, kind=op.kind, target=op.target, state=op.state, stages=stages,
-                    result=op.result, error=error, created_at=op.created_at,
+                    result=result, error=error, created_at=op.created_at,
                     finished_at=op.finished_at,
                 )
             )
         else:
             store.operations.update(
-                op.id, state=op.state, stages=stages, result=op.result, error=error,
+                op.id, state=op.state, stages=stages, result=result, error=error,
                 finished_at=op.finished_at,
             )
 
@@ -43,9 +47,22 @@ def operation_recaller(store: Store) -> Callable[[str], Operation | None]:
         return Operation(
             id=record.id, kind=record.kind, target=record.target, state=record.state,
             stages=[Stage.model_validate(s) for s in record.stages],
-            result=record.result if isinstance(record.result, dict) else None, error=error,
+            result=_recalled_result(record.result), error=error,
             created_at=record.created_at, updated_at=record.updated_at,
             finished_at=record.finished_at,
         )
 
     return recall
+
+
+_RESULT: TypeAdapter[OperationResult] = TypeAdapter(OperationResult)
+
+
+def _recalled_result(data: Any) -> OperationResult | None:
+    """The stored result as its model; None for one that fits no model (an older daemon's)."""
+    if not isinstance(data, dict):
+        return None
+    try:
+        return _RESULT.validate_python(data)
+    except ValidationError:
+        return None

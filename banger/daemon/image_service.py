@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
-import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from banger.api.models import ImageInfo
+from banger.api.models import ImageBuildRequest, ImageImportRequest, ImageInfo, ImagePullRequest
 from banger.core.errors import Conflict, InvalidInput, NotFound
 from banger.core.validate import parse_size, validate_new_name
 from banger.daemon.kernel_service import KernelService
 from banger.daemon.operations import OperationContext, Work
+from banger.host.files import remove_tree
 from banger.images.build import build_image, parse_source, validate_package_names
 from banger.images.importer import import_image, pull_image
 from banger.images.manifest import ImageManifest
@@ -59,7 +59,7 @@ class ImageService:
                 hint=f"pick another with --name, or delete it first: banger image delete {name}",
             )
 
-    def _register(self, manifest: ImageManifest) -> ImageRecord:
+    async def _register(self, manifest: ImageManifest) -> ImageRecord:
         """Record a finished image dir; the first image becomes the default."""
         path = self.images_dir / manifest.id
         try:
@@ -71,11 +71,11 @@ class ImageService:
                     path=path,
                     kernel_name=manifest.kernel_name,
                     size_bytes=manifest.rootfs_bytes + manifest.work_seed_bytes,
-                    manifest=manifest.to_json(),
+                    manifest=manifest,
                 )
             )
         except BaseException:
-            shutil.rmtree(path, ignore_errors=True)  # lost a race for the name: leave nothing
+            await asyncio.to_thread(remove_tree, path)  # lost a race for the name: leave nothing
             raise
         if self.store.images.get_default() is None:
             record = self.store.images.set_default(record.id)
@@ -84,51 +84,55 @@ class ImageService:
     def _produce(
         self, stage: str, func: Callable[..., ImageManifest], *args: object, **kwargs: object
     ) -> Work:
-        async def work(ctx: OperationContext) -> dict[str, Any]:
+        async def work(ctx: OperationContext) -> ImageInfo:
             kernel = await self.kernels.ensure_default(ctx)
             manifest = await ctx.in_thread(
                 stage, func, *args, images_dir=self.images_dir, kernel_name=kernel.name, **kwargs
             )
             with ctx.stage("register"):
-                return image_info(self._register(manifest)).model_dump(mode="json")
+                return image_info(await self._register(manifest))
 
         return work
 
-    def build(
-        self, *, name: str | None, source: str, packages: list[str], size: str | None
-    ) -> Work:
+    def build(self, req: ImageBuildRequest) -> Work:
         """Validate now; the returned work builds a golden image with mmdebstrap."""
-        parse_source(source)
-        validate_package_names(packages)
-        name = name or name_from_source(source)
+        parse_source(req.source)
+        validate_package_names(req.packages)
+        name = req.name or name_from_source(req.source)
         self._ensure_name_free(name)
-        size_bytes = parse_size(size) if size else None
+        size_bytes = parse_size(req.size) if req.size else None
         return self._produce(
-            "build", build_image, name, source=source, packages=packages, size_bytes=size_bytes
+            "build", build_image, name, source=req.source, packages=req.packages,
+            size_bytes=size_bytes,
         )
 
-    def pull(self, ref: str, name: str | None) -> Work:
-        """Validate now; the returned work pulls ``ref`` from its OCI registry."""
-        parsed = parse_reference(ref)
-        name = name or name_from_source(str(parsed))
+    def pull(self, req: ImagePullRequest) -> Work:
+        """Validate now; the returned work pulls ``req.ref`` from its OCI registry."""
+        parsed = parse_reference(req.ref)
+        name = req.name or name_from_source(str(parsed))
         self._ensure_name_free(name)
-        return self._produce("pull", pull_image, ref, cache_dir=self.cache_dir, name=name)
+        return self._produce("pull", pull_image, req.ref, cache_dir=self.cache_dir, name=name)
 
-    def import_(self, path: Path, name: str | None) -> Work:
+    def import_(self, req: ImageImportRequest) -> Work:
         """Validate now; the returned work imports a tar, OCI layout or ext4 file."""
+        path = Path(req.path)
         if not path.is_absolute():
             raise InvalidInput(f"image path {path} is not an absolute path")
         if not path.exists():
             raise NotFound(f"{path} does not exist", hint="pass an existing file or directory")
-        name = name or name_from_source(path.name.split(".", 1)[0])
+        name = req.name or name_from_source(path.name.split(".", 1)[0])
         self._ensure_name_free(name)
         return self._produce("import", import_image, path, name=name)
 
-    def delete(self, ref: str) -> ImageRecord:
+    async def delete(self, ref: str) -> ImageRecord:
+        """Forget the image, then remove its files in a worker thread (never on the loop)."""
         record = self.store.images.delete(ref)  # refuses while a VM uses it
-        shutil.rmtree(record.path, ignore_errors=True)
+        await asyncio.to_thread(remove_tree, record.path)
         return record
 
-    def prune_cache(self, *, dry_run: bool) -> tuple[int, int]:
+    async def prune_cache(self, *, dry_run: bool) -> tuple[int, int]:
+        """Delete the OCI blob cache; waiting for a running pull's lock happens in a thread."""
         # Stored images are flattened ext4 files: no cached blob is needed after a pull.
-        return prune_blob_cache(self.cache_dir, dry_run=dry_run, in_use=set())
+        return await asyncio.to_thread(
+            prune_blob_cache, self.cache_dir, dry_run=dry_run, in_use=set()
+        )

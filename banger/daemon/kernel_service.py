@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
-from typing import Any
 
-from banger.api.models import CatalogKernel, KernelInfo
+from banger.api.models import CatalogKernel, KernelImportRequest, KernelInfo
 from banger.core.errors import Conflict, InvalidInput
 from banger.core.validate import validate_name, validate_new_name
 from banger.daemon.operations import OperationContext, Work
@@ -56,7 +56,7 @@ class KernelService:
                 version=manifest.version,
                 source=manifest.source,
                 path=manifest.path,
-                manifest=manifest.to_json(),
+                manifest=manifest,
             )
         )
         if self.store.kernels.get_default() is None:
@@ -75,13 +75,14 @@ class KernelService:
         validate_name(name, "kernel")
         catalog.catalog_entry(name)
 
-        async def work(ctx: OperationContext) -> dict[str, Any]:
-            return kernel_info(await self._pull(ctx, name)).model_dump(mode="json")
+        async def work(ctx: OperationContext) -> KernelInfo:
+            return kernel_info(await self._pull(ctx, name))
 
         return work
 
-    def import_(self, name: str, source: Path) -> Work:
-        """Validate now; the returned work imports ``source`` (a dir or a .deb) as ``name``."""
+    def import_(self, req: KernelImportRequest) -> Work:
+        """Validate now; the returned work imports ``req.source`` (a dir or a .deb)."""
+        name, source = req.name, Path(req.source)
         validate_new_name(name, "kernel")
         if self.store.kernels.find(name) is not None:
             raise Conflict(
@@ -91,12 +92,12 @@ class KernelService:
         if not source.is_absolute():
             raise InvalidInput(f"kernel source {source} is not an absolute path")
 
-        async def work(ctx: OperationContext) -> dict[str, Any]:
+        async def work(ctx: OperationContext) -> KernelInfo:
             manifest = await ctx.in_thread(
                 "import", import_kernel, name, source, self.kernels_dir
             )
             with ctx.stage("register"):
-                return kernel_info(self._register(manifest)).model_dump(mode="json")
+                return kernel_info(self._register(manifest))
 
         return work
 
@@ -107,8 +108,9 @@ class KernelService:
             return record
         return await self._pull(ctx, DEFAULT_KERNEL)
 
-    def delete(self, name: str) -> None:
+    async def delete(self, name: str) -> None:
+        """Forget the kernel, then remove its files in a worker thread (it may wait for a lock)."""
         record = self.store.kernels.get(name)
         self.store.kernels.delete(record.name)  # refuses while an image or VM refers to it
         if record.path.exists():
-            delete_kernel(record.name, self.kernels_dir)
+            await asyncio.to_thread(delete_kernel, record.name, self.kernels_dir)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import errno
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any, TypeVar
 import structlog
 
 from banger.api.errors import error_body
-from banger.api.models import Operation, OperationState, Stage, StageState
+from banger.api.models import Operation, OperationResult, OperationState, Stage, StageState
 from banger.core.cancel import CancelToken, cancel_scope
 from banger.core.errors import BangerError, Cancelled, InternalError, NotFound
 from banger.core.names import new_id
@@ -27,7 +29,7 @@ from banger.core.names import new_id
 log = structlog.get_logger("banger.daemon.operations")
 
 T = TypeVar("T")
-Work = Callable[["OperationContext"], Awaitable[dict[str, Any] | None]]
+Work = Callable[["OperationContext"], Awaitable[OperationResult | None]]
 Persist = Callable[[Operation], None]
 Recall = Callable[[str], Operation | None]
 
@@ -125,7 +127,7 @@ class OperationContext:
                 return func(*args, progress=report, **kwargs)
 
         with self.stage(stage):
-            thread = asyncio.ensure_future(asyncio.to_thread(call))
+            thread = _own_thread(call, f"op-{self.id}-{stage}")
             try:
                 return await asyncio.shield(thread)
             except asyncio.CancelledError:
@@ -136,6 +138,23 @@ class OperationContext:
                     raise asyncio.CancelledError() from None
                 _uncancel()
                 return result
+
+
+def _own_thread(call: Callable[[], T], name: str) -> asyncio.Future[T]:
+    """Run ``call`` in a thread of its own (with the caller's context variables).
+
+    Operations can block for minutes (a build, a lock held by another pull);
+    on the shared default executor a few of them would starve the short
+    ``asyncio.to_thread`` calls that requests make (a delete, a prune).
+    """
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+    try:
+        future = asyncio.get_running_loop().run_in_executor(
+            executor, contextvars.copy_context().run, call
+        )
+    finally:
+        executor.shutdown(wait=False)  # the thread ends when ``call`` returns
+    return future
 
 
 async def _finish_uncancelled(thread: asyncio.Future[T]) -> T:

@@ -15,8 +15,9 @@ import structlog
 import uvicorn
 
 from banger.config import Settings
-from banger.core.errors import Conflict
+from banger.core.errors import BangerError, Conflict
 from banger.daemon.app import create_app
+from banger.daemon.background import BackgroundTasks
 from banger.daemon.history import operation_recaller, operation_recorder
 from banger.daemon.operations import OperationRegistry
 from banger.daemon.peercred import PeerCredProtocol
@@ -70,54 +71,77 @@ def bind_socket(path: Path) -> socket.socket:
 
 
 async def _prune_forever(registry: OperationRegistry, store: Store, ttl: float) -> None:
+    """Forget old operations every ``PRUNE_INTERVAL``; a failed round is logged, not fatal."""
     while True:
         await asyncio.sleep(PRUNE_INTERVAL)
         registry.prune()
-        store.operations.delete_finished_before(datetime.now(UTC) - timedelta(seconds=ttl))
+        cutoff = datetime.now(UTC) - timedelta(seconds=ttl)
+        try:
+            await asyncio.to_thread(store.operations.delete_finished_before, cutoff)
+        except BangerError as exc:
+            log.warning("could not prune the operation history", error=exc.message)
 
 
-async def serve(settings: Settings) -> None:
-    """Run the daemon until a shutdown request or SIGTERM/SIGINT."""
-    paths = settings.paths
-    store = Store.open(paths.db)
-    sweep_scratch(paths.state_dir)  # what a killed daemon left mid-import; we hold the lock
+async def start_services(stack: contextlib.AsyncExitStack, daemon: Daemon) -> None:
+    """Start the daemon's background services; ``stack`` stops them, last started first."""
+    stack.push_async_callback(daemon.vms.close)  # VM exit watchers, the idle TAP pool
+    await daemon.vms.reconcile()
+    stack.push_async_callback(daemon.operations.cancel_all)
+    tasks = await stack.enter_async_context(BackgroundTasks())
+    ttl = daemon.settings.operation_ttl_seconds
+    tasks.spawn(_prune_forever(daemon.operations, daemon.store, ttl), name="prune operations")
+
+
+def _open_store(stack: contextlib.AsyncExitStack, settings: Settings) -> Store:
+    """The store, with what a killed daemon left behind put right (we hold the lock)."""
+    store = Store.open(settings.paths.db)
+    stack.callback(store.close)
+    sweep_scratch(settings.paths.state_dir)  # what a killed daemon left mid-import
     interrupted = store.operations.mark_interrupted()
     if interrupted:
         log.warning("operations interrupted by the previous daemon", count=interrupted)
-    registry = OperationRegistry(
-        ttl_seconds=settings.operation_ttl_seconds,
-        persist=operation_recorder(store),
-        recall=operation_recaller(store),
-        log_file=paths.log_file,
-    )
-    daemon = Daemon.build(settings, store, registry, frozenset({os.getuid(), 0}))
-    sock = bind_socket(paths.socket)
-    config = uvicorn.Config(
-        create_app(daemon),
-        http=PeerCredProtocol,
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
-    server = uvicorn.Server(config)
+    return store
 
-    def request_shutdown() -> None:
-        server.should_exit = True
 
-    daemon.request_shutdown = request_shutdown
-    await daemon.vms.reconcile()
-    pruner = asyncio.create_task(
-        _prune_forever(registry, store, settings.operation_ttl_seconds)
-    )
-    log.info("bangerd listening", socket=str(paths.socket), pid=os.getpid())
-    try:
+def _listen(stack: contextlib.AsyncExitStack, path: Path) -> socket.socket:
+    sock = bind_socket(path)
+    stack.callback(path.unlink, missing_ok=True)
+    stack.callback(sock.close)
+    return sock
+
+
+async def serve(settings: Settings) -> None:
+    """Run the daemon until a shutdown request or SIGTERM/SIGINT.
+
+    Everything it starts goes on one exit stack, so shutdown (or a failed
+    start) stops it all in reverse order, the store last.
+    """
+    paths = settings.paths
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(log.info, "bangerd stopped")
+        store = await asyncio.to_thread(_open_store, stack, settings)
+        registry = OperationRegistry(
+            ttl_seconds=settings.operation_ttl_seconds,
+            persist=operation_recorder(store),
+            recall=operation_recaller(store),
+            log_file=paths.log_file,
+        )
+        daemon = Daemon.build(settings, store, registry, frozenset({os.getuid(), 0}))
+        sock = _listen(stack, paths.socket)
+        config = uvicorn.Config(
+            create_app(daemon),
+            http=PeerCredProtocol,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+        server = uvicorn.Server(config)
+
+        def request_shutdown() -> None:
+            server.should_exit = True
+
+        daemon.request_shutdown = request_shutdown
+        await start_services(stack, daemon)
+        log.info("bangerd listening", socket=str(paths.socket), pid=os.getpid())
         await server.serve(sockets=[sock])
-    finally:
-        pruner.cancel()
-        await registry.cancel_all()
-        await daemon.vms.close()
-        sock.close()
-        paths.socket.unlink(missing_ok=True)
-        store.close()
-        log.info("bangerd stopped")

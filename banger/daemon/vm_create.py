@@ -11,10 +11,8 @@ import asyncio
 import contextlib
 import shutil
 from dataclasses import dataclass
-from typing import Any
 
-from banger.api.models import VMCreateRequest
-from banger.core.defaults import DEFAULT_IMAGE_SOURCE
+from banger.api.models import ImageBuildRequest, ImageInfo, VMCreateRequest, VMInfo
 from banger.core.errors import Conflict, InvalidInput
 from banger.core.names import generate_vm_name, new_id
 from banger.core.states import VMState
@@ -110,7 +108,7 @@ class VMCreator:
         # create's own error, and its subnet's addresses are never handed out twice.
         await self.rt.network.claim_bridge()
 
-        async def work(ctx: OperationContext) -> dict[str, Any]:
+        async def work(ctx: OperationContext) -> VMInfo:
             image = plan.image or await self._default_image(ctx)
             vm_id = new_id()
             async with self.rt.lock(vm_id), contextlib.AsyncExitStack() as undo:
@@ -128,17 +126,15 @@ class VMCreator:
                         vm, VMState.CREATED, reason="created without booting (--no-start)"
                     )
                 undo.pop_all()
-            return self.rt.info(vm).model_dump(mode="json")
+            return self.rt.info(vm)
 
         return plan, work
 
     async def _default_image(self, ctx: OperationContext) -> ImageRecord:
         """First use: build the default kernel and image (with progress)."""
-        result = await self.images.build(
-            name=None, source=DEFAULT_IMAGE_SOURCE, packages=[], size=None
-        )(ctx)
-        assert result is not None
-        return self.store.images.get_key(result["id"])
+        built = await self.images.build(ImageBuildRequest())(ctx)
+        assert isinstance(built, ImageInfo)
+        return self.store.images.get_key(built.id)
 
     def _add_row(self, vm_id: str, plan: CreatePlan, image: ImageRecord) -> VMRecord:
         return self.store.vms.add(

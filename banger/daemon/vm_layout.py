@@ -100,6 +100,6 @@ def build_spec(
         run_dir=files.run_dir,
         net=net,
         accel=accel,
-        init=image.manifest.get("init") or None,
+        init=image.manifest.init if image.manifest else None,
         cmdline_extra=tcg_cmdline(accel),
     )

@@ -21,6 +21,7 @@ import structlog
 from banger.core.errors import Conflict
 from banger.core.states import NetMode
 from banger.core.vmspec import NetSpec, TapNet, UserNet
+from banger.daemon.background import BackgroundTasks
 from banger.host import net
 from banger.host.privileged import HostOps
 from banger.store.db import Store
@@ -58,6 +59,7 @@ class VMNetwork:
         self.mode = choose_net_mode(kinds, ops.can_manage_network())
         self._pool: net.TapPool | None = None
         self._ready = asyncio.Lock()
+        self._tasks = BackgroundTasks()
 
     async def _tap_pool(self) -> net.TapPool:
         """Create the bridge and the idle TAP pool on first use."""
@@ -95,7 +97,7 @@ class VMNetwork:
             return UserNet(ssh_host_port=port, mac=mac), None, port
         pool = await self._tap_pool()
         tap = await asyncio.to_thread(pool.acquire)
-        asyncio.get_running_loop().create_task(pool.arefill())
+        self._tasks.spawn(pool.arefill(), name="refill the TAP pool")
         assert vm.guest_ip is not None
         spec = TapNet(
             tap_name=tap,
@@ -137,5 +139,6 @@ class VMNetwork:
         return vm.guest_ip, 22
 
     async def close(self) -> None:
+        await self._tasks.aclose()
         if self._pool is not None:
             await asyncio.to_thread(self._pool.drain)

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from banger.api.models import SSHTarget
+from banger.api.models import SSHTarget, VMInfo
 from banger.core.errors import Conflict, GuestError, InvalidInput
 from banger.core.signals import parse_vmm_signal
 from banger.core.states import VMState
@@ -88,9 +88,9 @@ class VMService:
         """Work that runs ``act`` on the VM under its lock; an unknown ref fails right away."""
         self.rt.store.vms.get(ref)
 
-        async def work(ctx: OperationContext) -> dict[str, Any]:
+        async def work(ctx: OperationContext) -> VMInfo:
             async with self.rt.locked(ref) as vm:
-                return self.rt.info(await act(ctx, vm)).model_dump(mode="json")
+                return self.rt.info(await act(ctx, vm))
 
         return work
 

@@ -15,6 +15,7 @@ import structlog
 
 from banger.core.errors import BangerError
 from banger.core.states import VMState
+from banger.daemon.background import BackgroundTasks
 from banger.daemon.vm_runtime import VMRuntime
 from banger.host import ssh
 from banger.store.records import VMRecord
@@ -27,11 +28,14 @@ class VMWatcher:
     def __init__(self, rt: VMRuntime) -> None:
         self.rt = rt
         self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._tasks = BackgroundTasks()
 
     def watch(self, vm: VMRecord, handle: Handle) -> None:
         """Notice when the guest's VMM exits on its own."""
         self._unwatch(vm.id)
-        self._watchers[vm.id] = asyncio.get_running_loop().create_task(self._watch(vm.id, handle))
+        self._watchers[vm.id] = self._tasks.spawn(
+            self._watch(vm.id, handle), name=f"watch {vm.name}"
+        )
 
     def _unwatch(self, vm_id: str) -> None:
         watcher = self._watchers.pop(vm_id, None)
@@ -99,6 +103,5 @@ class VMWatcher:
 
     async def close(self) -> None:
         """Daemon shutdown: stop watching (guests keep running)."""
-        for task in self._watchers.values():
-            task.cancel()
-        await asyncio.gather(*self._watchers.values(), return_exceptions=True)
+        self._watchers.clear()
+        await self._tasks.aclose()

@@ -6,14 +6,15 @@ Written atomically (temp + fsync + rename) next to ``rootfs.ext4`` and
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from banger.core.errors import StoreError
+from banger.core.validate import first_validation_error
 from banger.host.files import atomic_write_text
 
 MANIFEST_NAME = "image.json"
@@ -21,57 +22,48 @@ ROOTFS_NAME = "rootfs.ext4"
 WORK_SEED_NAME = "work-seed.ext4"
 FORMAT_VERSION = 1
 
+# The guest's init goes on the kernel command line: one absolute path, no spaces.
+InitPath = Annotated[str, Field(pattern=r"^/[^\s]*$", max_length=255)]
 
-@dataclass(frozen=True)
-class ImageManifest:
-    """The contents of ``image.json``."""
+
+class ImageManifest(BaseModel):
+    """The contents of ``image.json`` (written by us; read back as semi-trusted data)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     id: str
     name: str
     source: str
     kernel_name: str | None
     packages: tuple[str, ...] = ()
-    rootfs_bytes: int = 0
-    work_seed_bytes: int = 0
+    rootfs_bytes: int = Field(default=0, ge=0)
+    work_seed_bytes: int = Field(default=0, ge=0)
     rootfs_sha256: str = ""
     init_profile: str = "lean"
-    init: str = "/usr/lib/banger/init"
-    built_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    init: InitPath = "/usr/lib/banger/init"
+    built_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     build_seconds: float = 0.0
     format: int = FORMAT_VERSION
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["packages"] = list(self.packages)
-        data["built_at"] = self.built_at.isoformat()
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ImageManifest:
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values["packages"] = tuple(values.get("packages") or ())
-        if "built_at" in values:
-            values["built_at"] = datetime.fromisoformat(values["built_at"])
-        return cls(**values)
 
 
 def write_manifest(image_dir: Path, manifest: ImageManifest) -> Path:
     """Write ``image_dir/image.json`` atomically."""
-    text = json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n"
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
     return atomic_write_text(image_dir / MANIFEST_NAME, text)
 
 
 def read_manifest(image_dir: Path) -> ImageManifest:
-    """Read ``image_dir/image.json``; StoreError when missing or malformed."""
+    """Read ``image_dir/image.json``; one StoreError naming the file when missing or damaged."""
     path = image_dir / MANIFEST_NAME
+    hint = "rebuild or re-import the image"
     try:
-        return ImageManifest.from_json(json.loads(path.read_text()))
+        return ImageManifest.model_validate_json(path.read_bytes())
     except FileNotFoundError as exc:
+        raise StoreError(f"{path} is missing", hint=hint) from exc
+    except OSError as exc:
+        raise StoreError(f"{path} is unreadable: {exc.strerror}", hint=hint) from exc
+    except ValidationError as exc:
         raise StoreError(
-            f"{path} is missing", hint="rebuild or re-import the image"
-        ) from exc
-    except (ValueError, TypeError, KeyError) as exc:
-        raise StoreError(
-            f"{path} is not a valid image manifest: {exc}", hint="rebuild or re-import the image"
-        ) from exc
+            f"{path} is not a valid image manifest: {first_validation_error(exc)}", hint=hint
+        ) from None
+

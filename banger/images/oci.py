@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from banger.core.cancel import pause
 from banger.core.errors import Conflict, InvalidInput, NotFound
 from banger.host import skopeo
 
@@ -150,7 +151,7 @@ def blob_cache_lock(
                         + ")",
                         hint="retry when it has finished",
                     ) from None
-                time.sleep(0.1)
+                pause(0.1)  # wakes and raises when the operation is cancelled
         yield
     finally:
         os.close(fd)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from banger.core.errors import StoreError
+from banger.core.validate import first_validation_error
 from banger.host.files import atomic_write_text, sha256_file
 
 MANIFEST = "manifest.json"
@@ -19,90 +20,63 @@ VMLINUX = "vmlinux"  # uncompressed ELF, for Firecracker
 INITRD = "initrd.img"  # banger's initramfs
 
 
-@dataclass(frozen=True)
-class KernelFile:
+class KernelFile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
     name: str
-    sha256: str
-    size: int
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
 
 
-@dataclass(frozen=True)
-class KernelManifest:
+class KernelManifest(BaseModel):
     """The record of one stored kernel; ``path`` is its directory (not serialised)."""
 
+    model_config = ConfigDict(
+        frozen=True, extra="ignore", validate_by_name=True, serialize_by_alias=True
+    )
+
+    schema_version: int = Field(default=SCHEMA, alias="schema")
     name: str
     version: str
     source: str
     created: str
     files: tuple[KernelFile, ...]
-    modules: tuple[str, ...]
-    path: Path = field(default=Path("."), compare=False)
+    modules: tuple[str, ...] = ()
+    path: Path = Field(default=Path("."), exclude=True)
 
     def file(self, name: str) -> Path | None:
         """The path of artifact ``name`` (``vmlinuz``, ``vmlinux``, ``initrd.img``), if stored."""
         return self.path / name if any(f.name == name for f in self.files) else None
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA,
-            "name": self.name,
-            "version": self.version,
-            "source": self.source,
-            "created": self.created,
-            "files": [{"name": f.name, "sha256": f.sha256, "size": f.size} for f in self.files],
-            "modules": list(self.modules),
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any], path: Path) -> KernelManifest:
-        try:
-            return cls(
-                name=str(data["name"]),
-                version=str(data["version"]),
-                source=str(data["source"]),
-                created=str(data["created"]),
-                files=tuple(
-                    KernelFile(str(f["name"]), str(f["sha256"]), int(f["size"]))
-                    for f in data["files"]
-                ),
-                modules=tuple(str(m) for m in data.get("modules", [])),
-                path=path,
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(
-                f"kernel manifest {path / MANIFEST} is malformed: missing or bad {exc}",
-                hint=f"delete it and pull or import it again: banger kernel delete {path.name}",
-            ) from exc
-
 
 def describe_file(path: Path) -> KernelFile:
-    return KernelFile(path.name, sha256_file(path), path.stat().st_size)
+    return KernelFile(name=path.name, sha256=sha256_file(path), size=path.stat().st_size)
 
 
 def write_manifest(manifest: KernelManifest, directory: Path) -> Path:
     """Write ``directory/manifest.json`` atomically."""
-    text = json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n"
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
     return atomic_write_text(directory / MANIFEST, text)
 
 
 def load_manifest(directory: Path) -> KernelManifest:
-    """Read ``directory/manifest.json``; StoreError when it is missing or unreadable."""
+    """Read ``directory/manifest.json``; one StoreError naming the file when missing or damaged."""
     path = directory / MANIFEST
+    hint = f"delete it and pull or import it again: banger kernel delete {directory.name}"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except FileNotFoundError as exc:
+        raise StoreError(f"kernel {directory.name} has no manifest ({path})", hint=hint) from exc
+    except OSError as exc:
         raise StoreError(
-            f"kernel {directory.name} has no manifest ({path})",
-            hint=f"delete it and pull or import it again: banger kernel delete {directory.name}",
+            f"kernel manifest {path} is unreadable: {exc.strerror}", hint=hint
         ) from exc
-    except (OSError, ValueError) as exc:
+    try:
+        return KernelManifest.model_validate_json(raw).model_copy(update={"path": directory})
+    except ValidationError as exc:
         raise StoreError(
-            f"kernel manifest {path} is unreadable: {exc}",
-            hint=f"delete it and pull or import it again: banger kernel delete {directory.name}",
-        ) from exc
-    if not isinstance(data, dict):
-        raise StoreError(f"kernel manifest {path} is not a JSON object")
-    return KernelManifest.from_json(data, directory)
+            f"kernel manifest {path} is malformed: {first_validation_error(exc)}", hint=hint
+        ) from None
 
 
 def verify_manifest(manifest: KernelManifest) -> list[str]:

@@ -12,9 +12,18 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
+from pydantic import BaseModel, ValidationError
+
+from banger.core.errors import StoreError
+from banger.core.validate import first_validation_error
+
 R = TypeVar("R")
 
-Kind = Literal["json", "bool", "path", "time"] | type[StrEnum]
+# A model kind stores the model as JSON and parses it back on read (a damaged row is
+# a StoreError naming the table and column, not a dict that fails later); no model
+# is the column's default, an empty object.
+NO_MODEL = "{}"
+Kind = Literal["json", "bool", "path", "time"] | type[StrEnum] | type[BaseModel]
 
 
 def utcnow() -> datetime:
@@ -51,6 +60,8 @@ class Table(Generic[R]):
         kind = self.kinds.get(column)
         if kind == "json":
             return json.dumps(value, sort_keys=True, separators=(",", ":"))
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            return kind.model_validate(value).model_dump_json() if value is not None else NO_MODEL
         if value is None:
             return None
         if kind == "bool":
@@ -67,6 +78,8 @@ class Table(Generic[R]):
         kind = self.kinds.get(column)
         if kind == "json":
             return json.loads(value) if value is not None else None
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            return self._decode_model(kind, column, value)
         if value is None:
             return None
         if kind == "bool":
@@ -78,6 +91,18 @@ class Table(Generic[R]):
         if isinstance(kind, type):
             return kind(value)
         return value
+
+    def _decode_model(self, kind: type[BaseModel], column: str, value: str | None) -> Any:
+        if value is None or value == NO_MODEL:
+            return None
+        try:
+            return kind.model_validate_json(value)
+        except ValidationError as exc:
+            raise StoreError(
+                f"the state database holds a damaged {self.name}.{column}: "
+                f"{first_validation_error(exc)}",
+                hint="restore state.db from a backup, or delete the damaged entry",
+            ) from None
 
     def to_row(self, record: R) -> dict[str, Any]:
         return {c: self.encode(c, getattr(record, c)) for c in self.columns}

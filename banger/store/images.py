@@ -6,6 +6,7 @@ import builtins
 import dataclasses
 
 from banger.core.errors import BangerError, Conflict, NotFound
+from banger.images.manifest import ImageManifest
 from banger.store.codec import Table, Violation, utcnow
 from banger.store.kernels import kernel_not_found
 from banger.store.records import ImageRecord
@@ -14,7 +15,7 @@ from banger.store.repo import Repository, invalid, one_by_ref
 IMAGES: Table[ImageRecord] = Table(
     "images",
     ImageRecord,
-    {"path": "path", "is_default": "bool", "manifest": "json", "created_at": "time"},
+    {"path": "path", "is_default": "bool", "manifest": ImageManifest, "created_at": "time"},
 )
 
 

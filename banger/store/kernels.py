@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from banger.core.errors import BangerError, Conflict, NotFound
+from banger.kernels.manifest import KernelManifest
 from banger.store.codec import Table, Violation, utcnow
 from banger.store.records import KernelRecord
 from banger.store.repo import Repository, invalid
@@ -12,7 +13,7 @@ from banger.store.repo import Repository, invalid
 KERNELS: Table[KernelRecord] = Table(
     "kernels",
     KernelRecord,
-    {"path": "path", "is_default": "bool", "manifest": "json", "created_at": "time"},
+    {"path": "path", "is_default": "bool", "manifest": KernelManifest, "created_at": "time"},
 )
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from banger.core.states import NetMode, OperationState, VMState
+from banger.images.manifest import ImageManifest
+from banger.kernels.manifest import KernelManifest
 
 
 @dataclass(frozen=True)
@@ -19,7 +21,7 @@ class KernelRecord:
     source: str
     path: Path
     is_default: bool = False
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: KernelManifest | None = None
     created_at: datetime | None = None  # set by ``add`` when None
 
 
@@ -34,7 +36,7 @@ class ImageRecord:
     kernel_name: str | None = None
     is_default: bool = False
     size_bytes: int = 0
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: ImageManifest | None = None
     created_at: datetime | None = None
 
 

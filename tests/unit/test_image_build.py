@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import string
 import sys
@@ -137,6 +138,21 @@ def test_a_missing_or_corrupt_image_json_is_a_store_error(tmp_path: Path) -> Non
     (tmp_path / "image.json").write_text("{not json")
     with pytest.raises(StoreError):
         read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("init", "/sbin/init init=/bin/sh"), ("rootfs_bytes", "lots"), ("packages", "git")],
+)
+def test_a_damaged_image_json_is_one_store_error_naming_the_file_and_field(
+    tmp_path: Path, field: str, value: object
+) -> None:
+    data = {"id": "x", "name": "n", "source": "s", "kernel_name": None, field: value}
+    (tmp_path / "image.json").write_text(json.dumps(data))
+    with pytest.raises(StoreError) as err:
+        read_manifest(tmp_path)
+    assert str(tmp_path / "image.json") in err.value.message and field in err.value.message
+    assert "\n" not in err.value.message and err.value.hint
 
 
 def test_the_finish_hook_runs_our_module_isolated_from_the_working_directory() -> None:

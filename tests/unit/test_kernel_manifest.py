@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from banger.api.models import KernelImportRequest
 from banger.core.errors import InvalidInput, StoreError
 from banger.daemon.kernel_service import KernelService
 from banger.host import files
@@ -47,7 +48,7 @@ def test_manifest_round_trips_through_json(tmp_path: Path) -> None:
 def test_describe_file_records_sha256_and_size(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"abc")
     assert describe_file(tmp_path / "f") == KernelFile(
-        "f", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", 3
+        name="f", sha256="ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", size=3
     )
 
 
@@ -82,6 +83,14 @@ def test_a_malformed_manifest_is_a_store_error_naming_the_fix(tmp_path: Path) ->
     assert "banger kernel delete" in (err.value.hint or "")
 
 
+def test_a_damaged_artifact_hash_is_a_store_error_naming_the_file(tmp_path: Path) -> None:
+    data = sample(tmp_path).model_dump(mode="json")
+    data["files"][0]["sha256"] = "../../etc/passwd"
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(StoreError, match=r"manifest\.json is malformed: files\.0\.sha256"):
+        load_manifest(tmp_path)
+
+
 def test_a_missing_manifest_is_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no manifest"):
         load_manifest(tmp_path)
@@ -95,7 +104,7 @@ def test_kernel_names_follow_the_vm_name_grammar(bad: str, tmp_path: Path) -> No
         delete_kernel(bad, tmp_path / "kernels")
     service = KernelService(Store.open(tmp_path / "state.db"), tmp_path / "kernels", tmp_path)
     with pytest.raises(InvalidInput):
-        service.import_(bad, tmp_path)
+        service.import_(KernelImportRequest(name=bad, source=str(tmp_path)))
     assert not (tmp_path / "kernels").exists()
 
 

@@ -10,9 +10,13 @@ from typing import Any
 
 import pytest
 
-from banger.api.models import Operation, OperationState, StageState
+from banger.api.models import KernelInfo, Operation, OperationState, StageState
 from banger.core.errors import InvalidInput, NotFound
+from banger.daemon.history import operation_recaller, operation_recorder
 from banger.daemon.operations import OperationContext, OperationRegistry
+from banger.store.db import Store
+
+BOX = KernelInfo(name="box", version="6.1", source="test", path="/k/box", is_default=False)
 
 
 def run(coro: Any) -> Any:
@@ -20,12 +24,12 @@ def run(coro: Any) -> Any:
 
 
 def test_successful_operation_records_stages_in_order_and_its_result() -> None:
-    async def work(ctx: OperationContext) -> dict[str, Any]:
+    async def work(ctx: OperationContext) -> KernelInfo:
         with ctx.stage("reserve"):
             pass
         with ctx.stage("disks"):
             ctx.detail("50%")
-        return {"name": "box"}
+        return BOX
 
     async def scenario() -> Operation:
         reg = OperationRegistry(ttl_seconds=60)
@@ -37,7 +41,7 @@ def test_successful_operation_records_stages_in_order_and_its_result() -> None:
     assert [s.name for s in op.stages] == ["reserve", "disks"]
     assert all(s.state is StageState.DONE and s.finished_at for s in op.stages)
     assert op.stages[1].detail == "50%"
-    assert op.result == {"name": "box"}
+    assert op.result == BOX
     assert op.finished_at is not None
 
 
@@ -193,8 +197,8 @@ def test_a_failing_history_write_never_leaves_the_operation_running() -> None:
     def persist(op: Operation) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
-    async def work(ctx: OperationContext) -> dict[str, Any]:
-        return {"ok": True}
+    async def work(ctx: OperationContext) -> KernelInfo:
+        return BOX
 
     async def scenario() -> Operation:
         reg = OperationRegistry(ttl_seconds=60, persist=persist)
@@ -232,3 +236,26 @@ def test_an_operation_of_an_earlier_daemon_is_recalled_from_history() -> None:
 
     got, waited = run(scenario())
     assert got == past and waited == past
+
+
+def test_a_typed_result_survives_the_history_and_a_shapeless_one_is_dropped(
+    tmp_path: Path,
+) -> None:
+    store = Store.open(tmp_path / "state.db")
+
+    async def work(ctx: OperationContext) -> KernelInfo:
+        return BOX
+
+    async def scenario() -> str:
+        reg = OperationRegistry(ttl_seconds=60, persist=operation_recorder(store))
+        return (await reg.join(reg.begin("kernel.pull", work).id)).id
+
+    try:
+        op_id = run(scenario())
+        recalled = operation_recaller(store)(op_id)
+        assert recalled is not None and recalled.result == BOX
+        store.operations.update(op_id, result={"name": "box", "made_up": 1})
+        recalled = operation_recaller(store)(op_id)
+        assert recalled is not None and recalled.result is None
+    finally:
+        store.close()

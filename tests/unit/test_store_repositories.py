@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from banger.core.errors import Conflict, InvalidInput, NotFound, Unavailable
+from banger.core.errors import Conflict, InvalidInput, NotFound, StoreError, Unavailable
+from banger.images.manifest import ImageManifest
+from banger.kernels.manifest import KernelFile, KernelManifest
 from banger.store import (
     ImageRecord,
     KernelRecord,
@@ -70,10 +73,16 @@ def with_image(store: Store) -> ImageRecord:
 # -- kernels --------------------------------------------------------------------
 
 
+KERNEL_MANIFEST = KernelManifest(
+    name="debian-cloud", version="6.1.0-28", source="apt", created="2026-01-01T00:00:00+00:00",
+    files=(KernelFile(name="vmlinux", sha256="ab" * 32, size=7),), modules=("virtio", "9p"),
+)
+
+
 def test_kernel_round_trips_every_field(store: Store) -> None:
-    added = store.kernels.add(kernel(manifest={"sha256": {"vmlinux": "ab"}, "modules": [1, 2]}))
+    added = store.kernels.add(kernel(manifest=KERNEL_MANIFEST))
     assert added.path == Path("/k/debian-cloud")
-    assert added.manifest == {"sha256": {"vmlinux": "ab"}, "modules": [1, 2]}
+    assert added.manifest == KERNEL_MANIFEST
     assert added.created_at is not None and added.created_at.tzinfo is not None
     assert store.kernels.get("debian-cloud") == added
     assert store.kernels.list() == [added]
@@ -396,3 +405,35 @@ def test_refs_are_exact_and_a_ref_both_id_and_name_is_refused(
     assert store.vms.get("feedfacecafe").name == first.id
     assert store.vms.get_key(first.id).name == "first"  # internal callers hold ids
     assert store.vms.find(first.id[:4]) is None  # never by prefix
+
+
+def test_a_row_without_a_manifest_reads_back_as_none(store: Store) -> None:
+    assert store.kernels.add(kernel()).manifest is None
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "{\"id\": \"x\"}",  # fields missing
+        json.dumps({"id": "x", "name": "n", "source": "s", "kernel_name": None,
+                    "init": "/sbin/init rw single"}),  # would add kernel arguments
+        json.dumps({"id": "x", "name": "n", "source": "s", "kernel_name": None,
+                    "rootfs_bytes": -1}),
+    ],
+)
+def test_a_damaged_manifest_in_the_database_is_one_store_error_naming_the_column(
+    store: Store, with_image: ImageRecord, damage: str
+) -> None:
+    store.connection().execute("UPDATE images SET manifest = ?", (damage,))
+    with pytest.raises(StoreError, match=r"damaged images\.manifest") as err:
+        store.images.get(with_image.name)
+    assert "\n" not in err.value.message and err.value.hint
+
+
+def test_an_image_manifest_round_trips_through_the_store(store: Store) -> None:
+    store.kernels.add(kernel())
+    manifest = ImageManifest(
+        id="img-bookworm", name="bookworm", source="mmdebstrap", kernel_name="debian-cloud",
+        packages=("git",), rootfs_bytes=10,
+    )
+    assert store.images.add(image(manifest=manifest)).manifest == manifest
