@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +81,7 @@ class FakeVMs:
         self._services.append(VMService(rt))
         return self._services[-1]
 
-    def drive(self, scenario: Callable[[], Awaitable[T]]) -> T:
+    def drive(self, scenario: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run ``scenario`` on the services' event loop (one per test, like the daemon's)."""
         return self._runner.run(scenario())
 
