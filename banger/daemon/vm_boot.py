@@ -13,7 +13,6 @@ from banger.daemon.vm_watch import VMWatcher
 from banger.host import ssh
 from banger.store.codec import utcnow
 from banger.store.records import VMRecord
-from banger.vmm.base import Handle
 
 
 class VMBooter:
@@ -46,7 +45,9 @@ class VMBooter:
             undo.push_async_callback(rt.backend.shutdown, handle, graceful=False, timeout=0)
             vm = rt.store.vms.update(vm.id, pid=handle.pid)
         with ctx.stage("ssh"):
-            await self._wait_ssh(vm, host, port, handle)
+            deadline = time.monotonic() + rt.settings.ssh_ready_timeout
+            await rt.guest.wait_ready(vm, files, host, port, deadline=deadline,
+                                      alive=handle.running)
             vm = rt.store.vms.transition(
                 vm, VMState.RUNNING, reason="booted, sshd accepts our key", started_at=utcnow()
             )
@@ -69,17 +70,3 @@ class VMBooter:
                     pid=None, tap_name=None, last_error=message,
                 )
             raise
-
-    async def _wait_ssh(self, vm: VMRecord, host: str, port: int, handle: Handle) -> None:
-        """Until sshd accepts our key; leaves the shared SSH connection up where possible."""
-        files = self.rt.files(vm)
-        key = self.rt.paths.ssh_key
-        deadline = time.monotonic() + self.rt.settings.ssh_ready_timeout
-        control = ssh.control_path_for(files.run_dir)
-        if control is None:
-            await ssh.wait_for_ssh(host, port, key, known_hosts=files.known_hosts,
-                                   deadline=deadline, alive=handle.running)
-            return
-        await ssh.open_master(host, port, key, files.known_hosts, control,
-                              deadline=deadline, log_path=files.dir / "ssh.log",
-                              alive=handle.running)

@@ -2,8 +2,8 @@
 
 A VM's mutable facts (state, TAP, pid) live in its store row; everything else
 (its files, its launch spec, its running VMM) is derived from the row here.
-The ``Backend`` is injected (``daemon/state.py`` builds it), so a test can hand
-in its own.
+The ``Backend`` is injected (``daemon/state.py`` builds it), and so is the
+``Guest`` (default: over SSH), so a test can hand in its own of each.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from banger.config import Settings
 from banger.core.errors import BangerError, Unavailable
 from banger.core.states import VMState
 from banger.core.vmspec import NetSpec, VMSpec
+from banger.daemon.vm_guest import Guest, SSHGuest
 from banger.daemon.vm_layout import VMFiles, build_spec
 from banger.daemon.vm_network import VMNetwork
 from banger.store.db import Store
@@ -27,13 +28,15 @@ from banger.vmm.base import Backend, Handle
 
 class VMRuntime:
     def __init__(
-        self, settings: Settings, store: Store, network: VMNetwork, backend: Backend
+        self, settings: Settings, store: Store, network: VMNetwork, backend: Backend,
+        guest: Guest | None = None,
     ) -> None:
         self.settings = settings
         self.paths = settings.paths
         self.store = store
         self.network = network
         self.backend = backend
+        self.guest: Guest = guest or SSHGuest(settings.paths.ssh_key)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def files(self, vm: VMRecord) -> VMFiles:

@@ -1,7 +1,8 @@
 """The VM verbs: start, stop, restart, kill, delete, set (each an operation under the VM's lock).
 
 Boot lives in ``vm_boot.py``, watching, reconcile and teardown in ``vm_watch.py``,
-creation in ``vm_create.py``; what they share in ``vm_runtime.py``.
+creation in ``vm_create.py``, the guest (SSH readiness, poweroff) in ``vm_guest.py``;
+what they share in ``vm_runtime.py``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from banger.api.models import SSHTarget, VMInfo
-from banger.core.errors import Conflict, GuestError, InvalidInput
+from banger.core.errors import Conflict, InvalidInput
 from banger.core.signals import parse_vmm_signal
 from banger.core.states import VMState
 from banger.core.validate import format_size, parse_size, validate_memory_mib, validate_vcpu
@@ -28,8 +27,6 @@ from banger.daemon.vm_watch import VMWatcher
 from banger.host import disks, ssh
 from banger.host.probes import memory_available_mib
 from banger.store.records import VMRecord
-
-log = structlog.get_logger("banger.daemon.vm_service")
 
 GRACEFUL_STOP_TIMEOUT = 10.0
 VMM_STOP_TIMEOUT = 3.0
@@ -152,21 +149,11 @@ class VMService:
             return await self.watcher.teardown(vm, "its VMM was gone when stop was asked")
         if vm.state is VMState.RUNNING:
             vm = self.rt.store.vms.transition(vm, VMState.STOPPING, reason="stop requested")
-        await self._guest_poweroff(vm)
+        host, port = self.rt.network.ssh_endpoint(vm)
+        await self.rt.guest.poweroff(vm, self.rt.files(vm), host, port)
         if not await self.rt.backend.wait_exit(handle, timeout=GRACEFUL_STOP_TIMEOUT):
             await self.rt.backend.shutdown(handle, graceful=True, timeout=VMM_STOP_TIMEOUT)
         return await self.watcher.teardown(vm, "stopped on request")
-
-    async def _guest_poweroff(self, vm: VMRecord) -> None:
-        host, port = self.rt.network.ssh_endpoint(vm)
-        try:
-            await ssh.ssh_exec(
-                host, port, self.rt.paths.ssh_key, ["sh", "-c", "sync && poweroff"],
-                known_hosts=self.rt.files(vm).known_hosts, timeout=5,
-            )
-        except GuestError as exc:
-            # The connection often drops as the guest goes down: that is success.
-            log.debug("guest poweroff over SSH", vm=vm.name, error=exc.message)
 
     async def set(self, ref: str, vcpu: int | None, memory_mib: int | None,
                   disk: str | None) -> VMRecord:
