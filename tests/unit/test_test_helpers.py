@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from banger.core.errors import HostToolError
+from banger.core.wait import poll_until
 from tests.support import hostcheck, image, kernel
 from tests.support.hostcheck import ArtifactError, kill_leftover_vmms, processes_naming
 
@@ -54,10 +55,11 @@ def test_a_leftover_vmm_is_killed_by_pid_and_reported(tmp_path: Path) -> None:
     # A stand-in VMM: its command line names qemu-system and the test's dir, like a real one.
     proc = subprocess.Popen(["bash", "-c", f'exec -a "qemu-system-x86_64 -name {marker}" sleep 60'])
     try:
-        for _ in range(100):
-            if processes_naming(marker, program="qemu-system"):
-                break
-            subprocess.run(["sleep", "0.02"], check=True)
+        # bash must have exec'd into the stand-in first (bash's own argv names both too).
+        def execd() -> bool:
+            return processes_naming(marker).get(proc.pid, "").startswith("qemu-system")
+
+        assert poll_until(execd, timeout=30)
         leaked = kill_leftover_vmms(marker)
         assert list(leaked) == [proc.pid]
         assert proc.wait(timeout=5) == -9
