@@ -78,12 +78,3 @@ def load_manifest(directory: Path) -> KernelManifest:
             f"kernel manifest {path} is malformed: {first_validation_error(exc)}", hint=hint
         ) from None
 
-
-def verify_manifest(manifest: KernelManifest) -> list[str]:
-    """Names of artifacts whose size or sha256 no longer match the manifest."""
-    bad = []
-    for f in manifest.files:
-        p = manifest.path / f.name
-        if not p.is_file() or p.stat().st_size != f.size or sha256_file(p) != f.sha256:
-            bad.append(f.name)
-    return bad
