@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -244,23 +245,31 @@ def vm_show(ctx: CliContext, vm: str, as_json: bool) -> None:
     if as_json:
         print_json(v.model_dump(mode="json"))
         return
-    network = f"tap {v.tap_name}" if v.net_mode == "tap" else "user-mode (slirp)"
+    if v.net_mode == "tap":
+        network = f"tap {v.tap_name}" if v.tap_name else "tap (attached at start)"
+    else:
+        network = "user-mode (slirp)"
     print_fields([
         ("name", v.name), ("id", v.id), ("state", v.state), ("image", v.image_name or v.image_id),
         ("kernel", v.kernel_name), ("backend", v.backend), ("vcpu", v.vcpu),
         ("memory", f"{v.memory_mib} MiB"), ("disk", format_size(v.disk_bytes)),
-        ("network", f"{v.net_mode}: {network}"), ("ip", v.guest_ip),
+        ("network", network), ("ip", v.guest_ip),
         ("ssh", f"{v.ssh_host}:{v.ssh_port}" if v.ssh_host else None), ("pid", v.pid),
-        ("created", v.created_at), ("started", v.started_at), ("last error", v.last_error),
+        ("created", _when(v.created_at)), ("started", _when(v.started_at)),
+        ("last error", v.last_error),
         ("last change", _last_change(v)),
     ])
 
 
+def _when(moment: datetime | None) -> str | None:
+    return moment.strftime("%Y-%m-%d %H:%M:%S %Z").strip() if moment else None
+
+
 def _last_change(v: VMInfo) -> str | None:
     """When the VM entered its state, and why."""
-    if v.state_changed_at is None:
+    when = _when(v.state_changed_at)
+    if when is None:
         return v.state_reason
-    when = v.state_changed_at.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
     return f"{when}: {v.state_reason}" if v.state_reason else when
 
 
