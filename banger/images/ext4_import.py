@@ -21,7 +21,13 @@ from pathlib import Path, PurePosixPath
 from banger.core.cancel import checkpoint
 from banger.core.errors import InvalidInput
 from banger.core.validate import safe_component
-from banger.host.ext4 import debugfs_batch, debugfs_quote, debugfs_request, make_ext4
+from banger.host.ext4 import (
+    debugfs_batch,
+    debugfs_quote,
+    debugfs_request,
+    make_ext4,
+    read_ext4_file,
+)
 from banger.images import guest_bits
 from banger.images.flatten import Entry, EntryKind
 from banger.images.guest_bits import GuestFile, Kind, parent_dirs, refuse_symlinked_parents
@@ -92,18 +98,17 @@ def list_dir(image: Path, path: str) -> dict[str, Ext4Node] | None:
     return nodes if out.strip() else None
 
 
-def symlink_target(image: Path, path: str, scratch: Path) -> str | None:
-    """The target of symlink ``path`` in ``image`` (fast links from ``stat``, others dumped)."""
+def symlink_target(image: Path, path: str) -> str | None:
+    """The target of symlink ``path`` in ``image`` (fast links from ``stat``, others read).
+
+    A slow link's target is read through ``debugfs cat``, never dumped to a host
+    file: a host path next to what the image names could be a link it planted.
+    """
     out = debugfs_request(image, f"stat {debugfs_quote(path)}").decode("utf-8", "surrogateescape")
     for line in out.splitlines():
         if "Fast link dest:" in line:
             return line.split("Fast link dest:", 1)[1].strip().strip('"')
-    dest = scratch / "link"
-    debugfs_request(image, f"dump {debugfs_quote(path)} {debugfs_quote(os.fspath(dest))}")
-    if not dest.is_file():
-        return None
-    target = dest.read_bytes().decode("utf-8", "surrogateescape")
-    dest.unlink()
+    target = read_ext4_file(image, path).decode("utf-8", "surrogateescape")
     return target or None
 
 
@@ -126,7 +131,7 @@ def _materialize(image: Path, probe: Path, path: str, cache: dict, depth: int = 
         if node.kind == EntryKind.DIR:
             dest.mkdir(exist_ok=True)
         elif node.kind == EntryKind.SYMLINK:
-            target = symlink_target(image, cur, probe)
+            target = symlink_target(image, cur)
             if target is None or depth >= _MAX_DEPTH:
                 return
             if not os.path.lexists(dest):
@@ -236,7 +241,7 @@ def walk_ext4(image: Path, top: str) -> list[Entry]:
     return out
 
 
-def _copy_out(image: Path, top: str, entries: list[Entry], dest: Path, scratch: Path) -> None:
+def _copy_out(image: Path, top: str, entries: list[Entry], dest: Path) -> None:
     """Copy the files, dirs and symlinks ``entries`` below ``top`` of ``image`` into ``dest``.
 
     Host paths are built here from names :func:`list_dir` checked, never by debugfs
@@ -257,7 +262,7 @@ def _copy_out(image: Path, top: str, entries: list[Entry], dest: Path, scratch: 
         debugfs_batch(image, dumps, writable=False)
     for e in links:
         checkpoint()
-        target = symlink_target(image, posixpath.join(top, e.path), scratch)
+        target = symlink_target(image, posixpath.join(top, e.path))
         if target is not None:
             os.symlink(target, dest / e.path)
 
@@ -270,7 +275,7 @@ def build_work_seed_from_ext4(image: Path, seed: Path, tmp: Path) -> None:
     root = (list_dir(image, "/") or {}).get("root")
     copied = (EntryKind.FILE, EntryKind.DIR, EntryKind.SYMLINK)
     entries = [e for e in walk_ext4(image, "/root") if e.kind in copied]
-    _copy_out(image, "/root", entries, src, tmp)
+    _copy_out(image, "/root", entries, src)
     entries.append(Entry("", EntryKind.DIR, root.mode & 0o7777 if root else 0o700,
                          root.uid if root else 0, root.gid if root else 0))
     checkpoint()

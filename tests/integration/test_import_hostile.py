@@ -131,3 +131,26 @@ def test_a_truncated_docker_save_is_refused_as_a_corrupt_archive(
     with pytest.raises(InvalidInput, match="truncated or corrupt archive"):
         import_image(tmp_path / "cut.tar", tmp_path / "images", name="cut", kernel_name=None)
     assert_nothing_left(tmp_path)
+
+
+def test_an_ext4_whose_links_aim_at_host_files_writes_nothing_through_them(
+    tmp_path: Path,
+) -> None:
+    """/sbin -> /link, /link -> a host file, /usr -> a long (slow) link whose target is
+    attacker text: reading the slow link's target must not write through ``link``."""
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "root").mkdir()
+    os.symlink("/link", src / "sbin")
+    os.symlink(str(victim), src / "link")
+    os.symlink("ssh-ed25519 AAAA" + "x" * 80 + " attacker", src / "usr")
+    image = tmp_path / "links.ext4"
+    with open(image, "wb") as f:
+        f.truncate(64 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(src), str(image)], check=True)
+    with pytest.raises(InvalidInput):
+        import_image(image, tmp_path / "images", name="links", kernel_name=None)
+    assert victim.read_text() == "keep me\n"
+    assert_nothing_left(tmp_path)
