@@ -153,7 +153,8 @@ def _extract_deb(deb: Path, into: Path) -> None:
 
     The data tar streams from ``dpkg-deb --fsys-tarfile`` and is written here
     (not by a forked ``dpkg-deb -x`` that could outlive a killed daemon), with
-    tarfile's "tar" filter on top: nothing lands outside ``into``.
+    tarfile's "tar" filter on top, and hard links only to members before them:
+    nothing lands outside ``into`` and nothing outside it is linked in.
     """
     where = f"package {deb.name}"
     with data_tar(deb) as data:
@@ -165,8 +166,12 @@ def _extract_deb(deb: Path, into: Path) -> None:
                     if rel in ("", "."):
                         continue
                     member.name = safe_relative_path(rel, where=where)
+                    if member.islnk():  # the "tar" filter leaves a hard link's target unchecked
+                        member.linkname = safe_relative_path(
+                            member.linkname.removeprefix("./"), where=f"{where}: hard link {rel}"
+                        )
                     tar.extract(member, into, filter="tar")
-        except (tarfile.TarError, EOFError) as exc:
+        except (tarfile.TarError, EOFError, KeyError) as exc:
             raise InvalidInput(f"{where}: truncated or corrupt archive ({exc})",
                                hint="download the package again") from exc
 

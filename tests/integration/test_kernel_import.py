@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
 import stat
 import subprocess
+import tarfile
 import threading
 from pathlib import Path
 
@@ -242,5 +244,47 @@ def test_a_package_reaching_outside_itself_is_refused_and_leaks_nothing(
         import_kernel("hostile", source, state / "kernels")
     assert list((state / "kernels").iterdir()) == []
     assert list((state / "tmp").iterdir()) == []
+    for f in state.rglob("*"):
+        assert not f.is_file() or SECRET not in f.read_bytes(), f
+
+
+def relink_in_deb(deb: Path, member: str, target: str) -> None:
+    """Rewrite ``member`` of ``deb``'s data tar as a hard link to ``target`` (dpkg-deb -b
+    cannot make one that leaves the package), keeping the .deb well formed."""
+    work = deb.parent / "ar"
+    work.mkdir()
+    subprocess.run(["ar", "x", str(deb.resolve())], cwd=work, check=True)
+    (data_name,) = [p.name for p in work.iterdir() if p.name.startswith("data.tar")]
+    out = io.BytesIO()
+    with tarfile.open(work / data_name) as src, tarfile.open(fileobj=out, mode="w") as dst:
+        for info in src:
+            if info.name.removeprefix("./") == member:
+                info.type, info.linkname, info.size = tarfile.LNKTYPE, target, 0
+                dst.addfile(info)
+            else:
+                dst.addfile(info, src.extractfile(info) if info.isfile() else None)
+    (work / data_name).unlink()
+    (work / "data.tar").write_bytes(out.getvalue())
+    (control,) = [p.name for p in work.iterdir() if p.name.startswith("control.tar")]
+    deb.unlink()
+    subprocess.run(["ar", "rc", str(deb.resolve()), "debian-binary", control, "data.tar"],
+                   cwd=work, check=True)
+    shutil.rmtree(work)
+
+
+@pytest.mark.parametrize("target", ["HOST/virtio_net.ko", "../../../../../../HOST/virtio_net.ko"])
+def test_a_deb_hard_link_to_a_host_file_is_refused_and_leaks_nothing(
+    tmp_path: Path, unpacked: Path, target: str
+) -> None:
+    tree = hostile_tree(tmp_path, unpacked, ["kernel/virtio_net.ko:"], False)
+    (module,) = [p for p in (tree / "lib/modules").iterdir()]
+    (module / "kernel/virtio_net.ko").write_bytes(b"placeholder")
+    deb = as_deb(tree)
+    relink_in_deb(deb, f"lib/modules/{module.name}/kernel/virtio_net.ko",
+                  target.replace("HOST", str(tmp_path / "host")))
+    state = tmp_path / "state"
+    with pytest.raises(InvalidInput, match="hard link"):
+        import_kernel("hostile", deb, state / "kernels")
+    assert list((state / "kernels").iterdir()) == []
     for f in state.rglob("*"):
         assert not f.is_file() or SECRET not in f.read_bytes(), f
