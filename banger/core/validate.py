@@ -241,3 +241,17 @@ def first_validation_error(exc: ValidationError) -> str:
         return str(exc)
     where = ".".join(str(p) for p in errors[0]["loc"])
     return f"{where}: {errors[0]['msg']}" if where else str(errors[0]["msg"])
+
+
+_KERNEL_VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+~_-]{0,63}", re.ASCII)
+
+
+def validate_kernel_version(version: object, *, where: str) -> str:
+    """A kernel release string from a package (``6.1.0-18-cloud-amd64``): one safe path
+    component that cannot be read as an option; it names ``lib/modules/<version>``."""
+    if not isinstance(version, str) or not _KERNEL_VERSION_RE.fullmatch(version):
+        raise InvalidInput(
+            f"{where}: kernel version {str(version)[:80]!r} is not a kernel release string",
+            hint="a release is 1-64 of A-Z a-z 0-9 . + ~ _ - starting with a letter or digit",
+        )
+    return version

@@ -20,7 +20,7 @@ def depmod_modules_dep(modules_dir: Path, version: str, *, system_map: Path | No
         argv = [depmod, "-n", "-b", os.fspath(base)]
         if system_map is not None:
             argv += ["-F", os.fspath(system_map)]
-        out = run([*argv, version], timeout=120).stdout.decode("utf-8", "replace")
+        out = run([*argv, "--", version], timeout=120).stdout.decode("utf-8", "replace")
     # stdout holds every modules.* file; modules.dep comes first, up to the first comment.
     lines: list[str] = []
     for line in out.splitlines():

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from banger.core.cancel import checkpoint
 from banger.core.errors import Conflict, InvalidInput, NotFound
-from banger.core.validate import safe_relative_path, validate_name
+from banger.core.validate import safe_relative_path, validate_kernel_version, validate_name
 from banger.host.dpkg import data_tar
 from banger.host.files import (
     fsync_dir,
@@ -64,6 +64,10 @@ class KernelSource:
     modules_dir: Path | None
     initrd: Path | None = None
     system_map: Path | None = None
+
+    def __post_init__(self) -> None:
+        # From metadata.json or a file name: it becomes lib/modules/<version> and depmod's argument.
+        validate_kernel_version(self.version, where=f"kernel {self.kernel.name}")
 
 
 def _version_key(version: str) -> list[tuple[int, str]]:

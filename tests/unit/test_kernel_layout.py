@@ -77,6 +77,20 @@ def test_bad_metadata_json_is_rejected_with_the_reason(
         detect_layout(tmp_path)
 
 
+@pytest.mark.parametrize("version", ["../../../../tmp/x", "-Cfoo", "6.1/x", "a b", ".."])
+def test_a_hostile_kernel_version_from_metadata_is_refused(tmp_path: Path, version: object) -> None:
+    touch(tmp_path, "k/bzImage")
+    (tmp_path / "metadata.json").write_text(json.dumps({"kernel": "k/bzImage", "version": version}))
+    with pytest.raises(InvalidInput, match="not a kernel release string"):
+        detect_layout(tmp_path)
+
+
+def test_a_hostile_kernel_version_from_a_file_name_is_refused(tmp_path: Path) -> None:
+    touch(tmp_path, "boot/vmlinuz--Cfoo")
+    with pytest.raises(InvalidInput, match="not a kernel release string"):
+        detect_layout(tmp_path)
+
+
 def test_a_directory_without_a_kernel_says_what_was_expected(tmp_path: Path) -> None:
     touch(tmp_path, "lib/modules/6.1/")
     with pytest.raises(InvalidInput, match="boot/vmlinuz-VERSION"):
