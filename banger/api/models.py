@@ -36,7 +36,7 @@ class Ping(WireModel):
     commit: str
     build_time: str
     api_version: str
-    pid: int
+    pid: int = Field(ge=2)  # the CLI may signal it (daemon stop): never 0, 1 or negative
     uptime_seconds: float
     socket: str
     log_file: str

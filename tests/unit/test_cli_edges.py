@@ -214,3 +214,15 @@ def test_a_bare_group_still_shows_its_help(dirs: Path) -> None:
     result = _run("vm")
     assert result.exit_code == 2
     assert result.stderr.startswith("Usage: banger vm [OPTIONS] COMMAND")
+
+
+@pytest.mark.parametrize("pid", [-1, 0, 1])
+def test_a_daemon_reporting_a_pid_banger_must_never_signal_is_refused(
+    dirs: Path, pid: int
+) -> None:
+    ping = {"version": "0", "commit": "x", "build_time": "x", "api_version": "v1", "pid": pid,
+            "uptime_seconds": 1.0, "socket": "s", "log_file": "l"}
+    with fake_daemon(dirs / "runtime_dir" / "bangerd.sock", {"GET /v1/ping": Answer.json(ping)}):
+        result = _run("daemon", "stop")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("banger: bangerd answered /ping with unusable data: ")
