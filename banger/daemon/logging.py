@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 import structlog
 from structlog.typing import Processor
+
+from banger.host.files import open_nofollow
 
 _SHARED: list[Processor] = [
     structlog.contextvars.merge_contextvars,
@@ -30,7 +33,8 @@ def configure_logging(level: str, log_file: Path, *, to_stderr: bool = True) -> 
             structlog.processors.JSONRenderer(),
         ],
     )
-    handlers: list[logging.Handler] = [logging.FileHandler(log_file)]
+    log = os.fdopen(open_nofollow(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a")
+    handlers: list[logging.Handler] = [logging.StreamHandler(log)]  # the file, never a link
     if to_stderr:
         handlers.append(logging.StreamHandler(sys.stderr))
     root = logging.getLogger()

@@ -18,10 +18,12 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import IO, TypeVar
 
 from banger.core.cancel import current_token
 from banger.core.errors import Cancelled, HostToolError
+from banger.host.files import open_nofollow
 
 log = logging.getLogger("banger.host.run")
 T = TypeVar("T")
@@ -268,7 +270,8 @@ async def arun_to_log(
     program starts in a new session so a terminal's signals never reach it.
     """
     argv = _logged_argv(argv, f" >> {os.fspath(log_path)}")
-    with open(log_path, "ab") as out, _starting(argv):
+    fd = open_nofollow(Path(log_path), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    with os.fdopen(fd, "ab") as out, _starting(argv):
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=subprocess.DEVNULL,

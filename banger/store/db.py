@@ -310,7 +310,7 @@ def _make_private_dirs(directory: Path) -> None:
 def _create_private_file(path: Path) -> None:
     """Create the empty database file 0600 first: sqlite would create it 0644 (umask)."""
     try:
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
     except OSError as exc:
         raise StoreError(
             f"cannot create the state database {path}: {exc.strerror}",
