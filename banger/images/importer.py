@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import re
 import shutil
@@ -56,6 +55,7 @@ from banger.images.oci import (
     pull_oci,
     read_oci_layout,
 )
+from banger.images.oci_schema import DockerSaveManifest, ImageConfig, parse
 from banger.images.ownership import apply_ownership
 from banger.images.sizing import MIB, default_rootfs_size, default_work_seed_size, tree_usage
 
@@ -126,39 +126,43 @@ def detect_source(path: Path) -> SourceKind:
 @contextlib.contextmanager
 def docker_archive_layers(path: Path) -> Iterator[list[LayerBlob]]:
     """The ordered layers of a ``docker save`` tar, readable while the context is open."""
+    hint = "export the image again with docker save"
     with archive_errors(str(path)):
         tar = tarfile.open(path)
     with tar:
-        try:
-            manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
-            image = manifest[0]
-            config = json.load(tar.extractfile(image["Config"]))  # type: ignore[arg-type]
-            names: list[str] = image["Layers"]
-        except (KeyError, IndexError, ValueError, TypeError, tarfile.TarError) as exc:
-            raise InvalidInput(
-                f"{path}: malformed docker-save manifest.json",
-                hint="export the image again with docker save",
-            ) from exc
-        diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+        manifest_json = _read_member(tar, path, "manifest.json", "manifest")
+        image = parse(DockerSaveManifest, manifest_json, str(path), hint=hint).root[0]
+        config_json = _read_member(tar, path, image.Config, "config")
+        config = parse(ImageConfig, config_json, f"{path} ({image.Config})", hint=hint)
         layers = []
-        for i, name in enumerate(names):
+        for i, name in enumerate(image.Layers):
             m = re.fullmatch(r"blobs/sha256/([0-9a-f]{64})", name)
             layers.append(
                 LayerBlob(
                     name=f"layer {i + 1} ({name})",
-                    open=functools.partial(_member, tar, name),
+                    open=functools.partial(_member, tar, path, name, "layer"),
                     digest=f"sha256:{m[1]}" if m else None,
-                    diff_id=diff_ids[i] if i < len(diff_ids) else None,
+                    diff_id=config.diff_id(i),
                 )
             )
         yield layers
 
 
-def _member(tar: tarfile.TarFile, name: str) -> IO[bytes]:
-    f = tar.extractfile(name)
+def _member(tar: tarfile.TarFile, path: Path, name: str, role: str) -> IO[bytes]:
+    """The member ``name`` (a ``role``) of the docker-save tar ``path``; InvalidInput if absent."""
+    try:
+        f = tar.extractfile(name)
+    except KeyError:
+        raise corrupt_archive(str(path), f"missing {role} {name}") from None
     if f is None:
-        raise InvalidInput(f"docker-save layer {name} is not a file", hint="export the image again")
+        raise InvalidInput(f"{path}: docker-save {role} {name} is not a file",
+                           hint="export the image again with docker save")
     return f
+
+
+def _read_member(tar: tarfile.TarFile, path: Path, name: str, role: str) -> bytes:
+    with archive_errors(str(path)), _member(tar, path, name, role) as f:
+        return f.read()
 
 
 def rootfs_tar_layers(path: Path) -> list[LayerBlob]:
@@ -294,7 +298,7 @@ def import_image(
         progress(f"import: {path} ({kind})")
     source = f"{kind}:{path.resolve()}"
     if kind == SourceKind.OCI_LAYOUT:
-        oci_layers = read_oci_layout(path).layers
+        oci_layers = read_oci_layout(path)
         return build_from_layers(oci_layers, images_dir, req, source=source, progress=progress)
     if kind == SourceKind.DOCKER_ARCHIVE:
         with docker_archive_layers(path) as layers:
@@ -351,7 +355,7 @@ def pull_image(
         layout = Path(tempfile.mkdtemp(prefix="tmp-layout-", dir=oci_dir))
         try:
             pulled = pull_oci(ref, layout, cache_dir, progress=progress)
-            layers = read_oci_layout(layout, [blob_dir(cache_dir)]).layers
+            layers = read_oci_layout(layout, [blob_dir(cache_dir)])
             source = f"oci:{pulled.ref}@{pulled.manifest_digest}"
             return build_from_layers(layers, images_dir, req, source=source, progress=progress)
         finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
+import hashlib
 import os
 import platform
 import re
@@ -19,11 +19,21 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from banger.core.cancel import pause
 from banger.core.errors import Conflict, InvalidInput, NotFound
 from banger.host import skopeo
+from banger.images.oci_schema import (
+    Descriptor,
+    ImageConfig,
+    M,
+    ManifestKind,
+    OciIndex,
+    OciManifest,
+    Platform,
+    parse,
+)
 
 Progress = Callable[[str], None]
 
@@ -198,8 +208,7 @@ def pull_oci(
 
 # --- OCI layouts -------------------------------------------------------------
 
-MEDIA_INDEX = ("application/vnd.oci.image.index.v1+json",
-               "application/vnd.docker.distribution.manifest.list.v2+json")
+_LAYOUT_HINT = "pull the image again, or export it again with `skopeo copy ... oci:DIR`"
 
 
 @dataclass(frozen=True)
@@ -212,12 +221,6 @@ class LayerBlob:
     diff_id: str | None = None  # sha256 of the uncompressed tar
 
 
-@dataclass(frozen=True)
-class ImageLayers:
-    layers: tuple[LayerBlob, ...]
-    config: dict[str, Any]
-
-
 def _find_blob(blob_dirs: Sequence[Path], digest: str) -> Path:
     for d in blob_dirs:
         p = blob_path(d, digest)
@@ -228,26 +231,22 @@ def _find_blob(blob_dirs: Sequence[Path], digest: str) -> Path:
     )
 
 
-def _read_json_blob(blob_dirs: Sequence[Path], digest: str) -> dict[str, Any]:
-    import hashlib
-
+def _read_blob(blob_dirs: Sequence[Path], digest: str) -> bytes:
     data = _find_blob(blob_dirs, digest).read_bytes()
     if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
         raise InvalidInput(f"OCI blob {digest} is corrupt", hint="pull or export the image again")
-    try:
-        value = json.loads(data)
-    except ValueError as exc:
-        raise InvalidInput(f"OCI blob {digest} is not JSON", hint="pull the image again") from exc
-    if not isinstance(value, dict):
-        raise InvalidInput(f"OCI blob {digest} is not a JSON object", hint="pull the image again")
-    return value
+    return data
 
 
-def _pick_manifest(descriptors: list[dict[str, Any]]) -> dict[str, Any]:
+def _parse_blob(model: type[M], data: bytes, digest: str) -> M:
+    return parse(model, data, f"blob {digest}", hint=_LAYOUT_HINT)
+
+
+def _pick_manifest(descriptors: Sequence[Descriptor]) -> Descriptor:
     arch = host_oci_arch()
     for d in descriptors:
-        plat = d.get("platform") or {}
-        if plat.get("os", "linux") == "linux" and plat.get("architecture", arch) == arch:
+        plat = d.platform or Platform()
+        if plat.os == "linux" and plat.architecture in (None, arch):
             return d
     raise NotFound(
         f"the OCI layout has no linux/{arch} image",
@@ -255,39 +254,42 @@ def _pick_manifest(descriptors: list[dict[str, Any]]) -> dict[str, Any]:
     )
 
 
-def read_oci_layout(layout_dir: Path, blob_dirs: Sequence[Path] = ()) -> ImageLayers:
-    """Resolve ``index.json`` -> manifest -> config + ordered layers of an OCI layout."""
+def _resolve_manifest(blob_dirs: Sequence[Path], desc: Descriptor) -> OciManifest:
+    """Follow nested indexes (a manifest list inside the layout's index) to an image manifest."""
+    for _ in range(4):
+        data = _read_blob(blob_dirs, desc.digest)
+        if not _parse_blob(ManifestKind, data, desc.digest).is_index:
+            return _parse_blob(OciManifest, data, desc.digest)
+        desc = _pick_manifest(_parse_blob(OciIndex, data, desc.digest).manifests)
+    raise InvalidInput("OCI index nesting is too deep", hint="export the image again")
+
+
+def read_oci_layout(layout_dir: Path, blob_dirs: Sequence[Path] = ()) -> tuple[LayerBlob, ...]:
+    """Resolve ``index.json`` -> manifest -> config to the ordered layers of an OCI layout."""
     dirs = [layout_dir / "blobs", *blob_dirs]
     try:
-        index = json.loads((layout_dir / "index.json").read_text())
-    except (OSError, ValueError) as exc:
+        index_json = (layout_dir / "index.json").read_bytes()
+    except OSError as exc:
         raise InvalidInput(
             f"{layout_dir} is not an OCI layout: unreadable index.json",
             hint="give a directory written by `skopeo copy ... oci:DIR` or `docker save`",
         ) from exc
-    desc = _pick_manifest(index.get("manifests") or [])
-    for _ in range(4):  # nested indexes (a manifest list inside the layout's index)
-        manifest = _read_json_blob(dirs, desc["digest"])
-        if manifest.get("mediaType") in MEDIA_INDEX or "manifests" in manifest:
-            desc = _pick_manifest(manifest["manifests"])
-            continue
-        break
-    else:
-        raise InvalidInput("OCI index nesting is too deep", hint="export the image again")
-    config = _read_json_blob(dirs, manifest["config"]["digest"])
-    diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+    index = parse(OciIndex, index_json, f"{layout_dir}/index.json", hint=_LAYOUT_HINT)
+    manifest = _resolve_manifest(dirs, _pick_manifest(index.manifests))
+    cfg = manifest.config.digest
+    config = _parse_blob(ImageConfig, _read_blob(dirs, cfg), cfg)
     layers = []
-    for i, layer in enumerate(manifest.get("layers") or []):
-        path = _find_blob(dirs, layer["digest"])
+    for i, layer in enumerate(manifest.layers):
+        path = _find_blob(dirs, layer.digest)
         layers.append(
             LayerBlob(
-                name=f"layer {i + 1} ({layer['digest'][:19]})",
+                name=f"layer {i + 1} ({layer.digest[:19]})",
                 open=lambda p=path: open(p, "rb"),  # type: ignore[misc]
-                digest=layer["digest"],
-                diff_id=diff_ids[i] if i < len(diff_ids) else None,
+                digest=layer.digest,
+                diff_id=config.diff_id(i),
             )
         )
-    return ImageLayers(tuple(layers), config)
+    return tuple(layers)
 
 
 # --- cache prune -------------------------------------------------------------

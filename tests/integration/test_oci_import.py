@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
-import io
-import json
 import os
 import shutil
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -18,25 +14,19 @@ from banger.core.errors import InvalidInput
 from banger.images.importer import SourceKind, detect_source, import_image
 from banger.images.manifest import ROOTFS_NAME, WORK_SEED_NAME
 from tests.integration.test_oci_pull import sample_layers, stat_path
-from tests.support.oci_builder import Member, bootable_base, layer_tar
+from tests.support.oci_builder import (
+    Member,
+    bootable_base,
+    docker_save_files,
+    layer_tar,
+    write_tar,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("debugfs") is None, reason="needs e2fsprogs")
 
 
 def docker_save_tar(path: Path, layers: list[list[Member]]) -> None:
-    tars = [layer_tar(m) for m in layers]
-    diff_ids = ["sha256:" + hashlib.sha256(t).hexdigest() for t in tars]
-    config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
-    files = {f"{d[7:19]}/layer.tar": t for d, t in zip(diff_ids, tars, strict=True)}
-    files["config.json"] = config
-    files["manifest.json"] = json.dumps([{"Config": "config.json", "RepoTags": ["t:1"],
-                                          "Layers": list(files)[:-1]}]).encode()
-    with tarfile.open(path, "w") as out:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            out.addfile(info, io.BytesIO(data))
+    write_tar(path, docker_save_files(layers))
 
 
 def test_docker_save_tar_imports_with_ownership_and_whiteouts(tmp_path: Path) -> None:

@@ -113,6 +113,28 @@ class OciImage:
         return mdigest
 
 
+def docker_save_files(layers: list[list[Member]]) -> dict[str, bytes]:
+    """The members of a ``docker save`` tar of ``layers`` (legacy layout), by name."""
+    tars = [layer_tar(m) for m in layers]
+    diff_ids = [_sha(t) for t in tars]
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    files = {f"{d[7:19]}/layer.tar": t for d, t in zip(diff_ids, tars, strict=True)}
+    files["config.json"] = config
+    files["manifest.json"] = json.dumps([{"Config": "config.json", "RepoTags": ["t:1"],
+                                          "Layers": list(files)[:-1]}]).encode()
+    return files
+
+
+def write_tar(path: Path, files: dict[str, bytes]) -> None:
+    """A plain tar of regular files named by ``files``' keys."""
+    with tarfile.open(path, "w") as out:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+
+
 def bootable_base(extra: list[Member] | None = None, *, sshd: bool = True) -> list[Member]:
     """A layer with the placeholders banger's boot check looks for."""
     exe = b"#!/bin/sh\nexit 0\n"
