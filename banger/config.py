@@ -19,6 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from banger.core.defaults import IMPLEMENTED_BACKENDS
 from banger.core.errors import InvalidInput
 from banger.core.validate import parse_bridge_cidr, parse_size
 
@@ -140,7 +141,7 @@ class Settings:
     runtime_dir: Path = _key(_runtime_dir, _default_runtime_dir, "Sockets and pidfiles.")
     log_level: str = _key(_choice("debug", "info", "warning", "error"), lambda: "info",
                           "Daemon log level.")
-    backend: str = _key(_choice("auto", "qemu"), lambda: "auto",
+    backend: str = _key(_choice("auto", *IMPLEMENTED_BACKENDS), lambda: "auto",
                         "Which VMM to use (this release: QEMU).")
     bridge_name: str = _key(_bridge_name, lambda: "banger0", "Host bridge for VM networking.")
     bridge_cidr: str = _key(_bridge_cidr, lambda: "172.16.0.1/24", "Bridge address and subnet.")

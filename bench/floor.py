@@ -99,7 +99,7 @@ def _prepare(setup: FloorSetup, workdir: Path) -> tuple[Path, Path, Path]:
     seed = setup.image_dir / "work-seed.ext4"
     disks.create_work_disk(
         work, setup.disk_bytes, seed=seed if seed.exists() else None, authorized_keys=pub,
-        host_key=ssh.generate_host_key(workdir / "hostkey"),
+        host_key=ssh.fresh_host_key("banger-vm"),
     )  # fmt: skip
     return overlay, work, key
 

@@ -94,11 +94,6 @@ def validate_new_name(name: str, kind: NameKind = "VM") -> str:
     return name
 
 
-def validate_vm_name(name: str, kind: NameKind = "VM") -> str:
-    """Alias of :func:`validate_name` under the name callers look for first."""
-    return validate_name(name, kind)
-
-
 def parse_size(text: str, what: str = "size") -> int:
     """Parse a size such as ``512M``, ``1.5G``, ``2GiB`` or ``1048576`` into bytes.
 

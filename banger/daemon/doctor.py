@@ -11,7 +11,7 @@ import logging
 import sqlite3
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -42,9 +42,6 @@ class CheckResult:
         object.__setattr__(self, "status", CheckStatus(self.status))  # accept "PASS" etc. too
         if self.status is not CheckStatus.PASS and not self.hint:
             raise ValueError(f"doctor check {self.name!r}: a {self.status} row needs a hint")
-
-    def to_dict(self) -> dict[str, str | None]:
-        return {k: str(v) if isinstance(v, CheckStatus) else v for k, v in asdict(self).items()}
 
 
 def _running_python() -> Version:
@@ -334,8 +331,3 @@ def run_checks(settings: Settings, host: HostView | None = None) -> list[CheckRe
     """Run every check in order and return one row each."""
     ctx = DoctorContext(settings, host or HostView())
     return [_run_one(check, ctx) for check in CHECKS]
-
-
-def any_failed(results: list[CheckResult]) -> bool:
-    """True when a row FAILs: ``banger doctor`` then exits non-zero."""
-    return any(r.status is CheckStatus.FAIL for r in results)

@@ -132,7 +132,4 @@ class ImageService:
 
     async def prune_cache(self, *, dry_run: bool) -> tuple[int, int]:
         """Delete the OCI blob cache; waiting for a running pull's lock happens in a thread."""
-        # Stored images are flattened ext4 files: no cached blob is needed after a pull.
-        return await asyncio.to_thread(
-            prune_blob_cache, self.cache_dir, dry_run=dry_run, in_use=set()
-        )
+        return await asyncio.to_thread(prune_blob_cache, self.cache_dir, dry_run=dry_run)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 from dataclasses import dataclass
 
 from banger.api.models import ImageBuildRequest, ImageInfo, VMCreateRequest, VMInfo
@@ -171,10 +170,8 @@ class VMCreator:
                 raise result
 
     def _make_work_disk(self, vm: VMRecord, image: ImageRecord, files: VMFiles) -> None:
-        key_dir = files.dir / "hostkey"
-        host_key = ssh.generate_host_key(key_dir)
+        host_key = ssh.fresh_host_key("banger-vm")
         files.host_key_pub.write_bytes(host_key[1])
-        shutil.rmtree(key_dir)
         seed = image.path / WORK_SEED_NAME
         disks.create_work_disk(
             files.work,

@@ -273,24 +273,6 @@ def claim_bridge(name: str, cidr: str, owner: str, *, create: bool = True) -> bo
     return True
 
 
-def delete_bridge(name: str) -> bool:
-    """Delete bridge ``name``; False when it did not exist."""
-    validate_bridge_name(name)
-    with _netlink(f"delete bridge {name}") as ipr:
-        idx = _index(ipr, name)
-        if idx is None:
-            return False
-        if _kind(ipr.get_links(idx)[0]) != "bridge":
-            raise Conflict(f"interface {name} is not a bridge; not deleting it")
-        try:
-            ipr.link("del", index=idx)
-        except NetlinkError as exc:
-            if exc.code != errno.ENODEV:
-                raise
-            return False
-    return True
-
-
 def create_tap(name: str, bridge: str, owner_uid: int | None = None) -> None:
     """Create persistent TAP ``name`` owned by ``owner_uid``, enslaved to ``bridge`` and up."""
     validate_tap_name(name)
@@ -347,9 +329,10 @@ class TapPool:
     """Idle TAPs on the bridge, made ahead of time so a VM create never waits on netlink.
 
     ``acquire`` is instant when the pool has one; call ``arefill`` (or ``fill``
-    in a worker thread) afterwards, off the hot path. A released TAP is
-    deleted, not recycled, so no VM inherits another's TAP state. Every TAP is
-    made and deleted through ``ops`` (the privileged-operations seam).
+    in a worker thread) afterwards, off the hot path. A TAP handed out never
+    comes back: the daemon deletes it when its VM is done, so no VM inherits
+    another's TAP state. Every TAP is made and deleted through ``ops`` (the
+    privileged-operations seam).
     """
 
     def __init__(self, ops: HostOps, bridge: str, size: int = 2,
@@ -363,18 +346,6 @@ class TapPool:
         self._idle: list[str] = []
         self._pending = 0
         self._lock = threading.Lock()
-
-    @property
-    def idle(self) -> tuple[str, ...]:
-        with self._lock:
-            return tuple(self._idle)
-
-    def adopt(self, names: list[str]) -> None:
-        """Take existing idle TAPs (e.g. after a daemon restart) into the pool."""
-        for name in names:
-            validate_tap_name(name)
-        with self._lock:
-            self._idle += [n for n in names if n not in self._idle]
 
     def fill(self) -> int:
         """Create TAPs until ``size`` are idle; return how many were made (blocking)."""
@@ -406,10 +377,6 @@ class TapPool:
         name = new_tap_name()
         self.ops.create_tap(name, self.bridge, self.owner_uid)
         return name
-
-    def release(self, name: str) -> None:
-        """Delete a TAP a VM no longer uses (idempotent)."""
-        self.ops.delete_tap(name)
 
     def drain(self) -> None:
         """Delete every idle TAP (daemon shutdown)."""

@@ -68,11 +68,6 @@ def have_usable_kvm(sys_root: Path = SYS_ROOT, dev_root: Path = DEV_ROOT) -> boo
     return kvm_status(sys_root, dev_root) is KvmStatus.USABLE
 
 
-def have_vhost_vsock(dev_root: Path = DEV_ROOT) -> bool:
-    """True when ``/dev/vhost-vsock`` exists and opens read-write (QEMU's vsock)."""
-    return _can_open_rw(dev_root / "vhost-vsock")
-
-
 def find_tool(name: str, search_path: str | None = None) -> Path | None:
     """Locate ``name`` on ``search_path`` (default: the PATH that ``run()`` uses)."""
     found = shutil.which(name, path=search_path if search_path is not None else clean_env()["PATH"])

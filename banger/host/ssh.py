@@ -98,16 +98,6 @@ def _public_from_private(path: Path) -> bytes:
         raise _corrupt(path, "corrupt (ssh-keygen cannot read it)") from exc
 
 
-def generate_host_key(dest_dir: Path) -> tuple[bytes, bytes]:
-    """A fresh ed25519 sshd host key for one VM, kept in ``dest_dir``: (private, public)."""
-    dest_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    key = dest_dir / HOST_KEY_FILE
-    for p in (key, key.with_name(key.name + ".pub")):
-        p.unlink(missing_ok=True)
-    _keygen(key, "banger-vm")
-    return key.read_bytes(), key.with_name(key.name + ".pub").read_bytes()
-
-
 def fresh_host_key(comment: str) -> tuple[bytes, bytes]:
     """A fresh ed25519 sshd host key kept nowhere on the host: (private, public)."""
     with tempfile.TemporaryDirectory(prefix="banger-hostkey-") as tmp:

@@ -30,11 +30,11 @@ from banger.host.ext4 import make_ext4, require_e2fsprogs
 from banger.host.files import make_scratch, sha256_file
 from banger.host.mount import bind_view
 from banger.host.proc import python_module_argv
-from banger.host.ssh import require_keygen
+from banger.host.ssh import fresh_host_key, require_keygen
 from banger.images.guest_bits import (
     LEAN_INIT,
+    HostKey,
     check_bootable,
-    generate_host_key,
     guest_files,
     write_guest_files,
 )
@@ -129,7 +129,7 @@ def finish_rootfs(staging: Path, rootdir: Path, size_bytes: int | None = None) -
         for stale in ("rsa", "ecdsa", "dsa", "ed25519"):
             for suffix in ("", ".pub"):
                 (tree / f"etc/ssh/ssh_host_{stale}_key{suffix}").unlink(missing_ok=True)
-        write_guest_files(tree, guest_files(host_key=generate_host_key()))
+        write_guest_files(tree, guest_files(host_key=HostKey(*fresh_host_key("banger-image"))))
         check_bootable(tree)
         if size_bytes is None:
             size_bytes = golden_rootfs_size(tree_usage(tree))

@@ -29,21 +29,14 @@ from banger.host.ext4 import (
     read_ext4_file,
 )
 from banger.images import guest_bits
-from banger.images.flatten import Entry, EntryKind
+from banger.images.flatten import TYPE_BITS, Entry, EntryKind
 from banger.images.guest_bits import GuestFile, Kind, parent_dirs, refuse_symlinked_parents
 from banger.images.ownership import apply_ownership
 from banger.images.sizing import default_work_seed_size, tree_usage
 
 _MAX_DEPTH = 20
 _NAME_HINT = "the image is damaged or hostile: repair it with e2fsck or rebuild it"
-_KINDS = {
-    stat.S_IFREG: EntryKind.FILE,
-    stat.S_IFDIR: EntryKind.DIR,
-    stat.S_IFLNK: EntryKind.SYMLINK,
-    stat.S_IFCHR: EntryKind.CHAR,
-    stat.S_IFBLK: EntryKind.BLOCK,
-    stat.S_IFIFO: EntryKind.FIFO,
-}
+_KINDS = {bits: kind for kind, bits in TYPE_BITS.items()}
 
 
 @dataclass(frozen=True)

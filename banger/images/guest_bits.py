@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 
 from banger.core.errors import InvalidInput
-from banger.host.ssh import HOST_KEY_FILE, fresh_host_key
+from banger.host.ssh import HOST_KEY_FILE
 
 LEAN_INIT = "/usr/lib/banger/init"
 """The lean init; the kernel command line selects it with ``banger.init=``."""
@@ -299,12 +299,6 @@ def write_guest_files(rootdir: Path, files: Iterable[GuestFile]) -> None:
         os.chmod(dest, entry.mode)
         if as_root:
             os.chown(dest, entry.uid, entry.gid)
-
-
-def generate_host_key() -> HostKey:
-    """A fresh ed25519 host key for one image (each build gets its own)."""
-    private, public = fresh_host_key("banger-image")
-    return HostKey(private=private, public=public)
 
 
 _INIT_CANDIDATES = (

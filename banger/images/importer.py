@@ -30,6 +30,7 @@ from banger.core.names import new_id
 from banger.host.disks import copy_sparsifying
 from banger.host.ext4 import check_ext4, grow_ext4, make_ext4
 from banger.host.files import make_scratch, remove_tree, sha256_file
+from banger.host.ssh import fresh_host_key
 from banger.images import ext4_import
 from banger.images.flatten import (
     Entry,
@@ -41,9 +42,9 @@ from banger.images.flatten import (
 )
 from banger.images.guest_bits import (
     GuestFile,
+    HostKey,
     Kind,
     check_bootable,
-    generate_host_key,
     guest_files,
     write_guest_files,
 )
@@ -182,7 +183,7 @@ def _guest_entries(files: Sequence[GuestFile]) -> list[Entry]:
 def add_guest_bits(tree: Path, entries: dict[str, Entry]) -> None:
     """Check the tree can boot, then write banger's guest files and record their metadata."""
     check_bootable(tree)
-    files = guest_files(host_key=generate_host_key())
+    files = guest_files(host_key=HostKey(*fresh_host_key("banger-image")))
     write_guest_files(tree, files)
     for e in _guest_entries(files):
         entries[e.path] = e
@@ -325,7 +326,7 @@ def import_ext4(
         if req.size_bytes and req.size_bytes > rootfs.stat().st_size:
             grow_ext4(rootfs, req.size_bytes)
         ext4_import.check_bootable_ext4(rootfs, scratch / "probe")
-        files = guest_files(host_key=generate_host_key())
+        files = guest_files(host_key=HostKey(*fresh_host_key("banger-image")))
         if progress:
             progress("guest: adding banger's guest files")
         ext4_import.write_guest_files_ext4(rootfs, files, scratch / "guest")

@@ -295,10 +295,11 @@ def read_oci_layout(layout_dir: Path, blob_dirs: Sequence[Path] = ()) -> tuple[L
 # --- cache prune -------------------------------------------------------------
 
 
-def prune_blob_cache(
-    cache_dir: Path, *, dry_run: bool, in_use: set[str], wait_s: float = 30.0
-) -> tuple[int, int]:
-    """Delete cached blobs not in ``in_use``; return (bytes, blobs) freed or that would be."""
+def prune_blob_cache(cache_dir: Path, *, dry_run: bool, wait_s: float = 30.0) -> tuple[int, int]:
+    """Delete every cached blob; return (bytes, blobs) freed or that would be.
+
+    Stored images are flattened ext4 files: no cached blob is needed after a pull.
+    """
     blobs = blob_dir(cache_dir)
     if not blobs.exists():
         return 0, 0
@@ -309,7 +310,7 @@ def prune_blob_cache(
     with lock:
         for algo_dir in sorted(p for p in blobs.iterdir() if p.is_dir()):
             for blob in sorted(algo_dir.iterdir()):
-                if f"{algo_dir.name}:{blob.name}" in in_use or not blob.is_file():
+                if not blob.is_file():
                     continue
                 freed_bytes += blob.stat().st_size
                 freed_blobs += 1

@@ -115,10 +115,6 @@ class VMRepository(Repository[VMRecord]):
         if not deleted and not missing_ok:
             raise vm_not_found(vm_id)
 
-    def used_ips(self) -> set[str]:
-        rows = self._store.read("SELECT guest_ip FROM vms WHERE guest_ip IS NOT NULL")
-        return {r[0] for r in rows}
-
     def allocate_guest_ip(
         self,
         vm_id: str,

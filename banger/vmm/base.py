@@ -10,9 +10,7 @@ key" is ``host/ssh.wait_for_ssh``.
 
 from __future__ import annotations
 
-import contextlib
 import signal
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -76,10 +74,6 @@ class Backend(Protocol):
         """Wait for the VMM to exit; True when it did within ``timeout``."""
         ...
 
-    def alive(self, handle: Handle) -> bool:
-        """True while the VMM runs (pid, start time and argv all match)."""
-        ...
-
     def adopt(self, pidfile: Path, spec: VMSpec) -> Handle | None:
         """A handle on the VMM in ``pidfile`` when it is alive and provably ``spec``'s."""
         ...
@@ -92,15 +86,3 @@ class Backend(Protocol):
 def choose_accel() -> Accel:
     """KVM where a standard guest can run, otherwise TCG."""
     return "kvm" if have_usable_kvm() else "tcg"
-
-
-@contextlib.asynccontextmanager
-async def launched(
-    backend: Backend, spec: VMSpec, *, graceful: bool = False, timeout: float = 10.0
-) -> AsyncIterator[Handle]:
-    """Launch ``spec`` for the scope of an ``async with``; the VMM is stopped on exit or error."""
-    handle = await backend.launch(spec)
-    try:
-        yield handle
-    finally:
-        await backend.shutdown(handle, graceful=graceful, timeout=timeout)

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from banger.core.defaults import IMPLEMENTED_BACKENDS
 from banger.core.errors import InvalidInput, Unavailable
 from banger.core.vmspec import Accel
 from banger.host.privileged import HostOps
 from banger.vmm.base import Backend, choose_accel
 from banger.vmm.qemu import QemuBackend
 from banger.vmm.traits import TRAITS
-
-# The backends this release implements; ``auto`` takes the first (Firecracker,
-# when it lands, goes first on hosts with KVM and a firecracker binary).
-IMPLEMENTED = ("qemu",)
 
 
 @dataclass(frozen=True)
@@ -32,14 +29,14 @@ def backend_for(name: str, host: HostFacts, ops: HostOps | None = None) -> Backe
 
     ``ops`` is the daemon's privileged seam, through which the backend signals its VMMs.
     """
-    chosen = IMPLEMENTED[0] if name == "auto" else name
+    chosen = IMPLEMENTED_BACKENDS[0] if name == "auto" else name
     if chosen == "qemu":
         return QemuBackend(accel=host.accel, host_ops=ops)
     if chosen in TRAITS:
         raise Unavailable(
             f"the {chosen} backend is not in this release",
-            hint=f'set backend = "auto" or one of: {", ".join(IMPLEMENTED)}',
+            hint=f'set backend = "auto" or one of: {", ".join(IMPLEMENTED_BACKENDS)}',
         )
     raise InvalidInput(
-        f"unknown backend {name!r}", hint=f"use auto or one of: {', '.join(IMPLEMENTED)}"
+        f"unknown backend {name!r}", hint=f"use auto or one of: {', '.join(IMPLEMENTED_BACKENDS)}"
     )

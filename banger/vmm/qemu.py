@@ -194,14 +194,6 @@ class QemuBackend:
         finally:
             await client.disconnect()
 
-    async def query_status(self, handle: Handle) -> str:
-        """QEMU's run state (``running``, ``paused``, ``prelaunch``, ...) over QMP."""
-        async with self._qmp(handle) as qmp:
-            async with asyncio.timeout(QMP_TIMEOUT):
-                reply = await qmp.execute("query-status")
-        assert isinstance(reply, dict)
-        return str(reply["status"])
-
     async def shutdown(
         self, handle: Handle, *, graceful: bool = True, timeout: float = 10.0
     ) -> StopOutcome:
@@ -235,9 +227,6 @@ class QemuBackend:
         return await proc.wait_until_gone(
             handle.pid, handle.start_time, handle.markers, timeout=timeout
         )
-
-    def alive(self, handle: Handle) -> bool:
-        return handle.running()
 
     def adopt(self, pidfile: Path, spec: VMSpec) -> Handle | None:
         """A handle on the QEMU in ``pidfile`` if it runs and its argv names ``spec``'s files."""

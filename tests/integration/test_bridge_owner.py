@@ -71,7 +71,7 @@ def test_bridge_mac_stays_pinned_across_20_tap_pool_refills_and_drains() -> None
             low = _tap_with_mac("bgbr0", LOW_MAC)
             rnd = _tap_with_mac("bgbr0", "02:" + ":".join(secrets.token_hex(1) for _ in range(5)))
             seen.add(links()["bgbr0"]["address"])
-            pool.release(pool.acquire())
+            OPS.delete_tap(pool.acquire())
             net.delete_tap(low)
             net.delete_tap(rnd)
             pool.drain()
@@ -168,9 +168,10 @@ def test_reap_candidates_are_only_our_taps_on_our_bridge() -> None:
         net.claim_bridge("bgbrb", "172.30.6.1/24", OWNER)
         ours = net.TapPool(OPS, "bgbrb", size=2)
         ours.fill()
+        listed = net.taps_on_our_bridge("bgbrb", OWNER)
         return {
-            "ours": sorted(ours.idle),
-            "ours_listed": net.taps_on_our_bridge("bgbrb", OWNER),
+            "ours": sorted([ours.acquire(), ours.acquire()]),  # the idle two, none made anew
+            "ours_listed": listed,
             "theirs_listed_by_us": net.taps_on_our_bridge("bgbra", OWNER),
         }
 

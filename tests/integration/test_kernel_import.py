@@ -15,7 +15,6 @@ import pytest
 
 from banger.core.errors import Conflict, InvalidInput, NotFound
 from banger.kernels.importer import delete_kernel, import_kernel
-from banger.kernels.initramfs import read_newc
 from banger.kernels.manifest import (
     INITRD,
     VMLINUX,
@@ -24,6 +23,7 @@ from banger.kernels.manifest import (
     load_manifest,
 )
 from banger.kernels.modules import module_load_order, module_name, read_modules_dep
+from tests.support.cpio import read_newc
 from tests.support.kernel import ensure_kernel_deb
 
 pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")

@@ -150,9 +150,6 @@ class FakeBackend:
             handle.pid, handle.start_time, handle.markers, timeout=timeout * self.time_scale
         )
 
-    def alive(self, handle: Handle) -> bool:
-        return handle.running()
-
     def adopt(self, pidfile: Path, spec: VMSpec) -> Handle | None:
         self._record("adopt", spec.vm_id)
         pid = proc.read_pidfile(pidfile)

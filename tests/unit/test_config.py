@@ -140,3 +140,19 @@ def test_settings_built_in_code_are_checked_too() -> None:
 
     with pytest.raises(InvalidInput, match="key 'default_memory_mib': must be >= 128"):
         Settings(default_memory_mib=64)
+
+
+def test_the_backend_key_takes_auto_and_exactly_the_backends_the_factory_builds(
+    config_path: Path,
+) -> None:
+    from banger.core.defaults import IMPLEMENTED_BACKENDS
+    from banger.vmm.factory import HostFacts, backend_for
+
+    for name in ("auto", *IMPLEMENTED_BACKENDS):
+        config_path.write_text(f'backend = "{name}"\n')
+        settings = load_settings()
+        assert backend_for(settings.backend, HostFacts(accel="tcg")).name in IMPLEMENTED_BACKENDS
+    config_path.write_text('backend = "firecracker"\n')  # known to vmm/traits, not built yet
+    with pytest.raises(InvalidInput) as err:
+        load_settings()
+    assert "key 'backend'" in err.value.message and "'qemu'" in err.value.message

@@ -19,8 +19,8 @@ from banger.kernels.initramfs import (
     find_busybox,
     init_script,
     newc_archive,
-    read_newc,
 )
+from tests.support.cpio import read_newc
 
 ENTRIES = [
     CpioEntry("bin", stat.S_IFDIR | 0o755),

@@ -22,7 +22,6 @@ from banger.host.ssh import (
     control_path_for,
     ensure_ssh_key,
     fresh_host_key,
-    generate_host_key,
     open_master,
     ssh_exec,
     wait_for_ssh,
@@ -59,14 +58,7 @@ def test_a_corrupt_key_is_never_regenerated_over(tmp_path: Path, content: bytes)
     assert err.value.hint and "move it away" in err.value.hint
 
 
-def test_host_keys_differ_per_vm(tmp_path: Path) -> None:
-    a_priv, a_pub = generate_host_key(tmp_path / "a")
-    b_priv, b_pub = generate_host_key(tmp_path / "b")
-    assert a_pub != b_pub and a_priv.startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
-    assert (tmp_path / "a" / "ssh_host_ed25519_key").read_bytes() == a_priv
-
-
-def test_an_image_host_key_is_fresh_each_time_and_leaves_no_file(
+def test_a_host_key_is_fresh_each_time_and_leaves_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TMPDIR", str(tmp_path))
@@ -135,13 +127,17 @@ class Keys:
 def keys(tmp_path: Path) -> Keys:
     client = tmp_path / "id_ed25519"
     (tmp_path / "authorized_keys").write_bytes(ensure_ssh_key(client))
-    _, host_pub = generate_host_key(tmp_path / "vm")
+    host_priv, host_pub = fresh_host_key("banger-vm")
+    (tmp_path / "vm").mkdir()
+    host_key = tmp_path / "vm" / "ssh_host_ed25519_key"
+    host_key.write_bytes(host_priv)
+    host_key.chmod(0o600)  # sshd refuses a host key others can read
     port = _free_port()
     write_known_hosts(tmp_path / "vm" / "known_hosts", "127.0.0.1", port, host_pub)
     return Keys(
         client=client,
         authorized=tmp_path / "authorized_keys",
-        host_key=tmp_path / "vm" / "ssh_host_ed25519_key",
+        host_key=host_key,
         known_hosts=tmp_path / "vm" / "known_hosts",
         port=port,
     )
@@ -167,7 +163,7 @@ def test_wait_for_ssh_gives_up_at_the_deadline_when_the_host_key_is_wrong(
     keys: Keys, tmp_path: Path
 ) -> None:
     port = keys.port
-    _, other_pub = generate_host_key(tmp_path / "other")
+    _, other_pub = fresh_host_key("banger-vm")
     write_known_hosts(keys.known_hosts, "127.0.0.1", port, other_pub)
 
     async def scenario() -> None:

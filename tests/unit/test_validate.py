@@ -19,7 +19,6 @@ from banger.core.validate import (
     validate_name,
     validate_new_name,
     validate_vcpu,
-    validate_vm_name,
 )
 
 # ---------------------------------------------------------------- names
@@ -30,7 +29,7 @@ from banger.core.validate import (
     ["a", "0", "web", "dev-1", "a-b-c", "1st", "9", "x" * 63, "a" + "-" * 61 + "b", "db--2"],
 )
 def test_valid_names_are_returned_unchanged(name: str) -> None:
-    assert validate_vm_name(name) == name
+    assert validate_name(name) == name
 
 
 @pytest.mark.parametrize(
@@ -69,7 +68,7 @@ def test_valid_names_are_returned_unchanged(name: str) -> None:
 )
 def test_invalid_characters_are_rejected_and_named(name: str, found: str) -> None:
     with pytest.raises(InvalidInput) as exc:
-        validate_vm_name(name)
+        validate_name(name)
     msg = exc.value.message
     assert msg.startswith("invalid VM name ")
     assert "use 1-63 lowercase letters, digits and '-'" in msg
@@ -80,7 +79,7 @@ def test_invalid_characters_are_rejected_and_named(name: str, found: str) -> Non
 
 def test_message_matches_the_documented_shape() -> None:
     with pytest.raises(InvalidInput) as exc:
-        validate_vm_name("Foo")
+        validate_name("Foo")
     assert exc.value.message == (
         "invalid VM name 'Foo': use 1-63 lowercase letters, digits and '-', "
         "not starting or ending with '-' (found 'F')"
@@ -90,38 +89,38 @@ def test_message_matches_the_documented_shape() -> None:
 
 def test_uppercase_hint_only_suggests_a_valid_name() -> None:
     with pytest.raises(InvalidInput) as exc:
-        validate_vm_name("My_VM")
+        validate_name("My_VM")
     assert "try" not in (exc.value.hint or "")
 
 
 @pytest.mark.parametrize("name", ["-web", "web-", "-", "--", "-a-"])
 def test_leading_or_trailing_dash_is_rejected(name: str) -> None:
     with pytest.raises(InvalidInput, match="must not start or end with '-'"):
-        validate_vm_name(name)
+        validate_name(name)
 
 
 def test_empty_name_is_rejected() -> None:
     with pytest.raises(InvalidInput, match="invalid VM name: it is empty"):
-        validate_vm_name("")
+        validate_name("")
 
 
 def test_length_63_is_accepted_and_64_rejected() -> None:
-    assert validate_vm_name("a" * 63) == "a" * 63
+    assert validate_name("a" * 63) == "a" * 63
     with pytest.raises(InvalidInput, match="64 characters, at most 63 allowed"):
-        validate_vm_name("a" * 64)
+        validate_name("a" * 64)
 
 
 def test_a_huge_name_gives_a_short_message() -> None:
     with pytest.raises(InvalidInput) as exc:
-        validate_vm_name("a" * 100_000)
+        validate_name("a" * 100_000)
     assert len(exc.value.message) < 200
 
 
 def test_non_text_is_rejected() -> None:
     with pytest.raises(InvalidInput, match="expected text"):
-        validate_vm_name(None)  # type: ignore[arg-type]
+        validate_name(None)  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="expected text"):
-        validate_vm_name(b"web")  # type: ignore[arg-type]
+        validate_name(b"web")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("kind", ["VM", "image", "kernel"])
@@ -138,7 +137,7 @@ _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 @given(st.text(max_size=70))
 def test_any_accepted_name_is_a_dns_label_and_unchanged(name: str) -> None:
     try:
-        out = validate_vm_name(name)
+        out = validate_name(name)
     except InvalidInput as exc:
         assert "\n" not in exc.message
         assert _DNS_LABEL.fullmatch(name) is None
@@ -149,7 +148,7 @@ def test_any_accepted_name_is_a_dns_label_and_unchanged(name: str) -> None:
 
 @given(st.from_regex(NAME_RE, fullmatch=True))
 def test_every_name_the_regex_allows_is_accepted(name: str) -> None:
-    assert validate_vm_name(name) == name
+    assert validate_name(name) == name
 
 
 # ---------------------------------------------------------------- sizes
