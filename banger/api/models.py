@@ -9,9 +9,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
 
 from banger.core.defaults import DEFAULT_IMAGE_SOURCE
+from banger.core.manifests import ImageManifest, KernelManifest
 from banger.core.states import OperationState
-from banger.images.manifest import ImageManifest
-from banger.kernels.manifest import KernelManifest
 
 
 class WireModel(BaseModel):

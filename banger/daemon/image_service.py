@@ -9,13 +9,13 @@ from pathlib import Path
 
 from banger.api.models import ImageBuildRequest, ImageImportRequest, ImageInfo, ImagePullRequest
 from banger.core.errors import Conflict, InvalidInput, NotFound
+from banger.core.manifests import ImageManifest
 from banger.core.validate import parse_size, validate_new_name
 from banger.daemon.kernel_service import KernelService
 from banger.daemon.operations import OperationContext, Work
 from banger.host.files import remove_tree
 from banger.images.build import build_image, parse_source, validate_package_names
 from banger.images.importer import import_image, pull_image
-from banger.images.manifest import ImageManifest
 from banger.images.oci import parse_reference, prune_blob_cache
 from banger.store.db import Store
 from banger.store.records import ImageRecord

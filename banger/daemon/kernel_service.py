@@ -7,11 +7,11 @@ from pathlib import Path
 
 from banger.api.models import CatalogKernel, KernelImportRequest, KernelInfo
 from banger.core.errors import Conflict, InvalidInput
+from banger.core.manifests import KernelManifest
 from banger.core.validate import validate_name, validate_new_name
 from banger.daemon.operations import OperationContext, Work
 from banger.kernels import catalog
 from banger.kernels.importer import delete_kernel, import_kernel, pull_kernel
-from banger.kernels.manifest import KernelManifest
 from banger.store.db import Store
 from banger.store.records import KernelRecord
 

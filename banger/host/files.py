@@ -1,6 +1,7 @@
 """File primitives every store of artifacts needs.
 
-A sparse-aware sha256, atomic writes, one scratch directory per state dir
+A sparse-aware sha256, atomic writes, JSON records (manifests) read and
+written one way, one scratch directory per state dir
 (``state_dir/tmp``: staging and extract dirs, lock files; swept at daemon
 start, so a killed daemon leaves nothing behind), per-name locks that do not
 pile up, and reads of untrusted trees that never leave their root.
@@ -12,16 +13,22 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from banger.core.cancel import pause
-from banger.core.errors import Forbidden, InvalidInput
-from banger.core.validate import safe_relative_path
+from banger.core.errors import Forbidden, InvalidInput, StoreError
+from banger.core.validate import first_validation_error, safe_relative_path
+
+M = TypeVar("M", bound=BaseModel)
 
 _CHUNK = 4 << 20
 _ZEROS = bytes(_CHUNK)
@@ -99,6 +106,30 @@ def atomic_write_text(path: Path, text: str) -> Path:
         raise
     fsync_dir(path.parent)
     return path
+
+
+def write_model(path: Path, model: BaseModel) -> Path:
+    """Write ``model`` as indented, key-sorted JSON to ``path`` atomically."""
+    text = json.dumps(model.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+    return atomic_write_text(path, text)
+
+
+def read_model(path: Path, model: type[M], what: str, *, hint: str) -> M:
+    """Read ``path`` as ``model``; one StoreError naming ``what`` and the file when it is
+    missing, unreadable or damaged. A symlink there is refused, never followed."""
+    try:
+        with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as f:
+            raw = f.read()
+    except FileNotFoundError as exc:
+        raise StoreError(f"{what} {path} is missing", hint=hint) from exc
+    except OSError as exc:
+        raise StoreError(f"{what} {path} is unreadable: {exc.strerror}", hint=hint) from exc
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise StoreError(
+            f"{what} {path} is malformed: {first_validation_error(exc)}", hint=hint
+        ) from None
 
 
 def remove_tree(path: Path) -> None:

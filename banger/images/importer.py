@@ -26,6 +26,7 @@ from typing import IO
 
 from banger.core.cancel import checkpoint
 from banger.core.errors import InvalidInput, NotFound
+from banger.core.manifests import ImageManifest
 from banger.core.names import new_id
 from banger.host.disks import copy_sparsifying
 from banger.host.ext4 import check_ext4, grow_ext4, make_ext4
@@ -48,7 +49,7 @@ from banger.images.guest_bits import (
     guest_files,
     write_guest_files,
 )
-from banger.images.manifest import ROOTFS_NAME, WORK_SEED_NAME, ImageManifest, write_manifest
+from banger.images.manifest import ROOTFS_NAME, WORK_SEED_NAME, write_manifest
 from banger.images.oci import (
     LayerBlob,
     blob_cache_lock,

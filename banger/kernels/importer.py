@@ -26,6 +26,7 @@ from pathlib import Path
 
 from banger.core.cancel import checkpoint
 from banger.core.errors import Conflict, InvalidInput, NotFound
+from banger.core.manifests import KernelManifest
 from banger.core.validate import safe_relative_path, validate_kernel_version, validate_name
 from banger.host.dpkg import data_tar
 from banger.host.files import (
@@ -44,7 +45,6 @@ from banger.kernels.manifest import (
     INITRD,
     VMLINUX,
     VMLINUZ,
-    KernelManifest,
     describe_file,
     load_manifest,
     write_manifest,
@@ -257,7 +257,7 @@ def _import_locked(
             modules=staged.modules,
             path=dest,
         )
-        write_manifest(manifest, stage)
+        write_manifest(stage, manifest)
         checkpoint()  # the last one: past the rename the kernel is stored
         os.rename(stage, dest)
         fsync_dir(kernels_dir)

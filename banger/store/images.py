@@ -6,7 +6,7 @@ import builtins
 import dataclasses
 
 from banger.core.errors import BangerError, Conflict, NotFound
-from banger.images.manifest import ImageManifest
+from banger.core.manifests import ImageManifest
 from banger.store.codec import Table, Violation, utcnow
 from banger.store.kernels import kernel_not_found
 from banger.store.records import ImageRecord

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from banger.core.errors import BangerError, Conflict, NotFound
-from banger.kernels.manifest import KernelManifest
+from banger.core.manifests import KernelManifest
 from banger.store.codec import Table, Violation, utcnow
 from banger.store.records import KernelRecord
 from banger.store.repo import Repository, invalid

@@ -7,9 +7,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from banger.core.manifests import ImageManifest, KernelManifest
 from banger.core.states import NetMode, OperationState, VMState
-from banger.images.manifest import ImageManifest
-from banger.kernels.manifest import KernelManifest
 
 
 @dataclass(frozen=True)

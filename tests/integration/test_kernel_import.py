@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from banger.core.errors import Conflict, InvalidInput, NotFound
+from banger.core.manifests import KernelManifest
 from banger.kernels.importer import delete_kernel, import_kernel
 from banger.kernels.manifest import (
     INITRD,
     VMLINUX,
     VMLINUZ,
-    KernelManifest,
     load_manifest,
 )
 from banger.kernels.modules import module_load_order, module_name, read_modules_dep

@@ -16,8 +16,9 @@ import pytest
 
 from banger.core.errors import InvalidInput, NotFound
 from banger.images.importer import import_image, pull_image
-from banger.images.manifest import ROOTFS_NAME, WORK_SEED_NAME, read_manifest
+from banger.images.manifest import ROOTFS_NAME, WORK_SEED_NAME
 from banger.images.oci import blob_dir, prune_blob_cache
+from tests.support.image import read_image_json
 from tests.support.oci_builder import Member, OciImage, bootable_base
 
 pytestmark = pytest.mark.skipif(shutil.which("debugfs") is None, reason="needs e2fsprogs")
@@ -115,7 +116,7 @@ def test_pull_publishes_rootfs_work_seed_and_manifest(pulled: dict[str, object])
     image_dir = Path(str(pulled["dir"]))
     expected = ["image.json", ROOTFS_NAME, WORK_SEED_NAME]
     assert sorted(p.name for p in image_dir.iterdir()) == expected
-    manifest = read_manifest(image_dir)
+    manifest = read_image_json(image_dir)
     assert manifest.name == "test"
     assert manifest.source.startswith("oci:127.0.0.1:") and "@sha256:" in manifest.source
     assert not [p for p in image_dir.parent.iterdir() if p.name.startswith(".")]

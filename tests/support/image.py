@@ -27,13 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from banger.core.errors import BangerError
+from banger.core.manifests import ImageManifest
 from banger.core.vmspec import SLIRP_GUEST_IP, RootDisk, UserNet, VMSpec
 from banger.daemon.vm_layout import tcg_cmdline
 from banger.host.disks import create_root_overlay, create_work_disk
+from banger.host.files import read_model
 from banger.host.net import free_loopback_port
 from banger.host.ssh import ensure_ssh_key
 from banger.images.guest_bits import LEAN_INIT
-from banger.images.manifest import ROOTFS_NAME, read_manifest
+from banger.images.manifest import MANIFEST_NAME, ROOTFS_NAME
 from banger.vmm.qemu import qemu_argv
 from tests.support.hostcheck import artifact_failed
 
@@ -48,6 +50,12 @@ _KEYED_SOURCES = (
 SLIRP_IP = SLIRP_GUEST_IP  # the address slirp always gives the guest
 QEMU_DEFAULT_MAC = "52:54:00:12:34:56"  # what QEMU picks when given none
 WORK_DISK_BYTES = 256 << 20
+
+
+def read_image_json(image_dir: Path) -> ImageManifest:
+    """``image_dir/image.json`` (the product writes it and never reads it back)."""
+    path = image_dir / MANIFEST_NAME
+    return read_model(path, ImageManifest, "image manifest", hint="rebuild the image")
 
 
 def image_key() -> str:
@@ -174,7 +182,7 @@ def boot_guest(
     """Boot the image on a qcow2 overlay plus a fresh work disk; kill QEMU on exit."""
     workdir = workdir.absolute()  # VMSpec takes absolute paths only
     workdir.mkdir(parents=True, exist_ok=True)
-    read_manifest(image_dir)  # fail early on a half-built image
+    read_image_json(image_dir)  # fail early on a half-built image
     key = workdir / "id_ed25519"
     authorized = ensure_ssh_key(key)
     root = create_root_overlay(image_dir / ROOTFS_NAME, workdir / "root.qcow2", "qcow2")

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from banger.core.errors import InvalidInput, StoreError
+from banger.core.manifests import ImageManifest
 from banger.core.validate import validate_name
 from banger.host.mmdebstrap import mmdebstrap_argv
 from banger.images.build import (
@@ -25,7 +26,8 @@ from banger.images.build import (
     parse_source,
     validate_package_names,
 )
-from banger.images.manifest import ImageManifest, read_manifest, write_manifest
+from banger.images.manifest import write_manifest
+from tests.support.image import read_image_json
 
 
 @pytest.mark.parametrize("name", ["git", "build-essential", "g++", "libc6-dev", "python3.11"])
@@ -121,7 +123,7 @@ def test_image_json_round_trips(tmp_path: Path) -> None:
         built_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), build_seconds=61.5,
     )
     write_manifest(tmp_path, manifest)
-    assert read_manifest(tmp_path) == manifest
+    assert read_image_json(tmp_path) == manifest
     assert [p.name for p in tmp_path.iterdir()] == ["image.json"]  # no temp file left
 
 
@@ -129,15 +131,15 @@ def test_image_json_ignores_unknown_keys_from_a_newer_banger(tmp_path: Path) -> 
     (tmp_path / "image.json").write_text(
         '{"id": "x", "name": "n", "source": "s", "kernel_name": null, "future": 1}'
     )
-    assert read_manifest(tmp_path).name == "n"
+    assert read_image_json(tmp_path).name == "n"
 
 
 def test_a_missing_or_corrupt_image_json_is_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
-        read_manifest(tmp_path)
+        read_image_json(tmp_path)
     (tmp_path / "image.json").write_text("{not json")
     with pytest.raises(StoreError):
-        read_manifest(tmp_path)
+        read_image_json(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -150,7 +152,7 @@ def test_a_damaged_image_json_is_one_store_error_naming_the_file_and_field(
     data = {"id": "x", "name": "n", "source": "s", "kernel_name": None, field: value}
     (tmp_path / "image.json").write_text(json.dumps(data))
     with pytest.raises(StoreError) as err:
-        read_manifest(tmp_path)
+        read_image_json(tmp_path)
     assert str(tmp_path / "image.json") in err.value.message and field in err.value.message
     assert "\n" not in err.value.message and err.value.hint
 

@@ -9,17 +9,12 @@ from pathlib import Path
 import pytest
 
 from banger.api.models import KernelImportRequest
-from banger.core.errors import InvalidInput, StoreError
+from banger.core.errors import Forbidden, InvalidInput, StoreError
+from banger.core.manifests import KernelFile, KernelManifest
 from banger.daemon.kernel_service import KernelService
 from banger.host import files
 from banger.kernels.importer import delete_kernel, import_kernel
-from banger.kernels.manifest import (
-    KernelFile,
-    KernelManifest,
-    describe_file,
-    load_manifest,
-    write_manifest,
-)
+from banger.kernels.manifest import describe_file, load_manifest, write_manifest
 from banger.store.db import Store
 
 
@@ -38,7 +33,7 @@ def sample(path: Path, name: str = "k1") -> KernelManifest:
 
 def test_manifest_round_trips_through_json(tmp_path: Path) -> None:
     m = sample(tmp_path)
-    write_manifest(m, tmp_path)
+    write_manifest(tmp_path, m)
     assert load_manifest(tmp_path) == m
     assert load_manifest(tmp_path).file("vmlinuz") == tmp_path / "vmlinuz"
     assert load_manifest(tmp_path).file("vmlinux") is None
@@ -55,7 +50,7 @@ def test_a_failed_write_leaves_the_previous_manifest_intact_and_no_temp_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     m = sample(tmp_path)
-    write_manifest(m, tmp_path)
+    write_manifest(tmp_path, m)
     before = (tmp_path / "manifest.json").read_bytes()
 
     def crash(*_a: object) -> None:
@@ -63,7 +58,7 @@ def test_a_failed_write_leaves_the_previous_manifest_intact_and_no_temp_file(
 
     monkeypatch.setattr(files.os, "fsync", crash)  # the shared atomic write
     with pytest.raises(OSError, match="disk full"):
-        write_manifest(m, tmp_path)
+        write_manifest(tmp_path, m)
     assert (tmp_path / "manifest.json").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["manifest.json", "vmlinuz"]
 
@@ -84,7 +79,7 @@ def test_a_damaged_artifact_hash_is_a_store_error_naming_the_file(tmp_path: Path
 
 
 def test_a_missing_manifest_is_a_store_error(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match="no manifest"):
+    with pytest.raises(StoreError, match=r"kernel manifest .*manifest\.json is missing"):
         load_manifest(tmp_path)
 
 
@@ -107,9 +102,22 @@ def test_stored_kernels_are_the_registered_rows_never_staging_dirs(tmp_path: Pat
         d = kernels / name
         d.mkdir(parents=True)
         m = sample(d, name)
-        write_manifest(m, d)
+        write_manifest(d, m)
         if not name.startswith("."):  # what a finished pull or import registers
             service._register(m)
     assert [k.name for k in service.store.kernels.list()] == ["alpha", "zeta"]
     assert [k.path for k in service.store.kernels.list()] == [kernels / "alpha", kernels / "zeta"]
     assert service.store.kernels.get_default().name == "zeta"  # type: ignore[union-attr]
+
+
+def test_a_symlinked_manifest_is_refused_not_followed(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    m = sample(elsewhere)
+    write_manifest(elsewhere, m)  # a valid manifest: only the link makes it hostile
+    kernel = tmp_path / "k1"
+    kernel.mkdir()
+    (kernel / "manifest.json").symlink_to(elsewhere / "manifest.json")
+    with pytest.raises(Forbidden, match="symbolic link") as err:
+        load_manifest(kernel)
+    assert err.value.hint
