@@ -9,12 +9,16 @@ its child when the token fires; both raise ``Cancelled``, so the work's own
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from banger.core.errors import Cancelled
+
+T = TypeVar("T")
 
 
 class CancelToken:
@@ -68,3 +72,38 @@ def pause(seconds: float) -> None:
         threading.Event().wait(seconds)
     elif token.wait(seconds):
         raise Cancelled("operation cancelled")
+
+
+async def join_thread(thread: asyncio.Future[T]) -> T:
+    """Await a worker thread's future to its end, even if our task is cancelled meanwhile."""
+    while True:
+        try:
+            return await asyncio.shield(thread)
+        except asyncio.CancelledError:
+            if thread.done():
+                return thread.result()
+
+
+async def to_thread_joined(func: Callable[..., T], /, *args: Any) -> T:
+    """``asyncio.to_thread`` whose cancel stops the thread and waits for it to end.
+
+    A cancelled ``asyncio.to_thread`` returns at once while its thread runs on,
+    so whatever follows the cancel (an undo, a drain) would race it. Here the
+    thread runs under a token of its own, which the cancel fires (its next
+    checkpoint raises, ``host.run.run`` kills its child); the cancel goes on
+    only once the thread has ended, whatever it raised.
+    """
+    token = CancelToken()
+
+    def call() -> T:
+        with cancel_scope(token):
+            return func(*args)
+
+    thread = asyncio.ensure_future(asyncio.to_thread(call))
+    try:
+        return await asyncio.shield(thread)
+    except asyncio.CancelledError:
+        token.cancel()
+        with contextlib.suppress(Exception):
+            await join_thread(thread)
+        raise

@@ -22,7 +22,7 @@ import structlog
 
 from banger.api.errors import error_body
 from banger.api.models import Operation, OperationResult, OperationState, Stage, StageState
-from banger.core.cancel import CancelToken, cancel_scope
+from banger.core.cancel import CancelToken, cancel_scope, join_thread
 from banger.core.errors import BangerError, Cancelled, InternalError, NotFound
 from banger.core.names import new_id
 
@@ -133,7 +133,7 @@ class OperationContext:
             except asyncio.CancelledError:
                 token.cancel()
                 try:
-                    result = await _finish_uncancelled(thread)
+                    result = await join_thread(thread)
                 except Cancelled:
                     raise asyncio.CancelledError() from None
                 _uncancel()
@@ -155,16 +155,6 @@ def _own_thread(call: Callable[[], T], name: str) -> asyncio.Future[T]:
     finally:
         executor.shutdown(wait=False)  # the thread ends when ``call`` returns
     return future
-
-
-async def _finish_uncancelled(thread: asyncio.Future[T]) -> T:
-    """Await ``thread`` to its end even if our own task is cancelled again meanwhile."""
-    while True:
-        try:
-            return await asyncio.shield(thread)
-        except asyncio.CancelledError:
-            if thread.done():
-                return thread.result()
 
 
 def _uncancel() -> None:

@@ -12,6 +12,7 @@ import contextlib
 from dataclasses import dataclass
 
 from banger.api.models import ImageBuildRequest, ImageInfo, VMCreateRequest, VMInfo
+from banger.core.cancel import to_thread_joined
 from banger.core.errors import Conflict, InvalidInput
 from banger.core.names import generate_vm_name, new_id
 from banger.core.states import VMState
@@ -157,13 +158,15 @@ class VMCreator:
         """Root overlay, and (in parallel) the work disk with our key and a fresh host key."""
         files = self.rt.files(vm)
         files.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Both threads end (a cancel stops their mkfs and debugfs) before the undo
+        # removes their files, so none recreates the VM's directory afterwards.
         results = await asyncio.gather(
-            asyncio.to_thread(
+            to_thread_joined(
                 disks.create_root_overlay, image.path / ROOTFS_NAME, files.root,
                 self.rt.backend.traits.root_overlay,
             ),
-            asyncio.to_thread(self._make_work_disk, vm, image, files),
-            return_exceptions=True,  # both must end before the undo removes their files
+            to_thread_joined(self._make_work_disk, vm, image, files),
+            return_exceptions=True,
         )
         for result in results:
             if isinstance(result, BaseException):

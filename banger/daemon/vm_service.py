@@ -66,6 +66,15 @@ def check_host_room(
         )
 
 
+def refuse_creating(vm: VMRecord) -> None:
+    """A VM whose create has not finished is its create's alone: no verb may boot or change it."""
+    if vm.state is VMState.CREATING:
+        raise Conflict(
+            f"VM '{vm.name}' is still being created",
+            hint=f"wait for its create to finish: banger vm show {vm.name}",
+        )
+
+
 class VMService:
     def __init__(self, rt: VMRuntime) -> None:
         self.rt = rt
@@ -99,6 +108,7 @@ class VMService:
 
     def restart(self, ref: str) -> Work:
         async def restart(ctx: OperationContext, vm: VMRecord) -> VMRecord:
+            refuse_creating(vm)
             return await self.booter.boot_or_fail(ctx, await self._stop_stage(ctx, vm))
 
         return self._verb(ref, restart)
@@ -129,6 +139,7 @@ class VMService:
         return self._verb(ref, delete)
 
     async def _start(self, ctx: OperationContext, vm: VMRecord) -> VMRecord:
+        refuse_creating(vm)
         if vm.state is VMState.RUNNING and self.rt.handle(vm):
             return vm
         if vm.state.active:  # a stale row: the VMM is gone
@@ -164,7 +175,8 @@ class VMService:
             validate_memory_mib(memory_mib)
         new_disk = parse_size(disk, "disk") if disk is not None else None
         async with self.rt.locked(ref) as vm:
-            if vm.state.active or vm.state is VMState.CREATING:
+            refuse_creating(vm)
+            if vm.state.active:
                 raise Conflict(
                     f"VM '{vm.name}' is {vm.state}", hint=f"stop it first: banger vm stop {vm.name}"
                 )

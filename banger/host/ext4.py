@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from banger.core.errors import HostToolError, InvalidInput
+from banger.host.files import open_nofollow
 from banger.host.run import require_tool, run
 
 # Lazy init keeps mkfs of a multi-GiB image sub-second.
@@ -44,7 +45,7 @@ def make_ext4(
     """Create a sparse ext4 image of ``size_bytes``, optionally filled from ``source_dir``."""
     mkfs = require_tool("mkfs.ext4", _PACKAGE)
     image.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = open_nofollow(image, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     with os.fdopen(fd, "wb") as f:
         f.truncate(size_bytes)
     argv = [mkfs, "-F", "-q", "-E", f"{LAZY_INIT},root_owner={root_owner[0]}:{root_owner[1]}"]

@@ -17,7 +17,6 @@ one too.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import hashlib
 import ipaddress
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from banger.core.cancel import checkpoint, to_thread_joined
 from banger.core.errors import Conflict, Forbidden, HostToolError, InvalidInput
 from banger.core.validate import parse_bridge_cidr
 
@@ -348,9 +348,13 @@ class TapPool:
         self._lock = threading.Lock()
 
     def fill(self) -> int:
-        """Create TAPs until ``size`` are idle; return how many were made (blocking)."""
+        """Create TAPs until ``size`` are idle; return how many were made (blocking).
+
+        Under a cancelled token it stops between TAPs (raising ``Cancelled``).
+        """
         made = 0
         while True:
+            checkpoint()
             with self._lock:
                 if len(self._idle) + self._pending >= self.size:
                     return made
@@ -366,8 +370,9 @@ class TapPool:
             made += 1
 
     async def arefill(self) -> int:
-        """``fill`` in a worker thread."""
-        return await asyncio.to_thread(self.fill)
+        """``fill`` in a worker thread; a cancel returns once that thread has ended,
+        so a ``drain`` after it sees every TAP the fill made."""
+        return await to_thread_joined(self.fill)
 
     def acquire(self) -> str:
         """An idle TAP from the pool, or a new one made now when the pool is empty."""

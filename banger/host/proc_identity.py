@@ -14,6 +14,9 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+from banger.core.errors import Forbidden
+from banger.host.files import open_nofollow
+
 
 def read_stat(pid: int) -> tuple[str, int] | None:
     """Return (state letter, start time in ticks) of ``pid``, or None when it is gone."""
@@ -69,23 +72,21 @@ def _parse_pid(text: str) -> int | None:
 
 
 def read_pidfile(path: Path) -> int | None:
-    """The pid in ``path``, or None when the file is missing, empty or not a pid."""
+    """The pid in ``path``, or None when it is missing, unreadable or not a pid, and
+    when it is not a regular file: a symlink (never followed) or a FIFO names no one."""
     try:
-        return _parse_pid(path.read_text())
-    except (FileNotFoundError, NotADirectoryError):
+        fd = open_nofollow(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (OSError, Forbidden):
         return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        return _parse_pid(f.read(32).decode("ascii", "replace"))
 
 
 def pidfile_names(path: Path, pid: int) -> bool:
     """True when ``path`` is a regular file (not a symlink) holding exactly ``pid``."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return False
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return False
-        return _parse_pid(f.read(32).decode("ascii", "replace")) == pid
+    return read_pidfile(path) == pid
 
 
 async def wait_until_gone(

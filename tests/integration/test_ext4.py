@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from banger.core.errors import HostToolError, InvalidInput
+from banger.core.errors import Forbidden, HostToolError, InvalidInput
 from banger.host.disks import install_ssh_files
 from banger.host.ext4 import (
     debugfs_batch,
@@ -80,3 +80,13 @@ def test_grow_keeps_the_files_and_makes_the_room(image: Path) -> None:
 def test_unencodable_paths_never_reach_debugfs(image: Path) -> None:
     with pytest.raises(InvalidInput, match="cannot be encoded"):
         read_ext4_file(image, '/etc/"hostname')
+
+
+def test_make_ext4_refuses_a_symlink_in_place_of_the_image(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    img = tmp_path / "disk.ext4"
+    img.symlink_to(victim)
+    with pytest.raises(Forbidden, match="symbolic link"):
+        make_ext4(img, 32 << 20)
+    assert victim.read_bytes() == b"precious" and img.is_symlink()

@@ -6,12 +6,15 @@ import asyncio
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from banger.host import proc_identity as proc
+from banger.vmm.qemu import QemuBackend, ownership_markers
 from tests.support.processes import spawn
+from tests.unit.test_qemu_vmspec import make_spec
 
 
 @pytest.mark.parametrize("text", ["", "abc", "-5", "0", "12 34"])
@@ -26,6 +29,40 @@ def test_pidfile_reads_a_pid_with_a_trailing_newline_and_missing_reads_none(
     (tmp_path / "pid").write_text("4242\n")
     assert proc.read_pidfile(tmp_path / "pid") == 4242
     assert proc.read_pidfile(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("plant", ["symlink", "fifo"])
+def test_a_pidfile_that_is_not_a_regular_file_names_no_pid(tmp_path: Path, plant: str) -> None:
+    pidfile = tmp_path / "pid"
+    if plant == "symlink":
+        (tmp_path / "elsewhere").write_text("4242\n")
+        pidfile.symlink_to(tmp_path / "elsewhere")
+    else:
+        os.mkfifo(pidfile)  # opened without O_NONBLOCK, a read would hang here
+    assert proc.read_pidfile(pidfile) is None
+    assert not proc.pidfile_names(pidfile, 4242)
+
+
+def test_qemu_adopts_a_vmm_named_by_its_pidfile_but_never_through_a_symlink(
+    tmp_path: Path,
+) -> None:
+    spec = replace(make_spec(), run_dir=tmp_path / "run")
+    spec.run_dir.mkdir()
+    # A process whose argv carries the VM's markers, as its QEMU's would.
+    child = spawn([sys.executable, "-c", "import time; time.sleep(30)",
+                   *ownership_markers(spec)])
+    try:
+        planted = tmp_path / "planted-pid"
+        planted.write_text(f"{child.pid}\n")
+        spec.pidfile.symlink_to(planted)
+        assert QemuBackend().adopt(spec.pidfile, spec) is None
+        spec.pidfile.unlink()
+        spec.pidfile.write_text(f"{child.pid}\n")
+        handle = QemuBackend().adopt(spec.pidfile, spec)
+        assert handle is not None and handle.pid == child.pid  # the same file, not a symlink
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_a_live_process_matches_only_with_its_start_time_and_markers(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ every call that crossed it.
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,35 @@ def test_a_tap_vm_is_attached_detached_and_the_pool_drained_through_the_seam(
     ]  # fmt: skip
     assert ("claim_bridge", (BRIDGE, CIDR, OWNER, True)) in fake.calls
     assert all(args[1] == BRIDGE for m, args in fake.calls if m == "create_tap")
+
+
+def test_closing_while_the_pool_refills_leaves_no_idle_tap_behind(
+    store: Store, fake: RecordingHostOps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``close`` waits for the refill's thread, so ``drain`` sees the TAP it was making."""
+    refilling = threading.Event()
+    real = fake.create_tap
+
+    def slow_create_tap(name: str, bridge: str, owner_uid: int | None = None) -> None:
+        if fake.methods().count("create_tap"):  # the first is the VM's own (empty pool)
+            refilling.set()
+            time.sleep(0.2)  # netlink taking its time
+        real(name, bridge, owner_uid)
+
+    monkeypatch.setattr(fake, "create_tap", slow_create_tap)
+
+    async def scenario() -> str | None:
+        vms = network(store, fake)
+        vm = add_vm(store, "box")
+        vms.allocate_ip(vm.id)
+        _, tap, _ = await vms.attach(store.vms.get_key(vm.id))
+        assert await asyncio.to_thread(refilling.wait, 5)
+        await vms.close()
+        await asyncio.sleep(0.5)  # a fill thread left running would make TAPs now
+        return tap
+
+    tap = asyncio.run(scenario())
+    assert tap is not None and set(fake.taps) == {tap}  # the VM's TAP only: no idle one
 
 
 def test_reconcile_reaps_only_idle_taps_of_our_bridge(

@@ -7,15 +7,20 @@ destroyed (its row last). The real-VM tests (tests/vm) stay the proof with QEMU.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from banger.api.models import Operation
+from banger.api.models import Operation, VMCreateRequest
+from banger.core.cancel import pause
 from banger.core.errors import HostToolError, Unavailable
 from banger.core.states import VM_TRANSITIONS, NetMode, VMState
+from banger.host import disks
 from banger.images.manifest import ROOTFS_NAME
 from banger.vmm.traits import TRAITS
 from tests.support.fake_vms import IMAGE_ID, FakeVMs, fake_vms
@@ -143,3 +148,33 @@ def test_a_failed_create_leaves_the_name_free_for_the_next(vms: FakeVMs) -> None
     first, second = vms.drive(twice)
     assert (first.state, second.state) == ("failed", "succeeded")
     assert vms.vm("box").state is VMState.RUNNING and len(vms.backend.live()) == 1
+
+
+def test_a_create_cancelled_while_its_disks_are_made_leaves_no_row_and_no_directory(
+    vms: FakeVMs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The undo runs only once the disk threads have ended: none writes after it."""
+    reached = threading.Event()
+    real = disks.create_work_disk
+
+    def slow_work_disk(*args: Any, **kwargs: Any) -> None:
+        reached.set()
+        pause(0.5)  # the work disk is still being made when the cancel comes
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(disks, "create_work_disk", slow_work_disk)
+
+    async def cancel_during_disks() -> Operation:
+        _, work = await vms.creator.create(VMCreateRequest(name="box", image="img", disk="8M"))
+        op = vms.registry.begin("vm.create", work)
+        assert await asyncio.to_thread(reached.wait, 5)
+        vms.registry.cancel(op.id)
+        done = await vms.registry.join(op.id)
+        for _ in range(100):  # a thread left running would write the work disk late
+            assert vms.store.vms.find("box") is None and vms.leftovers() == []
+            await asyncio.sleep(0.01)
+        return done
+
+    op = vms.drive(cancel_during_disks)
+    assert op.state == "cancelled" and failed_stage(op) == "disks"
+    assert_nothing_left(vms)

@@ -17,7 +17,7 @@ from banger.core.errors import Conflict, InvalidInput
 from banger.core.states import VM_TRANSITIONS, VMState
 from banger.daemon.operations import Work
 from banger.store import VMRecord
-from tests.support.fake_vms import FakeVMs, fake_vms
+from tests.support.fake_vms import IMAGE_ID, FakeVMs, fake_vms
 
 R, S = VMState.RUNNING, VMState.STOPPED
 BOOTED = "booted, sshd accepts our key"
@@ -267,3 +267,33 @@ def test_set_of_a_running_vm_is_a_conflict_that_changes_nothing(vms: FakeVMs) ->
     assert err.value.hint == "stop it first: banger vm stop box"
     assert vms.vm("box") == before
     assert vms.service.rt.files(before).work.stat().st_size == 8 << 20
+
+
+# -- a VM still being created --------------------------------------------------------
+
+
+def half_created(vms: FakeVMs) -> VMRecord:
+    """VM ``box`` as its create left it mid-way (its row in ``creating``)."""
+    return vms.store.vms.add(VMRecord("id-box", "box", "qemu", 1, 128, 1 << 20,
+                                      image_id=IMAGE_ID, kernel_name="k",
+                                      state=VMState.CREATING, net_mode="user"))
+
+
+@pytest.mark.parametrize("verb", ["start", "restart"])
+def test_start_or_restart_of_a_vm_still_being_created_is_a_conflict_that_boots_nothing(
+    vms: FakeVMs, verb: str
+) -> None:
+    half = half_created(vms)
+    op = vms.drive(lambda: vms.run(getattr(vms.service, verb)("box")))
+    assert op.state == "failed" and op.error is not None
+    assert (op.error.code, op.error.message) == ("conflict", "VM 'box' is still being created")
+    assert op.error.hint == "wait for its create to finish: banger vm show box"
+    assert vms.vm("box") == half and vms.transitions == []
+    assert names(vms, "attach", "launch") == [] and vms.backend.live() == []
+
+
+def test_set_of_a_vm_still_being_created_is_a_conflict(vms: FakeVMs) -> None:
+    half = half_created(vms)
+    with pytest.raises(Conflict, match="VM 'box' is still being created"):
+        vms.drive(lambda: vms.service.set("box", vcpu=2, memory_mib=None, disk=None))
+    assert vms.vm("box") == half
