@@ -11,7 +11,13 @@ from banger.config import Settings
 from banger.core.errors import DaemonNotRunning, Unavailable
 from banger.core.wait import poll_until
 from banger.host.private_dirs import ensure_private_dir
-from banger.host.proc import pid_alive, python_module_argv, send_signal, spawn_detached
+from banger.host.proc import (
+    pid_alive,
+    python_module_argv,
+    send_signal,
+    spawn_detached,
+    start_time,
+)
 
 if TYPE_CHECKING:
     from banger.api.models import Ping
@@ -64,14 +70,15 @@ def stop_daemon(client: Client) -> int | None:
     if ping is None:
         return None
     pid = ping.pid
+    started = start_time(pid)  # a pid reused while we wait is never signalled
     try:
         client.request("POST", "/shutdown")
     except DaemonNotRunning:
         pass
     for sig in (None, signal.SIGTERM, signal.SIGKILL):
-        if sig is not None:
+        if sig is not None and pid_alive(pid, started):
             send_signal(pid, sig)
-        if poll_until(lambda: not pid_alive(pid), timeout=STOP_TIMEOUT / 3):
+        if poll_until(lambda: not pid_alive(pid, started), timeout=STOP_TIMEOUT / 3):
             return pid
     raise Unavailable(f"bangerd (pid {pid}) did not exit", hint=f"kill -9 {pid}")
 

@@ -18,6 +18,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -173,6 +174,23 @@ def sweep_scratch(state_dir: Path) -> int:
     return len(leftovers)
 
 
+def flock_wait(fd: int, mode: int, *, wait_s: float | None = None) -> bool:
+    """Take ``flock`` ``mode`` on ``fd``; False when ``wait_s`` ran out first.
+
+    Waits by polling with :func:`~banger.core.cancel.pause`, so a cancelled
+    operation stops waiting (``Cancelled``) instead of blocking in the kernel.
+    """
+    deadline = None if wait_s is None else time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            pause(_LOCK_POLL_S)
+
+
 @contextlib.contextmanager
 def name_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on file ``path``, removed on release so lock files never pile up.
@@ -184,12 +202,7 @@ def name_lock(path: Path) -> Iterator[None]:
     while True:
         fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    pause(_LOCK_POLL_S)
+            flock_wait(fd, fcntl.LOCK_EX)
             with contextlib.suppress(FileNotFoundError):
                 if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
                     break

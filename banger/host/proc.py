@@ -41,14 +41,29 @@ def spawn_detached(argv: Sequence[str], *, log_path: Path) -> subprocess.Popen[b
         )
 
 
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
+def read_stat(pid: int) -> tuple[str, int] | None:
+    """Return (state letter, start time in ticks) of ``pid``, or None when it is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # comm (field 2) may contain spaces and parentheses: split after its last ')'.
+    fields = data[data.rindex(")") + 2 :].split()
+    return fields[0], int(fields[19])
+
+
+def start_time(pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot, or None when it is gone."""
+    stat = read_stat(pid)
+    return None if stat is None else stat[1]
+
+
+def pid_alive(pid: int, started: int | None = None) -> bool:
+    """True while ``pid`` exists, is no zombie and (given ``started``) is still that process."""
+    stat = read_stat(pid)
+    if stat is None or stat[0] in ("Z", "X"):
         return False
-    return state != "Z"
+    return started is None or stat[1] == started
 
 
 def send_signal(pid: int, sig: signal.Signals) -> bool:

@@ -16,23 +16,9 @@ from pathlib import Path
 
 from banger.core.errors import Forbidden
 from banger.host.files import open_nofollow
+from banger.host.proc import read_stat, start_time
 
-
-def read_stat(pid: int) -> tuple[str, int] | None:
-    """Return (state letter, start time in ticks) of ``pid``, or None when it is gone."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # comm (field 2) may contain spaces and parentheses: split after its last ')'.
-    fields = data[data.rindex(")") + 2 :].split()
-    return fields[0], int(fields[19])
-
-
-def start_time(pid: int) -> int | None:
-    """The start time of ``pid`` in clock ticks since boot, or None when it is gone."""
-    stat = read_stat(pid)
-    return None if stat is None else stat[1]
+__all__ = ["read_stat", "start_time"]  # kept here too: a VMM's identity is read through this module
 
 
 def cmdline(pid: int) -> list[str] | None:

@@ -25,6 +25,7 @@ import asyncssh
 from banger.core.errors import GuestError, InvalidInput, StoreError
 from banger.core.sshcmd import CONNECT_TIMEOUT, ssh_argv
 from banger.core.wait import Backoff
+from banger.host.files import atomic_write_text, flock_wait, open_nofollow, write_private
 from banger.host.run import CommandError, arun, arun_to_log, require_tool, run
 
 log = logging.getLogger("banger.host.ssh")
@@ -45,9 +46,12 @@ def control_path_for(run_dir: Path) -> Path | None:
 
 @contextlib.contextmanager
 def _locked(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    fd = open_nofollow(lock_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        flock_wait(fd, fcntl.LOCK_EX)  # a cancelled create stops waiting here
         yield
+    finally:
+        os.close(fd)
 
 
 def _keygen(dest: Path, comment: str) -> None:
@@ -86,7 +90,7 @@ def ensure_ssh_key(path: Path) -> bytes:
         if head != _PRIVATE_KEY_HEADER:
             raise _corrupt(path, "not an OpenSSH private key")
         if not pub.exists():
-            pub.write_bytes(_public_from_private(path))
+            write_private(pub, _public_from_private(path))
         return pub.read_bytes()
 
 
@@ -123,9 +127,7 @@ def known_hosts_line(host: str, port: int, pubkey: bytes | str) -> str:
 
 def write_known_hosts(path: Path, host: str, port: int, pubkey: bytes | str) -> None:
     """Replace ``path`` with a single line for the VM (write to temp, then rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(known_hosts_line(host, port, pubkey))
-    os.replace(tmp, path)
+    atomic_write_text(path, known_hosts_line(host, port, pubkey))
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,14 @@ import platform
 import re
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from banger.core.cancel import pause
 from banger.core.errors import Conflict, InvalidInput, NotFound
 from banger.host import skopeo
+from banger.host.files import flock_wait, open_nofollow
 from banger.images.oci_schema import (
     Descriptor,
     ImageConfig,
@@ -144,24 +143,16 @@ def blob_cache_lock(
 ) -> Iterator[None]:
     """Hold the blob cache lock: shared for pulls and readers, exclusive for prune."""
     lock_file = cache_dir / "oci" / "cache.lock"
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    lock_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = open_nofollow(lock_file, os.O_RDWR | os.O_CREAT)
     try:
-        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise Conflict(
-                        "the OCI blob cache is busy ("
-                        + ("an image pull is running" if exclusive else "a prune is running")
-                        + ")",
-                        hint="retry when it has finished",
-                    ) from None
-                pause(0.1)  # wakes and raises when the operation is cancelled
+        if not flock_wait(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, wait_s=wait_s):
+            raise Conflict(
+                "the OCI blob cache is busy ("
+                + ("an image pull is running" if exclusive else "a prune is running")
+                + ")",
+                hint="retry when it has finished",
+            )
         yield
     finally:
         os.close(fd)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import threading
 import time
@@ -12,7 +14,8 @@ import pytest
 from banger.core.cancel import CancelToken, cancel_scope, checkpoint
 from banger.core.errors import Cancelled, InvalidInput
 from banger.core.validate import safe_component, safe_relative_path
-from banger.host.files import name_lock, read_inside, sweep_scratch
+from banger.host.files import flock_wait, name_lock, read_inside, sweep_scratch
+from banger.host.proc import pid_alive, start_time
 from banger.host.run import run
 
 
@@ -114,3 +117,30 @@ def test_the_sweep_empties_the_scratch_dir_only(tmp_path: Path) -> None:
     assert sweep_scratch(tmp_path) == 2
     assert list((tmp_path / "tmp").iterdir()) == []
     assert (tmp_path / "images").is_dir()
+
+
+def test_a_lock_wait_gives_up_at_its_deadline_and_a_cancel_stops_it(tmp_path: Path) -> None:
+    path = tmp_path / "lock"
+    holder, waiter = os.open(path, os.O_RDWR | os.O_CREAT), os.open(path, os.O_RDWR)
+    try:
+        assert flock_wait(holder, fcntl.LOCK_EX)
+        assert flock_wait(waiter, fcntl.LOCK_SH, wait_s=0.2) is False
+        token = CancelToken()
+        threading.Timer(0.2, token.cancel).start()
+        with cancel_scope(token), pytest.raises(Cancelled):
+            flock_wait(waiter, fcntl.LOCK_SH)
+    finally:
+        os.close(holder)
+        os.close(waiter)
+
+
+def test_a_reused_pid_is_not_the_process_we_saw() -> None:
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        started = start_time(child.pid)
+        assert started is not None and pid_alive(child.pid, started)
+        assert not pid_alive(child.pid, started + 1)  # same pid, another process
+    finally:
+        child.kill()
+        child.wait()
+    assert not pid_alive(child.pid, started)
