@@ -26,7 +26,7 @@ from typing import ClassVar
 
 from qemu.qmp import QMPClient, QMPError
 
-from banger.core.errors import Conflict, HostToolError
+from banger.core.errors import Conflict, Forbidden, HostToolError
 from banger.core.vmspec import Accel, TapNet, UserNet, VMSpec, kernel_cmdline
 from banger.host import proc_identity as proc
 from banger.host.files import open_nofollow, reset_file
@@ -121,7 +121,7 @@ def log_tail(path: Path, limit: int = _LOG_TAIL_BYTES) -> str:
         with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
             return f.read().decode("utf-8", "replace").strip()
-    except (OSError, Conflict):
+    except (OSError, Forbidden):
         return ""
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from banger.core.errors import Forbidden
 from banger.host.files import atomic_write_text, open_nofollow, reset_file, sha256_file
+from banger.vmm.qemu import log_tail
 
 
 def test_sha256_of_a_sparse_file_equals_hashing_every_byte(tmp_path: Path) -> None:
@@ -68,3 +69,14 @@ def test_qemu_launch_refuses_a_symlinked_log_before_starting_anything(tmp_path: 
     with pytest.raises(Forbidden, match="console.log: it is a symbolic link"):
         asyncio.run(QemuBackend(qemu_binary="/bin/false").launch(spec))
     assert target.read_text() == "root:secret\n"
+
+
+def test_a_log_tail_through_a_planted_symlink_is_empty_and_reads_nothing(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("root:secret\n")
+    link = tmp_path / "vmm.log"
+    link.symlink_to(secret)
+    assert log_tail(link) == ""
+    plain = tmp_path / "console.log"
+    plain.write_text("booted\n")
+    assert log_tail(plain) == "booted"
