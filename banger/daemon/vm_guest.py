@@ -52,7 +52,7 @@ class SSHGuest:
                                    deadline=deadline, alive=alive)
             return
         await ssh.open_master(host, port, self.key, files.known_hosts, control,
-                              deadline=deadline, log_path=files.dir / "ssh.log", alive=alive)
+                              deadline=deadline, log_path=files.ssh_log, alive=alive)
 
     async def poweroff(self, vm: VMRecord, files: VMFiles, host: str, port: int) -> None:
         try:

@@ -50,6 +50,11 @@ class VMFiles:
         return self.dir / "known_hosts"
 
     @property
+    def ssh_log(self) -> Path:
+        """The shared SSH connection's own log (its master runs in the background)."""
+        return self.dir / "ssh.log"
+
+    @property
     def host_key_pub(self) -> Path:
         return self.dir / f"{HOST_KEY_FILE}.pub"
 
