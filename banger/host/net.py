@@ -56,32 +56,27 @@ OWNER_PREFIX = "banger:"
 _OWNER_RE = re.compile(rf"{OWNER_PREFIX}[0-9]{{1,10}}:[0-9a-f]{{12}}", re.ASCII)
 
 
+def _matching(pattern: re.Pattern[str], value: object, what: str, hint: str) -> str:
+    """``value`` if it is a string that ``pattern`` matches whole, else InvalidInput."""
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise InvalidInput(f"invalid {what} {value!r}", hint=hint)
+    return value
+
+
 def validate_tap_name(name: str) -> str:
     """Return ``name`` if it is one of ours (``bgt`` + hex, at most 15 chars), else raise."""
-    if not isinstance(name, str) or not _TAP_RE.fullmatch(name):
-        raise InvalidInput(
-            f"invalid TAP name {name!r}",
-            hint=f"banger's TAPs are {TAP_PREFIX!r} plus 1-12 lowercase hex digits",
-        )
-    return name
+    hint = f"banger's TAPs are {TAP_PREFIX!r} plus 1-12 lowercase hex digits"
+    return _matching(_TAP_RE, name, "TAP name", hint)
 
 
 def validate_bridge_name(name: str) -> str:
-    if not isinstance(name, str) or not _BRIDGE_RE.fullmatch(name):
-        raise InvalidInput(
-            f"invalid bridge name {name!r}", hint="use 1-15 letters, digits, '_' or '-'"
-        )
-    return name
+    return _matching(_BRIDGE_RE, name, "bridge name", "use 1-15 letters, digits, '_' or '-'")
 
 
 def validate_owner(owner: str) -> str:
     """Return ``owner`` if it has the grammar of ``owner_alias``, else raise."""
-    if not isinstance(owner, str) or not _OWNER_RE.fullmatch(owner):
-        raise InvalidInput(
-            f"invalid bridge owner {owner!r}",
-            hint=f"a bridge owner is {OWNER_PREFIX!r}<uid>:<12 hex digits> (see owner_alias)",
-        )
-    return owner
+    hint = f"a bridge owner is {OWNER_PREFIX!r}<uid>:<12 hex digits> (see owner_alias)"
+    return _matching(_OWNER_RE, owner, "bridge owner", hint)
 
 
 def new_tap_name() -> str:
