@@ -22,6 +22,7 @@ from typing import Any
 from banger.core.defaults import IMPLEMENTED_BACKENDS
 from banger.core.errors import InvalidInput
 from banger.core.validate import parse_bridge_cidr, parse_size
+from banger.core.workspace import DEFAULT_GUEST_PATH, validate_guest_path
 
 ENV_PREFIX = "BANGER_"
 CONFIG_ENV = "BANGER_CONFIG"
@@ -125,6 +126,13 @@ def _size(value: Any) -> str:
     return str(value)
 
 
+def _guest_path(value: Any) -> str:
+    try:
+        return validate_guest_path(_string(value))
+    except InvalidInput as exc:
+        raise ValueError(exc.message) from None
+
+
 def _key(check: Callable[[Any], Any], default: Callable[[], Any], doc: str) -> Any:
     """A settings field: its check and description (``docs/config.md``) ride in the metadata."""
     return field(default_factory=default, metadata={"check": check, "doc": doc})
@@ -152,6 +160,10 @@ class Settings:
                                       "How long finished operations stay queryable.")
     daemon_start_timeout: float = _key(_seconds, lambda: 15.0,
                                        "Seconds the CLI waits for an auto-started daemon.")
+    workspace_guest_path: str = _key(
+        _guest_path, lambda: DEFAULT_GUEST_PATH,
+        "Where `vm run PATH` and `vm workspace prepare` put the workspace (under /root).",
+    )
     ssh_ready_timeout: float = _key(
         _seconds, lambda: 120.0, "Seconds a booting VM has until its sshd accepts our key."
     )

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
 from banger.core.defaults import DEFAULT_IMAGE_SOURCE
 from banger.core.manifests import ImageManifest, KernelManifest
 from banger.core.states import OperationState
+from banger.core.workspace import WorkspaceMode
+from banger.core.workspace_state import WorkspaceState
 
 
 class WireModel(BaseModel):
@@ -167,6 +169,7 @@ class VMInfo(WireModel):
     state_changed_at: datetime | None = None
     created_at: datetime | None
     started_at: datetime | None
+    workspace: WorkspaceState | None = None
 
 
 class VMList(WireModel):
@@ -195,6 +198,62 @@ class OperationList(WireModel):
     operations: list[Operation]
 
 
+class WorkspaceRequest(RequestModel):
+    """``vm workspace prepare`` (and ``vm run PATH``): ``path`` is absolute, on the host."""
+
+    path: str
+    mode: WorkspaceMode = Field(default=WorkspaceMode.GIT, strict=False)  # "git" in JSON
+    include_untracked: bool = False
+    branch: str | None = None
+    from_ref: str | None = None
+
+
+class WorkspaceEntry(WireModel):
+    path: str  # non-UTF-8 bytes shown as \\xNN escapes
+    kind: str  # file, exec, link or dir
+    size: int
+
+
+class WorkspacePlanInfo(WireModel):
+    """What a prepare would ship (``--dry-run``)."""
+
+    top: Path
+    mode: WorkspaceMode
+    head_commit: str | None
+    branch: str | None
+    entries: list[WorkspaceEntry]
+    files: int
+    bytes: int
+
+
+class WorkspaceInfo(WireModel):
+    """A VM's workspace, and whether the host repository moved on since it was prepared."""
+
+    vm: str
+    workspace: WorkspaceState
+    host_head: str | None  # the host repository's HEAD now (None: unreadable or none)
+    head_moved: bool
+
+
+class ChangedFile(WireModel):
+    status: str  # git's letter: A, M, D, R100, T ...
+    path: str  # as the guest reported it, escaped for display
+    old_path: str | None = None  # for renames and copies
+
+
+class WorkspaceExport(WireModel):
+    """The guest's changes as a patch (``git apply``-able on the host), and the files it touches."""
+
+    vm: str
+    base: str  # the tree or commit the patch starts from
+    files: list[ChangedFile]
+    patch_b64: str
+
+
+class WorkspaceExportRequest(RequestModel):
+    base_commit: str | None = None
+
+
 class VMCreateRequest(RequestModel):
     name: str | None = None
     image: str | None = None
@@ -202,6 +261,7 @@ class VMCreateRequest(RequestModel):
     memory_mib: int | None = None
     disk: str | None = None
     start: bool = True
+    workspace: WorkspaceRequest | None = None  # prepared once the VM is up
 
 
 class VMSetRequest(RequestModel):

@@ -34,6 +34,8 @@ VM_COMMANDS = {
         "ssh", "run",
     )},
     "list": "banger.cli.vm_list:vm_list",
+    "exec": "banger.cli.workspace_cmd:vm_exec",
+    "workspace": "banger.cli.workspace_cmd:workspace_group",
 }
 
 

@@ -27,7 +27,7 @@ from banger.api.models import (
 from banger.cli.context import CliContext, json_option, pass_ctx
 from banger.cli.progress import follow
 from banger.cli.render import console, print_error, print_fields, print_json
-from banger.core.errors import BangerError, InvalidInput
+from banger.core.errors import BangerError, InvalidInput, NotFound
 from banger.core.signals import VMM_SIGNALS
 from banger.core.sshcmd import ssh_argv
 from banger.core.validate import (
@@ -258,7 +258,17 @@ def vm_show(ctx: CliContext, vm: str, as_json: bool) -> None:
         ("created", _when(v.created_at)), ("started", _when(v.started_at)),
         ("last error", v.last_error),
         ("last change", _last_change(v)),
+        ("workspace", _workspace(v)),
     ])
+
+
+def _workspace(v: VMInfo) -> str | None:
+    ws = v.workspace
+    if ws is None:
+        return None
+    at = f" @ {ws.head_commit[:12]}" if ws.head_commit else ""
+    branch = f" ({ws.branch})" if ws.branch else ""
+    return f"{ws.guest_path} <- {ws.host_path} [{ws.mode}]{branch}{at}, {ws.files} files"
 
 
 def _when(moment: datetime | None) -> str | None:
@@ -301,8 +311,8 @@ def _inside(path: Path, base: Path) -> bool:
     return path.is_absolute() and ".." not in path.parts and path.is_relative_to(base)
 
 
-def _ssh_argv(ctx: CliContext, vm: str, command: tuple[str, ...], tty: bool) -> list[str]:
-    """The ssh argv, built here from the daemon's data after checking it: never an argv it sent."""
+def checked_ssh_target(ctx: CliContext, vm: str) -> SSHTarget:
+    """The VM's SSH data from the daemon, its paths checked (a stopped VM is a Conflict)."""
     target = ctx.client().get_model(ref_path("VM", vm, "ssh"), SSHTarget)
     paths = ctx.settings.paths
     for label, path, base in (("key", target.key, paths.state_dir),
@@ -311,6 +321,11 @@ def _ssh_argv(ctx: CliContext, vm: str, command: tuple[str, ...], tty: bool) -> 
         if path is not None and not _inside(path, base):
             raise BangerError(f"bangerd sent an SSH {label} path outside {base}: {path}",
                               hint="is that your own bangerd? see: banger daemon status")
+    return target
+
+
+def target_argv(target: SSHTarget, command: tuple[str, ...], tty: bool) -> list[str]:
+    """The ssh argv, built here from the daemon's checked data: never an argv it sent."""
     return ssh_argv(str(target.host), target.port, target.key, target.known_hosts, target.user,
                     command=command or None, batch=not tty, tty=tty,
                     control_path=target.control_path)
@@ -329,39 +344,86 @@ def vm_ssh(ctx: CliContext, vm: str, command: tuple[str, ...]) -> None:
       banger vm ssh box
       banger vm ssh box -- sh -c 'exit 42'; echo $?
     """
-    argv = _ssh_argv(ctx, vm, command, tty=not command and sys.stdin.isatty())
+    argv = target_argv(checked_ssh_target(ctx, vm), command,
+                       tty=not command and sys.stdin.isatty())
     sys.stdout.flush()
     os.execvp(argv[0], argv)
 
 
-@click.command("run")
+class _SplitAtDashDash(click.Command):
+    """``vm run [PATH] [-- CMD ...]``: everything after the first ``--`` is CMD, never PATH."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            cut = args.index("--")
+            ctx.meta["command"] = tuple(args[cut + 1:])
+            args = args[:cut]
+        return super().parse_args(ctx, args)
+
+
+@click.command("run", cls=_SplitAtDashDash)
 @click.option("--rm", "remove", is_flag=True, help="Delete the VM afterwards (also on failure).")
 @click.option("--name", help="VM name (default: generated).")
 @click.option("--image", help="Image name or id (default: the default image).")
 @_size_options
-@click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[-- CMD ...]")
+@click.option("--mode", type=click.Choice(["git", "full_copy"]), default="git",
+              show_default=True, help="How PATH is shipped (see: banger vm workspace prepare).")
+@click.option("--include-untracked", is_flag=True,
+              help="Also ship files git does not track (ignored ones never ship).")
+@click.argument("path", required=False, type=click.Path(file_okay=False))
 @pass_ctx
 def vm_run(ctx: CliContext, remove: bool, name: str | None, image: str | None, vcpu: int | None,
-           memory: str | None, disk: str | None, command: tuple[str, ...]) -> None:
+           memory: str | None, disk: str | None, mode: str, include_untracked: bool,
+           path: str | None) -> None:
     """Create and boot a VM, run CMD in it, and exit with CMD's exit code.
 
-    Without CMD, print how to connect.
+    With PATH, its repository is the workspace at /root/repo and CMD runs
+    there. Without CMD, print how to connect.
 
     \b
     Examples:
-      banger vm run --rm -- make -C /root test
-      banger vm run --name box
+      banger vm run ./repo --rm -- make test
+      banger vm run --rm -- uname -a
+      banger vm run ./repo --name box
     """
+    from banger.cli.workspace_cmd import workspace_request
+    from banger.core.workspace import exec_argv
+
+    command: tuple[str, ...] = click.get_current_context().meta.get("command", ())
+    body = _create_body(name, image, vcpu, memory, disk)
+    if path is not None:
+        body.workspace = workspace_request(path, mode, include_untracked)
     client = ctx.client()
-    info = _create(client, _create_body(name, image, vcpu, memory, disk))
+    op = client.post_model("/vms", Operation, body=body)
     code = 0
+    vm_name = op.target
     try:
+        info = VMInfo.model_validate(_follow_or_cancel(client, op).result)
+        if command and info.workspace is not None:
+            command = tuple(exec_argv(info.workspace.guest_path, command))
         if command:
-            argv = _ssh_argv(ctx, info.name, command, tty=False)
+            argv = target_argv(checked_ssh_target(ctx, info.name), command, tty=False)
             code = subprocess.run(argv, check=False).returncode
         else:
             console().print(f"VM {info.name} is running; connect: banger vm ssh {info.name}")
     finally:
-        if remove:
-            follow(client, _begin_delete(client, info.name), quiet=True)
+        if remove and vm_name is not None:
+            _remove_quietly(client, vm_name)
     sys.exit(code)
+
+
+def _follow_or_cancel(client: Client, op: Operation) -> Operation:
+    """Follow ``op``; when the user interrupts, cancel it (its undo removes what it made)."""
+    try:
+        return follow(client, op)
+    except KeyboardInterrupt:
+        client.request("POST", f"/operations/{op.id}/cancel")
+        follow(client, client.operation(op.id), quiet=True)
+        raise
+
+
+def _remove_quietly(client: Client, name: str) -> None:
+    try:
+        follow(client, _begin_delete(client, name), quiet=True)
+    except NotFound:
+        pass  # a create that failed or was cancelled already took it away

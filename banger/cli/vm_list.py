@@ -40,9 +40,10 @@ def _list(ctx: CliContext, as_json: bool, quiet: bool) -> None:
         print_json([v.model_dump(mode="json") for v in vms])
     else:
         print_table(
-            ["NAME", "STATE", "IMAGE", "IP", "VCPU", "MEMORY", "DISK", "AGE"],
+            ["NAME", "STATE", "IMAGE", "IP", "VCPU", "MEMORY", "DISK", "AGE", "WORKSPACE"],
             [[v.name, v.state, v.image_name or v.image_id, v.guest_ip or v.net_mode, v.vcpu,
-              f"{v.memory_mib}M", format_size(v.disk_bytes), _age(v)] for v in vms],
+              f"{v.memory_mib}M", format_size(v.disk_bytes), _age(v),
+              v.workspace.host_path.name if v.workspace else ""] for v in vms],
         )
 
 

@@ -29,12 +29,15 @@ def ssh_argv(
     connect_timeout: int = CONNECT_TIMEOUT,
     ssh_binary: str = "ssh",
     control_path: Path | None = None,
+    start_master: bool = True,
 ) -> list[str]:
     """The system ``ssh`` argv for a VM (pure). ``command`` is quoted for the remote shell.
 
     With ``control_path``, ssh shares one connection per VM (ControlMaster): the
     first ssh becomes the master and lingers ``CONTROL_PERSIST`` after its last
-    session, so the next ``vm ssh``/``vm run`` skips the key exchange.
+    session, so the next ``vm ssh``/``vm run`` skips the key exchange. With
+    ``start_master=False`` it uses a master that is up and never starts one
+    (a daemon-side command whose output is read through pipes).
     """
     argv = [ssh_binary, "-F", "/dev/null"]  # the user's ~/.ssh/config must not change this
     options = {
@@ -48,13 +51,11 @@ def ssh_argv(
         "ConnectTimeout": str(connect_timeout),
     }
     if control_path is not None:
-        options.update(
-            ControlMaster="auto",
-            ControlPath=os.fspath(control_path),
-            ControlPersist=CONTROL_PERSIST,
-            ServerAliveInterval="5",
-            ServerAliveCountMax="3",
-        )
+        options.update(ControlMaster="auto" if start_master else "no",
+                       ControlPath=os.fspath(control_path))
+        if start_master:
+            options.update(ControlPersist=CONTROL_PERSIST, ServerAliveInterval="5",
+                           ServerAliveCountMax="3")
     argv += ["-i", os.fspath(key), "-p", str(port)]
     for name, value in options.items():
         argv += ["-o", f"{name}={value}"]

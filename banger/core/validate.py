@@ -139,6 +139,14 @@ def format_size(n: int) -> str:
     return str(n)
 
 
+def approx_size(n: int) -> str:
+    """Bytes for a reader, rounded: ``1.2M``, ``96.0M``, ``812K``, ``37 bytes``."""
+    for unit in ("T", "G", "M", "K"):
+        if n >= _UNITS[unit]:
+            return f"{n / _UNITS[unit]:.1f}{unit}"
+    return f"{n} bytes"
+
+
 def _check_int(value: int, what: str, lo: int, hi: int, unit: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput(f"invalid {what} {value!r}: expected a whole number")

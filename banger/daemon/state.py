@@ -15,6 +15,7 @@ from banger.daemon.vm_create import VMCreator
 from banger.daemon.vm_network import VMNetwork
 from banger.daemon.vm_runtime import VMRuntime
 from banger.daemon.vm_service import VMService
+from banger.daemon.workspace_service import WorkspaceService
 from banger.host import net
 from banger.host.privileged import host_ops_for
 from banger.store.db import Store
@@ -30,6 +31,7 @@ class Daemon:
     images: ImageService
     vms: VMService
     creator: VMCreator
+    workspaces: WorkspaceService
     allowed_uids: frozenset[int]
     started_at: float = field(default_factory=time.monotonic)
     request_shutdown: Callable[[], None] = lambda: None
@@ -46,5 +48,7 @@ class Daemon:
         network = VMNetwork(store, settings.bridge_name, settings.bridge_cidr, owner,
                             backend.traits.net_kinds, host_ops)
         vms = VMService(VMRuntime(settings, store, network, backend))
-        creator = VMCreator(vms, images)
-        return cls(settings, store, operations, kernels, images, vms, creator, allowed_uids)
+        workspaces = WorkspaceService(vms.rt)
+        creator = VMCreator(vms, images, workspaces)
+        return cls(settings, store, operations, kernels, images, vms, creator, workspaces,
+                   allowed_uids)

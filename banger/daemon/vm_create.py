@@ -27,6 +27,7 @@ from banger.daemon.image_service import ImageService
 from banger.daemon.operations import OperationContext, Work
 from banger.daemon.vm_layout import VMFiles
 from banger.daemon.vm_service import VMService, check_host_room
+from banger.daemon.workspace_service import WorkspaceService
 from banger.host import disks, ssh
 from banger.host.net import allocate_mac
 from banger.images.manifest import ROOTFS_NAME, WORK_SEED_NAME
@@ -56,8 +57,10 @@ def _check_seed_fits(image: ImageRecord, disk_bytes: int) -> None:
 
 
 class VMCreator:
-    def __init__(self, vms: VMService, images: ImageService) -> None:
+    def __init__(self, vms: VMService, images: ImageService,
+                 workspaces: WorkspaceService) -> None:
         self.rt = vms.rt
+        self.workspaces = workspaces
         self.booter = vms.booter
         self.watcher = vms.watcher
         self.images = images
@@ -104,6 +107,13 @@ class VMCreator:
 
     async def create(self, req: VMCreateRequest) -> tuple[CreatePlan, Work]:
         plan = self.plan(req)
+        workspace = None
+        if req.workspace is not None:
+            if not req.start:
+                raise InvalidInput("a workspace needs a running VM",
+                                   hint="drop --no-start, or prepare it after: banger vm "
+                                   "workspace prepare VM PATH")
+            workspace = await self.workspaces.plan(req.workspace)
         # Before any reservation: a bridge another daemon owns is refused here, as the
         # create's own error, and its subnet's addresses are never handed out twice.
         await self.rt.network.claim_bridge()
@@ -121,6 +131,8 @@ class VMCreator:
                 vm = self.store.vms.get_key(vm.id)
                 if plan.start:
                     vm = await self.booter.boot(ctx, vm, undo)
+                    if workspace is not None:
+                        vm = await self.workspaces.prepare_vm(ctx, vm, workspace)
                 else:
                     vm = self.store.vms.transition(
                         vm, VMState.CREATED, reason="created without booting (--no-start)"

@@ -8,15 +8,17 @@ ignores the poweroff (tests/support/fake_backend.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import structlog
 
+from banger.core.cancel import to_thread_joined
 from banger.core.errors import GuestError
 from banger.daemon.vm_layout import VMFiles
 from banger.host import ssh
+from banger.host.ssh import GuestTarget
 from banger.store.records import VMRecord
 
 log = structlog.get_logger("banger.daemon.vm_guest")
@@ -32,6 +34,16 @@ class Guest(Protocol):
 
     async def poweroff(self, vm: VMRecord, files: VMFiles, host: str, port: int) -> None:
         """Ask the guest to sync and power off (best effort: it may already be going down)."""
+        ...
+
+    async def run(self, target: GuestTarget, command: Sequence[str], *, stdin: Path | None,
+                  timeout: float) -> None:
+        """Run ``command`` with the file ``stdin``; GuestCommandError when it fails."""
+        ...
+
+    async def read(self, target: GuestTarget, command: Sequence[str], *, limit: int,
+                   timeout: float) -> bytes:
+        """The stdout of ``command``, at most ``limit`` bytes; GuestCommandError if it fails."""
         ...
 
 
@@ -63,3 +75,15 @@ class SSHGuest:
         except GuestError as exc:
             # The connection often drops as the guest goes down: that is success.
             log.debug("guest poweroff over SSH", vm=vm.name, error=exc.message)
+
+    async def run(self, target: GuestTarget, command: Sequence[str], *, stdin: Path | None,
+                  timeout: float) -> None:
+        if stdin is None:
+            await to_thread_joined(ssh.run_in_guest, target, command, None, timeout)
+            return
+        with open(stdin, "rb") as f:
+            await to_thread_joined(ssh.run_in_guest, target, command, f, timeout)
+
+    async def read(self, target: GuestTarget, command: Sequence[str], *, limit: int,
+                   timeout: float) -> bytes:
+        return await to_thread_joined(ssh.read_from_guest, target, command, limit, timeout)

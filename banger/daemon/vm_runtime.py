@@ -21,6 +21,8 @@ from banger.core.vmspec import NetSpec, VMSpec
 from banger.daemon.vm_guest import Guest, SSHGuest
 from banger.daemon.vm_layout import VMFiles, build_spec
 from banger.daemon.vm_network import VMNetwork
+from banger.host import ssh
+from banger.host.ssh import GuestTarget
 from banger.store.db import Store
 from banger.store.records import ImageRecord, KernelRecord, VMRecord
 from banger.vmm.base import Backend, Handle
@@ -54,8 +56,16 @@ class VMRuntime:
             net_mode=vm.net_mode, guest_ip=vm.guest_ip, ssh_host=host, ssh_port=port,
             tap_name=vm.tap_name, pid=vm.pid, last_error=vm.last_error,
             state_reason=vm.state_reason, state_changed_at=vm.state_changed_at,
-            created_at=vm.created_at, started_at=vm.started_at,
+            created_at=vm.created_at, started_at=vm.started_at, workspace=vm.workspace,
         )  # fmt: skip
+
+    def guest_target(self, vm: VMRecord) -> GuestTarget:
+        """Where the running ``vm``'s sshd is, with the files that reach it."""
+        host, port = self.network.ssh_endpoint(vm)
+        files = self.files(vm)
+        return GuestTarget(host=host, port=port, key=self.paths.ssh_key,
+                           known_hosts=files.known_hosts,
+                           control_path=ssh.control_path_for(files.run_dir))
 
     def lock(self, vm_id: str) -> asyncio.Lock:
         """The lock that serialises every verb on one VM."""

@@ -24,7 +24,7 @@ from banger.daemon.operations import OperationContext, Work
 from banger.daemon.vm_boot import VMBooter
 from banger.daemon.vm_runtime import VMRuntime
 from banger.daemon.vm_watch import VMWatcher
-from banger.host import disks, ssh
+from banger.host import disks
 from banger.host.probes import memory_available_mib
 from banger.store.records import VMRecord
 
@@ -83,11 +83,10 @@ class VMService:
 
     def ssh_target(self, vm: VMRecord) -> SSHTarget:
         """Where ``vm``'s sshd is and the files that reach it (sharing its SSH connection)."""
-        host, port = self.rt.network.ssh_endpoint(vm)
-        files = self.rt.files(vm)
+        target = self.rt.guest_target(vm)
         return SSHTarget(
-            host=ip_address(host), port=port, user="root", key=self.rt.paths.ssh_key,
-            known_hosts=files.known_hosts, control_path=ssh.control_path_for(files.run_dir),
+            host=ip_address(target.host), port=target.port, user="root", key=target.key,
+            known_hosts=target.known_hosts, control_path=target.control_path,
         )
 
     def _verb(self, ref: str, act: VerbAct) -> Work:

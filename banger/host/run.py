@@ -124,12 +124,14 @@ def run(
     argv: Sequence[str],
     *,
     timeout: float,
-    input: bytes | None = None,
+    input: bytes | IO[bytes] | None = None,
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     check: bool = True,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv`` to completion and return its captured output.
+
+    ``input`` is bytes, or an open file the child reads its stdin from.
 
     Under a cancelled :class:`~banger.core.cancel.CancelToken` the child is
     killed and reaped, and ``Cancelled`` is raised.
@@ -152,8 +154,8 @@ def run(
 
 
 @contextlib.contextmanager
-def _stdin_from(data: bytes | None) -> Iterator[int | IO[bytes]]:
-    """The child's stdin: closed, or ``data`` in an unlinked temporary file.
+def _stdin_from(data: bytes | IO[bytes] | None) -> Iterator[int | IO[bytes]]:
+    """The child's stdin: closed, the file given, or ``data`` in an unlinked temporary file.
 
     A file rather than a pipe because ``_communicate`` waits in short steps
     (to notice a cancel), and ``Popen.communicate`` can neither resend input on
@@ -161,6 +163,9 @@ def _stdin_from(data: bytes | None) -> Iterator[int | IO[bytes]]:
     """
     if data is None:
         yield subprocess.DEVNULL
+        return
+    if not isinstance(data, bytes):
+        yield data
         return
     with tempfile.TemporaryFile() as f:
         f.write(data)

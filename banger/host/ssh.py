@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import asyncssh
 
@@ -26,7 +27,7 @@ from banger.core.errors import GuestError, InvalidInput, StoreError
 from banger.core.sshcmd import CONNECT_TIMEOUT, ssh_argv
 from banger.core.wait import Backoff
 from banger.host.files import atomic_write_text, flock_wait, open_nofollow, write_private
-from banger.host.run import CommandError, arun, arun_to_log, require_tool, run
+from banger.host.run import CommandError, arun, arun_to_log, require_tool, run, stream_stdout
 
 log = logging.getLogger("banger.host.ssh")
 
@@ -276,6 +277,62 @@ async def ssh_exec(
         raise GuestError(f"cannot run a command over SSH on {host}:{port}: {exc}") from exc
     status = res.exit_status if res.exit_status is not None else 255
     return ExecResult(status, _as_bytes(res.stdout), _as_bytes(res.stderr))
+
+
+@dataclass(frozen=True)
+class GuestTarget:
+    """A running guest's sshd and the files that reach it (its shared connection, if up)."""
+
+    host: str
+    port: int
+    key: Path
+    known_hosts: Path
+    control_path: Path | None
+
+    def argv(self, command: Sequence[str]) -> list[str]:
+        return ssh_argv(self.host, self.port, self.key, self.known_hosts, command=command,
+                        control_path=self.control_path, start_master=False)
+
+
+class GuestCommandError(GuestError):
+    """A command in the guest exited non-zero: its status and the last line it said."""
+
+    def __init__(self, status: int, said: str) -> None:
+        self.status = status
+        self.said = said
+        super().__init__(f"a command in the guest exited with status {status}: {said}")
+
+    @classmethod
+    def of(cls, exc: CommandError) -> GuestCommandError:
+        lines = exc.stderr_tail.strip().splitlines()
+        return cls(exc.returncode, lines[-1][:300] if lines else "")
+
+
+def run_in_guest(target: GuestTarget, command: Sequence[str], stdin: IO[bytes] | None,
+                 timeout: float) -> None:
+    """Run ``command`` in the guest with ``stdin`` (a file); GuestCommandError if it fails."""
+    try:
+        run(target.argv(command), input=stdin, timeout=timeout)
+    except CommandError as exc:
+        raise GuestCommandError.of(exc) from None
+
+
+def read_from_guest(target: GuestTarget, command: Sequence[str], limit: int,
+                    timeout: float) -> bytes:
+    """The stdout of ``command`` in the guest, at most ``limit`` bytes (else GuestError)."""
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        with stream_stdout(target.argv(command), timeout=timeout) as out:
+            while chunk := out.read(1 << 20):
+                total += len(chunk)
+                if total > limit:
+                    raise GuestError(f"the guest sent more than {limit >> 20} MiB",
+                                     hint="a guest answer this large is refused; see the VM")
+                chunks.append(chunk)
+    except CommandError as exc:
+        raise GuestCommandError.of(exc) from None
+    return b"".join(chunks)
 
 
 def _as_bytes(data: object) -> bytes:

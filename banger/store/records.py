@@ -9,6 +9,7 @@ from typing import Any
 
 from banger.core.manifests import ImageManifest, KernelManifest
 from banger.core.states import NetMode, OperationState, VMState
+from banger.core.workspace_state import WorkspaceState
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class VMRecord:
     pid: int | None = None
     last_error: str | None = None
     spec: dict[str, Any] = field(default_factory=dict)
+    workspace: WorkspaceState | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
     started_at: datetime | None = None

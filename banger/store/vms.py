@@ -9,6 +9,7 @@ from typing import Any
 
 from banger.core.errors import BangerError, Conflict, NotFound, Unavailable
 from banger.core.states import check_vm_transition
+from banger.core.workspace_state import WorkspaceState
 from banger.store.codec import Table, Violation, utcnow
 from banger.store.images import image_not_found
 from banger.store.kernels import kernel_not_found
@@ -22,6 +23,7 @@ VMS: Table[VMRecord] = Table(
         "state": VMState,
         "net_mode": NetMode,
         "spec": "json",
+        "workspace": WorkspaceState,
         "created_at": "time",
         "updated_at": "time",
         "started_at": "time",

@@ -16,12 +16,14 @@ takes a fraction of a second.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
 import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,6 +35,8 @@ from banger.daemon.vm_guest import Guest
 from banger.daemon.vm_layout import VMFiles
 from banger.daemon.vm_network import VMNetwork
 from banger.host import proc_identity as proc
+from banger.host.run import CommandError, run
+from banger.host.ssh import GuestCommandError, GuestTarget
 from banger.store.records import VMRecord
 from banger.vmm.base import Backend, Handle, StopOutcome
 from banger.vmm.traits import TRAITS, BackendTraits
@@ -237,13 +241,47 @@ _CONFORMS: Backend = _FAKE
 
 
 class FakeGuest:
-    """A guest that is ready at once (or never), and powers off when asked (or ignores it)."""
+    """A guest that is ready at once (or never), and powers off when asked (or ignores it).
+
+    Its commands (the workspace scripts) run on this host, with every argument under
+    ``/root/`` moved below ``root``: the guest's filesystem is a test's directory.
+    """
 
     def __init__(self, backend: FakeBackend) -> None:
         self.backend = backend
         self.calls = backend.calls
         self.ready = True
         self.honours_poweroff = True
+        self.root: Path | None = None
+
+    def _local(self, command: Sequence[str]) -> list[str]:
+        if self.root is None:
+            raise GuestError("this fake guest has no filesystem (set FakeGuest.root)")
+        return [f"{self.root}{a}" if a.startswith("/root/") else a for a in command]
+
+    async def run(self, target: GuestTarget, command: Sequence[str], *, stdin: Path | None,
+                  timeout: float) -> None:
+        self.calls.append(Call("guest_run", None, (command[3:],)))
+        argv = self._local(command)
+        try:
+            if stdin is None:
+                await asyncio.to_thread(run, argv, timeout=timeout)
+                return
+            with open(stdin, "rb") as f:
+                await asyncio.to_thread(functools.partial(run, argv, input=f, timeout=timeout))
+        except CommandError as exc:
+            raise GuestCommandError.of(exc) from None
+
+    async def read(self, target: GuestTarget, command: Sequence[str], *, limit: int,
+                   timeout: float) -> bytes:
+        self.calls.append(Call("guest_read", None, (command[3:],)))
+        try:
+            out = (await asyncio.to_thread(run, self._local(command), timeout=timeout)).stdout
+        except CommandError as exc:
+            raise GuestCommandError.of(exc) from None
+        if len(out) > limit:
+            raise GuestError(f"the guest sent more than {limit} bytes")
+        return out
 
     async def wait_ready(
         self, vm: VMRecord, files: VMFiles, host: str, port: int, *,

@@ -27,6 +27,7 @@ from banger.daemon.vm_create import VMCreator
 from banger.daemon.vm_network import VMNetwork
 from banger.daemon.vm_runtime import VMRuntime
 from banger.daemon.vm_service import VMService
+from banger.daemon.workspace_service import WorkspaceService
 from banger.host.privileged import CheckedHostOps
 from banger.images.manifest import ROOTFS_NAME
 from banger.store import ImageRecord, KernelRecord, Store, VMRecord
@@ -62,7 +63,8 @@ class FakeVMs:
         self._runner = asyncio.Runner()
         self._services: list[VMService] = []
         self.service = self.new_service()
-        self.creator = VMCreator(self.service, self._images())
+        self.workspaces = WorkspaceService(self.service.rt)
+        self.creator = VMCreator(self.service, self._images(), self.workspaces)
         original = self.store.vms.transition
 
         def recording(seen: VMRecord, to: VMState, *, reason: str, **fields: Any) -> VMRecord:

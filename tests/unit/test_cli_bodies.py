@@ -32,6 +32,10 @@ COMMANDS = [
     ["vm", "run", "--name", "box", "--", "true"],
     ["vm", "set", "box", "--vcpu", "3", "--memory", "512"],
     ["vm", "kill", "--signal", "term", "box"],
+    ["vm", "run", "{dir}", "--name", "box", "--include-untracked", "--", "true"],
+    ["vm", "workspace", "prepare", "box", "{dir}", "--branch", "b", "--from", "main"],
+    ["vm", "workspace", "prepare", "box", "{dir}", "--mode", "full_copy", "--dry-run"],
+    ["vm", "workspace", "export", "box", "--base-commit", "abc123"],
 ]
 
 
@@ -60,7 +64,7 @@ def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 def _sent(dirs: Path, args: list[str]) -> dict[str, bytes]:
-    argv = [a.replace("{file}", str(dirs / "file")) for a in args]
+    argv = [a.replace("{file}", str(dirs / "file")).replace("{dir}", str(dirs)) for a in args]
     with fake_daemon(dirs / "runtime_dir" / "bangerd.sock", {}) as fake:
         CliRunner().invoke(cli, argv)  # the fake answers 404: only what was sent matters
     return fake.bodies

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from banger.api.client import Client, _decode, api_path, ref_path
 from banger.cli.context import CliContext
 from banger.cli.main import BangerGroup, cli
-from banger.cli.vm_cmd import _ssh_argv
+from banger.cli.vm_cmd import checked_ssh_target, target_argv
 from banger.core.errors import BangerError, InvalidInput
 from banger.core.sshcmd import ssh_argv
 from tests.support.fake_daemon import Answer, fake_daemon
@@ -150,7 +150,7 @@ def test_the_ssh_argv_is_built_here_from_checked_data(dirs: Path) -> None:
     target = _target(dirs)
     with fake_daemon(dirs / "runtime_dir" / "bangerd.sock",
                      {"GET /v1/vms/box/ssh": Answer.json(target)}):
-        argv = _ssh_argv(CliContext(), "box", ("uname", "-r"), tty=False)
+        argv = target_argv(checked_ssh_target(CliContext(), "box"), ("uname", "-r"), tty=False)
     assert argv == ssh_argv("172.16.0.9", 22, Path(str(target["key"])),
                             Path(str(target["known_hosts"])), "root", command=("uname", "-r"),
                             control_path=Path(str(target["control_path"])))
@@ -176,7 +176,7 @@ def test_a_fake_daemons_ssh_data_is_refused(
     with fake_daemon(dirs / "runtime_dir" / "bangerd.sock",
                      {"GET /v1/vms/box/ssh": Answer.json(target)}):
         with pytest.raises(BangerError, match=message):
-            _ssh_argv(CliContext(), "box", ("true",), tty=False)
+            checked_ssh_target(CliContext(), "box")
 
 
 def _boom_group() -> click.Group:

@@ -16,7 +16,7 @@ import pytest
 BANGER = Path(__file__).resolve().parents[2] / "banger"
 RUNNERS = {"banger.host.run", "subprocess", "asyncio.subprocess"}
 # Packages that keep domain logic and call host/'s typed functions instead.
-DOMAIN = ("images", "kernels", "store", "core", "daemon", "api")
+DOMAIN = ("images", "kernels", "workspace", "store", "core", "daemon", "api")
 
 # What each part of banger may import (besides itself and banger.version, the
 # leaf every layer reads its version from). DESIGN.md section 2: cli -> api;
@@ -29,10 +29,11 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"core"},
     "images": {"core", "host"},
     "kernels": {"core", "host"},
+    "workspace": {"core", "host"},
     "api": {"core"},
     "config": {"core"},
     "cli": {"api", "core", "config"},
-    "daemon": {"api", "core", "config", "vmm", "host", "images", "kernels", "store"},
+    "daemon": {"api", "core", "config", "vmm", "host", "images", "kernels", "workspace", "store"},
     "guest": set(),
     "version": set(),
 }

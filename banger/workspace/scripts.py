@@ -1,0 +1,78 @@
+"""The shell the daemon runs in a guest for a workspace: pure text, arguments always in ``$@``.
+
+Each script is run as ``sh -c SCRIPT banger-ws ARG...``: values travel as
+positional arguments, never spliced into the script. Failures the host must
+tell apart exit with the codes below and one line on stderr.
+"""
+
+from __future__ import annotations
+
+NO_TAR = 90
+NO_GIT = 91
+NO_ROOM = 92
+NO_WORKSPACE = 93
+NO_REPOSITORY = 94
+NO_COMMIT = 95
+NO_BASE = 96
+
+_COMMON = r"""set -eu
+die() { code=$1; shift; printf '%s\n' "$*" >&2; exit "$code"; }
+dest=$1
+parent=${dest%/*}
+name=${dest##*/}
+base_dir=$parent/.$name.banger-base.git
+"""
+
+# stdin: the payload tar (tree/ and, for full_copy, base.git/). $2 bytes, $3 mode.
+# Unpacks next to the old workspace, then swaps: the old tree stays whole until
+# the new one is complete, and is removed in the background.
+PREPARE = _COMMON + r"""need=$2 mode=$3
+command -v tar >/dev/null 2>&1 || die 90 tar
+command -v git >/dev/null 2>&1 || die 91 git
+mkdir -p "$parent"
+avail=$(df -Pk "$parent" | awk 'NR == 2 { print $4 }')
+[ $(( need / 1024 + 1 )) -le "$avail" ] || die 92 "$need $(( avail * 1024 ))"
+new=$parent/.$name.banger-new
+old=$parent/.$name.banger-old
+rm -rf "$new" "$old"
+mkdir -m 0700 "$new" "$old"
+tar -x -f - -C "$new"
+[ -d "$new/tree" ] || die 1 "the payload holds no tree"
+if [ -e "$dest" ] || [ -L "$dest" ]; then mv "$dest" "$old/tree"; fi
+if [ -e "$base_dir" ]; then mv "$base_dir" "$old/base.git"; fi
+mv "$new/tree" "$dest"
+if [ -d "$new/base.git" ]; then mv "$new/base.git" "$base_dir"; fi
+rm -rf "$new"
+( setsid rm -rf "$old" </dev/null >/dev/null 2>&1 & )
+if command -v mise >/dev/null 2>&1; then
+    mise trust --quiet --all "$dest" >/dev/null 2>&1 || true
+fi
+"""
+
+# stdout: the length of the NUL-separated name-status list, a newline, the list,
+# then the binary patch. $2 mode, $3 the prepared tree, $4 a base commit or "".
+EXPORT = _COMMON + r"""mode=$2 base=$3 commit=$4
+cd "$dest" 2>/dev/null || die 93 "$dest"
+gitdir=$dest/.git
+if [ "$mode" = full_copy ]; then gitdir=$base_dir; fi
+[ -d "$gitdir" ] || die 94 "$gitdir"
+export GIT_DIR="$gitdir" GIT_WORK_TREE="$dest"
+if [ -n "$commit" ]; then
+    base=$(git rev-parse --verify -q --end-of-options "$commit^{commit}") || die 95 "$commit"
+fi
+git cat-file -e "$base^{tree}" 2>/dev/null || die 96 "$base"
+export GIT_INDEX_FILE="$gitdir/banger-export.index"
+names=$gitdir/banger-export.names
+trap 'rm -f "$GIT_INDEX_FILE" "$GIT_INDEX_FILE.lock" "$names"' EXIT
+cp "$gitdir/index" "$GIT_INDEX_FILE" 2>/dev/null || rm -f "$GIT_INDEX_FILE"
+git -c core.fsmonitor=false add --all -- . >/dev/null
+tree=$(git write-tree)
+git diff-tree -r -M --name-status -z "$base" "$tree" > "$names"
+wc -c < "$names"
+cat "$names"
+git diff-tree -r -M --binary --full-index -p "$base" "$tree"
+"""
+
+def script_argv(script: str, *args: str) -> list[str]:
+    """The guest argv that runs ``script`` with ``args`` as ``$1 $2 ...``."""
+    return ["sh", "-c", script, "banger-ws", *args]

@@ -1,0 +1,190 @@
+"""What a workspace ships, worked out on the host: the plan, then the staged files and git data.
+
+``git`` mode ships the files of the staging index (the host's working tree,
+or ``--from``'s commit checked out into scratch) and a fresh ``.git`` built
+here: HEAD at the host's commit (shallow: one pack with that commit's tree,
+plus every object of the prepared tree), the branch, an index whose stat
+data matches the shipped files (``core.checkStat=minimal``: whole-second
+mtime and size), so the guest's git never re-reads the tree, and
+``refs/banger/prepared``, the tree export compares against.
+
+``full_copy`` ships the directory as it is, and a separate baseline
+repository (``base.git``) indexing all of it, for export.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from banger.core.errors import InvalidInput
+from banger.core.workspace import WorkspaceMode
+from banger.host import git
+
+_HINT_FULL = "ship the whole directory instead: --mode full_copy"
+_CONFIG = """[core]
+\trepositoryformatversion = {version}
+\tfilemode = true
+\tbare = false
+\tlogallrefupdates = true
+\tcheckStat = minimal
+\ttrustctime = false
+{extensions}"""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked request: what will be shipped from where (nothing written yet)."""
+
+    top: Path
+    mode: WorkspaceMode
+    include_untracked: bool = False
+    head: str | None = None  # the commit the guest's HEAD names
+    host_head: str | None = None  # the host repository's HEAD (vm exec warns when it moves)
+    branch: str | None = None  # the guest's branch; None: detached (or no commits)
+    from_commit: str | None = None  # ship this commit's files, not the working tree
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One path of the workspace, relative to its top: ``kind`` is file, exec, link or dir."""
+
+    path: bytes
+    kind: str
+
+
+@dataclass(frozen=True)
+class Staged:
+    plan: Plan
+    tree: str  # the prepared tree: export's base
+    source: Path  # where the entries' files are read from
+    entries: list[Entry]
+    git_dir: Path | None = None  # shipped as the workspace's .git (git mode)
+    base_dir: Path | None = None  # shipped as the baseline repository (full_copy)
+
+
+def make_plan(path: Path, mode: WorkspaceMode, *, include_untracked: bool = False,
+              branch: str | None = None, from_ref: str | None = None) -> Plan:
+    """Check ``path`` and the options; InvalidInput/NotFound with the fix on bad input."""
+    if not path.is_absolute():
+        raise InvalidInput(f"workspace path {path} is not absolute", hint="pass an absolute path")
+    if not path.is_dir():
+        what = "does not exist" if not path.exists() else "is not a directory"
+        raise InvalidInput(f"workspace path {path} {what}", hint="give a repository's directory")
+    if mode is WorkspaceMode.FULL_COPY:
+        if include_untracked or branch or from_ref:
+            raise InvalidInput("--include-untracked, --branch and --from need --mode git",
+                               hint="full_copy ships the directory as it is")
+        return Plan(top=path, mode=mode)
+    top = git.work_tree_top(path)
+    if top is None:
+        raise InvalidInput(f"{path} is not in a git work tree", hint=_HINT_FULL)
+    head = git.head_commit(top)
+    from_commit = git.resolve_commit(top, from_ref) if from_ref is not None else None
+    if branch is not None:
+        git.check_branch_name(top, branch)
+    elif from_commit is None:
+        branch = git.head_branch(top)
+    return Plan(top=top, mode=mode, include_untracked=include_untracked,
+                head=from_commit or head, host_head=head, branch=branch, from_commit=from_commit)
+
+
+def stage(plan: Plan, scratch: Path, *, pack: bool = True) -> Staged:
+    """Build in ``scratch`` what ``plan`` ships; ``pack=False`` (a dry run) skips the objects."""
+    if plan.mode is WorkspaceMode.FULL_COPY:
+        return _stage_full_copy(plan, scratch, pack=pack)
+    return _stage_git(plan, scratch, pack=pack)
+
+
+def _stage_git(plan: Plan, scratch: Path, *, pack: bool) -> Staged:
+    git_dir = scratch / "git"
+    for sub in ("objects/pack", "refs/heads", "refs/tags", "refs/banger", "info"):
+        (git_dir / sub).mkdir(parents=True, exist_ok=True)
+    env = git.staging_env(git_dir / "index", git_dir / "objects", git.objects_dir(plan.top))
+    if plan.from_commit is not None:
+        source = scratch / "checkout"
+        tree = git.stage_commit(plan.top, env, plan.from_commit, source)
+    else:
+        source = plan.top
+        tree = git.stage_work_tree(plan.top, env, base=plan.head,
+                                   include_untracked=plan.include_untracked)
+    index = git.index_entries(plan.top, env)
+    links = [e.path for e in index if e.mode == git.GITLINK_MODE]
+    if links:
+        shown = ", ".join(os.fsdecode(p) for p in links[:3])
+        raise InvalidInput(f"{plan.top} has submodules ({shown}): git mode ships one repository",
+                           hint="ship them too with --mode full_copy")
+    entries = [Entry(e.path, _GIT_KINDS[e.mode]) for e in index]
+    if pack:
+        _write_git_dir(plan, git_dir, tree, env)
+    return Staged(plan=plan, tree=tree, source=source, entries=entries, git_dir=git_dir)
+
+
+_GIT_KINDS = {"100644": "file", "100755": "exec", git.SYMLINK_MODE: "link"}
+
+
+def _write_git_dir(plan: Plan, git_dir: Path, tree: str, env: dict[str, str]) -> None:
+    """HEAD, branch, config, shallow, the prepared ref, and one pack of every object needed."""
+    git.pack_objects(plan.top, env, plan.head, tree, git_dir / "objects" / "pack" / "pack")
+    git.prune_loose(git_dir / "objects")
+    branch = plan.branch or ("main" if plan.head is None else None)
+    if branch is not None:
+        (git_dir / "HEAD").write_text(f"ref: refs/heads/{branch}\n")
+        if plan.head is not None:
+            ref = git_dir / "refs" / "heads" / branch
+            ref.parent.mkdir(parents=True, exist_ok=True)
+            ref.write_text(plan.head + "\n")
+    else:
+        (git_dir / "HEAD").write_text(f"{plan.head}\n")
+    if plan.head is not None:
+        (git_dir / "shallow").write_text(plan.head + "\n")
+    (git_dir / "refs" / "banger" / "prepared").write_text(tree + "\n")
+    sha256 = git.object_format(plan.top) == "sha256"
+    extensions = "[extensions]\n\tobjectformat = sha256\n" if sha256 else ""
+    (git_dir / "config").write_text(_CONFIG.format(version=1 if sha256 else 0,
+                                                   extensions=extensions))
+    exclude = git.info_exclude(plan.top)
+    if exclude is not None:
+        (git_dir / "info" / "exclude").write_bytes(exclude)
+
+
+def _stage_full_copy(plan: Plan, scratch: Path, *, pack: bool) -> Staged:
+    base = scratch / "base.git"
+    git.init_repository(base)
+    tree = git.stage_directory(base, plan.top)
+    if pack:
+        git.pack_objects(plan.top, {"GIT_DIR": os.fspath(base)}, None, tree,
+                         base / "objects" / "pack" / "pack")
+        git.prune_loose(base / "objects")
+        with open(base / "config", "a") as f:
+            f.write("[core]\n\tcheckStat = minimal\n\ttrustctime = false\n")
+    return Staged(plan=plan, tree=tree, source=plan.top, entries=walk_tree(plan.top),
+                  base_dir=base)
+
+
+def walk_tree(top: Path) -> list[Entry]:
+    """Every directory, file and symlink under ``top`` (symlinks never followed), sorted."""
+    entries: list[Entry] = []
+    root = os.fsencode(top)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in sorted(dirnames) + sorted(filenames):
+            rel = name if rel_dir == b"." else os.path.join(rel_dir, name)
+            st = os.lstat(os.path.join(dirpath, name))
+            kind = _kind_of(st.st_mode)
+            if kind is not None:
+                entries.append(Entry(rel, kind))
+        dirnames.sort()
+    return entries
+
+
+def _kind_of(mode: int) -> str | None:
+    if stat.S_ISLNK(mode):
+        return "link"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISREG(mode):
+        return "exec" if mode & 0o111 else "file"
+    return None  # sockets, FIFOs and devices do not travel
