@@ -23,6 +23,7 @@ from banger.host.ext4 import (
     debugfs_batch,
     grow_ext4,
     make_ext4,
+    mkdir_commands,
     read_ext4_file,
     replace_file_commands,
 )
@@ -41,9 +42,6 @@ WORK_LABEL = "work"
 # Where the guest's sshd finds its per-VM host key on the work disk
 # (``/root/.banger/`` in the guest; see banger/guest/).
 HOST_KEY_DIR = ".banger"
-# What install_ssh_files may meet on a seed that has them already (or not yet).
-_SSH_OK_ERRORS = ("Ext2 directory already exists", *REPLACE_OK_ERRORS)
-
 
 def _tmp_sibling(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
@@ -146,16 +144,21 @@ def create_root_overlay(
     return RootDisk(path=dest.resolve(), format="qcow2" if strategy == "qcow2" else "raw")
 
 
-def _root_dir_commands(path: str) -> list[str]:
-    # debugfs resolves "mkdir /x" against the cwd: these run with cwd "/".
-    return [f"mkdir {path}", f"sif {path} mode 040700", f"sif {path} uid 0", f"sif {path} gid 0"]
-
-
-def _work_disk_commands(files: dict[str, Path]) -> list[str]:
-    """Place each staged host file at its work-disk path (``/.ssh/...``, ``/.banger/...``)."""
-    cmds = ["cd /", *_root_dir_commands("/.ssh")]  # "already exists" from a seed is harmless
+def _work_disk_commands(image: Path, files: dict[str, Path]) -> list[str]:
+    """Place each staged host file at its work-disk path (``/.ssh/...``, ``/.banger/...``),
+    in root-only directories (made when missing, a seed's own closed to 0700)."""
+    dirs = ["/.ssh"]
     if any(dest.startswith(f"/{HOST_KEY_DIR}/") for dest in files):
-        cmds += _root_dir_commands(f"/{HOST_KEY_DIR}")
+        dirs.append(f"/{HOST_KEY_DIR}")
+    mkdirs, blocked = mkdir_commands(image, dirs)
+    if blocked:
+        raise InvalidInput(
+            f"the work disk's /root{blocked[0]} is not a directory, so banger cannot put its "
+            "SSH files there", hint="rebuild the image so that its /root holds no such entry",
+        )
+    cmds = ["cd /", *mkdirs]
+    for d in dirs:
+        cmds += [f"sif {d} mode 040700", f"sif {d} uid 0", f"sif {d} gid 0"]
     for dest, src in files.items():
         cmds += replace_file_commands(src, dest)
     return cmds
@@ -188,8 +191,8 @@ def install_ssh_files(
             files[f"{d}/{HOST_KEY_FILE}.pub"] = _stage(staging, "host_key.pub", host_key[1], 0o644)
         if gitconfig is not None:
             files["/.gitconfig"] = _stage(staging, "gitconfig", gitconfig, 0o644)
-        debugfs_batch(image, [*extra_commands, *_work_disk_commands(files)],
-                      ok_errors=_SSH_OK_ERRORS)
+        debugfs_batch(image, [*extra_commands, *_work_disk_commands(image, files)],
+                      ok_errors=REPLACE_OK_ERRORS)
         # Read the result back: a tolerated error must not hide a missing key.
         if read_ext4_file(image, "/.ssh/authorized_keys") != keys:
             raise HostToolError(

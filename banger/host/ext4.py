@@ -15,6 +15,7 @@ path is missing, for the caller to judge.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -173,6 +174,49 @@ def debugfs_batch(
             hint="this is a bug in banger; please report it with the daemon log",
         )
     return out
+
+
+_STAT_TYPE = re.compile(rb"Inode: \d+\s+Type: (\S+)")
+
+
+def inode_type(image: Path, path: str) -> str | None:
+    """What ``path`` in ``image`` is, as debugfs names it (``directory``, ``regular``,
+    ``symlink``...; a final symlink is not followed); None when there is nothing there."""
+    m = _STAT_TYPE.match(debugfs_request(image, f"stat {debugfs_quote(path)}"))
+    return m[1].decode("ascii", "replace") if m else None
+
+
+def mkdir_commands(image: Path, dirs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """debugfs ``mkdir`` lines (absolute paths, cwd ``/``) for those of ``dirs`` missing in
+    ``image``, and the dirs that cannot be had because something else is in the way.
+
+    ``dirs`` lists every parent before its children (``/`` excepted). A failed
+    debugfs 1.47 ``mkdir`` (the name taken, or its parent not a directory)
+    still allocates the new directory and leaves it orphaned (e2fsck:
+    "Unconnected directory inode"), so a ``mkdir`` is only emitted for a name
+    that is free inside a real directory: each path is looked up, a file or
+    symlink where a directory should be blocks it and all below it, and below
+    a missing directory everything is missing too (no lookup).
+    """
+    present, made = {"/"}, set()
+    lines: list[str] = []
+    blocked: list[str] = []
+    for d in dirs:
+        parent = d.rpartition("/")[0] or "/"
+        if parent in made:
+            kind = None  # missing, as its parent was
+        elif parent in present:
+            kind = inode_type(image, d)
+        else:
+            kind = "below a blocked path"
+        if kind is None:
+            made.add(d)
+            lines.append(f"mkdir {debugfs_quote(d)}")
+        elif kind == "directory":
+            present.add(d)
+        else:
+            blocked.append(d)
+    return lines, blocked
 
 
 # What replace_file_commands' ``rm`` says when there was nothing to replace.

@@ -27,7 +27,13 @@ from pathlib import Path
 from banger.core.errors import Forbidden, InvalidInput
 from banger.core.file_sync import FileSyncEntry
 from banger.host.disks import HOST_KEY_DIR
-from banger.host.ext4 import REPLACE_OK_ERRORS, debugfs_quote, debugfs_script, replace_file_commands
+from banger.host.ext4 import (
+    REPLACE_OK_ERRORS,
+    debugfs_quote,
+    debugfs_script,
+    mkdir_commands,
+    replace_file_commands,
+)
 from banger.host.files import open_nofollow
 
 log = logging.getLogger("banger.host.work_files")
@@ -35,7 +41,6 @@ log = logging.getLogger("banger.host.work_files")
 # Work-disk paths banger itself writes: file_sync never replaces them (a synced
 # ~/.ssh must not lock banger out of its own VM).
 BANGER_OWNED = ("/.ssh/authorized_keys", f"/{HOST_KEY_DIR}")
-_OK_ERRORS = ("Ext2 directory already exists", *REPLACE_OK_ERRORS)
 _READ = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO never blocks the start
 
 
@@ -59,6 +64,15 @@ class SyncPlan:
         """A new file name in the staging dir."""
         self.copies += 1
         return self.staging / str(self.copies)
+
+    def drop_below(self, blocked: Sequence[str]) -> None:
+        """Leave out every file under ``blocked`` (the guest put a non-directory there)."""
+        for d in blocked:
+            message = f"file_sync skipped /root{d}: it is not a directory on the work disk"
+            log.warning("%s", message)
+            self.skipped.append(message)
+        for dest in [f for f in self.files if any(f.startswith(f"{d}/") for d in blocked)]:
+            del self.files[dest]
 
     def add_dir(self, dest: str) -> None:
         if dest not in self.dirs:
@@ -192,9 +206,10 @@ def plan_file_sync(entries: Sequence[FileSyncEntry], home: Path, staging: Path) 
     return plan
 
 
-def file_sync_commands(dirs: Sequence[str], files: dict[str, Path]) -> list[str]:
-    """debugfs lines: make each directory (root-owned 0755 when new), then replace each file."""
-    cmds = ["cd /", *(f"mkdir {debugfs_quote(d)}" for d in dirs)]
+def file_sync_commands(mkdirs: Sequence[str], files: dict[str, Path]) -> list[str]:
+    """debugfs lines: the ``mkdir`` lines (new directories are root-owned 0755), then
+    replace each file."""
+    cmds = ["cd /", *mkdirs]
     for dest, src in files.items():
         cmds += replace_file_commands(src, dest)
     return cmds
@@ -206,9 +221,10 @@ def sync_files(image: Path, entries: Sequence[FileSyncEntry], home: Path) -> Syn
     try:
         plan = plan_file_sync(entries, home, staging)
         if plan.dirs or plan.files:
-            _, errors = debugfs_script(
-                image, file_sync_commands(plan.dirs, plan.files), ok_errors=_OK_ERRORS
-            )
+            mkdirs, blocked = mkdir_commands(image, plan.dirs)
+            plan.drop_below(blocked)
+            commands = file_sync_commands(mkdirs, plan.files)
+            _, errors = debugfs_script(image, commands, ok_errors=REPLACE_OK_ERRORS)
             for line in errors:  # what the guest left in the way, a full disk
                 log.warning("file_sync into %s: debugfs: %s", image.name, line)
                 plan.skipped.append(f"file_sync: debugfs: {line}")
