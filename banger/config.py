@@ -21,6 +21,7 @@ from typing import Any
 
 from banger.core.defaults import IMPLEMENTED_BACKENDS
 from banger.core.errors import InvalidInput
+from banger.core.file_sync import FileSyncEntry, parse_file_sync
 from banger.core.validate import parse_bridge_cidr, parse_size
 from banger.core.workspace import DEFAULT_GUEST_PATH, validate_guest_path
 
@@ -133,9 +134,19 @@ def _guest_path(value: Any) -> str:
         raise ValueError(exc.message) from None
 
 
-def _key(check: Callable[[Any], Any], default: Callable[[], Any], doc: str) -> Any:
-    """A settings field: its check and description (``docs/config.md``) ride in the metadata."""
-    return field(default_factory=default, metadata={"check": check, "doc": doc})
+def _file_sync(value: Any) -> tuple[FileSyncEntry, ...]:
+    try:
+        return parse_file_sync(value, Path.home())
+    except InvalidInput as exc:
+        raise _BadKey("file_sync", exc.message, hint=exc.hint or "fix that entry") from None
+
+
+def _key(
+    check: Callable[[Any], Any], default: Callable[[], Any], doc: str, *, env: bool = True
+) -> Any:
+    """A settings field: its check and description (``docs/config.md``) ride in the metadata;
+    ``env=False`` for a key only the file can set (a list of tables)."""
+    return field(default_factory=default, metadata={"check": check, "doc": doc, "env": env})
 
 
 @dataclass(frozen=True)
@@ -167,6 +178,10 @@ class Settings:
     ssh_ready_timeout: float = _key(
         _seconds, lambda: 120.0, "Seconds a booting VM has until its sshd accepts our key."
     )
+    file_sync: tuple[FileSyncEntry, ...] = _key(
+        _file_sync, tuple, "Files copied from your home into the guest's /root at every start.",
+        env=False,
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -190,8 +205,8 @@ def setting_names() -> list[str]:
 class _BadKey(InvalidInput):
     """A value a key does not accept; ``load_settings`` says where it came from."""
 
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message, hint="fix or remove that key")
+    def __init__(self, key: str, message: str, *, hint: str = "fix or remove that key") -> None:
+        super().__init__(message, hint=hint)
         self.key = key
 
 
@@ -244,7 +259,7 @@ def config_file() -> Path:
 
 
 def _env_overrides() -> dict[str, str]:
-    known = set(setting_names())
+    known = {f.name for f in fields(Settings) if f.metadata["env"]}
     out: dict[str, str] = {}
     for key, value in os.environ.items():
         if key.startswith(ENV_PREFIX) and key != CONFIG_ENV:

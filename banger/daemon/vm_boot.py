@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 
+from banger.core.cancel import to_thread_joined
 from banger.core.errors import BangerError
 from banger.core.states import VMState
 from banger.daemon.operations import OperationContext
 from banger.daemon.vm_runtime import VMRuntime
 from banger.daemon.vm_watch import VMWatcher
-from banger.host import ssh
+from banger.host import ssh, work_files
 from banger.store.codec import utcnow
 from banger.store.records import VMRecord
 
@@ -34,6 +36,13 @@ class VMBooter:
             vm = rt.store.vms.transition(
                 vm, VMState.STARTING, reason="start requested", last_error=None
             )
+        if rt.settings.file_sync:
+            with ctx.stage("file_sync"):  # the VMM has not opened the work disk yet
+                plan = await to_thread_joined(
+                    work_files.sync_files, files.work, rt.settings.file_sync, Path.home()
+                )
+                ctx.detail(f"{len(plan.files)} files copied, {len(plan.skipped)} skipped"
+                           + (" (see the daemon log)" if plan.skipped else ""))
         with ctx.stage("network"):
             net, tap, port = await rt.network.attach(vm)
             undo.push_async_callback(rt.network.detach, tap)

@@ -28,7 +28,7 @@ from banger.daemon.operations import OperationContext, Work
 from banger.daemon.vm_layout import VMFiles
 from banger.daemon.vm_service import VMService, check_host_room
 from banger.daemon.workspace_service import WorkspaceService
-from banger.host import disks, ssh
+from banger.host import disks, git_identity, ssh
 from banger.host.net import allocate_mac
 from banger.images.manifest import ROOTFS_NAME, WORK_SEED_NAME
 from banger.store.records import ImageRecord, VMRecord
@@ -194,4 +194,5 @@ class VMCreator:
             seed=seed if seed.exists() else None,
             authorized_keys=ssh.ensure_ssh_key(self.settings.paths.ssh_key),
             host_key=host_key,
+            gitconfig=git_identity.guest_gitconfig(git_identity.host_git_identity()),
         )

@@ -18,7 +18,15 @@ from typing import Literal
 
 from banger.core.errors import HostToolError, InvalidInput
 from banger.core.vmspec import RootDisk
-from banger.host.ext4 import debugfs_batch, debugfs_quote, grow_ext4, make_ext4, read_ext4_file
+from banger.host.ext4 import (
+    REPLACE_OK_ERRORS,
+    debugfs_batch,
+    grow_ext4,
+    make_ext4,
+    mkdir_commands,
+    read_ext4_file,
+    replace_file_commands,
+)
 from banger.host.run import require_tool, run
 from banger.host.ssh import HOST_KEY_FILE
 
@@ -34,12 +42,6 @@ WORK_LABEL = "work"
 # Where the guest's sshd finds its per-VM host key on the work disk
 # (``/root/.banger/`` in the guest; see banger/guest/).
 HOST_KEY_DIR = ".banger"
-# What install_ssh_files may meet on a seed that has them already (or not yet).
-_SSH_OK_ERRORS = (
-    "Ext2 directory already exists",
-    "rm: File not found by ext2_lookup while trying to resolve filename",
-)
-
 
 def _tmp_sibling(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
@@ -142,36 +144,31 @@ def create_root_overlay(
     return RootDisk(path=dest.resolve(), format="qcow2" if strategy == "qcow2" else "raw")
 
 
-def _ssh_commands(keys_file: Path, host_key: tuple[Path, Path] | None) -> list[str]:
-    # debugfs resolves "mkdir /x" against the cwd, not /: mkdir relative to /.
-    cmds = [
-        "cd /",
-        "mkdir .ssh",  # "already exists" from a seed that has one is harmless
-        "cd /.ssh",
-        "rm authorized_keys",
-        f"write {debugfs_quote(os.fspath(keys_file))} authorized_keys",
-        "sif /.ssh mode 040700",
-        "sif /.ssh uid 0",
-        "sif /.ssh gid 0",
-        "sif /.ssh/authorized_keys mode 0100600",
-        "sif /.ssh/authorized_keys uid 0",
-        "sif /.ssh/authorized_keys gid 0",
-    ]
-    if host_key is not None:
-        d = f"/{HOST_KEY_DIR}"
-        cmds += [
-            "cd /",
-            f"mkdir {HOST_KEY_DIR}",
-            f"cd {d}",
-            f"sif {d} mode 040700",
-            f"sif {d} uid 0",
-        ]
-        for src, name, mode in ((host_key[0], HOST_KEY_FILE, "0100600"),
-                                (host_key[1], f"{HOST_KEY_FILE}.pub", "0100644")):  # fmt: skip
-            cmds += [f"rm {name}", f"write {debugfs_quote(os.fspath(src))} {name}"]
-            cmds += [f"sif {d}/{name} mode {mode}", f"sif {d}/{name} uid 0"]
-            cmds += [f"sif {d}/{name} gid 0"]
-    return cmds + ["cd /"]
+def _work_disk_commands(image: Path, files: dict[str, Path]) -> list[str]:
+    """Place each staged host file at its work-disk path (``/.ssh/...``, ``/.banger/...``),
+    in root-only directories (made when missing, a seed's own closed to 0700)."""
+    dirs = ["/.ssh"]
+    if any(dest.startswith(f"/{HOST_KEY_DIR}/") for dest in files):
+        dirs.append(f"/{HOST_KEY_DIR}")
+    mkdirs, blocked = mkdir_commands(image, dirs)
+    if blocked:
+        raise InvalidInput(
+            f"the work disk's /root{blocked[0]} is not a directory, so banger cannot put its "
+            "SSH files there", hint="rebuild the image so that its /root holds no such entry",
+        )
+    cmds = ["cd /", *mkdirs]
+    for d in dirs:
+        cmds += [f"sif {d} mode 040700", f"sif {d} uid 0", f"sif {d} gid 0"]
+    for dest, src in files.items():
+        cmds += replace_file_commands(src, dest)
+    return cmds
+
+
+def _stage(staging: Path, name: str, data: bytes, mode: int) -> Path:
+    path = staging / name
+    path.write_bytes(data)
+    path.chmod(mode)  # debugfs write copies it
+    return path
 
 
 def install_ssh_files(
@@ -179,22 +176,25 @@ def install_ssh_files(
     authorized_keys: bytes,
     host_key: tuple[bytes, bytes] | None = None,
     *,
+    gitconfig: bytes | None = None,
     extra_commands: Sequence[str] = (),
 ) -> None:
-    """Write /root/.ssh/authorized_keys (and the VM's sshd host key) into a work disk image."""
+    """Write /root/.ssh/authorized_keys (and the VM's sshd host key, and the owner's git
+    identity as /root/.gitconfig) into a work disk image, in one debugfs run."""
     staging = Path(tempfile.mkdtemp(prefix=f".{image.name}.", dir=image.parent))
     try:
-        keys = staging / "authorized_keys"
-        keys.write_bytes(authorized_keys.rstrip(b"\n") + b"\n")
-        key_files = None
+        keys = authorized_keys.rstrip(b"\n") + b"\n"
+        files = {"/.ssh/authorized_keys": _stage(staging, "authorized_keys", keys, 0o600)}
         if host_key is not None:
-            key_files = (staging / "host_key", staging / "host_key.pub")
-            key_files[0].write_bytes(host_key[0])
-            key_files[1].write_bytes(host_key[1])
-        debugfs_batch(image, [*extra_commands, *_ssh_commands(keys, key_files)],
-                      ok_errors=_SSH_OK_ERRORS)
+            d = f"/{HOST_KEY_DIR}"
+            files[f"{d}/{HOST_KEY_FILE}"] = _stage(staging, "host_key", host_key[0], 0o600)
+            files[f"{d}/{HOST_KEY_FILE}.pub"] = _stage(staging, "host_key.pub", host_key[1], 0o644)
+        if gitconfig is not None:
+            files["/.gitconfig"] = _stage(staging, "gitconfig", gitconfig, 0o644)
+        debugfs_batch(image, [*extra_commands, *_work_disk_commands(image, files)],
+                      ok_errors=REPLACE_OK_ERRORS)
         # Read the result back: a tolerated error must not hide a missing key.
-        if read_ext4_file(image, "/.ssh/authorized_keys") != keys.read_bytes():
+        if read_ext4_file(image, "/.ssh/authorized_keys") != keys:
             raise HostToolError(
                 f"could not write /root/.ssh/authorized_keys into {image.name}",
                 hint=f"run: debugfs -w {image}  to see why",
@@ -210,6 +210,7 @@ def create_work_disk(
     seed: Path | None,
     authorized_keys: bytes,
     host_key: tuple[bytes, bytes] | None = None,
+    gitconfig: bytes | None = None,
     progress: Progress = None,
 ) -> None:
     """A fresh ext4 work disk of ``size_bytes`` from ``seed``, with our key authorised.
@@ -217,7 +218,8 @@ def create_work_disk(
     With a seed the image's work seed is cloned (reflink, else sparse copy) and
     grown with resize2fs, which keeps every owner, mode and xattr of the seed
     exactly without root (a debugfs ``rdump`` + ``mkfs -d`` would re-own files
-    as the daemon user). ``host_key`` is (private, public) sshd host key text.
+    as the daemon user). ``host_key`` is (private, public) sshd host key text;
+    ``gitconfig`` becomes ``/root/.gitconfig`` (see ``host.git_identity``).
     """
     if seed is not None and seed.stat().st_size > size_bytes:
         raise InvalidInput(
@@ -238,7 +240,8 @@ def create_work_disk(
                 grow_ext4(tmp, size_bytes)
         # /root is 0700 in every Debian; a seed already carries its own mode.
         root_mode = ["sif / mode 040700"] if seed is None else []
-        install_ssh_files(tmp, authorized_keys, host_key, extra_commands=root_mode)
+        install_ssh_files(tmp, authorized_keys, host_key, gitconfig=gitconfig,
+                          extra_commands=root_mode)
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)

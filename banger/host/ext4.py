@@ -15,6 +15,7 @@ path is missing, for the caller to judge.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -133,6 +134,24 @@ def debugfs_request(image: Path, request: str, *, timeout: float = 60) -> bytes:
     return _debugfs(image, ["-R", request], script=None, timeout=timeout)[0]
 
 
+def debugfs_script(
+    image: Path,
+    commands: Iterable[str],
+    *,
+    writable: bool = True,
+    ok_errors: Sequence[str] = (),
+    timeout: float = 1800,
+) -> tuple[str, list[str]]:
+    """Run debugfs ``commands`` on ``image`` in one run: its output and the error lines
+    not matching ``ok_errors``, for a caller that judges them itself."""
+    script = "".join(f"{c}\n" for c in commands).encode()
+    args = [*(["-w"] if writable else []), "-f", "-"]
+    out, errors = _debugfs(image, args, script=script, timeout=timeout)
+    return out.decode("utf-8", "replace"), [
+        e for e in errors if not any(ok in e for ok in ok_errors)
+    ]
+
+
 def debugfs_batch(
     image: Path,
     commands: Iterable[str],
@@ -146,16 +165,75 @@ def debugfs_batch(
     Any error line debugfs prints raises HostToolError, unless it contains one
     of ``ok_errors`` (e.g. ``"already exists"`` for a mkdir that may repeat).
     """
-    script = "".join(f"{c}\n" for c in commands).encode()
-    args = [*(["-w"] if writable else []), "-f", "-"]
-    out, errors = _debugfs(image, args, script=script, timeout=timeout)
-    failed = [e for e in errors if not any(ok in e for ok in ok_errors)]
+    out, failed = debugfs_script(
+        image, commands, writable=writable, ok_errors=ok_errors, timeout=timeout
+    )
     if failed:
         raise HostToolError(
             f"debugfs could not edit {image.name}: {failed[0]}",
             hint="this is a bug in banger; please report it with the daemon log",
         )
-    return out.decode("utf-8", "replace")
+    return out
+
+
+_STAT_TYPE = re.compile(rb"Inode: \d+\s+Type: (\S+)")
+
+
+def inode_type(image: Path, path: str) -> str | None:
+    """What ``path`` in ``image`` is, as debugfs names it (``directory``, ``regular``,
+    ``symlink``...; a final symlink is not followed); None when there is nothing there."""
+    m = _STAT_TYPE.match(debugfs_request(image, f"stat {debugfs_quote(path)}"))
+    return m[1].decode("ascii", "replace") if m else None
+
+
+def mkdir_commands(image: Path, dirs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """debugfs ``mkdir`` lines (absolute paths, cwd ``/``) for those of ``dirs`` missing in
+    ``image``, and the dirs that cannot be had because something else is in the way.
+
+    ``dirs`` lists every parent before its children (``/`` excepted). A failed
+    debugfs 1.47 ``mkdir`` (the name taken, or its parent not a directory)
+    still allocates the new directory and leaves it orphaned (e2fsck:
+    "Unconnected directory inode"), so a ``mkdir`` is only emitted for a name
+    that is free inside a real directory: each path is looked up, a file or
+    symlink where a directory should be blocks it and all below it, and below
+    a missing directory everything is missing too (no lookup).
+    """
+    present, made = {"/"}, set()
+    lines: list[str] = []
+    blocked: list[str] = []
+    for d in dirs:
+        parent = d.rpartition("/")[0] or "/"
+        if parent in made:
+            kind = None  # missing, as its parent was
+        elif parent in present:
+            kind = inode_type(image, d)
+        else:
+            kind = "below a blocked path"
+        if kind is None:
+            made.add(d)
+            lines.append(f"mkdir {debugfs_quote(d)}")
+        elif kind == "directory":
+            present.add(d)
+        else:
+            blocked.append(d)
+    return lines, blocked
+
+
+# What replace_file_commands' ``rm`` says when there was nothing to replace.
+REPLACE_OK_ERRORS = ("File not found by ext2_lookup",)
+
+
+def replace_file_commands(src: Path, dest: str) -> list[str]:
+    """debugfs lines (cwd ``/``) that replace ``dest`` in the image with host file ``src``,
+    owned by root. ``write`` copies ``src``'s permission bits, so the caller sets the mode
+    on ``src``: no ``sif mode`` that could retype an inode already at ``dest``."""
+    d = debugfs_quote(dest)
+    return [
+        f"rm {d}",
+        f"write {debugfs_quote(os.fspath(src))} {d}",
+        f"sif {d} uid 0",
+        f"sif {d} gid 0",
+    ]
 
 
 def read_ext4_file(image: Path, path: str) -> bytes:

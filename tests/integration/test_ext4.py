@@ -10,10 +10,12 @@ import pytest
 from banger.core.errors import Forbidden, HostToolError, InvalidInput
 from banger.host.disks import install_ssh_files
 from banger.host.ext4 import (
+    check_ext4,
     debugfs_batch,
     debugfs_request,
     grow_ext4,
     make_ext4,
+    mkdir_commands,
     read_ext4_file,
 )
 
@@ -62,9 +64,24 @@ def test_a_seed_whose_ssh_dir_is_a_file_is_refused_not_half_written(tmp_path: Pa
     (tree / ".ssh").write_text("not a directory\n")  # a hostile or broken work seed
     seed = tmp_path / "seed.ext4"
     make_ext4(seed, 32 << 20, source_dir=tree)
-    with pytest.raises(HostToolError):
+    with pytest.raises(InvalidInput, match="/root/.ssh is not a directory"):
         install_ssh_files(seed, KEY)
     assert read_ext4_file(seed, "/.ssh") == b"not a directory\n"
+    check_ext4(seed)  # nothing was written, not even a mode
+
+
+def test_a_seed_that_has_the_ssh_dirs_already_stays_a_clean_filesystem(tmp_path: Path) -> None:
+    # debugfs 1.47's mkdir of an existing directory orphans a new inode: never issued.
+    tree = tmp_path / "seed"
+    (tree / ".ssh").mkdir(parents=True)
+    (tree / ".banger").mkdir()
+    (tree / ".ssh" / "authorized_keys").write_text("old key\n")
+    seed = tmp_path / "seed.ext4"
+    make_ext4(seed, 32 << 20, source_dir=tree)
+    for _ in range(2):
+        install_ssh_files(seed, KEY, (b"private\n", b"public\n"), gitconfig=b"[user]\n")
+        check_ext4(seed)
+    assert read_ext4_file(seed, "/.ssh/authorized_keys") == KEY
 
 
 def test_grow_keeps_the_files_and_makes_the_room(image: Path) -> None:
@@ -90,3 +107,16 @@ def test_make_ext4_refuses_a_symlink_in_place_of_the_image(tmp_path: Path) -> No
     with pytest.raises(Forbidden, match="symbolic link"):
         make_ext4(img, 32 << 20)
     assert victim.read_bytes() == b"precious" and img.is_symlink()
+
+
+def test_mkdir_commands_make_only_what_is_missing_and_nothing_under_a_file(image: Path) -> None:
+    # A failed debugfs mkdir (name taken, or parent not a directory) orphans an inode.
+    debugfs_batch(image, ["cd /", "mkdir d", "mkdir d/old", "write /etc/hostname f",
+                          "symlink l /d"])
+    lines, blocked = mkdir_commands(
+        image, ["/d", "/d/old", "/d/new", "/d/new/deeper", "/f", "/f/x", "/l", "/l/y", "/e"]
+    )
+    assert lines == ["mkdir /d/new", "mkdir /d/new/deeper", "mkdir /e"]
+    assert blocked == ["/f", "/f/x", "/l", "/l/y"]
+    debugfs_batch(image, ["cd /", *lines])
+    check_ext4(image)

@@ -137,15 +137,18 @@ class FakeVMs:
 
 
 @contextmanager
-def fake_vms(tmp_path: Path, traits: BackendTraits | None = None) -> Iterator[FakeVMs]:
-    """The VM services on a fake backend (QEMU's traits unless given), in ``tmp_path``.
+def fake_vms(
+    tmp_path: Path, traits: BackendTraits | None = None, **settings_values: Any
+) -> Iterator[FakeVMs]:
+    """The VM services on a fake backend (QEMU's traits unless given), in ``tmp_path``,
+    with any other ``Settings`` values given.
 
     Every fake VMM is killed at the end.
     """
     # A short runtime dir: socket paths must fit sun_path whatever the test's name.
     runtime = Path(tempfile.mkdtemp(prefix="bfake-"))
     settings = Settings(state_dir=tmp_path / "state", cache_dir=tmp_path / "cache",
-                        runtime_dir=runtime)
+                        runtime_dir=runtime, **settings_values)
     store = Store.open(settings.paths.state_dir / "state.db")
     kernel_dir = settings.paths.kernels / "k"
     store.kernels.add(KernelRecord("k", "6.1", "test", kernel_dir))
