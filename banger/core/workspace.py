@@ -42,9 +42,13 @@ def validate_commit_id(sha: str) -> str:
 
 
 # Runs the user's command in the workspace, through mise when the guest has it.
+# A workspace written before boot was never trusted by mise: trust it here (best effort).
 _EXEC = r"""cd "$1" || exit 1
 shift
-if command -v mise >/dev/null 2>&1; then exec mise exec -- "$@"; fi
+if command -v mise >/dev/null 2>&1; then
+    mise trust --quiet --all . >/dev/null 2>&1 || true
+    exec mise exec -- "$@"
+fi
 exec "$@"
 """
 

@@ -121,7 +121,8 @@ class VMCreator:
         async def work(ctx: OperationContext) -> VMInfo:
             image = plan.image or await self._default_image(ctx)
             vm_id = new_id()
-            async with self.rt.lock(vm_id), contextlib.AsyncExitStack() as undo:
+            async with (self.rt.lock(vm_id), contextlib.AsyncExitStack() as undo,
+                        contextlib.AsyncExitStack() as scratch):
                 with ctx.stage("reserve"):
                     vm = self._add_row(vm_id, plan, image)
                     undo.push_async_callback(self.watcher.destroy, vm)
@@ -129,10 +130,16 @@ class VMCreator:
                 with ctx.stage("disks"):
                     await self._make_disks(vm, image)
                 vm = self.store.vms.get_key(vm.id)
+                if workspace is not None:
+                    staged, where = await scratch.enter_async_context(
+                        self.workspaces.staged(ctx, workspace))
+                    written = await self.workspaces.write_before_boot(ctx, vm, staged)
                 if plan.start:
                     vm = await self.booter.boot(ctx, vm, undo)
                     if workspace is not None:
-                        vm = await self.workspaces.prepare_vm(ctx, vm, workspace)
+                        if written is None:  # names only the guest's tar can carry
+                            written = await self.workspaces.copy_over_ssh(ctx, vm, staged, where)
+                        vm = self.workspaces.record(vm, staged, written)
                 else:
                     vm = self.store.vms.transition(
                         vm, VMState.CREATED, reason="created without booting (--no-start)"

@@ -10,7 +10,9 @@ is run or applied here.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,8 +40,9 @@ from banger.host.files import make_scratch, remove_tree
 from banger.host.ssh import GuestCommandError
 from banger.store.records import VMRecord
 from banger.workspace import scripts
+from banger.workspace.disk import Written, write_workspace
 from banger.workspace.export import display_path, parse_export
-from banger.workspace.payload import PayloadSummary, write_payload
+from banger.workspace.payload import write_payload
 from banger.workspace.stage import Plan, Staged, make_plan, stage
 
 log = structlog.get_logger("banger.daemon.workspace")
@@ -101,35 +104,58 @@ class WorkspaceService:
         return work
 
     async def prepare_vm(self, ctx: OperationContext, vm: VMRecord, plan: Plan) -> VMRecord:
-        """Stages ``stage`` (host) and ``copy`` (into the guest); the VM row records the result."""
-        guest_path = self.rt.settings.workspace_guest_path
+        """Stages ``stage`` (host) and ``copy`` (into the running guest), then record it."""
+        async with self.staged(ctx, plan) as (staged, scratch):
+            written = await self.copy_over_ssh(ctx, vm, staged, scratch)
+        return self.record(vm, staged, written)
+
+    @contextlib.asynccontextmanager
+    async def staged(self, ctx: OperationContext,
+                     plan: Plan) -> AsyncIterator[tuple[Staged, Path]]:
+        """``plan`` staged in a scratch dir (the ``stage`` stage), removed afterwards."""
         scratch = make_scratch(self.rt.paths.state_dir, "workspace-")
         try:
             with ctx.stage("stage", detail=str(plan.top)):
-                staged, summary = await to_thread_joined(_pack, plan, scratch)
-            detail = f"{summary.files} files, {approx_size(summary.bytes)} -> {guest_path}"
-            with ctx.stage("copy", detail=detail):
-                await self._send(vm, guest_path, plan, scratch / PAYLOAD, summary)
+                staged = await to_thread_joined(stage, plan, scratch)
+            yield staged, scratch
         finally:
             await to_thread_joined(remove_tree, scratch)
-        state = WorkspaceState(
-            host_path=plan.top, guest_path=guest_path, mode=plan.mode, head_commit=plan.head,
-            host_head=plan.host_head, branch=plan.branch, prepared_tree=staged.tree,
-            include_untracked=plan.include_untracked, files=summary.files, bytes=summary.bytes,
-            prepared_at=datetime.now(UTC),
-        )  # fmt: skip
-        log.info("workspace prepared", vm=vm.name, files=summary.files, bytes=summary.bytes)
-        return self.rt.store.vms.update(vm.id, workspace=state)
 
-    async def _send(self, vm: VMRecord, guest_path: str, plan: Plan, payload: Path,
-                    summary: PayloadSummary) -> None:
+    async def write_before_boot(self, ctx: OperationContext, vm: VMRecord,
+                                staged: Staged) -> Written | None:
+        """Write the workspace into ``vm``'s unused work disk; None when it must go over SSH."""
+        guest_path = self.rt.settings.workspace_guest_path
+        with ctx.stage("workspace", detail=f"-> {guest_path} on the work disk"):
+            return await to_thread_joined(write_workspace, self.rt.files(vm).work, staged,
+                                          guest_path)
+
+    async def copy_over_ssh(self, ctx: OperationContext, vm: VMRecord, staged: Staged,
+                            scratch: Path) -> Written:
+        """One tar of ``staged`` unpacked and swapped into place by the running guest."""
+        summary = await to_thread_joined(write_payload, staged, scratch / PAYLOAD)
+        guest_path = self.rt.settings.workspace_guest_path
+        detail = f"{summary.files} files, {approx_size(summary.bytes)} -> {guest_path}"
         argv = scripts.script_argv(scripts.PREPARE, guest_path, str(summary.archive_bytes),
-                                   plan.mode.value)
-        try:
-            await self.rt.guest.run(self.rt.guest_target(vm), argv, stdin=payload,
-                                    timeout=PREPARE_TIMEOUT)
-        except GuestCommandError as exc:
-            raise _guest_failure(vm, exc) from None
+                                   staged.plan.mode.value)
+        with ctx.stage("copy", detail=detail):
+            try:
+                await self.rt.guest.run(self.rt.guest_target(vm), argv, stdin=scratch / PAYLOAD,
+                                        timeout=PREPARE_TIMEOUT)
+            except GuestCommandError as exc:
+                raise _guest_failure(vm, exc) from None
+        return Written(files=summary.files, bytes=summary.bytes)
+
+    def record(self, vm: VMRecord, staged: Staged, written: Written) -> VMRecord:
+        """Keep what was prepared with the VM (export and exec read it back)."""
+        plan = staged.plan
+        state = WorkspaceState(
+            host_path=plan.top, guest_path=self.rt.settings.workspace_guest_path,
+            mode=plan.mode, head_commit=plan.head, host_head=plan.host_head, branch=plan.branch,
+            prepared_tree=staged.tree, include_untracked=plan.include_untracked,
+            files=written.files, bytes=written.bytes, prepared_at=datetime.now(UTC),
+        )  # fmt: skip
+        log.info("workspace prepared", vm=vm.name, files=written.files, bytes=written.bytes)
+        return self.rt.store.vms.update(vm.id, workspace=state)
 
     async def export(self, ref: str, base_commit: str | None) -> WorkspaceExport:
         """The guest's changes since prepare (or since ``base_commit``) as a binary patch."""
@@ -164,11 +190,6 @@ class WorkspaceService:
             now = await to_thread_joined(_host_head, ws.host_path)
         moved = now is not None and ws.host_head is not None and now != ws.host_head
         return WorkspaceInfo(vm=vm.name, workspace=ws, host_head=now, head_moved=moved)
-
-
-def _pack(plan: Plan, scratch: Path) -> tuple[Staged, PayloadSummary]:
-    staged = stage(plan, scratch)
-    return staged, write_payload(staged, scratch / PAYLOAD)
 
 
 def _listing(staged: Staged) -> list[WorkspaceEntry]:

@@ -239,3 +239,14 @@ def replace_file_commands(src: Path, dest: str) -> list[str]:
 def read_ext4_file(image: Path, path: str) -> bytes:
     """The contents of ``path`` inside ``image`` (empty when there is no such file)."""
     return debugfs_request(image, f"cat {debugfs_quote(path)}")
+
+
+def free_bytes(image: Path) -> int:
+    """The free space of the filesystem in ``image`` (superblock counts)."""
+    out = debugfs_request(image, "stats").decode("utf-8", "replace")
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    try:
+        return int(fields["Free blocks"]) * int(fields["Block size"])
+    except (KeyError, ValueError):
+        raise HostToolError(f"debugfs cannot read the free space of {image.name}",
+                            hint=f"check the image with: e2fsck -fn {image}") from None
