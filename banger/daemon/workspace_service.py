@@ -132,7 +132,8 @@ class WorkspaceService:
     async def copy_over_ssh(self, ctx: OperationContext, vm: VMRecord, staged: Staged,
                             scratch: Path) -> Written:
         """One tar of ``staged`` unpacked and swapped into place by the running guest."""
-        summary = await to_thread_joined(write_payload, staged, scratch / PAYLOAD)
+        with ctx.stage("pack", detail="one tar of the tree and its .git"):
+            summary = await to_thread_joined(write_payload, staged, scratch / PAYLOAD)
         guest_path = self.rt.settings.workspace_guest_path
         detail = f"{summary.files} files, {approx_size(summary.bytes)} -> {guest_path}"
         argv = scripts.script_argv(scripts.PREPARE, guest_path, str(summary.archive_bytes),
