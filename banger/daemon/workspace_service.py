@@ -50,7 +50,7 @@ log = structlog.get_logger("banger.daemon.workspace")
 PAYLOAD = "payload.tar"
 PREPARE_TIMEOUT = 1800.0
 EXPORT_TIMEOUT = 600.0
-EXPORT_LIMIT = 1 << 30
+EXPORT_LIMIT = 256 << 20  # the patch is held in memory (and base64) on its way out
 
 
 def require_running(vm: VMRecord, verb: str) -> None:
