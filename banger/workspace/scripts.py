@@ -52,6 +52,7 @@ fi
 # stdout: the length of the NUL-separated name-status list, a newline, the list,
 # then the binary patch. $2 mode, $3 the prepared tree, $4 a base commit or "".
 EXPORT = _COMMON + r"""mode=$2 base=$3 commit=$4
+command -v git >/dev/null 2>&1 || die 91 git
 cd "$dest" 2>/dev/null || die 93 "$dest"
 gitdir=$dest/.git
 if [ "$mode" = full_copy ]; then gitdir=$base_dir; fi
