@@ -127,17 +127,15 @@ def staging_env(index: Path, objects: Path, alternate: Path | None) -> dict[str,
     return env
 
 
-def stage_work_tree(repo: Path, env: Mapping[str, str], *, base: str | None,
-                    include_untracked: bool) -> str:
+def stage_work_tree(repo: Path, env: Mapping[str, str], *, include_untracked: bool) -> str:
     """Index ``repo``'s working tree into the staging index; the tree id of what it holds.
 
-    Tracked files as they are on disk (edits and deletions included), and the
+    Tracked files (those in the repository's own index, added but uncommitted
+    ones included) as they are on disk, edits and deletions included, and the
     untracked ones git does not ignore when ``include_untracked``.
     """
-    if base is None:
-        git(repo, "read-tree", "--empty", env=env)
-    else:
-        git(repo, "read-tree", base, env=env)
+    tracked = git(repo, "ls-files", "--stage", "-z")
+    git(repo, "update-index", "-z", "--index-info", input=tracked, env=env)
     git(repo, "add", "--all" if include_untracked else "--update", "--", ".", env=env)
     return _line(git(repo, "write-tree", env=env))
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from banger.core.errors import GuestError
 
 _LENGTH = re.compile(rb"[0-9]{1,12}")
 _STATUS = re.compile(rb"[ACDMRTUX][0-9]{0,3}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Format characters (bidi overrides, zero-width) and line/paragraph separators too:
+# a name the guest made must not reorder or hide what the terminal shows around it.
+_HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,8 @@ def parse_name_status(data: bytes) -> list[Change]:
         if not _STATUS.fullmatch(status):
             raise _refuse(f"unknown status {status[:12]!r}")
         two = status[:1] in (b"R", b"C")
-        if i + (2 if two else 1) >= len(fields):
+        paths = fields[i + 1:i + (3 if two else 2)]
+        if len(paths) < (2 if two else 1) or b"" in paths:
             raise _refuse("a status without its path")
         if two:
             changes.append(Change(status.decode(), fields[i + 2], fields[i + 1]))
@@ -60,4 +64,9 @@ def parse_name_status(data: bytes) -> list[Change]:
 def display_path(path: bytes) -> str:
     """``path`` for a terminal: invalid UTF-8 and control characters as escapes."""
     text = path.decode("utf-8", "backslashreplace")
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return "".join(_escape(c) if unicodedata.category(c) in _HIDDEN else c for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

@@ -25,19 +25,22 @@ base_dir=$parent/.$name.banger-base.git
 
 # stdin: the payload tar (tree/ and, for full_copy, base.git/). $2 bytes, $3 mode.
 # Unpacks next to the old workspace, then swaps: the old tree stays whole until
-# the new one is complete, and is removed in the background.
+# the new one is complete, and is removed in the background. What an earlier
+# prepare left is removed before the room check; a failed unpack removes its part.
 PREPARE = _COMMON + r"""need=$2 mode=$3
 command -v tar >/dev/null 2>&1 || die 90 tar
 command -v git >/dev/null 2>&1 || die 91 git
-mkdir -p "$parent"
-avail=$(df -Pk "$parent" | awk 'NR == 2 { print $4 }')
-[ $(( need / 1024 + 1 )) -le "$avail" ] || die 92 "$need $(( avail * 1024 ))"
 new=$parent/.$name.banger-new
 old=$parent/.$name.banger-old
+mkdir -p "$parent"
 rm -rf "$new" "$old"
-mkdir -m 0700 "$new" "$old"
+avail=$(df -Pk "$parent" | awk 'NR == 2 { print $4 }')
+[ $(( need / 1024 + 1 )) -le "$avail" ] || die 92 "$need $(( avail * 1024 ))"
+trap 'rm -rf "$new"' EXIT
+mkdir -m 0700 "$new"
 tar -x -f - -C "$new"
 [ -d "$new/tree" ] || die 1 "the payload holds no tree"
+mkdir -m 0700 "$old"
 if [ -e "$dest" ] || [ -L "$dest" ]; then mv "$dest" "$old/tree"; fi
 if [ -e "$base_dir" ]; then mv "$base_dir" "$old/base.git"; fi
 mv "$new/tree" "$dest"

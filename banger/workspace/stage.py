@@ -108,8 +108,7 @@ def _stage_git(plan: Plan, scratch: Path, *, pack: bool) -> Staged:
         tree = git.stage_commit(plan.top, env, plan.from_commit, source)
     else:
         source = plan.top
-        tree = git.stage_work_tree(plan.top, env, base=plan.head,
-                                   include_untracked=plan.include_untracked)
+        tree = git.stage_work_tree(plan.top, env, include_untracked=plan.include_untracked)
     index = git.index_entries(plan.top, env)
     links = [e.path for e in index if e.mode == git.GITLINK_MODE]
     if links:
