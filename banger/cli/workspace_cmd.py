@@ -170,7 +170,8 @@ def vm_exec(ctx: CliContext, vm: str, auto_prepare: bool, command: tuple[str, ..
     ws = info.workspace
     if auto_prepare:
         body = WorkspaceRequest(path=str(ws.host_path), mode=ws.mode,
-                                include_untracked=ws.include_untracked, branch=ws.branch)
+                                include_untracked=ws.include_untracked,
+                                branch=ws.requested_branch, from_ref=ws.from_ref)
         prepare(client, vm, body, quiet=True)
     elif info.head_moved:
         warn(f"the host repository's HEAD moved since prepare ({(ws.host_head or '')[:12]} -> "

@@ -21,6 +21,8 @@ class WorkspaceState(BaseModel):
     head_commit: str | None = None  # the guest's HEAD at prepare: the host's, or --from's
     host_head: str | None = None  # the host repository's HEAD at prepare
     branch: str | None = None  # the guest's branch, if any
+    requested_branch: str | None = None  # --branch as given (vm exec --auto-prepare replays it)
+    from_ref: str | None = None  # --from as given
     prepared_tree: str  # what export compares against
     include_untracked: bool = False
     files: int = Field(ge=0)

@@ -43,7 +43,7 @@ from banger.workspace import scripts
 from banger.workspace.disk import Written, write_workspace
 from banger.workspace.export import display_path, parse_export
 from banger.workspace.payload import write_payload
-from banger.workspace.stage import Plan, Staged, make_plan, stage
+from banger.workspace.stage import Plan, Staged, check_unchanged, make_plan, stage
 
 log = structlog.get_logger("banger.daemon.workspace")
 
@@ -126,14 +126,18 @@ class WorkspaceService:
         """Write the workspace into ``vm``'s unused work disk; None when it must go over SSH."""
         guest_path = self.rt.settings.workspace_guest_path
         with ctx.stage("workspace", detail=f"-> {guest_path} on the work disk"):
-            return await to_thread_joined(write_workspace, self.rt.files(vm).work, staged,
-                                          guest_path)
+            written = await to_thread_joined(write_workspace, self.rt.files(vm).work, staged,
+                                             guest_path)
+            if written is not None:
+                await to_thread_joined(check_unchanged, staged)
+            return written
 
     async def copy_over_ssh(self, ctx: OperationContext, vm: VMRecord, staged: Staged,
                             scratch: Path) -> Written:
         """One tar of ``staged`` unpacked and swapped into place by the running guest."""
         with ctx.stage("pack", detail="one tar of the tree and its .git"):
             summary = await to_thread_joined(write_payload, staged, scratch / PAYLOAD)
+            await to_thread_joined(check_unchanged, staged)
         guest_path = self.rt.settings.workspace_guest_path
         detail = f"{summary.files} files, {approx_size(summary.bytes)} -> {guest_path}"
         argv = scripts.script_argv(scripts.PREPARE, guest_path, str(summary.archive_bytes),
@@ -152,6 +156,7 @@ class WorkspaceService:
         state = WorkspaceState(
             host_path=plan.top, guest_path=self.rt.settings.workspace_guest_path,
             mode=plan.mode, head_commit=plan.head, host_head=plan.host_head, branch=plan.branch,
+            requested_branch=plan.requested_branch, from_ref=plan.from_ref,
             prepared_tree=staged.tree, include_untracked=plan.include_untracked,
             files=written.files, bytes=written.bytes, prepared_at=datetime.now(UTC),
         )  # fmt: skip

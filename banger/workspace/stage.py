@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from banger.core.errors import InvalidInput
+from banger.core.errors import Conflict, InvalidInput
 from banger.core.workspace import WorkspaceMode
-from banger.host import git
+from banger.host import git, git_stage
 
 _HINT_FULL = "ship the whole directory instead: --mode full_copy"
 _CONFIG = """[core]
@@ -45,6 +45,8 @@ class Plan:
     host_head: str | None = None  # the host repository's HEAD (vm exec warns when it moves)
     branch: str | None = None  # the guest's branch; None: detached (or no commits)
     from_commit: str | None = None  # ship this commit's files, not the working tree
+    requested_branch: str | None = None  # --branch and --from as given: a re-sync replays them
+    from_ref: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class Staged:
     entries: list[Entry]
     git_dir: Path | None = None  # shipped as the workspace's .git (git mode)
     base_dir: Path | None = None  # shipped as the baseline repository (full_copy)
+    env: dict[str, str] = field(default_factory=dict)  # git on the staging repository
 
 
 def make_plan(path: Path, mode: WorkspaceMode, *, include_untracked: bool = False,
@@ -81,14 +84,17 @@ def make_plan(path: Path, mode: WorkspaceMode, *, include_untracked: bool = Fals
     top = git.work_tree_top(path)
     if top is None:
         raise InvalidInput(f"{path} is not in a git work tree", hint=_HINT_FULL)
+    git.check_own_git_dir(top)
     head = git.head_commit(top)
     from_commit = git.resolve_commit(top, from_ref) if from_ref is not None else None
+    requested = branch
     if branch is not None:
         git.check_branch_name(top, branch)
     elif from_commit is None:
         branch = git.head_branch(top)
     return Plan(top=top, mode=mode, include_untracked=include_untracked,
-                head=from_commit or head, host_head=head, branch=branch, from_commit=from_commit)
+                head=from_commit or head, host_head=head, branch=branch, from_commit=from_commit,
+                requested_branch=requested, from_ref=from_ref)
 
 
 def stage(plan: Plan, scratch: Path, *, pack: bool = True) -> Staged:
@@ -100,50 +106,53 @@ def stage(plan: Plan, scratch: Path, *, pack: bool = True) -> Staged:
 
 def _stage_git(plan: Plan, scratch: Path, *, pack: bool) -> Staged:
     git_dir = scratch / "git"
-    for sub in ("objects/pack", "refs/heads", "refs/tags", "refs/banger", "info"):
-        (git_dir / sub).mkdir(parents=True, exist_ok=True)
-    env = git.staging_env(git_dir / "index", git_dir / "objects", git.objects_dir(plan.top))
+    _init_git_dir(plan, git_dir)
+    alternate = git.objects_dir(plan.top)
     if plan.from_commit is not None:
         source = scratch / "checkout"
-        tree = git.stage_commit(plan.top, env, plan.from_commit, source)
+        env = git_stage.staging_env(git_dir, source, alternate)
+        tree = git_stage.stage_commit(plan.top, env, plan.from_commit)
     else:
         source = plan.top
-        tree = git.stage_work_tree(plan.top, env, include_untracked=plan.include_untracked)
-    index = git.index_entries(plan.top, env)
-    links = [e.path for e in index if e.mode == git.GITLINK_MODE]
+        env = git_stage.staging_env(git_dir, source, alternate)
+        tree = git_stage.stage_work_tree(plan.top, env, git.own_index(plan.top),
+                                         include_untracked=plan.include_untracked)
+    index = git_stage.index_entries(plan.top, env)
+    links = [e.path for e in index if e.mode == git_stage.GITLINK_MODE]
     if links:
         shown = ", ".join(os.fsdecode(p) for p in links[:3])
         raise InvalidInput(f"{plan.top} has submodules ({shown}): git mode ships one repository",
                            hint="ship them too with --mode full_copy")
     entries = [Entry(e.path, _GIT_KINDS[e.mode]) for e in index]
     if pack:
-        _write_git_dir(plan, git_dir, tree, env)
-    return Staged(plan=plan, tree=tree, source=source, entries=entries, git_dir=git_dir)
+        git_stage.pack_objects(plan.top, env, plan.head, tree,
+                               git_dir / "objects" / "pack" / "pack")
+        (git_dir / "refs" / "banger" / "prepared").write_text(tree + "\n")
+    return Staged(plan=plan, tree=tree, source=source, entries=entries, git_dir=git_dir, env=env)
 
 
-_GIT_KINDS = {"100644": "file", "100755": "exec", git.SYMLINK_MODE: "link"}
+_GIT_KINDS = {"100644": "file", "100755": "exec", git_stage.SYMLINK_MODE: "link"}
 
 
-def _write_git_dir(plan: Plan, git_dir: Path, tree: str, env: dict[str, str]) -> None:
-    """HEAD, branch, config, shallow, the prepared ref, and one pack of every object needed."""
-    git.pack_objects(plan.top, env, plan.head, tree, git_dir / "objects" / "pack" / "pack")
-    git.prune_loose(git_dir / "objects")
+def _init_git_dir(plan: Plan, git_dir: Path) -> None:
+    """The guest's repository, before any git command uses it: config, HEAD, branch, shallow."""
+    for sub in ("objects/pack", "refs/heads", "refs/tags", "refs/banger", "info"):
+        (git_dir / sub).mkdir(parents=True, exist_ok=True)
+    sha256 = git.object_format(plan.top) == "sha256"
+    extensions = "[extensions]\n\tobjectformat = sha256\n" if sha256 else ""
+    (git_dir / "config").write_text(_CONFIG.format(version=1 if sha256 else 0,
+                                                   extensions=extensions))
     branch = plan.branch or ("main" if plan.head is None else None)
-    if branch is not None:
+    if branch is None:
+        (git_dir / "HEAD").write_text(f"{plan.head}\n")
+    else:
         (git_dir / "HEAD").write_text(f"ref: refs/heads/{branch}\n")
         if plan.head is not None:
             ref = git_dir / "refs" / "heads" / branch
             ref.parent.mkdir(parents=True, exist_ok=True)
             ref.write_text(plan.head + "\n")
-    else:
-        (git_dir / "HEAD").write_text(f"{plan.head}\n")
     if plan.head is not None:
         (git_dir / "shallow").write_text(plan.head + "\n")
-    (git_dir / "refs" / "banger" / "prepared").write_text(tree + "\n")
-    sha256 = git.object_format(plan.top) == "sha256"
-    extensions = "[extensions]\n\tobjectformat = sha256\n" if sha256 else ""
-    (git_dir / "config").write_text(_CONFIG.format(version=1 if sha256 else 0,
-                                                   extensions=extensions))
     exclude = git.info_exclude(plan.top)
     if exclude is not None:
         (git_dir / "info" / "exclude").write_bytes(exclude)
@@ -151,16 +160,24 @@ def _write_git_dir(plan: Plan, git_dir: Path, tree: str, env: dict[str, str]) ->
 
 def _stage_full_copy(plan: Plan, scratch: Path, *, pack: bool) -> Staged:
     base = scratch / "base.git"
-    git.init_repository(base)
-    tree = git.stage_directory(base, plan.top)
+    for sub in ("objects/pack", "refs/heads", "info"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    (base / "config").write_text(_CONFIG.format(version=0, extensions=""))
+    (base / "HEAD").write_text("ref: refs/heads/main\n")
+    env = git_stage.staging_env(base, plan.top, None)
+    tree = git_stage.stage_directory(env, plan.top)
     if pack:
-        git.pack_objects(plan.top, {"GIT_DIR": os.fspath(base)}, None, tree,
-                         base / "objects" / "pack" / "pack")
-        git.prune_loose(base / "objects")
-        with open(base / "config", "a") as f:
-            f.write("[core]\n\tcheckStat = minimal\n\ttrustctime = false\n")
+        git_stage.pack_objects(plan.top, env, None, tree, base / "objects" / "pack" / "pack")
     return Staged(plan=plan, tree=tree, source=plan.top, entries=walk_tree(plan.top),
-                  base_dir=base)
+                  base_dir=base, env=env)
+
+
+def check_unchanged(staged: Staged) -> None:
+    """Conflict when a staged file changed while it was being copied (run after the copy)."""
+    source = staged.env.get("GIT_WORK_TREE")
+    if source and not git_stage.unchanged_since_staged(Path(source), staged.env):
+        raise Conflict(f"files in {staged.plan.top} changed while the workspace was prepared",
+                       hint="run the prepare again once the tree is quiet")
 
 
 def walk_tree(top: Path) -> list[Entry]:
