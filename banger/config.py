@@ -243,6 +243,11 @@ class Paths:
         return self.state_dir / "ssh" / "id_ed25519"
 
     @property
+    def vm_ssh_config(self) -> Path:
+        """The ``Host *.vm`` file ``~/.ssh/config`` includes (``banger ssh-config``)."""
+        return self.state_dir / "ssh" / "config"
+
+    @property
     def socket(self) -> Path:
         return self.runtime_dir / SOCKET_NAME
 

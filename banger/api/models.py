@@ -285,6 +285,17 @@ class SSHTarget(WireModel):
     control_path: Path | None = None
 
 
+class SSHConfigRequest(RequestModel):
+    install: bool
+
+
+class SSHConfigResult(WireModel):
+    user_config: Path
+    managed: Path
+    installed: bool
+    changed: bool
+
+
 class LogChunk(WireModel):
     text: str
     offset: int

@@ -27,6 +27,7 @@ COMMANDS = {
     "image": "banger.cli.image_cmd:image_group",
     "kernel": "banger.cli.kernel_cmd:kernel_group",
     "ps": "banger.cli.vm_list:ps",
+    "ssh-config": "banger.cli.ssh_config_cmd:ssh_config",
 }
 VM_COMMANDS = {
     **{verb: f"banger.cli.vm_cmd:vm_{verb}" for verb in (

@@ -67,3 +67,40 @@ def ssh_argv(
         # string keeps `sh -c 'exit 42'` three words on the other side too.
         argv.append(shlex.join(command))
     return argv
+
+
+def vm_ssh_config(key: Path, hosts: Sequence[tuple[str, str, int, Path, Path | None]]) -> str:
+    """The ``Host *.vm`` file ``banger ssh-config`` includes (pure).
+
+    ``hosts``: (VM name, address, port, known_hosts, control socket) per
+    running VM, so ``ssh NAME.vm`` works without DNS; a VM not listed falls
+    to ``Host *.vm`` and resolves ``NAME.vm`` by DNS, if the host can.
+    """
+    lines = ["# Written by bangerd for `ssh NAME.vm`; rewritten as VMs start and stop.",
+             "# Do not edit: `banger ssh-config --uninstall` stops using it.", ""]
+    for name, address, port, known_hosts, control in hosts:
+        lines += [f"Host {name}.vm", f"    HostName {address}", f"    Port {port}",
+                  f"    UserKnownHostsFile {_quote(known_hosts)}"]
+        if control is not None:
+            lines.append(f"    ControlPath {_quote(control)}")
+        lines.append("")
+    lines += [
+        "Host *.vm",
+        "    User root",
+        f"    IdentityFile {_quote(key)}",
+        "    IdentitiesOnly yes",
+        "    IdentityAgent none",
+        "    GlobalKnownHostsFile /dev/null",
+        "    StrictHostKeyChecking yes",
+        "    ControlMaster no",
+        "    LogLevel ERROR",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _quote(path: Path) -> str:
+    text = os.fspath(path)
+    if any(c in text for c in '"\n\r\t\0'):
+        raise ValueError(f"path {text!r} cannot be written into an ssh config")
+    return f'"{text}"' if " " in text else text

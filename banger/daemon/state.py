@@ -11,6 +11,7 @@ from banger.config import Settings
 from banger.daemon.image_service import ImageService
 from banger.daemon.kernel_service import KernelService
 from banger.daemon.operations import OperationRegistry
+from banger.daemon.ssh_config_service import SSHConfigService
 from banger.daemon.vm_create import VMCreator
 from banger.daemon.vm_network import VMNetwork
 from banger.daemon.vm_runtime import VMRuntime
@@ -32,6 +33,7 @@ class Daemon:
     vms: VMService
     creator: VMCreator
     workspaces: WorkspaceService
+    ssh_config: SSHConfigService
     allowed_uids: frozenset[int]
     started_at: float = field(default_factory=time.monotonic)
     request_shutdown: Callable[[], None] = lambda: None
@@ -51,4 +53,4 @@ class Daemon:
         workspaces = WorkspaceService(vms.rt)
         creator = VMCreator(vms, images, workspaces)
         return cls(settings, store, operations, kernels, images, vms, creator, workspaces,
-                   allowed_uids)
+                   SSHConfigService(vms.rt), allowed_uids)

@@ -61,6 +61,7 @@ class VMBooter:
                 vm, VMState.RUNNING, reason="booted, sshd accepts our key", started_at=utcnow()
             )
         self.watcher.watch(vm, handle)
+        rt.running_changed()
         return vm
 
     async def boot_or_fail(self, ctx: OperationContext, vm: VMRecord) -> VMRecord:

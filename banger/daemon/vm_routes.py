@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Annotated
 
@@ -10,6 +11,8 @@ from fastapi import Query, Request
 from banger.api.models import (
     LogChunk,
     Operation,
+    SSHConfigRequest,
+    SSHConfigResult,
     SSHTarget,
     VMCreateRequest,
     VMInfo,
@@ -90,6 +93,12 @@ async def ssh_target(ref: Ref, daemon: DaemonDep) -> SSHTarget:
             f"VM '{vm.name}' is {vm.state}", hint=f"start it first: banger vm start {vm.name}"
         )
     return daemon.vms.ssh_target(vm)
+
+
+@router.post("/ssh-config", response_model=SSHConfigResult)
+async def ssh_config(body: SSHConfigRequest, daemon: DaemonDep) -> SSHConfigResult:
+    """Add (or remove) the ``Include`` that makes ``ssh NAME.vm`` work, in ``~/.ssh/config``."""
+    return await asyncio.to_thread(daemon.ssh_config.apply, body.install)
 
 
 @router.get("/vms/{ref}/logs", response_model=LogChunk)

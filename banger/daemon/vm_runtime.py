@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+
+import structlog
 
 from banger.api.models import VMInfo
 from banger.config import Settings
@@ -27,6 +29,8 @@ from banger.store.db import Store
 from banger.store.records import ImageRecord, KernelRecord, VMRecord
 from banger.vmm.base import Backend, Handle
 
+log = structlog.get_logger("banger.daemon.vm_runtime")
+
 
 class VMRuntime:
     def __init__(
@@ -40,6 +44,18 @@ class VMRuntime:
         self.backend = backend
         self.guest: Guest = guest or SSHGuest(settings.paths.ssh_key)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_running_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever a VM starts or stops running (or is deleted)."""
+        self._listeners.append(listener)
+
+    def running_changed(self) -> None:
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:  # one broken listener must not fail a VM verb
+                log.exception("a VM change listener failed", listener=repr(listener))
 
     def files(self, vm: VMRecord) -> VMFiles:
         return VMFiles.of(self.paths, vm.id, self.backend.traits.root_format)

@@ -58,9 +58,11 @@ class VMWatcher:
         await self.rt.network.detach(vm.tap_name)
         with contextlib.suppress(BangerError):
             self.rt.backend.cleanup(self.rt.spec(vm))
-        return self.rt.store.vms.transition(
+        vm = self.rt.store.vms.transition(
             vm, VMState.STOPPED, reason=reason, pid=None, tap_name=None
         )
+        self.rt.running_changed()
+        return vm
 
     async def destroy(self, vm: VMRecord) -> None:
         """Kill, release and remove everything of ``vm``, its row last (idempotent)."""
@@ -74,6 +76,7 @@ class VMWatcher:
         await asyncio.to_thread(shutil.rmtree, files.run_dir, ignore_errors=True)
         self._unwatch(vm.id)
         self.rt.store.vms.delete(vm.id, missing_ok=True)
+        self.rt.running_changed()
 
     async def reconcile(self) -> None:
         """Daemon start: adopt VMs whose VMM provably runs; clean up the rest and half-made
@@ -84,6 +87,7 @@ class VMWatcher:
                 await self.destroy(vm)
             elif vm.state.active:
                 await self._adopt_or_teardown(vm)
+        self.rt.running_changed()
 
     async def _adopt_or_teardown(self, vm: VMRecord) -> None:
         handle = self.rt.handle(vm)

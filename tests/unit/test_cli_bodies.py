@@ -36,6 +36,7 @@ COMMANDS = [
     ["vm", "workspace", "prepare", "box", "{dir}", "--branch", "b", "--from", "main"],
     ["vm", "workspace", "prepare", "box", "{dir}", "--mode", "full_copy", "--dry-run"],
     ["vm", "workspace", "export", "box", "--base-commit", "abc123"],
+    ["ssh-config", "--install"],
 ]
 
 
