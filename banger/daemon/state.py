@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from banger.config import Settings
+from banger.daemon.dns_service import DnsService
 from banger.daemon.image_service import ImageService
 from banger.daemon.kernel_service import KernelService
 from banger.daemon.operations import OperationRegistry
@@ -32,6 +33,7 @@ class Daemon:
     vms: VMService
     creator: VMCreator
     workspaces: WorkspaceService
+    dns: DnsService
     allowed_uids: frozenset[int]
     started_at: float = field(default_factory=time.monotonic)
     request_shutdown: Callable[[], None] = lambda: None
@@ -50,5 +52,6 @@ class Daemon:
         vms = VMService(VMRuntime(settings, store, network, backend))
         workspaces = WorkspaceService(vms.rt)
         creator = VMCreator(vms, images, workspaces)
+        dns = DnsService(settings, store, network)
         return cls(settings, store, operations, kernels, images, vms, creator, workspaces,
-                   allowed_uids)
+                   dns, allowed_uids)
