@@ -50,6 +50,10 @@ class ListenerStatus:
 
 @dataclass(frozen=True)
 class DnsStatus:
+    """What doctor reports of the DNS service (docs/doctor.md)."""
+
+    bridge: str
+    bridge_ip: str
     host: ListenerStatus
     guests: ListenerStatus | None  # None: no bridge yet, or user-mode networking
     net_mode: NetMode
@@ -176,6 +180,7 @@ class DnsService:
         if self._guests is not None or self._guests_error is not None:
             address = f"{self.network.bridge.ip}:{DNS_PORT}"
             guests = ListenerStatus(address, self._guests is not None, self._guests_error)
-        return DnsStatus(host, guests, self.network.mode,
+        return DnsStatus(self.network.bridge_name, str(self.network.bridge.ip), host, guests,
+                         self.network.mode,
                          tuple(str(a) for a in self.upstreams()), self.resolv_conf,
                          self._resolved)
