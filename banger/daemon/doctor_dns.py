@@ -44,8 +44,8 @@ def check_guest_dns(ctx: DoctorContext) -> CheckResult:
     dns = _status(ctx)
     name = "guest dns"
     if dns.net_mode is NetMode.USER:
-        return _row(name, CheckStatus.PASS, "user-mode networking: guests use the VMM's built-in resolver "
-                    "(no .vm names inside guests)")
+        return _row(name, CheckStatus.PASS, "user-mode networking: guests use the VMM's "
+                    "built-in resolver (no .vm names inside guests)")
     upstreams = ", ".join(dns.upstreams)
     if dns.guests is not None and not dns.guests.serving:
         return _row(
