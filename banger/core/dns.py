@@ -82,6 +82,13 @@ def _reply(request: DNSRecord, rcode: int, *, recursion: bool) -> DNSRecord:
     return reply
 
 
+def unsupported(request: DNSRecord) -> bytes | None:
+    """NOTIMP for an opcode other than QUERY (never answered, never forwarded), else None."""
+    if request.header.opcode == OPCODE.QUERY:
+        return None
+    return _reply(request, RCODE.NOTIMP, recursion=False).pack()
+
+
 def refused(request: DNSRecord) -> bytes:
     """REFUSED: not a name this listener serves."""
     return _reply(request, RCODE.REFUSED, recursion=False).pack()
@@ -96,10 +103,6 @@ def answer_zone(request: DNSRecord, lookup: Lookup, *, recursion: bool = False) 
     """The authoritative answer to a question in the ``vm`` zone (``in_zone`` is true)."""
     reply = request.reply(ra=int(recursion), aa=1)
     q = request.q
-    if request.header.opcode != OPCODE.QUERY:
-        reply.header.aa = 0
-        reply.header.rcode = RCODE.NOTIMP
-        return reply.pack()
     apex = len(_labels(q.qname)) == 1
     name = vm_name(request)
     addresses = None if apex or name is None else lookup(name)

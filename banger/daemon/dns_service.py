@@ -98,13 +98,15 @@ class DnsService:
             return None
         if not dns.in_zone(request):
             return dns.refused(request)
-        return dns.answer_zone(request, self.lookup)
+        return dns.unsupported(request) or dns.answer_zone(request, self.lookup)
 
     async def answer_guest(self, data: bytes, peer: IPAddress, tcp: bool) -> bytes | None:
         """The bridge listener: the ``vm`` zone, and forwarding for the bridge's subnet."""
         request = dns.parse_query(data)
         if request is None:
             return None
+        if unsupported := dns.unsupported(request):
+            return unsupported
         if dns.in_zone(request):
             return dns.answer_zone(request, self.lookup, recursion=True)
         if peer not in self.network.bridge.network:

@@ -177,6 +177,10 @@ def test_guests_get_the_zone_and_forwarding_strangers_and_vm_names_never_go_upst
                 seen.append((reply.header.rcode, [str(r.rdata) for r in reply.rr]))
             tcp = await dns.answer_guest(question("example.test"), GUEST, True)
             seen.append((DNSRecord.parse(tcp or b"").header.rcode, []))
+            update = DNSRecord.question("example.test")
+            update.header.opcode = 5  # UPDATE: never forwarded
+            reply = await dns.answer_guest(update.pack(), GUEST, False)
+            seen.append((DNSRecord.parse(reply or b"").header.rcode, []))
             return seen
 
     assert run(scenario) == [
@@ -185,6 +189,7 @@ def test_guests_get_the_zone_and_forwarding_strangers_and_vm_names_never_go_upst
         (RCODE.NXDOMAIN, []),
         (RCODE.REFUSED, []),  # outside the bridge's subnet: no open resolver
         (RCODE.NOERROR, []),  # over TCP too
+        (RCODE.NOTIMP, []),
     ]
     assert upstream.asked == ["example.test.", "example.test."]
 

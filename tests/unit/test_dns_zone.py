@@ -73,12 +73,14 @@ def test_names_outside_the_zone_are_not_in_it_and_get_refused() -> None:
     assert DNSRecord.parse(dns.refused(request)).header.rcode == RCODE.REFUSED
 
 
-def test_a_non_query_opcode_is_not_implemented() -> None:
-    message = DNSRecord.question("box.vm")
-    message.header.opcode = 2  # STATUS
+@pytest.mark.parametrize("opcode", [1, 2, 4, 5])  # IQUERY, STATUS, NOTIFY, UPDATE
+def test_a_non_query_opcode_is_not_implemented(opcode: int) -> None:
+    message = DNSRecord.question("example.com")
+    message.header.opcode = opcode
     request = dns.parse_query(message.pack())
     assert request is not None
-    assert DNSRecord.parse(dns.answer_zone(request, lookup)).header.rcode == RCODE.NOTIMP
+    assert DNSRecord.parse(dns.unsupported(request) or b"").header.rcode == RCODE.NOTIMP
+    assert dns.unsupported(dns.parse_query(DNSRecord.question("x").pack())) is None  # type: ignore[arg-type]
 
 
 def _hostile_packets() -> list[bytes]:
