@@ -43,6 +43,7 @@ class FakeInternet:
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         try:
+            self._expect("in its namespace")  # moved earlier, the link would stay here
             with IPRoute() as ipr:
                 ipr.link("add", ifname=NEAR, kind="veth", peer=FAR)
                 near = ipr.link_lookup(ifname=NEAR)[0]
@@ -50,14 +51,17 @@ class FakeInternet:
                 ipr.link("set", index=far, net_ns_pid=self.proc.pid)
                 ipr.addr("add", index=near, address=NEAR_ADDRESS, prefixlen=24)
                 ipr.link("set", index=near, state="up")
-            assert self.proc.stdout is not None
-            line = self.proc.stdout.readline()
-            if line.strip() != "ready":
-                raise RuntimeError(f"the fake internet did not start: {line!r}")
+            self._expect("ready")
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
+
+    def _expect(self, word: str) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != word:
+            raise RuntimeError(f"the fake internet did not start: {line!r}, not {word!r}")
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -77,6 +81,7 @@ def _serve(ifname: str, cidr: str, answers: dict[str, str]) -> None:
     from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
     address, prefix = cidr.split("/")
+    print("in its namespace", flush=True)  # unshare ran before this process started
     with IPRoute() as ipr:
         deadline = time.monotonic() + 20
         while not ipr.link_lookup(ifname=ifname):
