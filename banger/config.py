@@ -10,6 +10,7 @@ the settings, and pydantic's imports alone cost more than the rest of a
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -119,6 +120,18 @@ def _bridge_cidr(value: Any) -> str:
     return str(value)
 
 
+def _dns_listen(value: Any) -> str:
+    """``IPV4:PORT`` (port 0: any free port, for tests)."""
+    host, sep, port = _string(value).rpartition(":")
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ValueError("must be IPV4:PORT, e.g. 127.0.0.1:42069") from None
+    if not sep or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise ValueError("must be IPV4:PORT with a port from 0 to 65535")
+    return f"{host}:{int(port)}"
+
+
 def _size(value: Any) -> str:
     try:
         parse_size(_string(value), "size")
@@ -164,6 +177,12 @@ class Settings:
                         "Which VMM to use (this release: QEMU).")
     bridge_name: str = _key(_bridge_name, lambda: "banger0", "Host bridge for VM networking.")
     bridge_cidr: str = _key(_bridge_cidr, lambda: "172.16.0.1/24", "Bridge address and subnet.")
+    dns_listen: str = _key(_dns_listen, lambda: "127.0.0.1:42069",
+                           "Where bangerd answers `<name>.vm` for the host (UDP and TCP).")
+    dns_upstream_resolv_conf: Path = _key(
+        _directory, lambda: Path("/etc/resolv.conf"),
+        "The resolv.conf whose servers get the guests' non-.vm names.",
+    )
     default_vcpu: int = _key(_integer(1, 64), lambda: 2, "vCPUs of a new VM.")
     default_memory_mib: int = _key(_integer(128), lambda: 1024, "Memory of a new VM in MiB.")
     default_disk: str = _key(_size, lambda: "8G", "Work disk size of a new VM.")

@@ -47,6 +47,7 @@ class BangerEnv:
             BANGER_RUNTIME_DIR=str(self.runtime_dir),
             BANGER_CACHE_DIR=str(self.cache_dir),
             BANGER_CONFIG=str(self.config_file),
+            BANGER_DNS_LISTEN="127.0.0.1:0",  # any free port: never the host's 42069
             NO_COLOR="1",
         )
         env.update(self.extra_env)

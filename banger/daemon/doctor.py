@@ -14,12 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from banger.api.models import CheckStatus
 from banger.config import Settings
 from banger.core.errors import HostToolError
-from banger.host import probes
+from banger.host import probes, resolved
 from banger.host.probes import KvmStatus, Version
+
+if TYPE_CHECKING:
+    from banger.daemon.dns_service import DnsStatus
 
 log = logging.getLogger("banger.daemon.doctor")
 
@@ -57,14 +61,17 @@ class HostView:
     search_path: str | None = None  # a PATH string; None means the PATH run() uses
     busybox_candidates: tuple[Path, ...] = probes.BUSYBOX_CANDIDATES
     python_version: Version = field(default_factory=_running_python)
+    resolved_dir: Path = resolved.RESOLVED_RUN_DIR
+    proc_root: Path = Path("/proc")
 
 
 class DoctorContext:
     """Settings plus host answers, each probed at most once per doctor run."""
 
-    def __init__(self, settings: Settings, host: HostView) -> None:
+    def __init__(self, settings: Settings, host: HostView, dns: DnsStatus | None = None) -> None:
         self.settings = settings
         self.host = host
+        self.dns = dns  # the running daemon's DNS service (None: its rows are left out)
 
     @cached_property
     def kvm(self) -> KvmStatus:
@@ -327,7 +334,12 @@ def _run_one(check: Check, ctx: DoctorContext) -> CheckResult:
         )
 
 
-def run_checks(settings: Settings, host: HostView | None = None) -> list[CheckResult]:
-    """Run every check in order and return one row each."""
-    ctx = DoctorContext(settings, host or HostView())
-    return [_run_one(check, ctx) for check in CHECKS]
+def run_checks(settings: Settings, host: HostView | None = None,
+               dns: DnsStatus | None = None) -> list[CheckResult]:
+    """Run every check in order and return one row each; with the daemon's ``dns``
+    status, its rows too (``doctor_dns.py``)."""
+    from banger.daemon.doctor_dns import DNS_CHECKS  # it builds on this module's rows
+
+    ctx = DoctorContext(settings, host or HostView(), dns)
+    checks = CHECKS + (DNS_CHECKS if dns is not None else [])
+    return [_run_one(check, ctx) for check in checks]

@@ -84,6 +84,8 @@ async def _prune_forever(registry: OperationRegistry, store: Store, ttl: float) 
 
 async def start_services(stack: contextlib.AsyncExitStack, daemon: Daemon) -> None:
     """Start the daemon's background services; ``stack`` stops them, last started first."""
+    stack.push_async_callback(daemon.dns.close)  # listeners, resolved's routing
+    await daemon.dns.start()  # before reconcile, which may adopt the bridge
     stack.push_async_callback(daemon.vms.close)  # VM exit watchers, the idle TAP pool
     await daemon.vms.reconcile()
     stack.push_async_callback(daemon.operations.cancel_all)

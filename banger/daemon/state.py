@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from banger.config import Settings
+from banger.daemon.dns_service import DnsService
 from banger.daemon.image_service import ImageService
 from banger.daemon.kernel_service import KernelService
 from banger.daemon.operations import OperationRegistry
@@ -34,6 +35,7 @@ class Daemon:
     creator: VMCreator
     workspaces: WorkspaceService
     ssh_config: SSHConfigService
+    dns: DnsService
     allowed_uids: frozenset[int]
     started_at: float = field(default_factory=time.monotonic)
     request_shutdown: Callable[[], None] = lambda: None
@@ -52,5 +54,6 @@ class Daemon:
         vms = VMService(VMRuntime(settings, store, network, backend))
         workspaces = WorkspaceService(vms.rt)
         creator = VMCreator(vms, images, workspaces)
+        dns = DnsService(settings, store, network)
         return cls(settings, store, operations, kernels, images, vms, creator, workspaces,
-                   SSHConfigService(vms.rt), allowed_uids)
+                   SSHConfigService(vms.rt), dns, allowed_uids)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -60,12 +61,23 @@ class VMNetwork:
         self._pool: net.TapPool | None = None
         self._ready = asyncio.Lock()
         self._tasks = BackgroundTasks()
+        self._on_bridge: list[Callable[[], Awaitable[None]]] = []
+
+    def on_bridge_up(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Call ``callback`` after every successful claim of the bridge (it must be
+        idempotent and must not raise): services that listen on the bridge start there."""
+        self._on_bridge.append(callback)
+
+    async def _bridge_up(self) -> None:
+        for callback in self._on_bridge:
+            await callback()
 
     async def _tap_pool(self) -> net.TapPool:
         """Create the bridge and the idle TAP pool on first use."""
         async with self._ready:
             if self._pool is None:
                 self._pool = await asyncio.to_thread(self._make_pool)
+                await self._bridge_up()
             return self._pool
 
     def _make_pool(self) -> net.TapPool:
@@ -80,6 +92,7 @@ class VMNetwork:
         """TAP mode: make the bridge ours, or raise ``Conflict`` naming the config key to change."""
         if self.mode is NetMode.TAP:
             await asyncio.to_thread(self._claim)
+            await self._bridge_up()
 
     def allocate_ip(self, vm_id: str) -> str | None:
         """Reserve the VM's guest address (TAP mode only); kept until the VM is deleted."""
@@ -104,6 +117,7 @@ class VMNetwork:
             mac=mac,
             guest_ip=f"{vm.guest_ip}/{self.bridge.network.prefixlen}",
             gateway=str(self.bridge.ip),
+            dns=(str(self.bridge.ip),),  # bangerd answers there (daemon/dns_service.py)
         )
         return spec, tap, 22
 
@@ -114,17 +128,20 @@ class VMNetwork:
             return
         in_use = {vm.tap_name for vm in self.store.vms.list() if vm.tap_name}
 
-        def reap() -> None:
+        def reap() -> bool:
             try:
-                self._claim(create=False)
+                if not self._claim(create=False):
+                    return False
             except Conflict as exc:  # refused again, to the user, at the first vm create
                 log.warning("not using the bridge", error=str(exc), hint=exc.hint)
-                return
+                return False
             for tap in self.ops.taps_on_our_bridge(self.bridge_name, self.owner):
                 if tap not in in_use:
                     self.ops.delete_tap(tap)
+            return True
 
-        await asyncio.to_thread(reap)
+        if await asyncio.to_thread(reap):
+            await self._bridge_up()
 
     async def detach(self, tap_name: str | None) -> None:
         """Give back a VM's TAP (idempotent)."""

@@ -2,7 +2,8 @@
 
 Everything banger does that needs root or CAP_NET_ADMIN goes through a
 ``HostOps``: claiming the bridge, making and deleting TAPs, listing the TAPs a
-daemon may reap, and signalling a VMM it can prove is its own. Callers hold a
+daemon may reap, signalling a VMM it can prove is its own, and routing the
+``vm`` domain to the bridge through systemd-resolved. Callers hold a
 ``HostOps`` and never know which transport runs the operation, like mkosi's
 ``sandbox=`` argument:
 
@@ -12,12 +13,13 @@ daemon may reap, and signalling a VMM it can prove is its own. Callers hold a
 - the ``bangerd-root`` client: the root helper of a system install, a second
   implementation arriving with the privilege split; callers do not change.
 
-NAT rules, resolver routing and loop/dm devices (and, with Firecracker, jailer
+NAT rules and loop/dm devices (and, with Firecracker, jailer
 chroot staging) join this interface when they land, each with its validators.
 
 ``CheckedHostOps`` validates every argument against a narrow grammar before
 any transport sees it (TAP names with our prefix, bridge names, CIDRs, owner
-aliases, uids, pids above 1, argv markers naming a path, allowlisted signals),
+aliases, uids, pids above 1, argv markers naming a path, allowlisted signals,
+IPv4 resolver addresses),
 and ``host_ops_for`` always wraps the transport in it; the root helper's server
 will wrap its in-process operations in it again. Blocking methods (netlink)
 belong in a worker thread.
@@ -25,6 +27,7 @@ belong in a worker thread.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 from pathlib import Path
@@ -32,7 +35,7 @@ from typing import Protocol, runtime_checkable
 
 from banger.core.errors import Forbidden, InvalidInput
 from banger.core.signals import validate_signal
-from banger.host import net
+from banger.host import net, resolved
 from banger.host import proc_identity as proc
 
 PID_MAX = 1 << 22  # the kernel's ceiling for /proc/sys/kernel/pid_max
@@ -71,6 +74,14 @@ class HostOps(Protocol):
         is another process."""
         ...
 
+    def route_vm_domain(self, bridge: str, resolver: str) -> None:
+        """systemd-resolved sends ``*.vm`` (only) to ``resolver`` on link ``bridge``."""
+        ...
+
+    def revert_resolver(self, bridge: str) -> None:
+        """Drop resolved's settings on link ``bridge``."""
+        ...
+
 
 def _show(value: object) -> str:
     """``repr(value)``, cut short: a hostile argument never floods an error line."""
@@ -94,6 +105,18 @@ def validate_pid(pid: object) -> int:
 def validate_uid(uid: object) -> int | None:
     """A TAP owner's uid, or None for root's."""
     return None if uid is None else _validate_int(uid, "uid", 0, UID_MAX)
+
+
+def validate_resolver(address: object) -> str:
+    """An IPv4 address a resolver may be set to (the bridge's), as a plain string."""
+    try:
+        if not isinstance(address, str):
+            raise TypeError(address)
+        return str(ipaddress.IPv4Address(address))
+    except (ValueError, TypeError):
+        raise InvalidInput(
+            f"invalid resolver address {_show(address)}", hint="use an IPv4 address"
+        ) from None
 
 
 def _path_marker(marker: str) -> bool:
@@ -167,6 +190,12 @@ class InProcessHostOps:
             os.close(fd)
         return True
 
+    def route_vm_domain(self, bridge: str, resolver: str) -> None:
+        resolved.route_vm_domain(bridge, resolver)
+
+    def revert_resolver(self, bridge: str) -> None:
+        resolved.revert(bridge)
+
 
 class CheckedHostOps:
     """Validates every argument, then hands the call to ``transport`` (any ``HostOps``)."""
@@ -203,6 +232,13 @@ class CheckedHostOps:
         validate_markers(markers)
         validate_signal(sig)
         return self.transport.signal_vmm(pid, start_time, markers, sig)
+
+    def route_vm_domain(self, bridge: str, resolver: str) -> None:
+        net.validate_bridge_name(bridge)
+        self.transport.route_vm_domain(bridge, validate_resolver(resolver))
+
+    def revert_resolver(self, bridge: str) -> None:
+        self.transport.revert_resolver(net.validate_bridge_name(bridge))
 
 
 def host_ops_for() -> HostOps:

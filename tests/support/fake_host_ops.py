@@ -56,3 +56,9 @@ class RecordingHostOps:
                    sig: signal.Signals) -> bool:
         self._record("signal_vmm", pid, start_time, markers, sig)
         return True
+
+    def route_vm_domain(self, bridge: str, resolver: str) -> None:
+        self._record("route_vm_domain", bridge, resolver)
+
+    def revert_resolver(self, bridge: str) -> None:
+        self._record("revert_resolver", bridge)

@@ -181,7 +181,8 @@ def _settings(tmp_path: Path) -> Settings:
     for name in ("state", "cache", "run"):
         (tmp_path / name).mkdir(mode=0o700)
     return Settings(
-        state_dir=tmp_path / "state", cache_dir=tmp_path / "cache", runtime_dir=tmp_path / "run"
+        state_dir=tmp_path / "state", cache_dir=tmp_path / "cache", runtime_dir=tmp_path / "run",
+        dns_listen="127.0.0.1:0",
     )
 
 
@@ -224,8 +225,9 @@ def test_ping_answers_while_a_cache_prune_waits_for_a_pull_and_shutdown_stops_ev
     async def scenario() -> tuple[set[str], set[asyncio.Task[Any]]]:
         served = asyncio.create_task(server.serve(settings))
         await _until(settings.paths.socket.exists, "the daemon never listened")
-        services = {t.get_name() for t in asyncio.all_tasks()}
         async with _client(settings) as client:
+            assert (await client.get("/v1/ping")).status_code == 200  # services all started
+            services = {t.get_name() for t in asyncio.all_tasks()}
             with blob_cache_lock(cache):  # a pull in progress: the prune must wait for it
                 prune = asyncio.create_task(client.post("/v1/images/cache/prune", json={}))
                 await _until(lambda: _fds_open_on(lock_file) == 2, "the prune never waited")
