@@ -7,10 +7,13 @@ the error mapping) is the daemon's own code.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,6 +180,36 @@ def test_a_guest_sending_a_malformed_export_is_refused(vms: FakeVMs, repo: Repo,
     monkeypatch.setenv("PATH", f"{lying}:{os.environ['PATH']}")
     with pytest.raises(GuestError, match="malformed"):
         vms.drive(lambda: vms.workspaces.export("box", None))
+
+
+def test_a_guest_sending_millions_of_changed_names_is_refused_off_the_event_loop(
+        vms: FakeVMs, repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert vms.drive(lambda: prepared(vms, repo.top)).state == "succeeded"
+    lying = tmp_path / "lying-bin"
+    lying.mkdir()
+    (lying / "git").write_text(  # a guest's own git: its name-status list is 16 MiB long
+        f"#!{sys.executable}\nimport sys\n"
+        "if '--name-status' in sys.argv: sys.stdout.buffer.write(b'M\\0a\\0' * (4 << 20))\n")
+    (lying / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{lying}:{os.environ['PATH']}")
+    ticks: list[float] = []
+
+    async def export_while_ticking() -> None:
+        async def tick() -> None:
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.create_task(tick())
+        try:
+            await vms.workspaces.export("box", None)
+        finally:
+            ticker.cancel()
+
+    with pytest.raises(GuestError, match="more than 100000 changed files"):
+        vms.drive(export_while_ticking)
+    gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+    assert max(gaps) < 0.5  # the loop kept answering while the list was judged
 
 
 def create_request(path: str, **options: object) -> VMCreateRequest:
