@@ -28,6 +28,7 @@ from banger.api.models import (
     WorkspaceRequest,
 )
 from banger.core.cancel import to_thread_joined
+from banger.core.display import display_path
 from banger.core.errors import BangerError, Conflict, GuestError, InvalidInput, NotFound
 from banger.core.states import VMState
 from banger.core.validate import approx_size
@@ -41,7 +42,7 @@ from banger.host.ssh import GuestCommandError
 from banger.store.records import VMRecord
 from banger.workspace import scripts
 from banger.workspace.disk import Written, write_workspace
-from banger.workspace.export import display_path, split_export
+from banger.workspace.export import split_export
 from banger.workspace.payload import write_payload
 from banger.workspace.stage import Plan, Staged, make_plan, stage
 

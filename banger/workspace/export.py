@@ -1,9 +1,9 @@
-"""Reading what a guest's export sent back: untrusted bytes, parsed strictly, shown escaped."""
+"""Reading what a guest's export sent back: untrusted bytes, parsed strictly (shown escaped:
+``core.display``)."""
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass
 
 from banger.core.errors import GuestError
@@ -12,9 +12,6 @@ _LENGTH = re.compile(rb"[0-9]{1,12}")
 _LENGTH_LINE_MAX = 13  # 12 digits and the newline
 MAX_CHANGES = 100_000  # past this a list is a guest's build output (or an attack), not an edit
 _STATUS = re.compile(rb"[ACDMRTUX][0-9]{0,3}")
-# Format characters (bidi overrides, zero-width) and line/paragraph separators too:
-# a name the guest made must not reorder or hide what the terminal shows around it.
-_HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 @dataclass(frozen=True)
@@ -84,14 +81,3 @@ def parse_name_status(data: bytes) -> list[Change]:
     if len(changes) > MAX_CHANGES:
         raise _too_many()
     return changes
-
-
-def display_path(path: bytes) -> str:
-    """``path`` for a terminal: invalid UTF-8 and control characters as escapes."""
-    text = path.decode("utf-8", "backslashreplace")
-    return "".join(_escape(c) if unicodedata.category(c) in _HIDDEN else c for c in text)
-
-
-def _escape(char: str) -> str:
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from banger.core.display import display_path
 from banger.core.errors import GuestError, InvalidInput
 from banger.core.workspace import exec_argv, validate_commit_id, validate_guest_path
 from banger.workspace.export import (
     MAX_CHANGES,
     Change,
-    display_path,
     parse_export,
     parse_name_status,
     split_export,
