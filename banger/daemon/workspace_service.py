@@ -41,7 +41,7 @@ from banger.host.files import make_scratch, remove_tree
 from banger.host.ssh import GuestCommandError
 from banger.store.records import VMRecord
 from banger.workspace import scripts
-from banger.workspace.disk import Written, write_workspace
+from banger.workspace.disk import Written, base_dir_of, write_workspace
 from banger.workspace.export import split_export
 from banger.workspace.payload import write_payload
 from banger.workspace.stage import Plan, Staged, make_plan, stage
@@ -138,7 +138,7 @@ class WorkspaceService:
         guest_path = self.rt.settings.workspace_guest_path
         detail = f"{summary.files} files, {approx_size(summary.bytes)} -> {guest_path}"
         argv = scripts.script_argv(scripts.PREPARE, guest_path, str(summary.archive_bytes),
-                                   staged.plan.mode.value)
+                                   base_dir_of(guest_path), str(summary.entries))
         with ctx.stage("copy", detail=detail):
             try:
                 await self.rt.guest.run(self.rt.guest_target(vm), argv, stdin=scratch / PAYLOAD,
@@ -170,7 +170,8 @@ class WorkspaceService:
                     raise InvalidInput("--base-commit needs a workspace prepared in git mode",
                                        hint="export without it: the patch covers every change")
             argv = scripts.script_argv(scripts.EXPORT, ws.guest_path, ws.mode.value,
-                                       ws.prepared_tree, base_commit or "")
+                                       ws.prepared_tree, base_commit or "",
+                                       base_dir_of(ws.guest_path))
             try:
                 out = await self.rt.guest.read(self.rt.guest_target(vm), argv,
                                                limit=EXPORT_LIMIT, timeout=EXPORT_TIMEOUT)
@@ -234,6 +235,14 @@ def _guest_failure(vm: VMRecord, exc: GuestCommandError) -> Exception:
             f"{_size(avail)} free",
             hint=f"grow it: banger vm stop {vm.name} && banger vm set {vm.name} --disk SIZE",
         )
+    if code == scripts.NO_INODES:
+        need, _, avail = detail.partition(" ")
+        return InvalidInput(
+            f"the workspace needs {_count(need)} inodes (files, links and directories) but the "
+            f"work disk of VM '{vm.name}' has {_count(avail)} free",
+            hint=f"grow it (a larger disk has more inodes): banger vm stop {vm.name} && "
+                 f"banger vm set {vm.name} --disk SIZE",
+        )
     if code in (scripts.NO_WORKSPACE, scripts.NO_REPOSITORY):
         return NotFound(f"VM '{vm.name}': the workspace is gone from the guest ({detail})",
                         hint=f"prepare it again: banger vm workspace prepare {vm.name} PATH")
@@ -248,4 +257,8 @@ def _guest_failure(vm: VMRecord, exc: GuestCommandError) -> Exception:
 
 
 def _size(text: str) -> str:
-    return approx_size(int(text)) if text.isdigit() else "?"
+    return approx_size(int(text)) if text.isascii() and text.isdigit() else "?"
+
+
+def _count(text: str) -> str:
+    return text if text.isascii() and text.isdigit() else "?"

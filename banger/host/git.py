@@ -173,12 +173,6 @@ def index_entries(repo: Path, env: Mapping[str, str]) -> list[IndexEntry]:
     return entries
 
 
-def untracked_files(repo: Path) -> list[bytes]:
-    """Files git neither tracks nor ignores."""
-    out = git(repo, "ls-files", "--others", "--exclude-standard", "-z")
-    return [p for p in out.split(b"\0") if p]
-
-
 def pack_objects(repo: Path, env: Mapping[str, str], head: str | None, tree: str,
                  pack_base: Path) -> None:
     """Write one pack at ``pack_base`` holding ``head`` (without its history) and ``tree``.

@@ -24,6 +24,7 @@ class PayloadSummary:
     files: int  # workspace files and links (not directories, not git's own)
     bytes: int  # their sizes
     archive_bytes: int
+    entries: int = 0  # every member (git's own and directories too): the inodes it takes
 
 
 class _Writer:
@@ -112,4 +113,6 @@ def write_payload(staged: Staged, out: Path) -> PayloadSummary:
                 writer.parents(prefix + b"x")
                 for entry in walk_tree(extra):
                     writer.add(prefix, extra, entry, keep_mode=False)
-    return PayloadSummary(files=files, bytes=size, archive_bytes=out.stat().st_size)
+        entries = len(tar.getmembers())
+    return PayloadSummary(files=files, bytes=size, archive_bytes=out.stat().st_size,
+                          entries=entries)
