@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from banger.core.display import escape_text
 from banger.core.errors import BangerError
 
 if TYPE_CHECKING:
@@ -73,19 +74,23 @@ def print_fields(fields: Sequence[tuple[str, Any]]) -> None:
 
 
 def print_error(exc: BangerError) -> None:
+    """``banger: MESSAGE`` and its hint; text from elsewhere (a guest's words) escaped."""
     from rich.text import Text
 
     err = console(stderr=True)
-    line = _plain(f"banger: {exc.message}")
+    line = _plain(f"banger: {escape_text(exc.message)}")
     if exc.op_id:
-        line.append(Text(f" (op {exc.op_id})", style="dim"))
+        line.append(Text(f" (op {escape_text(exc.op_id)})", style="dim"))
     err.print(line)
     if exc.hint:
-        err.print(_plain(f"  hint: {exc.hint}"))
+        # A hint may carry a log's last lines: kept as lines, indented, so none can
+        # pass for a line of banger's own.
+        hint = escape_text(exc.hint, keep="\n").replace("\n", "\n        ")
+        err.print(_plain(f"  hint: {hint}"))
 
 
 def warn(message: str) -> None:
-    console(stderr=True).print(_plain(f"banger: warning: {message}"))
+    console(stderr=True).print(_plain(f"banger: warning: {escape_text(message)}"))
 
 
 def _plain(text: str) -> Text:

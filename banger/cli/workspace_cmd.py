@@ -23,6 +23,7 @@ from banger.cli.context import CliContext, json_option, pass_ctx
 from banger.cli.progress import follow
 from banger.cli.render import console, print_json, warn
 from banger.cli.vm_cmd import checked_ssh_target, target_argv
+from banger.core.errors import InvalidInput
 from banger.core.validate import approx_size, validate_name
 from banger.core.workspace import WorkspaceMode, exec_argv, validate_commit_id
 
@@ -55,7 +56,13 @@ def describe(info: VMInfo) -> str:
 
 @click.group("workspace")
 def workspace_group() -> None:
-    """A host directory in a VM, and the guest's changes back as a patch."""
+    """A host directory in a VM, and the guest's changes back as a patch.
+
+    \b
+    Examples:
+      banger vm workspace prepare box .
+      banger vm workspace export box > fix.patch
+    """
 
 
 @workspace_group.command("prepare")
@@ -116,7 +123,8 @@ def workspace_export(ctx: CliContext, vm: str, base_commit: str | None, output: 
     """Print the guest's changes since prepare as a binary patch for git apply.
 
     The changed files go to standard error (with --json: a JSON document on
-    standard output, the patch in it unless -o is given).
+    standard output, the patch in it unless -o is given). Standard output must
+    not be a terminal: redirect it, or use -o.
 
     \b
     Examples:
@@ -126,6 +134,10 @@ def workspace_export(ctx: CliContext, vm: str, base_commit: str | None, output: 
     validate_name(vm, "VM")
     if base_commit is not None:
         validate_commit_id(base_commit)
+    if output is None and not as_json and sys.stdout.isatty():
+        raise InvalidInput("the patch is not printed to a terminal (it is binary, and the guest's)",
+                           hint=f"redirect it: banger vm workspace export {vm} > fix.patch, "
+                                "or give -o fix.patch")
     body = WorkspaceExportRequest(base_commit=base_commit)
     result = ctx.client().post_model(ref_path("VM", vm, "workspace", "export"), WorkspaceExport,
                                      body=body)

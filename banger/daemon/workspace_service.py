@@ -28,6 +28,7 @@ from banger.api.models import (
     WorkspaceRequest,
 )
 from banger.core.cancel import to_thread_joined
+from banger.core.display import display_path
 from banger.core.errors import BangerError, Conflict, GuestError, InvalidInput, NotFound
 from banger.core.states import VMState
 from banger.core.validate import approx_size
@@ -40,8 +41,8 @@ from banger.host.files import make_scratch, remove_tree
 from banger.host.ssh import GuestCommandError
 from banger.store.records import VMRecord
 from banger.workspace import scripts
-from banger.workspace.disk import Written, write_workspace
-from banger.workspace.export import display_path, parse_export
+from banger.workspace.disk import Written, base_dir_of, write_workspace
+from banger.workspace.export import split_export
 from banger.workspace.payload import write_payload
 from banger.workspace.stage import Plan, Staged, check_unchanged, make_plan, stage
 
@@ -141,7 +142,7 @@ class WorkspaceService:
         guest_path = self.rt.settings.workspace_guest_path
         detail = f"{summary.files} files, {approx_size(summary.bytes)} -> {guest_path}"
         argv = scripts.script_argv(scripts.PREPARE, guest_path, str(summary.archive_bytes),
-                                   staged.plan.mode.value)
+                                   base_dir_of(guest_path), str(summary.entries))
         with ctx.stage("copy", detail=detail):
             try:
                 await self.rt.guest.run(self.rt.guest_target(vm), argv, stdin=scratch / PAYLOAD,
@@ -174,18 +175,15 @@ class WorkspaceService:
                     raise InvalidInput("--base-commit needs a workspace prepared in git mode",
                                        hint="export without it: the patch covers every change")
             argv = scripts.script_argv(scripts.EXPORT, ws.guest_path, ws.mode.value,
-                                       ws.prepared_tree, base_commit or "")
+                                       ws.prepared_tree, base_commit or "",
+                                       base_dir_of(ws.guest_path))
             try:
                 out = await self.rt.guest.read(self.rt.guest_target(vm), argv,
                                                limit=EXPORT_LIMIT, timeout=EXPORT_TIMEOUT)
             except GuestCommandError as exc:
                 raise _guest_failure(vm, exc) from None
-        changes, patch = parse_export(out)
-        files = [ChangedFile(status=c.status, path=display_path(c.path),
-                             old_path=display_path(c.old_path) if c.old_path else None)
-                 for c in changes]  # fmt: skip
-        return WorkspaceExport(vm=vm.name, base=base_commit or ws.prepared_tree, files=files,
-                               patch_b64=base64.b64encode(patch).decode("ascii"))
+        return await to_thread_joined(_export_result, vm.name, base_commit or ws.prepared_tree,
+                                      out)
 
     async def info(self, ref: str) -> WorkspaceInfo:
         """The VM's workspace, and whether the host repository's HEAD moved since prepare."""
@@ -196,6 +194,16 @@ class WorkspaceService:
             now = await to_thread_joined(_host_head, ws.host_path)
         moved = now is not None and ws.host_head is not None and now != ws.host_head
         return WorkspaceInfo(vm=vm.name, workspace=ws, host_head=now, head_moved=moved)
+
+
+def _export_result(vm: str, base: str, out: bytes) -> WorkspaceExport:
+    """The guest's export output as the answer (off the event loop: up to 100k names, 256 MiB)."""
+    changes, start = split_export(out)
+    files = [ChangedFile(status=c.status, path=display_path(c.path),
+                         old_path=display_path(c.old_path) if c.old_path else None)
+             for c in changes]  # fmt: skip
+    patch_b64 = base64.b64encode(memoryview(out)[start:]).decode("ascii")  # no copy of the patch
+    return WorkspaceExport(vm=vm, base=base, files=files, patch_b64=patch_b64)
 
 
 def _listing(staged: Staged) -> list[WorkspaceEntry]:
@@ -232,6 +240,14 @@ def _guest_failure(vm: VMRecord, exc: GuestCommandError) -> Exception:
             f"{_size(avail)} free",
             hint=f"grow it: banger vm stop {vm.name} && banger vm set {vm.name} --disk SIZE",
         )
+    if code == scripts.NO_INODES:
+        need, _, avail = detail.partition(" ")
+        return InvalidInput(
+            f"the workspace needs {_count(need)} inodes (files, links and directories) but the "
+            f"work disk of VM '{vm.name}' has {_count(avail)} free",
+            hint=f"grow it (a larger disk has more inodes): banger vm stop {vm.name} && "
+                 f"banger vm set {vm.name} --disk SIZE",
+        )
     if code in (scripts.NO_WORKSPACE, scripts.NO_REPOSITORY):
         return NotFound(f"VM '{vm.name}': the workspace is gone from the guest ({detail})",
                         hint=f"prepare it again: banger vm workspace prepare {vm.name} PATH")
@@ -246,4 +262,8 @@ def _guest_failure(vm: VMRecord, exc: GuestCommandError) -> Exception:
 
 
 def _size(text: str) -> str:
-    return approx_size(int(text)) if text.isdigit() else "?"
+    return approx_size(int(text)) if text.isascii() and text.isdigit() else "?"
+
+
+def _count(text: str) -> str:
+    return text if text.isascii() and text.isdigit() else "?"

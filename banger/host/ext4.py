@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from banger.core.errors import HostToolError, InvalidInput
@@ -241,12 +242,26 @@ def read_ext4_file(image: Path, path: str) -> bytes:
     return debugfs_request(image, f"cat {debugfs_quote(path)}")
 
 
-def free_bytes(image: Path) -> int:
-    """The free space of the filesystem in ``image`` (superblock counts)."""
+@dataclass(frozen=True)
+class FreeSpace:
+    """What a filesystem has left (superblock counts)."""
+
+    block_size: int
+    blocks: int
+    inodes: int
+
+    @property
+    def bytes(self) -> int:
+        return self.blocks * self.block_size
+
+
+def free_space(image: Path) -> FreeSpace:
+    """The free blocks and inodes of the filesystem in ``image``, and its block size."""
     out = debugfs_request(image, "stats").decode("utf-8", "replace")
     fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
     try:
-        return int(fields["Free blocks"]) * int(fields["Block size"])
+        return FreeSpace(block_size=int(fields["Block size"]), blocks=int(fields["Free blocks"]),
+                         inodes=int(fields["Free inodes"]))
     except (KeyError, ValueError):
         raise HostToolError(f"debugfs cannot read the free space of {image.name}",
                             hint=f"check the image with: e2fsck -fn {image}") from None

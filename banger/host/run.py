@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import os
+import selectors
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -31,6 +35,7 @@ T = TypeVar("T")
 _CLEAN_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "LOGNAME", "XDG_RUNTIME_DIR")
 _STDERR_TAIL = 2000
 _CANCEL_POLL_S = 0.2
+_CHUNK = 1 << 16
 
 
 class CommandError(HostToolError):
@@ -137,17 +142,8 @@ def run(
     killed and reaped, and ``Cancelled`` is raised.
     """
     argv = _logged_argv(argv)
-    if shutil.which(argv[0], path=clean_env(env)["PATH"]) is None:
-        raise CommandError(argv, 127, f"{argv[0]}: not found")  # not setpriv's words for it
-    with _stdin_from(input) as stdin, _starting(argv):
-        proc = subprocess.Popen(
-            [*_dies_with_us(), *argv],
-            stdin=stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=clean_env(env),
-            cwd=cwd,
-        )
+    with _stdin_from(input) as stdin:
+        proc = _spawn(argv, stdin, env, cwd)
     with proc:
         out, err = _communicate(proc, argv, timeout)
     return _result(argv, proc.returncode, out, err, check)
@@ -186,54 +182,169 @@ def _dies_with_us() -> tuple[str, ...]:
     return (setpriv, "--pdeathsig", "KILL", "--") if setpriv else ()
 
 
+class OutputTooLarge(HostToolError):
+    """A command wrote more to stdout than its caller keeps; it was killed."""
+
+    def __init__(self, argv: Sequence[str], limit: int) -> None:
+        self.argv = list(argv)
+        self.limit = limit
+        super().__init__(f"{argv[0]} wrote more than {limit} bytes to its output; it was stopped")
+
+
+class _Sink:
+    """What is kept of one pipe: all of it, at most ``limit`` bytes, or (``tail``) its end."""
+
+    def __init__(self, limit: int | None = None, *, tail: bool = False) -> None:
+        self.data = bytearray()
+        self.limit = limit
+        self.tail = tail
+
+    def add(self, chunk: bytes) -> bool:
+        """Keep ``chunk``; False when the pipe said more than its limit."""
+        self.data += chunk
+        if self.tail and len(self.data) > 2 * _STDERR_TAIL:
+            del self.data[:-_STDERR_TAIL]
+        return self.limit is None or len(self.data) <= self.limit
+
+
+def _pump(proc: subprocess.Popen[bytes], argv: list[str], timeout: float,
+          sinks: Mapping[IO[bytes], _Sink], err: _Sink) -> None:
+    """Read ``proc``'s pipes into ``sinks`` until they close and ``proc`` exits.
+
+    Bounded by ``timeout`` and by the current cancel token, and by each sink's
+    limit: past any of them ``proc`` is killed and reaped, and the error raised
+    (``err`` is the sink whose tail a timeout reports).
+    """
+    token = current_token()
+    deadline = time.monotonic() + timeout
+
+    def stop(error: BaseException) -> BaseException:
+        _kill(proc)
+        return error
+
+    def check() -> float:
+        if token is not None and token.cancelled:
+            raise stop(Cancelled("operation cancelled"))
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise stop(_timed_out(argv, timeout, bytes(err.data)))
+        return min(left, _CANCEL_POLL_S)
+
+    try:
+        with selectors.DefaultSelector() as sel:
+            for pipe, sink in sinks.items():
+                sel.register(pipe, selectors.EVENT_READ, sink)
+            while sel.get_map():
+                for key, _ in sel.select(check()):
+                    chunk = os.read(key.fd, _CHUNK)
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                    elif not key.data.add(chunk):
+                        raise stop(OutputTooLarge(argv, key.data.limit or 0))
+        while True:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=check())
+                return
+    except BaseException:  # Ctrl-C included: never leave the child running
+        _kill(proc)
+        raise
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """Kill ``proc`` and its process group, and reap it.
+
+    The group too: a shell's own child (``sh -c 'sleep 30'``) holds the pipes
+    open after the shell is gone.
+    """
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def _communicate(
     proc: subprocess.Popen[bytes], argv: list[str], timeout: float
 ) -> tuple[bytes, bytes]:
     """``proc.communicate`` bounded by ``timeout`` and by the current cancel token."""
-    token = current_token()
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        step = left if token is None else min(left, _CANCEL_POLL_S)
-        try:
-            return proc.communicate(timeout=max(step, 0))
-        except subprocess.TimeoutExpired:
-            cancelled = token is not None and token.cancelled
-            if not cancelled and time.monotonic() < deadline:
-                continue
-            proc.kill()
-            _, err = proc.communicate()
-            if cancelled:
-                raise Cancelled("operation cancelled") from None
-            raise _timed_out(argv, timeout, err) from None
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = _Sink(), _Sink()
+    _pump(proc, argv, timeout, {proc.stdout: out, proc.stderr: err}, err)
+    return bytes(out.data), bytes(err.data)
+
+
+def _spawn(argv: list[str], stdin: int | IO[bytes], env: Mapping[str, str] | None = None,
+           cwd: str | os.PathLike[str] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (dying with us) with both output streams piped."""
+    if shutil.which(argv[0], path=clean_env(env)["PATH"]) is None:
+        raise CommandError(argv, 127, f"{argv[0]}: not found")  # not setpriv's words for it
+    with _starting(argv):
+        return subprocess.Popen(
+            [*_dies_with_us(), *argv], stdin=stdin, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=clean_env(env), cwd=cwd, process_group=0,
+        )
+
+
+def run_untrusted(
+    argv: Sequence[str], *, timeout: float, stdout_limit: int,
+    input: bytes | IO[bytes] | None = None,
+) -> bytes:
+    """Run ``argv`` whose output is untrusted (a guest's): its stdout, at most ``stdout_limit``.
+
+    Only a tail of stderr is kept, however much the child writes; past
+    ``stdout_limit`` bytes of stdout the child is killed and ``OutputTooLarge``
+    raised. Timeout, cancel and a non-zero exit behave as in :func:`run`.
+    """
+    argv = _logged_argv(argv)
+    with _stdin_from(input) as stdin:
+        proc = _spawn(argv, stdin)
+    with proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = _Sink(stdout_limit), _Sink(tail=True)
+        _pump(proc, argv, timeout, {proc.stdout: out, proc.stderr: err}, err)
+    return _result(argv, proc.returncode, bytes(out.data), bytes(err.data), True).stdout
 
 
 @contextlib.contextmanager
 def stream_stdout(argv: Sequence[str], *, timeout: float) -> Iterator[IO[bytes]]:
     """Run ``argv`` with its stdout as a stream read inside the block.
 
-    The child is killed if the block raises (or it outlives ``timeout`` past
-    the block); a non-zero exit raises ``CommandError``. Data flows into this
-    process, so nothing the child does outlives a killed daemon.
+    A thread keeps the tail of stderr, and kills the child at ``timeout`` or
+    on a cancel (a read in the block then ends, and the timeout or
+    ``Cancelled`` is raised, not what the short read caused). The child is
+    killed if the block raises; a non-zero exit raises ``CommandError``.
+    Data flows into this process, so nothing the child does outlives a killed daemon.
     """
     argv = _logged_argv(argv)
-    if shutil.which(argv[0], path=clean_env()["PATH"]) is None:
-        raise CommandError(argv, 127, f"{argv[0]}: not found")
-    proc = subprocess.Popen(
-        [*_dies_with_us(), *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, env=clean_env(),
-    )
+    proc = _spawn(argv, subprocess.DEVNULL)
+    err = _Sink(tail=True)
+    failed: list[BaseException] = []
+
+    def watch() -> None:
+        assert proc.stderr is not None
+        try:
+            _pump(proc, argv, timeout, {proc.stderr: err}, err)
+        except BaseException as exc:  # re-raised in the caller's thread
+            failed.append(exc)
+
+    watcher = threading.Thread(target=contextvars.copy_context().run, args=(watch,),
+                               name="stream-stdout", daemon=True)
     with proc:
         assert proc.stdout is not None
+        watcher.start()
         try:
             yield proc.stdout
-        except BaseException:
-            proc.kill()
+        except BaseException as exc:
+            _kill(proc)
+            watcher.join()
+            if failed:
+                raise failed[0] from exc
             raise
         finally:
             proc.stdout.close()
-        _, err = _communicate(proc, argv, timeout)
-    _result(argv, proc.returncode, b"", err, True)
+        watcher.join()
+        if failed:
+            raise failed[0]
+    _result(argv, proc.returncode, b"", bytes(err.data), True)
 
 
 async def arun(

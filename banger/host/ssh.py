@@ -25,9 +25,18 @@ import asyncssh
 
 from banger.core.errors import GuestError, InvalidInput, StoreError
 from banger.core.sshcmd import CONNECT_TIMEOUT, ssh_argv
+from banger.core.validate import approx_size
 from banger.core.wait import Backoff
 from banger.host.files import atomic_write_text, flock_wait, open_nofollow, write_private
-from banger.host.run import CommandError, arun, arun_to_log, require_tool, run, stream_stdout
+from banger.host.run import (
+    CommandError,
+    OutputTooLarge,
+    arun,
+    arun_to_log,
+    require_tool,
+    run,
+    run_untrusted,
+)
 
 log = logging.getLogger("banger.host.ssh")
 
@@ -308,31 +317,33 @@ class GuestCommandError(GuestError):
         return cls(exc.returncode, lines[-1][:300] if lines else "")
 
 
+# What a workspace script may print on stdout while it runs (it prints nothing).
+_RUN_STDOUT_LIMIT = 64 << 10
+
+
 def run_in_guest(target: GuestTarget, command: Sequence[str], stdin: IO[bytes] | None,
                  timeout: float) -> None:
     """Run ``command`` in the guest with ``stdin`` (a file); GuestCommandError if it fails."""
-    try:
-        run(target.argv(command), input=stdin, timeout=timeout)
-    except CommandError as exc:
-        raise GuestCommandError.of(exc) from None
+    _from_guest(target, command, stdin, _RUN_STDOUT_LIMIT, timeout)
 
 
 def read_from_guest(target: GuestTarget, command: Sequence[str], limit: int,
                     timeout: float) -> bytes:
     """The stdout of ``command`` in the guest, at most ``limit`` bytes (else GuestError)."""
-    chunks: list[bytes] = []
-    total = 0
+    return _from_guest(target, command, None, limit, timeout)
+
+
+def _from_guest(target: GuestTarget, command: Sequence[str], stdin: IO[bytes] | None,
+                limit: int, timeout: float) -> bytes:
+    """``command``'s stdout: bounded in size and time, only a tail of its stderr kept."""
     try:
-        with stream_stdout(target.argv(command), timeout=timeout) as out:
-            while chunk := out.read(1 << 20):
-                total += len(chunk)
-                if total > limit:
-                    raise GuestError(f"the guest sent more than {limit >> 20} MiB",
-                                     hint="a guest answer this large is refused; see the VM")
-                chunks.append(chunk)
+        return run_untrusted(target.argv(command), input=stdin, stdout_limit=limit,
+                             timeout=timeout)
+    except OutputTooLarge:
+        raise GuestError(f"the guest sent more than {approx_size(limit)} on a command's output",
+                         hint="a guest answer this large is refused; see the VM") from None
     except CommandError as exc:
         raise GuestCommandError.of(exc) from None
-    return b"".join(chunks)
 
 
 def _as_bytes(data: object) -> bytes:

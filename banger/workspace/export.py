@@ -1,18 +1,17 @@
-"""Reading what a guest's export sent back: untrusted bytes, parsed strictly, shown escaped."""
+"""Reading what a guest's export sent back: untrusted bytes, parsed strictly (shown escaped:
+``core.display``)."""
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass
 
 from banger.core.errors import GuestError
 
 _LENGTH = re.compile(rb"[0-9]{1,12}")
+_LENGTH_LINE_MAX = 13  # 12 digits and the newline
+MAX_CHANGES = 100_000  # past this a list is a guest's build output (or an attack), not an edit
 _STATUS = re.compile(rb"[ACDMRTUX][0-9]{0,3}")
-# Format characters (bidi overrides, zero-width) and line/paragraph separators too:
-# a name the guest made must not reorder or hide what the terminal shows around it.
-_HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 @dataclass(frozen=True)
@@ -29,17 +28,38 @@ def _refuse(why: str) -> GuestError:
 
 def parse_export(out: bytes) -> tuple[list[Change], bytes]:
     """Split the export script's output into the changed files and the patch."""
-    head, newline, rest = out.partition(b"\n")
-    if not newline or not _LENGTH.fullmatch(head):
+    changes, start = split_export(out)
+    return changes, out[start:]
+
+
+def split_export(out: bytes) -> tuple[list[Change], int]:
+    """The changed files of the export script's output, and where its patch starts.
+
+    The patch is left in place (it may be hundreds of MiB): the caller reads it from ``out``.
+    """
+    newline = out.find(b"\n", 0, _LENGTH_LINE_MAX)
+    if newline < 0 or not _LENGTH.fullmatch(out[:newline]):
         raise _refuse("no length line")
-    length = int(head)
-    if length > len(rest):
+    start = newline + 1
+    length = int(out[:newline])
+    if length > len(out) - start:
         raise _refuse("the file list is cut short")
-    return parse_name_status(rest[:length]), rest[length:]
+    return parse_name_status(out[start:start + length]), start + length
+
+
+def _too_many() -> GuestError:
+    return GuestError(f"the guest's export lists more than {MAX_CHANGES} changed files",
+                      hint="remove or .gitignore what the guest generated, then export again; "
+                           "see: banger vm ssh VM")
 
 
 def parse_name_status(data: bytes) -> list[Change]:
-    """``git diff --name-status -z`` output: STATUS NUL PATH NUL (two paths for R and C)."""
+    """``git diff --name-status -z`` output: STATUS NUL PATH NUL (two paths for R and C).
+
+    At most ``MAX_CHANGES`` entries: the count is checked before the split.
+    """
+    if data.count(b"\0") > 3 * MAX_CHANGES:
+        raise _too_many()
     fields = data.split(b"\0")
     if fields and fields[-1] == b"":
         fields.pop()
@@ -58,15 +78,6 @@ def parse_name_status(data: bytes) -> list[Change]:
         else:
             changes.append(Change(status.decode(), fields[i + 1]))
         i += 3 if two else 2
+    if len(changes) > MAX_CHANGES:
+        raise _too_many()
     return changes
-
-
-def display_path(path: bytes) -> str:
-    """``path`` for a terminal: invalid UTF-8 and control characters as escapes."""
-    text = path.decode("utf-8", "backslashreplace")
-    return "".join(_escape(c) if unicodedata.category(c) in _HIDDEN else c for c in text)
-
-
-def _escape(char: str) -> str:
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

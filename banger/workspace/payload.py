@@ -9,7 +9,6 @@ whole-second mtime, which the shipped index relies on.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import tarfile
@@ -17,10 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from banger.core.errors import Conflict
-from banger.workspace.stage import Entry, Staged, walk_tree
-
-_MODES = {"file": 0o644, "exec": 0o755}
+from banger.workspace.stage import Entry, Staged, changed, guest_mode, parents_of, walk_tree
 
 
 @dataclass(frozen=True)
@@ -28,6 +24,7 @@ class PayloadSummary:
     files: int  # workspace files and links (not directories, not git's own)
     bytes: int  # their sizes
     archive_bytes: int
+    entries: int = 0  # every member (git's own and directories too): the inodes it takes
 
 
 class _Writer:
@@ -46,9 +43,7 @@ class _Writer:
 
     def parents(self, name: bytes) -> None:
         """Directory entries (0755) for every parent of ``name`` not written yet."""
-        parts = name.split(b"/")[:-1]
-        for i in range(1, len(parts) + 1):
-            d = b"/".join(parts[:i])
+        for d in parents_of(name):
             if d not in self.dirs:
                 self.dirs.add(d)
                 self.tar.addfile(self._info(d, tarfile.DIRTYPE, 0o755, self.now))
@@ -61,8 +56,11 @@ class _Writer:
         if entry.kind == "dir":
             if name not in self.dirs:
                 self.dirs.add(name)
-                st = os.lstat(path)
-                mode = stat.S_IMODE(st.st_mode) & 0o1777 if keep_mode else 0o755
+                try:
+                    st = os.lstat(path)
+                except OSError as exc:
+                    raise changed(path, exc) from None
+                mode = guest_mode("dir", st.st_mode, keep_mode=keep_mode)
                 self.tar.addfile(self._info(name, tarfile.DIRTYPE, mode, st.st_mtime))
             return 0
         if entry.kind == "link":
@@ -74,7 +72,7 @@ class _Writer:
             target = os.readlink(path)
             st = os.lstat(path)
         except OSError as exc:
-            raise _changed(path, exc) from None
+            raise changed(path, exc) from None
         info = self._info(name, tarfile.SYMTYPE, 0o777, st.st_mtime)
         info.linkname = os.fsdecode(target)
         self.tar.addfile(info)
@@ -84,26 +82,19 @@ class _Writer:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
-            raise _changed(path, exc) from None
+            raise changed(path, exc) from None
         with os.fdopen(fd, "rb") as f:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise _changed(path, None)
-            mode = stat.S_IMODE(st.st_mode) & 0o1777 if keep_mode else _MODES[entry.kind]
+                raise changed(path, None)
+            mode = guest_mode(entry.kind, st.st_mode, keep_mode=keep_mode)
             info = self._info(name, tarfile.REGTYPE, mode, st.st_mtime)
             info.size = st.st_size
             try:
                 self.tar.addfile(info, f)
             except OSError as exc:  # it shrank while being read
-                raise _changed(path, exc) from None
+                raise changed(path, exc) from None
             return st.st_size
-
-
-def _changed(path: bytes, exc: OSError | None) -> Conflict:
-    why = "it became a symlink" if exc is not None and exc.errno == errno.ELOOP else (
-        exc.strerror if exc is not None else "it is no longer a regular file")
-    return Conflict(f"{os.fsdecode(path)!r} changed while the workspace was prepared ({why})",
-                    hint="run the prepare again once the tree is quiet")
 
 
 def write_payload(staged: Staged, out: Path) -> PayloadSummary:
@@ -122,4 +113,6 @@ def write_payload(staged: Staged, out: Path) -> PayloadSummary:
                 writer.parents(prefix + b"x")
                 for entry in walk_tree(extra):
                     writer.add(prefix, extra, entry, keep_mode=False)
-    return PayloadSummary(files=files, bytes=size, archive_bytes=out.stat().st_size)
+        entries = len(tar.getmembers())
+    return PayloadSummary(files=files, bytes=size, archive_bytes=out.stat().st_size,
+                          entries=entries)

@@ -14,33 +14,41 @@ NO_WORKSPACE = 93
 NO_REPOSITORY = 94
 NO_COMMIT = 95
 NO_BASE = 96
+NO_INODES = 97
 
 _COMMON = r"""set -eu
 die() { code=$1; shift; printf '%s\n' "$*" >&2; exit "$code"; }
 dest=$1
-parent=${dest%/*}
-name=${dest##*/}
-base_dir=$parent/.$name.banger-base.git
 """
 
-# stdin: the payload tar (tree/ and, for full_copy, base.git/). $2 bytes, $3 mode.
-# Unpacks next to the old workspace, then swaps: the old tree stays whole until
-# the new one is complete, and is removed in the background. What an earlier
-# prepare left is removed before the room check; a failed unpack removes its part.
-PREPARE = _COMMON + r"""need=$2 mode=$3
+# stdin: the payload tar (tree/ and, for full_copy, base.git/). $2 its bytes, $3 where
+# the baseline repository goes (disk.base_dir_of), $4 its entries (one inode each).
+# Unpacks into a fresh directory next to the old workspace, then swaps: the old tree
+# stays whole until the new one is complete, and is removed in the background. The
+# directories are unique (mktemp), so a removal still running from the prepare before
+# races nothing; what interrupted prepares left is removed before the room check; a
+# failed unpack removes its part.
+PREPARE = _COMMON + r"""need=$2 base_dir=$3 entries=$4
 command -v tar >/dev/null 2>&1 || die 90 tar
 command -v git >/dev/null 2>&1 || die 91 git
-new=$parent/.$name.banger-new
-old=$parent/.$name.banger-old
+parent=${dest%/*}
+name=${dest##*/}
 mkdir -p "$parent"
-rm -rf "$new" "$old"
-avail=$(df -Pk "$parent" | awk 'NR == 2 { print $4 }')
+for left in "$parent/.$name.banger-new."* "$parent/.$name.banger-old."*; do
+    if [ -e "$left" ] || [ -L "$left" ]; then rm -rf "$left" 2>/dev/null || :; fi
+done
+df_free() { df -P "$1" "$parent" | awk 'NR == 2 { print $4 }'; }
+avail=$(df_free -k) inodes=$(df_free -i)
+for n in "$avail" "$inodes"; do
+    case $n in ''|*[!0-9]*) die 1 "cannot read the free space of $parent (df)" ;; esac
+done
 [ $(( need / 1024 + 1 )) -le "$avail" ] || die 92 "$need $(( avail * 1024 ))"
+[ "$entries" -le "$inodes" ] || die 97 "$entries $inodes"
+new=$(mktemp -d "$parent/.$name.banger-new.XXXXXX")
 trap 'rm -rf "$new"' EXIT
-mkdir -m 0700 "$new"
 tar -x -f - -C "$new"
 [ -d "$new/tree" ] || die 1 "the payload holds no tree"
-mkdir -m 0700 "$old"
+old=$(mktemp -d "$parent/.$name.banger-old.XXXXXX")
 if [ -e "$dest" ] || [ -L "$dest" ]; then mv "$dest" "$old/tree"; fi
 if [ -e "$base_dir" ]; then mv "$base_dir" "$old/base.git"; fi
 mv "$new/tree" "$dest"
@@ -53,8 +61,9 @@ fi
 """
 
 # stdout: the length of the NUL-separated name-status list, a newline, the list,
-# then the binary patch. $2 mode, $3 the prepared tree, $4 a base commit or "".
-EXPORT = _COMMON + r"""mode=$2 base=$3 commit=$4
+# then the binary patch. $2 mode, $3 the prepared tree, $4 a base commit or "",
+# $5 the baseline repository of a full_copy workspace (disk.base_dir_of).
+EXPORT = _COMMON + r"""mode=$2 base=$3 commit=$4 base_dir=$5
 command -v git >/dev/null 2>&1 || die 91 git
 cd "$dest" 2>/dev/null || die 93 "$dest"
 gitdir=$dest/.git
@@ -76,6 +85,7 @@ wc -c < "$names"
 cat "$names"
 git diff-tree -r -M --binary --full-index -p "$base" "$tree"
 """
+
 
 def script_argv(script: str, *args: str) -> list[str]:
     """The guest argv that runs ``script`` with ``args`` as ``$1 $2 ...``."""

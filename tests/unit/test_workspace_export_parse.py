@@ -7,13 +7,21 @@ guest path and ``--base-commit``), and ``exec_argv``, which must hand CMD over v
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from banger.core.display import display_path
 from banger.core.errors import GuestError, InvalidInput
 from banger.core.workspace import exec_argv, validate_commit_id, validate_guest_path
-from banger.workspace.export import Change, display_path, parse_export, parse_name_status
+from banger.workspace.export import (
+    MAX_CHANGES,
+    Change,
+    parse_export,
+    parse_name_status,
+    split_export,
+)
 
 
 def export_of(names: bytes, patch: bytes = b"") -> bytes:
@@ -90,6 +98,30 @@ def test_a_malformed_list_inside_a_valid_length_is_refused_whole() -> None:
 def test_a_rename_and_a_copy_carry_both_paths() -> None:
     assert parse_name_status(b"R100\0a\0b\0C075\0b\0c\0M\0d\0") == [
         Change("R100", b"b", b"a"), Change("C075", b"c", b"b"), Change("M", b"d")]
+
+
+def test_a_list_of_the_maximum_length_is_accepted_renames_included() -> None:
+    assert len(parse_name_status(b"M\0a\0" * MAX_CHANGES)) == MAX_CHANGES
+    assert len(parse_name_status(b"R100\0a\0b\0" * MAX_CHANGES)) == MAX_CHANGES
+
+
+@pytest.mark.parametrize("names", [
+    b"M\0a\0" * (MAX_CHANGES + 1),
+    b"R100\0a\0b\0" * (MAX_CHANGES + 1),
+    b"M\0a\0" * (4 << 20),  # 16 MiB: 4M changes that took 30 s and 2.6 GiB to split
+])
+def test_a_list_past_the_maximum_is_refused_before_it_is_split(names: bytes) -> None:
+    start = time.monotonic()
+    with pytest.raises(GuestError, match=f"more than {MAX_CHANGES} changed files") as err:
+        parse_export(export_of(names))
+    assert time.monotonic() - start < 2
+    assert err.value.hint and ".gitignore" in err.value.hint
+
+
+def test_split_export_leaves_the_patch_in_place() -> None:
+    out = export_of(b"A\0new\0", b"diff --git a/new b/new\n")
+    changes, start = split_export(out)
+    assert changes == [Change("A", b"new")] and out[start:] == b"diff --git a/new b/new\n"
 
 
 @pytest.mark.parametrize(("raw", "shown"), [
