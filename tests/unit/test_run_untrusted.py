@@ -31,11 +31,16 @@ def py(script: str) -> list[str]:
     return [sys.executable, "-c", script]
 
 
+def _children() -> set[bytes]:
+    found = subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True, check=False)
+    return set(found.stdout.split())
+
+
 @pytest.fixture(autouse=True)
 def no_child_left() -> Iterator[None]:
+    before = _children()  # earlier tests' long-lived children (a daemon) are not this test's
     yield
-    left = subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True, check=False)
-    assert left.stdout == b"", "a child (or its group) outlived the call"
+    assert _children() - before == set(), "a child (or its group) outlived the call"
     sleepers = subprocess.run(["pgrep", "-f", "^sleep 31.4159$"], capture_output=True, check=False)
     assert sleepers.stdout == b"", "a grandchild outlived the call"
 
