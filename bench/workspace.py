@@ -18,7 +18,7 @@ from typing import Any
 
 from banger.api.models import Operation
 from bench.env import BenchEnv, Progress
-from bench.measure import load, op_for, stage_seconds
+from bench.measure import create_figures, load, op_for, stage_seconds
 from bench.stats import summary
 
 GEN_DIRS = 100
@@ -40,6 +40,7 @@ GUEST_GIT = (  # export's index step alone (workspace/scripts.py EXPORT), on a s
     'cd "$1" && cp .git/index "$2" && export GIT_INDEX_FILE="$2" && '
     'git -c core.fsmonitor=false add --all -- . && git write-tree >/dev/null && rm -f "$2"'
 )
+CREATE_WS_STAGES = ("stage", "workspace", "pack", "copy")
 PRE_BOOT, OVER_SSH = "pre-boot: one debugfs batch into the work disk", "over SSH after boot"
 
 
@@ -110,63 +111,86 @@ def _stages(op: Operation, names: tuple[str, ...]) -> dict[str, Any]:
     """The workspace stages ``op`` ran (seconds each), and which path the workspace took."""
     ran = {s.name for s in op.stages}
     out: dict[str, Any] = {f"{n}_s": stage_seconds(op, n) for n in names if n in ran}
-    out["path"] = OVER_SSH if "copy" in ran else PRE_BOOT
+    if op.kind == "vm.create":
+        out["launch_to_ssh_s"] = create_figures(op)["launch_to_ssh_s"]
+    if "stage" in ran:  # a workspace was shipped
+        out["path"] = OVER_SSH if "copy" in ran else PRE_BOOT
     return out
 
 
-def _with_stages(rows: list[dict[str, Any]], wall: list[float],
-                 bare_p50: float) -> dict[str, Any]:
-    paths = sorted({row["path"] for row in rows})
-    keys = sorted({k for row in rows for k in row if k != "path"})
-    wall_s = summary(wall)
-    return {
-        "wall_s": wall_s,
-        "delta_p50_s": round(wall_s["p50"] - bare_p50, 3),
-        "stages": {k: summary([row[k] for row in rows if k in row]) for k in keys},
-        "path": paths[0] if len(paths) == 1 else paths,
-    }
+def _with_stages(rows: list[dict[str, Any]], wall: list[float]) -> dict[str, Any]:
+    paths = sorted({row["path"] for row in rows if "path" in row})
+    keys = list(dict.fromkeys(k for row in rows for k in row if k != "path"))
+    stages = {k: summary([row[k] for row in rows if k in row]) for k in keys}
+    out: dict[str, Any] = {"wall_s": summary(wall), "stages": stages}
+    if paths:
+        out["path"] = paths[0] if len(paths) == 1 else paths
+        out["workspace_stages_s"] = summary(  # the time the workspace itself added to the run
+            [sum(row.get(f"{n}_s", 0.0) for n in CREATE_WS_STAGES) for row in rows])
+    return out
 
 
 def runs_vs_bare(env: BenchEnv, gen: Path, runs: int, progress: Progress) -> dict[str, Any]:
-    """``vm run --rm -- true`` bare, with this checkout, with the generated repo: alternated."""
+    """``vm run --rm -- true`` bare, with this checkout, with the generated repo.
+
+    Alternated, the order rotated each round, so that no kind always follows
+    another (a run right after the generated one pays for its writeback).
+    """
     warm = env.cli_ok("vm", "run", "--rm", "--name", "bench-wswarm", "--", "true").seconds
     progress(f"warm-up vm run --rm true (not counted): {warm:.2f} s")
-    kinds = {"bare": None, "self": self_checkout(), "generated": gen}
-    wall: dict[str, list[float]] = {k: [] for k in kinds}
-    rows: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds if kinds[k] is not None}
+    kinds: list[tuple[str, Path | None]] = [("bare", None), ("self", self_checkout()),
+                                            ("generated", gen)]
+    wall: dict[str, list[float]] = {k: [] for k, _ in kinds}
+    rows: dict[str, list[dict[str, Any]]] = {k: [] for k, _ in kinds}
     for i in range(runs):
-        for kind, path in kinds.items():
+        for kind, path in kinds[i % 3:] + kinds[:i % 3]:
             name = f"bench-ws{kind[0]}{i}"
             where = [] if path is None else [str(path)]
             timed = env.cli_ok("vm", "run", *where, "--rm", "--name", name, "--", "true")
             wall[kind].append(timed.seconds)
-            if path is not None:
-                op = op_for(env.operations(), "vm.create", name)
-                rows[kind].append(_stages(op, ("stage", "workspace", "pack", "copy")))
+            rows[kind].append(_stages(op_for(env.operations(), "vm.create", name),
+                                      CREATE_WS_STAGES))
             progress(f"vm run {kind} --rm true: {timed.seconds:.2f} s")
-    bare = summary(wall["bare"])
-    out: dict[str, Any] = {"warmup_s": round(warm, 3), "bare_s": bare}
-    for kind in rows:
-        out[kind] = _with_stages(rows[kind], wall[kind], bare["p50"])
+    out: dict[str, Any] = {"warmup_s": round(warm, 3), "order": "rotated each round"}
+    for kind, _ in kinds:
+        out[kind] = _with_stages(rows[kind], wall[kind])
+    for kind in ("self", "generated"):
+        out[kind]["delta_p50_s"] = round(out[kind]["wall_s"]["p50"]
+                                         - out["bare"]["wall_s"]["p50"], 3)
     out["self"]["repo"] = str(self_checkout())
     out["load"] = load()
     return out
 
 
+def settle(env: BenchEnv) -> float:
+    """Wait until the guest has removed the tree a prepare replaced (it does so in the
+    background: workspace/scripts.py PREPARE) and written back its page cache, so that
+    no timed step shares the guest's CPU or disk with the one before."""
+    guest = env.client.request("GET", f"/vms/{WS_VM}")["workspace"]["guest_path"]
+    parent, _, name = guest.rpartition("/")
+    return ssh_seconds(env, 'while [ -e "$1" ]; do sleep 0.1; done; sync',
+                       f"{parent}/.{name}.banger-old")
+
+
 def prepare_on_running(env: BenchEnv, gen: Path, runs: int,
                        progress: Progress) -> dict[str, Any]:
-    """``vm workspace prepare`` of ``gen`` into the running ``WS_VM``, ``runs`` times."""
-    wall, rows = [], []
+    """``vm workspace prepare`` of ``gen`` into the running ``WS_VM``, ``runs`` times.
+
+    The first goes into an empty VM; each later one replaces the previous tree.
+    """
+    wall, rows, settled = [], [], []
     for _ in range(runs):
         timed = env.cli_ok("vm", "workspace", "prepare", WS_VM, str(gen))
         op = op_for(env.operations(), "vm.workspace.prepare", WS_VM)
         wall.append(timed.seconds)
         rows.append(_stages(op, ("stage", "pack", "copy")))
+        settled.append(settle(env))
         progress(f"prepare {timed.seconds:.2f} s ("
-                 + ", ".join(f"{k} {v:.2f} s" for k, v in rows[-1].items() if k != "path") + ")")
-    keys = [k for k in rows[0] if k != "path"]
-    return {"wall_s": summary(wall), "path": rows[0]["path"],
-            "stages": {k: summary([row[k] for row in rows]) for k in keys}, "load": load()}
+                 + ", ".join(f"{k} {v:.2f} s" for k, v in rows[-1].items() if k != "path")
+                 + f"), then the old tree's removal {settled[-1]:.2f} s")
+    out = _with_stages(rows, wall)
+    out.update(first_s=round(wall[0], 3), settle_s=summary(settled), load=load())
+    return out
 
 
 def ssh_seconds(env: BenchEnv, script: str, *args: str, stdin: Path | None = None) -> float:
@@ -195,7 +219,7 @@ def copy_split(env: BenchEnv, gen: Path, progress: Progress) -> dict[str, Any]:
     out["upload_to_file_s"] = ssh_seconds(env, 'cat > "$1"', GUEST_TAR, stdin=tar)
     out["guest_unpack_s"] = ssh_seconds(env, 'mkdir "$2" && tar -x -f "$1" -C "$2"',
                                         GUEST_TAR, GUEST_DIR)
-    ssh_seconds(env, 'rm -rf "$1" "$2"', GUEST_TAR, GUEST_DIR)
+    ssh_seconds(env, 'rm -rf "$1" "$2" && sync', GUEST_TAR, GUEST_DIR)
     out = {k: round(v, 3) for k, v in out.items()}
     progress(f"copy split: {made.archive_bytes / 1e6:.0f} MB tar, to /dev/null "
              f"{out['transfer_s']:.2f} s, unpack from a file {out['guest_unpack_s']:.2f} s")
