@@ -252,8 +252,9 @@ def _workspace_rows(doc: dict[str, Any]) -> list[Row]:
         c = prep.get("copy_split")
         if c:
             rows.append(("", f"  copy apart ({c['archive_bytes'] / 1e6:.0f} MB tar, one vm ssh "
-                         f"each): to /dev/null {secs(c['transfer_s'])}, unpack from a file "
-                         f"{secs(c['guest_unpack_s'])}, vm ssh true {secs(c['vm_ssh_true_s'])}",
+                         f"each, p50): to /dev/null {secs(c['transfer_s']['p50'])}, unpack from a "
+                         f"file {secs(c['guest_unpack_s']['p50'])}, vm ssh true "
+                         f"{secs(c['vm_ssh_true_s']['p50'])}",
                          "", "", ""))
     exp = ws.get("export")
     if exp:

@@ -199,8 +199,8 @@ def ssh_seconds(env: BenchEnv, script: str, *args: str, stdin: Path | None = Non
                       stdin=stdin).seconds
 
 
-def copy_split(env: BenchEnv, gen: Path, progress: Progress) -> dict[str, Any]:
-    """Prepare's copy stage taken apart: the same tar sent to /dev/null, then unpacked alone.
+def copy_split(env: BenchEnv, gen: Path, runs: int, progress: Progress) -> dict[str, Any]:
+    """Prepare's copy stage taken apart: the same tar sent to /dev/null, and unpacked alone.
 
     The tar is built here with the product's own staging and writer; each
     probe is one ``vm ssh`` over the VM's shared connection, like the copy.
@@ -213,17 +213,19 @@ def copy_split(env: BenchEnv, gen: Path, progress: Progress) -> dict[str, Any]:
     scratch.mkdir()
     tar = scratch / "payload.tar"
     made = write_payload(stage(make_plan(gen, WorkspaceMode.GIT), scratch), tar)
-    out = {"archive_bytes": made.archive_bytes,
-           "vm_ssh_true_s": env.cli_ok("vm", "ssh", WS_VM, "--", "true").seconds,
-           "transfer_s": ssh_seconds(env, "cat > /dev/null", stdin=tar)}
-    out["upload_to_file_s"] = ssh_seconds(env, 'cat > "$1"', GUEST_TAR, stdin=tar)
-    out["guest_unpack_s"] = ssh_seconds(env, 'mkdir "$2" && tar -x -f "$1" -C "$2"',
-                                        GUEST_TAR, GUEST_DIR)
-    ssh_seconds(env, 'rm -rf "$1" "$2" && sync', GUEST_TAR, GUEST_DIR)
-    out = {k: round(v, 3) for k, v in out.items()}
-    progress(f"copy split: {made.archive_bytes / 1e6:.0f} MB tar, to /dev/null "
-             f"{out['transfer_s']:.2f} s, unpack from a file {out['guest_unpack_s']:.2f} s")
-    return out
+    ssh_seconds(env, 'cat > "$1" && sync', GUEST_TAR, stdin=tar)
+    rows: dict[str, list[float]] = {"vm_ssh_true_s": [], "transfer_s": [], "guest_unpack_s": []}
+    for _ in range(runs):
+        rows["vm_ssh_true_s"].append(env.cli_ok("vm", "ssh", WS_VM, "--", "true").seconds)
+        rows["transfer_s"].append(ssh_seconds(env, "cat > /dev/null", stdin=tar))
+        rows["guest_unpack_s"].append(ssh_seconds(
+            env, 'mkdir "$2" && tar -x -f "$1" -C "$2"', GUEST_TAR, GUEST_DIR))
+        ssh_seconds(env, 'rm -rf "$1" && sync', GUEST_DIR)
+        progress(f"copy apart: {made.archive_bytes / 1e6:.0f} MB tar to /dev/null "
+                 f"{rows['transfer_s'][-1]:.2f} s, unpacked from a file "
+                 f"{rows['guest_unpack_s'][-1]:.2f} s")
+    ssh_seconds(env, 'rm -f "$1"', GUEST_TAR)
+    return {"archive_bytes": made.archive_bytes, **{k: summary(v) for k, v in rows.items()}}
 
 
 def patch_files(patch: bytes) -> list[str]:
@@ -260,7 +262,7 @@ def workspaces(env: BenchEnv, runs: int, progress: Progress, doc: dict[str, Any]
     progress(f"prepare of the generated repo into running VM {WS_VM}: {runs} times")
     env.create_vm(WS_VM)
     doc["prepare"] = prepare_on_running(env, gen, runs, progress)
-    doc["prepare"]["copy_split"] = copy_split(env, gen, progress)
+    doc["prepare"]["copy_split"] = copy_split(env, gen, runs, progress)
     progress(f"{EDITED_FILES} files edited in the guest, export: {runs} times")
     doc["export"] = export = export_after_edit(env, runs, progress)
     env.delete_vm(WS_VM)
