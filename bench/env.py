@@ -101,14 +101,15 @@ class BenchEnv:
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
 
-    def cli(self, *args: str, timeout: float = 300) -> Timed:
-        """Run ``banger ARGS`` and time it (wall clock of the whole process)."""
-        started = time.perf_counter()
-        result = subprocess.run(
-            [*banger_argv(), *args], env=self.env(), text=True, capture_output=True,
-            stdin=subprocess.DEVNULL, timeout=timeout, check=False,
-        )  # fmt: skip
-        return Timed(result, time.perf_counter() - started)
+    def cli(self, *args: str, timeout: float = 300, stdin: Path | None = None) -> Timed:
+        """Run ``banger ARGS`` and time it (wall clock of the whole process); ``stdin`` fed in."""
+        with open(stdin or os.devnull, "rb") as feed:
+            started = time.perf_counter()
+            result = subprocess.run(
+                [*banger_argv(), *args], env=self.env(), text=True, capture_output=True,
+                stdin=feed, timeout=timeout, check=False,
+            )  # fmt: skip
+            return Timed(result, time.perf_counter() - started)
 
     def bare_python(self) -> float:
         """Seconds of ``python -c pass`` with the CLI's interpreter and environment."""
@@ -117,8 +118,8 @@ class BenchEnv:
                        capture_output=True, check=True, timeout=60)
         return time.perf_counter() - started
 
-    def cli_ok(self, *args: str, timeout: float = 300) -> Timed:
-        timed = self.cli(*args, timeout=timeout)
+    def cli_ok(self, *args: str, timeout: float = 300, stdin: Path | None = None) -> Timed:
+        timed = self.cli(*args, timeout=timeout, stdin=stdin)
         if not timed.ok:
             raise RuntimeError(
                 f"banger {' '.join(args)} failed ({timed.result.returncode}): "

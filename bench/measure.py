@@ -107,7 +107,7 @@ def cli_latency(env: BenchEnv, calls: int, progress: Progress) -> dict[str, Any]
     return doc
 
 
-def _op_for(ops: list[Operation], kind: str, target: str) -> Operation:
+def op_for(ops: list[Operation], kind: str, target: str) -> Operation:
     found = [op for op in ops if op.kind == kind and op.target == target]
     if not found:
         raise KeyError(f"no {kind} operation for {target}")
@@ -117,7 +117,7 @@ def _op_for(ops: list[Operation], kind: str, target: str) -> Operation:
 def run_breakdown(env: BenchEnv, name: str, started: float, ended: float) -> dict[str, float]:
     """Where one ``vm run --rm`` went, from its create and delete operations."""
     ops = env.operations()
-    create, delete = _op_for(ops, "vm.create", name), _op_for(ops, "vm.delete", name)
+    create, delete = op_for(ops, "vm.create", name), op_for(ops, "vm.delete", name)
     return {
         "cli_to_create_s": wall(create.created_at) - started,
         "create_s": wall(create.finished_at) - wall(create.created_at),

@@ -9,6 +9,9 @@ RUN_RATIO_TARGET = 1.10
 BOOT_TARGET_S = 6.0
 LIST_TARGET_S = 0.250
 CLI_RATIO_TARGET = 10.0  # vm list -q p50 / python -c pass p50, same run (issue 8)
+WS_DELTA_TARGET_S = 0.5  # vm run <this checkout> over a bare vm run, p50s (issue 9)
+WS_PREPARE_TARGET_S = 3.0  # prepare of the generated 10,000-file / 100 MB repo, p50
+WS_EXPORT_TARGET_S = 1.0  # export of a change to 100 of its files, p50
 
 Row = tuple[str, str, str, str, str]  # section, figure, value, target, verdict
 
@@ -73,6 +76,21 @@ def verdicts(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "target": CLI_RATIO_TARGET,
             "verdict": verdict(ratio <= CLI_RATIO_TARGET),
         }
+    out.update(_workspace_verdicts(doc.get("workspace") or {}))
+    return out
+
+
+def _workspace_verdicts(ws: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key, value, target in (
+        ("ws_self_delta", ws.get("vm_run", {}).get("self", {}).get("delta_p50_s"),
+         WS_DELTA_TARGET_S),
+        ("ws_prepare_p50", ws.get("prepare", {}).get("wall_s", {}).get("p50"),
+         WS_PREPARE_TARGET_S),
+        ("ws_export_p50", ws.get("export", {}).get("wall_s", {}).get("p50"), WS_EXPORT_TARGET_S),
+    ):
+        if value is not None:
+            out[key] = {"value_s": value, "target_s": target, "verdict": verdict(value <= target)}
     return out
 
 
@@ -187,6 +205,69 @@ def _cli_rows(doc: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _stage_text(stages: dict[str, Any]) -> str:
+    return ", ".join(f"{k.removesuffix('_s')} {secs(v['p50'])}" for k, v in stages.items())
+
+
+def _ws_run_rows(run: dict[str, Any], doc: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for kind, label, key in (("bare", "bare", ""), ("self", "this checkout", "ws_self_delta"),
+                             ("generated", "generated repo", "")):
+        r = run.get(kind)
+        if not r:
+            continue
+        w = r["wall_s"]
+        path = f" ({r['path']})" if "path" in r else ""
+        rows += [
+            ("", f"vm run {label} --rm true p50/p95", f"{secs(w['p50'])} / {secs(w['p95'])}",
+             "", ""),
+            ("", f"  p50: {_stage_text(r['stages'])}{path}", "", "", ""),
+        ]
+        if "delta_p50_s" in r:
+            rows.append(("", "  delta over bare (p50s); the workspace's own stages p50",
+                         f"{r['delta_p50_s']:+.2f} s; {secs(r['workspace_stages_s']['p50'])}",
+                         "<= 0.5 s" if key else "", _v(doc, key) if key else ""))
+    return rows
+
+
+def _workspace_rows(doc: dict[str, Any]) -> list[Row]:
+    ws = doc["workspace"]
+    rows: list[Row] = []
+    gen = ws.get("generated_repo")
+    if gen:
+        rows.append(("6 workspaces", f"generated repo: {gen['files']} files, "
+                     f"{gen['bytes'] / 1e6:.0f} MB, made in", secs(gen["seconds"]), "", ""))
+    if ws.get("vm_run"):
+        rows += _ws_run_rows(ws["vm_run"], doc)
+    prep = ws.get("prepare")
+    if prep:
+        w = prep["wall_s"]
+        rows += [
+            ("", "prepare generated repo, running VM p50/p95",
+             f"{secs(w['p50'])} / {secs(w['p95'])}", "<= 3 s", _v(doc, "ws_prepare_p50")),
+            ("", "  first (into an empty VM) / the replaced tree's removal after, p50",
+             f"{secs(prep['first_s'])} / {secs(prep['settle_s']['p50'])}", "", ""),
+            ("", f"  stage p50: {_stage_text(prep['stages'])} ({prep['path']})", "", "", ""),
+        ]
+        c = prep.get("copy_split")
+        if c:
+            rows.append(("", f"  copy apart ({c['archive_bytes'] / 1e6:.0f} MB tar, one vm ssh "
+                         f"each, p50): to /dev/null {secs(c['transfer_s']['p50'])}, unpack from a "
+                         f"file {secs(c['guest_unpack_s']['p50'])}, vm ssh true "
+                         f"{secs(c['vm_ssh_true_s']['p50'])}",
+                         "", "", ""))
+    exp = ws.get("export")
+    if exp:
+        w = exp["wall_s"]
+        rows += [
+            ("", f"export, {exp['patch_files']} files changed, p50/p95",
+             f"{secs(w['p50'])} / {secs(w['p95'])}", "<= 1 s", _v(doc, "ws_export_p50")),
+            ("", f"  guest git add --all + write-tree (one vm ssh) {secs(exp['guest_index_s'])}",
+             "", "", ""),
+        ]
+    return rows
+
+
 def table(doc: dict[str, Any]) -> str:
     """The human-readable summary of ``doc``."""
     rows: list[Row] = [("section", "figure", "value", "target", "result")]
@@ -196,6 +277,7 @@ def table(doc: dict[str, Any]) -> str:
         ("boot", _boot_rows),
         ("concurrent", _concurrent_rows),
         ("cli", _cli_rows),
+        ("workspace", _workspace_rows),
     ):
         if doc.get(key):
             rows += build(doc)
