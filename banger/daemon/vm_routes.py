@@ -51,7 +51,7 @@ async def show_vm(ref: Ref, daemon: DaemonDep) -> VMInfo:
 
 @router.patch("/vms/{ref}", response_model=VMInfo)
 async def set_vm(ref: Ref, body: VMSetRequest, daemon: DaemonDep) -> VMInfo:
-    vm = await daemon.vms.set(ref, body.vcpu, body.memory_mib, body.disk)
+    vm = await daemon.vms.set(ref, body.vcpu, body.memory_mib, body.disk, body.nat)
     return daemon.vms.rt.info(vm)
 
 
