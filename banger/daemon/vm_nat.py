@@ -10,6 +10,7 @@ elements only. Every step goes through ``HostOps``.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import structlog
 
@@ -22,6 +23,17 @@ from banger.store.db import Store
 from banger.store.records import VMRecord
 
 log = structlog.get_logger("banger.daemon.vm_nat")
+
+
+@dataclass(frozen=True)
+class NatStatus:
+    """What doctor reports of NAT (docs/doctor.md)."""
+
+    net_mode: NetMode
+    table: str
+    made: bool  # this daemon has made (or remade) its table
+    guests: int
+    error: str | None  # why the last table change failed
 
 
 def holds_nat(vm: VMRecord) -> bool:
@@ -52,6 +64,11 @@ class NatTable:
         if not have_tool("nft"):
             raise Unavailable("--nat needs nftables, and nft is not installed",
                               hint="install it: sudo apt-get install nftables")
+
+    def status(self) -> NatStatus:
+        """A snapshot for doctor (taken on the loop)."""
+        return NatStatus(self.mode, nat.table_name(self.bridge), self._synced,
+                         len(self.guests()), self.error)
 
     def guests(self) -> tuple[str, ...]:
         """What the set must hold, from the store."""
