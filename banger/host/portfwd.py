@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from typing import Any
+from typing import Any, cast
 
 from banger.core.errors import Conflict
 from banger.core.publish import PublishedPort
@@ -115,8 +115,10 @@ class Forward:
             self._server.close()
             self._server = None
         if self._udp is not None:
+            listener = cast(_UdpListener, self._udp.get_protocol())
             self._udp.close()
             self._udp = None
+            await listener.closed  # the socket is released once the loop has closed it
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -135,8 +137,7 @@ class _UdpPeer(asyncio.DatagramProtocol):
         self.used = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.used = time.monotonic()
@@ -155,12 +156,15 @@ class _UdpListener(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.peers: dict[tuple[str, int], _UdpPeer] = {}
         self.pending: dict[tuple[str, int], list[bytes]] = {}  # peers being connected
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if not self.closed.done():
+            self.closed.set_result(None)
         for peer in self.peers.values():
             if peer.transport is not None:
                 peer.transport.close()
