@@ -105,6 +105,8 @@ class Forward:
             return
         try:
             await asyncio.gather(_pipe(reader, guest_w), _pipe(guest_r, writer))
+        except asyncio.CancelledError:
+            pass  # close(): asyncio's stream callback would log a cancelled handler as an error
         finally:
             for w in (writer, guest_w):
                 w.close()
