@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
 
 from banger.core.defaults import DEFAULT_IMAGE_SOURCE
 from banger.core.manifests import ImageManifest, KernelManifest
+from banger.core.publish import PublishedPort
 from banger.core.states import OperationState
 from banger.core.workspace import WorkspaceMode
 from banger.core.workspace_state import WorkspaceState
@@ -170,6 +171,8 @@ class VMInfo(WireModel):
     created_at: datetime | None
     started_at: datetime | None
     workspace: WorkspaceState | None = None
+    nat: bool = False
+    ports: list[PublishedPort] = []
 
 
 class VMList(WireModel):
@@ -262,12 +265,32 @@ class VMCreateRequest(RequestModel):
     disk: str | None = None
     start: bool = True
     workspace: WorkspaceRequest | None = None  # prepared once the VM is up
+    nat: bool = False
+    publish: list[str] = Field(default=[], max_length=64)  # core/publish.py parses each
 
 
 class VMSetRequest(RequestModel):
     vcpu: int | None = None
     memory_mib: int | None = None
     disk: str | None = None
+    nat: bool | None = None
+
+
+class GuestPort(WireModel):
+    """One listening socket in a guest (``vm ports``), from ``ss`` inside it."""
+
+    proto: str = Field(pattern=r"^(tcp|udp)$")
+    address: str  # as the guest listens: 0.0.0.0, ::, 127.0.0.1, ...
+    port: int = Field(ge=1, le=65535)
+    process: str | None = None
+    endpoint: str  # NAME.vm:PORT
+    url: str | None = None  # http://NAME.vm:PORT/ when the port answers HTTP
+
+
+class VMPorts(WireModel):
+    vm: str
+    ports: list[GuestPort]
+    unparsed: int = 0  # lines of the guest's answer that were not understood
 
 
 class VMKillRequest(RequestModel):

@@ -35,6 +35,7 @@ VM_COMMANDS = {
         "ssh", "run",
     )},
     "list": "banger.cli.vm_list:vm_list",
+    "ports": "banger.cli.vm_ports_cmd:vm_ports",
     "exec": "banger.cli.workspace_cmd:vm_exec",
     "workspace": "banger.cli.workspace_cmd:workspace_group",
 }

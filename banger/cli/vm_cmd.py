@@ -28,6 +28,7 @@ from banger.cli.context import CliContext, json_option, pass_ctx
 from banger.cli.progress import follow
 from banger.cli.render import console, print_error, print_fields, print_json
 from banger.core.errors import BangerError, InvalidInput, NotFound
+from banger.core.publish import parse_publish_list
 from banger.core.signals import VMM_SIGNALS
 from banger.core.sshcmd import ssh_argv
 from banger.core.validate import (
@@ -46,9 +47,18 @@ def _size_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--vcpu", type=int, help="Number of vCPUs.")(func)
 
 
+def _net_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option(
+        "-p", "--publish", "publish", multiple=True, metavar="[IP:]HOST:GUEST[/udp]",
+        help="Publish a guest port on the host (default address 127.0.0.1); repeatable.",
+    )(func)
+    return click.option("--nat", is_flag=True,
+                        help="Let the guest reach the outside network (masqueraded).")(func)
+
+
 def _create_body(
     name: str | None, image: str | None, vcpu: int | None, memory: str | None,
-    disk: str | None, start: bool = True,
+    disk: str | None, start: bool = True, nat: bool = False, publish: tuple[str, ...] = (),
 ) -> VMCreateRequest:
     """Validate flags before any request (nothing is created on bad input)."""
     if name is not None:
@@ -58,8 +68,9 @@ def _create_body(
     memory_mib = parse_memory_mib(memory) if memory is not None else None
     if disk is not None:
         parse_size(disk, "disk")
+    parse_publish_list(publish)
     return VMCreateRequest(name=name, image=image, vcpu=vcpu, memory_mib=memory_mib, disk=disk,
-                           start=start)
+                           start=start, nat=nat, publish=list(publish))
 
 
 def _create(client: Client, body: VMCreateRequest) -> VMInfo:
@@ -71,18 +82,22 @@ def _create(client: Client, body: VMCreateRequest) -> VMInfo:
 @click.option("--name", help="VM name (default: generated).")
 @click.option("--image", help="Image name or id (default: the default image).")
 @_size_options
+@_net_options
 @click.option("--no-start", is_flag=True, help="Only reserve and make the disks.")
 @json_option
 @pass_ctx
 def vm_create(ctx: CliContext, name: str | None, image: str | None, vcpu: int | None,
-              memory: str | None, disk: str | None, no_start: bool, as_json: bool) -> None:
+              memory: str | None, disk: str | None, nat: bool, publish: tuple[str, ...],
+              no_start: bool, as_json: bool) -> None:
     """Create a VM and boot it until SSH accepts our key.
 
     \b
-    Example:
+    Examples:
       banger vm create --name box --vcpu 2 --memory 2048 --disk 16G
+      banger vm create --name web --nat -p 8080:80 -p 5353:53/udp
     """
-    info = _create(ctx.client(), _create_body(name, image, vcpu, memory, disk, not no_start))
+    info = _create(ctx.client(), _create_body(name, image, vcpu, memory, disk, not no_start,
+                                              nat, publish))
     if as_json:
         print_json(info.model_dump(mode="json"))
     else:
@@ -209,25 +224,27 @@ def vm_prune(ctx: CliContext, force: bool) -> None:
 @click.command("set")
 @click.argument("vm")
 @_size_options
+@click.option("--nat/--no-nat", default=None, help="Let the guest reach the outside, or not.")
 @json_option
 @pass_ctx
 def vm_set(ctx: CliContext, vm: str, vcpu: int | None, memory: str | None, disk: str | None,
-           as_json: bool) -> None:
-    """Change a stopped VM's vCPUs, memory or disk (the disk only grows).
+           nat: bool | None, as_json: bool) -> None:
+    """Change a stopped VM's vCPUs, memory, disk (the disk only grows) or NAT.
 
     \b
     Example:
-      banger vm set box --vcpu 2 --disk 16G
+      banger vm set box --vcpu 2 --disk 16G --nat
     """
     checked = _create_body(None, None, vcpu, memory, disk)
-    changes = VMSetRequest(vcpu=checked.vcpu, memory_mib=checked.memory_mib, disk=checked.disk)
+    changes = VMSetRequest(vcpu=checked.vcpu, memory_mib=checked.memory_mib, disk=checked.disk,
+                           nat=nat)
     answer = ctx.client().request("PATCH", ref_path("VM", vm), body=changes)
     info = VMInfo.model_validate(answer)
     if as_json:
         print_json(info.model_dump(mode="json"))
     else:
         console().print(f"{info.name}: {info.vcpu} vCPU, {info.memory_mib} MiB, "
-                        f"disk {format_size(info.disk_bytes)}")
+                        f"disk {format_size(info.disk_bytes)}, NAT {'on' if info.nat else 'off'}")
 
 
 @click.command("show")
@@ -253,7 +270,8 @@ def vm_show(ctx: CliContext, vm: str, as_json: bool) -> None:
         ("name", v.name), ("id", v.id), ("state", v.state), ("image", v.image_name or v.image_id),
         ("kernel", v.kernel_name), ("backend", v.backend), ("vcpu", v.vcpu),
         ("memory", f"{v.memory_mib} MiB"), ("disk", format_size(v.disk_bytes)),
-        ("network", network), ("ip", v.guest_ip),
+        ("network", network), ("nat", "on" if v.nat else "off"), ("ip", v.guest_ip),
+        ("published", ", ".join(str(p) for p in v.ports) or None),
         ("ssh", f"{v.ssh_host}:{v.ssh_port}" if v.ssh_host else None), ("pid", v.pid),
         ("created", _when(v.created_at)), ("started", _when(v.started_at)),
         ("last error", v.last_error),
@@ -366,6 +384,7 @@ class _SplitAtDashDash(click.Command):
 @click.option("--name", help="VM name (default: generated).")
 @click.option("--image", help="Image name or id (default: the default image).")
 @_size_options
+@_net_options
 @click.option("--mode", type=click.Choice(["git", "full_copy"]), default="git",
               show_default=True, help="How PATH is shipped (see: banger vm workspace prepare).")
 @click.option("--include-untracked", is_flag=True,
@@ -373,8 +392,8 @@ class _SplitAtDashDash(click.Command):
 @click.argument("path", required=False, type=click.Path(file_okay=False))
 @pass_ctx
 def vm_run(ctx: CliContext, remove: bool, name: str | None, image: str | None, vcpu: int | None,
-           memory: str | None, disk: str | None, mode: str, include_untracked: bool,
-           path: str | None) -> None:
+           memory: str | None, disk: str | None, nat: bool, publish: tuple[str, ...], mode: str,
+           include_untracked: bool, path: str | None) -> None:
     """Create and boot a VM, run CMD in it, and exit with CMD's exit code.
 
     With PATH, its repository is the workspace at /root/repo and CMD runs
@@ -385,12 +404,13 @@ def vm_run(ctx: CliContext, remove: bool, name: str | None, image: str | None, v
       banger vm run ./repo --rm -- make test
       banger vm run --rm -- uname -a
       banger vm run ./repo --name box
+      banger vm run ./repo --nat --rm -- make test
     """
     from banger.cli.workspace_cmd import workspace_request
     from banger.core.workspace import exec_argv
 
     command: tuple[str, ...] = click.get_current_context().meta.get("command", ())
-    body = _create_body(name, image, vcpu, memory, disk)
+    body = _create_body(name, image, vcpu, memory, disk, nat=nat, publish=publish)
     if path is not None:
         body.workspace = workspace_request(path, mode, include_untracked)
     client = ctx.client()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from banger.core.errors import InvalidInput
+from banger.core.publish import PublishedPort
 
 DiskFormat = Literal["qcow2", "raw"]
 Accel = Literal["kvm", "tcg"]
@@ -94,10 +95,11 @@ class TapNet:
 
 @dataclass(frozen=True)
 class UserNet:
-    """QEMU user-mode networking: no privileges, SSH forwarded to a loopback port."""
+    """QEMU user-mode networking: no privileges, SSH (and published ports) forwarded."""
 
     ssh_host_port: int
     mac: str
+    forwards: tuple[PublishedPort, ...] = ()  # QEMU's hostfwd: the VM's published ports
     guest_ip: str = field(default=SLIRP_GUEST_IP, init=False)
     gateway: str = field(default=SLIRP_GATEWAY, init=False)
     dns: tuple[str, ...] = field(default=(SLIRP_DNS,), init=False)

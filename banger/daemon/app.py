@@ -54,7 +54,8 @@ async def ping(daemon: DaemonDep) -> Ping:
 @router.get("/doctor", response_model=DoctorReport)
 async def run_doctor(daemon: DaemonDep) -> DoctorReport:
     dns = daemon.dns.status()  # on the loop: the service's state, then the checks in a thread
-    results = await asyncio.to_thread(doctor.run_checks, daemon.settings, None, dns)
+    nat = daemon.vms.rt.network.nat.status()
+    results = await asyncio.to_thread(doctor.run_checks, daemon.settings, None, dns, nat)
     return DoctorReport(
         checks=[
             DoctorCheck(name=r.name, status=r.status, detail=r.detail, hint=r.hint)

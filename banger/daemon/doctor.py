@@ -24,6 +24,7 @@ from banger.host.probes import KvmStatus, Version
 
 if TYPE_CHECKING:
     from banger.daemon.dns_service import DnsStatus
+    from banger.daemon.vm_nat import NatStatus
 
 log = logging.getLogger("banger.daemon.doctor")
 
@@ -68,10 +69,12 @@ class HostView:
 class DoctorContext:
     """Settings plus host answers, each probed at most once per doctor run."""
 
-    def __init__(self, settings: Settings, host: HostView, dns: DnsStatus | None = None) -> None:
+    def __init__(self, settings: Settings, host: HostView, dns: DnsStatus | None = None,
+                 nat: NatStatus | None = None) -> None:
         self.settings = settings
         self.host = host
         self.dns = dns  # the running daemon's DNS service (None: its rows are left out)
+        self.nat = nat  # the running daemon's NAT table (None: its row is left out)
 
     @cached_property
     def kvm(self) -> KvmStatus:
@@ -335,11 +338,13 @@ def _run_one(check: Check, ctx: DoctorContext) -> CheckResult:
 
 
 def run_checks(settings: Settings, host: HostView | None = None,
-               dns: DnsStatus | None = None) -> list[CheckResult]:
-    """Run every check in order and return one row each; with the daemon's ``dns``
-    status, its rows too (``doctor_dns.py``)."""
-    from banger.daemon.doctor_dns import DNS_CHECKS  # it builds on this module's rows
+               dns: DnsStatus | None = None, nat: NatStatus | None = None) -> list[CheckResult]:
+    """Run every check in order and return one row each; with the daemon's ``dns`` and
+    ``nat`` status, their rows too (``doctor_dns.py``, ``doctor_nat.py``)."""
+    from banger.daemon.doctor_dns import DNS_CHECKS  # they build on this module's rows
+    from banger.daemon.doctor_nat import NAT_CHECKS
 
-    ctx = DoctorContext(settings, host or HostView(), dns)
-    checks = CHECKS + (DNS_CHECKS if dns is not None else [])
+    ctx = DoctorContext(settings, host or HostView(), dns, nat)
+    checks = (CHECKS + (DNS_CHECKS if dns is not None else [])
+              + (NAT_CHECKS if nat is not None else []))
     return [_run_one(check, ctx) for check in checks]

@@ -45,7 +45,7 @@ class VMBooter:
                            + (" (see the daemon log)" if plan.skipped else ""))
         with ctx.stage("network"):
             net, tap, port = await rt.network.attach(vm)
-            undo.push_async_callback(rt.network.detach, tap)
+            undo.push_async_callback(rt.network.detach, tap, vm)
             vm = rt.store.vms.update(vm.id, tap_name=tap, ssh_port=port)
             host, port = rt.network.ssh_endpoint(vm)
             ssh.write_known_hosts(files.known_hosts, host, port, files.host_key_pub.read_bytes())

@@ -15,6 +15,7 @@ from banger.api.models import ImageBuildRequest, ImageInfo, VMCreateRequest, VMI
 from banger.core.cancel import to_thread_joined
 from banger.core.errors import Conflict, InvalidInput
 from banger.core.names import generate_vm_name, new_id
+from banger.core.publish import PortMap, PublishedPort, parse_publish_list
 from banger.core.states import VMState
 from banger.core.validate import (
     format_size,
@@ -42,6 +43,8 @@ class CreatePlan:
     disk_bytes: int
     image: ImageRecord | None  # None: build the default image first (first use)
     start: bool
+    nat: bool = False
+    ports: tuple[PublishedPort, ...] = ()
 
 
 def _check_seed_fits(image: ImageRecord, disk_bytes: int) -> None:
@@ -96,7 +99,12 @@ class VMCreator:
             ),
             image=image,
             start=req.start,
+            nat=req.nat,
+            ports=parse_publish_list(req.publish),
         )
+        if plan.nat:
+            self.rt.network.nat.check_available()
+        self.rt.network.check_ports_free(plan.ports)
         if image is not None:
             _check_seed_fits(image, plan.disk_bytes)
         check_host_room(
@@ -170,6 +178,8 @@ class VMCreator:
                 state_reason="create requested",
                 net_mode=self.rt.network.mode,
                 mac=allocate_mac(vm_id),
+                nat=plan.nat,
+                ports=PortMap(ports=plan.ports) if plan.ports else None,
             )
         )
 

@@ -9,21 +9,30 @@ same whichever transport (in-process or the root helper) carries it out.
 The bridge is this daemon's alone (see ``host.net``): it is claimed when a VM is
 created or first boots, and adopted (if it already exists) at daemon start, so a
 second daemon on the same ``bridge_name`` is refused before it reserves anything.
+
+A VM's network is also its NAT (``vm_nat.py``: its address in banger's nftables
+set) and its published ports: in TAP mode a forwarder on the daemon's loop per
+port (``host/portfwd.py``), in user-mode networking the VMM's own forwarding. ``attach``
+sets all of it up and ``detach`` gives it all back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 from collections.abc import Awaitable, Callable
 
 import structlog
 
-from banger.core.errors import Conflict
-from banger.core.states import NetMode
+from banger.core.errors import BangerError, Conflict
+from banger.core.publish import PublishedPort
+from banger.core.states import NetMode, VMState
 from banger.core.vmspec import NetSpec, TapNet, UserNet
 from banger.daemon.background import BackgroundTasks
-from banger.host import net
+from banger.daemon.vm_nat import NatTable
+from banger.host import net, portfwd
+from banger.host.portfwd import Forward
 from banger.host.privileged import HostOps
 from banger.store.db import Store
 from banger.store.records import VMRecord
@@ -61,7 +70,9 @@ class VMNetwork:
         self._pool: net.TapPool | None = None
         self._ready = asyncio.Lock()
         self._tasks = BackgroundTasks()
-        self._on_bridge: list[Callable[[], Awaitable[None]]] = []
+        self.nat = NatTable(store, bridge_name, ops, self.mode)
+        self._on_bridge: list[Callable[[], Awaitable[None]]] = [self.nat.bridge_up]
+        self._forwards: dict[str, list[Forward]] = {}  # TAP mode: vm id -> its published ports
 
     def on_bridge_up(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Call ``callback`` after every successful claim of the bridge (it must be
@@ -102,16 +113,35 @@ class VMNetwork:
             vm_id, self.bridge.network, reserved={str(self.bridge.ip)}
         )
 
+    def check_ports_free(self, ports: tuple[PublishedPort, ...]) -> None:
+        """Conflict when a host port to publish is taken now (create, and user-mode start)."""
+        for port in ports:
+            portfwd.check_free(port)
+
     async def attach(self, vm: VMRecord) -> tuple[NetSpec, str | None, int]:
-        """The VM's network for one boot: its spec, its TAP (if any) and its SSH port."""
+        """The VM's network for one boot: its spec, its TAP (if any) and its SSH port.
+
+        In TAP mode also its NAT and its published ports; a failure gives back what
+        this attach took.
+        """
         mac = vm.mac or net.allocate_mac(vm.id)
         if vm.net_mode is NetMode.USER:
+            await asyncio.to_thread(self.check_ports_free, vm.published)
             port = net.free_loopback_port()
-            return UserNet(ssh_host_port=port, mac=mac), None, port
+            return UserNet(ssh_host_port=port, mac=mac, forwards=vm.published), None, port
+        if vm.nat:
+            self.nat.check_available()
         pool = await self._tap_pool()
-        tap = await asyncio.to_thread(pool.acquire)
-        self._tasks.spawn(pool.arefill(), name="refill the TAP pool")
         assert vm.guest_ip is not None
+        async with contextlib.AsyncExitStack() as undo:
+            tap = await asyncio.to_thread(pool.acquire)
+            undo.push_async_callback(self.detach, tap, None)
+            self._tasks.spawn(pool.arefill(), name="refill the TAP pool")
+            if vm.nat:
+                await self.nat.add(vm.guest_ip)
+                undo.push_async_callback(self.nat.remove, vm.guest_ip)
+            await self._open_forwards(vm)
+            undo.pop_all()
         spec = TapNet(
             tap_name=tap,
             mac=mac,
@@ -121,9 +151,29 @@ class VMNetwork:
         )
         return spec, tap, 22
 
+    async def _open_forwards(self, vm: VMRecord) -> None:
+        """Bind the VM's published ports (all or none: Conflict names the taken one)."""
+        await self._close_forwards(vm.id)
+        assert vm.guest_ip is not None
+        opened: list[Forward] = []
+        try:
+            for port in vm.published:
+                opened.append(await Forward.open(port, vm.guest_ip))
+        except BaseException:
+            for forward in opened:
+                await forward.close()
+            raise
+        if opened:
+            self._forwards[vm.id] = opened
+
+    async def _close_forwards(self, vm_id: str) -> None:
+        for forward in self._forwards.pop(vm_id, []):
+            await forward.close()
+
     async def reconcile(self) -> None:
-        """Daemon start: adopt an existing bridge of ours (stamp it, pin its MAC), then
-        delete its TAPs that no VM holds (a killed daemon's idle pool)."""
+        """Daemon start: adopt an existing bridge of ours (stamp it, pin its MAC), delete its
+        TAPs that no VM holds (a killed daemon's idle pool), remake the NAT table from the
+        store, and publish the running VMs' ports again."""
         if self.mode is not NetMode.TAP:
             return
         in_use = {vm.tap_name for vm in self.store.vms.list() if vm.tap_name}
@@ -140,11 +190,23 @@ class VMNetwork:
                     self.ops.delete_tap(tap)
             return True
 
-        if await asyncio.to_thread(reap):
-            await self._bridge_up()
+        if not await asyncio.to_thread(reap):
+            return
+        await self._bridge_up()  # the NAT table first (``nat.bridge_up``)
+        for vm in self.store.vms.list(VMState.RUNNING):
+            if vm.tap_name and vm.published:
+                try:
+                    await self._open_forwards(vm)
+                except BangerError as exc:
+                    log.warning("cannot publish a running VM's ports", vm=vm.name,
+                                error=exc.message, hint=exc.hint)
 
-    async def detach(self, tap_name: str | None) -> None:
-        """Give back a VM's TAP (idempotent)."""
+    async def detach(self, tap_name: str | None, vm: VMRecord | None = None) -> None:
+        """Give back a VM's TAP, and with ``vm`` its published ports and NAT (idempotent)."""
+        if vm is not None:
+            await self._close_forwards(vm.id)
+            if vm.nat and vm.guest_ip and vm.net_mode is NetMode.TAP:
+                await self.nat.remove(vm.guest_ip)
         if tap_name:
             await asyncio.to_thread(self.ops.delete_tap, tap_name)
 
@@ -156,6 +218,8 @@ class VMNetwork:
         return vm.guest_ip, 22
 
     async def close(self) -> None:
+        for vm_id in list(self._forwards):
+            await self._close_forwards(vm_id)
         await self._tasks.aclose()
         if self._pool is not None:
             await asyncio.to_thread(self._pool.drain)

@@ -18,6 +18,7 @@ from banger.api.models import (
     VMInfo,
     VMKillRequest,
     VMList,
+    VMPorts,
     VMSetRequest,
 )
 from banger.core.errors import Conflict
@@ -25,6 +26,7 @@ from banger.core.states import VMState
 from banger.core.validate import SIZE_MAX
 from banger.daemon.operations import Work
 from banger.daemon.routes import DaemonDep, Ref, api_router, request_op_id
+from banger.daemon.vm_ports import guest_ports
 from banger.host.files import open_nofollow
 
 router = api_router("vms")
@@ -51,7 +53,7 @@ async def show_vm(ref: Ref, daemon: DaemonDep) -> VMInfo:
 
 @router.patch("/vms/{ref}", response_model=VMInfo)
 async def set_vm(ref: Ref, body: VMSetRequest, daemon: DaemonDep) -> VMInfo:
-    vm = await daemon.vms.set(ref, body.vcpu, body.memory_mib, body.disk)
+    vm = await daemon.vms.set(ref, body.vcpu, body.memory_mib, body.disk, body.nat)
     return daemon.vms.rt.info(vm)
 
 
@@ -93,6 +95,12 @@ async def ssh_target(ref: Ref, daemon: DaemonDep) -> SSHTarget:
             f"VM '{vm.name}' is {vm.state}", hint=f"start it first: banger vm start {vm.name}"
         )
     return daemon.vms.ssh_target(vm)
+
+
+@router.get("/vms/{ref}/ports", response_model=VMPorts)
+async def vm_ports(ref: Ref, daemon: DaemonDep) -> VMPorts:
+    """The running guest's listening TCP/UDP sockets, with ``NAME.vm:PORT`` and HTTP URLs."""
+    return await guest_ports(daemon.vms.rt, ref)
 
 
 @router.post("/ssh-config", response_model=SSHConfigResult)

@@ -166,8 +166,8 @@ class VMService:
         return await self.watcher.teardown(vm, "stopped on request")
 
     async def set(self, ref: str, vcpu: int | None, memory_mib: int | None,
-                  disk: str | None) -> VMRecord:
-        """Change a stopped VM's size; the disk only grows; the host checks of ``create``."""
+                  disk: str | None, nat: bool | None = None) -> VMRecord:
+        """Change a stopped VM's size or NAT; the disk only grows; the checks of ``create``."""
         if vcpu is not None:
             validate_vcpu(vcpu)
         if memory_mib is not None:
@@ -179,6 +179,8 @@ class VMService:
                 raise Conflict(
                     f"VM '{vm.name}' is {vm.state}", hint=f"stop it first: banger vm stop {vm.name}"
                 )
+            if nat:
+                self.rt.network.nat.check_available(vm.net_mode)
             check_host_room(self.rt.paths.state_dir, vcpu=vcpu, memory_mib=memory_mib,
                             disk_bytes=new_disk, disk_in_use=vm.disk_bytes)
             fields: dict[str, Any] = {}
@@ -186,6 +188,8 @@ class VMService:
                 fields["vcpu"] = vcpu
             if memory_mib is not None:
                 fields["memory_mib"] = memory_mib
+            if nat is not None:
+                fields["nat"] = nat
             if new_disk is not None:
                 await asyncio.to_thread(disks.grow_work_disk, self.rt.files(vm).work, new_disk)
                 fields["disk_bytes"] = new_disk

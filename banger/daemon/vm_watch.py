@@ -55,7 +55,7 @@ class VMWatcher:
     async def teardown(self, vm: VMRecord, reason: str) -> VMRecord:
         """Give back what an active VM holds and mark it stopped because of ``reason``."""
         await ssh.close_master(ssh.control_path_for(self.rt.files(vm).run_dir))
-        await self.rt.network.detach(vm.tap_name)
+        await self.rt.network.detach(vm.tap_name, vm)
         with contextlib.suppress(BangerError):
             self.rt.backend.cleanup(self.rt.spec(vm))
         vm = self.rt.store.vms.transition(
@@ -71,7 +71,7 @@ class VMWatcher:
             await self.rt.backend.shutdown(handle, graceful=False, timeout=0)
         files = self.rt.files(vm)
         await ssh.close_master(ssh.control_path_for(files.run_dir))
-        await self.rt.network.detach(vm.tap_name)
+        await self.rt.network.detach(vm.tap_name, vm)
         await asyncio.to_thread(shutil.rmtree, files.dir, ignore_errors=True)
         await asyncio.to_thread(shutil.rmtree, files.run_dir, ignore_errors=True)
         self._unwatch(vm.id)

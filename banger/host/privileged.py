@@ -3,7 +3,8 @@
 Everything banger does that needs root or CAP_NET_ADMIN goes through a
 ``HostOps``: claiming the bridge, making and deleting TAPs, listing the TAPs a
 daemon may reap, signalling a VMM it can prove is its own, and routing the
-``vm`` domain to the bridge through systemd-resolved. Callers hold a
+``vm`` domain to the bridge through systemd-resolved, and NAT for guests (the
+set of NAT'd guests in banger's nftables table, IPv4 forwarding). Callers hold a
 ``HostOps`` and never know which transport runs the operation, like mkosi's
 ``sandbox=`` argument:
 
@@ -13,13 +14,13 @@ daemon may reap, signalling a VMM it can prove is its own, and routing the
 - the ``bangerd-root`` client: the root helper of a system install, a second
   implementation arriving with the privilege split; callers do not change.
 
-NAT rules and loop/dm devices (and, with Firecracker, jailer
+Loop/dm devices (and, with Firecracker, jailer
 chroot staging) join this interface when they land, each with its validators.
 
 ``CheckedHostOps`` validates every argument against a narrow grammar before
 any transport sees it (TAP names with our prefix, bridge names, CIDRs, owner
 aliases, uids, pids above 1, argv markers naming a path, allowlisted signals,
-IPv4 resolver addresses),
+IPv4 resolver and guest addresses),
 and ``host_ops_for`` always wraps the transport in it; the root helper's server
 will wrap its in-process operations in it again. Blocking methods (netlink)
 belong in a worker thread.
@@ -35,12 +36,13 @@ from typing import Protocol, runtime_checkable
 
 from banger.core.errors import Forbidden, InvalidInput
 from banger.core.signals import validate_signal
-from banger.host import net, resolved
+from banger.host import nat, net, resolved
 from banger.host import proc_identity as proc
 
 PID_MAX = 1 << 22  # the kernel's ceiling for /proc/sys/kernel/pid_max
 UID_MAX = (1 << 32) - 2  # (uid_t)-1 means "no uid"
 MARKER_MAX = 4096
+NAT_GUESTS_MAX = 1 << 16  # the addresses of a /16 bridge
 
 
 @runtime_checkable
@@ -82,6 +84,22 @@ class HostOps(Protocol):
         """Drop resolved's settings on link ``bridge``."""
         ...
 
+    def nat_sync(self, bridge: str, guests: tuple[str, ...]) -> None:
+        """(Re)make the NAT table of ``bridge``'s daemon with exactly ``guests`` in its set."""
+        ...
+
+    def nat_add(self, bridge: str, guest: str) -> None:
+        """Put ``guest`` in the NAT set of ``bridge``'s table."""
+        ...
+
+    def nat_remove(self, bridge: str, guest: str) -> None:
+        """Take ``guest`` out of the NAT set (idempotent)."""
+        ...
+
+    def enable_ip_forward(self) -> None:
+        """Turn IPv4 forwarding on (NAT'd guests need it; banger never turns it off)."""
+        ...
+
 
 def _show(value: object) -> str:
     """``repr(value)``, cut short: a hostile argument never floods an error line."""
@@ -117,6 +135,32 @@ def validate_resolver(address: object) -> str:
         raise InvalidInput(
             f"invalid resolver address {_show(address)}", hint="use an IPv4 address"
         ) from None
+
+
+def validate_guest_address(address: object) -> str:
+    """A guest's IPv4 address for the NAT set: a unicast host address, as a plain string."""
+    try:
+        if not isinstance(address, str):
+            raise TypeError(address)
+        ip = ipaddress.IPv4Address(address)
+    except (ValueError, TypeError):
+        ip = None
+    if ip is None or ip.is_loopback or ip.is_multicast or ip.is_unspecified or (
+            ip == ipaddress.IPv4Address("255.255.255.255")):
+        raise InvalidInput(f"invalid guest address {_show(address)}",
+                           hint="a guest address is a unicast IPv4 address on the bridge")
+    return str(ip)
+
+
+def validate_guest_addresses(guests: object) -> tuple[str, ...]:
+    """A tuple of distinct guest addresses, at most ``NAT_GUESTS_MAX``."""
+    if not isinstance(guests, tuple) or len(guests) > NAT_GUESTS_MAX:
+        raise InvalidInput(f"invalid NAT guest list {_show(guests)}",
+                           hint=f"a tuple of at most {NAT_GUESTS_MAX} IPv4 addresses")
+    checked = tuple(validate_guest_address(g) for g in guests)
+    if len(set(checked)) != len(checked):
+        raise InvalidInput(f"NAT guest list {_show(guests)} names an address twice")
+    return checked
 
 
 def _path_marker(marker: str) -> bool:
@@ -196,6 +240,18 @@ class InProcessHostOps:
     def revert_resolver(self, bridge: str) -> None:
         resolved.revert(bridge)
 
+    def nat_sync(self, bridge: str, guests: tuple[str, ...]) -> None:
+        nat.apply(nat.table_document(bridge, guests))
+
+    def nat_add(self, bridge: str, guest: str) -> None:
+        nat.apply(nat.add_document(bridge, guest))
+
+    def nat_remove(self, bridge: str, guest: str) -> None:
+        nat.apply(nat.remove_document(bridge, guest))
+
+    def enable_ip_forward(self) -> None:
+        nat.enable_ip_forwarding()
+
 
 class CheckedHostOps:
     """Validates every argument, then hands the call to ``transport`` (any ``HostOps``)."""
@@ -239,6 +295,21 @@ class CheckedHostOps:
 
     def revert_resolver(self, bridge: str) -> None:
         self.transport.revert_resolver(net.validate_bridge_name(bridge))
+
+    def nat_sync(self, bridge: str, guests: tuple[str, ...]) -> None:
+        net.validate_bridge_name(bridge)
+        self.transport.nat_sync(bridge, validate_guest_addresses(guests))
+
+    def nat_add(self, bridge: str, guest: str) -> None:
+        net.validate_bridge_name(bridge)
+        self.transport.nat_add(bridge, validate_guest_address(guest))
+
+    def nat_remove(self, bridge: str, guest: str) -> None:
+        net.validate_bridge_name(bridge)
+        self.transport.nat_remove(bridge, validate_guest_address(guest))
+
+    def enable_ip_forward(self) -> None:
+        self.transport.enable_ip_forward()
 
 
 def host_ops_for() -> HostOps:

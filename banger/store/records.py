@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from banger.core.manifests import ImageManifest, KernelManifest
+from banger.core.publish import PortMap, PublishedPort
 from banger.core.states import NetMode, OperationState, VMState
 from banger.core.workspace_state import WorkspaceState
 
@@ -64,9 +65,15 @@ class VMRecord:
     last_error: str | None = None
     spec: dict[str, Any] = field(default_factory=dict)
     workspace: WorkspaceState | None = None
+    nat: bool = False  # its traffic leaves the host, masqueraded (TAP mode)
+    ports: PortMap | None = None  # its published ports
     created_at: datetime | None = None
     updated_at: datetime | None = None
     started_at: datetime | None = None
+
+    @property
+    def published(self) -> tuple[PublishedPort, ...]:
+        return self.ports.ports if self.ports is not None else ()
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from banger.core.errors import BangerError, Conflict, NotFound, Unavailable
+from banger.core.publish import PortMap
 from banger.core.states import check_vm_transition
 from banger.core.workspace_state import WorkspaceState
 from banger.store.codec import Table, Violation, utcnow
@@ -24,6 +25,8 @@ VMS: Table[VMRecord] = Table(
         "net_mode": NetMode,
         "spec": "json",
         "workspace": WorkspaceState,
+        "nat": "bool",
+        "ports": PortMap,
         "created_at": "time",
         "updated_at": "time",
         "started_at": "time",

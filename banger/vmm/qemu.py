@@ -64,7 +64,8 @@ def _netdev(spec: VMSpec) -> list[str]:
         backend = f"tap,id=net0,ifname={opt(net.tap_name)},script=no,downscript=no"
     else:
         assert isinstance(net, UserNet)
-        backend = f"user,id=net0,hostfwd=tcp:127.0.0.1:{net.ssh_host_port}-:22"
+        backend = f"user,id=net0,hostfwd=tcp:127.0.0.1:{net.ssh_host_port}-:22" + "".join(
+            f",hostfwd={p.proto}:{p.host_ip}:{p.host_port}-:{p.guest_port}" for p in net.forwards)
     return [
         "-netdev", backend,
         "-device", f"virtio-net-device,netdev=net0,mac={net.mac},bus={NET_BUS}",

@@ -319,7 +319,7 @@ class RecordingNetwork:
             raise self.fail_attach
         return await self._inner.attach(vm)
 
-    async def detach(self, tap_name: str | None) -> None:
+    async def detach(self, tap_name: str | None, vm: VMRecord | None = None) -> None:
         self.calls.append(Call("detach", None, (tap_name,)))
-        await self._inner.detach(tap_name)
+        await self._inner.detach(tap_name, vm)
 

@@ -18,6 +18,8 @@ class RecordingHostOps:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.bridges: dict[str, str] = {}  # name -> owner
         self.taps: dict[str, str] = {}  # name -> bridge
+        self.nat: dict[str, set[str]] = {}  # bridge -> the guests in its NAT set
+        self.ip_forward = False
 
     def _record(self, method: str, *args: Any) -> None:
         self.calls.append((method, args))
@@ -62,3 +64,19 @@ class RecordingHostOps:
 
     def revert_resolver(self, bridge: str) -> None:
         self._record("revert_resolver", bridge)
+
+    def nat_sync(self, bridge: str, guests: tuple[str, ...]) -> None:
+        self._record("nat_sync", bridge, guests)
+        self.nat[bridge] = set(guests)
+
+    def nat_add(self, bridge: str, guest: str) -> None:
+        self._record("nat_add", bridge, guest)
+        self.nat.setdefault(bridge, set()).add(guest)
+
+    def nat_remove(self, bridge: str, guest: str) -> None:
+        self._record("nat_remove", bridge, guest)
+        self.nat.get(bridge, set()).discard(guest)
+
+    def enable_ip_forward(self) -> None:
+        self._record("enable_ip_forward")
+        self.ip_forward = True

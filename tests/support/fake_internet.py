@@ -2,10 +2,12 @@
 
 ``FakeInternet`` (run inside the test network namespace, as root there) starts a
 child in a fresh network namespace, moves one end of a veth pair into it and
-gives both ends addresses from the documentation range 198.51.100.0/24. The
-child serves DNS (dnslib, UDP and TCP, port 53) answering the names it is given
-and NXDOMAIN for the rest, and records every name asked. Nothing leaves the test
-namespaces: the far end is a namespace with nothing but that veth.
+gives both ends addresses from the documentation range 198.51.100.0/24, with the
+test namespace's default route pointing at the far end. The child serves DNS
+(dnslib, UDP and TCP, port 53) answering the names it is given and NXDOMAIN for
+the rest, and HTTP on ``HTTP_ADDRESS`` port 80 (``PAGE`` for every GET), and
+records every name asked and every path fetched (``http:/path``). Nothing leaves
+the test namespaces: the far end is a namespace with nothing but that veth.
 
 Run as ``python -m tests.support.fake_internet IFNAME ADDRESS/PREFIX NAME=IP...``
 (the child's side).
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 
@@ -25,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 NEAR, FAR = "bgfi0", "bgfi1"
 NEAR_ADDRESS = "198.51.100.1"
 DNS_ADDRESS = "198.51.100.53"
+HTTP_ADDRESS = "198.51.100.80"
+PAGE = b"hello from the fake internet\n"
 
 
 class FakeInternet:
@@ -51,6 +57,7 @@ class FakeInternet:
                 ipr.link("set", index=far, net_ns_pid=self.proc.pid)
                 ipr.addr("add", index=near, address=NEAR_ADDRESS, prefixlen=24)
                 ipr.link("set", index=near, state="up")
+                ipr.route("replace", dst="0.0.0.0/0", gateway=DNS_ADDRESS, oif=near)
             self._expect("ready")
         except BaseException:
             self.__exit__(None, None, None)
@@ -91,8 +98,10 @@ def _serve(ifname: str, cidr: str, answers: dict[str, str]) -> None:
         ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         index = ipr.link_lookup(ifname=ifname)[0]
         ipr.addr("add", index=index, address=address, prefixlen=int(prefix))
+        ipr.addr("add", index=index, address=HTTP_ADDRESS, prefixlen=int(prefix))
         ipr.link("set", index=index, state="up")
     asked: list[str] = []
+    web = _web_server(asked)
 
     class Resolver(BaseResolver):  # type: ignore[misc]
         def resolve(self, request, handler):  # type: ignore[no-untyped-def]
@@ -114,7 +123,27 @@ def _serve(ifname: str, cidr: str, answers: dict[str, str]) -> None:
     sys.stdin.read()  # until the parent closes it
     for server in servers:
         server.stop()
+    web.shutdown()
     print("\n".join(asked), flush=True)
+
+
+def _web_server(asked: list[str]) -> ThreadingHTTPServer:
+    """``PAGE`` on ``HTTP_ADDRESS``:80 for every GET, each path recorded in ``asked``."""
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            asked.append(f"http:{self.path}")
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAGE)))
+            self.end_headers()
+            self.wfile.write(PAGE)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    server = ThreadingHTTPServer((HTTP_ADDRESS, 80), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def _run(*args: str) -> click.testing.Result:
 
 
 @pytest.mark.parametrize("args", [
-    ["vm", "run", "--nat", "--", "true"],
+    ["vm", "run", "--bogus-flag", "--", "true"],
     ["vm", "run", "--rm", "--bogus", "--", "true"],
     ["vm", "ssh", "box", "--nat", "--", "true"],
 ])

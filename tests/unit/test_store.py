@@ -150,7 +150,8 @@ def test_migration_2_turns_the_creating_flag_into_a_state_and_drops_unused_colum
     assert (made.state, made.spec) == ("running", {})
     assert half.state_changed_at == half.updated_at and half.state_reason is None
     assert {"state_reason", "state_changed_at"} <= columns
-    assert not {"nat", "boot_id"} & columns
+    assert "boot_id" not in columns
+    assert not half.nat and not made.nat  # 0001's unused nat went; 0004's starts false
 
 
 # -- unusable files are refused, never recreated ---------------------------------

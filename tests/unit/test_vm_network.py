@@ -18,6 +18,7 @@ import pytest
 
 from banger.core.states import NetMode
 from banger.core.vmspec import TapNet, UserNet
+from banger.daemon import vm_nat
 from banger.daemon.vm_network import TAP_POOL_SIZE, VMNetwork
 from banger.host import net
 from banger.host.privileged import CheckedHostOps
@@ -38,6 +39,7 @@ class NoNetlink:
 @pytest.fixture(autouse=True)
 def no_netlink(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(net, "IPRoute", NoNetlink)
+    monkeypatch.setattr(vm_nat, "have_tool", lambda name: name == "nft")
     monkeypatch.setattr(net, "have_net_admin", lambda: pytest.fail("capability probed directly"))
 
 
@@ -91,7 +93,7 @@ def test_a_tap_vm_is_attached_detached_and_the_pool_drained_through_the_seam(
     assert len(idle) == TAP_POOL_SIZE and set(left) == set(idle)
     assert fake.taps == {}
     assert fake.methods() == [
-        "can_manage_network", "claim_bridge", *["create_tap"] * (1 + TAP_POOL_SIZE),
+        "can_manage_network", "claim_bridge", "nat_sync", *["create_tap"] * (1 + TAP_POOL_SIZE),
         "delete_tap", *["delete_tap"] * TAP_POOL_SIZE,
     ]  # fmt: skip
     assert ("claim_bridge", (BRIDGE, CIDR, OWNER, True)) in fake.calls
@@ -141,6 +143,7 @@ def test_reconcile_reaps_only_idle_taps_of_our_bridge(
         ("claim_bridge", (BRIDGE, CIDR, OWNER, False)),
         ("taps_on_our_bridge", (BRIDGE, OWNER)),
         ("delete_tap", ("bgt0b",)),
+        ("nat_sync", (BRIDGE, ())),  # the NAT table, from the store (no NAT VM runs)
     ]
 
 

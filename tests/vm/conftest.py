@@ -115,6 +115,7 @@ def vms(tmp_path: Path, template_db: Path, request: pytest.FixtureRequest) -> It
     leaked_vmms = kill_leftover_vmms(str(tmp_path))
     leftover_taps = bridge_ports(bridge)
     subprocess.run(["ip", "link", "delete", bridge], capture_output=True)
+    subprocess.run(["nft", "delete", "table", "ip", f"banger_{bridge}"], capture_output=True)
     leaked = [what for what, found in (
         (f"VMM processes (killed by pid): {leaked_vmms}", leaked_vmms),
         (f"VM rows: {leftover_rows}", leftover_rows),
