@@ -1,5 +1,5 @@
-"""Host-side figures of a VM and of the host (``vm stats``, ``top``): read from /proc and
-/sys and the filesystem, never by running a program."""
+"""Host-side figures of a VM and of the host (``vm stats``, ``top``): read from /proc,
+netlink and the filesystem, never by running a program."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from banger.host.net import validate_tap_name
+from banger.host.net import tap_counters
 from banger.host.probes import memory_total_mib
 
-SYS_CLASS_NET = Path("/sys/class/net")
 TREE_ENTRIES_MAX = 10_000  # a VM dir holds a dozen files; stop counting far beyond that
 
 
@@ -34,16 +33,10 @@ class HostRoom:
     fs_free_bytes: int
 
 
-def tap_bytes(name: str, sys_class_net: Path = SYS_CLASS_NET) -> TapBytes | None:
+def tap_bytes(name: str) -> TapBytes | None:
     """The counters of TAP ``name`` (one of ours, checked), or None when it is gone."""
-    stats = sys_class_net / validate_tap_name(name) / "statistics"
-    try:
-        rx, tx = ((stats / f).read_text().strip() for f in ("rx_bytes", "tx_bytes"))
-    except OSError:
-        return None
-    if not (rx.isascii() and rx.isdigit() and tx.isascii() and tx.isdigit()):
-        return None
-    return TapBytes(int(rx), int(tx))
+    found = tap_counters(name)
+    return TapBytes(*found) if found is not None else None
 
 
 def allocated_bytes(path: Path) -> int:
