@@ -82,8 +82,13 @@ class IdleStopper:
         """One look at every running VM; the names of those whose stop was begun."""
         assert self.after is not None
         now = self.clock()
-        due = [vm for vm in self.vms.rt.store.vms.list() if vm.state is VMState.RUNNING
-               and (vm.id in self._busy or now - self.last_use(vm) >= self.after)]
+        for ref, when in list(self._used.items()):  # too old to keep any VM up
+            if now - when >= self.after:
+                del self._used[ref]
+        running = [vm for vm in self.vms.rt.store.vms.list() if vm.state is VMState.RUNNING]
+        self._busy &= {vm.id for vm in running}
+        due = [vm for vm in running
+               if vm.id in self._busy or now - self.last_use(vm) >= self.after]
         counts = await asyncio.gather(*(self.sessions(vm) for vm in due))
         stopping = []
         for vm, sessions in zip(due, counts, strict=True):

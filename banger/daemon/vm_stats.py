@@ -147,6 +147,10 @@ class VMStatsService:
     async def top(self) -> TopView:
         """Everything one refresh of ``banger top`` shows, from host figures and caches."""
         vms = self.rt.store.vms.list()
+        ids = {vm.id for vm in vms}
+        for cache in (self._samples, self._guest):  # forget deleted VMs
+            for gone in cache.keys() - ids:
+                del cache[gone]
         for vm in vms:
             self._refresh_guest(vm)
         handles = [self._handle(vm) for vm in vms]
