@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from banger.core.defaults import IMPLEMENTED_BACKENDS
+from banger.core.durations import duration_seconds
 from banger.core.errors import InvalidInput
 from banger.core.file_sync import FileSyncEntry, parse_file_sync
 from banger.core.validate import parse_bridge_cidr, parse_size
@@ -75,6 +76,18 @@ def _seconds(value: Any) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
         raise ValueError("must be a number of seconds above 0")
     return float(value)
+
+
+def _duration_or_off(value: Any) -> float | None:
+    """Seconds, a duration (``30m``), or off: absent, ``0`` or ``"off"``."""
+    if value is None or value == "off" or (value == 0 and not isinstance(value, bool)):
+        return None
+    if isinstance(value, str) and value.strip() == "0":
+        return None
+    try:
+        return duration_seconds(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; or off") from None
 
 
 def _choice(*allowed: str) -> Callable[[Any], str]:
@@ -196,6 +209,10 @@ class Settings:
     )
     ssh_ready_timeout: float = _key(
         _seconds, lambda: 120.0, "Seconds a booting VM has until its sshd accepts our key."
+    )
+    auto_stop_stale_after: float | None = _key(
+        _duration_or_off, lambda: None,
+        "Stop a running VM unused this long (no SSH or banger session, no CLI use); off.",
     )
     file_sync: tuple[FileSyncEntry, ...] = _key(
         _file_sync, tuple, "Files copied from your home into the guest's /root at every start.",

@@ -322,3 +322,77 @@ class SSHConfigResult(WireModel):
 class LogChunk(WireModel):
     text: str
     offset: int
+
+
+class HostUsage(WireModel):
+    """A VM as the host sees it: its VMM process, its TAP, its files."""
+
+    cpu_percent: float | None = None  # of one CPU over the sample (200 = two CPUs busy)
+    rss_bytes: int | None = None  # the VMM's resident memory
+    tap_rx_bytes: int | None = None  # what the guest sent (the TAP's rx)
+    tap_tx_bytes: int | None = None  # what the guest received
+    disk_bytes: int = 0  # allocated to the VM's files (overlay, work disk, logs)
+
+
+class GuestDisk(WireModel):
+    mount: str
+    total_bytes: int
+    used_bytes: int
+    available_bytes: int
+
+
+class GuestUsage(WireModel):
+    """What the guest says of itself (one command over its SSH connection, parsed strictly)."""
+
+    load: list[float] | None = None  # 1, 5 and 15 minutes
+    mem_total_bytes: int | None = None
+    mem_available_bytes: int | None = None
+    mem_used_bytes: int | None = None
+    uptime_seconds: float | None = None
+    boot_id: str | None = None
+    disks: list[GuestDisk] = []  # "/" and "/root" (when it is its own filesystem)
+    ssh_sessions: int | None = None
+    unparsed: int = 0  # sections and lines of its answer that were not understood
+
+
+class VMStats(WireModel):
+    vm: str
+    state: str
+    host: HostUsage
+    guest: GuestUsage | None = None
+    guest_error: str | None = None  # why there is no guest view ("not running", no answer)
+
+
+class VMHealth(WireModel):
+    vm: str
+    state: str
+    healthy: bool  # its sshd answered a command
+    uptime_seconds: float | None = None
+    boot_id: str | None = None
+    error: str | None = None
+
+
+class TopHost(WireModel):
+    cpus: int
+    memory_mib: int | None
+    vcpus_reserved: int  # by running VMs
+    memory_mib_reserved: int
+    fs_total_bytes: int  # the filesystem holding banger's state
+    fs_free_bytes: int
+    banger_bytes: int  # allocated under banger's state dir (images, kernels, VMs)
+
+
+class TopVM(WireModel):
+    name: str
+    state: str
+    vcpu: int
+    memory_mib: int
+    started_at: datetime | None = None
+    host: HostUsage
+    guest: GuestUsage | None = None  # refreshed every few seconds, not every call
+    guest_error: str | None = None
+
+
+class TopView(WireModel):
+    host: TopHost
+    vms: list[TopVM]

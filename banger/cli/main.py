@@ -28,6 +28,7 @@ COMMANDS = {
     "kernel": "banger.cli.kernel_cmd:kernel_group",
     "ps": "banger.cli.vm_list:ps",
     "ssh-config": "banger.cli.ssh_config_cmd:ssh_config",
+    "top": "banger.cli.top_cmd:top",
 }
 VM_COMMANDS = {
     **{verb: f"banger.cli.vm_cmd:vm_{verb}" for verb in (
@@ -36,6 +37,8 @@ VM_COMMANDS = {
     )},
     "list": "banger.cli.vm_list:vm_list",
     "ports": "banger.cli.vm_ports_cmd:vm_ports",
+    "stats": "banger.cli.vm_stats_cmd:vm_stats",
+    "health": "banger.cli.vm_stats_cmd:vm_health",
     "exec": "banger.cli.workspace_cmd:vm_exec",
     "workspace": "banger.cli.workspace_cmd:workspace_group",
 }

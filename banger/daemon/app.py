@@ -23,11 +23,12 @@ from banger.api.models import (
     Ping,
 )
 from banger.core.errors import BangerError, Forbidden, InvalidInput
-from banger.daemon import artifact_routes, doctor, vm_routes, workspace_routes
+from banger.daemon import artifact_routes, doctor, stats_routes, vm_routes, workspace_routes
 from banger.daemon.operations import new_op_id, unexpected_error
 from banger.daemon.peercred import peer_uid
 from banger.daemon.routes import DaemonDep, api_router
 from banger.daemon.state import Daemon
+from banger.daemon.vm_idle import named_vm
 from banger.version import API_VERSION, version_info
 
 log = structlog.get_logger("banger.daemon.app")
@@ -143,6 +144,9 @@ async def _request_context(
             op_id,
         )
     started = time.monotonic()
+    used = named_vm(request.url.path)
+    if used is not None:
+        daemon.idle.touch(used)  # before the request: a `vm ssh` is use from its start
     try:
         response = await call_next(request)
     except Exception as exc:  # errors are total: a bug still answers JSON with its op_id
@@ -171,6 +175,7 @@ def create_app(daemon: Daemon) -> FastAPI:
     app.include_router(router)
     app.include_router(artifact_routes.router)
     app.include_router(vm_routes.router)
+    app.include_router(stats_routes.router)
     app.include_router(workspace_routes.router)
     app.add_exception_handler(BangerError, _banger_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -89,9 +89,12 @@ async def start_services(stack: contextlib.AsyncExitStack, daemon: Daemon) -> No
     stack.push_async_callback(daemon.vms.close)  # VM exit watchers, the idle TAP pool
     await daemon.vms.reconcile()
     stack.push_async_callback(daemon.operations.cancel_all)
+    stack.push_async_callback(daemon.stats.close)  # guest reads for top
     tasks = await stack.enter_async_context(BackgroundTasks())
     ttl = daemon.settings.operation_ttl_seconds
     tasks.spawn(_prune_forever(daemon.operations, daemon.store, ttl), name="prune operations")
+    if daemon.idle.after is not None:
+        tasks.spawn(daemon.idle.run_forever(), name="auto-stop unused VMs")
 
 
 def _open_store(stack: contextlib.AsyncExitStack, settings: Settings) -> Store:

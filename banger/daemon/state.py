@@ -14,9 +14,11 @@ from banger.daemon.kernel_service import KernelService
 from banger.daemon.operations import OperationRegistry
 from banger.daemon.ssh_config_service import SSHConfigService
 from banger.daemon.vm_create import VMCreator
+from banger.daemon.vm_idle import IdleStopper
 from banger.daemon.vm_network import VMNetwork
 from banger.daemon.vm_runtime import VMRuntime
 from banger.daemon.vm_service import VMService
+from banger.daemon.vm_stats import VMStatsService
 from banger.daemon.workspace_service import WorkspaceService
 from banger.host import net
 from banger.host.privileged import host_ops_for
@@ -36,6 +38,8 @@ class Daemon:
     workspaces: WorkspaceService
     ssh_config: SSHConfigService
     dns: DnsService
+    stats: VMStatsService
+    idle: IdleStopper
     allowed_uids: frozenset[int]
     started_at: float = field(default_factory=time.monotonic)
     request_shutdown: Callable[[], None] = lambda: None
@@ -55,5 +59,7 @@ class Daemon:
         workspaces = WorkspaceService(vms.rt)
         creator = VMCreator(vms, images, workspaces)
         dns = DnsService(settings, store, network)
+        stats = VMStatsService(vms.rt)
+        idle = IdleStopper(vms, stats, operations, settings.auto_stop_stale_after)
         return cls(settings, store, operations, kernels, images, vms, creator, workspaces,
-                   SSHConfigService(vms.rt), dns, allowed_uids)
+                   SSHConfigService(vms.rt), dns, stats, idle, allowed_uids)

@@ -150,7 +150,21 @@ class VMService:
         with ctx.stage("stop", detail=how):
             return await self._stop(vm)
 
-    async def _stop(self, vm: VMRecord) -> VMRecord:
+    def stop_idle(self, ref: str, still_idle: Callable[[VMRecord], str | None]) -> Work:
+        """Auto-stop: the stop verb, if ``still_idle`` (asked under the VM's lock, where
+        no verb can race it) still gives a reason; that reason is the VM's state reason."""
+
+        async def stop(ctx: OperationContext, vm: VMRecord) -> VMRecord:
+            why = still_idle(vm) if vm.state is VMState.RUNNING else None
+            if why is None:
+                return vm
+            with ctx.stage("stop", detail=why):
+                return await self._stop(vm, asked=why, done=why)
+
+        return self._verb(ref, stop)
+
+    async def _stop(self, vm: VMRecord, *, asked: str = "stop requested",
+                    done: str = "stopped on request") -> VMRecord:
         """Guest sync + poweroff over SSH, then the backend's graceful stop, then SIGKILL."""
         if not vm.state.active:
             return vm
@@ -158,12 +172,12 @@ class VMService:
         if handle is None:
             return await self.watcher.teardown(vm, "its VMM was gone when stop was asked")
         if vm.state is VMState.RUNNING:
-            vm = self.rt.store.vms.transition(vm, VMState.STOPPING, reason="stop requested")
+            vm = self.rt.store.vms.transition(vm, VMState.STOPPING, reason=asked)
         host, port = self.rt.network.ssh_endpoint(vm)
         await self.rt.guest.poweroff(vm, self.rt.files(vm), host, port)
         if not await self.rt.backend.wait_exit(handle, timeout=GRACEFUL_STOP_TIMEOUT):
             await self.rt.backend.shutdown(handle, graceful=True, timeout=VMM_STOP_TIMEOUT)
-        return await self.watcher.teardown(vm, "stopped on request")
+        return await self.watcher.teardown(vm, done)
 
     async def set(self, ref: str, vcpu: int | None, memory_mib: int | None,
                   disk: str | None, nat: bool | None = None) -> VMRecord:

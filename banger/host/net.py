@@ -144,6 +144,20 @@ def _index(ipr: IPRoute, name: str) -> int | None:
     return found[0] if found else None
 
 
+def tap_counters(name: str) -> tuple[int, int] | None:
+    """(rx, tx) bytes of TAP ``name`` (one of ours, checked), from netlink in our own
+    namespace (``/sys/class/net`` shows the namespace sysfs was mounted in); None if gone."""
+    validate_tap_name(name)
+    try:
+        with _netlink(f"read the counters of {name}") as ipr:
+            idx = _index(ipr, name)
+            link = ipr.get_links(idx)[0] if idx is not None else None
+    except (Forbidden, HostToolError):
+        return None
+    rx, tx = (link.get(("stats64", f)) if link else None for f in ("rx_bytes", "tx_bytes"))
+    return (int(rx), int(tx)) if isinstance(rx, int) and isinstance(tx, int) else None
+
+
 def _kind(link: object) -> str | None:
     return link.get(("linkinfo", "kind"))  # type: ignore[attr-defined]
 

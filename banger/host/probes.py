@@ -218,12 +218,21 @@ def host_tsc_khz(cpuinfo: Path = Path("/proc/cpuinfo")) -> int | None:
     return None
 
 
-def memory_available_mib(meminfo: Path = Path("/proc/meminfo")) -> int | None:
-    """``MemAvailable`` in MiB (None when unknown)."""
+def _meminfo_mib(key: str, meminfo: Path) -> int | None:
     try:
         for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) // 1024
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def memory_available_mib(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """``MemAvailable`` in MiB (None when unknown)."""
+    return _meminfo_mib("MemAvailable", meminfo)
+
+
+def memory_total_mib(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """``MemTotal`` in MiB (None when unknown)."""
+    return _meminfo_mib("MemTotal", meminfo)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -41,15 +42,41 @@ def spawn_detached(argv: Sequence[str], *, log_path: Path) -> subprocess.Popen[b
         )
 
 
-def read_stat(pid: int) -> tuple[str, int] | None:
-    """Return (state letter, start time in ticks) of ``pid``, or None when it is gone."""
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class ProcUsage:
+    """What a process has used so far: CPU time (user + system) and resident memory."""
+
+    cpu_ticks: int
+    rss_bytes: int
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` from field 3 (state) on, or None when it is gone."""
     try:
         data = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # comm (field 2) may contain spaces and parentheses: split after its last ')'.
-    fields = data[data.rindex(")") + 2 :].split()
-    return fields[0], int(fields[19])
+    return data[data.rindex(")") + 2 :].split()
+
+
+def read_stat(pid: int) -> tuple[str, int] | None:
+    """Return (state letter, start time in ticks) of ``pid``, or None when it is gone."""
+    fields = _stat_fields(pid)
+    return None if fields is None else (fields[0], int(fields[19]))
+
+
+def usage(pid: int, started: int) -> ProcUsage | None:
+    """CPU ticks and RSS of ``pid`` if it is still the process that started at ``started``."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in ("Z", "X") or int(fields[19]) != started:
+        return None
+    # utime, stime are fields 14 and 15; rss (pages) is field 24.
+    return ProcUsage(int(fields[11]) + int(fields[12]), int(fields[21]) * PAGE_SIZE)
 
 
 def start_time(pid: int) -> int | None:
