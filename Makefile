@@ -34,6 +34,7 @@ $(STAMP_PY): pyproject.toml
 demo: setup
 	$(VENV)/bin/banger doctor || true
 	$(VENV)/bin/banger vm run --rm -- sh -c 'echo "hello from $$(hostname)"; uname -sr; head -1 /etc/os-release'
+	if [ -d .git ]; then $(VENV)/bin/banger vm run . --rm -- sh -c 'echo "this repo in $$(pwd):"; git log --oneline -1; ls | head -4'; fi
 
 lint: setup
 	$(VENV)/bin/ruff check banger tests bench
