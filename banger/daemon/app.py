@@ -23,7 +23,7 @@ from banger.api.models import (
     Ping,
 )
 from banger.core.errors import BangerError, Forbidden, InvalidInput
-from banger.daemon import artifact_routes, doctor, vm_routes, workspace_routes
+from banger.daemon import artifact_routes, doctor, session_routes, vm_routes, workspace_routes
 from banger.daemon.operations import new_op_id, unexpected_error
 from banger.daemon.peercred import peer_uid
 from banger.daemon.routes import DaemonDep, api_router
@@ -172,6 +172,7 @@ def create_app(daemon: Daemon) -> FastAPI:
     app.include_router(artifact_routes.router)
     app.include_router(vm_routes.router)
     app.include_router(workspace_routes.router)
+    app.include_router(session_routes.router)
     app.add_exception_handler(BangerError, _banger_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.middleware("http")(_request_context)

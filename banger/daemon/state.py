@@ -12,6 +12,7 @@ from banger.daemon.dns_service import DnsService
 from banger.daemon.image_service import ImageService
 from banger.daemon.kernel_service import KernelService
 from banger.daemon.operations import OperationRegistry
+from banger.daemon.session_service import SessionService
 from banger.daemon.ssh_config_service import SSHConfigService
 from banger.daemon.vm_create import VMCreator
 from banger.daemon.vm_network import VMNetwork
@@ -36,6 +37,7 @@ class Daemon:
     workspaces: WorkspaceService
     ssh_config: SSHConfigService
     dns: DnsService
+    sessions: SessionService
     allowed_uids: frozenset[int]
     started_at: float = field(default_factory=time.monotonic)
     request_shutdown: Callable[[], None] = lambda: None
@@ -56,4 +58,4 @@ class Daemon:
         creator = VMCreator(vms, images, workspaces)
         dns = DnsService(settings, store, network)
         return cls(settings, store, operations, kernels, images, vms, creator, workspaces,
-                   SSHConfigService(vms.rt), dns, allowed_uids)
+                   SSHConfigService(vms.rt), dns, SessionService(vms.rt), allowed_uids)
