@@ -38,6 +38,7 @@ VM_COMMANDS = {
     "ports": "banger.cli.vm_ports_cmd:vm_ports",
     "exec": "banger.cli.workspace_cmd:vm_exec",
     "workspace": "banger.cli.workspace_cmd:workspace_group",
+    "session": "banger.cli.session_cmd:session_group",
 }
 
 

@@ -114,7 +114,8 @@ def _record(vm: str, fields: list[bytes]) -> SessionInfo:
             "ended_at": None if m["end"] == "-" else _when(int(m["end"])),
         }
     return SessionInfo(
-        vm=vm, name=name, mode="pipe" if mode == "pipe" else "pty", state="running", command=meta.command, cwd=meta.cwd,
+        vm=vm, name=name, mode="pipe" if mode == "pipe" else "pty", state="running",
+        command=meta.command, cwd=meta.cwd,
         started_at=_when(meta.started), pid=int(pid) if pid else None, output_start=start,
         output_end=end, log_truncated=lost == "1",
         attached=escape_text(who[:_WHO_MAX]) if who else None,
