@@ -106,7 +106,9 @@ emit() { tail -c "+$((since - best + 1))" "$d/log.$best" | head -c "$1"; }
 
 # The supervisor: its own session (setsid), holds the stdin FIFO open, runs the program
 # in a process group of its own with its output into a FIFO the logger drains into
-# segments, then writes the exit record once the output has ended.
+# segments, then writes the exit record once the output has ended. The program's
+# redirections live in a subshell that execs it: dash reports a child killed by a
+# signal ("Terminated") on its own stderr, which must not land in the output.
 # $1 session dir, $2 mode, $3 segment bytes, $4 the pty command line, $5... argv.
 SUPERVISOR = r"""d=$1 mode=$2 segment=$3 inner=$4; shift 4
 starttime() {
@@ -142,11 +144,11 @@ log_output < "$d/out" 3<&- &
 logger=$!
 user_shell=${SHELL:-/bin/sh}
 if [ "$mode" = pipe ]; then
-    setsid sh -c 'echo $$ > "$0/prog"; exec "$@"' "$d" "$@" <&3 3<&- > "$d/out" 2>&1
+    (exec setsid sh -c 'echo $$ > "$0/prog"; exec "$@"' "$d" "$@" <&3 3<&- > "$d/out" 2>&1)
 else
-    BANGER_SESSION=$d BANGER_SHELL=$user_shell SHELL=/bin/sh TERM=xterm-256color \
-        setsid sh -c 'echo $$ > "$0/prog"; exec script -qfec "$1" /dev/null' "$d" "$inner" \
-        <&3 3<&- > "$d/out" 2>&1
+    (BANGER_SESSION=$d BANGER_SHELL=$user_shell SHELL=/bin/sh TERM=xterm-256color \
+        exec setsid sh -c 'echo $$ > "$0/prog"; exec script -qfec "$1" /dev/null' "$d" "$inner" \
+        <&3 3<&- > "$d/out" 2>&1)
 fi
 rc=$?
 while kill -0 "$logger" 2>/dev/null; do wait "$logger" || :; done
@@ -175,9 +177,16 @@ for tool in setsid mkfifo head tail stat flock stdbuf timeout dd; do
 done
 if [ "$mode" = pty ]; then command -v script >/dev/null 2>&1 || die 84 script; fi
 cd "$cwd" 2>/dev/null || die 82 "$cwd"
-found=$(command -v "$1" 2>/dev/null) || die 83 "$1"
-case $found in */*) ;; *) die 83 "$1" ;; esac
-[ -f "$found" ] && [ -x "$found" ] || die 83 "$1"
+found=
+case $1 in
+    */*) found=$1 ;;
+    *) set -f; IFS=:
+       for dir in $PATH; do
+           if [ -f "$dir/$1" ] && [ -x "$dir/$1" ]; then found=$dir/$1; break; fi
+       done
+       unset IFS; set +f ;;
+esac
+[ -n "$found" ] && [ -f "$found" ] && [ -x "$found" ] || die 83 "$1"
 mkdir -p "$top"
 mkdir "$d" 2>/dev/null || { [ ! -e "$d" ] || die 81 "$name"; die 1 "cannot create $d"; }
 trap 'rm -rf "$d"' EXIT

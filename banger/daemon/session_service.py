@@ -60,11 +60,12 @@ class SessionService:
         return vm
 
     async def _run(self, vm: VMRecord, name: str, argv: list[str], *,
-                   stdin: Path | None = None, timeout: float = CALL_TIMEOUT) -> None:
+                   stdin: Path | None = None, timeout: float = CALL_TIMEOUT,
+                   asked: tuple[str, str] | None = None) -> None:
         try:
             await self.rt.guest.run(self.rt.guest_target(vm), argv, stdin=stdin, timeout=timeout)
         except GuestCommandError as exc:
-            raise guest_failure(vm, name, exc) from None
+            raise guest_failure(vm, name, exc, asked) from None
 
     async def _read(self, vm: VMRecord, name: str, argv: list[str], limit: int,
                     timeout: float = CALL_TIMEOUT) -> bytes:
@@ -84,7 +85,7 @@ class SessionService:
         meta = SessionMeta(command=req.command, cwd=cwd, started=int(time.time())).line()
         mode = "pipe" if req.pipe else "pty"
         argv = scripts.start_argv(self.top, name, cwd, mode, meta, req.command, self.segment)
-        await self._run(vm, name, argv, timeout=START_TIMEOUT)
+        await self._run(vm, name, argv, timeout=START_TIMEOUT, asked=(cwd, req.command[0]))
         log.info("session started", vm=vm.name, session=name, mode=mode)
         return await self.show(ref, name)
 
@@ -174,9 +175,12 @@ def _not_understood(vm: VMRecord, name: str) -> GuestError:
                       "understood", hint=f"see the guest: banger vm ssh {vm.name}")
 
 
-def guest_failure(vm: VMRecord, name: str, exc: GuestCommandError) -> Exception:
-    """The one-line error for a session script's exit status."""
+def guest_failure(vm: VMRecord, name: str, exc: GuestCommandError,
+                  asked: tuple[str, str] | None = None) -> Exception:
+    """The one-line error for a session script's exit status (``asked``: a start's cwd and
+    program, named as the user gave them rather than as the guest echoed them)."""
     said = escape_text(exc.said[:200])
+    cwd, program = (escape_text(a[:200]) for a in asked) if asked else (said, said)
     s, v = f"session '{name}' of VM '{vm.name}'", vm.name
     known: dict[int, Exception] = {
         scripts.NO_SESSION: NotFound(f"VM '{v}' has no session '{name}'",
@@ -184,10 +188,10 @@ def guest_failure(vm: VMRecord, name: str, exc: GuestCommandError) -> Exception:
         scripts.TAKEN: Conflict(f"VM '{v}' already has a session '{name}'",
                                 hint=f"pick another --name, or remove the ended one: banger vm "
                                      f"session delete {v} {name}"),
-        scripts.NO_CWD: InvalidInput(f"the directory {said!r} does not exist in VM '{v}'",
+        scripts.NO_CWD: InvalidInput(f"the directory {cwd!r} does not exist in VM '{v}'",
                                      hint=f"make it first: banger vm ssh {v} -- mkdir -p DIR"),
         scripts.NO_COMMAND: InvalidInput(
-            f"the command {said!r} is not found in VM '{v}' (its PATH, from the session's cwd)",
+            f"the command {program!r} is not found in VM '{v}' (its PATH, from the session's cwd)",
             hint="install it in the guest, or give its full path"),
         scripts.NO_TOOL: GuestError(
             f"VM '{v}': the guest has no {said} (sessions need util-linux and coreutils)",
