@@ -217,8 +217,8 @@ def session_delete(ctx: CliContext, vm: str, name: str) -> None:
     Example:
       banger vm session delete box agent
     """
-    s = ctx.client().request("DELETE", _path(vm, name))
-    console().print(f"{s['name']}: deleted", markup=False, highlight=False)
+    s = SessionInfo.model_validate(ctx.client().request("DELETE", _path(vm, name)))
+    console().print(f"{s.name}: deleted", markup=False, highlight=False)
 
 
 def _read_on(client: Client, vm: str, name: str, since: int, follow: bool) -> SessionInfo:
@@ -315,7 +315,7 @@ def session_attach(ctx: CliContext, vm: str, name: str, since: int | None,
                                 f"{name} --follow")
     if interactive and _interactive(ctx, vm, name, since):
         s = _show(client, vm, name)
-        _say(f"offset: {s.output_end}")
+        _say(f"\noffset: {s.output_end}")  # the program's cursor may be mid-line
         if s.state == "ended":
             _ended(s)
         return

@@ -28,6 +28,11 @@ pytestmark = pytest.mark.vm
 
 ECHO = ["sh", "-c", 'while read -r l; do printf "%s\\n" "$l"; done']
 LINES = ['{"n":1,"text":"one"}', '{"n":2,"text":"two two"}', '{"n":3,"text":"a\\u00e9"}']
+# Every free block of /root, the reserved ones too (root may use them): fallocate most,
+# dd the rest.
+FILL_DISK = ("free=$(( $(stat -f -c '%f' /root) * $(stat -f -c '%S' /root) )); "
+             "fallocate -l $(( free - (2 << 20) )) /root/fill; "
+             "dd if=/dev/zero of=/root/fill2 bs=64k 2>/dev/null; sync; true")
 OFFSET = re.compile(r"^offset: (\d+)$", re.M)
 
 
@@ -168,13 +173,11 @@ def test_sessions_pipe_daemon_kill_terminal_stop_and_vm_restart(
 
     # A full work disk: the log cannot grow, the program runs on, show says so.
     vms.ok("vm", "session", "start", "sess", "--name", "chatty", "--pipe", "--",
-           "sh", "-c", "while :; do echo tick; sleep 0.2; done")
-    vms.ok("vm", "ssh", "sess", "--", "sh", "-c",
-           "fallocate -l $(( $(df -B1 --output=avail /root | tail -1) )) /root/fill || "
-           "dd if=/dev/zero of=/root/fill bs=1M 2>/dev/null; sync; true")
+           "sh", "-c", "while :; do printf '%0100d\\n' 0; sleep 0.05; done")
+    vms.ok("vm", "ssh", "sess", "--", "sh", "-c", FILL_DISK)
     wait_for("a truncated log", lambda: session(vms, "chatty")["log_truncated"] is True)
     assert session(vms, "chatty")["state"] == "running"
-    vms.ok("vm", "ssh", "sess", "--", "rm", "-f", "/root/fill")
+    vms.ok("vm", "ssh", "sess", "--", "rm", "-f", "/root/fill", "/root/fill2")
     before = int(str(session(vms, "chatty")["output_end"]))
     wait_for("the log to grow again",
              lambda: int(str(session(vms, "chatty")["output_end"])) > before)
@@ -188,4 +191,4 @@ def test_sessions_pipe_daemon_kill_terminal_stop_and_vm_restart(
               json.loads(vms.ok("vm", "session", "list", "sess", "--json"))["sessions"]}
     assert states["echo"] == ("ended", "stopped")
     assert states["chatty"] == ("ended", "vm-stopped")
-    assert "tick" in logs(vms, "chatty", 0)[0]
+    assert "0" * 100 + "\n" in logs(vms, "chatty", 0)[0]
