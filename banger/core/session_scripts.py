@@ -106,7 +106,8 @@ emit() { tail -c "+$((since - best + 1))" "$d/log.$best" | head -c "$1"; }
 
 # The supervisor: its own session (setsid), holds the stdin FIFO open, runs the program
 # in a process group of its own with its output into a FIFO the logger drains into
-# segments, then writes the exit record once the output has ended. The program's
+# segments (when a write fails, a full disk, it drops output for a second and tries
+# again), then writes the exit record once the output has ended. The program's
 # redirections live in a subshell that execs it: dash reports a child killed by a
 # signal ("Terminated") on its own stderr, which must not land in the output.
 # $1 session dir, $2 mode, $3 segment bytes, $4 the pty command line, $5... argv.
@@ -128,7 +129,8 @@ log_output() {
             prev=$base base=$((base + now))
         else
             : > "$d/lost" 2>/dev/null || :
-            [ "$(head -c 65536 | wc -c)" -gt 0 ] || return 0
+            timeout 1 cat > /dev/null
+            [ "$?" -eq 124 ] || return 0
         fi
     done
 }

@@ -9,7 +9,6 @@ over the VM's shared SSH connection, its values only as ``$1..``.
 from __future__ import annotations
 
 import base64
-import binascii
 import time
 from pathlib import Path
 
@@ -126,7 +125,7 @@ class SessionService:
         """Write to a pipe session's stdin (one write per MiB; banger's senders serialised)."""
         try:
             data = base64.b64decode(data_b64, validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or a str that is not ASCII
             raise InvalidInput("data_b64 is not base64") from None
         vm = self._running(ref)
         scratch = make_scratch(self.rt.paths.state_dir, "session-send-")
