@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
 from banger.core.defaults import DEFAULT_IMAGE_SOURCE
 from banger.core.manifests import ImageManifest, KernelManifest
 from banger.core.publish import PublishedPort
+from banger.core.sessions import ARGS_MAX, SEND_BYTES_MAX, SessionInfo
 from banger.core.states import OperationState
 from banger.core.workspace import WorkspaceMode
 from banger.core.workspace_state import WorkspaceState
@@ -396,3 +397,41 @@ class TopVM(WireModel):
 class TopView(WireModel):
     host: TopHost
     vms: list[TopVM]
+
+
+class SessionStartRequest(RequestModel):
+    """``vm session start``: the command (argv), checked again by the daemon."""
+
+    name: str | None = None
+    cwd: str | None = None  # default: the workspace if one was prepared, else /root
+    pipe: bool = False
+    command: list[str] = Field(min_length=1, max_length=ARGS_MAX)
+
+
+SEND_B64_MAX = (SEND_BYTES_MAX + 2) // 3 * 4
+
+
+class SessionSendRequest(RequestModel):
+    data_b64: str = Field(max_length=SEND_B64_MAX)
+
+
+class SessionSent(WireModel):
+    vm: str
+    name: str
+    bytes: int
+
+
+class SessionList(WireModel):
+    vm: str
+    sessions: list[SessionInfo]
+    unparsed: int = 0  # records of the guest's answer that were not understood
+
+
+class SessionOutput(WireModel):
+    """A chunk of a session's output: ``data_b64`` covers offsets ``start`` to ``next``."""
+
+    session: SessionInfo
+    since: int  # what was asked
+    start: int  # where the chunk starts (> since when older output was rotated away)
+    next: int
+    data_b64: str

@@ -41,6 +41,7 @@ VM_COMMANDS = {
     "health": "banger.cli.vm_stats_cmd:vm_health",
     "exec": "banger.cli.workspace_cmd:vm_exec",
     "workspace": "banger.cli.workspace_cmd:workspace_group",
+    "session": "banger.cli.session_cmd:session_group",
 }
 
 

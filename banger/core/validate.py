@@ -18,7 +18,7 @@ from banger.core.names import ID_RE
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
-NameKind = Literal["VM", "image", "kernel"]
+NameKind = Literal["VM", "image", "kernel", "session"]
 
 NAME_MAX_LEN = 63
 # A DNS label (RFC 1123), because VM names become `<name>.vm` host names.

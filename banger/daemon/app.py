@@ -23,7 +23,14 @@ from banger.api.models import (
     Ping,
 )
 from banger.core.errors import BangerError, Forbidden, InvalidInput
-from banger.daemon import artifact_routes, doctor, stats_routes, vm_routes, workspace_routes
+from banger.daemon import (
+    artifact_routes,
+    doctor,
+    session_routes,
+    stats_routes,
+    vm_routes,
+    workspace_routes,
+)
 from banger.daemon.operations import new_op_id, unexpected_error
 from banger.daemon.peercred import peer_uid
 from banger.daemon.routes import DaemonDep, api_router
@@ -177,6 +184,7 @@ def create_app(daemon: Daemon) -> FastAPI:
     app.include_router(vm_routes.router)
     app.include_router(stats_routes.router)
     app.include_router(workspace_routes.router)
+    app.include_router(session_routes.router)
     app.add_exception_handler(BangerError, _banger_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.middleware("http")(_request_context)

@@ -12,6 +12,7 @@ from banger.daemon.dns_service import DnsService
 from banger.daemon.image_service import ImageService
 from banger.daemon.kernel_service import KernelService
 from banger.daemon.operations import OperationRegistry
+from banger.daemon.session_service import SessionService
 from banger.daemon.ssh_config_service import SSHConfigService
 from banger.daemon.vm_create import VMCreator
 from banger.daemon.vm_idle import IdleStopper
@@ -40,6 +41,7 @@ class Daemon:
     dns: DnsService
     stats: VMStatsService
     idle: IdleStopper
+    sessions: SessionService
     allowed_uids: frozenset[int]
     started_at: float = field(default_factory=time.monotonic)
     request_shutdown: Callable[[], None] = lambda: None
@@ -60,6 +62,8 @@ class Daemon:
         creator = VMCreator(vms, images, workspaces)
         dns = DnsService(settings, store, network)
         stats = VMStatsService(vms.rt)
-        idle = IdleStopper(vms, stats, operations, settings.auto_stop_stale_after)
+        sessions = SessionService(vms.rt)
+        idle = IdleStopper(vms, stats, operations, settings.auto_stop_stale_after,
+                           banger_sessions=sessions.running_count)
         return cls(settings, store, operations, kernels, images, vms, creator, workspaces,
-                   SSHConfigService(vms.rt), dns, stats, idle, allowed_uids)
+                   SSHConfigService(vms.rt), dns, stats, idle, sessions, allowed_uids)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -47,9 +47,11 @@ def named_vm(path: str) -> str | None:
 
 class IdleStopper:
     def __init__(self, vms: VMService, stats: VMStatsService, operations: OperationRegistry,
-                 after: float | None, clock: Callable[[], float] = time.time) -> None:
+                 after: float | None, clock: Callable[[], float] = time.time,
+                 banger_sessions: Callable[[VMRecord], Awaitable[int]] | None = None) -> None:
         self.vms = vms
         self.stats = stats
+        self.banger_sessions = banger_sessions
         self.operations = operations
         self.after = after
         self.clock = clock
@@ -67,16 +69,15 @@ class IdleStopper:
         return max(self.started, started, *(self._used.get(k, 0.0) for k in (vm.name, vm.id)))
 
     async def sessions(self, vm: VMRecord) -> int | None:
-        """How many sessions ``vm`` has now (None when its guest does not say).
-
-        SSH sessions only for now: banger sessions add their count here.
-        """
+        """How many SSH and running banger sessions ``vm`` has now (None: its guest did not say)."""
         try:
-            return (await self.stats.read_guest(vm)).ssh_sessions
+            ssh = (await self.stats.read_guest(vm)).ssh_sessions
+            ours = await self.banger_sessions(vm) if self.banger_sessions is not None else 0
         except GuestError as exc:
             log.warning("auto-stop: the guest did not answer; leaving it running",
                         vm=vm.name, error=exc.message)
             return None
+        return None if ssh is None else ssh + ours
 
     async def sweep(self) -> list[str]:
         """One look at every running VM; the names of those whose stop was begun."""

@@ -37,6 +37,9 @@ COMMANDS = [
     ["vm", "workspace", "prepare", "box", "{dir}", "--mode", "full_copy", "--dry-run"],
     ["vm", "workspace", "export", "box", "--base-commit", "abc123"],
     ["ssh-config", "--install"],
+    ["vm", "session", "start", "box", "--name", "agent", "--cwd", "/root/repo", "--pipe", "--",
+     "sh", "-c", "while read l; do echo \"$l\"; done"],
+    ["vm", "session", "send", "box", "agent", "--data", '{"type":"prompt"}'],
 ]
 
 
