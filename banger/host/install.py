@@ -94,7 +94,7 @@ def write_install(info: InstallInfo, root: Path) -> Path:
 
 
 def _unit(description: str, service: list[str], after: str | None = None) -> str:
-    unit = ["[Unit]", f"Description={description}", "Documentation=man:banger(1)"]
+    unit = ["[Unit]", f"Description={description}"]
     if after:
         unit += [f"After={after}", f"Wants={after}"]
     return "\n".join([*unit, "", "[Service]", *service, "", "[Install]",
@@ -206,7 +206,8 @@ def ensure_owner_dirs(info: InstallInfo) -> None:
 
 
 def remove_install(root: Path) -> list[Path]:
-    """Remove the install's files under ``root`` and the dirs that held only them."""
+    """Remove the install's files under ``root``, and ``etc/banger`` when that leaves it
+    empty (the unit dir is systemd's, never removed)."""
     removed = []
     for path in installed_files(root):
         try:
@@ -214,9 +215,7 @@ def remove_install(root: Path) -> list[Path]:
             removed.append(path)
         except FileNotFoundError:
             pass
-    for path in installed_files(root):
-        parent = path.parent
-        while parent != root and parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()
-            parent = parent.parent
+    ours = (root / INSTALL_TOML).parent
+    if ours.is_dir() and not ours.is_symlink() and not any(ours.iterdir()):
+        ours.rmdir()
     return removed
