@@ -33,6 +33,7 @@ import ipaddress
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -44,6 +45,7 @@ from banger.host import proc_identity as proc
 log = logging.getLogger("banger.host.privileged")
 
 HELLO_TIMEOUT = 5.0
+HELLO_ATTEMPTS = 6  # about 3 s for a helper started at the same time
 PID_MAX = 1 << 22  # the kernel's ceiling for /proc/sys/kernel/pid_max
 UID_MAX = (1 << 32) - 2  # (uid_t)-1 means "no uid"
 MARKER_MAX = 4096
@@ -329,14 +331,19 @@ def host_ops_for(helper_socket: Path | None = None) -> HostOps:
         from banger.host.helper_client import HelperHostOps
 
         helper = HelperHostOps(helper_socket, timeout=HELLO_TIMEOUT)
-        try:
-            hello = helper.hello()
-        except BangerError as exc:
-            log.warning("bangerd-root at %s unusable (%s): user-mode networking",
-                        helper_socket, exc.message)
+        for attempt in range(HELLO_ATTEMPTS):  # started together under systemd: it may lag
+            try:
+                hello = helper.hello()
+                break
+            except BangerError as exc:
+                failure = exc.message
+                time.sleep(0.5 if attempt < HELLO_ATTEMPTS - 1 else 0)
         else:
-            if hello.owner_uid == os.getuid():
-                return CheckedHostOps(HelperHostOps(helper_socket))
-            log.warning("bangerd-root at %s serves uid %d, not us: user-mode networking",
-                        helper_socket, hello.owner_uid)
+            log.warning("bangerd-root at %s unusable (%s): user-mode networking",
+                        helper_socket, failure)
+            return CheckedHostOps(InProcessHostOps())
+        if hello.owner_uid == os.getuid():
+            return CheckedHostOps(HelperHostOps(helper_socket))
+        log.warning("bangerd-root at %s serves uid %d, not us: user-mode networking",
+                    helper_socket, hello.owner_uid)
     return CheckedHostOps(InProcessHostOps())

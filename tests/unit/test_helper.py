@@ -282,3 +282,21 @@ def test_an_unreachable_helper_is_unavailable_naming_the_fix(tmp_path: Path) -> 
     with pytest.raises(Unavailable, match="not reachable") as err:
         HelperHostOps(tmp_path / "none.sock").create_tap("bgt01", "banger0")
     assert "bangerd-root" in (err.value.hint or "")
+
+
+def test_host_ops_for_picks_the_helper_only_when_it_serves_us(
+    helper: HelperHostOps, owner: Owner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from banger.host import privileged
+
+    monkeypatch.setattr(net, "have_net_admin", lambda: False)  # as the owner's daemon
+    monkeypatch.setattr(privileged, "HELLO_ATTEMPTS", 1)
+    picked = privileged.host_ops_for(helper.path)
+    assert isinstance(picked, privileged.CheckedHostOps)
+    assert isinstance(picked.transport, HelperHostOps) and picked.can_manage_network()
+    for missing in (None, tmp_path / "none.sock"):
+        fallback = privileged.host_ops_for(missing)
+        assert isinstance(fallback, privileged.CheckedHostOps)
+        assert isinstance(fallback.transport, InProcessHostOps)
+    monkeypatch.setattr(os, "getuid", lambda: owner.uid + 1)  # a helper serving someone else
+    assert isinstance(privileged.host_ops_for(helper.path).transport, InProcessHostOps)
