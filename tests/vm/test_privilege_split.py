@@ -104,10 +104,23 @@ class SplitUser:
              str(self.state), "--runtime-dir", str(self.runtime)],
             stderr=self.helper_log.open("ab"), stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
-        while not self.socket.exists():
+        while not self._answers():  # a killed helper's stale socket file is still there
             assert self.helper.poll() is None, self.helper_log.read_text()
             assert time.monotonic() < deadline, "bangerd-root did not listen"
             time.sleep(0.05)
+
+    def _answers(self) -> bool:
+        from banger.core.errors import BangerError
+        from banger.host.helper_client import HelperHostOps
+
+        try:
+            return HelperHostOps(self.socket, timeout=2).hello().pid == self.helper_pid()
+        except BangerError:
+            return False
+
+    def helper_pid(self) -> int:
+        assert self.helper is not None
+        return self.helper.pid
 
     def kill_helper(self, sig: signal.Signals = signal.SIGKILL) -> None:
         assert self.helper is not None
