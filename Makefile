@@ -6,7 +6,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := qemu-system-x86 qemu-utils e2fsprogs mmdebstrap busybox-static skopeo \
-	nftables openssh-client cpio zstd kmod iproute2 docker-registry python3-venv git procps util-linux
+	nftables openssh-client cpio zstd kmod iproute2 docker-registry python3-venv git procps util-linux systemd
 STAMP_APT := $(VENV)/.apt-done
 STAMP_PY  := $(VENV)/.py-done
 

@@ -34,7 +34,7 @@ SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes, one of them the NUL
 _BRIDGE_NAME = re.compile(r"[a-zA-Z0-9_-]{1,15}", re.ASCII)
 
 
-def _default_runtime_dir() -> Path:
+def default_runtime_dir() -> Path:
     base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/banger-{os.getuid()}"
     return Path(base, "banger")
 
@@ -118,6 +118,11 @@ def _runtime_dir(value: Any) -> Path:
     return path
 
 
+def _helper_socket(value: Any) -> Path | None:
+    """Off (absent or empty): found through /etc/banger/install.toml; else an absolute path."""
+    return None if value is None or value == "" else _directory(value)
+
+
 def _bridge_name(value: Any) -> str:
     if not _BRIDGE_NAME.fullmatch(_string(value)):
         raise ValueError("must be 1-15 of A-Z a-z 0-9 _ -")
@@ -183,11 +188,15 @@ class Settings:
                            "Where the store, images, kernels and VMs live.")
     cache_dir: Path = _key(_directory, lambda: _xdg_dir("XDG_CACHE_HOME", ".cache"),
                            "Prunable downloads (OCI blobs, kernel packages).")
-    runtime_dir: Path = _key(_runtime_dir, _default_runtime_dir, "Sockets and pidfiles.")
+    runtime_dir: Path = _key(_runtime_dir, default_runtime_dir, "Sockets and pidfiles.")
     log_level: str = _key(_choice("debug", "info", "warning", "error"), lambda: "info",
                           "Daemon log level.")
     backend: str = _key(_choice("auto", *IMPLEMENTED_BACKENDS), lambda: "auto",
                         "Which VMM to use (this release: QEMU).")
+    helper_socket: Path | None = _key(
+        _helper_socket, lambda: None,
+        "The socket of `bangerd-root` (the root helper); unset: the one install.toml names.",
+    )
     bridge_name: str = _key(_bridge_name, lambda: "banger0", "Host bridge for VM networking.")
     bridge_cidr: str = _key(_bridge_cidr, lambda: "172.16.0.1/24", "Bridge address and subnet.")
     dns_listen: str = _key(_dns_listen, lambda: "127.0.0.1:42069",

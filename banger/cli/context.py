@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import click
 
 from banger.api.client import Client
-from banger.cli.lifecycle import connect
+from banger.cli.lifecycle import connect, daemon_socket
 from banger.cli.render import warn
 from banger.config import Settings, load_settings
 
@@ -42,7 +42,7 @@ class CliContext:
 
     def bare_client(self) -> Client:
         """A client that never starts the daemon nor warns of drift (daemon start/stop/status)."""
-        return Client(self.settings.paths.socket)
+        return Client(daemon_socket(self.settings))
 
 
 pass_ctx = click.make_pass_decorator(CliContext, ensure=True)

@@ -1,4 +1,5 @@
-"""``banger doctor``: the daemon's host checks plus CLI/daemon version drift."""
+"""``banger doctor``: the daemon's host checks plus CLI/daemon version drift and the
+system install's rows (``system_view``)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ def doctor(ctx: CliContext, as_json: bool) -> None:
     report = client.get_model("/doctor", DoctorReport)
     ping = client.ping()
     report.checks.append(version_drift_check(version_tag(), f"{ping.version}+{ping.commit[:12]}"))
+    from banger.cli.system_view import system_checks
+
+    report.checks += system_checks()
     failed = any(c.status is CheckStatus.FAIL for c in report.checks)
     if as_json:
         print_json(report.model_dump(mode="json"))

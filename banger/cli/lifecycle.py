@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from banger.api.client import Client
-from banger.config import Settings
+from banger.config import Settings, default_runtime_dir
 from banger.core.errors import DaemonNotRunning, Unavailable
 from banger.core.wait import poll_until
+from banger.host.install import system_daemon_socket
 from banger.host.private_dirs import ensure_private_dir
 from banger.host.proc import (
     pid_alive,
@@ -83,12 +85,30 @@ def stop_daemon(client: Client) -> int | None:
     raise Unavailable(f"bangerd (pid {pid}) did not exit", hint=f"kill -9 {pid}")
 
 
+def system_socket(settings: Settings) -> Path | None:
+    """The system install's daemon socket when this user owns the install (and has not
+    pointed runtime_dir elsewhere); None: the per-user daemon, started on demand."""
+    return system_daemon_socket(settings.runtime_dir == default_runtime_dir())
+
+
+def daemon_socket(settings: Settings) -> Path:
+    return system_socket(settings) or settings.paths.socket
+
+
 def connect(settings: Settings, *, on_version_drift: DriftHandler | None = None) -> Client:
-    """A client for the user's daemon; the first request that finds no daemon starts one.
+    """A client for the user's daemon; the first request that finds no daemon starts one
+    (a system install's daemon is systemd's to start: its absence is one clear line).
 
     No ping up front: a running daemon (the usual case) costs each command one
     round trip, not two.
     """
+    system = system_socket(settings)
+    if system is not None:
+        def not_running() -> None:
+            raise Unavailable(f"the system bangerd does not answer on {system}",
+                              hint="sudo systemctl start bangerd (see banger system status)")
+
+        return Client(system, on_version_drift=on_version_drift, on_not_running=not_running)
 
     def start() -> None:
         with Client(settings.paths.socket) as probe:

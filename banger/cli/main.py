@@ -28,6 +28,7 @@ COMMANDS = {
     "kernel": "banger.cli.kernel_cmd:kernel_group",
     "ps": "banger.cli.vm_list:ps",
     "ssh-config": "banger.cli.ssh_config_cmd:ssh_config",
+    "system": "banger.cli.system_cmd:system_group",
     "top": "banger.cli.top_cmd:top",
 }
 VM_COMMANDS = {

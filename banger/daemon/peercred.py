@@ -9,20 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import struct
 from collections.abc import MutableMapping
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-_UCRED = struct.Struct("3i")
-
-
-def socket_peer(sock: socket.socket) -> tuple[int, int, int]:
-    """Return ``(pid, uid, gid)`` of the process at the other end of ``sock``."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-    pid, uid, gid = _UCRED.unpack(raw)
-    return pid, uid, gid
+from banger.host.sockets import socket_peer
 
 
 class PeerCredProtocol(H11Protocol):

@@ -22,6 +22,7 @@ from banger.daemon.vm_service import VMService
 from banger.daemon.vm_stats import VMStatsService
 from banger.daemon.workspace_service import WorkspaceService
 from banger.host import net
+from banger.host.install import helper_socket_for
 from banger.host.privileged import host_ops_for
 from banger.store.db import Store
 from banger.vmm.factory import HostFacts, backend_for
@@ -53,7 +54,7 @@ class Daemon:
         kernels = KernelService(store, paths.kernels, paths.cache_dir)
         images = ImageService(store, kernels, paths.images, paths.cache_dir)
         owner = net.owner_alias(os.getuid(), str(paths.state_dir.resolve()))
-        host_ops = host_ops_for()
+        host_ops = host_ops_for(helper_socket_for(settings.helper_socket))
         backend = backend_for(settings.backend, HostFacts.probe(), host_ops)
         network = VMNetwork(store, settings.bridge_name, settings.bridge_cidr, owner,
                             backend.traits.net_kinds, host_ops)

@@ -314,6 +314,19 @@ def delete_tap(name: str) -> bool:
     return True
 
 
+def link_facts(name: str) -> tuple[str | None, int | None] | None:
+    """(alias, TUN owner uid) of interface ``name`` (a uid only for a TUN/TAP with an owner),
+    or None when there is no such interface: what the root helper checks before it acts."""
+    with _netlink(f"look at {name}") as ipr:
+        idx = _index(ipr, name)
+        if idx is None:
+            return None
+        link = ipr.get_links(idx)[0]
+    data = link.get(("linkinfo", "data"))
+    owner = data.get("IFLA_TUN_OWNER") if data is not None and _kind(link) == "tun" else None
+    return link.get("ifalias"), owner if isinstance(owner, int) else None
+
+
 def taps_on_our_bridge(bridge: str, owner: str) -> list[str]:
     """Our-prefix TAPs enslaved to ``bridge`` when that bridge is ``owner``'s; else none.
 

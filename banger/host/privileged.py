@@ -9,10 +9,11 @@ set of NAT'd guests in banger's nftables table, IPv4 forwarding). Callers hold a
 ``sandbox=`` argument:
 
 - ``InProcessHostOps``: the daemon holds the privileges itself (root, as in CI,
-  or CAP_NET_ADMIN) and the operations run in its process. The only transport
-  today.
-- the ``bangerd-root`` client: the root helper of a system install, a second
-  implementation arriving with the privilege split; callers do not change.
+  or CAP_NET_ADMIN) and the operations run in its process.
+- ``host.helper_client.HelperHostOps``: the daemon runs as its owner and asks
+  ``bangerd-root``, the root helper of a system install, over its socket; the
+  helper runs each call through ``CheckedHostOps`` again, its owner guard
+  (``helper/guard.py``), then ``InProcessHostOps``.
 
 Loop/dm devices (and, with Firecracker, jailer
 chroot staging) join this interface when they land, each with its validators.
@@ -22,23 +23,29 @@ any transport sees it (TAP names with our prefix, bridge names, CIDRs, owner
 aliases, uids, pids above 1, argv markers naming a path, allowlisted signals,
 IPv4 resolver and guest addresses),
 and ``host_ops_for`` always wraps the transport in it; the root helper's server
-will wrap its in-process operations in it again. Blocking methods (netlink)
+wraps its in-process operations in it again. Blocking methods (netlink)
 belong in a worker thread.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from banger.core.errors import Forbidden, InvalidInput
+from banger.core.errors import BangerError, Forbidden, InvalidInput
 from banger.core.signals import validate_signal
 from banger.host import nat, net, resolved
 from banger.host import proc_identity as proc
 
+log = logging.getLogger("banger.host.privileged")
+
+HELLO_TIMEOUT = 5.0
+HELLO_ATTEMPTS = 6  # about 3 s for a helper started at the same time
 PID_MAX = 1 << 22  # the kernel's ceiling for /proc/sys/kernel/pid_max
 UID_MAX = (1 << 32) - 2  # (uid_t)-1 means "no uid"
 MARKER_MAX = 4096
@@ -163,7 +170,7 @@ def validate_guest_addresses(guests: object) -> tuple[str, ...]:
     return checked
 
 
-def _path_marker(marker: str) -> bool:
+def path_marker(marker: str) -> bool:
     """A normalised absolute path of at least two components (``/run/.../vmm.pid``)."""
     return marker.startswith("/") and os.path.normpath(marker) == marker and marker.count("/") > 1
 
@@ -181,7 +188,7 @@ def validate_markers(markers: object) -> tuple[str, ...]:
             f"invalid VMM markers {_show(markers)}",
             hint=f"a tuple of 1-{MARKER_MAX} character strings without NUL",
         )
-    if not any(_path_marker(m) for m in markers):
+    if not any(path_marker(m) for m in markers):
         raise InvalidInput(
             f"VMM markers {_show(markers)} name no path: they cannot prove a process is ours",
             hint="pass the VMM's pidfile path (as in its argv) as a marker",
@@ -220,7 +227,7 @@ class InProcessHostOps:
             if not proc.is_running(pid, start_time, ()):
                 return False  # exited, or the pid now names a later process
             if not proc.is_running(pid, start_time, markers) or not any(
-                _path_marker(m) and proc.pidfile_names(Path(m), pid) for m in markers
+                path_marker(m) and proc.pidfile_names(Path(m), pid) for m in markers
             ):
                 raise Forbidden(
                     f"refusing to signal pid {pid}: it is not a VMM of this daemon (its "
@@ -312,10 +319,31 @@ class CheckedHostOps:
         self.transport.enable_ip_forward()
 
 
-def host_ops_for() -> HostOps:
+def host_ops_for(helper_socket: Path | None = None) -> HostOps:
     """The host operations this daemon uses, validated on every call.
 
-    Today always in-process; the privilege split adds the ``bangerd-root`` client,
-    picked when a system install names the helper's socket.
+    In-process when this process holds CAP_NET_ADMIN (root, as in CI); else the
+    ``bangerd-root`` client when ``helper_socket`` names a helper that answers and
+    serves our uid; else in-process without privileges, whose
+    ``can_manage_network`` is False: VMs get user-mode networking.
     """
+    if helper_socket is not None and not net.have_net_admin():
+        from banger.host.helper_client import HelperHostOps
+
+        helper = HelperHostOps(helper_socket, timeout=HELLO_TIMEOUT)
+        for attempt in range(HELLO_ATTEMPTS):  # started together under systemd: it may lag
+            try:
+                hello = helper.hello()
+                break
+            except BangerError as exc:
+                failure = exc.message
+                time.sleep(0.5 if attempt < HELLO_ATTEMPTS - 1 else 0)
+        else:
+            log.warning("bangerd-root at %s unusable (%s): user-mode networking",
+                        helper_socket, failure)
+            return CheckedHostOps(InProcessHostOps())
+        if hello.owner_uid == os.getuid():
+            return CheckedHostOps(HelperHostOps(helper_socket))
+        log.warning("bangerd-root at %s serves uid %d, not us: user-mode networking",
+                    helper_socket, hello.owner_uid)
     return CheckedHostOps(InProcessHostOps())

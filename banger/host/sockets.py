@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 PROC = Path("/proc")
+_UCRED = struct.Struct("3i")
 TCP_LISTEN = "0A"
 Proto = Literal["udp", "tcp"]
 
@@ -114,3 +117,11 @@ def describe_holders(address: str, port: int, proc: Path = PROC) -> str:
         names = ", ".join(f"pid {h.pid} ({h.command})" for h in holders)
         return f"{proto} {address}:{port} is held by {names}"
     return f"{address}:{port} was taken, and is not held by any socket now"
+
+
+def socket_peer(sock: socket.socket) -> tuple[int, int, int]:
+    """``(pid, uid, gid)`` of the process at the other end of Unix socket ``sock``
+    (SO_PEERCRED: the kernel's record, which the peer cannot forge)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return pid, uid, gid

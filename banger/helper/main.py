@@ -1,0 +1,48 @@
+"""``bangerd-root --owner USER [--socket PATH]``: the root helper, in the foreground.
+
+Logs one line per call to stderr (the journal under systemd). ``--state-dir`` and
+``--runtime-dir`` name the owner's dirs that VMM markers must lie under; they
+default to the owner's XDG defaults (``banger system install`` passes them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from banger.core.errors import BangerError
+from banger.helper.guard import Owner, helper_ops
+from banger.helper.server import serve
+from banger.host.helper_protocol import DEFAULT_SOCKET
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bangerd-root", description=__doc__.splitlines()[0])
+    p.add_argument("--owner", required=True, help="the user whose bangerd may call this helper")
+    p.add_argument("--socket", type=Path, default=Path(DEFAULT_SOCKET))
+    p.add_argument("--state-dir", type=Path, help="the owner's banger state dir")
+    p.add_argument("--runtime-dir", type=Path, help="the owner's banger runtime dir")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        if os.geteuid() != 0:
+            raise BangerError("bangerd-root must run as root", hint="sudo bangerd-root ...")
+        owner = Owner.lookup(args.owner, args.state_dir, args.runtime_dir)
+        serve(args.socket, owner, helper_ops(owner))
+    except BangerError as exc:
+        print(f"bangerd-root: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""),
+              file=sys.stderr)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()
