@@ -118,11 +118,12 @@ def _qcow2_overlay(backing: Path, dest: Path, backing_format: DiskFormat) -> Non
 
 def create_root_overlay(
     image_rootfs: Path, dest: Path, strategy: OverlayStrategy, *, progress: Progress = None,
-    backing_format: DiskFormat = "raw",
+    backing_format: DiskFormat | None = None,
 ) -> RootDisk:
     """Make ``dest`` a copy-on-write view of ``image_rootfs``; the image is never written.
 
-    ``backing_format`` qcow2: the base is itself an overlay (a warm snapshot's root).
+    ``backing_format``: the base's format when it is not a raw image (a warm
+    snapshot's saved root overlay).
     """
     if not image_rootfs.is_file():
         raise InvalidInput(
@@ -133,7 +134,7 @@ def create_root_overlay(
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         if strategy == "qcow2":
-            _qcow2_overlay(backing, tmp, backing_format)
+            _qcow2_overlay(backing, tmp, backing_format or "raw")
         elif strategy == "reflink":
             used = clone_file(backing, tmp)
             if progress:

@@ -26,12 +26,12 @@ from typing import ClassVar
 
 from qemu.qmp import QMPClient, QMPError
 
-from banger.core.errors import Conflict, Forbidden, HostToolError
+from banger.core.errors import Conflict, Forbidden, HostToolError, SnapshotUnusable
 from banger.core.vmspec import Accel, TapNet, UserNet, VMSpec, kernel_cmdline
 from banger.host import proc_identity as proc
 from banger.host.files import open_nofollow, reset_file
 from banger.host.privileged import HostOps, host_ops_for
-from banger.host.run import arun_to_log, require_tool
+from banger.host.run import arun_to_log, require_tool, run
 from banger.vmm import qemu_snapshot
 from banger.vmm.base import Handle, StopOutcome
 from banger.vmm.traits import TRAITS, BackendTraits
@@ -171,6 +171,7 @@ class QemuBackend:
         self.accel = accel
         self.launch_timeout = launch_timeout
         self.host_ops = host_ops if host_ops is not None else host_ops_for()
+        self._version: str | None = None
 
     @property
     def binary(self) -> str:
@@ -238,6 +239,13 @@ class QemuBackend:
         self._remove_runtime_files(handle)
         return StopOutcome.KILLED
 
+    def vmm_version(self) -> str:
+        """``qemu-system-x86_64 --version``'s first line, asked once."""
+        if self._version is None:
+            out = run([self.binary, "--version"], timeout=10).stdout.decode("utf-8", "replace")
+            self._version = (out.splitlines() or ["unknown"])[0].strip()
+        return self._version
+
     async def save_state(self, handle: Handle, dest: Path) -> int:
         """Pause the guest and save its device state and RAM to the new file ``dest``."""
         async with self._qmp(handle) as qmp:
@@ -245,8 +253,15 @@ class QemuBackend:
 
     async def restore_state(self, handle: Handle, src: Path) -> None:
         """Load ``src`` into a VMM launched as a clone (``-incoming defer``); it then runs."""
-        async with self._qmp(handle) as qmp:
-            await qemu_snapshot.load(qmp, src)
+        try:
+            async with self._qmp(handle) as qmp:
+                await qemu_snapshot.load(qmp, src)
+        except (QMPError, OSError, EOFError) as exc:
+            # QEMU exits on a bad stream; its log says why ("load of migration failed").
+            tail = log_tail(handle.log_path).splitlines()
+            raise SnapshotUnusable(
+                f"QEMU could not load the saved state: {tail[-1] if tail else repr(exc)}"
+            ) from exc
 
     async def announce_work_disk(self, handle: Handle, size: int) -> None:
         """Tell a restored guest its work disk's size (its own disk, not the template's)."""

@@ -17,20 +17,13 @@ from typing import Any
 
 from qemu.qmp import QMPClient, QMPError
 
-from banger.core.errors import BangerError, HostToolError
+from banger.core.errors import BangerError, HostToolError, SnapshotUnusable
 from banger.host.files import open_nofollow
 
 SAVE_TIMEOUT = 120.0
 LOAD_TIMEOUT = 60.0
 _POLL = 0.02
 _FD_NAME = "banger-snapshot"
-
-
-class SnapshotUnusable(BangerError):
-    """The saved state cannot be loaded (truncated, corrupt, another QEMU): boot cold instead."""
-
-    code = "snapshot_unusable"
-    exit_code = 7
 
 
 async def _pass_fd(qmp: QMPClient, fd: int) -> None:
