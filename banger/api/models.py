@@ -147,6 +147,26 @@ class CachePruneResult(WireModel):
     bytes: int
     blobs: int
     dry_run: bool
+    snapshots: int = 0  # stale warm snapshots removed (docs/snapshots.md)
+
+
+class ImageWarmRequest(RequestModel):
+    vcpu: int | None = None
+    memory_mib: int | None = None
+
+
+class SnapshotInfo(WireModel):
+    id: str
+    image_name: str | None = None
+    vcpu: int
+    memory_mib: int
+    state_bytes: int
+    save_seconds: float | None = None
+    current: bool  # its key still matches the image, kernel and VMM
+
+
+class SnapshotList(WireModel):
+    snapshots: list[SnapshotInfo]
 
 
 class VMInfo(WireModel):
@@ -174,14 +194,15 @@ class VMInfo(WireModel):
     workspace: WorkspaceState | None = None
     nat: bool = False
     ports: list[PublishedPort] = []
+    started_from: str | None = None  # "snapshot <id>" or "cold (<why>)"
 
 
 class VMList(WireModel):
     vms: list[VMInfo]
 
 
-# What a finished operation hands back: the kernel, image or VM it made or changed.
-OperationResult = KernelInfo | ImageInfo | VMInfo
+# What a finished operation hands back: the kernel, image, VM or warm snapshot it made or changed.
+OperationResult = KernelInfo | ImageInfo | VMInfo | SnapshotInfo
 
 
 class Operation(WireModel):
@@ -268,6 +289,7 @@ class VMCreateRequest(RequestModel):
     workspace: WorkspaceRequest | None = None  # prepared once the VM is up
     nat: bool = False
     publish: list[str] = Field(default=[], max_length=64)  # core/publish.py parses each
+    cold: bool = False  # boot even when a warm snapshot matches (docs/snapshots.md)
 
 
 class VMSetRequest(RequestModel):

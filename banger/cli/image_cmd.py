@@ -15,13 +15,22 @@ from banger.api.models import (
     ImageInfo,
     ImageList,
     ImagePullRequest,
+    ImageWarmRequest,
     Operation,
+    SnapshotInfo,
+    SnapshotList,
 )
 from banger.cli.context import CliContext, json_option, pass_ctx, quiet_option
 from banger.cli.progress import follow
 from banger.cli.render import console, print_fields, print_json, print_table
 from banger.core.defaults import DEFAULT_IMAGE_SOURCE
-from banger.core.validate import format_size, parse_size, validate_new_name
+from banger.core.validate import (
+    format_size,
+    parse_memory_mib,
+    parse_size,
+    validate_new_name,
+    validate_vcpu,
+)
 
 
 @click.group("image")
@@ -134,6 +143,44 @@ def image_list(ctx: CliContext, as_json: bool, quiet: bool) -> None:
             [[i.name, "*" if i.is_default else "", i.id, i.kernel_name or "(default)",
               format_size(i.size_bytes) if i.size_bytes else "", i.source] for i in images],
         )
+        snaps = ctx.client().get_model("/snapshots", SnapshotList).snapshots
+        if snaps:
+            click.echo("\nwarm snapshots:")
+            print_table(["ID", "IMAGE", "VCPU", "MEMORY", "STATE", "CURRENT"],
+                        [[s.id, s.image_name or "", s.vcpu, f"{s.memory_mib} MiB",
+                          format_size(s.state_bytes), "yes" if s.current else "stale"]
+                         for s in snaps])
+
+
+@image_group.command("warm")
+@click.argument("ref", required=False)
+@click.option("--vcpu", type=int, help="vCPUs of the VMs it serves (default: config).")
+@click.option("--memory", help="Memory of the VMs it serves, MiB or with a unit (default: config).")
+@json_option
+@pass_ctx
+def image_warm(ctx: CliContext, ref: str | None, vcpu: int | None, memory: str | None,
+               as_json: bool) -> None:
+    """Boot IMAGE once and save it, so VMs of this shape start from the snapshot.
+
+    \b
+    Example:
+      banger image warm --vcpu 2 --memory 1G
+    """
+    client = ctx.client()
+    if ref is None:
+        default = [i for i in client.get_model("/images", ImageList).images if i.is_default]
+        if not default:
+            raise click.UsageError("no default image: name one, or banger image promote NAME")
+        ref = default[0].name
+    body = ImageWarmRequest(vcpu=validate_vcpu(vcpu) if vcpu is not None else None,
+                            memory_mib=parse_memory_mib(memory) if memory is not None else None)
+    done = follow(client, client.post_model(ref_path("image", ref, "warm"), Operation, body=body))
+    info = SnapshotInfo.model_validate(done.result)
+    if as_json:
+        print_json(info.model_dump(mode="json"))
+    else:
+        console().print(f"snapshot {info.id} of {info.image_name}: {info.vcpu} vCPU, "
+                        f"{info.memory_mib} MiB, {format_size(info.state_bytes)} saved")
 
 
 @image_group.command("show")

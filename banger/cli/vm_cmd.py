@@ -41,6 +41,11 @@ from banger.core.validate import (
 )
 
 
+def _cold_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--cold", is_flag=True,
+                        help="Boot even when a warm snapshot of this shape exists.")(func)
+
+
 def _size_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--disk", help="Work disk (/root) size, e.g. 8G.")(func)
     func = click.option("--memory", "memory", help="Memory in MiB (or with a unit: 2G).")(func)
@@ -82,13 +87,14 @@ def _create(client: Client, body: VMCreateRequest) -> VMInfo:
 @click.option("--name", help="VM name (default: generated).")
 @click.option("--image", help="Image name or id (default: the default image).")
 @_size_options
+@_cold_option
 @_net_options
 @click.option("--no-start", is_flag=True, help="Only reserve and make the disks.")
 @json_option
 @pass_ctx
 def vm_create(ctx: CliContext, name: str | None, image: str | None, vcpu: int | None,
-              memory: str | None, disk: str | None, nat: bool, publish: tuple[str, ...],
-              no_start: bool, as_json: bool) -> None:
+              memory: str | None, disk: str | None, cold: bool, nat: bool,
+              publish: tuple[str, ...], no_start: bool, as_json: bool) -> None:
     """Create a VM and boot it until SSH accepts our key.
 
     \b
@@ -96,8 +102,9 @@ def vm_create(ctx: CliContext, name: str | None, image: str | None, vcpu: int | 
       banger vm create --name box --vcpu 2 --memory 2048 --disk 16G
       banger vm create --name web --nat -p 8080:80 -p 5353:53/udp
     """
-    info = _create(ctx.client(), _create_body(name, image, vcpu, memory, disk, not no_start,
-                                              nat, publish))
+    body = _create_body(name, image, vcpu, memory, disk, not no_start, nat, publish)
+    body.cold = cold
+    info = _create(ctx.client(), body)
     if as_json:
         print_json(info.model_dump(mode="json"))
     else:
@@ -273,7 +280,7 @@ def vm_show(ctx: CliContext, vm: str, as_json: bool) -> None:
         ("network", network), ("nat", "on" if v.nat else "off"), ("ip", v.guest_ip),
         ("published", ", ".join(str(p) for p in v.ports) or None),
         ("ssh", f"{v.ssh_host}:{v.ssh_port}" if v.ssh_host else None), ("pid", v.pid),
-        ("created", _when(v.created_at)), ("started", _when(v.started_at)),
+        ("created", _when(v.created_at)), ("started", _started(v)),
         ("last error", v.last_error),
         ("last change", _last_change(v)),
         ("workspace", _workspace(v)),
@@ -291,6 +298,14 @@ def _workspace(v: VMInfo) -> str | None:
 
 def _when(moment: datetime | None) -> str | None:
     return moment.strftime("%Y-%m-%d %H:%M:%S %Z").strip() if moment else None
+
+
+def _started(v: VMInfo) -> str | None:
+    """How and when the VM last started: ``snapshot <id> at ...`` or ``cold (<why>) at ...``."""
+    when = _when(v.started_at)
+    if v.started_from is None:
+        return when
+    return f"{v.started_from} at {when}" if when else v.started_from
 
 
 def _last_change(v: VMInfo) -> str | None:
@@ -384,6 +399,7 @@ class _SplitAtDashDash(click.Command):
 @click.option("--name", help="VM name (default: generated).")
 @click.option("--image", help="Image name or id (default: the default image).")
 @_size_options
+@_cold_option
 @_net_options
 @click.option("--mode", type=click.Choice(["git", "full_copy"]), default="git",
               show_default=True, help="How PATH is shipped (see: banger vm workspace prepare).")
@@ -392,8 +408,9 @@ class _SplitAtDashDash(click.Command):
 @click.argument("path", required=False, type=click.Path(file_okay=False))
 @pass_ctx
 def vm_run(ctx: CliContext, remove: bool, name: str | None, image: str | None, vcpu: int | None,
-           memory: str | None, disk: str | None, nat: bool, publish: tuple[str, ...], mode: str,
-           include_untracked: bool, path: str | None) -> None:
+           memory: str | None, disk: str | None, cold: bool, nat: bool,
+           publish: tuple[str, ...], mode: str, include_untracked: bool,
+           path: str | None) -> None:
     """Create and boot a VM, run CMD in it, and exit with CMD's exit code.
 
     With PATH, its repository is the workspace at /root/repo and CMD runs
@@ -411,6 +428,7 @@ def vm_run(ctx: CliContext, remove: bool, name: str | None, image: str | None, v
 
     command: tuple[str, ...] = click.get_current_context().meta.get("command", ())
     body = _create_body(name, image, vcpu, memory, disk, nat=nat, publish=publish)
+    body.cold = cold
     if path is not None:
         body.workspace = workspace_request(path, mode, include_untracked)
     client = ctx.client()

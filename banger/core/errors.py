@@ -70,6 +70,13 @@ class HostToolError(BangerError):
     exit_code = 7
 
 
+class SnapshotUnusable(HostToolError):
+    """A warm snapshot's saved state cannot be loaded (truncated, corrupt, another VMM
+    version): the VM boots cold instead and the snapshot is dropped."""
+
+    code = "snapshot_unusable"
+
+
 class GuestError(BangerError):
     """The guest misbehaved: did not boot, refused SSH, command failed to start."""
 

@@ -20,6 +20,10 @@ from banger.core.publish import PublishedPort
 
 DiskFormat = Literal["qcow2", "raw"]
 Accel = Literal["kvm", "tcg"]
+# A VM's part in a warm snapshot (docs/snapshots.md): a template boots with the
+# guest agent and no address, a clone starts from the template's saved state;
+# both have the control channel, so their devices match.
+SnapshotRole = Literal["template", "clone"]
 
 # sun_path is 108 bytes including the terminating NUL.
 UNIX_PATH_MAX = 107
@@ -133,6 +137,7 @@ class VMSpec:
     init: str | None = None  # guest init override, passed as banger.init=
     cmdline_extra: tuple[str, ...] = ()
     quiet: bool = True
+    snapshot_role: SnapshotRole | None = None
 
     def __post_init__(self) -> None:
         if not self.vm_id or any(c in self.vm_id for c in "/\0 ,="):
@@ -154,7 +159,9 @@ class VMSpec:
         for what, path in paths.items():
             if path is not None:
                 _require_absolute(what, path)
-        for path in (self.qmp_socket, self.api_socket):
+        if self.snapshot_role not in (None, "template", "clone"):
+            raise InvalidInput(f"unknown snapshot role {self.snapshot_role!r}")
+        for path in (self.qmp_socket, self.api_socket, self.agent_socket):
             if len(os.fsencode(path)) > UNIX_PATH_MAX:
                 raise InvalidInput(
                     f"socket path {str(path)!r} is longer than {UNIX_PATH_MAX} bytes",
@@ -174,6 +181,11 @@ class VMSpec:
     def pidfile(self) -> Path:
         return self.run_dir / "vmm.pid"
 
+    @property
+    def agent_socket(self) -> Path:
+        """The host end of the control channel (snapshot templates and clones only)."""
+        return self.run_dir / "agent.sock"
+
 
 def _check_token(value: str, what: str) -> str:
     if not value or any(c.isspace() or c in "\"'\0" for c in value) or not value.isprintable():
@@ -184,6 +196,24 @@ def _check_token(value: str, what: str) -> str:
     return value
 
 
+def net_args(spec: VMSpec) -> list[str]:
+    """The guest's network settings as ``banger.*`` words (kernel command line or identity)."""
+    if spec.net is None:
+        return []
+    args = [f"banger.ip={spec.net.guest_ip}", f"banger.gw={spec.net.gateway}"]
+    if spec.net.dns:
+        args.append(f"banger.dns={','.join(spec.net.dns)}")
+    return args
+
+
+def clone_identity(spec: VMSpec) -> list[str]:
+    """What a clone's agent applies after a restore: hostname, network and its own MAC."""
+    args = [f"banger.hostname={_check_token(spec.name, 'hostname')}", *net_args(spec)]
+    if spec.net is not None:
+        args.append(f"banger.mac={spec.net.mac}")
+    return args
+
+
 def kernel_cmdline(spec: VMSpec) -> str:
     """The guest kernel command line: console, panic behaviour, and ``banger.*`` settings."""
     # root=/dev/vda rw also serves kernels booted without banger's initramfs.
@@ -191,10 +221,8 @@ def kernel_cmdline(spec: VMSpec) -> str:
     if spec.quiet:
         args.append("quiet")
     args.append(f"banger.hostname={_check_token(spec.name, 'hostname')}")
-    if spec.net is not None:
-        args += [f"banger.ip={spec.net.guest_ip}", f"banger.gw={spec.net.gateway}"]
-        if spec.net.dns:
-            args.append(f"banger.dns={','.join(spec.net.dns)}")
+    # A template has no address: each clone gets its own over the control channel.
+    args += ["banger.agent=1"] if spec.snapshot_role == "template" else net_args(spec)
     if spec.init is not None:
         args.append(f"banger.init={_check_token(spec.init, 'init')}")
     args += [_check_token(a, "kernel argument") for a in spec.cmdline_extra]

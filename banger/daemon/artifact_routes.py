@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from fastapi import Request
 
 from banger.api.models import (
@@ -12,14 +15,19 @@ from banger.api.models import (
     ImageInfo,
     ImageList,
     ImagePullRequest,
+    ImageWarmRequest,
     KernelCatalog,
     KernelImportRequest,
     KernelInfo,
     KernelList,
     Operation,
+    SnapshotInfo,
+    SnapshotList,
 )
+from banger.core.validate import validate_memory_mib, validate_vcpu
 from banger.daemon.image_service import image_info
 from banger.daemon.kernel_service import kernel_info
+from banger.daemon.operations import OperationContext
 from banger.daemon.routes import DaemonDep, Ref, api_router, request_op_id
 
 router = api_router("images and kernels")
@@ -94,7 +102,40 @@ async def import_image(body: ImageImportRequest, daemon: DaemonDep, request: Req
 @router.post("/images/cache/prune", response_model=CachePruneResult)
 async def prune_cache(body: CachePruneRequest, daemon: DaemonDep) -> CachePruneResult:
     freed, blobs = await daemon.images.prune_cache(dry_run=body.dry_run)
-    return CachePruneResult(bytes=freed, blobs=blobs, dry_run=body.dry_run)
+    stale = [] if body.dry_run else await asyncio.to_thread(daemon.creator.snapshots.prune)
+    return CachePruneResult(bytes=freed, blobs=blobs, dry_run=body.dry_run, snapshots=len(stale))
+
+
+@router.get("/snapshots", response_model=SnapshotList)
+async def list_snapshots(daemon: DaemonDep) -> SnapshotList:
+    metas = await asyncio.to_thread(daemon.creator.snapshots.all)
+    return SnapshotList(snapshots=[snapshot_info(m) for m in metas])
+
+
+@router.post("/images/{ref}/warm", response_model=Operation, status_code=202)
+async def warm_image(ref: Ref, body: ImageWarmRequest, daemon: DaemonDep,
+                     request: Request) -> Operation:
+    image = daemon.store.images.get(ref)
+    settings = daemon.settings
+    vcpu = validate_vcpu(body.vcpu if body.vcpu is not None else settings.default_vcpu)
+    memory = validate_memory_mib(
+        body.memory_mib if body.memory_mib is not None else settings.default_memory_mib)
+
+    async def work(ctx: OperationContext) -> SnapshotInfo:
+        with ctx.stage("warm"):
+            snap_id = await daemon.creator.snapshots.warm(image, vcpu, memory)
+        metas = await asyncio.to_thread(daemon.creator.snapshots.all)
+        return snapshot_info(next(m for m in metas if m["id"] == snap_id))
+
+    return daemon.operations.begin("image.warm", work, target=image.name,
+                                   op_id=request_op_id(request))
+
+
+def snapshot_info(meta: dict[str, Any]) -> SnapshotInfo:
+    key = meta["key"]
+    return SnapshotInfo(id=meta["id"], image_name=meta.get("image_name"), vcpu=key["vcpu"],
+                        memory_mib=key["memory_mib"], state_bytes=meta.get("state_bytes", 0),
+                        save_seconds=meta.get("save_seconds"), current=meta["current"])
 
 
 @router.get("/images/{ref}", response_model=ImageInfo)

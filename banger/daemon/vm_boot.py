@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from banger.core.cancel import to_thread_joined
 from banger.core.errors import BangerError
 from banger.core.states import VMState
 from banger.daemon.operations import OperationContext
+from banger.daemon.vm_restore import restore_clone
 from banger.daemon.vm_runtime import VMRuntime
 from banger.daemon.vm_watch import VMWatcher
 from banger.host import ssh, work_files
@@ -23,12 +25,15 @@ class VMBooter:
         self.watcher = watcher
 
     async def boot(
-        self, ctx: OperationContext, vm: VMRecord, undo: contextlib.AsyncExitStack
+        self, ctx: OperationContext, vm: VMRecord, undo: contextlib.AsyncExitStack, *,
+        restore: Path | None = None, started_from: str = "cold (a start boots its own disks)",
     ) -> VMRecord:
-        """Stages network, boot and ssh; every acquired resource registers its undo.
+        """Stages network, boot (or restore) and ssh; every acquired resource registers its undo.
 
         A VM being created boots in state ``creating`` (reconcile removes it if the
-        daemon dies meanwhile); any other VM goes through ``starting``.
+        daemon dies meanwhile); any other VM goes through ``starting``. With
+        ``restore`` (a warm snapshot's directory) the VMM loads its saved state and
+        the guest agent applies this VM's identity before SSH is tried.
         """
         rt = self.rt
         files = rt.files(vm)
@@ -49,16 +54,23 @@ class VMBooter:
             vm = rt.store.vms.update(vm.id, tap_name=tap, ssh_port=port)
             host, port = rt.network.ssh_endpoint(vm)
             ssh.write_known_hosts(files.known_hosts, host, port, files.host_key_pub.read_bytes())
-        with ctx.stage("boot"):
-            handle = await rt.backend.launch(rt.spec(vm, net))
+        with ctx.stage("boot" if restore is None else "restore"):
+            spec = rt.spec(vm, net)
+            if restore is not None:
+                spec = dataclasses.replace(spec, snapshot_role="clone")
+            handle = await rt.backend.launch(spec)
             undo.push_async_callback(rt.backend.shutdown, handle, graceful=False, timeout=0)
             vm = rt.store.vms.update(vm.id, pid=handle.pid)
+            if restore is not None:
+                await restore_clone(rt.backend, handle, spec, restore)
+                started_from = f"snapshot {restore.name}"
         with ctx.stage("ssh"):
             deadline = time.monotonic() + rt.settings.ssh_ready_timeout
             await rt.guest.wait_ready(vm, files, host, port, deadline=deadline,
                                       alive=handle.running)
             vm = rt.store.vms.transition(
-                vm, VMState.RUNNING, reason="booted, sshd accepts our key", started_at=utcnow()
+                vm, VMState.RUNNING, reason="booted, sshd accepts our key", started_at=utcnow(),
+                started_from=started_from,
             )
         self.watcher.watch(vm, handle)
         rt.running_changed()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 from banger.api.models import ImageBuildRequest, ImageInfo, VMCreateRequest, VMInfo
 from banger.core.cancel import to_thread_joined
-from banger.core.errors import Conflict, InvalidInput
+from banger.core.errors import Conflict, GuestError, HostToolError, InvalidInput, SnapshotUnusable
 from banger.core.names import generate_vm_name, new_id
 from banger.core.publish import PortMap, PublishedPort, parse_publish_list
 from banger.core.states import VMState
@@ -24,8 +26,11 @@ from banger.core.validate import (
     validate_new_name,
     validate_vcpu,
 )
+from banger.core.vmspec import DiskFormat
 from banger.daemon.image_service import ImageService
 from banger.daemon.operations import OperationContext, Work
+from banger.daemon.snapshots import ROOT as SNAPSHOT_ROOT
+from banger.daemon.snapshots import Snapshots
 from banger.daemon.vm_layout import VMFiles
 from banger.daemon.vm_service import VMService, check_host_room
 from banger.daemon.workspace_service import WorkspaceService
@@ -45,6 +50,7 @@ class CreatePlan:
     start: bool
     nat: bool = False
     ports: tuple[PublishedPort, ...] = ()
+    cold: bool = False
 
 
 def _check_seed_fits(image: ImageRecord, disk_bytes: int) -> None:
@@ -69,6 +75,7 @@ class VMCreator:
         self.images = images
         self.store = vms.rt.store
         self.settings = vms.rt.settings
+        self.snapshots = Snapshots(vms.rt)
 
     def plan(self, req: VMCreateRequest) -> CreatePlan:
         """Validate the request against the store and the host; nothing is created."""
@@ -101,6 +108,7 @@ class VMCreator:
             start=req.start,
             nat=req.nat,
             ports=parse_publish_list(req.publish),
+            cold=req.cold,
         )
         if plan.nat:
             self.rt.network.nat.check_available()
@@ -135,15 +143,16 @@ class VMCreator:
                     vm = self._add_row(vm_id, plan, image)
                     undo.push_async_callback(self.watcher.destroy, vm)
                     self.rt.network.allocate_ip(vm.id)
+                snapshot, cold_why = self._pick_snapshot(plan, image)
                 with ctx.stage("disks"):
-                    await self._make_disks(vm, image)
+                    await self._make_disks(vm, image, snapshot)
                 vm = self.store.vms.get_key(vm.id)
                 if workspace is not None:
                     staged, where = await scratch.enter_async_context(
                         self.workspaces.staged(ctx, workspace))
                     written = await self.workspaces.write_before_boot(ctx, vm, staged)
                 if plan.start:
-                    vm = await self.booter.boot(ctx, vm, undo)
+                    vm = await self._start(ctx, vm, image, undo, snapshot, cold_why)
                     if workspace is not None:
                         if written is None:  # names only the guest's tar can carry
                             written = await self.workspaces.copy_over_ssh(ctx, vm, staged, where)
@@ -156,6 +165,43 @@ class VMCreator:
             return self.rt.info(vm)
 
         return plan, work
+
+    def _pick_snapshot(self, plan: CreatePlan, image: ImageRecord) -> tuple[Path | None, str]:
+        """The warm snapshot this VM starts from, or None and why it boots cold."""
+        if not plan.start:
+            return None, "created without starting"
+        if plan.cold:
+            return None, "--cold"
+        why = self.snapshots.why_not(image)
+        if why is not None:
+            return None, why
+        key = self.snapshots.key(image, self.rt.kernel(image), plan.vcpu, plan.memory_mib)
+        found = self.snapshots.find(key)
+        if found is None:
+            return None, "no snapshot of this shape: banger image warm makes one"
+        return found, ""
+
+    async def _start(self, ctx: OperationContext, vm: VMRecord, image: ImageRecord,
+                     undo: contextlib.AsyncExitStack, snapshot: Path | None,
+                     cold_why: str) -> VMRecord:
+        """Restore from ``snapshot`` when there is one; if that fails, boot cold saying why."""
+        if snapshot is not None:
+            try:
+                async with contextlib.AsyncExitStack() as attempt:
+                    vm = await self.booter.boot(ctx, vm, attempt, restore=snapshot)
+                    undo.push_async_exit(attempt.pop_all())
+                    return vm
+            except (SnapshotUnusable, GuestError, HostToolError) as exc:
+                cold_why = f"snapshot {snapshot.name} failed: {exc.message}"
+                if isinstance(exc, SnapshotUnusable):
+                    self.snapshots.invalidate(snapshot.name, exc.message)
+                ctx.detail(cold_why)
+            with ctx.stage("disks"):  # the root overlay again, on the image itself
+                await to_thread_joined(
+                    disks.create_root_overlay, image.path / ROOTFS_NAME, self.rt.files(vm).root,
+                    self.rt.backend.traits.root_overlay)
+            vm = self.store.vms.update(vm.id, snapshot_id=None, pid=None, tap_name=None)
+        return await self.booter.boot(ctx, vm, undo, started_from=f"cold ({cold_why})")
 
     async def _default_image(self, ctx: OperationContext) -> ImageRecord:
         """First use: build the default kernel and image (with progress)."""
@@ -183,17 +229,23 @@ class VMCreator:
             )
         )
 
-    async def _make_disks(self, vm: VMRecord, image: ImageRecord) -> None:
-        """Root overlay, and (in parallel) the work disk with our key and a fresh host key."""
+    async def _make_disks(self, vm: VMRecord, image: ImageRecord, snapshot: Path | None) -> None:
+        """Root overlay (on the image, or on a warm snapshot's saved root), and (in
+        parallel) the work disk with our key and a fresh host key."""
         files = self.rt.files(vm)
         files.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        base: Path = image.path / ROOTFS_NAME
+        base_format: DiskFormat | None = None  # an image's rootfs
+        if snapshot is not None:  # the template's root overlay, in the backend's format
+            base, base_format = snapshot / SNAPSHOT_ROOT, self.rt.backend.traits.root_format
+            self.store.vms.update(vm.id, snapshot_id=snapshot.name)
         # Both threads end (a cancel stops their mkfs and debugfs) before the undo
         # removes their files, so none recreates the VM's directory afterwards.
         results = await asyncio.gather(
-            to_thread_joined(
-                disks.create_root_overlay, image.path / ROOTFS_NAME, files.root,
-                self.rt.backend.traits.root_overlay,
-            ),
+            to_thread_joined(functools.partial(
+                disks.create_root_overlay, base, files.root, self.rt.backend.traits.root_overlay,
+                backing_format=base_format,
+            )),
             to_thread_joined(self._make_work_disk, vm, image, files),
             return_exceptions=True,
         )

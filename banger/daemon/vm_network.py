@@ -151,6 +151,17 @@ class VMNetwork:
         )
         return spec, tap, 22
 
+    async def attach_template(self, mac: str) -> tuple[TapNet | UserNet, str | None]:
+        """A snapshot template's network: the same kind its clones get, no address
+        (the template is never reached; each clone gets its own over the channel)."""
+        if self.mode is NetMode.USER:
+            return UserNet(ssh_host_port=net.free_loopback_port(), mac=mac), None
+        pool = await self._tap_pool()
+        tap = await asyncio.to_thread(pool.acquire)
+        self._tasks.spawn(pool.arefill(), name="refill the TAP pool")
+        unused = f"{self.bridge.network.network_address}/{self.bridge.network.prefixlen}"
+        return TapNet(tap_name=tap, mac=mac, guest_ip=unused, gateway=str(self.bridge.ip)), tap
+
     async def _open_forwards(self, vm: VMRecord) -> None:
         """Bind the VM's published ports (all or none: Conflict names the taken one)."""
         await self._close_forwards(vm.id)

@@ -73,7 +73,7 @@ class VMRuntime:
             tap_name=vm.tap_name, pid=vm.pid, last_error=vm.last_error,
             state_reason=vm.state_reason, state_changed_at=vm.state_changed_at,
             created_at=vm.created_at, started_at=vm.started_at, workspace=vm.workspace,
-            nat=vm.nat, ports=list(vm.published),
+            nat=vm.nat, ports=list(vm.published), started_from=vm.started_from,
         )  # fmt: skip
 
     def guest_target(self, vm: VMRecord) -> GuestTarget:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from banger.core.errors import HostToolError, InvalidInput
-from banger.core.vmspec import RootDisk
+from banger.core.vmspec import DiskFormat, RootDisk
 from banger.host.ext4 import (
     REPLACE_OK_ERRORS,
     debugfs_batch,
@@ -109,16 +109,22 @@ def copy_sparsifying(src: Path, dest: Path) -> None:
     run([cp, "--sparse=always", "--reflink=auto", os.fspath(src), os.fspath(dest)], timeout=1800)
 
 
-def _qcow2_overlay(backing: Path, dest: Path) -> None:
+def _qcow2_overlay(backing: Path, dest: Path, backing_format: DiskFormat) -> None:
     qemu_img = require_tool("qemu-img", "qemu-utils")
-    argv = [qemu_img, "create", "-q", "-f", "qcow2", "-b", os.fspath(backing), "-F", "raw"]
+    argv = [qemu_img, "create", "-q", "-f", "qcow2", "-b", os.fspath(backing),
+            "-F", backing_format]
     run([*argv, os.fspath(dest)], timeout=60)
 
 
 def create_root_overlay(
-    image_rootfs: Path, dest: Path, strategy: OverlayStrategy, *, progress: Progress = None
+    image_rootfs: Path, dest: Path, strategy: OverlayStrategy, *, progress: Progress = None,
+    backing_format: DiskFormat | None = None,
 ) -> RootDisk:
-    """Make ``dest`` a copy-on-write view of ``image_rootfs``; the image is never written."""
+    """Make ``dest`` a copy-on-write view of ``image_rootfs``; the image is never written.
+
+    ``backing_format``: the base's format when it is not a raw image (a warm
+    snapshot's saved root overlay).
+    """
     if not image_rootfs.is_file():
         raise InvalidInput(
             f"image rootfs {image_rootfs} does not exist", hint="rebuild or re-import the image"
@@ -128,7 +134,7 @@ def create_root_overlay(
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         if strategy == "qcow2":
-            _qcow2_overlay(backing, tmp)
+            _qcow2_overlay(backing, tmp, backing_format or "raw")
         elif strategy == "reflink":
             used = clone_file(backing, tmp)
             if progress:

@@ -167,6 +167,7 @@ def _lean_init_files() -> list[GuestFile]:
         _file(f"{lib}/init", _data("usr/lib/banger/init"), 0o755),
         _file(f"{lib}/bootstrap", _data("usr/lib/banger/bootstrap"), 0o755),
         _file(f"{lib}/power", _data("usr/lib/banger/power"), 0o755),
+        _file(f"{lib}/agent", _data("usr/lib/banger/agent"), 0o755),
         _file(f"{lib}/fstab", lean_fstab()),
         _dir("/usr/local/sbin"),
         _dir("/etc/banger"),

@@ -29,8 +29,10 @@ CONTRACT_MODULES: tuple[str, ...] = (
     "ext4",
 )
 # Loaded when the kernel has them as modules: the ACPI power button, so that QEMU's
-# system_powerdown reaches the guest's init as a clean poweroff (vm stop's fallback).
-OPTIONAL_MODULES: tuple[str, ...] = ("button", "evdev")
+# system_powerdown reaches the guest's init as a clean poweroff (vm stop's fallback),
+# and virtio-serial, the control channel a restored snapshot gets its identity over
+# (docs/snapshots.md).
+OPTIONAL_MODULES: tuple[str, ...] = ("button", "evdev", "virtio_console")
 # ext4 and jbd2 ask for crc32c through the crypto API (a softdep modprobe would
 # honour); the initramfs has no modprobe, so load it explicitly when modular.
 SOFTDEPS: Mapping[str, tuple[str, ...]] = {"ext4": ("crc32c_generic",), "jbd2": ("crc32c_generic",)}

@@ -70,6 +70,8 @@ class VMRecord:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     started_at: datetime | None = None
+    started_from: str | None = None  # "snapshot <id>" or "cold (<why>)"
+    snapshot_id: str | None = None  # the warm snapshot its root overlay is backed by
 
     @property
     def published(self) -> tuple[PublishedPort, ...]:

@@ -83,6 +83,27 @@ class Backend(Protocol):
         ...
 
 
+@runtime_checkable
+class SnapshotCapable(Protocol):
+    """A backend whose ``traits.can_snapshot``: warm snapshots (docs/snapshots.md)."""
+
+    def vmm_version(self) -> str:
+        """The VMM's version: a saved state loads only into the same one."""
+        ...
+
+    async def save_state(self, handle: Handle, dest: Path) -> int:
+        """Pause the guest and save its device state and RAM to the new file ``dest``."""
+        ...
+
+    async def restore_state(self, handle: Handle, src: Path) -> None:
+        """Load ``src`` into a VMM launched as a clone; raise ``SnapshotUnusable`` if refused."""
+        ...
+
+    async def announce_work_disk(self, handle: Handle, size: int) -> None:
+        """Tell a restored guest the size of its own work disk."""
+        ...
+
+
 def choose_accel() -> Accel:
     """KVM where a standard guest can run, otherwise TCG."""
     return "kvm" if have_usable_kvm() else "tcg"

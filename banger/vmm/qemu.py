@@ -26,12 +26,13 @@ from typing import ClassVar
 
 from qemu.qmp import QMPClient, QMPError
 
-from banger.core.errors import Conflict, Forbidden, HostToolError
+from banger.core.errors import Conflict, Forbidden, HostToolError, SnapshotUnusable
 from banger.core.vmspec import Accel, TapNet, UserNet, VMSpec, kernel_cmdline
 from banger.host import proc_identity as proc
 from banger.host.files import open_nofollow, reset_file
 from banger.host.privileged import HostOps, host_ops_for
-from banger.host.run import arun_to_log, require_tool
+from banger.host.run import arun_to_log, require_tool, run
+from banger.vmm import qemu_snapshot
 from banger.vmm.base import Handle, StopOutcome
 from banger.vmm.traits import TRAITS, BackendTraits
 
@@ -45,6 +46,8 @@ MACHINE = "microvm,pit=on,pic=on,rtc=on"
 # from the highest down, so the root disk takes the top slot (/dev/vda) and the
 # work disk the next (/dev/vdb); tests/vm checks this in a real guest.
 ROOT_BUS, WORK_BUS, NET_BUS = "virtio-mmio-bus.23", "virtio-mmio-bus.22", "virtio-mmio-bus.21"
+CHANNEL_BUS = "virtio-mmio-bus.20"
+AGENT_PORT = "banger.agent"  # the virtio-serial port's name, which the guest agent looks for
 LAUNCH_TIMEOUT = 30.0
 QMP_TIMEOUT = 5.0
 KILL_TIMEOUT = 10.0
@@ -70,6 +73,20 @@ def _netdev(spec: VMSpec) -> list[str]:
         "-netdev", backend,
         "-device", f"virtio-net-device,netdev=net0,mac={net.mac},bus={NET_BUS}",
     ]  # fmt: skip
+
+
+def _channel(spec: VMSpec) -> list[str]:
+    """Snapshot templates and clones: the control channel, and for a clone a deferred restore."""
+    if spec.snapshot_role is None:
+        return []
+    argv = [
+        "-device", f"virtio-serial-device,bus={CHANNEL_BUS}",
+        "-chardev", f"socket,id=agent,path={opt(spec.agent_socket)},server=on,wait=off",
+        "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}",
+    ]  # fmt: skip
+    if spec.snapshot_role == "clone":
+        argv += ["-incoming", "defer"]  # the state comes over QMP (QemuBackend.restore_state)
+    return argv
 
 
 def qemu_argv(spec: VMSpec, *, qemu_binary: str = QEMU_BINARY) -> list[str]:
@@ -99,6 +116,7 @@ def qemu_argv(spec: VMSpec, *, qemu_binary: str = QEMU_BINARY) -> list[str]:
         "-device", f"virtio-blk-device,drive=work,bus={WORK_BUS}",
     ]  # fmt: skip
     argv += _netdev(spec)
+    argv += _channel(spec)
     argv += [
         "-chardev", f"file,id=console,path={opt(spec.console_log)}",
         "-serial", "chardev:console",
@@ -153,6 +171,7 @@ class QemuBackend:
         self.accel = accel
         self.launch_timeout = launch_timeout
         self.host_ops = host_ops if host_ops is not None else host_ops_for()
+        self._version: str | None = None
 
     @property
     def binary(self) -> str:
@@ -220,6 +239,35 @@ class QemuBackend:
         self._remove_runtime_files(handle)
         return StopOutcome.KILLED
 
+    def vmm_version(self) -> str:
+        """``qemu-system-x86_64 --version``'s first line, asked once."""
+        if self._version is None:
+            out = run([self.binary, "--version"], timeout=10).stdout.decode("utf-8", "replace")
+            self._version = (out.splitlines() or ["unknown"])[0].strip()
+        return self._version
+
+    async def save_state(self, handle: Handle, dest: Path) -> int:
+        """Pause the guest and save its device state and RAM to the new file ``dest``."""
+        async with self._qmp(handle) as qmp:
+            return await qemu_snapshot.save(qmp, dest)
+
+    async def restore_state(self, handle: Handle, src: Path) -> None:
+        """Load ``src`` into a VMM launched as a clone (``-incoming defer``); it then runs."""
+        try:
+            async with self._qmp(handle) as qmp:
+                await qemu_snapshot.load(qmp, src)
+        except (QMPError, OSError, EOFError) as exc:
+            # QEMU exits on a bad stream; its log says why ("load of migration failed").
+            tail = log_tail(handle.log_path).splitlines()
+            raise SnapshotUnusable(
+                f"QEMU could not load the saved state: {tail[-1] if tail else repr(exc)}"
+            ) from exc
+
+    async def announce_work_disk(self, handle: Handle, size: int) -> None:
+        """Tell a restored guest its work disk's size (its own disk, not the template's)."""
+        async with self._qmp(handle) as qmp:
+            await qemu_snapshot.announce_disk_size(qmp, "work", size)
+
     def kill(self, handle: Handle, sig: signal.Signals = signal.SIGKILL) -> bool:
         """Send ``sig`` while the pid is still this VM's QEMU; True when it was sent."""
         return self.host_ops.signal_vmm(handle.pid, handle.start_time, handle.markers, sig)
@@ -252,9 +300,10 @@ class QemuBackend:
     def cleanup(self, spec: VMSpec) -> None:
         """Remove the QMP socket and pidfile unless a live QEMU of this VM still owns them."""
         if self.adopt(spec.pidfile, spec) is None:
-            for path in (spec.qmp_socket, spec.pidfile):
+            for path in (spec.qmp_socket, spec.pidfile, spec.agent_socket):
                 path.unlink(missing_ok=True)
 
     def _remove_runtime_files(self, handle: Handle) -> None:
-        for path in (handle.control_socket, handle.pidfile):
+        for path in (handle.control_socket, handle.pidfile,
+                     handle.control_socket.with_name("agent.sock")):
             path.unlink(missing_ok=True)

@@ -52,7 +52,7 @@ TRAITS: Mapping[str, BackendTraits] = {
         root_overlay="qcow2",
         kernel_forms=(KernelForm.VMLINUX, KernelForm.BZIMAGE),
         net_kinds=frozenset({NetMode.TAP, NetMode.USER}),
-        can_snapshot=False,  # banger's QEMU backend keeps no snapshots
+        can_snapshot=True,  # QMP migration to a file (vmm/qemu_snapshot.py)
         guest_stop=GuestStop.ACPI_POWERDOWN,
     ),
     # Data only: no Firecracker backend exists yet (backend_for refuses it).

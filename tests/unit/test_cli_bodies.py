@@ -24,6 +24,7 @@ from tests.support.fake_daemon import fake_daemon
 COMMANDS = [
     ["kernel", "import", "mykernel", "--from", "{file}"],
     ["image", "build", "dev", "--packages", "git,curl", "--size", "4G"],
+    ["image", "warm", "dev", "--vcpu", "2", "--memory", "1G"],
     ["image", "pull", "docker.io/library/debian:bookworm", "--name", "deb"],
     ["image", "import", "{file}", "--name", "mine"],
     ["image", "cache", "prune", "--dry-run"],

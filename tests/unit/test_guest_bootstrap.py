@@ -101,6 +101,7 @@ def test_bootstrap_applies_hostname_network_and_dns_from_the_cmdline(fake_root: 
     assert (fake_root / "ip-batch").read_text() == (
         "link set dev lo up\n"
         "link set dev eth0 up\n"
+        "addr flush dev eth0\n"
         "addr replace 172.16.0.7/24 dev eth0\n"
         "route replace default via 172.16.0.1 dev eth0\n"
     )
@@ -159,6 +160,25 @@ def test_an_ip_without_batch_mode_gets_one_command_at_a_time(fake_root: Path) ->
     assert (fake_root / "ip-calls").read_text().splitlines() == [
         "link set dev lo up",
         "link set dev eth0 up",
+        "addr flush dev eth0",
         "addr replace 10.0.2.15/24 dev eth0",
         "route replace default via 10.0.2.2 dev eth0",
     ]
+
+
+def test_a_clone_identity_replaces_the_address_then_changes_the_mac(fake_root: Path) -> None:
+    # A restored snapshot: the template's address goes, and the MAC change comes after the
+    # new address so the kernel's gratuitous ARP announces it (docs/snapshots.md).
+    run_bootstrap(fake_root, "banger.ip=172.16.0.9/24 banger.gw=172.16.0.1 "
+                  "banger.mac=02:aa:bb:cc:dd:ee")
+    assert (fake_root / "ip-batch").read_text().splitlines()[2:] == [
+        "addr flush dev eth0",
+        "addr replace 172.16.0.9/24 dev eth0",
+        "link set dev eth0 address 02:aa:bb:cc:dd:ee",
+        "route replace default via 172.16.0.1 dev eth0",
+    ]
+
+
+def test_a_hostile_mac_never_reaches_ip(fake_root: Path) -> None:
+    run_bootstrap(fake_root, "banger.ip=172.16.0.9/24 banger.mac=02:aa;reboot")
+    assert "address" not in (fake_root / "ip-batch").read_text()

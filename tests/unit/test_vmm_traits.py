@@ -28,7 +28,7 @@ def test_the_traits_table_golden() -> None:
     assert QEMU == BackendTraits(
         name="qemu", root_overlay="qcow2",
         kernel_forms=(KernelForm.VMLINUX, KernelForm.BZIMAGE),
-        net_kinds=frozenset({NetMode.TAP, NetMode.USER}), can_snapshot=False,
+        net_kinds=frozenset({NetMode.TAP, NetMode.USER}), can_snapshot=True,
         guest_stop=GuestStop.ACPI_POWERDOWN,
     )  # fmt: skip
     assert FIRECRACKER == BackendTraits(

@@ -1,0 +1,262 @@
+"""Warm snapshots (docs/snapshots.md): one booted, quiesced guest saved per shape, restored
+by ``vm create`` instead of a boot.
+
+A snapshot is ``state_dir/snapshots/<id>/``: ``state`` (device state + RAM),
+``root`` (the template's root overlay: read-only base of its clones' root
+overlays) and ``meta.json`` (its key). ``<id>`` hashes the key: image, kernel
+files, vCPUs, memory, backend, accelerator, VMM version, network kind and the
+agent protocol. It is built in ``.tmp-<id>-*`` and renamed into place, so a
+crash or a full disk never leaves a partial one; one build per id at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from banger.core.cancel import to_thread_joined
+from banger.core.errors import BangerError, Conflict, Unavailable
+from banger.core.vmspec import RootDisk, TapNet, UserNet, VMSpec
+from banger.daemon.vm_layout import boot_kernel, tcg_cmdline
+from banger.daemon.vm_restore import STATE
+from banger.daemon.vm_runtime import VMRuntime
+from banger.host import disks, ssh
+from banger.host.files import atomic_write_text, remove_tree
+from banger.host.net import allocate_mac
+from banger.images.guest_bits import LEAN_INIT
+from banger.images.manifest import ROOTFS_NAME, WORK_SEED_NAME
+from banger.kernels.manifest import INITRD
+from banger.store.records import ImageRecord, KernelRecord
+from banger.vmm.base import SnapshotCapable
+from banger.vmm.channel import Channel
+
+log = structlog.get_logger("banger.daemon.snapshots")
+
+FORMAT = 1  # the agent protocol and this layout; a change invalidates every snapshot
+ROOT, META = "root", "meta.json"  # root: in the backend's root format
+TEMPLATE_WORK_BYTES = 64 << 20  # the template's scratch /root, unmounted before the save
+
+
+@dataclass(frozen=True)
+class SnapshotKey:
+    image_id: str
+    kernel: str  # name and the size+mtime of the files booted
+    vcpu: int
+    memory_mib: int
+    backend: str
+    accel: str
+    vmm_version: str
+    net_mode: str
+    format: int = FORMAT
+
+    @property
+    def id(self) -> str:
+        text = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _file_stamp(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError:
+        return f"{path.name}:absent"
+    return f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
+
+
+class Snapshots:
+    def __init__(self, rt: VMRuntime) -> None:
+        self.rt = rt
+        self.root = rt.paths.state_dir / "snapshots"
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    def _backend(self) -> SnapshotCapable | None:
+        b = self.rt.backend
+        return b if b.traits.can_snapshot and isinstance(b, SnapshotCapable) else None
+
+    def why_not(self, image: ImageRecord) -> str | None:
+        """Why VMs of ``image`` cannot start from a snapshot here, or None when they can."""
+        if self._backend() is None:
+            return f"the {self.rt.backend.name} backend keeps no snapshots"
+        if image.manifest is None or image.manifest.init != LEAN_INIT:
+            return "the image boots systemd, which has no banger agent (lean init only)"
+        return None
+
+    def key(self, image: ImageRecord, kernel: KernelRecord, vcpu: int, memory_mib: int
+            ) -> SnapshotKey:
+        backend = self._backend()
+        assert backend is not None
+        boot = boot_kernel(kernel, self.rt.backend.traits)
+        stamps = ",".join(_file_stamp(p) for p in (boot, kernel.path / INITRD))
+        return SnapshotKey(
+            image_id=image.id, kernel=f"{kernel.name}/{stamps}", vcpu=vcpu,
+            memory_mib=memory_mib, backend=self.rt.backend.name, accel=self.rt.backend.accel,
+            vmm_version=backend.vmm_version(), net_mode=str(self.rt.network.mode),
+        )
+
+    def dir(self, snap_id: str) -> Path:
+        return self.root / snap_id
+
+    def find(self, key: SnapshotKey) -> Path | None:
+        """The snapshot for ``key`` when it is complete and its meta matches, else None."""
+        d = self.dir(key.id)
+        try:
+            meta = json.loads((d / META).read_text())
+        except (OSError, ValueError):
+            return None
+        if meta.get("key") != asdict(key) or not (d / STATE).is_file() or not (d / ROOT).is_file():
+            return None
+        return d
+
+    def invalidate(self, snap_id: str, why: str) -> None:
+        """Drop a snapshot's state (its root stays while clones are backed by it)."""
+        log.warning("snapshot dropped", snapshot=snap_id, why=why)
+        d = self.dir(snap_id)
+        for name in (META, STATE):
+            (d / name).unlink(missing_ok=True)
+        if not self._in_use(snap_id):
+            remove_tree(d)
+
+    def _in_use(self, snap_id: str) -> bool:
+        return any(vm.snapshot_id == snap_id for vm in self.rt.store.vms.list())
+
+    def all(self) -> list[dict[str, Any]]:
+        """Every complete snapshot's meta, with its id and whether its key is current."""
+        out = []
+        for d in sorted(self.root.glob("[0-9a-f]*")) if self.root.is_dir() else []:
+            with contextlib.suppress(OSError, ValueError):
+                meta = json.loads((d / META).read_text())
+                out.append({"id": d.name, **meta, "current": self._is_current(meta)})
+        return out
+
+    def _is_current(self, meta: dict[str, object]) -> bool:
+        key = meta.get("key")
+        if not isinstance(key, dict):
+            return False
+        image = self.rt.store.images.find_key(str(key.get("image_id")))
+        if image is None or self.why_not(image) is not None:
+            return False
+        try:
+            kernel = self.rt.kernel(image)
+            current = self.key(image, kernel, int(key["vcpu"]), int(key["memory_mib"]))
+        except (BangerError, KeyError, TypeError, ValueError):
+            return False
+        return asdict(current) == key
+
+    def prune(self) -> list[str]:
+        """Remove stale snapshots (image gone, kernel or VMM changed) no VM is backed by,
+        and builds a killed daemon left behind; return the names removed."""
+        removed = []
+        for d in list(self.root.iterdir()) if self.root.is_dir() else []:
+            if d.name.startswith(".tmp-"):
+                remove_tree(d)
+                removed.append(d.name)
+                continue
+            try:
+                meta = json.loads((d / META).read_text())
+            except (OSError, ValueError):
+                meta = {}
+            if not self._is_current(meta) and not self._in_use(d.name):
+                remove_tree(d)
+                removed.append(d.name)
+        return removed
+
+    async def warm(self, image: ImageRecord, vcpu: int, memory_mib: int) -> str:
+        """The snapshot for this shape, made now if there is none; return its id."""
+        why = self.why_not(image)
+        if why is not None:
+            raise Unavailable(f"no snapshot for image '{image.name}': {why}",
+                              hint="VMs of this image boot cold")
+        kernel = self.rt.kernel(image)
+        key = await asyncio.to_thread(self.key, image, kernel, vcpu, memory_mib)
+        async with self._locks[key.id]:  # a racing create waits, then finds it made
+            if self.find(key) is None:
+                await self._build(key, image, kernel)
+        return key.id
+
+    async def _build(self, key: SnapshotKey, image: ImageRecord, kernel: KernelRecord) -> None:
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = self.root / f".tmp-{key.id}-{secrets.token_hex(4)}"
+        tmp.mkdir(mode=0o700)
+        try:
+            started = time.monotonic()
+            size = await self._save_template(key, image, kernel, tmp)
+            meta = {"key": asdict(key), "image_name": image.name, "state_bytes": size,
+                    "created": time.time(), "save_seconds": round(time.monotonic() - started, 2)}
+            atomic_write_text(tmp / META, json.dumps(meta, indent=2))
+            final = self.dir(key.id)
+            if final.exists():  # an invalid one no clone needs any more (find said so)
+                if self._in_use(key.id):
+                    raise Conflict(f"snapshot {key.id} is invalid but VMs are backed by it",
+                                   hint="delete those VMs, then warm again")
+                remove_tree(final)
+            os.rename(tmp, final)
+            log.info("snapshot made", snapshot=key.id, image=image.name, bytes=size)
+        except BaseException:
+            remove_tree(tmp)
+            raise
+
+    async def _save_template(self, key: SnapshotKey, image: ImageRecord, kernel: KernelRecord,
+                             tmp: Path) -> int:
+        """Boot the template, wait for its agent, quiesce it, save it; its disks stay in ``tmp``."""
+        rt, backend = self.rt, self._backend()
+        assert backend is not None
+        await to_thread_joined(disks.create_root_overlay, image.path / ROOTFS_NAME, tmp / ROOT,
+                               rt.backend.traits.root_overlay)
+        seed = image.path / WORK_SEED_NAME
+        size = max(TEMPLATE_WORK_BYTES, seed.stat().st_size if seed.exists() else 0)
+        await to_thread_joined(functools.partial(
+            disks.create_work_disk, tmp / "work.ext4", size, seed=seed if seed.exists() else None,
+            authorized_keys=ssh.ensure_ssh_key(rt.paths.ssh_key)))
+        net, tap = await rt.network.attach_template(allocate_mac(f"snap-{key.id}"))
+        spec = self._template_spec(key, image, kernel, tmp, net)
+        try:
+            handle = await rt.backend.launch(spec)
+            try:
+                channel = await Channel.open(spec.agent_socket)
+                try:
+                    await self._ask(channel, "ping", "pong", rt.settings.ssh_ready_timeout)
+                    await self._ask(channel, "quiesce", "quiesced", 30.0)
+                    return await backend.save_state(handle, tmp / STATE)
+                finally:
+                    await channel.close()
+            finally:
+                await rt.backend.shutdown(handle, graceful=False, timeout=0)
+        finally:
+            await rt.network.detach(tap)
+            (tmp / "work.ext4").unlink(missing_ok=True)
+            shutil.rmtree(spec.run_dir, ignore_errors=True)
+
+    @staticmethod
+    async def _ask(channel: Channel, request: str, expected: str, timeout: float) -> None:
+        reply = await channel.request(request, timeout=timeout)
+        if reply != expected:
+            raise Unavailable(f"the template's agent answered {request!r} with {reply[:80]!r}",
+                              hint="see the template's console log in the daemon log")
+
+    def _template_spec(self, key: SnapshotKey, image: ImageRecord, kernel: KernelRecord,
+                       tmp: Path, net: TapNet | UserNet) -> VMSpec:
+        initrd = kernel.path / INITRD
+        traits, accel = self.rt.backend.traits, self.rt.backend.accel
+        return VMSpec(
+            vm_id=f"snap-{key.id}", name="banger-template", vcpu=key.vcpu,
+            memory_mib=key.memory_mib, kernel=boot_kernel(kernel, traits),
+            initrd=initrd if initrd.exists() else None,
+            root=RootDisk(tmp / ROOT, traits.root_format),
+            work_disk=tmp / "work.ext4", console_log=tmp / "console.log",
+            vmm_log=tmp / "vmm.log", run_dir=self.rt.paths.runtime_dir / "snap" / key.id[:8],
+            net=net, accel=accel, init=LEAN_INIT, cmdline_extra=tcg_cmdline(accel),
+            snapshot_role="template",
+        )

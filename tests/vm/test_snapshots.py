@@ -1,0 +1,66 @@
+"""Warm snapshots against real guests (docs/snapshots.md): few boots, one template each."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.vm.conftest import VMFactory
+
+pytestmark = pytest.mark.vm
+
+PROBE = ("hostname; cat /etc/machine-id; head -c 32 /dev/urandom | sha256sum; "
+         "cat /sys/class/net/eth0/address; cat /root/.banger/ssh_host_ed25519_key.pub; "
+         "date +%s.%N")
+
+
+def _warm(vms: VMFactory) -> str:
+    out = json.loads(vms.ok("image", "warm", "--vcpu", "1", "--memory", "512", "--json"))
+    return str(out["id"])
+
+
+def test_two_clones_from_one_snapshot_are_distinct_and_reachable(vms: VMFactory) -> None:
+    snap = _warm(vms)
+    with ThreadPoolExecutor(2) as pool:
+        infos = list(pool.map(lambda n: vms.create(n, "--vcpu", "1", "--memory", "512"),
+                              ["c1", "c2"]))
+    for info in infos:
+        assert info["started_from"] == f"snapshot {snap}"
+    probes = {}
+    for name in ("c1", "c2"):
+        out = vms.ssh(name, "sh", "-c", PROBE)
+        host_now = time.time()
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[0] == name
+        assert abs(float(lines[-1]) - host_now) < 1.0, (lines[-1], host_now)
+        probes[name] = lines[1:5]
+    # machine-id, urandom, MAC and host key all differ
+    assert all(a != b for a, b in zip(probes["c1"], probes["c2"], strict=True)), probes
+    assert vms.ssh("c1", "sh", "-c", "echo mine > /root/f && sync").returncode == 0
+    assert vms.ssh("c2", "test", "-e", "/root/f").returncode == 1
+    for info in infos:  # its own address only (the template's was flushed)
+        addrs = vms.ssh(str(info["name"]), "ip", "-4", "-o", "addr", "show", "eth0").stdout
+        assert addrs.count(" inet ") == 1 and f"{info['guest_ip']}/" in addrs, addrs
+    # stop/start of a restored VM boots its own disks
+    assert vms.ok("vm", "stop", "c1") is not None
+    assert vms.ok("vm", "start", "c1") is not None
+    assert vms.ssh("c1", "cat", "/root/f").stdout.strip() == "mine"
+    assert vms.show("c1")["started_from"].startswith("cold")
+
+
+def test_a_corrupt_snapshot_falls_back_cold_saying_why(vms: VMFactory) -> None:
+    snap = _warm(vms)
+    state = Path(vms.env.state_dir) / "snapshots" / snap / "state"
+    with open(state, "r+b") as f:  # truncated and scribbled over
+        f.truncate(state.stat().st_size // 3)
+        f.seek(100)
+        f.write(b"\xff" * 4096)
+    info = vms.create("cold1", "--vcpu", "1", "--memory", "512")
+    assert str(info["started_from"]).startswith(f"cold (snapshot {snap} failed"), info
+    assert vms.ssh("cold1", "hostname").stdout.strip() == "cold1"
+    assert not state.exists()  # dropped; the next warm replaces it
