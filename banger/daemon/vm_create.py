@@ -175,7 +175,10 @@ class VMCreator:
         why = self.snapshots.why_not(image)
         if why is not None:
             return None, why
-        key = self.snapshots.key(image, self.rt.kernel(image), plan.vcpu, plan.memory_mib)
+        try:
+            key = self.snapshots.key(image, self.rt.kernel(image), plan.vcpu, plan.memory_mib)
+        except HostToolError as exc:  # e.g. the VMM cannot say its version: the boot will tell
+            return None, f"no snapshot key: {exc.message}"
         found = self.snapshots.find(key)
         if found is None:
             return None, "no snapshot of this shape: banger image warm makes one"
