@@ -168,11 +168,20 @@ def vm_run_vs_floor(
     }
 
 
+def _session_leader(pid: int) -> bool:
+    """Whether ``pid`` leads its session: a ``-daemonize``d QEMU's VMM does, the parent it
+    forked from (waiting for the VMM to initialise, then exiting) does not."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rpartition(")")[2].split()[3]) == pid
+
+
 def vmm_memory(env: BenchEnv) -> dict[int, tuple[int, int]]:
-    """(RSS, PSS) in KiB of every QEMU naming the bench's private dir, by pid (from /proc)."""
+    """(RSS, PSS) in KiB of every VMM naming the bench's private dir, by pid (from /proc)."""
     out = {}
     for pid in processes_naming(str(env.root), program="qemu-system"):
-        with contextlib.suppress(OSError, ValueError, StopIteration):
+        with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+            if not _session_leader(pid):
+                continue
             rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
             kib = {line.split(":")[0]: int(line.split()[1]) for line in rollup[1:]}
             out[pid] = (kib["Rss"], kib["Pss"])
