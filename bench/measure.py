@@ -14,7 +14,6 @@ from banger.api.models import Operation, Stage
 from bench.env import BenchEnv, Progress, banger_argv, wall
 from bench.floor import FloorSetup, boot_floor
 from bench.stats import summary
-from tests.support.hostcheck import processes_naming
 
 CREATE_STAGES = ("reserve", "disks", "network", "boot", "ssh")
 CONCURRENT_TIMEOUT_S = 600.0
@@ -168,20 +167,22 @@ def vm_run_vs_floor(
     }
 
 
-def _session_leader(pid: int) -> bool:
-    """Whether ``pid`` leads its session: a ``-daemonize``d QEMU's VMM does, the parent it
-    forked from (waiting for the VMM to initialise, then exiting) does not."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rpartition(")")[2].split()[3]) == pid
-
-
 def vmm_memory(env: BenchEnv) -> dict[int, tuple[int, int]]:
-    """(RSS, PSS) in KiB of every VMM naming the bench's private dir, by pid (from /proc)."""
+    """(RSS, PSS) in KiB of every VMM of the bench's daemon, by pid (from /proc).
+
+    A VMM is the pid in a VM's ``vmm.pid`` (QEMU writes it once initialised): not
+    ``-daemonize``'s short-lived intermediate processes. VMs come and go meanwhile.
+    """
     out = {}
-    for pid in processes_naming(str(env.root), program="qemu-system"):
+    try:
+        pidfiles = [d / "vmm.pid" for d in (env.runtime_dir / "vms").iterdir()]
+    except OSError:
+        pidfiles = []
+    for pidfile in pidfiles:
         with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
-            if not _session_leader(pid):
-                continue
+            pid = int(pidfile.read_text())
+            if os.fsencode(pidfile) not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue  # the pid went and was reused
             rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
             kib = {line.split(":")[0]: int(line.split()[1]) for line in rollup[1:]}
             out[pid] = (kib["Rss"], kib["Pss"])
