@@ -301,7 +301,7 @@ def _snapshot_rows(doc: dict[str, Any]) -> list[Row]:
     w = snap.get("warm")
     if w:
         rows.append(("7 warm snapshots", f"image warm ({w['vcpu']} vCPU, {w['memory_mib']} MiB), "
-                     f"of which save {secs(w['save_s'])}; state saved",
+                     f"of which template boot + save {secs(w['save_s'])}; state",
                      f"{secs(w['wall_s'])}; {w['state_bytes'] / 1e6:.0f} MB", "", ""))
     run = snap.get("vm_run")
     if run:
