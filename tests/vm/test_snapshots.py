@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from banger.core.wait import poll_until
+from banger.host.proc import pid_alive
+from tests.support.hostcheck import processes_naming
 from tests.vm.conftest import VMFactory
 
 pytestmark = pytest.mark.vm
@@ -64,3 +69,26 @@ def test_a_corrupt_snapshot_falls_back_cold_saying_why(vms: VMFactory) -> None:
     assert str(info["started_from"]).startswith(f"cold (snapshot {snap} failed"), info
     assert vms.ssh("cold1", "hostname").stdout.strip() == "cold1"
     assert not state.exists()  # dropped; the next warm replaces it
+
+
+def test_a_daemon_killed_while_saving_leaves_nothing_after_restart(vms: VMFactory) -> None:
+    """SIGKILL the daemon while the template boots/saves: its VMM runs on (daemonized) and
+    a .tmp-* build is left; the next daemon kills the one and removes the other."""
+    snaps = vms.env.state_dir / "snapshots"
+    templates = str(vms.env.runtime_dir / "snap")
+    with ThreadPoolExecutor(1) as pool:
+        warm = pool.submit(vms.banger, "image", "warm", "--vcpu", "1", "--memory", "512")
+        assert poll_until(lambda: processes_naming(templates, program="qemu-system")
+                          and list(snaps.glob(".tmp-*")), timeout=60, interval=0.05)
+        pid = vms.env.daemon_pid()
+        assert pid
+        os.kill(pid, signal.SIGKILL)
+        assert poll_until(lambda: not pid_alive(pid), timeout=10)
+        assert warm.result(timeout=60).returncode != 0
+    orphans = processes_naming(templates, program="qemu-system")
+    assert orphans, "the template VMM should outlive its daemon (else this proves nothing)"
+    vms.ok("daemon", "start")
+    assert poll_until(lambda: not any(pid_alive(p) for p in orphans), timeout=10), orphans
+    assert list(snaps.glob(".tmp-*")) == []
+    assert not (vms.env.runtime_dir / "snap").exists() or \
+        list((vms.env.runtime_dir / "snap").iterdir()) == []
