@@ -92,3 +92,14 @@ def test_a_daemon_killed_while_saving_leaves_nothing_after_restart(vms: VMFactor
     assert list(snaps.glob(".tmp-*")) == []
     assert not (vms.env.runtime_dir / "snap").exists() or \
         list((vms.env.runtime_dir / "snap").iterdir()) == []
+
+
+def test_two_racing_warms_of_one_shape_save_once(vms: VMFactory) -> None:
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(lambda _: vms.ok("image", "warm", "--vcpu", "1", "--memory", "512",
+                                              "--json"), range(2)))
+    ids = {json.loads(out)["id"] for out in outs}
+    assert len(ids) == 1, outs
+    log = (vms.env.state_dir / "bangerd.log").read_text(errors="replace")
+    assert log.count("snapshot made") == 1, log[-3000:]
+    assert list((vms.env.state_dir / "snapshots").glob(".tmp-*")) == []
