@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -71,27 +72,44 @@ def test_a_corrupt_snapshot_falls_back_cold_saying_why(vms: VMFactory) -> None:
     assert not state.exists()  # dropped; the next warm replaces it
 
 
+def _template_running(top: Path) -> bool:
+    for pidfile in top.glob("*/vmm.pid"):
+        try:
+            if pid_alive(int(pidfile.read_text())):
+                return True
+        except (OSError, ValueError):
+            pass
+    return False
+
+
 def test_a_daemon_killed_while_saving_leaves_nothing_after_restart(vms: VMFactory) -> None:
     """SIGKILL the daemon while the template boots/saves: its VMM runs on (daemonized) and
-    a .tmp-* build is left; the next daemon kills the one and removes the other."""
-    snaps = vms.env.state_dir / "snapshots"
-    templates = str(vms.env.runtime_dir / "snap")
-    with ThreadPoolExecutor(1) as pool:
-        warm = pool.submit(vms.banger, "image", "warm", "--vcpu", "1", "--memory", "512")
-        assert poll_until(lambda: processes_naming(templates, program="qemu-system")
-                          and list(snaps.glob(".tmp-*")), timeout=60, interval=0.05)
-        pid = vms.env.daemon_pid()
-        assert pid
-        os.kill(pid, signal.SIGKILL)
-        assert poll_until(lambda: not pid_alive(pid), timeout=10)
-        assert warm.result(timeout=60).returncode != 0
-    orphans = processes_naming(templates, program="qemu-system")
+    a .tmp-* build is left; the next daemon kills the one and removes the other. (The CLI
+    is killed first: it would start a new daemon on its own, which recovers at once.)"""
+    snaps, runs = vms.env.state_dir / "snapshots", vms.env.runtime_dir / "snap"
+    cli = subprocess.Popen([*vms.env.banger_argv(), "image", "warm", "--vcpu", "1",
+                            "--memory", "512"], env=vms.env.env(), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # the template's guest runs (so QEMU's -daemonize finished: a daemon killed while
+        # QEMU's first process still waits takes that launch down with it)
+        assert poll_until(lambda: _template_running(runs) and any(
+            p.stat().st_size for p in snaps.glob(".tmp-*/console.log")), timeout=60,
+            interval=0.05)
+    finally:
+        cli.kill()
+        cli.wait()
+    pid = vms.env.daemon_pid()
+    assert pid
+    os.kill(pid, signal.SIGKILL)
+    assert poll_until(lambda: not pid_alive(pid), timeout=10)
+    orphans = processes_naming(str(runs), program="qemu-system")
     assert orphans, "the template VMM should outlive its daemon (else this proves nothing)"
+    assert list(snaps.glob(".tmp-*"))
     vms.ok("daemon", "start")
     assert poll_until(lambda: not any(pid_alive(p) for p in orphans), timeout=10), orphans
     assert list(snaps.glob(".tmp-*")) == []
-    assert not (vms.env.runtime_dir / "snap").exists() or \
-        list((vms.env.runtime_dir / "snap").iterdir()) == []
+    assert not runs.exists() or list(runs.iterdir()) == []
 
 
 def test_two_racing_warms_of_one_shape_save_once(vms: VMFactory) -> None:
