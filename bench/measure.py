@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -34,18 +35,28 @@ def stage_seconds(op: Operation, name: str) -> float:
     return wall(stage.finished_at) - wall(stage.started_at)
 
 
+def launch_stage(op: Operation) -> str:
+    """``restore`` when the create started from a warm snapshot, else ``boot``."""
+    return "restore" if any(s.name == "restore" for s in op.stages) else "boot"
+
+
 def create_figures(op: Operation, sent: float | None = None) -> dict[str, float]:
-    """From a finished vm.create: control-plane overhead, boot to SSH, each stage."""
-    boot_end = wall(_stage(op, "boot").finished_at)
+    """From a finished vm.create: control-plane overhead, boot (or restore) to SSH, each stage.
+
+    A restored create's ``boot`` figures are its ``restore`` stage's (``stage_restore_s``).
+    """
+    launch = launch_stage(op)
+    boot_end = wall(_stage(op, launch).finished_at)
     figures = {
         "overhead_s": boot_end - wall(op.created_at),
         "launch_to_ssh_s": wall(_stage(op, "ssh").finished_at)
-        - wall(_stage(op, "boot").started_at),
+        - wall(_stage(op, launch).started_at),
         "create_s": wall(op.finished_at) - wall(op.created_at),
     }
     if sent is not None:
         figures["overhead_client_s"] = boot_end - sent
     for name in CREATE_STAGES:
+        name = launch if name == "boot" else name
         figures[f"stage_{name}_s"] = stage_seconds(op, name)
     return figures
 
@@ -156,15 +167,49 @@ def vm_run_vs_floor(
     }
 
 
-def concurrent_runs(env: BenchEnv, n: int, progress: Progress) -> dict[str, Any]:
-    """``n`` ``vm run --rm -- true`` started together; all must succeed."""
+def vmm_memory(env: BenchEnv) -> dict[int, tuple[int, int]]:
+    """(RSS, PSS) in KiB of every VMM of the bench's daemon, by pid (from /proc).
+
+    A VMM is the pid in a VM's ``vmm.pid`` (QEMU writes it once initialised): not
+    ``-daemonize``'s short-lived intermediate processes. VMs come and go meanwhile.
+    """
+    out = {}
+    try:
+        pidfiles = [d / "vmm.pid" for d in (env.runtime_dir / "vms").iterdir()]
+    except OSError:
+        pidfiles = []
+    for pidfile in pidfiles:
+        with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+            pid = int(pidfile.read_text())
+            if os.fsencode(pidfile) not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue  # the pid went and was reused
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+            kib = {line.split(":")[0]: int(line.split()[1]) for line in rollup[1:]}
+            out[pid] = (kib["Rss"], kib["Pss"])
+    return out
+
+
+def _peak_memory(env: BenchEnv, peaks: dict[int, tuple[int, int]]) -> None:
+    for pid, (rss, pss) in vmm_memory(env).items():
+        old = peaks.get(pid, (0, 0))
+        peaks[pid] = (max(old[0], rss), max(old[1], pss))
+
+
+def concurrent_runs(env: BenchEnv, n: int, progress: Progress,
+                    prefix: str = "bench-cc") -> dict[str, Any]:
+    """``n`` ``vm run --rm -- true`` started together; all must succeed.
+
+    Every VMM's resident (RSS) and proportional (PSS) memory is sampled from
+    /proc while they run; each VMM's peak is reported.
+    """
     logs = [env.root / f"concurrent-{i}.log" for i in range(n)]
     started = time.perf_counter()
     procs = [
-        env.cli_popen("vm", "run", "--rm", "--name", f"bench-cc{i}", "--", "true", output=log)
+        env.cli_popen("vm", "run", "--rm", "--name", f"{prefix}{i}", "--", "true", output=log)
         for i, log in enumerate(logs)
     ]
     done: dict[int, float] = {}
+    peaks: dict[int, tuple[int, int]] = {}
     try:
         while len(done) < n:
             for i, proc in enumerate(procs):
@@ -172,6 +217,7 @@ def concurrent_runs(env: BenchEnv, n: int, progress: Progress) -> dict[str, Any]
                     done[i] = time.perf_counter() - started
             if time.perf_counter() - started > CONCURRENT_TIMEOUT_S:
                 raise TimeoutError(f"concurrent vm runs still going after {CONCURRENT_TIMEOUT_S}s")
+            _peak_memory(env, peaks)
             time.sleep(0.02)
     finally:
         for proc in procs:
@@ -180,7 +226,7 @@ def concurrent_runs(env: BenchEnv, n: int, progress: Progress) -> dict[str, Any]
                 proc.wait()
     total = time.perf_counter() - started
     failures = [
-        f"bench-cc{i}: exit {proc.returncode}: {logs[i].read_text(errors='replace')[-500:]}"
+        f"{prefix}{i}: exit {proc.returncode}: {logs[i].read_text(errors='replace')[-500:]}"
         for i, proc in enumerate(procs)
         if proc.returncode != 0
     ]
@@ -191,6 +237,8 @@ def concurrent_runs(env: BenchEnv, n: int, progress: Progress) -> dict[str, Any]
         "failures": failures,
         "wall_s": round(total, 3),
         "each_s": summary([done[i] for i in range(n)]),
+        "vmm_peak_rss_mib": summary([rss / 1024 for rss, _ in peaks.values()], digits=1),
+        "vmm_peak_pss_mib": summary([pss / 1024 for _, pss in peaks.values()], digits=1),
         "load": load(),
     }
 

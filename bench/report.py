@@ -12,6 +12,8 @@ CLI_RATIO_TARGET = 10.0  # vm list -q p50 / python -c pass p50, same run (issue 
 WS_DELTA_TARGET_S = 0.5  # vm run <this checkout> over a bare vm run, p50s (issue 9)
 WS_PREPARE_TARGET_S = 3.0  # prepare of the generated 10,000-file / 100 MB repo, p50
 WS_EXPORT_TARGET_S = 1.0  # export of a change to 100 of its files, p50
+SNAP_RUN_TARGET_S = 1.0  # vm run --rm -- true from a warm snapshot, p50 (issue 12)
+SNAP_CREATE_TARGET_S = 0.8  # vm create to ready from a warm snapshot, p50
 
 Row = tuple[str, str, str, str, str]  # section, figure, value, target, verdict
 
@@ -77,6 +79,27 @@ def verdicts(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "verdict": verdict(ratio <= CLI_RATIO_TARGET),
         }
     out.update(_workspace_verdicts(doc.get("workspace") or {}))
+    out.update(_snapshot_verdicts(doc.get("snapshot") or {}))
+    return out
+
+
+def _snapshot_verdicts(snap: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key, value, target in (
+        ("snap_run_p50", snap.get("vm_run", {}).get("snapshot", {}).get("wall_s", {}).get("p50"),
+         SNAP_RUN_TARGET_S),
+        ("snap_create_p50", snap.get("create", {}).get("wall_s", {}).get("p50"),
+         SNAP_CREATE_TARGET_S),
+    ):
+        if value is not None:
+            out[key] = {"value_s": value, "target_s": target, "verdict": verdict(value <= target)}
+    cc = snap.get("concurrent")
+    if cc:
+        ok = cc["succeeded"] == cc["n"] and cc.get("restored") == cc["n"]
+        out["snap_concurrent_all_succeed"] = {
+            "value": f"{cc['succeeded']}/{cc['n']} (restored {cc.get('restored')})",
+            "verdict": verdict(ok),
+        }
     return out
 
 
@@ -268,6 +291,52 @@ def _workspace_rows(doc: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _p50_p95(s: dict[str, Any]) -> str:
+    return f"{secs(s['p50'])} / {secs(s['p95'])}"
+
+
+def _snapshot_rows(doc: dict[str, Any]) -> list[Row]:
+    snap = doc["snapshot"]
+    rows: list[Row] = []
+    w = snap.get("warm")
+    if w:
+        rows.append(("7 warm snapshots", f"image warm ({w['vcpu']} vCPU, {w['memory_mib']} MiB), "
+                     f"of which template boot + save {secs(w['save_s'])}; state",
+                     f"{secs(w['wall_s'])}; {w['state_bytes'] / 1e6:.0f} MB", "", ""))
+    run = snap.get("vm_run")
+    if run:
+        s, c = run["snapshot"], run["cold"]
+        rows += [
+            ("", "vm run --rm true from snapshot p50/p95", _p50_p95(s["wall_s"]), "<= 1.0 s",
+             _v(doc, "snap_run_p50")),
+            ("", f"  p50: create {secs(s['create_s']['p50'])}, restore "
+             f"{secs(s['stage_restore_s']['p50'])}, ssh {secs(s['stage_ssh_s']['p50'])}",
+             "", "", ""),
+            ("", "vm run --rm --cold true p50/p95 (same run)", _p50_p95(c["wall_s"]), "", ""),
+            ("", "  speed-up cold / snapshot (p50s)", f"{run['speedup_p50']:.1f}x", "", ""),
+        ]
+    cr = snap.get("create")
+    if cr:
+        rows += [
+            ("", "vm create to ready from snapshot p50/p95", _p50_p95(cr["wall_s"]), "<= 0.8 s",
+             _v(doc, "snap_create_p50")),
+            ("", f"  operation p50 {secs(cr['create_s']['p50'])}: restore "
+             f"{secs(cr['stage_restore_s']['p50'])}, ssh {secs(cr['stage_ssh_s']['p50'])}",
+             "", "", ""),
+        ]
+    cc = snap.get("concurrent")
+    if cc:
+        rss, pss = cc["vmm_peak_rss_mib"], cc["vmm_peak_pss_mib"]
+        rows += [
+            ("", f"{cc['n']} x vm run --rm true from one snapshot, wall (each "
+             f"{cc['each_s']['min']:.1f}-{cc['each_s']['max']:.1f} s)", secs(cc["wall_s"]),
+             "all succeed", _v(doc, "snap_concurrent_all_succeed")),
+            ("", f"  peak RSS / PSS per VMM p50 ({rss['n']} VMMs)",
+             f"{rss['p50']:.0f} / {pss['p50']:.0f} MiB", "", ""),
+        ]
+    return rows
+
+
 def table(doc: dict[str, Any]) -> str:
     """The human-readable summary of ``doc``."""
     rows: list[Row] = [("section", "figure", "value", "target", "result")]
@@ -278,6 +347,7 @@ def table(doc: dict[str, Any]) -> str:
         ("concurrent", _concurrent_rows),
         ("cli", _cli_rows),
         ("workspace", _workspace_rows),
+        ("snapshot", _snapshot_rows),
     ):
         if doc.get(key):
             rows += build(doc)

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import measure, workspace
+from bench import measure, snapshot, workspace
 from bench.env import BenchEnv
 from bench.floor import FloorSetup
 from bench.report import table, verdicts
@@ -35,9 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrent", type=int, default=4, help="concurrent vm runs (4)")
     p.add_argument("--list-calls", type=int, default=20, help="vm list / --version calls (20)")
     p.add_argument("--json-out", type=Path, help="also write the JSON document here")
-    p.add_argument("--only", choices=["cli", "workspace"],
+    p.add_argument("--only", choices=["cli", "workspace", "snapshot"],
                    help="cli: only section 5, against a daemon with no VMs (no kernel, no image); "
-                        "workspace: only section 6")
+                        "workspace: only section 6; snapshot: only section 7")
     args = p.parse_args(argv)
     if args.runs < 2:
         p.error("--runs must be at least 2 (two VMs stay up for the vm list figure)")
@@ -77,20 +77,20 @@ def boot_section(doc: dict[str, Any], cp_rows: list[float], ssh_rows: list[float
 
 def measure_cli_only(env: BenchEnv, args: argparse.Namespace, doc: dict[str, Any]) -> None:
     doc["setup_s"] = {"daemon_start": env.cli_ok("daemon", "start").seconds}
-    progress(f"5/6 CLI latency: {args.list_calls} calls each, no VMs")
+    progress(f"5/7 CLI latency: {args.list_calls} calls each, no VMs")
     doc["cli"] = measure.cli_latency(env, args.list_calls, progress)
 
 
 def measure_all(env: BenchEnv, args: argparse.Namespace, doc: dict[str, Any]) -> None:
     kernel_deb, rootfs = _artifacts()
     doc["setup_s"] = env.setup(kernel_deb, rootfs, progress)
-    progress(f"1/6 control plane: {args.runs} creates")
+    progress(f"1/7 control plane: {args.runs} creates")
     doc["control_plane"] = measure.control_plane(env, args.runs, keep=2, progress=progress)
-    progress(f"5/6 CLI latency: {args.list_calls} calls each, with 2 VMs up")
+    progress(f"5/7 CLI latency: {args.list_calls} calls each, with 2 VMs up")
     doc["cli"] = measure.cli_latency(env, args.list_calls, progress)
     for name in doc["control_plane"]["kept"]:
         env.delete_vm(name)
-    progress(f"2/6 vm run --rm -- true vs floor: {args.runs} each, alternated")
+    progress(f"2/7 vm run --rm -- true vs floor: {args.runs} each, alternated")
     setup = floor_setup(env, doc["control_plane"]["vm"])
     doc["vm_run"] = measure.vm_run_vs_floor(env, setup, args.runs, progress)
     cp, run = doc["control_plane"]["figures"], doc["vm_run"]["breakdown"]
@@ -99,17 +99,26 @@ def measure_all(env: BenchEnv, args: argparse.Namespace, doc: dict[str, Any]) ->
         cp["launch_to_ssh_s"]["samples"] + run["create_launch_to_ssh_s"]["samples"],
         cp["stage_ssh_s"]["samples"] + run["create_stage_ssh_s"]["samples"],
     )
-    progress(f"4/6 {args.concurrent} concurrent vm run --rm -- true")
+    progress(f"4/7 {args.concurrent} concurrent vm run --rm -- true")
     doc["concurrent"] = measure.concurrent_runs(env, args.concurrent, progress)
     measure_workspace(env, args, doc)
+    measure_snapshot(env, args, doc)
 
 
 def measure_workspace(env: BenchEnv, args: argparse.Namespace, doc: dict[str, Any]) -> None:
     if "setup_s" not in doc:
         doc["setup_s"] = env.setup(*_artifacts(), progress)
-    progress(f"6/6 workspaces: {args.runs} runs of each figure")
+    progress(f"6/7 workspaces: {args.runs} runs of each figure")
     doc["workspace"] = {}
     workspace.workspaces(env, args.runs, progress, doc["workspace"])
+
+
+def measure_snapshot(env: BenchEnv, args: argparse.Namespace, doc: dict[str, Any]) -> None:
+    if "setup_s" not in doc:
+        doc["setup_s"] = env.setup(*_artifacts(), progress)
+    progress(f"7/7 warm snapshots: image warm, then {args.runs} runs of each figure")
+    doc["snapshot"] = {}
+    snapshot.snapshots(env, args.runs, args.concurrent, progress, doc["snapshot"])
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -133,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     env = BenchEnv.make()
     failed: BaseException | None = None
     try:
-        sections = {"cli": measure_cli_only, "workspace": measure_workspace}
+        sections = {"cli": measure_cli_only, "workspace": measure_workspace,
+                    "snapshot": measure_snapshot}
         sections.get(args.only or "", measure_all)(env, args, doc)
     except (Exception, KeyboardInterrupt) as exc:
         failed = exc

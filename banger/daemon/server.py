@@ -87,6 +87,7 @@ async def start_services(stack: contextlib.AsyncExitStack, daemon: Daemon) -> No
     stack.push_async_callback(daemon.dns.close)  # listeners, resolved's routing
     await daemon.dns.start()  # before reconcile, which may adopt the bridge
     stack.push_async_callback(daemon.vms.close)  # VM exit watchers, the idle TAP pool
+    await daemon.creator.snapshots.recover()  # before reconcile reaps its template's TAP
     await daemon.vms.reconcile()
     stack.push_async_callback(daemon.operations.cancel_all)
     stack.push_async_callback(daemon.stats.close)  # guest reads for top

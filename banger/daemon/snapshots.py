@@ -173,6 +173,43 @@ class Snapshots:
                 removed.append(d.name)
         return removed
 
+    async def recover(self) -> list[str]:
+        """Daemon start: put right what a daemon killed while saving left behind. Its
+        template's VMM is killed (it runs on, daemonized), its run dir and the unfinished
+        ``.tmp-*`` build are removed; return the names of what was removed."""
+        removed = []
+        runs = self._run_root()
+        for run_dir in sorted(runs.iterdir()) if runs.is_dir() else []:
+            spec = self._leftover_spec(run_dir)
+            handle = self.rt.backend.adopt(spec.pidfile, spec) if spec is not None else None
+            if handle is not None:
+                log.warning("killing the template VMM of an interrupted save", pid=handle.pid)
+                await self.rt.backend.shutdown(handle, graceful=False, timeout=0)
+            remove_tree(run_dir)
+            removed.append(f"snap/{run_dir.name}")
+        for d in sorted(self.root.glob(".tmp-*")) if self.root.is_dir() else []:
+            remove_tree(d)
+            removed.append(d.name)
+        if removed:
+            log.warning("removed an interrupted snapshot save", what=removed)
+        return removed
+
+    def _run_root(self) -> Path:
+        return self.rt.paths.runtime_dir / "snap"
+
+    def _leftover_spec(self, run_dir: Path) -> VMSpec | None:
+        """A template spec naming ``run_dir``: all a backend's ``adopt`` reads (its pidfile and
+        control socket prove a process is that template's VMM); None for a foreign name."""
+        try:
+            return VMSpec(
+                vm_id=f"snap-{run_dir.name}", name="banger-template", vcpu=1, memory_mib=64,
+                kernel=run_dir / "kernel", root=RootDisk(run_dir / ROOT,
+                                                         self.rt.backend.traits.root_format),
+                work_disk=run_dir / "work.ext4", console_log=run_dir / "console.log",
+                vmm_log=run_dir / "vmm.log", run_dir=run_dir, snapshot_role="template")
+        except BangerError:
+            return None
+
     async def warm(self, image: ImageRecord, vcpu: int, memory_mib: int) -> str:
         """The snapshot for this shape, made now if there is none; return its id."""
         why = self.why_not(image)
@@ -256,7 +293,7 @@ class Snapshots:
             initrd=initrd if initrd.exists() else None,
             root=RootDisk(tmp / ROOT, traits.root_format),
             work_disk=tmp / "work.ext4", console_log=tmp / "console.log",
-            vmm_log=tmp / "vmm.log", run_dir=self.rt.paths.runtime_dir / "snap" / key.id[:8],
+            vmm_log=tmp / "vmm.log", run_dir=self._run_root() / key.id[:8],
             net=net, accel=accel, init=LEAN_INIT, cmdline_extra=tcg_cmdline(accel),
             snapshot_role="template",
         )

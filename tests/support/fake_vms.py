@@ -138,10 +138,11 @@ class FakeVMs:
 
 @contextmanager
 def fake_vms(
-    tmp_path: Path, traits: BackendTraits | None = None, **settings_values: Any
+    tmp_path: Path, traits: BackendTraits | None = None, *, fake: FakeBackend | None = None,
+    **settings_values: Any,
 ) -> Iterator[FakeVMs]:
-    """The VM services on a fake backend (QEMU's traits unless given), in ``tmp_path``,
-    with any other ``Settings`` values given.
+    """The VM services on a fake backend (``fake``, else one with QEMU's traits unless
+    given), in ``tmp_path``, with any other ``Settings`` values given.
 
     Every fake VMM is killed at the end.
     """
@@ -157,7 +158,7 @@ def fake_vms(
     with open(image_dir / ROOTFS_NAME, "wb") as rootfs:
         rootfs.truncate(1 << 20)
     store.images.add(ImageRecord(IMAGE_ID, "img", "test", image_dir, kernel_name="k"))
-    backend = FakeBackend() if traits is None else FakeBackend.with_traits(traits)
+    backend = fake or (FakeBackend() if traits is None else FakeBackend.with_traits(traits))
     inner = VMNetwork(store, settings.bridge_name, settings.bridge_cidr, "test-owner",
                       frozenset({NetMode.USER}), CheckedHostOps(RecordingHostOps()))
     vms = FakeVMs(settings, store, backend, FakeGuest(backend),

@@ -1,0 +1,83 @@
+"""A fake backend that keeps warm snapshots, with a fake guest agent on each VM's channel.
+
+``SnapshotFakeBackend`` is ``FakeBackend`` plus ``SnapshotCapable``: its "state"
+is a small file, and a template or clone gets a real Unix socket at its
+``agent_socket`` (as QEMU's chardev), served by a fake agent speaking the
+agent's protocol (docs/snapshots.md). ``agent`` picks how a clone's agent
+answers ``identity``: ``ok``, ``error`` (a refusal) or ``silent`` (reads the
+request and never answers, like a guest hung in the middle of applying it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Literal
+
+from banger.core.errors import SnapshotUnusable
+from banger.core.vmspec import VMSpec
+from banger.vmm.base import Handle, SnapshotCapable, StopOutcome
+from tests.support.fake_backend import FakeBackend
+
+STATE_BYTES = b"fake guest state\n"
+AgentMode = Literal["ok", "error", "silent"]
+
+
+class SnapshotFakeBackend(FakeBackend):
+    """``FakeBackend`` that saves and restores (see the module docstring)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.agent: AgentMode = "ok"
+        self.save_delay = 0.0  # seconds a save takes (a race needs it to take a while)
+        self._agents: dict[str, asyncio.Server] = {}
+
+    def vmm_version(self) -> str:
+        return "fake-vmm 1.0"
+
+    async def launch(self, spec: VMSpec) -> Handle:
+        handle = await super().launch(spec)
+        if spec.snapshot_role is not None:
+            self._agents[spec.vm_id] = await asyncio.start_unix_server(
+                self._serve_agent, path=str(spec.agent_socket))
+        return handle
+
+    async def shutdown(self, handle: Handle, *, graceful: bool, timeout: float) -> StopOutcome:
+        agent = self._agents.pop(handle.vm_id, None)
+        if agent is not None:
+            agent.close()
+        return await super().shutdown(handle, graceful=graceful, timeout=timeout)
+
+    async def save_state(self, handle: Handle, dest: Path) -> int:
+        self._record("save_state", handle.vm_id)
+        await asyncio.sleep(self.save_delay)
+        dest.write_bytes(STATE_BYTES)
+        return len(STATE_BYTES)
+
+    async def restore_state(self, handle: Handle, src: Path) -> None:
+        self._record("restore_state", handle.vm_id)
+        if src.read_bytes() != STATE_BYTES:
+            raise SnapshotUnusable("the fake VMM could not load the saved state")
+
+    async def announce_work_disk(self, handle: Handle, size: int) -> None:
+        self._record("announce_work_disk", handle.vm_id, size)
+
+    async def _serve_agent(self, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                request = line.decode().split(" ", 1)[0].strip()
+                self._record(f"agent {request}", None)
+                reply = {"ping": "pong", "quiesce": "quiesced"}.get(request)
+                if request == "identity":
+                    if self.agent == "silent":
+                        await reader.read()  # until the host hangs up
+                        return
+                    reply = "ok machine-id=0123" if self.agent == "ok" else "error RNG reseed"
+                writer.write(f"{reply or 'error unknown request'}\n".encode())
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+_CONFORMS: SnapshotCapable = SnapshotFakeBackend()
