@@ -23,6 +23,8 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
+from banger.core.guest_sh import PRELUDE, sh_argv
+
 SESSIONS_DIR = "/root/.banger/sessions"
 SEGMENT_BYTES = 8 << 20  # two segments kept: at most 16 MiB of output per session
 RECORD_MAGIC = "banger-session"
@@ -39,9 +41,7 @@ NOT_READ = 88
 RUNNING = 89
 
 # Functions every script shares. ``status`` is the one place a session's state is decided.
-_COMMON = r"""set -eu
-die() { code=$1; shift; printf '%s\n' "$*" >&2; exit "$code"; }
-top=$1
+_COMMON = PRELUDE + r"""top=$1
 read -r boot < /proc/sys/kernel/random/boot_id
 starttime() {
     s=; read -r s 2>/dev/null < "/proc/$1/stat" || return 0
@@ -335,7 +335,7 @@ stty "$saved" 2>/dev/null || :
 
 def script_argv(script: str, *args: str) -> list[str]:
     """The guest argv that runs ``script`` with ``args`` as ``$1 $2 ...``."""
-    return ["sh", "-c", script, "banger-session", *args]
+    return sh_argv(script, "banger-session", *args)
 
 
 def start_argv(top: str, name: str, cwd: str, mode: str, meta: str,

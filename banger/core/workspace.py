@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 
 from banger.core.errors import InvalidInput
+from banger.core.guest_sh import sh_argv
 
 DEFAULT_GUEST_PATH = "/root/repo"
 _GUEST_ROOT = "/root/"
@@ -55,4 +56,4 @@ exec "$@"
 
 def exec_argv(guest_path: str, command: Sequence[str]) -> list[str]:
     """The guest argv of ``vm exec``/``vm run PATH -- CMD``: CMD in the workspace."""
-    return ["sh", "-c", _EXEC, "banger-exec", guest_path, *command]
+    return sh_argv(_EXEC, "banger-exec", guest_path, *command)

@@ -7,6 +7,8 @@ tell apart exit with the codes below and one line on stderr.
 
 from __future__ import annotations
 
+from banger.core.guest_sh import PRELUDE, sh_argv
+
 NO_TAR = 90
 NO_GIT = 91
 NO_ROOM = 92
@@ -16,9 +18,7 @@ NO_COMMIT = 95
 NO_BASE = 96
 NO_INODES = 97
 
-_COMMON = r"""set -eu
-die() { code=$1; shift; printf '%s\n' "$*" >&2; exit "$code"; }
-dest=$1
+_COMMON = PRELUDE + r"""dest=$1
 """
 
 # stdin: the payload tar (tree/ and, for full_copy, base.git/). $2 its bytes, $3 where
@@ -89,4 +89,4 @@ git diff-tree -r -M --binary --full-index -p "$base" "$tree"
 
 def script_argv(script: str, *args: str) -> list[str]:
     """The guest argv that runs ``script`` with ``args`` as ``$1 $2 ...``."""
-    return ["sh", "-c", script, "banger-ws", *args]
+    return sh_argv(script, "banger-ws", *args)

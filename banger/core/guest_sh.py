@@ -1,0 +1,16 @@
+"""Fixed shell scripts run in guests: values travel only as ``$1 $2 ...``, failures as exit codes.
+
+Workspaces (``workspace/scripts.py``), sessions (``core/session_scripts.py``) and ``vm exec``
+(``core/workspace.py``) share the argv shape and the ``die`` helper.
+"""
+
+from __future__ import annotations
+
+PRELUDE = r"""set -eu
+die() { code=$1; shift; printf '%s\n' "$*" >&2; exit "$code"; }
+"""
+
+
+def sh_argv(script: str, name: str, *args: str) -> list[str]:
+    """The guest argv that runs ``script`` as ``$0`` = ``name`` with ``args`` as ``$1 $2 ...``."""
+    return ["sh", "-c", script, name, *args]
