@@ -23,6 +23,7 @@ from banger.daemon.operations import OperationRegistry
 from banger.daemon.peercred import PeerCredProtocol
 from banger.daemon.state import Daemon
 from banger.host.files import open_nofollow, sweep_scratch
+from banger.host.sockets import listen_private
 from banger.store.db import Store
 
 log = structlog.get_logger("banger.daemon.server")
@@ -59,15 +60,7 @@ def instance_lock(pidfile: Path) -> Iterator[None]:
 def bind_socket(path: Path) -> socket.socket:
     """Bind a fresh 0600 socket at ``path``, replacing a stale one (we hold the lock)."""
     path.unlink(missing_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)
-    try:
-        sock.bind(str(path))
-    finally:
-        os.umask(old_umask)
-    os.chmod(path, 0o600)
-    sock.listen(128)
-    return sock
+    return listen_private(path, 128)
 
 
 async def _prune_forever(registry: OperationRegistry, store: Store, ttl: float) -> None:

@@ -26,7 +26,7 @@ from banger.core.signals import parse_vmm_signal
 from banger.helper.guard import Owner
 from banger.host import helper_protocol as wire
 from banger.host.privileged import HostOps
-from banger.host.sockets import socket_peer
+from banger.host.sockets import listen_private, socket_peer
 from banger.version import version_info
 
 log = logging.getLogger("bangerd-root")
@@ -121,14 +121,8 @@ def bind_helper_socket(path: Path, owner: Owner) -> socket.socket:
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
             raise Forbidden(f"{path} exists and is not a socket", hint=f"remove it: rm {path}")
         path.unlink()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        sock.bind(str(path))
-    finally:
-        os.umask(old)
+    sock = listen_private(path, 64)
     os.chown(path, owner.uid, owner.gid, follow_symlinks=False)
-    sock.listen(64)
     return sock
 
 
