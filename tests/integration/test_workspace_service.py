@@ -11,7 +11,6 @@ import asyncio
 import base64
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from tests.support.workspace_repo import (
     NOT_SHIPPED,
     Repo,
     apply_on,
+    commit_repo,
     edit_like_an_agent,
     git,
     make_repo,
@@ -272,14 +272,13 @@ def test_a_create_writes_a_plain_workspace_into_the_work_disk_before_boot(
     vms: FakeVMs, tmp_path: Path
 ) -> None:
     top = tmp_path / "plain-repo"
-    (top / "src").mkdir(parents=True)
-    (top / "src" / "app.py").write_text("print('hi')\n")
-    (top / "run.sh").write_text("#!/bin/sh\n")
+    commit_repo(top, {"run.sh": "#!/bin/sh\n", "app.py": "print('hi')\n"})
+    (top / "src").mkdir()
+    (top / "app.py").rename(top / "src" / "app.py")
     (top / "run.sh").chmod(0o755)
     (top / "link").symlink_to("src/app.py")
-    for args in (["init", "-q"], ["add", "-A"],
-                 ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one"]):
-        subprocess.run(["git", "-C", str(top), *args], check=True)
+    git(top, "add", "-A")
+    git(top, "commit", "-qm", "two")
 
     async def scenario() -> Operation:
         _, work = await vms.creator.create(create_request(str(top)))

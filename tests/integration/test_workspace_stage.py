@@ -31,6 +31,7 @@ from tests.support.workspace_repo import (
     Repo,
     Snapshot,
     apply_on,
+    commit_repo,
     edit_like_an_agent,
     git,
     make_repo,
@@ -480,27 +481,16 @@ def test_what_an_interrupted_prepare_left_is_removed_by_the_next(tmp_path: Path)
     assert {p.name for p in guest.dest.parent.iterdir()} == {"repo"}
 
 
-def _commit_repo(top: Path, files: dict[str, str]) -> str:
-    top.mkdir(parents=True)
-    for name, text in files.items():
-        (top / name).write_text(text)
-    for args in (["init", "-q", "-b", "main"], ["add", "-A"],
-                 ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one"]):
-        subprocess.run(["git", "-C", str(top), *args], check=True)
-    return subprocess.run(["git", "-C", str(top), "rev-parse", "HEAD"], check=True,
-                          capture_output=True, text=True).stdout.strip()
-
-
 def test_a_git_file_leading_to_another_repository_is_refused(tmp_path: Path) -> None:
     """A directory from an archive whose .git names the owner's other repository ships nothing."""
-    _commit_repo(tmp_path / "secret", {"credentials.txt": "TOPSECRET\n"})
+    commit_repo(tmp_path / "secret", {"credentials.txt": "TOPSECRET\n"})
     hostile = tmp_path / "download"
     hostile.mkdir()
     (hostile / ".git").write_text(f"gitdir: {tmp_path / 'secret' / '.git'}\n")
     with pytest.raises(InvalidInput, match="not that directory's own repository"):
         make_plan(hostile, WorkspaceMode.GIT)
     linked = tmp_path / "linked"
-    _commit_repo(linked, {"a.txt": "a\n"})
+    commit_repo(linked, {"a.txt": "a\n"})
     shutil.rmtree(linked / ".git" / "refs")
     (linked / ".git" / "refs").symlink_to(tmp_path / "secret" / ".git" / "refs")
     with pytest.raises(InvalidInput, match="symbolic link"):
@@ -509,7 +499,7 @@ def test_a_git_file_leading_to_another_repository_is_refused(tmp_path: Path) -> 
 
 def test_a_linked_worktree_is_its_own_repository(tmp_path: Path) -> None:
     main = tmp_path / "main"
-    head = _commit_repo(main, {"a.txt": "a\n"})
+    head = commit_repo(main, {"a.txt": "a\n"})
     subprocess.run(["git", "-C", str(main), "worktree", "add", "-q", "-b", "wt",
                     str(tmp_path / "wt")], check=True)
     plan = make_plan(tmp_path / "wt", WorkspaceMode.GIT)
@@ -519,7 +509,7 @@ def test_a_linked_worktree_is_its_own_repository(tmp_path: Path) -> None:
 def test_the_repositorys_own_config_runs_nothing_on_the_host(tmp_path: Path) -> None:
     """A clean filter in .git/config (an archive can carry one) is never run by staging."""
     top = tmp_path / "repo"
-    _commit_repo(top, {"a.txt": "a\n", ".gitattributes": "* filter=evil\n"})
+    commit_repo(top, {"a.txt": "a\n", ".gitattributes": "* filter=evil\n"})
     marker = tmp_path / "ran"
     subprocess.run(["git", "-C", str(top), "config", "filter.evil.clean",
                     f"touch {marker}; cat"], check=True)
@@ -535,14 +525,14 @@ def test_the_repositorys_own_config_runs_nothing_on_the_host(tmp_path: Path) -> 
 
 def test_a_branch_named_like_a_tag_keeps_its_name(tmp_path: Path) -> None:
     top = tmp_path / "repo"
-    _commit_repo(top, {"a.txt": "a\n"})
+    commit_repo(top, {"a.txt": "a\n"})
     subprocess.run(["git", "-C", str(top), "tag", "main"], check=True)
     assert make_plan(top, WorkspaceMode.GIT).branch == "main"
 
 
 def test_a_fifo_for_info_exclude_does_not_hang_staging(tmp_path: Path) -> None:
     top = tmp_path / "repo"
-    _commit_repo(top, {"a.txt": "a\n"})
+    commit_repo(top, {"a.txt": "a\n"})
     (top / ".git" / "info" / "exclude").unlink()
     os.mkfifo(top / ".git" / "info" / "exclude")
     scratch = tmp_path / "scratch"

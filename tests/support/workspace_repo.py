@@ -25,6 +25,17 @@ def git(cwd: Path, *args: str | bytes, input: bytes | None = None) -> bytes:
                           capture_output=True).stdout
 
 
+def commit_repo(top: Path, files: dict[str, str]) -> str:
+    """A new repository at ``top`` (branch main) with ``files`` in one commit; its HEAD."""
+    top.mkdir(parents=True)
+    for name, text in files.items():
+        (top / name).write_text(text)
+    git(top, "init", "-q", "-b", "main")
+    git(top, "add", "-A")
+    git(top, "commit", "-qm", "one")
+    return git(top, "rev-parse", "HEAD").decode().strip()
+
+
 Snapshot = dict[bytes, tuple[object, ...]]
 
 
