@@ -393,6 +393,9 @@ class _SplitAtDashDash(click.Command):
             args = args[:cut]
         return super().parse_args(ctx, args)
 
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return [*super().collect_usage_pieces(ctx), "[-- CMD ...]"]
+
 
 @click.command("run", cls=_SplitAtDashDash)
 @click.option("--rm", "remove", is_flag=True, help="Delete the VM afterwards (also on failure).")
