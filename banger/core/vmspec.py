@@ -138,6 +138,10 @@ class VMSpec:
     cmdline_extra: tuple[str, ...] = ()
     quiet: bool = True
     snapshot_role: SnapshotRole | None = None
+    # Guest RAM in this file (docs/snapshots.md): a template's, mapped shared so the
+    # saved guest's memory is the file; a clone maps it private (copy-on-write), so
+    # clones share the pages they only read.
+    memory_file: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.vm_id or any(c in self.vm_id for c in "/\0 ,="):
@@ -155,12 +159,15 @@ class VMSpec:
             "VMM log": self.vmm_log,
             "run dir": self.run_dir,
             "initrd": self.initrd,
+            "memory file": self.memory_file,
         }
         for what, path in paths.items():
             if path is not None:
                 _require_absolute(what, path)
         if self.snapshot_role not in (None, "template", "clone"):
             raise InvalidInput(f"unknown snapshot role {self.snapshot_role!r}")
+        if self.memory_file is not None and self.snapshot_role is None:
+            raise InvalidInput("a memory file is for snapshot templates and clones only")
         for path in (self.qmp_socket, self.api_socket, self.agent_socket):
             if len(os.fsencode(path)) > UNIX_PATH_MAX:
                 raise InvalidInput(

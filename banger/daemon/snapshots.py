@@ -1,12 +1,13 @@
 """Warm snapshots (docs/snapshots.md): one booted, quiesced guest saved per shape, restored
 by ``vm create`` instead of a boot.
 
-A snapshot is ``state_dir/snapshots/<id>/``: ``state`` (device state + RAM),
-``root`` (the template's root overlay: read-only base of its clones' root
-overlays) and ``meta.json`` (its key). ``<id>`` hashes the key: image, kernel
-files, vCPUs, memory, backend, accelerator, VMM version, network kind and the
-agent protocol. It is built in ``.tmp-<id>-*`` and renamed into place, so a
-crash or a full disk never leaves a partial one; one build per id at a time.
+A snapshot is ``state_dir/snapshots/<id>/``: ``state`` (device state), ``ram`` (the
+guest's memory, a sparse file clones map copy-on-write), ``root`` (the template's root
+overlay: read-only base of its clones' root overlays) and ``meta.json`` (its key).
+``<id>`` hashes the key: image, kernel files, vCPUs, memory, backend, accelerator,
+VMM version, network kind and the agent protocol. It is built in ``.tmp-<id>-*`` and
+renamed into place, so a crash or a full disk never leaves a partial one; one build
+per id at a time.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from banger.core.cancel import to_thread_joined
 from banger.core.errors import BangerError, Conflict, Unavailable
 from banger.core.vmspec import RootDisk, TapNet, UserNet, VMSpec
 from banger.daemon.vm_layout import boot_kernel, tcg_cmdline
-from banger.daemon.vm_restore import STATE
+from banger.daemon.vm_restore import RAM, STATE
 from banger.daemon.vm_runtime import VMRuntime
 from banger.host import disks, ssh
-from banger.host.files import atomic_write_text, remove_tree
+from banger.host.files import atomic_write_text, open_nofollow, remove_tree
 from banger.host.net import allocate_mac
 from banger.images.guest_bits import LEAN_INIT
 from banger.images.manifest import ROOTFS_NAME, WORK_SEED_NAME
@@ -45,7 +46,7 @@ from banger.vmm.channel import Channel
 
 log = structlog.get_logger("banger.daemon.snapshots")
 
-FORMAT = 1  # the agent protocol and this layout; a change invalidates every snapshot
+FORMAT = 2  # the agent protocol and this layout; a change invalidates every snapshot
 ROOT, META = "root", "meta.json"  # root: in the backend's root format
 TEMPLATE_WORK_BYTES = 64 << 20  # the template's scratch /root, unmounted before the save
 
@@ -74,6 +75,16 @@ def _file_stamp(path: Path) -> str:
     except OSError:
         return f"{path.name}:absent"
     return f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _sync_ram(path: Path) -> int:
+    """Flush the template's memory file to disk; return the bytes it holds (it is sparse)."""
+    fd = open_nofollow(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        return os.fstat(fd).st_blocks * 512
+    finally:
+        os.close(fd)
 
 
 class Snapshots:
@@ -116,7 +127,7 @@ class Snapshots:
             meta = json.loads((d / META).read_text())
         except (OSError, ValueError):
             return None
-        if meta.get("key") != asdict(key) or not (d / STATE).is_file() or not (d / ROOT).is_file():
+        if meta.get("key") != asdict(key) or not all((d / f).is_file() for f in (STATE, RAM, ROOT)):
             return None
         return d
 
@@ -124,7 +135,7 @@ class Snapshots:
         """Drop a snapshot's state (its root stays while clones are backed by it)."""
         log.warning("snapshot dropped", snapshot=snap_id, why=why)
         d = self.dir(snap_id)
-        for name in (META, STATE):
+        for name in (META, STATE, RAM):
             (d / name).unlink(missing_ok=True)
         if not self._in_use(snap_id):
             remove_tree(d)
@@ -266,7 +277,8 @@ class Snapshots:
                 try:
                     await self._ask(channel, "ping", "pong", rt.settings.ssh_ready_timeout)
                     await self._ask(channel, "quiesce", "quiesced", 30.0)
-                    return await backend.save_state(handle, tmp / STATE)
+                    size = await backend.save_state(handle, tmp / STATE)
+                    return size + await to_thread_joined(_sync_ram, tmp / RAM)
                 finally:
                     await channel.close()
             finally:
@@ -295,5 +307,5 @@ class Snapshots:
             work_disk=tmp / "work.ext4", console_log=tmp / "console.log",
             vmm_log=tmp / "vmm.log", run_dir=self._run_root() / key.id[:8],
             net=net, accel=accel, init=LEAN_INIT, cmdline_extra=tcg_cmdline(accel),
-            snapshot_role="template",
+            snapshot_role="template", memory_file=tmp / RAM,
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from banger.core.cancel import to_thread_joined
 from banger.core.errors import BangerError
 from banger.core.states import VMState
 from banger.daemon.operations import OperationContext
-from banger.daemon.vm_restore import restore_clone
+from banger.daemon.vm_restore import clone_spec, restore_clone
 from banger.daemon.vm_runtime import VMRuntime
 from banger.daemon.vm_watch import VMWatcher
 from banger.host import ssh, work_files
@@ -57,7 +56,7 @@ class VMBooter:
         with ctx.stage("boot" if restore is None else "restore"):
             spec = rt.spec(vm, net)
             if restore is not None:
-                spec = dataclasses.replace(spec, snapshot_role="clone")
+                spec = clone_spec(spec, restore)
             handle = await rt.backend.launch(spec)
             undo.push_async_callback(rt.backend.shutdown, handle, graceful=False, timeout=0)
             vm = rt.store.vms.update(vm.id, pid=handle.pid)

@@ -10,17 +10,42 @@ of it is applied (docs/snapshots.md). Anything else is a ``GuestError``.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import secrets
+import stat
 import time
 from pathlib import Path
 
-from banger.core.errors import GuestError
+from banger.core.errors import BangerError, GuestError, SnapshotUnusable
 from banger.core.vmspec import VMSpec, clone_identity
+from banger.host.files import open_nofollow
 from banger.vmm.base import Backend, Handle, SnapshotCapable
 from banger.vmm.channel import Channel
 
-STATE = "state"
+STATE, RAM = "state", "ram"
 IDENTITY_TIMEOUT = 20.0
+
+
+def clone_spec(spec: VMSpec, snapshot: Path) -> VMSpec:
+    """``spec`` as a clone of ``snapshot``, whose memory file must be the guest's whole RAM.
+
+    Checked before QEMU opens it: QEMU would create a missing file (a clone of zeroes
+    that never answers) and follow a symbolic link.
+    """
+    ram = snapshot / RAM
+    try:
+        fd = open_nofollow(ram, os.O_RDONLY)
+    except (OSError, BangerError) as exc:
+        raise SnapshotUnusable(f"cannot open the saved memory {ram.name}: {exc}") from exc
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size != spec.memory_mib << 20:
+        raise SnapshotUnusable(
+            f"the saved memory is {st.st_size} bytes, not the guest's {spec.memory_mib} MiB")
+    return dataclasses.replace(spec, snapshot_role="clone", memory_file=ram)
 
 
 async def restore_clone(backend: Backend, handle: Handle, spec: VMSpec, snapshot: Path) -> None:

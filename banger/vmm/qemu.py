@@ -75,6 +75,15 @@ def _netdev(spec: VMSpec) -> list[str]:
     ]  # fmt: skip
 
 
+def _memory_file(spec: VMSpec) -> list[str]:
+    """Guest RAM in a file: shared by a template (the file is its memory), private to a clone."""
+    if spec.memory_file is None:
+        return []
+    share = "on" if spec.snapshot_role == "template" else "off"
+    return ["-object", f"memory-backend-file,id=ram,size={spec.memory_mib}M,"
+            f"mem-path={opt(spec.memory_file)},share={share}"]
+
+
 def _channel(spec: VMSpec) -> list[str]:
     """Snapshot templates and clones: the control channel, and for a clone a deferred restore."""
     if spec.snapshot_role is None:
@@ -91,7 +100,8 @@ def _channel(spec: VMSpec) -> list[str]:
 
 def qemu_argv(spec: VMSpec, *, qemu_binary: str = QEMU_BINARY) -> list[str]:
     """The full QEMU command line for ``spec`` (pure: no I/O)."""
-    argv = [qemu_binary, "-name", f"guest={opt(spec.name)}", "-M", MACHINE, "-accel", spec.accel]
+    machine = MACHINE if spec.memory_file is None else f"{MACHINE},memory-backend=ram"
+    argv = [qemu_binary, "-name", f"guest={opt(spec.name)}", "-M", machine, "-accel", spec.accel]
     if spec.accel == "kvm":
         argv += ["-cpu", "host"]
     else:
@@ -115,6 +125,7 @@ def qemu_argv(spec: VMSpec, *, qemu_binary: str = QEMU_BINARY) -> list[str]:
         "-drive", f"id=work,if=none,file={opt(spec.work_disk)},format=raw,discard=unmap",
         "-device", f"virtio-blk-device,drive=work,bus={WORK_BUS}",
     ]  # fmt: skip
+    argv += _memory_file(spec)
     argv += _netdev(spec)
     argv += _channel(spec)
     argv += [

@@ -5,6 +5,11 @@ Both directions are QMP migration over a file descriptor the daemon opens and
 passes with ``getfd`` (QEMU 7.2 has no ``file:`` URI, and an ``exec:`` URI would
 hand a path to a shell). The file is opened without following symlinks; the
 caller names a private temporary path and renames it once ``save`` returned.
+
+With ``x-ignore-shared`` on both sides, RAM in a shared memory-backend-file (a
+template's, ``VMSpec.memory_file``) is not streamed: the file already is that
+memory, and a clone maps it copy-on-write. The stream then holds device state only
+(~100 KB instead of ~95 MB), as in Kata Containers' VM templating.
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ async def _pass_fd(qmp: QMPClient, fd: int) -> None:
     await qmp.execute("getfd", {"fdname": _FD_NAME})
 
 
+async def _ignore_shared_ram(qmp: QMPClient) -> None:
+    await qmp.execute("migrate-set-capabilities", {
+        "capabilities": [{"capability": "x-ignore-shared", "state": True}]})
+
+
 async def _wait_migration(qmp: QMPClient, timeout: float, what: str) -> dict[str, Any]:
     """Poll ``query-migrate`` until it completed; raise with QEMU's reason when it failed."""
     deadline = time.monotonic() + timeout
@@ -55,6 +65,7 @@ async def save(qmp: QMPClient, dest: Path, *, timeout: float = SAVE_TIMEOUT) -> 
     fd = open_nofollow(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
         await qmp.execute("stop")
+        await _ignore_shared_ram(qmp)
         await _pass_fd(qmp, fd)
         await qmp.execute("migrate", {"uri": f"fd:{_FD_NAME}"})
         await _wait_migration(qmp, timeout, "save the guest's state")
@@ -74,6 +85,7 @@ async def load(qmp: QMPClient, src: Path, *, timeout: float = LOAD_TIMEOUT) -> N
     except (OSError, BangerError) as exc:
         raise SnapshotUnusable(f"cannot open the saved state {src.name}: {exc}") from exc
     try:
+        await _ignore_shared_ram(qmp)
         await _pass_fd(qmp, fd)
         await qmp.execute("migrate-incoming", {"uri": f"fd:{_FD_NAME}"})
         await _wait_migration(qmp, timeout, "load the saved state")

@@ -13,6 +13,7 @@ import asyncio
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,6 +88,52 @@ def test_a_clone_whose_agent_does_not_confirm_is_killed_and_boots_cold(
     # the guest failed, not the file: the snapshot stays for the next create
     assert (vms.creator.snapshots.dir(snap_id) / "state").is_file()
     assert vm.snapshot_id is None
+
+
+def _truncate_ram(ram: Path) -> None:
+    with ram.open("r+b") as f:
+        f.truncate(64 << 20)
+
+
+def _ram_to_symlink(ram: Path) -> None:
+    secret = ram.parent.parent / "secret"
+    secret.write_bytes(b"\0" * (128 << 20))
+    ram.unlink()
+    ram.symlink_to(secret)
+
+
+@pytest.mark.parametrize(("damage", "why"), [
+    (_truncate_ram, f"the saved memory is {64 << 20} bytes, not the guest's 128 MiB"),
+    (_ram_to_symlink, "cannot open the saved memory ram: refusing to open"),
+])
+def test_a_snapshot_whose_memory_file_is_damaged_boots_cold_without_launching_a_clone(
+        snap: tuple[FakeVMs, SnapshotFakeBackend, ImageRecord], damage: Any, why: str) -> None:
+    """QEMU would create a missing memory file (a clone of zeroes) and follow a link: the
+    file is checked first; the create boots cold saying why, and the snapshot is dropped."""
+    vms, backend, image = snap
+    snap_id = _warm(vms, image)
+    damage(vms.creator.snapshots.dir(snap_id) / "ram")
+    op = vms.drive(lambda: _create(vms, "c3"))
+    assert op.state is OperationState.SUCCEEDED, op.error
+    vm = vms.vm("c3")
+    assert vm.started_from is not None
+    assert vm.started_from.startswith(f"cold (snapshot {snap_id} failed: {why}"), vm.started_from
+    assert [c.name for c in backend.named("launch") if c.vm_id == vm.id] == ["launch"]
+    assert backend.named("restore_state") == []
+    left = vms.creator.snapshots.dir(snap_id)  # dropped: only a root no clone needs, for prune
+    assert not any((left / f).exists() for f in ("state", "ram", "meta.json"))
+
+
+def test_a_snapshot_without_its_memory_file_is_not_found(
+        snap: tuple[FakeVMs, SnapshotFakeBackend, ImageRecord]) -> None:
+    vms, backend, image = snap
+    snap_id = _warm(vms, image)
+    (vms.creator.snapshots.dir(snap_id) / "ram").unlink()
+    op = vms.drive(lambda: _create(vms, "c4"))
+    assert op.state is OperationState.SUCCEEDED, op.error
+    assert vms.vm("c4").started_from == (
+        "cold (no snapshot of this shape: banger image warm makes one)")
+    assert backend.named("restore_state") == []
 
 
 def test_when_the_cold_boot_fails_too_the_create_fails_with_its_error(

@@ -1,7 +1,7 @@
 """A fake backend that keeps warm snapshots, with a fake guest agent on each VM's channel.
 
 ``SnapshotFakeBackend`` is ``FakeBackend`` plus ``SnapshotCapable``: its "state"
-is a small file, and a template or clone gets a real Unix socket at its
+is a small file (and ``ram`` a sparse one), and a template or clone gets a real Unix socket at its
 ``agent_socket`` (as QEMU's chardev), served by a fake agent speaking the
 agent's protocol (docs/snapshots.md). ``agent`` picks how a clone's agent
 answers ``identity``: ``ok``, ``error`` (a refusal) or ``silent`` (reads the
@@ -37,6 +37,9 @@ class SnapshotFakeBackend(FakeBackend):
 
     async def launch(self, spec: VMSpec) -> Handle:
         handle = await super().launch(spec)
+        if spec.snapshot_role == "template" and spec.memory_file is not None:
+            with spec.memory_file.open("wb") as ram:  # as QEMU makes it: sparse, the RAM's size
+                ram.truncate(spec.memory_mib << 20)
         if spec.snapshot_role is not None:
             self._agents[spec.vm_id] = await asyncio.start_unix_server(
                 self._serve_agent, path=str(spec.agent_socket))

@@ -110,3 +110,17 @@ def test_markers_of_one_vm_do_not_match_a_vm_whose_id_extends_it() -> None:
 def test_argv_is_deterministic() -> None:
     spec = make_spec()
     assert qemu_argv(spec) == qemu_argv(replace(spec))
+
+
+def test_a_snapshot_template_maps_its_memory_file_shared_and_a_clone_private() -> None:
+    ram = Path("/var/lib/banger/snapshots/0123/ram")
+    for role, share in (("template", "on"), ("clone", "off")):
+        argv = qemu_argv(replace(make_spec(), snapshot_role=role, memory_file=ram))
+        assert argv[argv.index("-M") + 1] == "microvm,pit=on,pic=on,rtc=on,memory-backend=ram"
+        assert argv[argv.index("-object") + 1] == (
+            f"memory-backend-file,id=ram,size=1024M,mem-path={ram},share={share}")
+
+
+def test_a_vm_without_a_memory_file_has_no_memory_backend() -> None:
+    argv = qemu_argv(make_spec())
+    assert "-object" not in argv and "memory-backend" not in " ".join(argv)

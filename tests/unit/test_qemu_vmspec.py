@@ -121,3 +121,10 @@ def test_runtime_files_live_in_the_run_dir() -> None:
         RUN / "vmm.pid",
         RUN / "api.sock",
     )
+
+
+def test_a_memory_file_belongs_to_snapshot_templates_and_clones_only() -> None:
+    with pytest.raises(InvalidInput, match="snapshot templates and clones only"):
+        replace(make_spec(), memory_file=Path("/var/lib/banger/snapshots/0123/ram"))
+    with pytest.raises(InvalidInput, match="absolute"):
+        replace(make_spec(), snapshot_role="clone", memory_file=Path("ram"))
