@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 
 from banger.core.cancel import to_thread_joined
-from banger.core.errors import BangerError, Conflict, Unavailable
+from banger.core.errors import BangerError, Conflict, HostToolError, Unavailable
 from banger.core.vmspec import RootDisk, TapNet, UserNet, VMSpec
 from banger.daemon.vm_layout import boot_kernel, tcg_cmdline
 from banger.daemon.vm_restore import RAM, STATE
@@ -281,12 +281,25 @@ class Snapshots:
                     return size + await to_thread_joined(_sync_ram, tmp / RAM)
                 finally:
                     await channel.close()
+            except (BangerError, OSError) as exc:
+                if handle.running():
+                    raise
+                raise self._template_died(exc) from exc
             finally:
                 await rt.backend.shutdown(handle, graceful=False, timeout=0)
         finally:
             await rt.network.detach(tap)
             (tmp / "work.ext4").unlink(missing_ok=True)
             shutil.rmtree(spec.run_dir, ignore_errors=True)
+
+    def _template_died(self, exc: BaseException) -> BangerError:
+        """The template's VMM exited mid-save: most often its memory file could not grow."""
+        free = shutil.disk_usage(self.root).free
+        why = exc.message if isinstance(exc, BangerError) else repr(exc)
+        return HostToolError(
+            f"the template's VMM exited before its snapshot was saved ({why})",
+            hint=f"{free >> 20} MiB are free under {self.root}: a snapshot holds the guest's "
+                 "touched memory (~100 MB per GiB); free space, or see the daemon log")
 
     @staticmethod
     async def _ask(channel: Channel, request: str, expected: str, timeout: float) -> None:

@@ -121,3 +121,25 @@ def test_two_racing_warms_of_one_shape_save_once(vms: VMFactory) -> None:
     log = (vms.env.state_dir / "bangerd.log").read_text(errors="replace")
     assert log.count("snapshot made") == 1, log[-3000:]
     assert list((vms.env.state_dir / "snapshots").glob(".tmp-*")) == []
+
+
+def test_a_disk_full_while_saving_keeps_no_partial_snapshot(vms: VMFactory) -> None:
+    """The snapshots directory on a 90 MiB filesystem: the template's memory file cannot
+    grow as its guest boots (QEMU dies of SIGBUS). The warm fails saying so, and no build,
+    template VMM or template run dir is left; the same warm succeeds once there is room."""
+    snaps, runs = vms.env.state_dir / "snapshots", vms.env.runtime_dir / "snap"
+    vms.ok("daemon", "start")
+    snaps.mkdir(mode=0o700, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=90m,mode=0700", "banger-test", snaps],
+                   check=True)
+    try:
+        out = vms.banger("image", "warm", "--vcpu", "1", "--memory", "512")
+        assert out.returncode != 0, out.stdout
+        assert "the template's VMM exited before its snapshot was saved" in out.stderr, out.stderr
+        assert "MiB are free under" in out.stderr and "Traceback" not in out.stderr
+        assert list(snaps.iterdir()) == []
+        assert not processes_naming(str(runs), program="qemu-system")
+        assert not runs.exists() or list(runs.iterdir()) == []
+    finally:
+        subprocess.run(["umount", snaps], check=True)
+    assert _warm(vms)
