@@ -18,6 +18,7 @@ import socketserver
 import stat
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,12 @@ def dispatch(ops: HostOps, owner: Owner, req: Any) -> Any:
         "nat_add": lambda: ops.nat_add(req.bridge, req.guest),
         "nat_remove": lambda: ops.nat_remove(req.bridge, req.guest),
         "enable_ip_forward": ops.enable_ip_forward,
+        "attach_loop": lambda: ops.attach_loop(req.backing, req.read_only),
+        "detach_loop": lambda: ops.detach_loop(req.device),
+        "create_snapshot": lambda: ops.create_snapshot(req.name, req.origin, req.cow),
+        "remove_snapshot": lambda: ops.remove_snapshot(req.name),
+        "launch_jailed": lambda: asdict(ops.launch_jailed(req.jail_id, req.uid, req.gid,
+                                                          req.chroot_base)),
     }
     return simple[req.op]()
 
