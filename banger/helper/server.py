@@ -66,6 +66,20 @@ def dispatch(ops: HostOps, owner: Owner, req: Any) -> Any:
     return simple[req.op]()
 
 
+TEST_HOLD_ENV = "BANGER_HELPER_TEST_HOLD"
+
+
+def _test_hold(op: str) -> None:
+    """Test hook: with ``BANGER_HELPER_TEST_HOLD=<op>`` in the helper's own environment
+    (set only by whoever starts it as root; the unit never does), every ``op`` call
+    is held after it ran and before its reply, so a test can kill the helper in the
+    middle of a call that changed the host (tests/vm/test_privilege_split.py)."""
+    if os.environ.get(TEST_HOLD_ENV) == op:
+        log.warning("holding the reply of op=%s (test hook %s)", op, TEST_HOLD_ENV)
+        while True:
+            time.sleep(3600)
+
+
 def _read_request(sock: socket.socket) -> bytes:
     data = b""
     while b"\n" not in data:
@@ -95,6 +109,7 @@ class _Handler(socketserver.BaseRequestHandler):
             req = wire.parse_request(line)
             op, op_id = req.op, req.op_id  # type: ignore[attr-defined]
             reply = {"ok": True, "result": dispatch(self.server.ops, self.server.owner, req)}
+            _test_hold(op)
         except BangerError as exc:
             reply = wire.error_reply(exc)
         except Exception as exc:  # a bug or a host failure: one line to the caller, all here
