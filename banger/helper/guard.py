@@ -12,7 +12,13 @@ then proves it names the owner's things before the in-process operation runs:
   ``O_PATH | O_NOFOLLOW`` from the dir down, the leaf re-checked through its fd:
   a regular file of the owner's), the pidfile read through that fd names the pid,
   and the process runs as the owner; then ``InProcessHostOps`` proves start time
-  and argv again and signals through a pidfd.
+  and argv again and signals through a pidfd;
+- a loop device is attached only on a regular file of the owner's under the owner's
+  state dir, reached the same way, and only when the kernel then reports that very
+  inode behind it; a loop device is detached, and a dm-snapshot made or removed, only
+  when every loop device involved is backed by such a file;
+- Firecracker is jailed only as the owner's uid and gid, in a chroot under
+  ``<runtime dir>/jail``, a dir of root's the owner cannot redirect.
 """
 
 from __future__ import annotations
