@@ -121,17 +121,29 @@ def open_owner_file(path: str, owner: Owner, roots: tuple[Path, ...] | None = No
 def ensure_root_dir(parent: Path, name: str) -> None:
     """``parent/name``: a dir of root's (0755, made when missing), not a symlink, so
     the owner cannot point what root builds inside it elsewhere."""
-    fd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    refused = _refuse_path(str(parent / name), "it is not a dir of root's only root writes")
+    pfd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
+        made = True
         try:
-            os.mkdir(name, 0o755, dir_fd=fd)
+            os.mkdir(name, 0o700, dir_fd=pfd)
         except FileExistsError:
-            pass
-        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            made = False
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=pfd)
+        except OSError:  # a symlink (ELOOP) or a file (ENOTDIR) there
+            raise refused from None
+    finally:
+        os.close(pfd)
+    try:
+        if made:
+            os.fchmod(fd, 0o755)  # through the fd: whatever umask, whatever renames since
+        st = os.fstat(fd)
     finally:
         os.close(fd)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
-        raise _refuse_path(str(parent / name), "it is not a dir of root's only root writes")
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        raise refused
 
 
 def _pid_in(fd: int) -> int | None:

@@ -170,3 +170,16 @@ def test_the_snapshot_table_and_deps_parsing() -> None:
     assert blockdev.parse_deps(" 2 dependencies\t: (loop4) (loop3)\n") == [
         "/dev/loop4", "/dev/loop3"]
     assert blockdev.parse_deps("1 dependencies : (sda1)") == ["/dev/sda1"]  # refused later
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the chroot base is made root's")
+def test_a_valid_jail_request_gets_a_chroot_base_of_roots_and_only_its_ids(
+    owner: Owner, fake: RecordingHostOps
+) -> None:
+    base = f"{owner.dirs[1]}/jail"
+    for client in serve_helper(owner, fake, owner.dirs[1] / "h.sock"):
+        vmm = client.launch_jailed(JAIL_ID, UID, UID, base)
+        assert vmm.pid == 4242 and vmm.api_socket.startswith(base + "/")
+    st = os.lstat(base)
+    assert st.st_uid == 0 and st.st_mode & 0o7777 == 0o755
+    assert fake.calls == [("launch_jailed", (JAIL_ID, UID, UID, base))]
