@@ -14,13 +14,13 @@ import banger.host.install as install
 import banger.host.systemd as systemd
 from banger.cli.context import json_option
 from banger.cli.render import console, print_fields, print_json, warn
-from banger.core.errors import Forbidden, InvalidInput, NotFound
+from banger.core.errors import Forbidden, HostToolError, InvalidInput, NotFound, Unavailable
 from banger.version import version_info
 
 UNITS = (install.HELPER_UNIT, install.DAEMON_UNIT)
 root_option = click.option(
     "--root", "root", type=click.Path(file_okay=False, path_type=Path), default=Path("/"),
-    help="Install under this directory instead of / (units are written, not started).",
+    help="Install under this directory instead of / (units are written; systemctl never runs).",
 )
 
 
@@ -30,15 +30,32 @@ def _require_root(root: Path) -> None:
                         hint="run it with sudo")
 
 
-def _live(root: Path) -> bool:
-    """Whether to drive systemd: only for the real root, and only when it runs."""
-    if root != Path("/"):
-        return False
+START_FIX = f"sudo systemctl daemon-reload && sudo systemctl enable --now {' '.join(UNITS)}"
+
+
+def start_units(record: install.InstallInfo) -> None:
+    """The owner's dirs, then ``systemctl enable --now`` both units; without systemd, one
+    line saying the units were only written and how to start them (nothing else made)."""
     if not systemd.systemd_running():
-        warn(f"{systemd.why_not_systemd()}: units written but not started; run "
-             "bangerd-root and bangerd by hand (see docs/privileges.md)")
-        return False
-    return True
+        raise Unavailable(
+            f"units written but not started: {systemd.why_not_systemd()}",
+            hint=f"on a host booted with systemd: {START_FIX}; elsewhere run bangerd-root "
+                 "--owner USER as root and bangerd as USER (docs/privileges.md)")
+    install.ensure_owner_dirs(record)
+    try:
+        systemd.systemctl("daemon-reload")
+        systemd.systemctl("enable", "--now", *UNITS)
+    except HostToolError as exc:
+        raise Unavailable(f"units written but not started: {exc.message}",
+                          hint=f"see systemctl status bangerd-root, then: {START_FIX}") from None
+
+
+def _quietly(*args: str) -> None:
+    """A ``systemctl`` step of uninstall: a failure is a warning, the files go anyway."""
+    try:
+        systemd.systemctl(*args)
+    except HostToolError as exc:
+        warn(f"systemctl {args[0]} failed ({exc.message}); removing the files anyway")
 
 
 @click.group("system")
@@ -75,11 +92,11 @@ def system_install(owner: str | None, root: Path) -> None:
     written = [install.write_install(record, root), *install.write_units(record, root)]
     for path in written:
         console().print(f"wrote {path}")
-    if _live(root):
-        install.ensure_owner_dirs(record)
-        systemd.systemctl("daemon-reload")
-        systemd.systemctl("enable", "--now", *UNITS)
-        console().print(f"enabled and started {' and '.join(UNITS)}")
+    if root != Path("/"):
+        console().print(f"--root {root}: units written, nothing started")
+        return
+    start_units(record)
+    console().print(f"enabled and started {' and '.join(UNITS)}")
 
 
 @system_group.command("uninstall")
@@ -96,12 +113,13 @@ def system_uninstall(purge: bool, root: Path) -> None:
     record = install.read_install(root)
     if record is None:
         raise NotFound(f"no system install under {root}", hint="nothing to uninstall")
-    if _live(root):
-        systemd.systemctl("disable", "--now", *UNITS)
+    live = root == Path("/") and systemd.systemd_running()
+    if live:
+        _quietly("disable", "--now", *UNITS)
     for path in install.remove_install(root):
         console().print(f"removed {path}")
-    if _live(root):
-        systemd.systemctl("daemon-reload")
+    if live:
+        _quietly("daemon-reload")
     if purge:
         for d in (record.state_dir, record.cache_dir):
             under = root / Path(d).relative_to("/")
@@ -122,7 +140,7 @@ def system_restart() -> None:
     if install.read_install() is None:
         raise NotFound("banger is not installed as a system service",
                        hint="sudo banger system install --owner USER")
-    if not _live(Path("/")):
+    if not systemd.systemd_running():
         raise Forbidden(f"cannot restart: {systemd.why_not_systemd()}",
                         hint="restart bangerd-root and bangerd by hand")
     systemd.systemctl("restart", *UNITS)

@@ -12,7 +12,13 @@ then proves it names the owner's things before the in-process operation runs:
   ``O_PATH | O_NOFOLLOW`` from the dir down, the leaf re-checked through its fd:
   a regular file of the owner's), the pidfile read through that fd names the pid,
   and the process runs as the owner; then ``InProcessHostOps`` proves start time
-  and argv again and signals through a pidfd.
+  and argv again and signals through a pidfd;
+- a loop device is attached only on a regular file of the owner's under the owner's
+  state dir, reached the same way, and only when the kernel then reports that very
+  inode behind it; a loop device is detached, and a dm-snapshot made or removed, only
+  when every loop device involved is backed by such a file;
+- Firecracker is jailed only as the owner's uid and gid, in a chroot under
+  ``<runtime dir>/jail``, a dir of root's the owner cannot redirect.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from banger.core.errors import Forbidden, InvalidInput, NotFound
-from banger.host import net
+from banger.host import blockdev, net
+from banger.host.jailer import CHROOT_BASE_NAME, JailedVmm
 from banger.host.privileged import (
     MARKER_MAX,
     CheckedHostOps,
@@ -72,22 +79,22 @@ def _refuse_path(path: str, why: str) -> Forbidden:
                           "and runtime dirs, reached without symlinks")
 
 
-def _root_for(path: str, owner: Owner) -> tuple[Path, list[str]]:
-    """The owner dir ``path`` lies under and the components below it."""
+def _root_for(path: str, roots: tuple[Path, ...]) -> tuple[Path, list[str]]:
+    """The dir of ``roots`` that ``path`` lies under and the components below it."""
     if len(path) > MARKER_MAX or not path_marker(path):
         raise InvalidInput(f"invalid path {path[:120]!r}",
                            hint="a normalised absolute path (no '..', '//' or trailing '/')")
-    for root in owner.dirs:
+    for root in roots:
         rel = os.path.relpath(path, root)
         if rel != "." and not rel.startswith(".."):
             return root, rel.split("/")
-    raise _refuse_path(path, "it is outside the owner's state and runtime dirs")
+    raise _refuse_path(path, f"it is outside {' and '.join(map(str, roots))}")
 
 
-def open_owner_file(path: str, owner: Owner) -> int:
+def open_owner_file(path: str, owner: Owner, roots: tuple[Path, ...] | None = None) -> int:
     """An ``O_PATH`` fd on the owner's regular file ``path``, reached with no symlink in
-    any component below the owner's dir; the caller closes it."""
-    root, parts = _root_for(path, owner)
+    any component below the owner's dir (of ``roots``, default both); the caller closes it."""
+    root, parts = _root_for(path, roots or owner.dirs)
     fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for i, part in enumerate(parts):
@@ -109,6 +116,34 @@ def open_owner_file(path: str, owner: Owner) -> int:
     except BaseException:
         os.close(fd)
         raise
+
+
+def ensure_root_dir(parent: Path, name: str) -> None:
+    """``parent/name``: a dir of root's (0755, made when missing), not a symlink, so
+    the owner cannot point what root builds inside it elsewhere."""
+    refused = _refuse_path(str(parent / name), "it is not a dir of root's only root writes")
+    pfd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        made = True
+        try:
+            os.mkdir(name, 0o700, dir_fd=pfd)
+        except FileExistsError:
+            made = False
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=pfd)
+        except OSError:  # a symlink (ELOOP) or a file (ENOTDIR) there
+            raise refused from None
+    finally:
+        os.close(pfd)
+    try:
+        if made:
+            os.fchmod(fd, 0o755)  # through the fd: whatever umask, whatever renames since
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        raise refused
 
 
 def _pid_in(fd: int) -> int | None:
@@ -212,6 +247,67 @@ class GuardedHostOps:
 
     def enable_ip_forward(self) -> None:
         self.transport.enable_ip_forward()
+
+    def _state_file(self, path: str) -> int:
+        return open_owner_file(path, self.owner, (self.owner.dirs[0],))
+
+    def _own_loop(self, device: str, backing: blockdev.LoopBacking | None) -> None:
+        """``backing`` (what the kernel says backs ``device``) is a file of the owner's state
+        dir, the very inode at that path."""
+        if backing is None:
+            raise Forbidden(f"{device} is not attached", hint="attach its backing file first")
+        fd = self._state_file(backing.path)  # " (deleted)" is not a normalised path: refused
+        try:
+            if not blockdev.same_inode(backing, os.fstat(fd)):
+                raise Forbidden(f"{device} is backed by another file than {backing.path}",
+                                hint="a helper acts only on loop devices of the owner's files")
+        finally:
+            os.close(fd)
+
+    def attach_loop(self, backing: str, read_only: bool) -> str:
+        fd = self._state_file(backing)
+        try:
+            st = os.fstat(fd)
+            device = self.transport.attach_loop(backing, read_only)
+            got = blockdev.loop_backing(device)
+            if got is None or not blockdev.same_inode(got, st):  # swapped while attaching
+                self.transport.detach_loop(device)
+                raise Forbidden(f"{backing} changed while it was being attached",
+                                hint="attach a file the owner does not replace meanwhile")
+            return device
+        finally:
+            os.close(fd)
+
+    def detach_loop(self, device: str) -> bool:
+        backing = blockdev.loop_backing(device)
+        if backing is None:
+            return False
+        self._own_loop(device, backing)
+        return self.transport.detach_loop(device)
+
+    def create_snapshot(self, name: str, origin: str, cow: str) -> str:
+        for device in (origin, cow):
+            self._own_loop(device, blockdev.loop_backing(device))
+        return self.transport.create_snapshot(name, origin, cow)
+
+    def remove_snapshot(self, name: str) -> bool:
+        if not blockdev.snapshot_exists(name):
+            return False
+        for device in blockdev.snapshot_loops(name):
+            blockdev.validate_loop_device(device)
+            self._own_loop(device, blockdev.loop_backing(device))
+        return self.transport.remove_snapshot(name)
+
+    def launch_jailed(self, jail_id: str, uid: int, gid: int, chroot_base: str) -> JailedVmm:
+        if (uid, gid) != (self.owner.uid, self.owner.gid):
+            raise Forbidden(f"refusing a jail as {uid}:{gid}: the helper's owner is "
+                            f"{self.owner.uid}:{self.owner.gid}",
+                            hint="Firecracker runs as the owner")
+        expected = self.owner.dirs[1] / CHROOT_BASE_NAME
+        if chroot_base != str(expected):
+            raise _refuse_path(chroot_base, f"the chroot base is {expected}")
+        ensure_root_dir(self.owner.dirs[1], CHROOT_BASE_NAME)
+        return self.transport.launch_jailed(jail_id, uid, gid, chroot_base)
 
 
 def helper_ops(owner: Owner, transport: HostOps | None = None) -> HostOps:

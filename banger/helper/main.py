@@ -3,6 +3,8 @@
 Logs one line per call to stderr (the journal under systemd). ``--state-dir`` and
 ``--runtime-dir`` name the owner's dirs that VMM markers must lie under; they
 default to the owner's XDG defaults (``banger system install`` passes them).
+``--jailer`` and ``--firecracker`` are the only binaries ``launch_jailed`` runs
+(fixed when the helper starts, never named by a request).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from banger.core.errors import BangerError
 from banger.helper.guard import Owner, helper_ops
 from banger.helper.server import serve
 from banger.host.helper_protocol import DEFAULT_SOCKET
+from banger.host.jailer import FIRECRACKER_BIN, JAILER_BIN, JailBinaries
+from banger.host.privileged import InProcessHostOps
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,6 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--socket", type=Path, default=Path(DEFAULT_SOCKET))
     p.add_argument("--state-dir", type=Path, help="the owner's banger state dir")
     p.add_argument("--runtime-dir", type=Path, help="the owner's banger runtime dir")
+    p.add_argument("--jailer", type=Path, default=JAILER_BIN,
+                   help="Firecracker's jailer (a root-owned file)")
+    p.add_argument("--firecracker", type=Path, default=FIRECRACKER_BIN,
+                   help="the firecracker binary the jailer runs")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -37,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
         if os.geteuid() != 0:
             raise BangerError("bangerd-root must run as root", hint="sudo bangerd-root ...")
         owner = Owner.lookup(args.owner, args.state_dir, args.runtime_dir)
-        serve(args.socket, owner, helper_ops(owner))
+        jail = JailBinaries(args.jailer, args.firecracker)
+        serve(args.socket, owner, helper_ops(owner, InProcessHostOps(jail)))
     except BangerError as exc:
         print(f"bangerd-root: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""),
               file=sys.stderr)

@@ -18,6 +18,7 @@ import socketserver
 import stat
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,28 @@ def dispatch(ops: HostOps, owner: Owner, req: Any) -> Any:
         "nat_add": lambda: ops.nat_add(req.bridge, req.guest),
         "nat_remove": lambda: ops.nat_remove(req.bridge, req.guest),
         "enable_ip_forward": ops.enable_ip_forward,
+        "attach_loop": lambda: ops.attach_loop(req.backing, req.read_only),
+        "detach_loop": lambda: ops.detach_loop(req.device),
+        "create_snapshot": lambda: ops.create_snapshot(req.name, req.origin, req.cow),
+        "remove_snapshot": lambda: ops.remove_snapshot(req.name),
+        "launch_jailed": lambda: asdict(ops.launch_jailed(req.jail_id, req.uid, req.gid,
+                                                          req.chroot_base)),
     }
     return simple[req.op]()
+
+
+TEST_HOLD_ENV = "BANGER_HELPER_TEST_HOLD"
+
+
+def _test_hold(op: str) -> None:
+    """Test hook: with ``BANGER_HELPER_TEST_HOLD=<op>`` in the helper's own environment
+    (set only by whoever starts it as root; the unit never does), every ``op`` call
+    is held after it ran and before its reply, so a test can kill the helper in the
+    middle of a call that changed the host (tests/vm/test_privilege_split.py)."""
+    if os.environ.get(TEST_HOLD_ENV) == op:
+        log.warning("holding the reply of op=%s (test hook %s)", op, TEST_HOLD_ENV)
+        while True:
+            time.sleep(3600)
 
 
 def _read_request(sock: socket.socket) -> bytes:
@@ -88,6 +109,7 @@ class _Handler(socketserver.BaseRequestHandler):
             req = wire.parse_request(line)
             op, op_id = req.op, req.op_id  # type: ignore[attr-defined]
             reply = {"ok": True, "result": dispatch(self.server.ops, self.server.owner, req)}
+            _test_hold(op)
         except BangerError as exc:
             reply = wire.error_reply(exc)
         except Exception as exc:  # a bug or a host failure: one line to the caller, all here

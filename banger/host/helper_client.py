@@ -23,6 +23,7 @@ import structlog
 
 from banger.core.errors import InternalError, Unavailable
 from banger.host.helper_protocol import MAX_REQUEST, HelloReply, raise_for_reply
+from banger.host.jailer import JailedVmm
 from banger.host.privileged import InProcessHostOps
 
 log = structlog.get_logger("banger.host.helper_client")
@@ -136,3 +137,23 @@ class HelperHostOps:
 
     def enable_ip_forward(self) -> None:
         self.call("enable_ip_forward")
+
+    def attach_loop(self, backing: str, read_only: bool) -> str:
+        return str(self.call("attach_loop", backing=backing, read_only=read_only))
+
+    def detach_loop(self, device: str) -> bool:
+        return bool(self.call("detach_loop", device=device))
+
+    def create_snapshot(self, name: str, origin: str, cow: str) -> str:
+        return str(self.call("create_snapshot", name=name, origin=origin, cow=cow))
+
+    def remove_snapshot(self, name: str) -> bool:
+        return bool(self.call("remove_snapshot", name=name))
+
+    def launch_jailed(self, jail_id: str, uid: int, gid: int, chroot_base: str) -> JailedVmm:
+        got = self.call("launch_jailed", jail_id=jail_id, uid=uid, gid=gid,
+                        chroot_base=chroot_base)
+        try:
+            return JailedVmm(int(got["pid"]), str(got["api_socket"]), str(got["chroot"]))
+        except (TypeError, KeyError, ValueError):
+            raise InternalError("bangerd-root answered launch_jailed without a pid") from None

@@ -5,8 +5,9 @@ which says who the helper serves), with an ``op_id`` that both sides log. The
 models are strict: no coercion of ``"0"`` to ``0`` or of ``1`` to ``True``, and
 no unknown fields; what the models accept then passes ``CheckedHostOps`` and the
 helper's own guard. Nothing takes a command line, a shell string or an
-arbitrary path: the only paths are a VMM's markers, checked against the owner's
-dirs.
+arbitrary path: the only paths are a VMM's markers and a loop device's backing
+file, checked against the owner's dirs, and a jail's chroot base, which must be
+the owner's runtime dir's ``jail``.
 
 A reply is ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": {"code":
 ..., "message": ..., "hint": ...}}`` with a code of ``core.errors.ERROR_CLASSES``.
@@ -113,10 +114,44 @@ class EnableIpForward(_Op):
     op: Literal["enable_ip_forward"]
 
 
+class AttachLoop(_Op):
+    op: Literal["attach_loop"]
+    backing: StrictStr
+    read_only: StrictBool
+
+
+class DetachLoop(_Op):
+    op: Literal["detach_loop"]
+    device: StrictStr
+
+
+class CreateSnapshot(_Op):
+    op: Literal["create_snapshot"]
+    name: StrictStr
+    origin: StrictStr
+    cow: StrictStr
+
+
+class RemoveSnapshot(_Op):
+    op: Literal["remove_snapshot"]
+    name: StrictStr
+
+
+class LaunchJailed(_Op):
+    """No binary, argv or exec file: the helper's own install-time paths are used."""
+
+    op: Literal["launch_jailed"]
+    jail_id: StrictStr
+    uid: StrictInt
+    gid: StrictInt
+    chroot_base: StrictStr
+
+
 Request = Annotated[
     Hello | CanManageNetwork | ClaimBridge | CreateTap | DeleteTap | TapsOnOurBridge
     | SignalVmm | RouteVmDomain | RevertResolver | NatSync | NatAdd | NatRemove
-    | EnableIpForward,
+    | EnableIpForward | AttachLoop | DetachLoop | CreateSnapshot | RemoveSnapshot
+    | LaunchJailed,
     Field(discriminator="op"),
 ]
 

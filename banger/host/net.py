@@ -35,7 +35,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from banger.core.cancel import checkpoint, to_thread_joined
-from banger.core.errors import Conflict, Forbidden, HostToolError, InvalidInput
+from banger.core.errors import BangerError, Conflict, Forbidden, HostToolError, InvalidInput
 from banger.core.validate import parse_bridge_cidr
 
 if TYPE_CHECKING:
@@ -354,7 +354,9 @@ class TapPool:
     in a worker thread) afterwards, off the hot path. A TAP handed out never
     comes back: the daemon deletes it when its VM is done, so no VM inherits
     another's TAP state. Every TAP is made and deleted through ``ops`` (the
-    privileged-operations seam).
+    privileged-operations seam). A create that fails may still have made its TAP
+    (a helper killed mid-call): its name is kept, and the next create or ``drain``
+    deletes it first, once the transport answers again.
     """
 
     def __init__(self, ops: HostOps, bridge: str, size: int = 2,
@@ -366,8 +368,33 @@ class TapPool:
         self.size = size
         self.owner_uid = owner_uid
         self._idle: list[str] = []
+        self._doubtful: list[str] = []  # a create that failed may have made the TAP
         self._pending = 0
         self._lock = threading.Lock()
+
+    def _create(self, name: str) -> None:
+        """``create_tap``; on failure the name is kept as doubtful: a transport that died
+        mid-call (a killed helper) may have made the TAP without saying so."""
+        self._settle_doubtful()
+        try:
+            self.ops.create_tap(name, self.bridge, self.owner_uid)
+        except BaseException:
+            with self._lock:
+                self._doubtful.append(name)
+            raise
+
+    def _settle_doubtful(self) -> None:
+        """Delete the TAPs of failed creates (idempotent); keep those still unreachable."""
+        with self._lock:
+            names, self._doubtful = self._doubtful, []
+        for i, name in enumerate(names):
+            try:
+                self.ops.delete_tap(name)
+            except BangerError as exc:
+                log.warning("cannot delete TAP %s of a failed create yet: %s", name, exc)
+                with self._lock:
+                    self._doubtful.extend(names[i:])
+                return
 
     def fill(self) -> int:
         """Create TAPs until ``size`` are idle; return how many were made (blocking).
@@ -383,7 +410,7 @@ class TapPool:
                 self._pending += 1
             name = new_tap_name()
             try:
-                self.ops.create_tap(name, self.bridge, self.owner_uid)
+                self._create(name)
             finally:
                 with self._lock:
                     self._pending -= 1
@@ -402,11 +429,12 @@ class TapPool:
             if self._idle:
                 return self._idle.pop(0)
         name = new_tap_name()
-        self.ops.create_tap(name, self.bridge, self.owner_uid)
+        self._create(name)
         return name
 
     def drain(self) -> None:
-        """Delete every idle TAP (daemon shutdown)."""
+        """Delete every idle TAP (daemon shutdown), and those of failed creates."""
+        self._settle_doubtful()
         with self._lock:
             names, self._idle = self._idle, []
         for name in names:

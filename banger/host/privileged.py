@@ -15,8 +15,9 @@ set of NAT'd guests in banger's nftables table, IPv4 forwarding). Callers hold a
   helper runs each call through ``CheckedHostOps`` again, its owner guard
   (``helper/guard.py``), then ``InProcessHostOps``.
 
-Loop/dm devices (and, with Firecracker, jailer
-chroot staging) join this interface when they land, each with its validators.
+For Firecracker there are the block devices of a root overlay (loop devices and
+dm-snapshots, ``host.blockdev``) and the launch of Firecracker under its jailer
+(``host.jailer``).
 
 ``CheckedHostOps`` validates every argument against a narrow grammar before
 any transport sees it (TAP names with our prefix, bridge names, CIDRs, owner
@@ -39,8 +40,9 @@ from typing import Protocol, runtime_checkable
 
 from banger.core.errors import BangerError, Forbidden, InvalidInput
 from banger.core.signals import validate_signal
-from banger.host import nat, net, resolved
+from banger.host import blockdev, nat, net, resolved
 from banger.host import proc_identity as proc
+from banger.host.jailer import JailBinaries, JailedVmm, launch, validate_jail_id
 
 log = logging.getLogger("banger.host.privileged")
 
@@ -107,6 +109,26 @@ class HostOps(Protocol):
         """Turn IPv4 forwarding on (NAT'd guests need it; banger never turns it off)."""
         ...
 
+    def attach_loop(self, backing: str, read_only: bool) -> str:
+        """A free loop device on the file ``backing``; its ``/dev/loopN``."""
+        ...
+
+    def detach_loop(self, device: str) -> bool:
+        """Detach loop ``device``; False when it was not attached."""
+        ...
+
+    def create_snapshot(self, name: str, origin: str, cow: str) -> str:
+        """dm-snapshot ``name`` of loop ``origin`` writing to loop ``cow``; its mapper path."""
+        ...
+
+    def remove_snapshot(self, name: str) -> bool:
+        """Remove dm-snapshot ``name``; False when there is none."""
+        ...
+
+    def launch_jailed(self, jail_id: str, uid: int, gid: int, chroot_base: str) -> JailedVmm:
+        """Firecracker under its jailer as ``uid:gid``, chrooted under ``chroot_base``."""
+        ...
+
 
 def _show(value: object) -> str:
     """``repr(value)``, cut short: a hostile argument never floods an error line."""
@@ -170,6 +192,15 @@ def validate_guest_addresses(guests: object) -> tuple[str, ...]:
     return checked
 
 
+def validate_host_path(path: object, what: str) -> str:
+    """A normalised absolute path of two or more components, at most ``MARKER_MAX`` long."""
+    if not isinstance(path, str) or not 0 < len(path) <= MARKER_MAX or "\0" in path or (
+            not path_marker(path)):
+        raise InvalidInput(f"invalid {what} {_show(path)}",
+                           hint="a normalised absolute path (no '..', '//' or trailing '/')")
+    return path
+
+
 def path_marker(marker: str) -> bool:
     """A normalised absolute path of at least two components (``/run/.../vmm.pid``)."""
     return marker.startswith("/") and os.path.normpath(marker) == marker and marker.count("/") > 1
@@ -198,6 +229,9 @@ def validate_markers(markers: object) -> tuple[str, ...]:
 
 class InProcessHostOps:
     """``HostOps`` run in the daemon's own process (it holds the privileges)."""
+
+    def __init__(self, jail: JailBinaries | None = None) -> None:
+        self.jail = jail or JailBinaries()
 
     def can_manage_network(self) -> bool:
         return net.have_net_admin()
@@ -259,6 +293,21 @@ class InProcessHostOps:
     def enable_ip_forward(self) -> None:
         nat.enable_ip_forwarding()
 
+    def attach_loop(self, backing: str, read_only: bool) -> str:
+        return blockdev.attach_loop(backing, read_only)
+
+    def detach_loop(self, device: str) -> bool:
+        return blockdev.detach_loop(device)
+
+    def create_snapshot(self, name: str, origin: str, cow: str) -> str:
+        return blockdev.create_snapshot(name, origin, cow)
+
+    def remove_snapshot(self, name: str) -> bool:
+        return blockdev.remove_snapshot(name)
+
+    def launch_jailed(self, jail_id: str, uid: int, gid: int, chroot_base: str) -> JailedVmm:
+        return launch(self.jail, jail_id, uid, gid, chroot_base)
+
 
 class CheckedHostOps:
     """Validates every argument, then hands the call to ``transport`` (any ``HostOps``)."""
@@ -317,6 +366,34 @@ class CheckedHostOps:
 
     def enable_ip_forward(self) -> None:
         self.transport.enable_ip_forward()
+
+    def attach_loop(self, backing: str, read_only: bool) -> str:
+        validate_host_path(backing, "loop backing file")
+        if not isinstance(read_only, bool):
+            raise InvalidInput(f"invalid read_only {_show(read_only)}", hint="true or false")
+        return blockdev.validate_loop_device(self.transport.attach_loop(backing, read_only))
+
+    def detach_loop(self, device: str) -> bool:
+        return self.transport.detach_loop(blockdev.validate_loop_device(device))
+
+    def create_snapshot(self, name: str, origin: str, cow: str) -> str:
+        blockdev.validate_dm_name(name)
+        blockdev.validate_loop_device(origin)
+        blockdev.validate_loop_device(cow)
+        if origin == cow:
+            raise InvalidInput(f"snapshot origin and cow are both {origin}",
+                               hint="the copy-on-write device is a second loop device")
+        return blockdev.validate_mapper_path(self.transport.create_snapshot(name, origin, cow))
+
+    def remove_snapshot(self, name: str) -> bool:
+        return self.transport.remove_snapshot(blockdev.validate_dm_name(name))
+
+    def launch_jailed(self, jail_id: str, uid: int, gid: int, chroot_base: str) -> JailedVmm:
+        validate_jail_id(jail_id)
+        _validate_int(uid, "jail uid (never root)", 1, UID_MAX)
+        _validate_int(gid, "jail gid (never root's)", 1, UID_MAX)
+        validate_host_path(chroot_base, "chroot base")
+        return self.transport.launch_jailed(jail_id, uid, gid, chroot_base)
 
 
 def host_ops_for(helper_socket: Path | None = None) -> HostOps:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute
 
-from banger.core.errors import Conflict, InvalidInput
+from banger.core.errors import BangerError, Conflict, InternalError, InvalidInput, Unavailable
 from banger.host import net
 from banger.host.privileged import host_ops_for
 from tests.support.netns import addresses, in_fresh_netns, links
@@ -112,6 +112,50 @@ def test_pool_makes_a_tap_on_the_spot_when_empty() -> None:
 
     name, ours = in_fresh_netns(body)
     assert ours == [name]
+
+
+class _DiesMidCreate:
+    """The real seam, except that it goes away after making the first TAP and before
+    answering (a helper SIGKILLed mid-call), and stays away until ``back`` is set."""
+
+    def __init__(self) -> None:
+        self.killed = self.back = False
+
+    def create_tap(self, name: str, bridge: str, owner_uid: int | None = None) -> None:
+        if self.killed and not self.back:
+            raise Unavailable("bangerd-root is not reachable")
+        OPS.create_tap(name, bridge, owner_uid)
+        if not self.killed:
+            self.killed = True
+            raise InternalError("bangerd-root sent no valid reply (did it stop mid-call?)")
+
+    def delete_tap(self, name: str) -> bool:
+        if self.killed and not self.back:
+            raise Unavailable("bangerd-root is not reachable")
+        return OPS.delete_tap(name)
+
+
+def test_a_tap_made_by_a_create_that_failed_mid_call_is_deleted_once_the_seam_answers() -> None:
+    def body() -> dict[str, Any]:
+        net.claim_bridge("bgbr0", "172.16.5.1/24", OWNER)
+        seam = _DiesMidCreate()
+        pool = net.TapPool(seam, "bgbr0", size=0)  # type: ignore[arg-type]
+        errors = []
+        for _ in range(2):  # the second create finds the seam still gone
+            try:
+                pool.acquire()
+            except BangerError as exc:
+                errors.append(type(exc).__name__)
+        orphans = net.taps_on_our_bridge("bgbr0", OWNER)
+        seam.back = True
+        fresh = pool.acquire()
+        return {"errors": errors, "orphans": orphans, "fresh": fresh,
+                "left": net.taps_on_our_bridge("bgbr0", OWNER)}
+
+    r = in_fresh_netns(body)
+    assert r["errors"] == ["InternalError", "Unavailable"]
+    assert len(r["orphans"]) == 1, "the first create made its TAP before failing"
+    assert r["left"] == [r["fresh"]], "the orphan is gone, the new TAP is there"
 
 
 def test_the_host_namespace_is_untouched_by_these_tests() -> None:

@@ -10,6 +10,7 @@ import signal
 from typing import Any
 
 from banger.core.errors import Conflict
+from banger.host.jailer import JailedVmm
 
 
 class RecordingHostOps:
@@ -80,3 +81,24 @@ class RecordingHostOps:
     def enable_ip_forward(self) -> None:
         self._record("enable_ip_forward")
         self.ip_forward = True
+
+    def attach_loop(self, backing: str, read_only: bool) -> str:
+        self._record("attach_loop", backing, read_only)
+        return "/dev/loop7"
+
+    def detach_loop(self, device: str) -> bool:
+        self._record("detach_loop", device)
+        return True
+
+    def create_snapshot(self, name: str, origin: str, cow: str) -> str:
+        self._record("create_snapshot", name, origin, cow)
+        return f"/dev/mapper/{name}"
+
+    def remove_snapshot(self, name: str) -> bool:
+        self._record("remove_snapshot", name)
+        return True
+
+    def launch_jailed(self, jail_id: str, uid: int, gid: int, chroot_base: str) -> JailedVmm:
+        self._record("launch_jailed", jail_id, uid, gid, chroot_base)
+        return JailedVmm(4242, f"{chroot_base}/firecracker/{jail_id}/root/run/fc.sock",
+                         f"{chroot_base}/firecracker/{jail_id}/root")

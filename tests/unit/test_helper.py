@@ -25,13 +25,13 @@ from typing import Any
 import pytest
 
 from banger.core.errors import BangerError, Forbidden, InvalidInput
-from banger.helper.guard import Owner, helper_ops
-from banger.helper.server import HelperServer, bind_helper_socket
+from banger.helper.guard import Owner
 from banger.host import net
 from banger.host import proc_identity as proc
 from banger.host.helper_client import HelperHostOps
 from banger.host.privileged import InProcessHostOps
 from tests.support.fake_host_ops import RecordingHostOps
+from tests.support.helper_server import serve_helper
 from tests.support.processes import spawn
 
 SLEEPER = "import time, sys; time.sleep(60)"
@@ -48,18 +48,6 @@ def owner_dirs() -> Iterator[tuple[Path, Path]]:
     shutil.rmtree(base)
 
 
-def _serve(owner: Owner, transport: Any, path: Path) -> Iterator[HelperHostOps]:
-    server = HelperServer(bind_helper_socket(path, owner), owner, helper_ops(owner, transport))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield HelperHostOps(path, timeout=10)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
 @pytest.fixture
 def owner(owner_dirs: tuple[Path, Path]) -> Owner:
     return Owner("root", os.getuid(), os.getgid(), owner_dirs)
@@ -73,14 +61,14 @@ def fake() -> Iterator[RecordingHostOps]:
 
 @pytest.fixture
 def helper(owner: Owner, fake: RecordingHostOps) -> Iterator[HelperHostOps]:
-    yield from _serve(owner, fake, owner.dirs[1] / "h.sock")
+    yield from serve_helper(owner, fake, owner.dirs[1] / "h.sock")
     # Whatever the test threw at the helper, nothing reached the host.
     assert [m for m in fake.methods() if m != "can_manage_network"] == []
 
 
 @pytest.fixture
 def real_helper(owner: Owner) -> Iterator[HelperHostOps]:
-    yield from _serve(owner, InProcessHostOps(), owner.dirs[1] / "h.sock")
+    yield from serve_helper(owner, InProcessHostOps(), owner.dirs[1] / "h.sock")
 
 
 def raw(path: Path, payload: bytes) -> dict[str, Any]:

@@ -8,12 +8,17 @@ import pwd
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from banger.cli.main import cli
+from banger.cli.system_cmd import start_units
 from banger.cli.system_view import system_checks
-from banger.host import install
+from banger.core.errors import Unavailable
+from banger.host import install, systemd
 from banger.host.systemd import verify_units
 from tests.conftest import BangerEnv
 
@@ -102,3 +107,92 @@ def test_a_damaged_install_toml_is_one_line_naming_the_fix(tmp_path: Path) -> No
     path.write_text("owner = [")
     rows = system_checks(tmp_path)
     assert rows[0].status == "FAIL" and "system install" in (rows[0].hint or "")
+
+
+# systemctl: a crafted one on PATH records its argv (systemd's own never runs on this
+# test host, which has no systemd as PID 1).
+def _fake_systemctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: int = 0,
+                    says: str = "") -> Path:
+    bin_dir, log = tmp_path / "fakebin", tmp_path / "systemctl.argv"
+    bin_dir.mkdir()
+    script = bin_dir / "systemctl"
+    script.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$*\" >> {log}\n"
+                      f"[ -z '{says}' ] || echo '{says}' >&2\nexit {status}\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return log
+
+
+@pytest.fixture
+def systemd_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if systemd were PID 1 (its runtime dir exists), so only --root can keep
+    systemctl from running."""
+    monkeypatch.setattr(systemd, "SYSTEMD_RUN", tmp_path)
+
+
+def test_install_and_uninstall_under_root_never_call_systemctl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, systemd_up: None
+) -> None:
+    log = _fake_systemctl(tmp_path, monkeypatch)
+    assert systemd.systemd_running(), "the test must be able to fail"
+    root = tmp_path / "root"
+    for args in (["install", "--owner", OWNER], ["uninstall"]):
+        result = CliRunner().invoke(cli, ["system", *args, "--root", str(root)])
+        assert result.exit_code == 0, result.output
+    assert not log.exists(), log.read_text()
+
+
+def _owner_record(tmp_path: Path) -> install.InstallInfo:
+    record = install.InstallInfo.for_owner(OWNER, Path(sys.executable).parent, "v", "c")
+    home = tmp_path / "home"
+    home.mkdir()
+    return replace(record, owner_uid=os.getuid(), owner_gid=os.getgid(), home=str(home),
+                   state_dir=str(home / ".local/state/banger"),
+                   cache_dir=str(home / ".cache/banger"))
+
+
+def test_starting_the_units_runs_daemon_reload_then_enable_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, systemd_up: None
+) -> None:
+    log = _fake_systemctl(tmp_path, monkeypatch)
+    start_units(_owner_record(tmp_path))
+    assert log.read_text().splitlines() == [
+        "daemon-reload", "enable --now bangerd-root.service bangerd.service"]
+
+
+def test_a_failing_systemctl_is_one_line_naming_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, systemd_up: None
+) -> None:
+    _fake_systemctl(tmp_path, monkeypatch, 1, "System has not been booted with systemd "
+                    "as init system (PID 1). Can't operate.")
+    with pytest.raises(Unavailable) as caught:
+        start_units(_owner_record(tmp_path))
+    assert "units written but not started" in caught.value.message
+    assert "\n" not in caught.value.message
+    assert "systemctl enable --now bangerd-root.service" in str(caught.value.hint)
+
+
+def test_install_without_systemd_writes_the_units_and_says_how_to_start_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real command as root, its /etc an overlay in a private mount namespace."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare (a private /etc overlay)")
+    if systemd.systemd_running():
+        pytest.skip("needs a host without systemd as PID 1")
+    log = _fake_systemctl(tmp_path, monkeypatch)
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir()
+    work.mkdir()
+    overlay = (f"mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},workdir={work} "
+               '/etc && exec "$@"')
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", overlay, "sh",
+         sys.executable, "-m", "banger.cli", "system", "install", "--owner", OWNER],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "NO_COLOR": "1"})
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert "units written but not started" in result.stderr, result.stderr
+    assert "systemctl enable --now" in result.stderr
+    assert (upper / "systemd/system/bangerd-root.service").is_file(), "the units were written"
+    assert not log.exists(), "systemctl never ran"
+    assert not Path("/etc/banger/install.toml").exists()

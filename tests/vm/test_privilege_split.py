@@ -2,8 +2,10 @@
 
 The user has its own HOME, XDG and banger dirs; it imports the test kernel and image
 itself; its ``vm run`` boots a TAP-networked guest whose TAP and NAT rule the helper
-made; stop/start/delete leave no TAP or rule; a helper killed before a create makes
-that create fail cleanly and a restarted helper serves again; a SIGKILLed daemon
+made; stop/start/delete leave no TAP or rule; a helper killed in the middle of a
+create's TAP call (held there by its test hook) and one killed before a create both
+make that create fail cleanly, a restarted helper serves again, and the next create
+deletes the TAP the killed call made; a SIGKILLed daemon
 leaves its guest running, and the next daemon re-adopts it.
 
 ``/dev/net/tun`` is 0600 in this test machine's containers (workstations make it 0666
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import pytest
 
+from banger.helper.server import TEST_HOLD_ENV
 from tests.support.hostcheck import kill_leftover_vmms, require_vm_host
 from tests.support.image import ensure_test_image
 from tests.support.kernel import ensure_kernel_deb
@@ -84,13 +87,14 @@ class SplitUser:
             "BANGER_BRIDGE_NAME": self.bridge, "BANGER_BRIDGE_CIDR": f"{subnet}.1/24",
         }  # fmt: skip
 
-    def banger(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        interp = _interpreter_root()
-        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", BIND,
-                str(self.base / "tun"), str(self.base / "shadow"), interp,
+    def argv(self, *args: str) -> list[str]:
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", BIND,
+                str(self.base / "tun"), str(self.base / "shadow"), _interpreter_root(),
                 "setpriv", "--reuid", str(self.uid), "--regid", str(self.gid), "--clear-groups",
                 sys.executable, "-m", "banger.cli", *args]
-        return subprocess.run(argv, env=self.env(), capture_output=True, text=True,
+
+    def banger(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(*args), env=self.env(), capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL)
 
     def ok(self, *args: str, timeout: float = 300) -> str:
@@ -98,11 +102,14 @@ class SplitUser:
         assert result.returncode == 0, f"{args}: {result.stderr}\n{self.logs()}"
         return result.stdout
 
-    def start_helper(self) -> None:
+    def start_helper(self, hold: str | None = None) -> None:
+        """``hold``: the op whose reply the helper holds (``server.TEST_HOLD_ENV``)."""
+        env = {k: v for k, v in os.environ.items() if k != TEST_HOLD_ENV}
         self.helper = subprocess.Popen(
             [str(HELPER), "--owner", self.name, "--socket", str(self.socket), "--state-dir",
              str(self.state), "--runtime-dir", str(self.runtime)],
-            stderr=self.helper_log.open("ab"), stdin=subprocess.DEVNULL)
+            stderr=self.helper_log.open("ab"), stdin=subprocess.DEVNULL,
+            env=env | ({TEST_HOLD_ENV: hold} if hold else {}))
         deadline = time.monotonic() + 20
         while not self._answers():  # a killed helper's stale socket file is still there
             assert self.helper.poll() is None, self.helper_log.read_text()
@@ -221,6 +228,32 @@ def _show(user: SplitUser, name: str) -> dict[str, object]:
     return dict(json.loads(user.ok("vm", "show", name, "--json")))
 
 
+def _kill_the_helper_mid_create(user: SplitUser) -> set[str]:
+    """SIGKILL the helper after it made a create's TAP and before it answered: the
+    create fails cleanly, and a restarted helper serves. The orphan TAP's names."""
+    user.ok("daemon", "stop")  # its TAP pool drained: the next create makes its TAP itself
+    user.kill_helper()
+    user.start_helper(hold="create_tap")
+    before = set(bridge_ports(user.bridge))
+    create = subprocess.Popen(user.argv("vm", "create", "--name", "c", "--disk", "1G"),
+                              env=user.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while "holding the reply of op=create_tap" not in user.helper_log.read_text():
+        assert create.poll() is None and time.monotonic() < deadline, user.logs()
+        time.sleep(0.1)
+    user.kill_helper()
+    _, stderr = create.communicate(timeout=120)
+    assert create.returncode != 0 and "bangerd-root" in stderr, stderr
+    assert "Traceback" not in stderr, stderr
+    assert "c" not in user.ok("vm", "list", "-q").split()
+    orphans = set(bridge_ports(user.bridge)) - before
+    assert len(orphans) == 1, f"the killed call made its TAP: {orphans}"
+    user.start_helper()
+    user.ok("vm", "ssh", "a", "--", "true")  # the re-adopted guest is fine throughout
+    return orphans
+
+
 def test_the_owner_daemon_boots_tap_guests_through_the_root_helper(
     split_user: SplitUser,
 ) -> None:
@@ -256,6 +289,8 @@ def test_the_owner_daemon_boots_tap_guests_through_the_root_helper(
     assert info["state"] == "running" and info["pid"] == qemu, info
     user.ok("vm", "ssh", "a", "--", "true")
 
+    orphans = _kill_the_helper_mid_create(user)
+
     # The helper gone: a create that needs it fails cleanly; a new helper serves again.
     user.kill_helper()
     failed = user.banger("vm", "create", "--name", "b", "--disk", "1G")
@@ -264,6 +299,7 @@ def test_the_owner_daemon_boots_tap_guests_through_the_root_helper(
     user.start_helper()
     user.ok("vm", "create", "--name", "b", "--disk", "1G")
     user.ok("vm", "ssh", "b", "--", "true")
+    assert not orphans & set(bridge_ports(user.bridge)), "the next create deleted the orphan"
 
     for name in ("a", "b"):
         user.ok("vm", "delete", name)
