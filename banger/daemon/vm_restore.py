@@ -30,7 +30,7 @@ IDENTITY_TIMEOUT = 20.0
 def clone_spec(spec: VMSpec, snapshot: Path) -> VMSpec:
     """``spec`` as a clone of ``snapshot``, whose memory file must be the guest's whole RAM.
 
-    Checked before QEMU opens it: QEMU would create a missing file (a clone of zeroes
+    Checked before the VMM opens it: it would create a missing file (a clone of zeroes
     that never answers) and follow a symbolic link.
     """
     ram = snapshot / RAM
