@@ -429,3 +429,14 @@ def spawn_detached(
         _DETACHED.difference_update([p for p in _DETACHED if p.poll() is not None])
         _DETACHED.add(proc)
     return proc.pid
+
+
+def kill_detached(pid: int, *, timeout: float = 10.0) -> None:
+    """SIGKILL and reap a program ``spawn_detached`` started in this process (a no-op for
+    any other pid): its ``Popen`` still holds it, so the pid cannot name another process."""
+    with _DETACHED_LOCK:
+        procs = [p for p in _DETACHED if p.pid == pid]
+        _DETACHED.difference_update(procs)
+    for p in procs:
+        p.kill()
+        p.wait(timeout)

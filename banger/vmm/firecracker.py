@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import signal
 from pathlib import Path
 from typing import ClassVar
 
@@ -32,16 +31,9 @@ from banger.host import proc_identity as proc
 from banger.host.files import atomic_write_text, open_nofollow, reset_file
 from banger.host.privileged import HostOps, host_ops_for
 from banger.host.probes import find_tool
-from banger.host.run import run, spawn_detached
+from banger.host.run import kill_detached, run, spawn_detached
 from banger.vmm import firecracker_api as api
-from banger.vmm.base import (
-    KILL_TIMEOUT,
-    Handle,
-    StopOutcome,
-    VmmProcess,
-    adopt_vmm,
-    log_tail,
-)
+from banger.vmm.base import Handle, StopOutcome, VmmProcess, adopt_vmm, log_tail
 from banger.vmm.firecracker_client import FirecrackerClient
 from banger.vmm.traits import TRAITS, BackendTraits
 
@@ -141,9 +133,7 @@ class FirecrackerBackend(VmmProcess):
             alive, timeout=self.launch_timeout)
         handle = self.adopt(spec.pidfile, spec) if listening else None
         if handle is None:
-            if started is not None and alive():  # hung before its socket: ours, unproven yet
-                self.host_ops.signal_vmm(pid, started, ownership_markers(spec), signal.SIGKILL)
-                await proc.wait_until_gone(pid, started, (), timeout=KILL_TIMEOUT)
+            kill_detached(pid)  # hung before its socket listened, or already gone
             self.cleanup(spec)
             raise self._launch_error(spec, "it exited or never listened on its API socket")
         return handle
