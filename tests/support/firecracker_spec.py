@@ -42,15 +42,20 @@ def load_spec(version: str = SPEC_VERSION) -> dict[str, Any]:
 
 
 def _strict(schema: Any) -> Any:
-    """``schema`` with ``additionalProperties: false`` on every object that lists properties."""
-    if isinstance(schema, dict):
-        out = {k: _strict(v) for k, v in schema.items()}
-        if "properties" in out and "additionalProperties" not in out:
-            out["additionalProperties"] = False
-        return out
+    """``schema`` with ``additionalProperties: false`` on every object that lists properties
+    (walking schemas only: a property may itself be named ``properties``)."""
     if isinstance(schema, list):
-        return [_strict(v) for v in schema]
-    return schema
+        return [_strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    if isinstance(out.get("properties"), dict):
+        out["properties"] = {n: _strict(s) for n, s in out["properties"].items()}
+        out.setdefault("additionalProperties", False)
+    for key in ("items", "allOf", "anyOf", "oneOf", "not"):
+        if key in out:
+            out[key] = _strict(out[key])
+    return out
 
 
 def _template_regex(template: str) -> re.Pattern[str]:
@@ -61,7 +66,7 @@ def _template_regex(template: str) -> re.Pattern[str]:
 class SpecValidator:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
-        self.definitions = _strict(copy.deepcopy(spec["definitions"]))
+        self.definitions = {n: _strict(d) for n, d in copy.deepcopy(spec["definitions"]).items()}
         self._paths = [(t, _template_regex(t), ops) for t, ops in spec["paths"].items()]
 
     def operation(self, method: str, path: str) -> dict[str, Any] | None:
