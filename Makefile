@@ -38,13 +38,13 @@ demo: setup
 
 lint: setup
 	$(VENV)/bin/ruff check banger tests bench
-	$(VENV)/bin/mypy banger bench tests/support/fake_backend.py tests/support/fake_vms.py
+	$(VENV)/bin/mypy banger bench tests/support/fake_backend.py tests/support/fake_vms.py tests/support/fake_firecracker.py tests/support/firecracker_spec.py
 
 # Fetch what needs the package registries first (test kernel and image, cached
 # under ~/.cache/banger-test), then run the suite in a network namespace.
 test: setup
 	$(VENV)/bin/ruff check banger tests bench
-	$(VENV)/bin/mypy banger bench tests/support/fake_backend.py tests/support/fake_vms.py
+	$(VENV)/bin/mypy banger bench tests/support/fake_backend.py tests/support/fake_vms.py tests/support/fake_firecracker.py tests/support/firecracker_spec.py
 	$(PY) -m tests.support.prepare
 	tests/run-in-netns $(PY) -m pytest -q -ra $(PYTEST_ARGS)
 

@@ -181,8 +181,9 @@ class VMSpec:
 
     @property
     def api_socket(self) -> Path:
-        """Firecracker's API socket."""
-        return self.run_dir / "api.sock"
+        """Firecracker's API socket, named after the pidfile: Firecracker has no
+        ``--pidfile``, so this is how its argv names the pidfile (vmm/firecracker.py)."""
+        return self.run_dir / "vmm.pid.sock"
 
     @property
     def pidfile(self) -> Path:

@@ -21,6 +21,7 @@ from banger.config import Settings
 from banger.core.errors import HostToolError
 from banger.host import probes, resolved
 from banger.host.probes import KvmStatus, Version
+from banger.vmm.factory import HostFacts
 
 if TYPE_CHECKING:
     from banger.daemon.dns_service import DnsStatus
@@ -250,9 +251,19 @@ def _accel(ctx: DoctorContext) -> str:
 
 
 def check_backend(ctx: DoctorContext) -> CheckResult:
-    # This release drives QEMU only; the firecracker row above says whether a
-    # Firecracker backend could run here once it lands.
+    """The backend the daemon would build (vmm/factory.py), and why."""
     configured = ctx.settings.backend
+    facts = HostFacts(accel="kvm" if ctx.kvm is KvmStatus.USABLE else "tcg",
+                      firecracker=ctx.firecracker)
+    fc_missing = facts.firecracker_missing()
+    if configured == "firecracker" and fc_missing is not None:
+        return CheckResult("backend", CheckStatus.FAIL,
+                           f"firecracker: cannot run here: {fc_missing}",
+                           hint='set backend = "auto" or "qemu" (config.toml)')
+    if fc_missing is None and configured in ("auto", "firecracker"):
+        return CheckResult("backend", CheckStatus.PASS,
+                           f"{configured}: firecracker with KVM (contract-tested only: "
+                           "docs/backends.md)")
     if ctx.qemu_usable:
         return CheckResult("backend", CheckStatus.PASS, f"{configured}: qemu with {_accel(ctx)}")
     return CheckResult(

@@ -397,3 +397,46 @@ async def arun_to_log(
             start_new_session=True,
         )
     return await _wait_or_kill(proc, proc.wait(), argv, timeout)
+
+
+_DETACHED: set[subprocess.Popen[bytes]] = set()
+_DETACHED_LOCK = threading.Lock()
+
+
+def spawn_detached(
+    argv: Sequence[str],
+    *,
+    log_path: str | os.PathLike[str],
+    cwd: str | os.PathLike[str],
+) -> int:
+    """Start a long-lived program that outlives the daemon; return its pid.
+
+    For VMMs that do not daemonize themselves (Firecracker): a new session (no
+    terminal's signals, no parent-death signal), stdin closed, stdout and
+    stderr appended to ``log_path`` (opened without following a symlink).
+    The daemon never waits for it: ``proc_identity`` (or the next spawn) reaps
+    it once it exited, and after a daemon restart it is init's child.
+    """
+    argv = _logged_argv(argv, f" >> {os.fspath(log_path)} (detached)")
+    fd = open_nofollow(Path(log_path), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        with _starting(argv):
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
+                                    env=clean_env(), cwd=cwd, start_new_session=True)
+    finally:
+        os.close(fd)
+    with _DETACHED_LOCK:  # kept until they exit, so none is reported as leaked
+        _DETACHED.difference_update([p for p in _DETACHED if p.poll() is not None])
+        _DETACHED.add(proc)
+    return proc.pid
+
+
+def kill_detached(pid: int, *, timeout: float = 10.0) -> None:
+    """SIGKILL and reap a program ``spawn_detached`` started in this process (a no-op for
+    any other pid): its ``Popen`` still holds it, so the pid cannot name another process."""
+    with _DETACHED_LOCK:
+        procs = [p for p in _DETACHED if p.pid == pid]
+        _DETACHED.difference_update(procs)
+    for p in procs:
+        p.kill()
+        p.wait(timeout)

@@ -10,14 +10,20 @@ key" is ``host/ssh.wait_for_ssh``.
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
+from banger.core.errors import Forbidden, HostToolError
 from banger.core.vmspec import Accel, VMSpec
 from banger.host import proc_identity as proc
+from banger.host.files import open_nofollow
+from banger.host.privileged import HostOps
 from banger.host.probes import have_usable_kvm
 from banger.vmm.traits import BackendTraits
 
@@ -102,6 +108,77 @@ class SnapshotCapable(Protocol):
     async def announce_work_disk(self, handle: Handle, size: int) -> None:
         """Tell a restored guest the size of its own work disk."""
         ...
+
+
+log = logging.getLogger("banger.vmm")
+KILL_TIMEOUT = 10.0
+
+
+class VmmProcess:
+    """What every backend does the same way to its VMM process: signal it through the
+    privileged seam, wait for it, and stop it (the guest asked first, then SIGKILL)."""
+
+    vmm_label: ClassVar[str]  # "QEMU", "Firecracker": for messages
+    host_ops: HostOps
+
+    def kill(self, handle: Handle, sig: signal.Signals = signal.SIGKILL) -> bool:
+        """Send ``sig`` while the pid is still this VM's VMM; True when it was sent."""
+        return self.host_ops.signal_vmm(handle.pid, handle.start_time, handle.markers, sig)
+
+    async def wait_exit(self, handle: Handle, *, timeout: float) -> bool:
+        return await proc.wait_until_gone(
+            handle.pid, handle.start_time, handle.markers, timeout=timeout
+        )
+
+    def _remove_runtime_files(self, handle: Handle) -> None:
+        raise NotImplementedError
+
+    async def _stop(self, handle: Handle, ask_guest: Callable[[], Awaitable[None]] | None,
+                    timeout: float) -> StopOutcome:
+        """``ask_guest`` (when given) to power off within ``timeout``, then SIGKILL."""
+        if not handle.running():
+            self._remove_runtime_files(handle)
+            return StopOutcome.GONE
+        if ask_guest is not None:
+            try:
+                await ask_guest()
+            except (HostToolError, OSError, TimeoutError) as exc:
+                log.debug("asking VM %s to power off failed: %s", handle.vm_id, exc)
+            if await self.wait_exit(handle, timeout=timeout):
+                self._remove_runtime_files(handle)
+                return StopOutcome.POWERDOWN
+        self.kill(handle, signal.SIGKILL)
+        if not await self.wait_exit(handle, timeout=KILL_TIMEOUT):
+            raise HostToolError(
+                f"{self.vmm_label} pid {handle.pid} of VM {handle.vm_id} survived SIGKILL",
+                hint="the process is stuck in the kernel (D state); check dmesg",
+            )
+        self._remove_runtime_files(handle)
+        return StopOutcome.KILLED
+
+
+def adopt_vmm(backend: str, pidfile: Path, spec: VMSpec, markers: tuple[str, ...],
+              control_socket: Path) -> Handle | None:
+    """A handle on the VMM in ``pidfile`` if it runs and its argv holds every marker."""
+    pid = proc.read_pidfile(pidfile)
+    if pid is None:
+        return None
+    started = proc.start_time(pid)
+    if started is None or not proc.is_running(pid, started, markers):
+        return None
+    return Handle(backend=backend, vm_id=spec.vm_id, pid=pid, start_time=started,
+                  control_socket=control_socket, pidfile=pidfile, log_path=spec.vmm_log,
+                  markers=markers)
+
+
+def log_tail(path: Path, limit: int = 4096) -> str:
+    """The last ``limit`` bytes of a log file, or '' when it cannot be read."""
+    try:
+        with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
+            return f.read().decode("utf-8", "replace").strip()
+    except (OSError, Forbidden):
+        return ""
 
 
 def choose_accel() -> Accel:

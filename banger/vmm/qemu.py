@@ -17,23 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import ClassVar
 
 from qemu.qmp import QMPClient, QMPError
 
-from banger.core.errors import Conflict, Forbidden, HostToolError, SnapshotUnusable
+from banger.core.errors import Conflict, HostToolError, SnapshotUnusable
 from banger.core.vmspec import Accel, TapNet, UserNet, VMSpec, kernel_cmdline
-from banger.host import proc_identity as proc
-from banger.host.files import open_nofollow, reset_file
+from banger.host.files import reset_file
 from banger.host.privileged import HostOps, host_ops_for
 from banger.host.run import arun_to_log, require_tool, run
 from banger.vmm import qemu_snapshot
-from banger.vmm.base import Handle, StopOutcome
+from banger.vmm.base import Handle, StopOutcome, VmmProcess, adopt_vmm, log_tail
 from banger.vmm.traits import TRAITS, BackendTraits
 
 log = logging.getLogger("banger.vmm.qemu")
@@ -50,8 +49,6 @@ CHANNEL_BUS = "virtio-mmio-bus.20"
 AGENT_PORT = "banger.agent"  # the virtio-serial port's name, which the guest agent looks for
 LAUNCH_TIMEOUT = 30.0
 QMP_TIMEOUT = 5.0
-KILL_TIMEOUT = 10.0
-_LOG_TAIL_BYTES = 4096
 
 
 def opt(value: str | os.PathLike[str]) -> str:
@@ -145,16 +142,6 @@ def ownership_markers(spec: VMSpec) -> tuple[str, ...]:
     return (f"path={opt(spec.qmp_socket)},", os.fspath(spec.pidfile))
 
 
-def log_tail(path: Path, limit: int = _LOG_TAIL_BYTES) -> str:
-    """The last ``limit`` bytes of a log file, or '' when it cannot be read."""
-    try:
-        with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
-            return f.read().decode("utf-8", "replace").strip()
-    except (OSError, Forbidden):
-        return ""
-
-
 def _launch_error(spec: VMSpec, what: str) -> HostToolError:
     tail = log_tail(spec.vmm_log)
     last = tail.splitlines()[-1] if tail else "no output"
@@ -164,10 +151,11 @@ def _launch_error(spec: VMSpec, what: str) -> HostToolError:
     )
 
 
-class QemuBackend:
+class QemuBackend(VmmProcess):
     """``vmm.Backend`` for QEMU (see the module docstring for how it detaches)."""
 
     name: ClassVar[str] = "qemu"
+    vmm_label: ClassVar[str] = "QEMU"
     traits: ClassVar[BackendTraits] = TRAITS["qemu"]
 
     def __init__(
@@ -225,30 +213,19 @@ class QemuBackend:
         finally:
             await client.disconnect()
 
+    async def _powerdown(self, handle: Handle) -> None:
+        try:
+            async with self._qmp(handle) as qmp:
+                await qmp.execute("system_powerdown")
+        except QMPError as exc:
+            raise HostToolError(f"system_powerdown failed: {exc}") from exc
+
     async def shutdown(
         self, handle: Handle, *, graceful: bool = True, timeout: float = 10.0
     ) -> StopOutcome:
         """ACPI powerdown (when ``graceful``) bounded by ``timeout``, then SIGKILL."""
-        if not handle.running():
-            self._remove_runtime_files(handle)
-            return StopOutcome.GONE
-        if graceful:
-            try:
-                async with self._qmp(handle) as qmp:
-                    await qmp.execute("system_powerdown")
-            except (QMPError, OSError, TimeoutError) as exc:
-                log.debug("system_powerdown of VM %s failed: %s", handle.vm_id, exc)
-            if await self.wait_exit(handle, timeout=timeout):
-                self._remove_runtime_files(handle)
-                return StopOutcome.POWERDOWN
-        self.kill(handle, signal.SIGKILL)
-        if not await self.wait_exit(handle, timeout=KILL_TIMEOUT):
-            raise HostToolError(
-                f"QEMU pid {handle.pid} of VM {handle.vm_id} survived SIGKILL",
-                hint="the process is stuck in the kernel (D state); check dmesg",
-            )
-        self._remove_runtime_files(handle)
-        return StopOutcome.KILLED
+        return await self._stop(handle, functools.partial(self._powerdown, handle)
+                                if graceful else None, timeout)
 
     def vmm_version(self) -> str:
         """``qemu-system-x86_64 --version``'s first line, asked once."""
@@ -279,34 +256,9 @@ class QemuBackend:
         async with self._qmp(handle) as qmp:
             await qemu_snapshot.announce_disk_size(qmp, "work", size)
 
-    def kill(self, handle: Handle, sig: signal.Signals = signal.SIGKILL) -> bool:
-        """Send ``sig`` while the pid is still this VM's QEMU; True when it was sent."""
-        return self.host_ops.signal_vmm(handle.pid, handle.start_time, handle.markers, sig)
-
-    async def wait_exit(self, handle: Handle, *, timeout: float) -> bool:
-        return await proc.wait_until_gone(
-            handle.pid, handle.start_time, handle.markers, timeout=timeout
-        )
-
     def adopt(self, pidfile: Path, spec: VMSpec) -> Handle | None:
         """A handle on the QEMU in ``pidfile`` if it runs and its argv names ``spec``'s files."""
-        pid = proc.read_pidfile(pidfile)
-        if pid is None:
-            return None
-        started = proc.start_time(pid)
-        markers = ownership_markers(spec)
-        if started is None or not proc.is_running(pid, started, markers):
-            return None
-        return Handle(
-            backend=self.name,
-            vm_id=spec.vm_id,
-            pid=pid,
-            start_time=started,
-            control_socket=spec.qmp_socket,
-            pidfile=pidfile,
-            log_path=spec.vmm_log,
-            markers=markers,
-        )
+        return adopt_vmm(self.name, pidfile, spec, ownership_markers(spec), spec.qmp_socket)
 
     def cleanup(self, spec: VMSpec) -> None:
         """Remove the QMP socket and pidfile unless a live QEMU of this VM still owns them."""

@@ -148,11 +148,12 @@ def test_the_backend_key_takes_auto_and_exactly_the_backends_the_factory_builds(
     from banger.core.defaults import IMPLEMENTED_BACKENDS
     from banger.vmm.factory import HostFacts, backend_for
 
+    host = HostFacts(accel="kvm", firecracker=Path("/usr/bin/firecracker"))
     for name in ("auto", *IMPLEMENTED_BACKENDS):
         config_path.write_text(f'backend = "{name}"\n')
         settings = load_settings()
-        assert backend_for(settings.backend, HostFacts(accel="tcg")).name in IMPLEMENTED_BACKENDS
-    config_path.write_text('backend = "firecracker"\n')  # known to vmm/traits, not built yet
+        assert backend_for(settings.backend, host).name in IMPLEMENTED_BACKENDS
+    config_path.write_text('backend = "cloud-hypervisor"\n')
     with pytest.raises(InvalidInput) as err:
         load_settings()
-    assert "key 'backend'" in err.value.message and "'qemu'" in err.value.message
+    assert "key 'backend'" in err.value.message and "'firecracker'" in err.value.message

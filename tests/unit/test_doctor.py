@@ -346,9 +346,26 @@ def test_firecracker_on_a_pvm_host_passes_but_says_it_is_unused(host: FakeHost) 
 # ---------------------------------------------------------------- backend
 
 
-def test_backend_is_qemu_with_kvm_where_kvm_is_usable(host: FakeHost) -> None:
+def test_auto_backend_is_firecracker_where_kvm_and_firecracker_are(host: FakeHost) -> None:
+    row = host.check("backend")
+    assert row.status is CheckStatus.PASS and row.detail.startswith("auto: firecracker with KVM")
+
+
+def test_backend_is_qemu_with_kvm_where_firecracker_is_missing(host: FakeHost) -> None:
+    host.remove("firecracker")
     row = host.check("backend")
     assert row.status is CheckStatus.PASS and row.detail == "auto: qemu with KVM"
+
+
+@pytest.mark.parametrize(("broken", "named"), [
+    ("pvm", "no usable KVM"), ("no-binary", "no firecracker binary on PATH")])
+def test_a_configured_firecracker_backend_fails_naming_what_is_missing(
+    host: FakeHost, broken: str, named: str
+) -> None:
+    host.backend = "firecracker"
+    host.pvm() if broken == "pvm" else host.remove("firecracker")
+    row = host.check("backend")
+    assert row.status is CheckStatus.FAIL and named in row.detail and "qemu" in (row.hint or "")
 
 
 def test_backend_falls_back_to_tcg_on_a_pvm_host(host: FakeHost) -> None:

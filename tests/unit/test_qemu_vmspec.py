@@ -119,7 +119,7 @@ def test_runtime_files_live_in_the_run_dir() -> None:
     assert (spec.qmp_socket, spec.pidfile, spec.api_socket) == (
         RUN / "qmp.sock",
         RUN / "vmm.pid",
-        RUN / "api.sock",
+        RUN / "vmm.pid.sock",
     )
 
 

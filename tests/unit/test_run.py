@@ -97,3 +97,30 @@ def test_the_environment_is_clean(monkeypatch: pytest.MonkeyPatch) -> None:
     assert out == b"clean\n"
     extra = run(["sh", "-c", "echo $X"], timeout=10, env={"X": "given"}).stdout
     assert extra == b"given\n"
+
+
+def test_a_detached_program_never_writes_through_a_planted_log_symlink(tmp_path: Path) -> None:
+    from banger.core.errors import Forbidden
+    from banger.host.run import spawn_detached
+
+    target = tmp_path / "victim"
+    target.write_text("keep")
+    (tmp_path / "vmm.log").symlink_to(target)
+    with pytest.raises(Forbidden):
+        spawn_detached(["echo", "hi"], log_path=tmp_path / "vmm.log", cwd=tmp_path)
+    assert target.read_text() == "keep"
+
+
+def test_a_detached_program_runs_in_its_own_session_and_kill_detached_reaps_it(
+    tmp_path: Path,
+) -> None:
+    from banger.host import proc_identity
+    from banger.host.run import kill_detached, spawn_detached
+
+    pid = spawn_detached(["sleep", "30"], log_path=tmp_path / "log", cwd=tmp_path)
+    assert os.getsid(pid) == pid  # its own session: no terminal's signals reach it
+    started = proc_identity.start_time(pid)
+    assert started is not None and proc_identity.is_running(pid, started, ())
+    kill_detached(pid)
+    assert not proc_identity.is_running(pid, started, ())
+    kill_detached(os.getpid())  # not one it started: a no-op

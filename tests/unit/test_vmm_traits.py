@@ -15,8 +15,9 @@ from banger.core.states import NetMode
 from banger.daemon.vm_layout import VMFiles, boot_kernel
 from banger.daemon.vm_network import choose_net_mode
 from banger.store.records import KernelRecord
-from banger.vmm.base import Backend
+from banger.vmm.base import Backend, SnapshotCapable
 from banger.vmm.factory import HostFacts, backend_for
+from banger.vmm.firecracker import FirecrackerBackend
 from banger.vmm.qemu import QemuBackend
 from banger.vmm.traits import TRAITS, BackendTraits, GuestStop, KernelForm
 
@@ -33,11 +34,14 @@ def test_the_traits_table_golden() -> None:
     )  # fmt: skip
     assert FIRECRACKER == BackendTraits(
         name="firecracker", root_overlay="reflink", kernel_forms=(KernelForm.VMLINUX,),
-        net_kinds=frozenset({NetMode.TAP}), can_snapshot=True,
+        net_kinds=frozenset({NetMode.TAP}), can_snapshot=False,
         guest_stop=GuestStop.CTRL_ALT_DEL,
     )  # fmt: skip
     assert (QEMU.root_format, FIRECRACKER.root_format) == ("qcow2", "raw")
     assert all(name == traits.name for name, traits in TRAITS.items())
+
+
+FC_BIN = Path("/opt/fc/firecracker")
 
 
 @pytest.mark.parametrize("accel", ["kvm", "tcg"])
@@ -48,9 +52,32 @@ def test_auto_and_qemu_give_qemu_running_guests_the_host_way(name: str, accel: s
     assert backend.accel == accel and backend.traits is QEMU and backend.name == QEMU.name
 
 
-def test_a_backend_known_only_as_traits_is_refused_not_stubbed() -> None:
-    with pytest.raises(Unavailable, match="the firecracker backend is not in this release"):
-        backend_for("firecracker", HostFacts(accel="kvm"))
+@pytest.mark.parametrize("name", ["auto", "firecracker"])
+def test_firecracker_is_built_where_its_binary_and_kvm_are(name: str) -> None:
+    backend = backend_for(name, HostFacts(accel="kvm", firecracker=FC_BIN))
+    assert isinstance(backend, FirecrackerBackend) and isinstance(backend, Backend)
+    assert isinstance(backend, SnapshotCapable)
+    assert backend.traits is FIRECRACKER and backend.accel == "kvm"
+    assert backend.binary == str(FC_BIN)
+
+
+def test_auto_takes_qemu_when_kvm_is_unusable_even_with_a_firecracker_binary() -> None:
+    backend = backend_for("auto", HostFacts(accel="tcg", firecracker=FC_BIN))
+    assert isinstance(backend, QemuBackend) and backend.accel == "tcg"
+
+
+@pytest.mark.parametrize(("host", "named"), [
+    (HostFacts(accel="tcg", firecracker=FC_BIN), ["no usable KVM"]),
+    (HostFacts(accel="kvm"), ["no firecracker binary on PATH"]),
+    (HostFacts(accel="tcg"), ["no firecracker binary on PATH", "no usable KVM"]),
+])
+def test_a_firecracker_backend_this_host_cannot_run_is_refused_naming_what_is_missing(
+    host: HostFacts, named: list[str]
+) -> None:
+    with pytest.raises(Unavailable, match="the firecracker backend cannot run here") as err:
+        backend_for("firecracker", host)
+    assert all(n in err.value.message for n in named) and "\n" not in err.value.message
+    assert '"qemu"' in (err.value.hint or "")
 
 
 @pytest.mark.parametrize("name", ["vmware", "", "QEMU", "qemu; rm -rf /"])

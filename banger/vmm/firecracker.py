@@ -1,0 +1,219 @@
+"""The Firecracker backend: one ``firecracker`` process per VM, configured over its API.
+
+Ready for KVM hosts, tested by contract only (docs/backends.md): the bodies
+are pure data (``vmm/firecracker_api.py``) checked against Firecracker's
+OpenAPI spec, and this class runs end to end against a fake API server in
+tests/support; no real Firecracker has run it.
+
+Detaching: Firecracker does not daemonize, so it is spawned in its own
+session with its output appended to ``vmm.log`` (``host/run.spawn_detached``),
+its working directory the VM's run dir (the drives' links live there, see
+``firecracker_api``), and the daemon writes its pidfile. Firecracker has no
+``--pidfile`` option: its API socket is named after the pidfile
+(``VMSpec.api_socket``, ``vmm.pid.sock``), so its argv carries the pidfile's
+path, which the root helper requires before it signals a VMM.
+
+Guest stop: ``SendCtrlAltDel`` (the guest reboots, ``reboot=k``, and
+Firecracker exits on a guest reboot), then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import ClassVar
+
+from banger.core.errors import BangerError, Conflict, HostToolError, SnapshotUnusable
+from banger.core.vmspec import Accel, VMSpec
+from banger.host import proc_identity as proc
+from banger.host.files import atomic_write_text, open_nofollow, reset_file
+from banger.host.privileged import HostOps, host_ops_for
+from banger.host.probes import find_tool
+from banger.host.run import kill_detached, run, spawn_detached
+from banger.vmm import firecracker_api as api
+from banger.vmm.base import Handle, StopOutcome, VmmProcess, adopt_vmm, log_tail
+from banger.vmm.firecracker_client import FirecrackerClient
+from banger.vmm.traits import TRAITS, BackendTraits
+
+log = logging.getLogger("banger.vmm.firecracker")
+
+FIRECRACKER_BINARY = "firecracker"
+FIRECRACKER_RELEASES = "https://github.com/firecracker-microvm/firecracker/releases"
+LAUNCH_TIMEOUT = 10.0  # until the API socket listens
+SAVE_TIMEOUT = 120.0
+LOAD_TIMEOUT = 60.0
+
+
+def firecracker_argv(spec: VMSpec, *, binary: str = FIRECRACKER_BINARY) -> list[str]:
+    """The command line of ``spec``'s Firecracker (pure); everything else goes over the API."""
+    return [binary, "--api-sock", os.fspath(spec.api_socket), "--id", spec.vm_id]
+
+
+def ownership_markers(spec: VMSpec) -> tuple[str, ...]:
+    """Argv fragments that prove a Firecracker is this VM's: its API socket and pidfile
+    (the socket's name contains the pidfile's path)."""
+    return (os.fspath(spec.api_socket), os.fspath(spec.pidfile))
+
+
+def _runtime_files(run_dir: Path, own: tuple[Path, ...]) -> tuple[Path, ...]:
+    """``own`` (API socket, pidfile) and the vsock socket and disk links in ``run_dir``."""
+    return (*own, *(run_dir / n for n in (api.AGENT_SOCKET, api.ROOT_LINK, api.WORK_LINK)))
+
+
+class FirecrackerBackend(VmmProcess):
+    """``vmm.Backend`` and ``SnapshotCapable`` for Firecracker (see the module docstring)."""
+
+    name: ClassVar[str] = "firecracker"
+    vmm_label: ClassVar[str] = "Firecracker"
+    traits: ClassVar[BackendTraits] = TRAITS["firecracker"]
+
+    def __init__(self, binary: str | None = None, *, launch_timeout: float = LAUNCH_TIMEOUT,
+                 host_ops: HostOps | None = None) -> None:
+        self._binary = binary
+        self.accel: Accel = "kvm"  # Firecracker has no other
+        self.launch_timeout = launch_timeout
+        self.host_ops = host_ops if host_ops is not None else host_ops_for()
+        self._version: str | None = None
+        self._clones: dict[str, VMSpec] = {}  # launched clones waiting for their state
+
+    @property
+    def binary(self) -> str:
+        if self._binary is None:
+            found = find_tool(FIRECRACKER_BINARY)
+            if found is None:
+                raise HostToolError("firecracker is not installed",
+                                    hint=f"install a release from {FIRECRACKER_RELEASES}")
+            self._binary = os.fspath(found)
+        return self._binary
+
+    def _client(self, handle: Handle, timeout: float | None = None) -> FirecrackerClient:
+        if timeout is None:
+            return FirecrackerClient(handle.control_socket)
+        return FirecrackerClient(handle.control_socket, timeout=timeout)
+
+    async def launch(self, spec: VMSpec) -> Handle:
+        """Start Firecracker and configure and start the guest (a clone waits for its state)."""
+        if self.adopt(spec.pidfile, spec) is not None:
+            raise Conflict(f"VM {spec.name} already has a running Firecracker",
+                           hint="stop or kill the VM first")
+        spec.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.cleanup(spec)
+        for path in (spec.console_log, spec.vmm_log):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            reset_file(path)  # ours and empty: Firecracker would follow a planted symlink
+        for link, target in api.disk_links(spec).items():
+            os.symlink(target, spec.run_dir / link)
+        handle = await self._spawn(spec)
+        try:
+            if spec.snapshot_role == "clone":
+                self._clones[spec.vm_id] = spec  # restore_state loads its state
+            else:
+                await self._client(handle).run(api.boot_calls(spec))
+        except BaseException as exc:
+            await self.shutdown(handle, graceful=False, timeout=0)
+            if isinstance(exc, HostToolError):
+                raise self._launch_error(spec, exc.message) from exc
+            raise
+        log.debug("launched VM %s: pid %d", spec.vm_id, handle.pid)
+        return handle
+
+    async def _spawn(self, spec: VMSpec) -> Handle:
+        """Start Firecracker, write its pidfile, and wait until its API socket listens."""
+        pid = spawn_detached(firecracker_argv(spec, binary=self.binary), log_path=spec.vmm_log,
+                             cwd=spec.run_dir)
+        atomic_write_text(spec.pidfile, f"{pid}\n")
+        started = proc.start_time(pid)
+
+        def alive() -> bool:
+            return started is not None and proc.is_running(pid, started, ())
+
+        listening = await FirecrackerClient(spec.api_socket).wait_listening(
+            alive, timeout=self.launch_timeout)
+        handle = self.adopt(spec.pidfile, spec) if listening else None
+        if handle is None:
+            kill_detached(pid)  # hung before its socket listened, or already gone
+            self.cleanup(spec)
+            raise self._launch_error(spec, "it exited or never listened on its API socket")
+        return handle
+
+    @staticmethod
+    def _launch_error(spec: VMSpec, what: str) -> HostToolError:
+        tail = log_tail(spec.vmm_log)
+        last = tail.splitlines()[-1] if tail else "no output"
+        return HostToolError(f"Firecracker failed to start VM {spec.name}: {what} ({last})",
+                             hint=f"full log: {spec.vmm_log}\n{tail}" if tail
+                             else f"see {spec.vmm_log}")
+
+    async def _ctrl_alt_del(self, handle: Handle) -> None:
+        await self._client(handle).call(api.action("SendCtrlAltDel"))
+
+    async def shutdown(self, handle: Handle, *, graceful: bool = True,
+                       timeout: float = 10.0) -> StopOutcome:
+        """Ctrl-Alt-Del (when ``graceful``) bounded by ``timeout``, then SIGKILL."""
+        self._clones.pop(handle.vm_id, None)
+        ask = functools.partial(self._ctrl_alt_del, handle) if graceful else None
+        return await self._stop(handle, ask, timeout)
+
+    def vmm_version(self) -> str:
+        """``firecracker --version``'s first line ("Firecracker v1.16.1"), asked once."""
+        if self._version is None:
+            out = run([self.binary, "--version"], timeout=10).stdout.decode("utf-8", "replace")
+            self._version = (out.splitlines() or ["unknown"])[0].strip()
+        return self._version
+
+    async def save_state(self, handle: Handle, dest: Path) -> int:
+        """Pause the guest; save its state to the new file ``dest`` and its RAM next to it.
+
+        The guest stays paused (the caller ends the VMM); both files are fsynced.
+        """
+        files = (dest, api.memory_file(dest))
+        for path in files:
+            if os.path.lexists(path):
+                raise Conflict(f"{path} exists: a snapshot is never written over another")
+        client = self._client(handle, SAVE_TIMEOUT)
+        await client.call(api.pause())
+        await client.call(api.snapshot_create(dest))
+        size = 0
+        for path in files:
+            fd = open_nofollow(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                size += os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+        return size
+
+    async def restore_state(self, handle: Handle, src: Path) -> None:
+        """Load ``src`` (and its RAM) into a Firecracker launched as a clone; it then runs."""
+        spec = self._clones.pop(handle.vm_id, None)
+        if spec is None:
+            raise SnapshotUnusable(f"VM {handle.vm_id} was not launched as a clone")
+        for path in (src, api.memory_file(src)):
+            if not path.is_file():
+                raise SnapshotUnusable(f"the saved state lacks {path.name}")
+        try:
+            await self._client(handle, LOAD_TIMEOUT).call(api.snapshot_load(spec, src))
+        except BangerError as exc:
+            raise SnapshotUnusable(f"Firecracker could not load the saved state: "
+                                   f"{exc.message}") from exc
+
+    async def announce_work_disk(self, handle: Handle, size: int) -> None:
+        """Make a restored guest re-read its work disk's size (Firecracker reads the file's)."""
+        await self._client(handle).call(api.grow_work_disk())
+
+    def adopt(self, pidfile: Path, spec: VMSpec) -> Handle | None:
+        """A handle on the Firecracker in ``pidfile`` if it runs and its argv names ``spec``'s."""
+        return adopt_vmm(self.name, pidfile, spec, ownership_markers(spec), spec.api_socket)
+
+    def cleanup(self, spec: VMSpec) -> None:
+        """Remove the runtime files unless a live Firecracker of this VM still owns them."""
+        if self.adopt(spec.pidfile, spec) is None:
+            for path in _runtime_files(spec.run_dir, (spec.api_socket, spec.pidfile)):
+                path.unlink(missing_ok=True)
+
+    def _remove_runtime_files(self, handle: Handle) -> None:
+        run_dir = handle.control_socket.parent
+        for path in _runtime_files(run_dir, (handle.control_socket, handle.pidfile)):
+            path.unlink(missing_ok=True)
