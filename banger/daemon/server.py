@@ -83,6 +83,7 @@ async def start_services(stack: contextlib.AsyncExitStack, daemon: Daemon) -> No
     await daemon.creator.snapshots.recover()  # before reconcile reaps its template's TAP
     await daemon.vms.reconcile()
     stack.push_async_callback(daemon.operations.cancel_all)
+    stack.push_async_callback(daemon.creator.keeper.aclose)  # background snapshot builds
     stack.push_async_callback(daemon.stats.close)  # guest reads for top
     tasks = await stack.enter_async_context(BackgroundTasks())
     ttl = daemon.settings.operation_ttl_seconds

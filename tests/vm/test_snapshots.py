@@ -121,3 +121,38 @@ def test_two_racing_warms_of_one_shape_save_once(vms: VMFactory) -> None:
     log = (vms.env.state_dir / "bangerd.log").read_text(errors="replace")
     assert log.count("snapshot made") == 1, log[-3000:]
     assert list((vms.env.state_dir / "snapshots").glob(".tmp-*")) == []
+
+
+def _template_nices(runs: Path) -> set[int]:
+    """The nice values of every thread of the running template VMMs."""
+    nices = set()
+    for pid in processes_naming(str(runs), program="qemu-system"):
+        for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+            try:
+                nices.add(int(stat.read_text().rsplit(")", 1)[1].split()[16]))
+            except (OSError, ValueError, IndexError):
+                pass
+    return nices
+
+
+def test_a_cold_create_leaves_a_snapshot_for_the_next_in_the_background(
+        vms: VMFactory) -> None:
+    vms.env.extra_env["BANGER_SNAPSHOT_ON_COLD_CREATE"] = "true"
+    first = vms.create("cold0", "--vcpu", "1", "--memory", "512")
+    assert str(first["started_from"]).startswith("cold (no snapshot of this shape"), first
+    runs, snaps = vms.env.runtime_dir / "snap", vms.env.state_dir / "snapshots"
+    seen: list[set[int]] = []
+
+    def made() -> bool:
+        nices = _template_nices(runs)
+        if nices:
+            seen.append(nices)
+        return any(snaps.glob("[0-9a-f]*/meta.json"))
+
+    assert poll_until(made, timeout=120, interval=0.05), vms.dump_logs()[-3000:]
+    # reniced right after its launch: from then on every thread at the lowest priority
+    assert seen and seen[-1] == {19}, seen
+    assert "ready" in vms.ok("image", "list")
+    second = vms.create("warm0", "--vcpu", "1", "--memory", "512")
+    assert str(second["started_from"]).startswith("snapshot "), second
+    assert vms.ssh("warm0", "hostname").stdout.strip() == "warm0"
