@@ -37,6 +37,7 @@ class SnapshotKeeper:
         self._creates = 0
         self._pending: set[str] = set()  # key ids a background build is queued or running for
         self._sweep_queued = False
+        self._closed = False  # after aclose nothing new starts
         snapshots.rt.on_running_change(self.vm_changed)
 
     def counting(self, work: Work) -> Work:
@@ -59,7 +60,7 @@ class SnapshotKeeper:
     def after_cold_create(self, image: ImageRecord, vcpu: int, memory_mib: int) -> None:
         """A VM of this shape booted cold: make its snapshot in the background if it could
         have one and none exists (nothing when ``snapshot_on_cold_create`` is off)."""
-        if self.on_cold_create and self.snapshots.why_not(image) is None:
+        if self.on_cold_create and not self._closed and self.snapshots.why_not(image) is None:
             self._tasks.spawn(self._make(image, vcpu, memory_mib),
                               name=f"snapshot of {image.name} {vcpu} vCPU {memory_mib} MiB")
 
@@ -87,7 +88,7 @@ class SnapshotKeeper:
 
     def vm_changed(self) -> None:
         """A VM started, stopped or went: sweep stale snapshots no VM is backed by now."""
-        if not self._sweep_queued:
+        if not self._sweep_queued and not self._closed:
             self._sweep_queued = True
             self._tasks.spawn(self._sweep(), name="sweep stale snapshots")
 
@@ -101,5 +102,7 @@ class SnapshotKeeper:
         return bool(self._tasks.running)
 
     async def aclose(self) -> None:
-        """Daemon shutdown: cancel what runs (a build removes its ``.tmp-*`` and template)."""
+        """Daemon shutdown: cancel what runs (a build removes its ``.tmp-*`` and template);
+        nothing starts afterwards."""
+        self._closed = True
         await self._tasks.aclose()
