@@ -2,9 +2,10 @@
 
 - After a cold ``vm create`` of a shape that could have a snapshot and has
   none, the snapshot is made in the background (``snapshot_on_cold_create``):
-  once no create is in flight, one build per key (``Snapshots.warm``'s lock),
-  the template's VMM at the lowest CPU priority. A failure is logged; the
-  daemon's shutdown cancels a build (its ``.tmp-*`` and template go with it).
+  once no create is in flight (or after 30 s of them), one build per key
+  (``Snapshots.warm``'s lock), the template's VMM at the lowest CPU priority.
+  A failure is logged; the daemon's shutdown cancels a build (its ``.tmp-*``
+  and template go with it).
 - Whenever a VM starts, stops or is deleted, stale snapshots no VM's root is
   backed by any more are removed (in a worker thread, one sweep at a time).
 """
@@ -27,6 +28,7 @@ from banger.store.records import ImageRecord
 log = structlog.get_logger("banger.daemon.snapshot_keeper")
 
 QUIET_POLL = 0.25  # seconds between looks for "no create in flight"
+QUIET_MAX_WAIT = 30.0  # then it starts anyway (at nice 19): a stream of creates never ends
 
 
 class SnapshotKeeper:
@@ -76,8 +78,7 @@ class SnapshotKeeper:
             return
         self._pending.add(key.id)
         try:
-            while self._creates:  # the creates' guests boot first; ours waits for a lull
-                await asyncio.sleep(QUIET_POLL)
+            await self._lull()
             snap_id = await snaps.warm(image, vcpu, memory_mib, background=True)
             log.info("snapshot made in the background", snapshot=snap_id, image=image.name)
         except BangerError as exc:
@@ -85,6 +86,13 @@ class SnapshotKeeper:
                         memory_mib=memory_mib, error=exc.message, hint=exc.hint)
         finally:
             self._pending.discard(key.id)
+
+    async def _lull(self) -> None:
+        """Until no create is in flight (their guests boot first), at most ``QUIET_MAX_WAIT``."""
+        waited = 0.0
+        while self._creates and waited < QUIET_MAX_WAIT:
+            await asyncio.sleep(QUIET_POLL)
+            waited += QUIET_POLL
 
     def vm_changed(self) -> None:
         """A VM started, stopped or went: sweep stale snapshots no VM is backed by now."""

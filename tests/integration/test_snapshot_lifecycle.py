@@ -18,6 +18,7 @@ import structlog
 
 from banger.api.models import Operation, OperationState, VMCreateRequest
 from banger.core.errors import HostToolError
+from banger.daemon import snapshot_keeper
 from banger.daemon.artifact_routes import snapshot_info
 from banger.store import ImageRecord, KernelRecord
 from banger.vmm.qemu import QemuBackend
@@ -108,6 +109,31 @@ def test_the_build_waits_until_no_create_is_in_flight(lean: Lean) -> None:
 
     vms.drive(scenario)
     assert len(backend.named("save_state")) == 1
+
+
+def test_a_stream_of_creates_does_not_hold_the_build_off_forever(
+        lean: Lean, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(snapshot_keeper, "QUIET_MAX_WAIT", 0.5)
+    vms, backend, image = lean
+    keeper = vms.creator.keeper
+
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def endless_create(_ctx: object) -> None:
+            await release.wait()
+
+        op = vms.registry.begin("vm.create", keeper.counting(endless_create))
+        keeper.after_cold_create(image, 1, 128)
+        async with asyncio.timeout(10):  # made while the create is still in flight
+            while not backend.named("save_state"):
+                await asyncio.sleep(0.01)
+        release.set()
+        await vms.registry.join(op.id)
+        await _settle(vms)
+
+    vms.drive(scenario)
+    assert len(_snapshot_dirs(vms)) == 1
 
 
 def test_the_switch_off_makes_no_snapshot(tmp_path: Path) -> None:
