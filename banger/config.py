@@ -90,6 +90,18 @@ def _duration_or_off(value: Any) -> float | None:
         raise ValueError(f"{exc}; or off") from None
 
 
+def _boolean(value: Any) -> bool:
+    """``true``/``false`` in the file; the environment's ``true``/``1``/``yes``/``on`` or
+    ``false``/``0``/``no``/``off``."""
+    if isinstance(value, bool):
+        return value
+    words = {"true": True, "1": True, "yes": True, "on": True,
+             "false": False, "0": False, "no": False, "off": False}
+    if isinstance(value, str) and value.strip().lower() in words:
+        return words[value.strip().lower()]
+    raise ValueError("must be true or false")
+
+
 def _choice(*allowed: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in allowed:
@@ -222,6 +234,10 @@ class Settings:
     auto_stop_stale_after: float | None = _key(
         _duration_or_off, lambda: None,
         "Stop a running VM unused this long (no SSH or banger session, no CLI use); off.",
+    )
+    snapshot_on_cold_create: bool = _key(
+        _boolean, lambda: True,
+        "After a cold `vm create` of a shape with no warm snapshot, make one in the background.",
     )
     file_sync: tuple[FileSyncEntry, ...] = _key(
         _file_sync, tuple, "Files copied from your home into the guest's /root at every start.",

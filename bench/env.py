@@ -87,6 +87,9 @@ class BenchEnv:
             BANGER_CONFIG=str(self.root / "config.toml"),
             BANGER_BRIDGE_NAME=self.bridge,
             BANGER_BRIDGE_CIDR=self.bridge_cidr,
+            # cold figures must not share the CPUs with a background template boot;
+            # section 7 makes its snapshot with `image warm`
+            BANGER_SNAPSHOT_ON_COLD_CREATE="false",
             NO_COLOR="1",
         )
         return env

@@ -189,10 +189,34 @@ def vmm_memory(env: BenchEnv) -> dict[int, tuple[int, int]]:
     return out
 
 
-def _peak_memory(env: BenchEnv, peaks: dict[int, tuple[int, int]]) -> None:
-    for pid, (rss, pss) in vmm_memory(env).items():
+def mem_available_kib() -> int:
+    """The host's ``MemAvailable`` (KiB): what it could still give without swapping."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1])
+    raise RuntimeError("/proc/meminfo has no MemAvailable")
+
+
+def _peak_memory(env: BenchEnv, peaks: dict[int, tuple[int, int]]) -> int:
+    """Fold the VMMs' memory into ``peaks``; return how many VMMs run now."""
+    now = vmm_memory(env)
+    for pid, (rss, pss) in now.items():
         old = peaks.get(pid, (0, 0))
         peaks[pid] = (max(old[0], rss), max(old[1], pss))
+    return len(now)
+
+
+def _memory_doc(peaks: dict[int, tuple[int, int]], most: int, available: list[int]
+                ) -> dict[str, Any]:
+    """Per VMM peaks, and the host's MemAvailable drop (start to lowest) per VM up at once."""
+    drop_mib = max(0, available[0] - min(available)) / 1024
+    return {
+        "vmm_peak_rss_mib": summary([rss / 1024 for rss, _ in peaks.values()], digits=1),
+        "vmm_peak_pss_mib": summary([pss / 1024 for _, pss in peaks.values()], digits=1),
+        "most_vmms_at_once": most,
+        "mem_available_drop_mib": round(drop_mib, 1),
+        "mem_available_drop_per_vm_mib": round(drop_mib / most, 1) if most else None,
+    }
 
 
 def concurrent_runs(env: BenchEnv, n: int, progress: Progress,
@@ -200,9 +224,11 @@ def concurrent_runs(env: BenchEnv, n: int, progress: Progress,
     """``n`` ``vm run --rm -- true`` started together; all must succeed.
 
     Every VMM's resident (RSS) and proportional (PSS) memory is sampled from
-    /proc while they run; each VMM's peak is reported.
+    /proc while they run; each VMM's peak is reported, and how far the host's
+    MemAvailable fell below its value at the start, per VM up at the time.
     """
     logs = [env.root / f"concurrent-{i}.log" for i in range(n)]
+    available, most = [mem_available_kib()], 0
     started = time.perf_counter()
     procs = [
         env.cli_popen("vm", "run", "--rm", "--name", f"{prefix}{i}", "--", "true", output=log)
@@ -217,7 +243,8 @@ def concurrent_runs(env: BenchEnv, n: int, progress: Progress,
                     done[i] = time.perf_counter() - started
             if time.perf_counter() - started > CONCURRENT_TIMEOUT_S:
                 raise TimeoutError(f"concurrent vm runs still going after {CONCURRENT_TIMEOUT_S}s")
-            _peak_memory(env, peaks)
+            most = max(most, _peak_memory(env, peaks))
+            available.append(mem_available_kib())
             time.sleep(0.02)
     finally:
         for proc in procs:
@@ -237,8 +264,7 @@ def concurrent_runs(env: BenchEnv, n: int, progress: Progress,
         "failures": failures,
         "wall_s": round(total, 3),
         "each_s": summary([done[i] for i in range(n)]),
-        "vmm_peak_rss_mib": summary([rss / 1024 for rss, _ in peaks.values()], digits=1),
-        "vmm_peak_pss_mib": summary([pss / 1024 for _, pss in peaks.values()], digits=1),
+        **_memory_doc(peaks, most, available),
         "load": load(),
     }
 

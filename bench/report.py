@@ -334,6 +334,10 @@ def _snapshot_rows(doc: dict[str, Any]) -> list[Row]:
             ("", f"  peak RSS / PSS per VMM p50 ({rss['n']} VMMs)",
              f"{rss['p50']:.0f} / {pss['p50']:.0f} MiB", "", ""),
         ]
+        if cc.get("mem_available_drop_per_vm_mib") is not None:
+            rows.append(("", f"  host MemAvailable drop per VM ({cc['most_vmms_at_once']} up "
+                         f"at once, {cc['mem_available_drop_mib']:.0f} MiB in all)",
+                         f"{cc['mem_available_drop_per_vm_mib']:.0f} MiB", "", ""))
     return rows
 
 

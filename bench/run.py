@@ -33,6 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=5, help="creates, vm runs and floor boots (5)")
     p.add_argument("--concurrent", type=int, default=4, help="concurrent vm runs (4)")
+    p.add_argument("--snap-concurrent", type=int, default=8,
+                   help="concurrent vm runs from one warm snapshot, section 7 (8)")
     p.add_argument("--list-calls", type=int, default=20, help="vm list / --version calls (20)")
     p.add_argument("--json-out", type=Path, help="also write the JSON document here")
     p.add_argument("--only", choices=["cli", "workspace", "snapshot"],
@@ -118,7 +120,7 @@ def measure_snapshot(env: BenchEnv, args: argparse.Namespace, doc: dict[str, Any
         doc["setup_s"] = env.setup(*_artifacts(), progress)
     progress(f"7/7 warm snapshots: image warm, then {args.runs} runs of each figure")
     doc["snapshot"] = {}
-    snapshot.snapshots(env, args.runs, args.concurrent, progress, doc["snapshot"])
+    snapshot.snapshots(env, args.runs, args.snap_concurrent, progress, doc["snapshot"])
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -134,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "runs": args.runs,
             "concurrent": args.concurrent,
+            "snap_concurrent": args.snap_concurrent,
             "list_calls": args.list_calls,
             "only": args.only,
         },

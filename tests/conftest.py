@@ -48,6 +48,8 @@ class BangerEnv:
             BANGER_CACHE_DIR=str(self.cache_dir),
             BANGER_CONFIG=str(self.config_file),
             BANGER_DNS_LISTEN="127.0.0.1:0",  # any free port: never the host's 42069
+            # no template boots behind a test's back; a test that wants them sets it
+            BANGER_SNAPSHOT_ON_COLD_CREATE="false",
             NO_COLOR="1",
         )
         env.update(self.extra_env)

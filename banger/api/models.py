@@ -163,6 +163,7 @@ class SnapshotInfo(WireModel):
     state_bytes: int
     save_seconds: float | None = None
     current: bool  # its key still matches the image, kernel and VMM
+    stale: str | None = None  # why it is not current (image deleted, kernel or VMM changed)
 
 
 class SnapshotList(WireModel):

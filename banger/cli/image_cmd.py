@@ -146,9 +146,9 @@ def image_list(ctx: CliContext, as_json: bool, quiet: bool) -> None:
         snaps = ctx.client().get_model("/snapshots", SnapshotList).snapshots
         if snaps:
             click.echo("\nwarm snapshots:")
-            print_table(["ID", "IMAGE", "VCPU", "MEMORY", "STATE", "CURRENT"],
+            print_table(["ID", "IMAGE", "VCPU", "MEMORY", "SAVED", "STATE"],
                         [[s.id, s.image_name or "", s.vcpu, f"{s.memory_mib} MiB",
-                          format_size(s.state_bytes), "yes" if s.current else "stale"]
+                          format_size(s.state_bytes), f"stale: {s.stale}" if s.stale else "ready"]
                          for s in snaps])
 
 

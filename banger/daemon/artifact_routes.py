@@ -135,7 +135,8 @@ def snapshot_info(meta: dict[str, Any]) -> SnapshotInfo:
     key = meta["key"]
     return SnapshotInfo(id=meta["id"], image_name=meta.get("image_name"), vcpu=key["vcpu"],
                         memory_mib=key["memory_mib"], state_bytes=meta.get("state_bytes", 0),
-                        save_seconds=meta.get("save_seconds"), current=meta["current"])
+                        save_seconds=meta.get("save_seconds"), current=meta["stale"] is None,
+                        stale=meta["stale"])
 
 
 @router.get("/images/{ref}", response_model=ImageInfo)

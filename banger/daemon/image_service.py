@@ -50,6 +50,11 @@ class ImageService:
         self.kernels = kernels
         self.images_dir = images_dir
         self.cache_dir = cache_dir
+        self._on_delete: list[Callable[[str], object]] = []
+
+    def on_delete(self, listener: Callable[[str], object]) -> None:
+        """Call ``listener(image_id)`` (in a worker thread) after an image is deleted."""
+        self._on_delete.append(listener)
 
     def _ensure_name_free(self, name: str) -> None:
         validate_new_name(name, "image")
@@ -128,6 +133,8 @@ class ImageService:
         """Forget the image, then remove its files in a worker thread (never on the loop)."""
         record = self.store.images.delete(ref)  # refuses while a VM uses it
         await asyncio.to_thread(remove_tree, record.path)
+        for listener in self._on_delete:  # e.g. its warm snapshots go too
+            await asyncio.to_thread(listener, record.id)
         return record
 
     async def prune_cache(self, *, dry_run: bool) -> tuple[int, int]:

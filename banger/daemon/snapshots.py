@@ -37,6 +37,7 @@ from banger.daemon.vm_runtime import VMRuntime
 from banger.host import disks, ssh
 from banger.host.files import atomic_write_text, open_nofollow, remove_tree
 from banger.host.net import allocate_mac
+from banger.host.proc import lower_priority
 from banger.images.guest_bits import LEAN_INIT
 from banger.images.manifest import ROOTFS_NAME, WORK_SEED_NAME
 from banger.kernels.manifest import INITRD
@@ -67,6 +68,17 @@ class SnapshotKey:
     def id(self) -> str:
         text = json.dumps(asdict(self), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _changed(name: str, old: object, new: object) -> str:
+    """One line of why a key no longer matches: the field that changed."""
+    if name == "vmm_version":
+        return f"the VMM changed ({old} -> {new})"
+    if name == "kernel":
+        return "its kernel changed (re-imported, replaced or another default)"
+    if name == "format":
+        return "made by an older banger"
+    return f"{name.replace('_', ' ')} changed ({old} -> {new})"
 
 
 def _file_stamp(path: Path) -> str:
@@ -111,8 +123,11 @@ class Snapshots:
         assert backend is not None
         boot = boot_kernel(kernel, self.rt.backend.traits)
         stamps = ",".join(_file_stamp(p) for p in (boot, kernel.path / INITRD))
+        # the record's creation time too: a kernel deleted and imported again under its
+        # name is another kernel, even when its files' sizes and times are the same
+        made = kernel.created_at.isoformat() if kernel.created_at else "?"
         return SnapshotKey(
-            image_id=image.id, kernel=f"{kernel.name}/{stamps}", vcpu=vcpu,
+            image_id=image.id, kernel=f"{kernel.name}@{made}/{stamps}", vcpu=vcpu,
             memory_mib=memory_mib, backend=self.rt.backend.name, accel=self.rt.backend.accel,
             vmm_version=backend.vmm_version(), net_mode=str(self.rt.network.mode),
         )
@@ -144,44 +159,80 @@ class Snapshots:
         return any(vm.snapshot_id == snap_id for vm in self.rt.store.vms.list())
 
     def all(self) -> list[dict[str, Any]]:
-        """Every complete snapshot's meta, with its id and whether its key is current."""
+        """Every complete snapshot's meta, with its id and why it is stale (None: ready)."""
         out = []
         for d in sorted(self.root.glob("[0-9a-f]*")) if self.root.is_dir() else []:
             with contextlib.suppress(OSError, ValueError):
                 meta = json.loads((d / META).read_text())
-                out.append({"id": d.name, **meta, "current": self._is_current(meta)})
+                out.append({"id": d.name, **meta, "stale": self.stale_why(meta)})
         return out
 
-    def _is_current(self, meta: dict[str, object]) -> bool:
+    def stale_why(self, meta: dict[str, object]) -> str | None:
+        """Why the snapshot ``meta`` describes can no longer be restored, or None."""
         key = meta.get("key")
         if not isinstance(key, dict):
-            return False
+            return "its meta.json has no key"
         image = self.rt.store.images.find_key(str(key.get("image_id")))
-        if image is None or self.why_not(image) is not None:
-            return False
+        if image is None:
+            return "its image was deleted"
+        why = self.why_not(image)
+        if why is not None:
+            return why
         try:
             kernel = self.rt.kernel(image)
-            current = self.key(image, kernel, int(key["vcpu"]), int(key["memory_mib"]))
-        except (BangerError, KeyError, TypeError, ValueError):
-            return False
-        return asdict(current) == key
+            current = asdict(self.key(image, kernel, int(key["vcpu"]), int(key["memory_mib"])))
+        except BangerError as exc:
+            return f"its kernel is gone: {exc.message}"
+        except (KeyError, TypeError, ValueError):
+            return "its key is malformed"
+        changed = [name for name, value in current.items() if key.get(name) != value]
+        return "; ".join(_changed(name, key.get(name), current[name]) for name in changed) or None
 
-    def prune(self) -> list[str]:
-        """Remove stale snapshots (image gone, kernel or VMM changed) no VM is backed by,
-        and builds a killed daemon left behind; return the names removed."""
-        removed = []
-        for d in list(self.root.iterdir()) if self.root.is_dir() else []:
+    def _stale_dirs(self) -> list[Path]:
+        """Snapshot dirs that are stale (or lost their state) and no VM is backed by, and
+        ``.tmp-*`` dirs of builds not running now (a killed daemon's).
+
+        A build holds its id's lock from before its ``.tmp-*`` exists until it is renamed
+        or removed, so a listed one whose lock is free is left over (this may run in a
+        worker thread: a lock's state is only read)."""
+        found = []
+        for d in sorted(self.root.iterdir()) if self.root.is_dir() else []:
             if d.name.startswith(".tmp-"):
-                remove_tree(d)
-                removed.append(d.name)
+                lock = self._locks.get(d.name.split("-")[1])
+                if lock is None or not lock.locked():
+                    found.append(d)
                 continue
             try:
                 meta = json.loads((d / META).read_text())
             except (OSError, ValueError):
                 meta = {}
-            if not self._is_current(meta) and not self._in_use(d.name):
-                remove_tree(d)
-                removed.append(d.name)
+            if self.stale_why(meta) is not None and not self._in_use(d.name):
+                found.append(d)
+        return found
+
+    def prune(self) -> list[str]:
+        """Remove stale snapshots (image gone, kernel or VMM changed) no VM is backed by,
+        and unfinished builds a killed daemon left; return the names removed."""
+        removed = []
+        for d in self._stale_dirs():
+            remove_tree(d)
+            removed.append(d.name)
+        if removed:
+            log.info("stale snapshots removed", what=removed)
+        return removed
+
+    def forget_image(self, image_id: str) -> list[str]:
+        """``image delete``: remove that image's snapshots no VM is backed by (the others
+        stay, stale, until their last clone goes); return their ids."""
+        removed = []
+        for meta in self.all():
+            key = meta.get("key")
+            if isinstance(key, dict) and key.get("image_id") == image_id \
+                    and not self._in_use(meta["id"]):
+                remove_tree(self.dir(meta["id"]))
+                removed.append(meta["id"])
+        if removed:
+            log.info("snapshots of a deleted image removed", image=image_id, snapshots=removed)
         return removed
 
     async def recover(self) -> list[str]:
@@ -221,8 +272,10 @@ class Snapshots:
         except BangerError:
             return None
 
-    async def warm(self, image: ImageRecord, vcpu: int, memory_mib: int) -> str:
-        """The snapshot for this shape, made now if there is none; return its id."""
+    async def warm(self, image: ImageRecord, vcpu: int, memory_mib: int, *,
+                   background: bool = False) -> str:
+        """The snapshot for this shape, made now if there is none; return its id.
+        ``background``: the template's VMM runs at the lowest CPU priority."""
         why = self.why_not(image)
         if why is not None:
             raise Unavailable(f"no snapshot for image '{image.name}': {why}",
@@ -231,19 +284,23 @@ class Snapshots:
         key = await asyncio.to_thread(self.key, image, kernel, vcpu, memory_mib)
         async with self._locks[key.id]:  # a racing create waits, then finds it made
             if self.find(key) is None:
-                await self._build(key, image, kernel)
+                await self._build(key, image, kernel, background)
         return key.id
 
-    async def _build(self, key: SnapshotKey, image: ImageRecord, kernel: KernelRecord) -> None:
+    async def _build(self, key: SnapshotKey, image: ImageRecord, kernel: KernelRecord,
+                     background: bool) -> None:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.root / f".tmp-{key.id}-{secrets.token_hex(4)}"
         tmp.mkdir(mode=0o700)
         try:
             started = time.monotonic()
-            size = await self._save_template(key, image, kernel, tmp)
+            size = await self._save_template(key, image, kernel, tmp, background)
             meta = {"key": asdict(key), "image_name": image.name, "state_bytes": size,
                     "created": time.time(), "save_seconds": round(time.monotonic() - started, 2)}
             atomic_write_text(tmp / META, json.dumps(meta, indent=2))
+            if self.rt.store.images.find_key(image.id) is None:
+                raise Conflict(f"image '{image.name}' was deleted while its snapshot was made",
+                               hint="nothing to do: the snapshot is dropped")
             final = self.dir(key.id)
             if final.exists():  # an invalid one no clone needs any more (find said so)
                 if self._in_use(key.id):
@@ -257,7 +314,7 @@ class Snapshots:
             raise
 
     async def _save_template(self, key: SnapshotKey, image: ImageRecord, kernel: KernelRecord,
-                             tmp: Path) -> int:
+                             tmp: Path, background: bool) -> int:
         """Boot the template, wait for its agent, quiesce it, save it; its disks stay in ``tmp``."""
         rt, backend = self.rt, self._backend()
         assert backend is not None
@@ -273,6 +330,8 @@ class Snapshots:
         try:
             handle = await rt.backend.launch(spec)
             try:
+                if background and not lower_priority(handle.pid):
+                    log.info("could not lower the template VMM's priority", pid=handle.pid)
                 channel = await Channel.open(spec.agent_socket)
                 try:
                     await self._ask(channel, "ping", "pong", rt.settings.ssh_ready_timeout)

@@ -29,6 +29,7 @@ from banger.core.validate import (
 from banger.core.vmspec import DiskFormat
 from banger.daemon.image_service import ImageService
 from banger.daemon.operations import OperationContext, Work
+from banger.daemon.snapshot_keeper import SnapshotKeeper
 from banger.daemon.snapshots import ROOT as SNAPSHOT_ROOT
 from banger.daemon.snapshots import Snapshots
 from banger.daemon.vm_layout import VMFiles
@@ -76,6 +77,9 @@ class VMCreator:
         self.store = vms.rt.store
         self.settings = vms.rt.settings
         self.snapshots = Snapshots(vms.rt)
+        self.keeper = SnapshotKeeper(self.snapshots,
+                                     on_cold_create=vms.rt.settings.snapshot_on_cold_create)
+        images.on_delete(self.snapshots.forget_image)
 
     def plan(self, req: VMCreateRequest) -> CreatePlan:
         """Validate the request against the store and the host; nothing is created."""
@@ -162,9 +166,11 @@ class VMCreator:
                         vm, VMState.CREATED, reason="created without booting (--no-start)"
                     )
                 undo.pop_all()
+            if plan.start and not plan.cold and (vm.started_from or "").startswith("cold"):
+                self.keeper.after_cold_create(image, plan.vcpu, plan.memory_mib)
             return self.rt.info(vm)
 
-        return plan, work
+        return plan, self.keeper.counting(work)
 
     def _pick_snapshot(self, plan: CreatePlan, image: ImageRecord) -> tuple[Path | None, str]:
         """The warm snapshot this VM starts from, or None and why it boots cold."""

@@ -100,3 +100,22 @@ def send_signal(pid: int, sig: signal.Signals) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+LOWEST_PRIORITY = 19
+
+
+def lower_priority(pid: int) -> bool:
+    """Every thread of ``pid`` to nice 19 (Linux sets a nice value per thread, and a VMM's
+    vCPU threads exist already); False when a thread could not be changed (not ours)."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    ok = True
+    for tid in threads:
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(tid), LOWEST_PRIORITY)
+        except (OSError, ValueError):
+            ok = False
+    return ok

@@ -170,7 +170,7 @@ class QemuBackend(VmmProcess):
         self.accel = accel
         self.launch_timeout = launch_timeout
         self.host_ops = host_ops if host_ops is not None else host_ops_for()
-        self._version: str | None = None
+        self._version: tuple[tuple[int, ...] | None, str] | None = None
 
     @property
     def binary(self) -> str:
@@ -228,11 +228,17 @@ class QemuBackend(VmmProcess):
                                 if graceful else None, timeout)
 
     def vmm_version(self) -> str:
-        """``qemu-system-x86_64 --version``'s first line, asked once."""
-        if self._version is None:
+        """``qemu-system-x86_64 --version``'s first line, asked again whenever the binary's
+        file changed (an upgrade under a running daemon makes every snapshot stale at once)."""
+        try:
+            st = os.stat(self.binary)
+            stamp: tuple[int, ...] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = None  # run() below says what is wrong
+        if self._version is None or stamp is None or self._version[0] != stamp:
             out = run([self.binary, "--version"], timeout=10).stdout.decode("utf-8", "replace")
-            self._version = (out.splitlines() or ["unknown"])[0].strip()
-        return self._version
+            self._version = (stamp, (out.splitlines() or ["unknown"])[0].strip())
+        return self._version[1]
 
     async def save_state(self, handle: Handle, dest: Path) -> int:
         """Pause the guest and save its device state and RAM to the new file ``dest``."""

@@ -18,32 +18,20 @@ from typing import Any
 import pytest
 
 from banger.api.models import Operation, OperationState, VMCreateRequest
-from banger.core.manifests import ImageManifest
 from banger.core.vmspec import UserNet
 from banger.daemon import vm_restore
 from banger.daemon.snapshots import Snapshots
-from banger.images.manifest import ROOTFS_NAME
 from banger.store import ImageRecord
-from tests.support.fake_snapshot import SnapshotFakeBackend
-from tests.support.fake_vms import FakeVMs, fake_vms
-
-LEAN_ID = "img00000lean"
+from tests.support.fake_snapshot import SnapshotFakeBackend, lean_vms
+from tests.support.fake_vms import FakeVMs
 
 
 @pytest.fixture
 def snap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
          ) -> Iterator[tuple[FakeVMs, SnapshotFakeBackend, ImageRecord]]:
     monkeypatch.setattr(vm_restore, "IDENTITY_TIMEOUT", 1.0)
-    backend = SnapshotFakeBackend()
-    with fake_vms(tmp_path, fake=backend) as vms:
-        image_dir = vms.settings.paths.images / LEAN_ID
-        image_dir.mkdir(parents=True)
-        with open(image_dir / ROOTFS_NAME, "wb") as rootfs:
-            rootfs.truncate(1 << 20)
-        manifest = ImageManifest(id=LEAN_ID, name="lean", source="test", kernel_name="k")
-        image = vms.store.images.add(ImageRecord(LEAN_ID, "lean", "test", image_dir,
-                                                 kernel_name="k", manifest=manifest))
-        yield vms, backend, image
+    with lean_vms(tmp_path, snapshot_on_cold_create=False) as made:
+        yield made
 
 
 async def _create(vms: FakeVMs, name: str) -> Operation:

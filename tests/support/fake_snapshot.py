@@ -11,13 +11,19 @@ request and never answers, like a guest hung in the middle of applying it).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from banger.core.errors import SnapshotUnusable
+from banger.core.errors import BangerError, SnapshotUnusable
+from banger.core.manifests import ImageManifest
 from banger.core.vmspec import VMSpec
+from banger.images.manifest import ROOTFS_NAME
+from banger.store import ImageRecord
 from banger.vmm.base import Handle, SnapshotCapable, StopOutcome
 from tests.support.fake_backend import FakeBackend
+from tests.support.fake_vms import FakeVMs, fake_vms
 
 STATE_BYTES = b"fake guest state\n"
 AgentMode = Literal["ok", "error", "silent"]
@@ -30,10 +36,12 @@ class SnapshotFakeBackend(FakeBackend):
         super().__init__(**kwargs)
         self.agent: AgentMode = "ok"
         self.save_delay = 0.0  # seconds a save takes (a race needs it to take a while)
+        self.save_error: BangerError | None = None  # what the next saves raise
+        self.version = "fake-vmm 1.0"
         self._agents: dict[str, asyncio.Server] = {}
 
     def vmm_version(self) -> str:
-        return "fake-vmm 1.0"
+        return self.version
 
     async def launch(self, spec: VMSpec) -> Handle:
         handle = await super().launch(spec)
@@ -54,6 +62,8 @@ class SnapshotFakeBackend(FakeBackend):
     async def save_state(self, handle: Handle, dest: Path) -> int:
         self._record("save_state", handle.vm_id)
         await asyncio.sleep(self.save_delay)
+        if self.save_error is not None:
+            raise self.save_error
         dest.write_bytes(STATE_BYTES)
         return len(STATE_BYTES)
 
@@ -84,3 +94,23 @@ class SnapshotFakeBackend(FakeBackend):
 
 
 _CONFORMS: SnapshotCapable = SnapshotFakeBackend()
+
+LEAN_ID = "img00000lean"
+
+
+@contextmanager
+def lean_vms(tmp_path: Path, *, kernel_name: str | None = "k", **settings: Any
+             ) -> Iterator[tuple[FakeVMs, SnapshotFakeBackend, ImageRecord]]:
+    """``fake_vms`` on a ``SnapshotFakeBackend`` with image ``lean`` (lean init: it can have
+    snapshots) booting kernel ``kernel_name`` (None: the default kernel, ``k``)."""
+    backend = SnapshotFakeBackend()
+    with fake_vms(tmp_path, fake=backend, **settings) as vms:
+        image_dir = vms.settings.paths.images / LEAN_ID
+        image_dir.mkdir(parents=True)
+        with open(image_dir / ROOTFS_NAME, "wb") as rootfs:
+            rootfs.truncate(1 << 20)
+        manifest = ImageManifest(id=LEAN_ID, name="lean", source="test", kernel_name="k")
+        image = vms.store.images.add(ImageRecord(LEAN_ID, "lean", "test", image_dir,
+                                                 kernel_name=kernel_name, manifest=manifest))
+        vms.store.kernels.set_default("k")
+        yield vms, backend, image

@@ -93,6 +93,7 @@ class FakeVMs:
         """Stop every service's watchers (as the daemon's shutdown does) and the loop."""
 
         async def close_all() -> None:
+            await self.creator.keeper.aclose()
             for service in self._services:
                 await service.watcher.close()
 

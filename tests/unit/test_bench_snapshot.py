@@ -25,7 +25,9 @@ def _doc(run_p50: float, create_p50: float, restored: int | None) -> dict[str, A
                    "stage_restore_s": s([0.7]), "stage_ssh_s": s([1.0])},
         "concurrent": {"n": 4, "succeeded": 4, "failures": [], "wall_s": 6.3,
                        "each_s": s([5.8, 6.3]), "vmm_peak_rss_mib": s([229.0] * 4, digits=1),
-                       "vmm_peak_pss_mib": s([220.0] * 4, digits=1), "restored": restored},
+                       "vmm_peak_pss_mib": s([220.0] * 4, digits=1), "restored": restored,
+                       "most_vmms_at_once": 4, "mem_available_drop_mib": 1000.0,
+                       "mem_available_drop_per_vm_mib": 250.0},
     }
     return {"date": "d", "settings": {"runs": 1}, "load_start": [0], "snapshot": snap,
             "machine": {"nproc": 2, "cpu": "c", "accel": "tcg", "kvm_status": "k"}}
@@ -46,6 +48,7 @@ def test_the_table_shows_each_snapshot_figure(tmp_path: Path) -> None:
     doc["verdicts"] = verdicts(doc)
     text = table(doc)
     for fragment in ("7 warm snapshots", "91 MB", "1.78 s", "<= 1.0 s", "2.12 s", "<= 0.8 s",
-                     "2.5x", "229 / 220 MiB", "PASS"):
+                     "2.5x", "229 / 220 MiB", "PASS", "MemAvailable drop per VM (4 up at once, "
+                     "1000 MiB in all)", "250 MiB"):
         assert fragment in text, text
     (tmp_path / "doc.json").write_text(json.dumps(doc))  # the document stays JSON-serialisable

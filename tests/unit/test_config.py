@@ -157,3 +157,21 @@ def test_the_backend_key_takes_auto_and_exactly_the_backends_the_factory_builds(
     with pytest.raises(InvalidInput) as err:
         load_settings()
     assert "key 'backend'" in err.value.message and "'firecracker'" in err.value.message
+
+
+def test_snapshot_on_cold_create_takes_a_boolean_from_the_file_or_the_environment(
+    config_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_settings().snapshot_on_cold_create is True
+    config_path.write_text("snapshot_on_cold_create = false\n")
+    assert load_settings().snapshot_on_cold_create is False
+    monkeypatch.setenv("BANGER_SNAPSHOT_ON_COLD_CREATE", "on")
+    assert load_settings().snapshot_on_cold_create is True
+    for bad in ("maybe", "2", ""):
+        monkeypatch.setenv("BANGER_SNAPSHOT_ON_COLD_CREATE", bad)
+        with pytest.raises(InvalidInput, match="snapshot_on_cold_create.*true or false"):
+            load_settings()
+    monkeypatch.delenv("BANGER_SNAPSHOT_ON_COLD_CREATE")
+    config_path.write_text('snapshot_on_cold_create = "sometimes"\n')
+    with pytest.raises(InvalidInput, match="true or false"):
+        load_settings()
