@@ -15,6 +15,7 @@ import pytest
 from banger.core.wait import poll_until
 from banger.host.proc import pid_alive
 from tests.support.hostcheck import processes_naming
+from tests.support.workspace_repo import commit_repo
 from tests.vm.conftest import VMFactory
 
 pytestmark = pytest.mark.vm
@@ -181,3 +182,26 @@ def test_a_cold_create_leaves_a_snapshot_for_the_next_in_the_background(
     second = vms.create("warm0", "--vcpu", "1", "--memory", "512")
     assert str(second["started_from"]).startswith("snapshot "), second
     assert vms.ssh("warm0", "hostname").stdout.strip() == "warm0"
+
+
+def test_a_clone_gets_the_workspace_git_identity_and_synced_files_of_a_cold_vm(
+        vms: VMFactory, tmp_path: Path) -> None:
+    """Per-VM data goes into the clone's own work disk before the restore, as for a boot."""
+    home = tmp_path / "home"
+    (home / ".config" / "tool").mkdir(parents=True)
+    (home / ".config" / "tool" / "token").write_text("token-1\n")
+    subprocess.run(["git", "config", "--file", str(home / ".gitconfig"), "user.email",
+                    "ada@example.org"], check=True)
+    vms.env.extra_env["HOME"] = str(home)  # the daemon's Path.home(), the owner's home
+    vms.env.config_file.write_text('[[file_sync]]\nhost = "~/.config/tool/token"\n'
+                                   'guest = "/root/.config/tool/token"\n')
+    head = commit_repo(tmp_path / "repo", {"hello.txt": "hello from the host\n"})
+    snap = _warm(vms)
+    vms.names.append("cw")
+    out = vms.ok("vm", "run", str(tmp_path / "repo"), "--name", "cw", "--vcpu", "1",
+                 "--memory", "512", "--", "sh", "-c",
+                 "cat hello.txt; git rev-parse HEAD; git config --global user.email; "
+                 "cat /root/.config/tool/token")
+    assert out.splitlines()[-4:] == ["hello from the host", head, "ada@example.org",
+                                     "token-1"], out
+    assert vms.show("cw")["started_from"] == f"snapshot {snap}"
