@@ -223,6 +223,10 @@ class Settings:
         _duration_or_off, lambda: None,
         "Stop a running VM unused this long (no SSH or banger session, no CLI use); off.",
     )
+    warm_pool: int = _key(
+        _integer(0, 16), lambda: 0,
+        "Restored, paused VMs of the default shape kept ready for `vm create` to claim.",
+    )
     file_sync: tuple[FileSyncEntry, ...] = _key(
         _file_sync, tuple, "Files copied from your home into the guest's /root at every start.",
         env=False,

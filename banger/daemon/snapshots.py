@@ -30,7 +30,7 @@ import structlog
 from banger.core.cancel import to_thread_joined
 from banger.core.errors import BangerError, Conflict, Unavailable
 from banger.core.vmspec import RootDisk, TapNet, UserNet, VMSpec
-from banger.daemon.vm_layout import boot_kernel, tcg_cmdline
+from banger.daemon.vm_layout import adoption_spec, boot_kernel, tcg_cmdline
 from banger.daemon.vm_restore import STATE
 from banger.daemon.vm_runtime import VMRuntime
 from banger.host import disks, ssh
@@ -201,12 +201,8 @@ class Snapshots:
         """A template spec naming ``run_dir``: all a backend's ``adopt`` reads (its pidfile and
         control socket prove a process is that template's VMM); None for a foreign name."""
         try:
-            return VMSpec(
-                vm_id=f"snap-{run_dir.name}", name="banger-template", vcpu=1, memory_mib=64,
-                kernel=run_dir / "kernel", root=RootDisk(run_dir / ROOT,
-                                                         self.rt.backend.traits.root_format),
-                work_disk=run_dir / "work.ext4", console_log=run_dir / "console.log",
-                vmm_log=run_dir / "vmm.log", run_dir=run_dir, snapshot_role="template")
+            return adoption_spec(f"snap-{run_dir.name}", run_dir, run_dir,
+                                 self.rt.backend.traits.root_format)
         except BangerError:
             return None
 

@@ -32,12 +32,14 @@ from banger.daemon.operations import OperationContext, Work
 from banger.daemon.snapshots import ROOT as SNAPSHOT_ROOT
 from banger.daemon.snapshots import Snapshots
 from banger.daemon.vm_layout import VMFiles
+from banger.daemon.vm_pool import WarmPool
 from banger.daemon.vm_service import VMService, check_host_room
 from banger.daemon.workspace_service import WorkspaceService
 from banger.host import disks, git_identity, ssh
 from banger.host.net import allocate_mac
 from banger.images.manifest import ROOTFS_NAME, WORK_SEED_NAME
 from banger.store.records import ImageRecord, VMRecord
+from banger.workspace.stage import Plan as WorkspaceStagePlan
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class VMCreator:
         self.store = vms.rt.store
         self.settings = vms.rt.settings
         self.snapshots = Snapshots(vms.rt)
+        self.pool = WarmPool(vms.rt, vms.booter, self.snapshots, self._make_disks)
 
     def plan(self, req: VMCreateRequest) -> CreatePlan:
         """Validate the request against the store and the host; nothing is created."""
@@ -135,36 +138,54 @@ class VMCreator:
         await self.rt.network.claim_bridge()
 
         async def work(ctx: OperationContext) -> VMInfo:
-            image = plan.image or await self._default_image(ctx)
-            vm_id = new_id()
-            async with (self.rt.lock(vm_id), contextlib.AsyncExitStack() as undo,
-                        contextlib.AsyncExitStack() as scratch):
-                with ctx.stage("reserve"):
-                    vm = self._add_row(vm_id, plan, image)
-                    undo.push_async_callback(self.watcher.destroy, vm)
-                    self.rt.network.allocate_ip(vm.id)
-                snapshot, cold_why = self._pick_snapshot(plan, image)
-                with ctx.stage("disks"):
-                    await self._make_disks(vm, image, snapshot)
-                vm = self.store.vms.get_key(vm.id)
-                if workspace is not None:
-                    staged, where = await scratch.enter_async_context(
-                        self.workspaces.staged(ctx, workspace))
-                    written = await self.workspaces.write_before_boot(ctx, vm, staged)
-                if plan.start:
-                    vm = await self._start(ctx, vm, image, undo, snapshot, cold_why)
-                    if workspace is not None:
-                        if written is None:  # names only the guest's tar can carry
-                            written = await self.workspaces.copy_over_ssh(ctx, vm, staged, where)
-                        vm = self.workspaces.record(vm, staged, written)
-                else:
-                    vm = self.store.vms.transition(
-                        vm, VMState.CREATED, reason="created without booting (--no-start)"
-                    )
-                undo.pop_all()
-            return self.rt.info(vm)
+            with self.pool.busy():
+                return await self._work(ctx, plan, workspace)
 
         return plan, work
+
+    async def _work(self, ctx: OperationContext, plan: CreatePlan,
+                    workspace: WorkspaceStagePlan | None) -> VMInfo:
+        image = plan.image or await self._default_image(ctx)
+        member = await self.pool.take(plan, image, workspace is not None)
+        vm_id = member.vm.id if member is not None else new_id()
+        async with (self.rt.lock(vm_id), contextlib.AsyncExitStack() as undo,
+                    contextlib.AsyncExitStack() as scratch):
+            if member is not None:
+                undo.push_async_callback(self.pool.discard, member)
+            with ctx.stage("reserve"):
+                vm = self._add_row(vm_id, plan, image)
+                undo.push_async_callback(self.watcher.destroy, vm)
+                if member is None:
+                    self.rt.network.allocate_ip(vm.id)
+                else:
+                    vm = self.pool.hand_over(vm, member)
+            claimed = await self.pool.claim(ctx, vm, member) if member is not None else None
+            if claimed is not None:
+                undo.pop_all()
+                return self.rt.info(claimed)
+            vm = self.store.vms.get_key(vm.id)
+            snapshot, cold_why = self._pick_snapshot(plan, image)
+            if snapshot is not None:  # before its clone's disk is based on it (prune)
+                self.store.vms.update(vm.id, snapshot_id=snapshot.name)
+            with ctx.stage("disks"):
+                await self._make_disks(vm, image, snapshot)
+            vm = self.store.vms.get_key(vm.id)
+            if workspace is not None:
+                staged, where = await scratch.enter_async_context(
+                    self.workspaces.staged(ctx, workspace))
+                written = await self.workspaces.write_before_boot(ctx, vm, staged)
+            if plan.start:
+                vm = await self._start(ctx, vm, image, undo, snapshot, cold_why)
+                if workspace is not None:
+                    if written is None:  # names only the guest's tar can carry
+                        written = await self.workspaces.copy_over_ssh(ctx, vm, staged, where)
+                    vm = self.workspaces.record(vm, staged, written)
+            else:
+                vm = self.store.vms.transition(
+                    vm, VMState.CREATED, reason="created without booting (--no-start)"
+                )
+            undo.pop_all()
+        return self.rt.info(vm)
 
     def _pick_snapshot(self, plan: CreatePlan, image: ImageRecord) -> tuple[Path | None, str]:
         """The warm snapshot this VM starts from, or None and why it boots cold."""
@@ -241,7 +262,6 @@ class VMCreator:
         base_format: DiskFormat | None = None  # an image's rootfs
         if snapshot is not None:  # the template's root overlay, in the backend's format
             base, base_format = snapshot / SNAPSHOT_ROOT, self.rt.backend.traits.root_format
-            self.store.vms.update(vm.id, snapshot_id=snapshot.name)
         # Both threads end (a cancel stops their mkfs and debugfs) before the undo
         # removes their files, so none recreates the VM's directory afterwards.
         results = await asyncio.gather(

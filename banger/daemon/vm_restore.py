@@ -2,8 +2,9 @@
 
 The VMM was launched as a clone (``-incoming defer``). The control channel is
 opened before the state loads, so the agent (blocked in a read in the saved
-memory) sees the host connected throughout. Then the clone's own work disk size
-is announced, and one ``identity`` request carries hostname, address, MAC, the
+memory) sees the host connected throughout. The state loads paused (a warm
+pool member waits there, ``vm_pool.py``); then the clone runs, its own work
+disk size is announced, and one ``identity`` request carries hostname, address, MAC, the
 wall clock, fresh host entropy and that size; the agent answers ``ok`` once all
 of it is applied (docs/snapshots.md). Anything else is a ``GuestError``.
 """
@@ -24,10 +25,27 @@ IDENTITY_TIMEOUT = 20.0
 
 
 async def restore_clone(backend: Backend, handle: Handle, spec: VMSpec, snapshot: Path) -> None:
+    channel = await load_clone(backend, handle, spec, snapshot)
+    await give_identity(backend, handle, spec, channel)
+
+
+async def load_clone(backend: Backend, handle: Handle, spec: VMSpec, snapshot: Path) -> Channel:
+    """Load the saved state into the clone's VMM (paused); return its open control channel."""
     assert isinstance(backend, SnapshotCapable)
     channel = await Channel.open(spec.agent_socket)
     try:
         await backend.restore_state(handle, snapshot / STATE)
+    except BaseException:
+        await channel.close()
+        raise
+    return channel
+
+
+async def give_identity(backend: Backend, handle: Handle, spec: VMSpec, channel: Channel) -> None:
+    """Run the loaded clone and have its agent apply ``spec``'s identity (closes ``channel``)."""
+    assert isinstance(backend, SnapshotCapable)
+    try:
+        await backend.resume(handle)
         size = spec.work_disk.stat().st_size
         await backend.announce_work_disk(handle, size)
         words = [*clone_identity(spec), f"banger.time={time.time():.6f}",

@@ -96,7 +96,12 @@ class SnapshotCapable(Protocol):
         ...
 
     async def restore_state(self, handle: Handle, src: Path) -> None:
-        """Load ``src`` into a VMM launched as a clone; raise ``SnapshotUnusable`` if refused."""
+        """Load ``src`` into a VMM launched as a clone, leaving it paused; raise
+        ``SnapshotUnusable`` if refused."""
+        ...
+
+    async def resume(self, handle: Handle) -> None:
+        """Run a clone whose state ``restore_state`` loaded."""
         ...
 
     async def announce_work_disk(self, handle: Handle, size: int) -> None:

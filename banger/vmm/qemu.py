@@ -252,7 +252,7 @@ class QemuBackend:
             return await qemu_snapshot.save(qmp, dest)
 
     async def restore_state(self, handle: Handle, src: Path) -> None:
-        """Load ``src`` into a VMM launched as a clone (``-incoming defer``); it then runs."""
+        """Load ``src`` into a VMM launched as a clone (``-incoming defer``); it stays paused."""
         try:
             async with self._qmp(handle) as qmp:
                 await qemu_snapshot.load(qmp, src)
@@ -262,6 +262,14 @@ class QemuBackend:
             raise SnapshotUnusable(
                 f"QEMU could not load the saved state: {tail[-1] if tail else repr(exc)}"
             ) from exc
+
+    async def resume(self, handle: Handle) -> None:
+        """Run a clone whose state is loaded."""
+        try:
+            async with self._qmp(handle) as qmp:
+                await qemu_snapshot.resume(qmp)
+        except (QMPError, OSError, EOFError, TimeoutError) as exc:
+            raise HostToolError(f"QEMU could not run the restored guest: {exc!r}") from exc
 
     async def announce_work_disk(self, handle: Handle, size: int) -> None:
         """Tell a restored guest its work disk's size (its own disk, not the template's)."""

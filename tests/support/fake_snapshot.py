@@ -59,6 +59,9 @@ class SnapshotFakeBackend(FakeBackend):
         if src.read_bytes() != STATE_BYTES:
             raise SnapshotUnusable("the fake VMM could not load the saved state")
 
+    async def resume(self, handle: Handle) -> None:
+        self._record("resume", handle.vm_id)
+
     async def announce_work_disk(self, handle: Handle, size: int) -> None:
         self._record("announce_work_disk", handle.vm_id, size)
 
@@ -67,7 +70,7 @@ class SnapshotFakeBackend(FakeBackend):
         try:
             while line := await reader.readline():
                 request = line.decode().split(" ", 1)[0].strip()
-                self._record(f"agent {request}", None)
+                self._record(f"agent {request}", None, line.decode().strip())
                 reply = {"ping": "pong", "quiesce": "quiesced"}.get(request)
                 if request == "identity":
                     if self.agent == "silent":
