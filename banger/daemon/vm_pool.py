@@ -5,12 +5,14 @@ A member is a clone whose host-side identity is made when it is filled: an id
 (so its files are already the VM's own, ``vms/<id>/`` and ``runtime_dir/vms/<id>/``),
 a held guest address and a TAP, its MAC, a root overlay on the snapshot's root, a
 work disk with the owner's key, a fresh host key (pinned in its ``known_hosts``)
-and the git identity. Its VMM was launched with ``-incoming defer`` and the state
-loaded; it stays paused with its control channel open. It has no row: it is in no
-``vm list``, holds no name, and the network never hands its address to a VM
-(``VMNetwork.hold_ip``). A create it can serve (``why_not_served``) gives the
-member's id, address, TAP and VMM to its new row (``hand_over``); the guest then
-runs and takes the VM's name over the channel (``claim``).
+and the git identity. Its VMM was launched with ``-incoming defer``, the state
+loaded, and the guest ran just long enough to take all that identity from its
+agent (address, MAC, RNG reseed, machine-id, ``/root``, sshd's host key); it is
+paused again with its agent waiting on the open control channel. It has no row:
+it is in no ``vm list``, holds no name, and the network never hands its address
+to a VM (``VMNetwork.hold_ip``). A create it can serve (``why_not_served``)
+gives the member's id, address, TAP and VMM to its new row (``hand_over``); the
+guest then runs and takes the VM's name and the wall clock (``claim``).
 
 Members are filled one at a time in the background, only while no create runs,
 and discarded when the snapshot, the default shape or the git identity changes,
@@ -41,14 +43,14 @@ from banger.daemon.operations import OperationContext
 from banger.daemon.snapshots import Snapshots
 from banger.daemon.vm_boot import VMBooter
 from banger.daemon.vm_layout import VMFiles, adoption_spec
-from banger.daemon.vm_restore import give_identity, load_clone
+from banger.daemon.vm_restore import give_identity, give_name, load_clone
 from banger.daemon.vm_runtime import VMRuntime
 from banger.host import ssh
 from banger.host.files import remove_tree
 from banger.host.git_identity import host_git_identity
 from banger.host.net import allocate_mac
 from banger.store.records import ImageRecord, VMRecord
-from banger.vmm.base import Handle
+from banger.vmm.base import Handle, SnapshotCapable
 from banger.vmm.channel import Channel
 
 log = structlog.get_logger("banger.daemon.vm_pool")
@@ -254,8 +256,16 @@ class WarmPool:
             handle = await rt.backend.launch(spec)
             undo.push_async_callback(rt.backend.shutdown, handle, graceful=False, timeout=0)
             channel = await load_clone(rt.backend, handle, spec, snapshot)
+            undo.push_async_callback(channel.close)
+            await give_identity(rt.backend, handle, spec, channel, hold=True)
+            await self._pause(handle)
             undo.pop_all()
         return Member(vm, shape, snapshot, net, handle, channel)
+
+    async def _pause(self, handle: Handle) -> None:
+        backend = self.rt.backend
+        assert isinstance(backend, SnapshotCapable)
+        await backend.pause(handle)
 
     async def take(self, want: Wanted, image: ImageRecord | None,
                    has_workspace: bool) -> Member | None:
@@ -298,7 +308,10 @@ class WarmPool:
             with ctx.stage("restore"):
                 ctx.detail("claimed from the warm pool")
                 spec = dataclasses.replace(rt.spec(vm, member.net), snapshot_role="clone")
-                await give_identity(rt.backend, member.handle, spec, member.channel)
+                try:
+                    await give_name(rt.backend, member.handle, spec, member.channel)
+                finally:
+                    await member.channel.close()
         except (GuestError, HostToolError) as exc:
             ctx.detail(f"the warm pool's VM failed ({exc.message}): starting without it")
             await rt.backend.shutdown(member.handle, graceful=False, timeout=0)

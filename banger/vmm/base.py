@@ -101,7 +101,11 @@ class SnapshotCapable(Protocol):
         ...
 
     async def resume(self, handle: Handle) -> None:
-        """Run a clone whose state ``restore_state`` loaded."""
+        """Run a clone whose state ``restore_state`` loaded (or that ``pause`` stopped)."""
+        ...
+
+    async def pause(self, handle: Handle) -> None:
+        """Stop a running clone's vCPUs (a warm pool member waits so)."""
         ...
 
     async def announce_work_disk(self, handle: Handle, size: int) -> None:

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -264,12 +264,20 @@ class QemuBackend:
             ) from exc
 
     async def resume(self, handle: Handle) -> None:
-        """Run a clone whose state is loaded."""
+        """Run a clone whose state is loaded (or that ``pause`` stopped)."""
+        await self._run_state(handle, qemu_snapshot.resume, "run")
+
+    async def pause(self, handle: Handle) -> None:
+        """Stop a running clone's vCPUs."""
+        await self._run_state(handle, qemu_snapshot.pause, "pause")
+
+    async def _run_state(self, handle: Handle, change: Callable[[QMPClient], Awaitable[None]],
+                         what: str) -> None:
         try:
             async with self._qmp(handle) as qmp:
-                await qemu_snapshot.resume(qmp)
+                await change(qmp)
         except (QMPError, OSError, EOFError, TimeoutError) as exc:
-            raise HostToolError(f"QEMU could not run the restored guest: {exc!r}") from exc
+            raise HostToolError(f"QEMU could not {what} the restored guest: {exc!r}") from exc
 
     async def announce_work_disk(self, handle: Handle, size: int) -> None:
         """Tell a restored guest its work disk's size (its own disk, not the template's)."""

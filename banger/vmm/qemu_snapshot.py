@@ -87,6 +87,11 @@ async def load(qmp: QMPClient, src: Path, *, timeout: float = LOAD_TIMEOUT) -> N
         os.close(fd)
 
 
+async def pause(qmp: QMPClient) -> None:
+    """Stop a clone's vCPUs (a warm pool member, between its identity and its claim)."""
+    await qmp.execute("stop")
+
+
 async def resume(qmp: QMPClient) -> None:
     """Run a loaded clone (a warm pool keeps it paused until a create claims it)."""
     await qmp.execute("cont")

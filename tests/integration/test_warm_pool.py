@@ -92,10 +92,14 @@ def test_a_create_claims_the_member_takes_its_name_and_the_pool_refills(pool: Po
     assert "warm pool" in str([s.detail for s in op.stages])
     launches = [c.vm_id for c in backend.named("launch")]
     assert launches.count(vm.id) == 1 and len(after) == 1 and after != before
+    # the identity at the fill (held), only the name and the clock at the claim
     identity = [c.args[0] for c in backend.named("agent identity")]
-    assert len(identity) == 1 and "banger.hostname=c0 " in identity[0], identity
-    assert [c.name for c in backend.named("restore_state", "resume") if c.vm_id == vm.id] == [
-        "restore_state", "resume"]  # loaded at fill, run at the claim
+    assert len(identity) == 2 and all("banger.hostname=banger-pool " in i
+                                      and i.endswith(" banger.hold=1") for i in identity)
+    [name] = [c.args[0] for c in backend.named("agent name")]
+    assert name.startswith("name banger.hostname=c0 banger.time="), name
+    assert [c.name for c in backend.calls if c.vm_id == vm.id and c.name in (
+        "restore_state", "resume", "pause")] == ["restore_state", "resume", "pause", "resume"]
     assert [v.name for v in vms.store.vms.list()] == ["c0"]  # members have no rows
     assert {h.pid for h in backend.live()} >= {vm.pid}
 
@@ -185,3 +189,24 @@ def test_shutdown_discards_every_member(pool: Pool) -> None:
     vms.drive(scenario)
     assert p.members == 0 and _members(p) == [] and backend.live() == []
     assert vms.leftovers() == []
+
+
+def test_an_image_whose_agent_cannot_hold_leaves_the_pool_empty_and_nothing_behind(
+        pool: Pool) -> None:
+    vms, backend, image = pool
+    backend.agent = "old"
+    p = vms.creator.pool
+
+    async def scenario() -> list[dict[str, object]]:
+        await vms.creator.snapshots.warm(image, 1, 128)
+        with structlog.testing.capture_logs() as logs:
+            p.start()
+            await _until(lambda: any(e["event"] == "could not fill the warm pool" for e in logs))
+            await asyncio.sleep(0.05)
+        return logs
+
+    logs = vms.drive(scenario)
+    [failed] = [e for e in logs if e["event"] == "could not fill the warm pool"]
+    assert "predates" in str(failed["error"]) and "rebuild" in str(failed["hint"]), failed
+    assert p.members == 0 and _members(p) == [] and backend.live() == []
+    assert vms.leftovers() == [] and vms.network._held == set()
