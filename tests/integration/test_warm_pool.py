@@ -16,6 +16,7 @@ import pytest
 import structlog.testing
 
 from banger.api.models import Operation, OperationState, VMCreateRequest
+from banger.core.errors import GuestError
 from banger.core.manifests import ImageManifest
 from banger.daemon import vm_restore
 from banger.daemon.vm_layout import VMFiles
@@ -210,3 +211,37 @@ def test_an_image_whose_agent_cannot_hold_leaves_the_pool_empty_and_nothing_behi
     assert "predates" in str(failed["error"]) and "rebuild" in str(failed["hint"]), failed
     assert p.members == 0 and _members(p) == [] and backend.live() == []
     assert vms.leftovers() == [] and vms.network._held == set()
+
+
+def test_the_refill_waits_for_the_running_create_and_a_failed_claiming_create_leaves_nothing(
+        pool: Pool) -> None:
+    """The claiming create's guest never lets SSH in: while that create runs no refill
+    starts (it would compete for the CPU); once it failed, its VM (the member) is gone and
+    the pool refills."""
+    vms, backend, image = pool
+
+    async def scenario() -> tuple[str, list[str | None], Operation]:
+        p = await _filled(vms, image)
+        [first] = _members(p)
+        gate = asyncio.Event()
+
+        async def held_ready(*_args: object, **_kwargs: object) -> None:
+            await gate.wait()
+            raise GuestError("SSH did not accept our key in time")
+
+        vms.guest.wait_ready = held_ready  # type: ignore[method-assign]
+        create = asyncio.ensure_future(_create(vms, "c3"))
+        await _until(lambda: bool(backend.named("agent name")))
+        await asyncio.sleep(0.3)  # time enough for a refill to start, were it allowed
+        during = [c.vm_id for c in backend.named("launch")]
+        gate.set()
+        op = await create
+        await _until(lambda: p.members == 1)
+        return first, during, op
+
+    first, during, op = vms.drive(scenario)
+    assert op.state is OperationState.FAILED
+    assert during[-1] == first and len(during) == 2, during  # the template, the member
+    assert vms.store.vms.find("c3") is None
+    assert not (vms.settings.paths.vms / first).exists()
+    assert [h.vm_id for h in backend.live()] == [c.vm_id for c in backend.named("launch")][-1:]
