@@ -124,7 +124,6 @@ async def warm_image(ref: Ref, body: ImageWarmRequest, daemon: DaemonDep,
     async def work(ctx: OperationContext) -> SnapshotInfo:
         with ctx.stage("warm"):
             snap_id = await daemon.creator.snapshots.warm(image, vcpu, memory)
-        daemon.creator.pool.kick()  # a snapshot of the default shape fills the warm pool
         metas = await asyncio.to_thread(daemon.creator.snapshots.all)
         return snapshot_info(next(m for m in metas if m["id"] == snap_id))
 

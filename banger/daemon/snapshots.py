@@ -21,6 +21,7 @@ import secrets
 import shutil
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,15 @@ class Snapshots:
         self.rt = rt
         self.root = rt.paths.state_dir / "snapshots"
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (on the event loop) after a snapshot is made or dropped."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     def _backend(self) -> SnapshotCapable | None:
         b = self.rt.backend
@@ -128,6 +138,7 @@ class Snapshots:
             (d / name).unlink(missing_ok=True)
         if not self._in_use(snap_id):
             remove_tree(d)
+        self._changed()
 
     def _in_use(self, snap_id: str) -> bool:
         return any(vm.snapshot_id == snap_id for vm in self.rt.store.vms.list())
@@ -237,6 +248,7 @@ class Snapshots:
                 remove_tree(final)
             os.rename(tmp, final)
             log.info("snapshot made", snapshot=key.id, image=image.name, bytes=size)
+            self._changed()
         except BaseException:
             remove_tree(tmp)
             raise

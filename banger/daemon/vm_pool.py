@@ -140,6 +140,7 @@ class WarmPool:
         self._quiet.set()
         self._creates = 0
         self._idle_why: str | None = None
+        snapshots.on_change(self.kick)  # a new snapshot fills the pool, a dropped one empties it
 
     @property
     def members(self) -> int:

@@ -245,3 +245,17 @@ def test_the_refill_waits_for_the_running_create_and_a_failed_claiming_create_le
     assert vms.store.vms.find("c3") is None
     assert not (vms.settings.paths.vms / first).exists()
     assert [h.vm_id for h in backend.live()] == [c.vm_id for c in backend.named("launch")][-1:]
+
+
+def test_a_dropped_snapshot_empties_the_pool(pool: Pool) -> None:
+    vms, backend, image = pool
+    p = vms.creator.pool
+
+    async def scenario() -> None:
+        await _filled(vms, image)
+        [snap] = [m["id"] for m in vms.creator.snapshots.all()]
+        vms.creator.snapshots.invalidate(str(snap), "a test drops it")
+        await _until(lambda: p.members == 0 and not backend.live())
+
+    vms.drive(scenario)
+    assert _members(p) == [] and vms.leftovers() == []
