@@ -39,7 +39,6 @@ from banger.host import disks, git_identity, ssh
 from banger.host.net import allocate_mac
 from banger.images.manifest import ROOTFS_NAME, WORK_SEED_NAME
 from banger.store.records import ImageRecord, VMRecord
-from banger.workspace.stage import Plan as WorkspaceStagePlan
 
 
 @dataclass(frozen=True)
@@ -138,54 +137,48 @@ class VMCreator:
         await self.rt.network.claim_bridge()
 
         async def work(ctx: OperationContext) -> VMInfo:
-            with self.pool.busy():
-                return await self._work(ctx, plan, workspace)
+            image = plan.image or await self._default_image(ctx)
+            member = await self.pool.take(plan, image, workspace is not None)
+            vm_id = member.vm.id if member is not None else new_id()
+            async with (self.pool.busy(), self.rt.lock(vm_id),
+                        contextlib.AsyncExitStack() as undo,
+                        contextlib.AsyncExitStack() as scratch):
+                if member is not None:
+                    undo.push_async_callback(self.pool.discard, member)
+                with ctx.stage("reserve"):
+                    vm = self._add_row(vm_id, plan, image)
+                    undo.push_async_callback(self.watcher.destroy, vm)
+                    if member is None:
+                        self.rt.network.allocate_ip(vm.id)
+                    else:
+                        vm = self.pool.hand_over(vm, member)
+                if member is not None and (started := await self.pool.claim(ctx, vm, member)):
+                    undo.pop_all()
+                    return self.rt.info(started)
+                snapshot, cold_why = self._pick_snapshot(plan, image)
+                if snapshot is not None:  # before a disk is based on it (prune, invalidate)
+                    self.store.vms.update(vm.id, snapshot_id=snapshot.name)
+                with ctx.stage("disks"):
+                    await self._make_disks(vm, image, snapshot)
+                vm = self.store.vms.get_key(vm.id)
+                if workspace is not None:
+                    staged, where = await scratch.enter_async_context(
+                        self.workspaces.staged(ctx, workspace))
+                    written = await self.workspaces.write_before_boot(ctx, vm, staged)
+                if plan.start:
+                    vm = await self._start(ctx, vm, image, undo, snapshot, cold_why)
+                    if workspace is not None:
+                        if written is None:  # names only the guest's tar can carry
+                            written = await self.workspaces.copy_over_ssh(ctx, vm, staged, where)
+                        vm = self.workspaces.record(vm, staged, written)
+                else:
+                    vm = self.store.vms.transition(
+                        vm, VMState.CREATED, reason="created without booting (--no-start)"
+                    )
+                undo.pop_all()
+            return self.rt.info(vm)
 
         return plan, work
-
-    async def _work(self, ctx: OperationContext, plan: CreatePlan,
-                    workspace: WorkspaceStagePlan | None) -> VMInfo:
-        image = plan.image or await self._default_image(ctx)
-        member = await self.pool.take(plan, image, workspace is not None)
-        vm_id = member.vm.id if member is not None else new_id()
-        async with (self.rt.lock(vm_id), contextlib.AsyncExitStack() as undo,
-                    contextlib.AsyncExitStack() as scratch):
-            if member is not None:
-                undo.push_async_callback(self.pool.discard, member)
-            with ctx.stage("reserve"):
-                vm = self._add_row(vm_id, plan, image)
-                undo.push_async_callback(self.watcher.destroy, vm)
-                if member is None:
-                    self.rt.network.allocate_ip(vm.id)
-                else:
-                    vm = self.pool.hand_over(vm, member)
-            claimed = await self.pool.claim(ctx, vm, member) if member is not None else None
-            if claimed is not None:
-                undo.pop_all()
-                return self.rt.info(claimed)
-            vm = self.store.vms.get_key(vm.id)
-            snapshot, cold_why = self._pick_snapshot(plan, image)
-            if snapshot is not None:  # before its clone's disk is based on it (prune)
-                self.store.vms.update(vm.id, snapshot_id=snapshot.name)
-            with ctx.stage("disks"):
-                await self._make_disks(vm, image, snapshot)
-            vm = self.store.vms.get_key(vm.id)
-            if workspace is not None:
-                staged, where = await scratch.enter_async_context(
-                    self.workspaces.staged(ctx, workspace))
-                written = await self.workspaces.write_before_boot(ctx, vm, staged)
-            if plan.start:
-                vm = await self._start(ctx, vm, image, undo, snapshot, cold_why)
-                if workspace is not None:
-                    if written is None:  # names only the guest's tar can carry
-                        written = await self.workspaces.copy_over_ssh(ctx, vm, staged, where)
-                    vm = self.workspaces.record(vm, staged, written)
-            else:
-                vm = self.store.vms.transition(
-                    vm, VMState.CREATED, reason="created without booting (--no-start)"
-                )
-            undo.pop_all()
-        return self.rt.info(vm)
 
     def _pick_snapshot(self, plan: CreatePlan, image: ImageRecord) -> tuple[Path | None, str]:
         """The warm snapshot this VM starts from, or None and why it boots cold."""

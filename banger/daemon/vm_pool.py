@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -156,9 +156,9 @@ class WarmPool:
         """Look again: fill up, or discard members gone stale (a claim, a new snapshot)."""
         self._wake.set()
 
-    @contextlib.contextmanager
-    def busy(self) -> Iterator[None]:
-        """Held by every create: the pool fills only while none runs."""
+    @contextlib.asynccontextmanager
+    async def busy(self) -> AsyncIterator[None]:
+        """Held by every create (and ``take``): the pool fills only while none runs."""
         self._creates += 1
         self._quiet.clear()
         try:
@@ -177,7 +177,8 @@ class WarmPool:
     async def _fill(self) -> None:
         """Discard stale members, then fill up to ``size``, one at a time."""
         while True:
-            await self._quiet.wait()
+            while not self._quiet.is_set():  # woken, but a create may have begun since
+                await self._quiet.wait()
             current = await self._current()
             await self._discard_stale(current[0] if current else None)
             if current is None or len(self._members) >= self.size:
@@ -273,7 +274,8 @@ class WarmPool:
         """A member to be this create's VM, or None (the create goes on without the pool)."""
         if not self._members:
             return None
-        current = await self._current()
+        async with self.busy():  # its create holds ``busy`` right after
+            current = await self._current()
         if not self._members:  # another create took the last one meanwhile
             return None
         member = self._members[0]
