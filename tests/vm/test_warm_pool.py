@@ -56,8 +56,9 @@ def test_a_create_claims_the_pool_member_with_its_own_identity_and_the_pool_refi
         lines = out.stdout.splitlines()
         assert lines[0] == info["name"]
         assert f"{info['guest_ip']}/" in lines[3] and lines[3].count(" inet ") == 1, lines
-        # its clock was set at the claim (it stood still while paused): within the ssh call
-        assert before - 1.0 < float(lines[4]) < after + 1.0, (before, lines[4], after)
+        # its clock was set at the claim (it stood still while paused for seconds): read
+        # within the ssh call, give or take what a TCG guest loses on a loaded host (~1 s)
+        assert before - 2.0 < float(lines[4]) < after + 1.0, (before, lines[4], after)
         probes[info["name"]] = lines[1:4]
     assert all(a != b for a, b in zip(probes["p1"], probes["p2"], strict=True)), probes
     _filled(vms, 3)
