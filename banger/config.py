@@ -239,6 +239,10 @@ class Settings:
         _boolean, lambda: True,
         "After a cold `vm create` of a shape with no warm snapshot, make one in the background.",
     )
+    warm_pool: int = _key(
+        _integer(0, 16), lambda: 0,
+        "Restored, paused VMs of the default shape kept ready for `vm create` to claim.",
+    )
     file_sync: tuple[FileSyncEntry, ...] = _key(
         _file_sync, tuple, "Files copied from your home into the guest's /root at every start.",
         env=False,

@@ -130,6 +130,15 @@ class BenchEnv:
             )
         return timed
 
+    def restart_daemon(self, config: str) -> None:
+        """Stop the daemon and start one reading ``config`` (TOML text)."""
+        self.cli_ok("daemon", "stop", timeout=60)
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        (self.root / "config.toml").write_text(config)
+        self.cli_ok("daemon", "start", timeout=60)
+
     # -- the API ----------------------------------------------------------------------
 
     @property

@@ -14,6 +14,7 @@ WS_PREPARE_TARGET_S = 3.0  # prepare of the generated 10,000-file / 100 MB repo,
 WS_EXPORT_TARGET_S = 1.0  # export of a change to 100 of its files, p50
 SNAP_RUN_TARGET_S = 1.0  # vm run --rm -- true from a warm snapshot, p50 (issue 12)
 SNAP_CREATE_TARGET_S = 0.8  # vm create to ready from a warm snapshot, p50
+POOL_CLAIM_TARGET_S = 0.2  # a claim's restore work (warm_pool), p50
 
 Row = tuple[str, str, str, str, str]  # section, figure, value, target, verdict
 
@@ -90,6 +91,8 @@ def _snapshot_verdicts(snap: dict[str, Any]) -> dict[str, dict[str, Any]]:
          SNAP_RUN_TARGET_S),
         ("snap_create_p50", snap.get("create", {}).get("wall_s", {}).get("p50"),
          SNAP_CREATE_TARGET_S),
+        ("pool_claim_p50", snap.get("pool", {}).get("stage_restore_s", {}).get("p50"),
+         POOL_CLAIM_TARGET_S),
     ):
         if value is not None:
             out[key] = {"value_s": value, "target_s": target, "verdict": verdict(value <= target)}
@@ -322,6 +325,15 @@ def _snapshot_rows(doc: dict[str, Any]) -> list[Row]:
              _v(doc, "snap_create_p50")),
             ("", f"  operation p50 {secs(cr['create_s']['p50'])}: restore "
              f"{secs(cr['stage_restore_s']['p50'])}, ssh {secs(cr['stage_ssh_s']['p50'])}",
+             "", "", ""),
+        ]
+    pl = snap.get("pool")
+    if pl:
+        rows += [
+            ("", "warm_pool = 1: claim (restore work) p50/p95", _p50_p95(pl["stage_restore_s"]),
+             "<= 0.2 s", _v(doc, "pool_claim_p50")),
+            ("", f"  vm create claiming it p50 {secs(pl['wall_s']['p50'])} (operation "
+             f"{secs(pl['create_s']['p50'])}, ssh {secs(pl['stage_ssh_s']['p50'])})",
              "", "", ""),
         ]
     cc = snap.get("concurrent")

@@ -14,7 +14,15 @@ import time
 from typing import Any
 
 from bench.env import BenchEnv, Progress
-from bench.measure import concurrent_runs, create_figures, launch_stage, load, op_for
+from bench.env import wall as wall_s
+from bench.measure import (
+    concurrent_runs,
+    create_figures,
+    launch_stage,
+    load,
+    op_for,
+    stage_seconds,
+)
 from bench.stats import summary
 
 
@@ -97,6 +105,48 @@ def concurrent(env: BenchEnv, n: int, progress: Progress) -> dict[str, Any]:
     return doc
 
 
+def _pool_filled(env: BenchEnv, times: int, timeout: float = 120.0) -> None:
+    """Wait until the daemon's warm pool has been filled ``times`` times (its log says so)."""
+    log = env.state_dir / "bangerd.log"
+    deadline = time.monotonic() + timeout
+    while log.read_text(errors="replace").count("warm pool member ready") < times:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the warm pool was not filled {times} times in {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def pool(env: BenchEnv, n: int, progress: Progress) -> dict[str, Any]:
+    """``warm_pool = 1``: ``vm create`` claiming the pool's member, each after the refill.
+
+    The ``restore`` stage of a claim is its restore work (the guest runs, takes its
+    identity); ``ssh`` is the readiness after it.
+    """
+    log = env.state_dir / "bangerd.log"
+    filled = log.read_text(errors="replace").count("warm pool member ready")
+    env.restart_daemon("warm_pool = 1\n")
+    wall, rows = [], []
+    try:
+        for i in range(n):
+            _pool_filled(env, filled + i + 1)
+            name = f"bench-pool{i}"
+            timed = env.cli_ok("vm", "create", "--name", name)
+            op = op_for(env.operations(), "vm.create", name)
+            if not any(s.detail == "claimed from the warm pool" for s in op.stages):
+                raise RuntimeError(f"{name} did not claim the warm pool's VM: "
+                                   + "; ".join(s.detail or "" for s in op.stages))
+            wall.append(timed.seconds)
+            rows.append({"create_s": wall_s(op.finished_at) - wall_s(op.created_at),
+                         **{f"stage_{s}_s": stage_seconds(op, s) for s in ("restore", "ssh")}})
+            env.delete_vm(name)
+            progress(f"vm create claiming the warm pool: {timed.seconds:.2f} s "
+                     f"(claim {rows[-1]['stage_restore_s']:.3f} s)")
+    finally:
+        env.restart_daemon("")
+    keys = ("create_s", "stage_restore_s", "stage_ssh_s")
+    return {"wall_s": summary(wall), **{k: summary([r[k] for r in rows]) for k in keys},
+            "load": load()}
+
+
 def snapshots(env: BenchEnv, n: int, concurrency: int, progress: Progress,
               doc: dict[str, Any]) -> None:
     """Fill ``doc`` (kept in the document when a step fails)."""
@@ -108,4 +158,6 @@ def snapshots(env: BenchEnv, n: int, concurrency: int, progress: Progress,
     doc["create"] = creates(env, n, progress)
     progress(f"{concurrency} concurrent vm run --rm true from the snapshot")
     doc["concurrent"] = concurrent(env, concurrency, progress)
+    progress(f"vm create claiming from warm_pool = 1: {n} times")
+    doc["pool"] = pool(env, n, progress)
     doc["section_s"] = round(time.perf_counter() - started, 1)

@@ -81,10 +81,13 @@ async def start_services(stack: contextlib.AsyncExitStack, daemon: Daemon) -> No
     await daemon.dns.start()  # before reconcile, which may adopt the bridge
     stack.push_async_callback(daemon.vms.close)  # VM exit watchers, the idle TAP pool
     await daemon.creator.snapshots.recover()  # before reconcile reaps its template's TAP
+    await daemon.creator.pool.recover()  # a killed daemon's pool members: the same
     await daemon.vms.reconcile()
     # background snapshot builds: closed after the creates are cancelled (one finishing
     # then starts none), before the network they use
     stack.push_async_callback(daemon.creator.keeper.aclose)
+    stack.push_async_callback(daemon.creator.pool.close)  # before the network closes
+    daemon.creator.pool.start()
     stack.push_async_callback(daemon.operations.cancel_all)
     stack.push_async_callback(daemon.stats.close)  # guest reads for top
     tasks = await stack.enter_async_context(BackgroundTasks())

@@ -22,6 +22,7 @@ import secrets
 import shutil
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ import structlog
 from banger.core.cancel import to_thread_joined
 from banger.core.errors import BangerError, Conflict, HostToolError, Unavailable
 from banger.core.vmspec import RootDisk, TapNet, UserNet, VMSpec
-from banger.daemon.vm_layout import boot_kernel, tcg_cmdline
+from banger.daemon.vm_layout import adoption_spec, boot_kernel, tcg_cmdline
 from banger.daemon.vm_restore import RAM, STATE
 from banger.daemon.vm_runtime import VMRuntime
 from banger.host import disks, ssh
@@ -104,6 +105,15 @@ class Snapshots:
         self.rt = rt
         self.root = rt.paths.state_dir / "snapshots"
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (on the event loop) after a snapshot is made or dropped."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     def _backend(self) -> SnapshotCapable | None:
         b = self.rt.backend
@@ -154,6 +164,7 @@ class Snapshots:
             (d / name).unlink(missing_ok=True)
         if not self._in_use(snap_id):
             remove_tree(d)
+        self._changed()
 
     def _in_use(self, snap_id: str) -> bool:
         return any(vm.snapshot_id == snap_id for vm in self.rt.store.vms.list())
@@ -263,12 +274,8 @@ class Snapshots:
         """A template spec naming ``run_dir``: all a backend's ``adopt`` reads (its pidfile and
         control socket prove a process is that template's VMM); None for a foreign name."""
         try:
-            return VMSpec(
-                vm_id=f"snap-{run_dir.name}", name="banger-template", vcpu=1, memory_mib=64,
-                kernel=run_dir / "kernel", root=RootDisk(run_dir / ROOT,
-                                                         self.rt.backend.traits.root_format),
-                work_disk=run_dir / "work.ext4", console_log=run_dir / "console.log",
-                vmm_log=run_dir / "vmm.log", run_dir=run_dir, snapshot_role="template")
+            return adoption_spec(f"snap-{run_dir.name}", run_dir, run_dir,
+                                 self.rt.backend.traits.root_format)
         except BangerError:
             return None
 
@@ -309,6 +316,7 @@ class Snapshots:
                 remove_tree(final)
             os.rename(tmp, final)
             log.info("snapshot made", snapshot=key.id, image=image.name, bytes=size)
+            self._changed()
         except BaseException:
             remove_tree(tmp)
             raise

@@ -16,6 +16,7 @@ from banger.daemon.vm_watch import VMWatcher
 from banger.host import ssh, work_files
 from banger.store.codec import utcnow
 from banger.store.records import VMRecord
+from banger.vmm.base import Handle
 
 
 class VMBooter:
@@ -63,9 +64,16 @@ class VMBooter:
             if restore is not None:
                 await restore_clone(rt.backend, handle, spec, restore)
                 started_from = f"snapshot {restore.name}"
+        return await self.become_ready(ctx, vm, handle, started_from)
+
+    async def become_ready(self, ctx: OperationContext, vm: VMRecord, handle: Handle,
+                           started_from: str) -> VMRecord:
+        """Stage ssh: wait until the guest's sshd accepts our key, then the VM runs."""
+        rt = self.rt
+        host, port = rt.network.ssh_endpoint(vm)
         with ctx.stage("ssh"):
             deadline = time.monotonic() + rt.settings.ssh_ready_timeout
-            await rt.guest.wait_ready(vm, files, host, port, deadline=deadline,
+            await rt.guest.wait_ready(vm, rt.files(vm), host, port, deadline=deadline,
                                       alive=handle.running)
             vm = rt.store.vms.transition(
                 vm, VMState.RUNNING, reason="booted, sshd accepts our key", started_at=utcnow(),

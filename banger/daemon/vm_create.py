@@ -33,6 +33,7 @@ from banger.daemon.snapshot_keeper import SnapshotKeeper
 from banger.daemon.snapshots import ROOT as SNAPSHOT_ROOT
 from banger.daemon.snapshots import Snapshots
 from banger.daemon.vm_layout import VMFiles
+from banger.daemon.vm_pool import WarmPool
 from banger.daemon.vm_service import VMService, check_host_room
 from banger.daemon.workspace_service import WorkspaceService
 from banger.host import disks, git_identity, ssh
@@ -80,6 +81,7 @@ class VMCreator:
         self.keeper = SnapshotKeeper(self.snapshots,
                                      on_cold_create=vms.rt.settings.snapshot_on_cold_create)
         images.on_delete(self.snapshots.forget_image)
+        self.pool = WarmPool(vms.rt, vms.booter, self.snapshots, self._make_disks)
 
     def plan(self, req: VMCreateRequest) -> CreatePlan:
         """Validate the request against the store and the host; nothing is created."""
@@ -140,14 +142,26 @@ class VMCreator:
 
         async def work(ctx: OperationContext) -> VMInfo:
             image = plan.image or await self._default_image(ctx)
-            vm_id = new_id()
-            async with (self.rt.lock(vm_id), contextlib.AsyncExitStack() as undo,
+            member = await self.pool.take(plan, image, workspace is not None)
+            vm_id = member.vm.id if member is not None else new_id()
+            async with (self.pool.busy(), self.rt.lock(vm_id),
+                        contextlib.AsyncExitStack() as undo,
                         contextlib.AsyncExitStack() as scratch):
+                if member is not None:
+                    undo.push_async_callback(self.pool.discard, member)
                 with ctx.stage("reserve"):
                     vm = self._add_row(vm_id, plan, image)
                     undo.push_async_callback(self.watcher.destroy, vm)
-                    self.rt.network.allocate_ip(vm.id)
+                    if member is None:
+                        self.rt.network.allocate_ip(vm.id)
+                    else:
+                        vm = self.pool.hand_over(vm, member)
+                if member is not None and (started := await self.pool.claim(ctx, vm, member)):
+                    undo.pop_all()
+                    return self.rt.info(started)
                 snapshot, cold_why = self._pick_snapshot(plan, image)
+                if snapshot is not None:  # before a disk is based on it (prune, invalidate)
+                    self.store.vms.update(vm.id, snapshot_id=snapshot.name)
                 with ctx.stage("disks"):
                     await self._make_disks(vm, image, snapshot)
                 vm = self.store.vms.get_key(vm.id)
@@ -247,7 +261,6 @@ class VMCreator:
         base_format: DiskFormat | None = None  # an image's rootfs
         if snapshot is not None:  # the template's root overlay, in the backend's format
             base, base_format = snapshot / SNAPSHOT_ROOT, self.rt.backend.traits.root_format
-            self.store.vms.update(vm.id, snapshot_id=snapshot.name)
         # Both threads end (a cancel stops their mkfs and debugfs) before the undo
         # removes their files, so none recreates the VM's directory afterwards.
         results = await asyncio.gather(

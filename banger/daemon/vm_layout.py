@@ -108,3 +108,14 @@ def build_spec(
         init=image.manifest.init if image.manifest else None,
         cmdline_extra=tcg_cmdline(accel),
     )
+
+
+def adoption_spec(vm_id: str, run_dir: Path, disk_dir: Path, root_format: DiskFormat) -> VMSpec:
+    """A spec for a VMM with no row (a snapshot template, a warm pool member) that a killed
+    daemon left: only where its pidfile and control socket are matters, all a backend's
+    ``adopt`` reads to prove a process is that VMM."""
+    return VMSpec(
+        vm_id=vm_id, name="banger-leftover", vcpu=1, memory_mib=64, kernel=disk_dir / "kernel",
+        root=RootDisk(disk_dir / "root", root_format), work_disk=disk_dir / "work.ext4",
+        console_log=disk_dir / "console.log", vmm_log=disk_dir / "vmm.log", run_dir=run_dir,
+    )

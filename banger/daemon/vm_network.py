@@ -73,6 +73,7 @@ class VMNetwork:
         self.nat = NatTable(store, bridge_name, ops, self.mode)
         self._on_bridge: list[Callable[[], Awaitable[None]]] = [self.nat.bridge_up]
         self._forwards: dict[str, list[Forward]] = {}  # TAP mode: vm id -> its published ports
+        self._held: set[str] = set()  # addresses held by no row: warm pool members (vm_pool.py)
 
     def on_bridge_up(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Call ``callback`` after every successful claim of the bridge (it must be
@@ -110,8 +111,22 @@ class VMNetwork:
         if self.mode is not NetMode.TAP:
             return None
         return self.store.vms.allocate_guest_ip(
-            vm_id, self.bridge.network, reserved={str(self.bridge.ip)}
+            vm_id, self.bridge.network, reserved={str(self.bridge.ip), *self._held}
         )
+
+    def hold_ip(self) -> str | None:
+        """TAP mode: a guest address for something with no row yet (a warm pool member);
+        ``allocate_ip`` never hands it out until ``release_ip``."""
+        if self.mode is not NetMode.TAP:
+            return None
+        ip = self.store.vms.free_guest_ip(
+            self.bridge.network, reserved={str(self.bridge.ip), *self._held})
+        self._held.add(ip)
+        return ip
+
+    def release_ip(self, ip: str | None) -> None:
+        """Stop holding ``ip`` (its pool member is gone, or a VM row now has it)."""
+        self._held.discard(ip or "")
 
     def check_ports_free(self, ports: tuple[PublishedPort, ...]) -> None:
         """Conflict when a host port to publish is taken now (create, and user-mode start)."""

@@ -2,10 +2,15 @@
 
 The VMM was launched as a clone (``-incoming defer``). The control channel is
 opened before the state loads, so the agent (blocked in a read in the saved
-memory) sees the host connected throughout. Then the clone's own work disk size
-is announced, and one ``identity`` request carries hostname, address, MAC, the
-wall clock, fresh host entropy and that size; the agent answers ``ok`` once all
+memory) sees the host connected throughout. The state loads paused; then the
+clone runs, its own work disk size is announced, and one ``identity`` request
+carries hostname, address, MAC, the wall clock, fresh host entropy and that
+size; the agent answers ``ok`` once all
 of it is applied (docs/snapshots.md). Anything else is a ``GuestError``.
+
+A warm pool member (``vm_pool.py``) takes its identity when it is filled, held:
+its agent stays, the guest is paused again, and a claim runs it and gives it
+only its name and the wall clock (``give_name``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import time
 from pathlib import Path
 
 from banger.core.errors import BangerError, GuestError, SnapshotUnusable
-from banger.core.vmspec import VMSpec, clone_identity
+from banger.core.vmspec import VMSpec, clone_identity, hostname_arg
 from banger.host.files import open_nofollow
 from banger.vmm.base import Backend, Handle, SnapshotCapable
 from banger.vmm.channel import Channel
@@ -49,16 +54,50 @@ def clone_spec(spec: VMSpec, snapshot: Path) -> VMSpec:
 
 
 async def restore_clone(backend: Backend, handle: Handle, spec: VMSpec, snapshot: Path) -> None:
+    channel = await load_clone(backend, handle, spec, snapshot)
+    try:
+        await give_identity(backend, handle, spec, channel)
+    finally:
+        await channel.close()
+
+
+async def load_clone(backend: Backend, handle: Handle, spec: VMSpec, snapshot: Path) -> Channel:
+    """Load the saved state into the clone's VMM (paused); return its open control channel."""
     assert isinstance(backend, SnapshotCapable)
     channel = await Channel.open(spec.agent_socket)
     try:
         await backend.restore_state(handle, snapshot / STATE)
-        size = spec.work_disk.stat().st_size
-        await backend.announce_work_disk(handle, size)
-        words = [*clone_identity(spec), f"banger.time={time.time():.6f}",
-                 f"banger.seed={secrets.token_hex(32)}", f"banger.work_sectors={size // 512}"]
-        reply = await channel.request("identity " + " ".join(words), timeout=IDENTITY_TIMEOUT)
-    finally:
+    except BaseException:
         await channel.close()
+        raise
+    return channel
+
+
+async def give_identity(backend: Backend, handle: Handle, spec: VMSpec, channel: Channel, *,
+                        hold: bool = False) -> None:
+    """Run the loaded clone and have its agent apply ``spec``'s identity. With ``hold`` (a warm
+    pool member) the agent stays for one ``give_name``."""
+    assert isinstance(backend, SnapshotCapable)
+    await backend.resume(handle)
+    size = spec.work_disk.stat().st_size
+    await backend.announce_work_disk(handle, size)
+    words = [*clone_identity(spec), f"banger.time={time.time():.6f}",
+             f"banger.seed={secrets.token_hex(32)}", f"banger.work_sectors={size // 512}",
+             *(["banger.hold=1"] if hold else [])]
+    reply = await channel.request("identity " + " ".join(words), timeout=IDENTITY_TIMEOUT)
     if not reply.startswith("ok"):
         raise GuestError(f"the restored guest could not take its identity: {reply[:120]}")
+    if hold and not reply.endswith(" held"):
+        raise GuestError("the image's guest agent cannot hold a warm pool VM (it predates it)",
+                         hint="rebuild or re-import the image, then banger image warm")
+
+
+async def give_name(backend: Backend, handle: Handle, spec: VMSpec, channel: Channel) -> None:
+    """Run a held clone (paused since ``give_identity``) and give it ``spec``'s hostname and
+    the wall clock (it stood still while paused)."""
+    assert isinstance(backend, SnapshotCapable)
+    await backend.resume(handle)
+    line = f"name {hostname_arg(spec)} banger.time={time.time():.6f}"
+    reply = await channel.request(line, timeout=IDENTITY_TIMEOUT)
+    if reply != "ok":
+        raise GuestError(f"the warm pool's guest could not take its name: {reply[:120]}")

@@ -140,17 +140,7 @@ class VMRepository(Repository[VMRecord]):
                 raise vm_not_found(vm_id)
             if vm.guest_ip and ipaddress.IPv4Address(vm.guest_ip) in network:
                 return vm.guest_ip
-            taken = skip | {
-                ipaddress.IPv4Address(r[0])
-                for r in conn.execute("SELECT guest_ip FROM vms WHERE guest_ip IS NOT NULL")
-            }
-            address = next((a for a in network.hosts() if a not in taken), None)
-            if address is None:
-                raise Unavailable(
-                    f"no free guest IP left in {network} ({len(taken)} in use or reserved)",
-                    hint="delete VMs you no longer need, or set a larger bridge_cidr",
-                )
-            ip = str(address)
+            ip = self._lowest_free_ip(conn, network, skip)
             self._update(
                 conn,
                 vm_id,
@@ -158,6 +148,28 @@ class VMRepository(Repository[VMRecord]):
                 lambda v: self._explain(v, dataclasses.replace(vm, guest_ip=ip)),
             )
         return ip
+
+    def free_guest_ip(self, network: ipaddress.IPv4Network,
+                      reserved: Iterable[ipaddress.IPv4Address | str] = ()) -> str:
+        """The lowest host address of ``network`` no VM has and not ``reserved`` (nothing
+        is recorded: the caller holds it, e.g. a warm pool member until a VM row takes it)."""
+        skip = {ipaddress.IPv4Address(str(a)) for a in reserved}
+        return self._lowest_free_ip(self._store.connection(), network, skip)
+
+    @staticmethod
+    def _lowest_free_ip(conn: Any, network: ipaddress.IPv4Network,
+                        skip: set[ipaddress.IPv4Address]) -> str:
+        taken = skip | {
+            ipaddress.IPv4Address(r[0])
+            for r in conn.execute("SELECT guest_ip FROM vms WHERE guest_ip IS NOT NULL")
+        }
+        address = next((a for a in network.hosts() if a not in taken), None)
+        if address is None:
+            raise Unavailable(
+                f"no free guest IP left in {network} ({len(taken)} in use or reserved)",
+                hint="delete VMs you no longer need, or set a larger bridge_cidr",
+            )
+        return str(address)
 
     def _explain(self, violation: Violation, record: VMRecord) -> BangerError:
         if violation.column == "vms.name":

@@ -102,7 +102,16 @@ class SnapshotCapable(Protocol):
         ...
 
     async def restore_state(self, handle: Handle, src: Path) -> None:
-        """Load ``src`` into a VMM launched as a clone; raise ``SnapshotUnusable`` if refused."""
+        """Load ``src`` into a VMM launched as a clone, leaving it paused; raise
+        ``SnapshotUnusable`` if refused."""
+        ...
+
+    async def resume(self, handle: Handle) -> None:
+        """Run a clone whose state ``restore_state`` loaded (or that ``pause`` stopped)."""
+        ...
+
+    async def pause(self, handle: Handle) -> None:
+        """Stop a running clone's vCPUs (a warm pool member waits so)."""
         ...
 
     async def announce_work_disk(self, handle: Handle, size: int) -> None:

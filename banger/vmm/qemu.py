@@ -20,7 +20,8 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -246,7 +247,7 @@ class QemuBackend(VmmProcess):
             return await qemu_snapshot.save(qmp, dest)
 
     async def restore_state(self, handle: Handle, src: Path) -> None:
-        """Load ``src`` into a VMM launched as a clone (``-incoming defer``); it then runs."""
+        """Load ``src`` into a VMM launched as a clone (``-incoming defer``); it stays paused."""
         try:
             async with self._qmp(handle) as qmp:
                 await qemu_snapshot.load(qmp, src)
@@ -256,6 +257,22 @@ class QemuBackend(VmmProcess):
             raise SnapshotUnusable(
                 f"QEMU could not load the saved state: {tail[-1] if tail else repr(exc)}"
             ) from exc
+
+    async def resume(self, handle: Handle) -> None:
+        """Run a clone whose state is loaded (or that ``pause`` stopped)."""
+        await self._run_state(handle, qemu_snapshot.resume, "run")
+
+    async def pause(self, handle: Handle) -> None:
+        """Stop a running clone's vCPUs."""
+        await self._run_state(handle, qemu_snapshot.pause, "pause")
+
+    async def _run_state(self, handle: Handle, change: Callable[[QMPClient], Awaitable[None]],
+                         what: str) -> None:
+        try:
+            async with self._qmp(handle) as qmp:
+                await change(qmp)
+        except (QMPError, OSError, EOFError, TimeoutError) as exc:
+            raise HostToolError(f"QEMU could not {what} the restored guest: {exc!r}") from exc
 
     async def announce_work_disk(self, handle: Handle, size: int) -> None:
         """Tell a restored guest its work disk's size (its own disk, not the template's)."""

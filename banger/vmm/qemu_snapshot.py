@@ -76,7 +76,8 @@ async def save(qmp: QMPClient, dest: Path, *, timeout: float = SAVE_TIMEOUT) -> 
 
 
 async def load(qmp: QMPClient, src: Path, *, timeout: float = LOAD_TIMEOUT) -> None:
-    """Load ``src`` into a VMM waiting with ``-incoming defer``; the guest runs after.
+    """Load ``src`` into a VMM waiting with ``-incoming defer``; the guest stays paused
+    (the template was paused when saved) until ``resume``.
 
     Raises ``SnapshotUnusable`` when QEMU refuses the state (it then exits).
     """
@@ -89,8 +90,6 @@ async def load(qmp: QMPClient, src: Path, *, timeout: float = LOAD_TIMEOUT) -> N
         await _pass_fd(qmp, fd)
         await qmp.execute("migrate-incoming", {"uri": f"fd:{_FD_NAME}"})
         await _wait_migration(qmp, timeout, "load the saved state")
-        # The template was paused when saved, so its clone starts paused: run it.
-        await qmp.execute("cont")
     except HostToolError as exc:
         raise SnapshotUnusable(exc.message) from exc
     except (QMPError, OSError, EOFError) as exc:
@@ -98,6 +97,16 @@ async def load(qmp: QMPClient, src: Path, *, timeout: float = LOAD_TIMEOUT) -> N
         raise SnapshotUnusable(f"QEMU could not load the saved state: {exc!r}") from exc
     finally:
         os.close(fd)
+
+
+async def pause(qmp: QMPClient) -> None:
+    """Stop a clone's vCPUs (a warm pool member, between its identity and its claim)."""
+    await qmp.execute("stop")
+
+
+async def resume(qmp: QMPClient) -> None:
+    """Run a loaded clone (a warm pool keeps it paused until a create claims it)."""
+    await qmp.execute("cont")
 
 
 async def announce_disk_size(qmp: QMPClient, drive: str, size: int) -> None:

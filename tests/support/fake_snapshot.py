@@ -4,8 +4,9 @@
 is a small file (and ``ram`` a sparse one), and a template or clone gets a real Unix socket at its
 ``agent_socket`` (as QEMU's chardev), served by a fake agent speaking the
 agent's protocol (docs/snapshots.md). ``agent`` picks how a clone's agent
-answers ``identity``: ``ok``, ``error`` (a refusal) or ``silent`` (reads the
-request and never answers, like a guest hung in the middle of applying it).
+answers ``identity``: ``ok``, ``error`` (a refusal), ``silent`` (reads the
+request and never answers, like a guest hung in the middle of applying it) or
+``old`` (an agent from before the warm pool: it never holds).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tests.support.fake_backend import FakeBackend
 from tests.support.fake_vms import FakeVMs, fake_vms
 
 STATE_BYTES = b"fake guest state\n"
-AgentMode = Literal["ok", "error", "silent"]
+AgentMode = Literal["ok", "error", "silent", "old"]
 
 
 class SnapshotFakeBackend(FakeBackend):
@@ -72,6 +73,12 @@ class SnapshotFakeBackend(FakeBackend):
         if src.read_bytes() != STATE_BYTES:
             raise SnapshotUnusable("the fake VMM could not load the saved state")
 
+    async def resume(self, handle: Handle) -> None:
+        self._record("resume", handle.vm_id)
+
+    async def pause(self, handle: Handle) -> None:
+        self._record("pause", handle.vm_id)
+
     async def announce_work_disk(self, handle: Handle, size: int) -> None:
         self._record("announce_work_disk", handle.vm_id, size)
 
@@ -80,13 +87,18 @@ class SnapshotFakeBackend(FakeBackend):
         try:
             while line := await reader.readline():
                 request = line.decode().split(" ", 1)[0].strip()
-                self._record(f"agent {request}", None)
+                self._record(f"agent {request}", None, line.decode().strip())
                 reply = {"ping": "pong", "quiesce": "quiesced"}.get(request)
                 if request == "identity":
                     if self.agent == "silent":
                         await reader.read()  # until the host hangs up
                         return
-                    reply = "ok machine-id=0123" if self.agent == "ok" else "error RNG reseed"
+                    ok = self.agent in ("ok", "old")
+                    reply = "ok machine-id=0123" if ok else "error RNG reseed"
+                    if self.agent == "ok" and "banger.hold=1" in line.decode():
+                        reply += " held"
+                elif request == "name":
+                    reply = "ok" if self.agent == "ok" else "error clock"
                 writer.write(f"{reply or 'error unknown request'}\n".encode())
                 await writer.drain()
         finally:

@@ -175,3 +175,17 @@ def test_without_network_privileges_a_vm_gets_user_networking_and_no_host_call(
     spec, tap, port = asyncio.run(scenario())
     assert isinstance(spec, UserNet) and tap is None and spec.ssh_host_port == port
     assert fake.methods() == ["can_manage_network"]
+
+
+def test_an_address_held_for_a_pool_member_is_never_allocated_to_a_vm(
+    store: Store, fake: RecordingHostOps
+) -> None:
+    vms = network(store, fake)
+    held = vms.hold_ip()
+    assert held == "172.16.0.2"  # the lowest after the bridge's own
+    assert vms.hold_ip() == "172.16.0.3"  # a second member: not the first one's
+    vm = add_vm(store, "box")
+    assert vms.allocate_ip(vm.id) == "172.16.0.4"
+    vms.release_ip(held)
+    other = add_vm(store, "other")
+    assert vms.allocate_ip(other.id) == held  # released: free again

@@ -1,0 +1,261 @@
+"""The warm pool (docs/snapshots.md, "Warm pool") on the daemon's own code, on a fake VMM.
+
+The VMM and the guest agent are fakes (tests/support/fake_snapshot.py); the pool's
+fill, claim, refill, fallbacks, shutdown and the restarted daemon's reap are the
+product's. Real guests: tests/vm/test_warm_pool.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import structlog.testing
+
+from banger.api.models import Operation, OperationState, VMCreateRequest
+from banger.core.errors import GuestError
+from banger.core.manifests import ImageManifest
+from banger.daemon import vm_restore
+from banger.daemon.vm_layout import VMFiles
+from banger.daemon.vm_pool import WarmPool
+from banger.images.manifest import ROOTFS_NAME
+from banger.store import ImageRecord
+from tests.support.fake_snapshot import SnapshotFakeBackend
+from tests.support.fake_vms import FakeVMs, fake_vms
+
+LEAN_ID = "img00000lean"
+Pool = tuple[FakeVMs, SnapshotFakeBackend, ImageRecord]
+
+
+@pytest.fixture
+def pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pool]:
+    monkeypatch.setattr(vm_restore, "IDENTITY_TIMEOUT", 1.0)
+    backend = SnapshotFakeBackend()
+    with fake_vms(tmp_path, fake=backend, warm_pool=1, default_vcpu=1, default_memory_mib=128,
+                  default_disk="8M") as vms:
+        image_dir = vms.settings.paths.images / LEAN_ID
+        image_dir.mkdir(parents=True)
+        with open(image_dir / ROOTFS_NAME, "wb") as rootfs:
+            rootfs.truncate(1 << 20)
+        manifest = ImageManifest(id=LEAN_ID, name="lean", source="test", kernel_name="k")
+        image = vms.store.images.add(ImageRecord(LEAN_ID, "lean", "test", image_dir,
+                                                 kernel_name="k", manifest=manifest))
+        vms.store.images.set_default("lean")
+        try:
+            yield vms, backend, image
+        finally:
+            vms.drive(vms.creator.pool.close)
+
+
+async def _until(what: Callable[[], bool], timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not what():
+            await asyncio.sleep(0.01)
+
+
+async def _filled(vms: FakeVMs, image: ImageRecord) -> WarmPool:
+    """Warm the default shape, start the pool, wait for its member."""
+    await vms.creator.snapshots.warm(image, 1, 128)
+    pool = vms.creator.pool
+    pool.start()
+    await _until(lambda: pool.members == 1)
+    return pool
+
+
+async def _create(vms: FakeVMs, name: str, **extra: object) -> Operation:
+    req = VMCreateRequest(name=name, **extra)  # type: ignore[arg-type]
+    _, work = await vms.creator.create(req)
+    return await vms.run(work, "vm.create")
+
+
+def _members(pool: WarmPool) -> list[str]:
+    return sorted(p.name for p in pool.markers.iterdir()) if pool.markers.is_dir() else []
+
+
+def test_a_create_claims_the_member_takes_its_name_and_the_pool_refills(pool: Pool) -> None:
+    vms, backend, image = pool
+
+    async def scenario() -> tuple[list[str], Operation, list[str]]:
+        p = await _filled(vms, image)
+        before = _members(p)
+        op = await _create(vms, "c0")
+        await _until(lambda: p.members == 1)  # refilled, one member at a time
+        return before, op, _members(p)
+
+    before, op, after = vms.drive(scenario)
+    assert op.state is OperationState.SUCCEEDED, op.error
+    vm = vms.vm("c0")
+    assert [vm.id] == before  # the member's id, files and VMM are the VM's now
+    assert vm.started_from.endswith("(warm pool)") and vm.snapshot_id, vm.started_from
+    assert "warm pool" in str([s.detail for s in op.stages])
+    launches = [c.vm_id for c in backend.named("launch")]
+    assert launches.count(vm.id) == 1 and len(after) == 1 and after != before
+    # the identity at the fill (held), only the name and the clock at the claim
+    identity = [c.args[0] for c in backend.named("agent identity")]
+    assert len(identity) == 2 and all("banger.hostname=banger-pool " in i
+                                      and i.endswith(" banger.hold=1") for i in identity)
+    [name] = [c.args[0] for c in backend.named("agent name")]
+    assert name.startswith("name banger.hostname=c0 banger.time="), name
+    assert [c.name for c in backend.calls if c.vm_id == vm.id and c.name in (
+        "restore_state", "resume", "pause")] == ["restore_state", "resume", "pause", "resume"]
+    assert [v.name for v in vms.store.vms.list()] == ["c0"]  # members have no rows
+    assert {h.pid for h in backend.live()} >= {vm.pid}
+
+
+@pytest.mark.parametrize(("extra", "why"), [
+    ({"cold": True}, "--cold"),
+    ({"memory_mib": 256}, "other vCPUs or memory"),
+    ({"disk": "16M"}, "another --disk"),
+    ({"start": False}, "created without starting"),
+])
+def test_a_create_the_pool_cannot_serve_leaves_the_member(
+        pool: Pool, extra: dict[str, object], why: str) -> None:
+    vms, backend, image = pool
+
+    async def scenario() -> tuple[list[str], Operation]:
+        p = await _filled(vms, image)
+        with structlog.testing.capture_logs() as logs:
+            op = await _create(vms, "c1", **extra)
+        whys = [e["why"] for e in logs if e["event"] == "the warm pool cannot serve this create"]
+        assert len(whys) == 1 and why in whys[0], logs
+        return _members(p), op
+
+    before, op = vms.drive(scenario)
+    assert op.state is OperationState.SUCCEEDED, op.error
+    vm = vms.vm("c1")
+    assert vm.id not in before and _members(vms.creator.pool) == before
+    assert "warm pool" not in (vm.started_from or "")
+
+
+def test_a_member_whose_guest_fails_its_identity_is_dropped_and_the_create_goes_on(
+        pool: Pool) -> None:
+    vms, backend, image = pool
+
+    async def scenario() -> tuple[str, Operation]:
+        p = await _filled(vms, image)
+        member = _members(p)[0]
+        backend.agent = "error"
+        return member, await _create(vms, "c2")
+
+    member, op = vms.drive(scenario)
+    assert op.state is OperationState.SUCCEEDED, op.error
+    vm = vms.vm("c2")
+    assert vm.id == member and vm.started_from.startswith("cold (snapshot "), vm.started_from
+    assert any(s.detail and "warm pool's VM failed" in s.detail for s in op.stages), op.stages
+    assert [h.pid for h in backend.live() if h.vm_id == vm.id] == [vm.pid]
+
+
+def test_the_members_of_a_killed_daemon_are_reaped_at_its_restart(pool: Pool) -> None:
+    """A daemon SIGKILLed with a filled pool leaves the member's VMM (daemonized), files
+    and marker. A marker whose pidfile names a live process that is not the member's VMM
+    (a reused pid) must not get that process killed."""
+    vms, backend, image = pool
+    first = vms.drive(lambda: _filled(vms, image))
+    [member_id] = _members(first)
+    vmm = next(h for h in backend.live() if h.vm_id == member_id)
+    vms.drive(first._tasks.aclose)  # as a SIGKILL would: the first daemon stops filling,
+    first._members.clear()  # and never discards its member
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        files = VMFiles.of(vms.settings.paths, "0123456789ab", "qcow2")
+        files.run_dir.mkdir(parents=True)
+        (files.run_dir / "vmm.pid").write_text(f"{stranger.pid}\n")
+        (first.markers / "0123456789ab").touch()
+        (first.markers / "not-an-id").touch()
+        restarted = WarmPool(vms.new_service().rt, first.booter, first.snapshots,
+                             make_disks=None)  # type: ignore[arg-type]  # recover makes none
+        reaped = vms.drive(restarted.recover)
+        assert sorted(reaped) == sorted([member_id, "0123456789ab"])
+        assert not vmm.running() and stranger.poll() is None
+        assert _members(restarted) == ["not-an-id"]  # not a name we make: left alone
+        assert not (vms.settings.paths.vms / member_id).exists()
+        assert not files.run_dir.exists()
+        assert vms.drive(restarted.recover) == []
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_shutdown_discards_every_member(pool: Pool) -> None:
+    vms, backend, image = pool
+    p = vms.creator.pool
+
+    async def scenario() -> None:
+        await _filled(vms, image)
+        await p.close()
+
+    vms.drive(scenario)
+    assert p.members == 0 and _members(p) == [] and backend.live() == []
+    assert vms.leftovers() == []
+
+
+def test_an_image_whose_agent_cannot_hold_leaves_the_pool_empty_and_nothing_behind(
+        pool: Pool) -> None:
+    vms, backend, image = pool
+    backend.agent = "old"
+    p = vms.creator.pool
+
+    async def scenario() -> list[dict[str, object]]:
+        await vms.creator.snapshots.warm(image, 1, 128)
+        with structlog.testing.capture_logs() as logs:
+            p.start()
+            await _until(lambda: any(e["event"] == "could not fill the warm pool" for e in logs))
+            await asyncio.sleep(0.05)
+        return logs
+
+    logs = vms.drive(scenario)
+    [failed] = [e for e in logs if e["event"] == "could not fill the warm pool"]
+    assert "predates" in str(failed["error"]) and "rebuild" in str(failed["hint"]), failed
+    assert p.members == 0 and _members(p) == [] and backend.live() == []
+    assert vms.leftovers() == [] and vms.network._held == set()
+
+
+def test_the_refill_waits_for_the_running_create_and_a_failed_claiming_create_leaves_nothing(
+        pool: Pool) -> None:
+    """The claiming create's guest never lets SSH in: while that create runs no refill
+    starts (it would compete for the CPU); once it failed, its VM (the member) is gone and
+    the pool refills."""
+    vms, backend, image = pool
+
+    async def scenario() -> tuple[str, list[str | None], Operation]:
+        p = await _filled(vms, image)
+        [first] = _members(p)
+        gate = asyncio.Event()
+
+        async def held_ready(*_args: object, **_kwargs: object) -> None:
+            await gate.wait()
+            raise GuestError("SSH did not accept our key in time")
+
+        vms.guest.wait_ready = held_ready  # type: ignore[method-assign]
+        create = asyncio.ensure_future(_create(vms, "c3"))
+        await _until(lambda: bool(backend.named("agent name")))
+        await asyncio.sleep(0.3)  # time enough for a refill to start, were it allowed
+        during = [c.vm_id for c in backend.named("launch")]
+        gate.set()
+        op = await create
+        await _until(lambda: p.members == 1)
+        return first, during, op
+
+    first, during, op = vms.drive(scenario)
+    assert op.state is OperationState.FAILED
+    assert during[-1] == first and len(during) == 2, during  # the template, the member
+    assert vms.store.vms.find("c3") is None
+    assert not (vms.settings.paths.vms / first).exists()
+    assert [h.vm_id for h in backend.live()] == [c.vm_id for c in backend.named("launch")][-1:]
+
+
+def test_a_dropped_snapshot_empties_the_pool(pool: Pool) -> None:
+    vms, backend, image = pool
+    p = vms.creator.pool
+
+    async def scenario() -> None:
+        await _filled(vms, image)
+        [snap] = [m["id"] for m in vms.creator.snapshots.all()]
+        vms.creator.snapshots.invalidate(str(snap), "a test drops it")
+        await _until(lambda: p.members == 0 and not backend.live())
+
+    vms.drive(scenario)
+    assert _members(p) == [] and vms.leftovers() == []

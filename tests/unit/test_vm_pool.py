@@ -1,0 +1,45 @@
+"""Which creates a warm pool member can serve (daemon/vm_pool.py ``why_not_served``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from banger.core.publish import parse_publish_list
+from banger.daemon.vm_create import CreatePlan
+from banger.daemon.vm_pool import Shape, why_not_served
+from banger.store.records import ImageRecord
+
+IMAGE = ImageRecord("img000000001", "img", "test", Path("/nonexistent"))
+SHAPE = Shape(IMAGE.id, "k", 2, 1024, 8 << 30, "snap", ())
+PLAIN = CreatePlan(name="box", vcpu=2, memory_mib=1024, disk_bytes=8 << 30, image=IMAGE,
+                   start=True)
+
+
+def test_a_plain_create_of_the_default_shape_is_served() -> None:
+    assert why_not_served(PLAIN, IMAGE, False, SHAPE) is None
+
+
+@pytest.mark.parametrize(("change", "workspace", "why"), [
+    ({"start": False}, False, "created without starting"),
+    ({"cold": True}, False, "--cold"),
+    ({}, True, "a workspace"),
+    ({"nat": True}, False, "--nat"),
+    ({"ports": tuple(parse_publish_list(["8080:80"]))}, False, "--publish"),
+    ({"vcpu": 1}, False, "vCPUs or memory"),
+    ({"memory_mib": 2048}, False, "vCPUs or memory"),
+    ({"disk_bytes": 9 << 30}, False, "--disk"),
+])
+def test_a_create_a_member_cannot_be_says_why(change: dict[str, object], workspace: bool,
+                                               why: str) -> None:
+    plan = dataclasses.replace(PLAIN, **change)  # type: ignore[arg-type]
+    found = why_not_served(plan, IMAGE, workspace, SHAPE)
+    assert found is not None and why in found, found
+
+
+def test_another_image_is_not_served() -> None:
+    other = dataclasses.replace(IMAGE, id="img000000002")
+    assert "image" in (why_not_served(PLAIN, other, False, SHAPE) or "")
+    assert "image" in (why_not_served(PLAIN, None, False, SHAPE) or "")
