@@ -186,7 +186,7 @@ class FirecrackerBackend(VmmProcess):
         return size
 
     async def restore_state(self, handle: Handle, src: Path) -> None:
-        """Load ``src`` (and its RAM) into a Firecracker launched as a clone; it then runs."""
+        """Load ``src`` (and its RAM) into a Firecracker launched as a clone, paused."""
         spec = self._clones.pop(handle.vm_id, None)
         if spec is None:
             raise SnapshotUnusable(f"VM {handle.vm_id} was not launched as a clone")
@@ -198,6 +198,14 @@ class FirecrackerBackend(VmmProcess):
         except BangerError as exc:
             raise SnapshotUnusable(f"Firecracker could not load the saved state: "
                                    f"{exc.message}") from exc
+
+    async def resume(self, handle: Handle) -> None:
+        """Run a clone whose state is loaded (or that ``pause`` stopped)."""
+        await self._client(handle).call(api.resume())
+
+    async def pause(self, handle: Handle) -> None:
+        """Stop a running clone's vCPUs."""
+        await self._client(handle).call(api.pause())
 
     async def announce_work_disk(self, handle: Handle, size: int) -> None:
         """Make a restored guest re-read its work disk's size (Firecracker reads the file's)."""

@@ -104,6 +104,10 @@ def pause() -> ApiCall:
     return ApiCall("PATCH", "/vm", {"state": "Paused"})
 
 
+def resume() -> ApiCall:
+    return ApiCall("PATCH", "/vm", {"state": "Resumed"})
+
+
 def snapshot_create(state: Path) -> ApiCall:
     """Save a paused guest: device state to ``state``, RAM to ``memory_file(state)``."""
     return ApiCall("PUT", "/snapshot/create", {
@@ -112,7 +116,8 @@ def snapshot_create(state: Path) -> ApiCall:
 
 
 def snapshot_load(spec: VMSpec, state: Path) -> ApiCall:
-    """Load ``state`` into a fresh Firecracker for the clone ``spec`` and resume it.
+    """Load ``state`` into a fresh Firecracker for the clone ``spec``, paused (``resume()``
+    runs it, as QEMU's clones wait for ``cont``).
 
     The clone's TAP replaces the template's (``network_overrides``, 1.16+); its
     disks and vsock socket are the relative names the template used.
@@ -121,7 +126,7 @@ def snapshot_load(spec: VMSpec, state: Path) -> ApiCall:
     body: dict[str, Any] = {
         "snapshot_path": str(state),
         "mem_backend": {"backend_type": "File", "backend_path": str(memory_file(state))},
-        "resume_vm": True,
+        "resume_vm": False,
     }
     if isinstance(spec.net, TapNet):
         body["network_overrides"] = [{"iface_id": NET_IFACE, "host_dev_name": spec.net.tap_name}]

@@ -20,7 +20,6 @@ import contextlib
 import functools
 import logging
 import os
-import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import ClassVar

@@ -163,10 +163,14 @@ def test_a_snapshot_pauses_then_saves_state_and_ram_and_a_clone_loads_it(
     try:
         assert len(rig.requests()) == len(saved)
         run(rig.backend.restore_state(handle, state))
+        run(rig.backend.resume(handle))  # loaded paused, as a QEMU clone waits for cont
         run(rig.backend.announce_work_disk(handle, 4096))
+        run(rig.backend.pause(handle))  # a warm pool member waits so
         assert rig.requests()[len(saved):] == [
             ("PUT", "/snapshot/load", api.snapshot_load(clone, state).body),
+            ("PATCH", "/vm", {"state": "Resumed"}),
             ("PATCH", "/drives/work", {"drive_id": "work", "path_on_host": "work.disk"}),
+            ("PATCH", "/vm", {"state": "Paused"}),
         ]
         assert rig.requests()[len(saved)][2]["network_overrides"] == [
             {"iface_id": "net0", "host_dev_name": "tap-clone"}]

@@ -110,7 +110,7 @@ def test_a_clone_loads_from_file_resumes_and_takes_its_own_tap() -> None:
     assert api.snapshot_load(spec, SNAP).body == {
         "snapshot_path": str(SNAP),
         "mem_backend": {"backend_type": "File", "backend_path": str(SNAP) + ".mem"},
-        "resume_vm": True,
+        "resume_vm": False,
         "network_overrides": [{"iface_id": "net0", "host_dev_name": "bgt0a1b2c3d4e5f"}],
     }
 
