@@ -101,3 +101,24 @@ def test_the_template_started_helper_takes_one_line_then_a_new_perl_does(root: P
     out = agent(root, 'agent_start_helper; agent_kernel 00ff; echo "$? [$AGENT_HELPER]"; '
                       "agent_kernel 00ff; echo $?").stdout
     assert out == "0 []\n0\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="RNDRESEEDCRNG needs CAP_SYS_ADMIN (root)")
+def test_a_helper_gone_before_its_line_is_replaced_by_a_new_perl(root: Path) -> None:
+    (root / "run/banger").mkdir(parents=True)
+    out = agent(root, 'agent_start_helper; kill -9 "$AGENT_HELPER"; wait "$AGENT_HELPER"; '
+                      "agent_kernel 00ff; echo $?").stdout
+    assert out == "0\n"
+
+
+def test_without_perl_the_identity_fails_at_once_instead_of_hanging(root: Path,
+                                                                   tmp_path: Path) -> None:
+    (root / "run/banger").mkdir(parents=True)
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    for tool in ("mkfifo", "rm", "cat"):
+        (bare / tool).symlink_to(shutil.which(tool) or f"/bin/{tool}")
+    proc = agent(root, f'PATH={bare}; agent_start_helper; echo "[$AGENT_HELPER]"; '
+                       "agent_kernel 00ff; echo $?", check=False)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "[]" and lines[-1] not in ("", "0")
