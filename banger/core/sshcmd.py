@@ -30,6 +30,7 @@ def ssh_argv(
     ssh_binary: str = "ssh",
     control_path: Path | None = None,
     start_master: bool = True,
+    authenticate_only: bool = False,
 ) -> list[str]:
     """The system ``ssh`` argv for a VM (pure). ``command`` is quoted for the remote shell.
 
@@ -38,7 +39,11 @@ def ssh_argv(
     session, so the next ``vm ssh``/``vm run`` skips the key exchange. With
     ``start_master=False`` it uses a master that is up and never starts one
     (a daemon-side command whose output is read through pipes).
+    ``authenticate_only`` (``-N``; a master to start, no ``command``) opens no
+    session: ssh returns once sshd accepted the key and leaves the master up.
     """
+    if authenticate_only and (command or control_path is None or not start_master):
+        raise ValueError("authenticate_only starts a master and runs no command")
     argv = [ssh_binary, "-F", "/dev/null"]  # the user's ~/.ssh/config must not change this
     options = {
         "IdentitiesOnly": "yes",
@@ -61,6 +66,8 @@ def ssh_argv(
         argv += ["-o", f"{name}={value}"]
     if tty:
         argv.append("-t")
+    if authenticate_only:
+        argv.append("-N")
     argv += ["--", f"{user}@{target}"]
     if command:
         # ssh joins its arguments with spaces for the remote shell; one quoted

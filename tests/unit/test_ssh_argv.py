@@ -74,3 +74,14 @@ def test_known_hosts_line_uses_brackets_for_a_non_default_port() -> None:
 def test_known_hosts_line_refuses_text_that_is_not_a_public_key() -> None:
     with pytest.raises(InvalidInput):
         known_hosts_line("h", 22, b"-----BEGIN OPENSSH PRIVATE KEY-----")
+
+
+def test_authenticate_only_starts_a_master_and_asks_for_no_session() -> None:
+    ctl = Path("/run/banger/vms/x/ssh")
+    argv = ssh_argv("h", 22, KEY, KH, control_path=ctl, authenticate_only=True)
+    assert argv[-3:] == ["-N", "--", "root@h"]
+    assert "ControlPersist=60s" in argv  # what makes ssh -N return after authenticating
+    for wrong in ({"command": ["true"], "control_path": ctl}, {},
+                  {"control_path": ctl, "start_master": False}):
+        with pytest.raises(ValueError, match="starts a master"):
+            ssh_argv("h", 22, KEY, KH, authenticate_only=True, **wrong)  # type: ignore[arg-type]

@@ -239,23 +239,30 @@ def test_open_master_leaves_one_shared_connection_that_later_ssh_reuses(
     port = keys.port
     control = tmp_path / "ctl"
     connections: list[object] = []
+    commands: list[str | None] = []
 
     class CountingServer(asyncssh.SSHServer):
         def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
             connections.append(conn)
 
+    async def run(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        commands.append(process.command)
+        await _run_in_shell(process)
+
     async def scenario() -> int:
         server = await asyncssh.listen(
             "127.0.0.1", port, server_host_keys=[str(keys.host_key)],
-            authorized_client_keys=str(keys.authorized), process_factory=_run_in_shell,
+            authorized_client_keys=str(keys.authorized), process_factory=run,
             encoding=None, server_factory=CountingServer,
         )  # fmt: skip
         try:
-            await open_master(
-                "127.0.0.1", port, keys.client, keys.known_hosts, control,
-                deadline=time.monotonic() + 20, log_path=tmp_path / "ssh.log",
-            )  # fmt: skip
-            assert control.exists()
+            for _ in range(2):  # again, as a reboot does: a new master, still no session
+                await open_master(
+                    "127.0.0.1", port, keys.client, keys.known_hosts, control,
+                    deadline=time.monotonic() + 20, log_path=tmp_path / "ssh.log",
+                )  # fmt: skip
+                assert control.exists()
+            assert commands == []  # readiness is the key accepted: no session, no shell
             argv = ssh_argv("127.0.0.1", port, keys.client, keys.known_hosts,
                             command=["sh", "-c", "exit 42"], control_path=control)
             proc = await asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL)
@@ -267,7 +274,8 @@ def test_open_master_leaves_one_shared_connection_that_later_ssh_reuses(
             await server.wait_closed()
 
     assert asyncio.run(scenario()) == 42
-    assert len(connections) == 1
+    assert len(connections) == 2
+    assert commands == ["sh -c 'exit 42'"]
     assert not control.exists()
 
 
