@@ -49,8 +49,11 @@ def test_the_identity_words_are_read_in_one_pass_and_never_globbed(root: Path) -
     (root / "identity").write_text(
         "banger.hostname=a banger.time=1.5 banger.seed=ab banger.time=* "
         "banger.work_sectors=2048 banger.seedling=zz\n")
-    out = agent(root, f'cd {root}; agent_words; echo "$_time|$_seed|$_sectors"').stdout
-    assert out == "*|ab|2048\n"
+    out = agent(root, f'cd {root}; agent_words; echo "$_time|$_seed|$_sectors|$_hostname|$_hold"'
+                ).stdout
+    assert out == "*|ab|2048|a|\n"
+    (root / "identity").write_text("banger.hostname=box banger.hold=1\n")  # a warm pool member
+    assert agent(root, 'agent_words; echo "$_hostname|$_hold"').stdout == "box|1\n"
 
 
 def test_the_listener_is_the_port_22_socket_in_listen_state_only(root: Path) -> None:
