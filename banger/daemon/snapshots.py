@@ -48,7 +48,7 @@ from banger.vmm.channel import Channel
 
 log = structlog.get_logger("banger.daemon.snapshots")
 
-FORMAT = 2  # the agent protocol and this layout; a change invalidates every snapshot
+FORMAT = 3  # the agent protocol and this layout; a change invalidates every snapshot
 ROOT, META = "root", "meta.json"  # root: in the backend's root format
 TEMPLATE_WORK_BYTES = 64 << 20  # the template's scratch /root, unmounted before the save
 

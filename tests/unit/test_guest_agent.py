@@ -82,10 +82,16 @@ def test_waiting_for_sshd_gives_up_when_only_the_old_socket_listens(root: Path) 
     assert proc.returncode == 1
 
 
+def test_the_kernel_helper_compiles(root: Path) -> None:
+    """Only a parse: running it with a clock would set this host's clock."""
+    proc = agent(root, 'perl -c -e "$AGENT_HELPER_PL"', check=False)
+    assert proc.returncode == 0 and "syntax OK" in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("seed, when", [
     ("ab;cd", ""), ("$(touch x)", ""), ("AB", ""), ("a" * 300, ""),
     ("00ff", "1e9"), ("00ff", "-5"), ("00ff", "1.2.3"), ("00ff", "1234567890123"),
-    ("00ff", "1;touch x"),
+    ("00ff", "1;touch x"), ("00ff", "1 1.5"), ("00ff", "1 12"), ("00ff", "1 1.50 2"),
 ])
 def test_the_kernel_helper_refuses_a_malformed_seed_or_clock(root: Path, seed: str,
                                                               when: str) -> None:
