@@ -17,8 +17,9 @@ then proves it names the owner's things before the in-process operation runs:
   state dir, reached the same way, and only when the kernel then reports that very
   inode behind it; a loop device is detached, and a dm-snapshot made or removed, only
   when every loop device involved is backed by such a file;
-- Firecracker is jailed only as the owner's uid and gid, in a chroot under
-  ``<runtime dir>/jail``, a dir of root's the owner cannot redirect.
+- Firecracker is jailed only as the owner's uid and gid, and a jail removed only when
+  its chroot is the owner's; the chroot base is the helper's own (``host.jailer``),
+  never named by a request.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from banger.core.errors import Forbidden, InvalidInput, NotFound
 from banger.host import blockdev, net
-from banger.host.jailer import CHROOT_BASE_NAME, JailedVmm
+from banger.host.jailer import JailedVmm
 from banger.host.privileged import (
     MARKER_MAX,
     CheckedHostOps,
@@ -116,34 +117,6 @@ def open_owner_file(path: str, owner: Owner, roots: tuple[Path, ...] | None = No
     except BaseException:
         os.close(fd)
         raise
-
-
-def ensure_root_dir(parent: Path, name: str) -> None:
-    """``parent/name``: a dir of root's (0755, made when missing), not a symlink, so
-    the owner cannot point what root builds inside it elsewhere."""
-    refused = _refuse_path(str(parent / name), "it is not a dir of root's only root writes")
-    pfd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        made = True
-        try:
-            os.mkdir(name, 0o700, dir_fd=pfd)
-        except FileExistsError:
-            made = False
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         dir_fd=pfd)
-        except OSError:  # a symlink (ELOOP) or a file (ENOTDIR) there
-            raise refused from None
-    finally:
-        os.close(pfd)
-    try:
-        if made:
-            os.fchmod(fd, 0o755)  # through the fd: whatever umask, whatever renames since
-        st = os.fstat(fd)
-    finally:
-        os.close(fd)
-    if st.st_uid != 0 or st.st_mode & 0o022:
-        raise refused
 
 
 def _pid_in(fd: int) -> int | None:
@@ -298,16 +271,19 @@ class GuardedHostOps:
             self._own_loop(device, blockdev.loop_backing(device))
         return self.transport.remove_snapshot(name)
 
-    def launch_jailed(self, jail_id: str, uid: int, gid: int, chroot_base: str) -> JailedVmm:
+    def _own_ids(self, uid: int, gid: int) -> None:
         if (uid, gid) != (self.owner.uid, self.owner.gid):
             raise Forbidden(f"refusing a jail as {uid}:{gid}: the helper's owner is "
                             f"{self.owner.uid}:{self.owner.gid}",
                             hint="Firecracker runs as the owner")
-        expected = self.owner.dirs[1] / CHROOT_BASE_NAME
-        if chroot_base != str(expected):
-            raise _refuse_path(chroot_base, f"the chroot base is {expected}")
-        ensure_root_dir(self.owner.dirs[1], CHROOT_BASE_NAME)
-        return self.transport.launch_jailed(jail_id, uid, gid, chroot_base)
+
+    def launch_jailed(self, jail_id: str, uid: int, gid: int) -> JailedVmm:
+        self._own_ids(uid, gid)
+        return self.transport.launch_jailed(jail_id, uid, gid)
+
+    def remove_jail(self, jail_id: str, uid: int) -> bool:
+        self._own_ids(uid, self.owner.gid)
+        return self.transport.remove_jail(jail_id, uid)
 
 
 def helper_ops(owner: Owner, transport: HostOps | None = None) -> HostOps:

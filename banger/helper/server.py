@@ -60,8 +60,8 @@ def dispatch(ops: HostOps, owner: Owner, req: Any) -> Any:
         "detach_loop": lambda: ops.detach_loop(req.device),
         "create_snapshot": lambda: ops.create_snapshot(req.name, req.origin, req.cow),
         "remove_snapshot": lambda: ops.remove_snapshot(req.name),
-        "launch_jailed": lambda: asdict(ops.launch_jailed(req.jail_id, req.uid, req.gid,
-                                                          req.chroot_base)),
+        "launch_jailed": lambda: asdict(ops.launch_jailed(req.jail_id, req.uid, req.gid)),
+        "remove_jail": lambda: ops.remove_jail(req.jail_id, req.uid),
     }
     return simple[req.op]()
 

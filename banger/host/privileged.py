@@ -40,9 +40,9 @@ from typing import Protocol, runtime_checkable
 
 from banger.core.errors import BangerError, Forbidden, InvalidInput
 from banger.core.signals import validate_signal
-from banger.host import blockdev, nat, net, resolved
+from banger.host import blockdev, jailer, nat, net, resolved
 from banger.host import proc_identity as proc
-from banger.host.jailer import JailBinaries, JailedVmm, launch, validate_jail_id
+from banger.host.jailer import JailConfig, JailedVmm, validate_jail_id
 
 log = logging.getLogger("banger.host.privileged")
 
@@ -125,8 +125,13 @@ class HostOps(Protocol):
         """Remove dm-snapshot ``name``; False when there is none."""
         ...
 
-    def launch_jailed(self, jail_id: str, uid: int, gid: int, chroot_base: str) -> JailedVmm:
-        """Firecracker under its jailer as ``uid:gid``, chrooted under ``chroot_base``."""
+    def launch_jailed(self, jail_id: str, uid: int, gid: int) -> JailedVmm:
+        """Firecracker under its jailer as ``uid:gid``, chrooted under the transport's own
+        root-only chroot base (never a caller's); ``Conflict`` when the jail exists."""
+        ...
+
+    def remove_jail(self, jail_id: str, uid: int) -> bool:
+        """Delete jail ``jail_id``'s tree when its chroot is ``uid``'s; False when none."""
         ...
 
 
@@ -230,8 +235,8 @@ def validate_markers(markers: object) -> tuple[str, ...]:
 class InProcessHostOps:
     """``HostOps`` run in the daemon's own process (it holds the privileges)."""
 
-    def __init__(self, jail: JailBinaries | None = None) -> None:
-        self.jail = jail or JailBinaries()
+    def __init__(self, jail: JailConfig | None = None) -> None:
+        self.jail = jail or JailConfig()
 
     def can_manage_network(self) -> bool:
         return net.have_net_admin()
@@ -305,8 +310,11 @@ class InProcessHostOps:
     def remove_snapshot(self, name: str) -> bool:
         return blockdev.remove_snapshot(name)
 
-    def launch_jailed(self, jail_id: str, uid: int, gid: int, chroot_base: str) -> JailedVmm:
-        return launch(self.jail, jail_id, uid, gid, chroot_base)
+    def launch_jailed(self, jail_id: str, uid: int, gid: int) -> JailedVmm:
+        return jailer.launch(self.jail, jail_id, uid, gid)
+
+    def remove_jail(self, jail_id: str, uid: int) -> bool:
+        return jailer.remove(self.jail, jail_id, uid)
 
 
 class CheckedHostOps:
@@ -388,12 +396,16 @@ class CheckedHostOps:
     def remove_snapshot(self, name: str) -> bool:
         return self.transport.remove_snapshot(blockdev.validate_dm_name(name))
 
-    def launch_jailed(self, jail_id: str, uid: int, gid: int, chroot_base: str) -> JailedVmm:
+    def launch_jailed(self, jail_id: str, uid: int, gid: int) -> JailedVmm:
         validate_jail_id(jail_id)
         _validate_int(uid, "jail uid (never root)", 1, UID_MAX)
         _validate_int(gid, "jail gid (never root's)", 1, UID_MAX)
-        validate_host_path(chroot_base, "chroot base")
-        return self.transport.launch_jailed(jail_id, uid, gid, chroot_base)
+        return self.transport.launch_jailed(jail_id, uid, gid)
+
+    def remove_jail(self, jail_id: str, uid: int) -> bool:
+        validate_jail_id(jail_id)
+        _validate_int(uid, "jail uid (never root)", 1, UID_MAX)
+        return self.transport.remove_jail(jail_id, uid)
 
 
 def host_ops_for(helper_socket: Path | None = None) -> HostOps:

@@ -147,7 +147,7 @@ def test_firecracker_is_launched_under_the_jailer_as_the_owner(tmp_path: Path) -
     helper = serve_helper(owner, InProcessHostOps(), tmp_path / "h.sock")
     client = next(helper)
     try:
-        vmm = client.launch_jailed("bgj-0123456789ab", 65534, 65534, str(runtime / "jail"))
+        vmm = client.launch_jailed("bgj-0123456789ab", 65534, 65534)
         deadline = time.monotonic() + 10
         while not Path(vmm.api_socket).exists() and time.monotonic() < deadline:
             time.sleep(0.05)
