@@ -14,9 +14,9 @@ then proves it names the owner's things before the in-process operation runs:
   and the process runs as the owner; then ``InProcessHostOps`` proves start time
   and argv again and signals through a pidfd;
 - a loop device is attached only on a regular file of the owner's under the owner's
-  state dir, reached the same way, and only when the kernel then reports that very
-  inode behind it; a loop device is detached, and a dm-snapshot made or removed, only
-  when every loop device involved is backed by such a file;
+  state dir, reached the same way and handed to ``losetup`` as that fd; loop devices
+  and dm-snapshots are the owner's by the helper's own registry and the dm uuid,
+  never by path (``helper.blockguard``);
 - Firecracker is jailed only as the owner's uid and gid, and a jail removed only when
   its chroot is the owner's; the chroot base is the helper's own (``host.jailer``),
   never named by a request.
@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from banger.core.errors import Forbidden, InvalidInput, NotFound
-from banger.host import blockdev, net
-from banger.host.jailer import JailedVmm
+from banger.helper.blockguard import OwnedBlockDevices
+from banger.host import net
+from banger.host.jailer import HELPER_RUN_DIR, JailedVmm
 from banger.host.privileged import (
     MARKER_MAX,
     CheckedHostOps,
@@ -140,9 +141,11 @@ def process_uid(pid: int) -> int | None:
 class GuardedHostOps:
     """``HostOps`` limited to ``owner``'s bridge, TAPs and VMMs, over ``transport``."""
 
-    def __init__(self, owner: Owner, transport: HostOps) -> None:
+    def __init__(self, owner: Owner, transport: HostOps, run_dir: Path = HELPER_RUN_DIR) -> None:
         self.owner = owner
         self.transport = transport
+        self.blocks = OwnedBlockDevices(
+            owner.uid, lambda path: open_owner_file(path, owner, (owner.dirs[0],)), run_dir)
 
     def _own_alias(self, alias: str) -> str:
         if not alias.startswith(self.owner.alias_prefix):
@@ -221,55 +224,17 @@ class GuardedHostOps:
     def enable_ip_forward(self) -> None:
         self.transport.enable_ip_forward()
 
-    def _state_file(self, path: str) -> int:
-        return open_owner_file(path, self.owner, (self.owner.dirs[0],))
-
-    def _own_loop(self, device: str, backing: blockdev.LoopBacking | None) -> None:
-        """``backing`` (what the kernel says backs ``device``) is a file of the owner's state
-        dir, the very inode at that path."""
-        if backing is None:
-            raise Forbidden(f"{device} is not attached", hint="attach its backing file first")
-        fd = self._state_file(backing.path)  # " (deleted)" is not a normalised path: refused
-        try:
-            if not blockdev.same_inode(backing, os.fstat(fd)):
-                raise Forbidden(f"{device} is backed by another file than {backing.path}",
-                                hint="a helper acts only on loop devices of the owner's files")
-        finally:
-            os.close(fd)
-
     def attach_loop(self, backing: str, read_only: bool) -> str:
-        fd = self._state_file(backing)
-        try:
-            st = os.fstat(fd)
-            device = self.transport.attach_loop(backing, read_only)
-            got = blockdev.loop_backing(device)
-            if got is None or not blockdev.same_inode(got, st):  # swapped while attaching
-                self.transport.detach_loop(device)
-                raise Forbidden(f"{backing} changed while it was being attached",
-                                hint="attach a file the owner does not replace meanwhile")
-            return device
-        finally:
-            os.close(fd)
+        return self.blocks.attach(backing, read_only)
 
     def detach_loop(self, device: str) -> bool:
-        backing = blockdev.loop_backing(device)
-        if backing is None:
-            return False
-        self._own_loop(device, backing)
-        return self.transport.detach_loop(device)
+        return self.blocks.detach(device)
 
     def create_snapshot(self, name: str, origin: str, cow: str) -> str:
-        for device in (origin, cow):
-            self._own_loop(device, blockdev.loop_backing(device))
-        return self.transport.create_snapshot(name, origin, cow)
+        return self.blocks.create_snapshot(name, origin, cow)
 
     def remove_snapshot(self, name: str) -> bool:
-        if not blockdev.snapshot_exists(name):
-            return False
-        for device in blockdev.snapshot_loops(name):
-            blockdev.validate_loop_device(device)
-            self._own_loop(device, blockdev.loop_backing(device))
-        return self.transport.remove_snapshot(name)
+        return self.blocks.remove_snapshot(name)
 
     def _own_ids(self, uid: int, gid: int) -> None:
         if (uid, gid) != (self.owner.uid, self.owner.gid):
@@ -286,8 +251,10 @@ class GuardedHostOps:
         return self.transport.remove_jail(jail_id, uid)
 
 
-def helper_ops(owner: Owner, transport: HostOps | None = None) -> HostOps:
+def helper_ops(owner: Owner, transport: HostOps | None = None,
+               run_dir: Path = HELPER_RUN_DIR) -> HostOps:
     """What the helper runs a request through: shape checks, then owner checks, then
-    the in-process operation (``transport``, for tests)."""
-    return CheckedHostOps(GuardedHostOps(owner, transport or InProcessHostOps()))
+    the in-process operation (``transport``, for tests); block devices run in the guard
+    itself (``helper.blockguard``), their registry in the helper's ``run_dir``."""
+    return CheckedHostOps(GuardedHostOps(owner, transport or InProcessHostOps(), run_dir))
 

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
             raise BangerError(f"--run-dir {args.run_dir} is not absolute",
                               hint="pass an absolute path of root's, e.g. /run/banger-root")
         jail = JailConfig(args.jailer, args.firecracker, args.run_dir / CHROOT_BASE.name)
-        serve(args.socket, owner, helper_ops(owner, InProcessHostOps(jail)))
+        serve(args.socket, owner, helper_ops(owner, InProcessHostOps(jail), args.run_dir))
     except BangerError as exc:
         print(f"bangerd-root: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""),
               file=sys.stderr)

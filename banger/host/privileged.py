@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from banger.core.errors import BangerError, Forbidden, InvalidInput
+from banger.core.errors import BangerError, Forbidden, InternalError, InvalidInput
 from banger.core.signals import validate_signal
 from banger.host import blockdev, jailer, nat, net, resolved
 from banger.host import proc_identity as proc
@@ -206,6 +206,18 @@ def validate_host_path(path: object, what: str) -> str:
     return path
 
 
+def validate_backing_file(path: object) -> str:
+    """A loop device's backing file: a host path (``validate_host_path``) whose components
+    are all of ``[A-Za-z0-9._-]`` (no newline or control character, whatever the kernel
+    and ``losetup`` would make of it)."""
+    checked = validate_host_path(path, "loop backing file")
+    if not all(blockdev.BACKING_PART_RE.fullmatch(p) for p in checked.split("/")[1:]):
+        raise InvalidInput(f"invalid loop backing file {_show(path)}",
+                           hint="a backing file's path has only A-Z, a-z, 0-9, '.', '_', '-' "
+                                "between its slashes")
+    return checked
+
+
 def path_marker(marker: str) -> bool:
     """A normalised absolute path of at least two components (``/run/.../vmm.pid``)."""
     return marker.startswith("/") and os.path.normpath(marker) == marker and marker.count("/") > 1
@@ -305,10 +317,10 @@ class InProcessHostOps:
         return blockdev.detach_loop(device)
 
     def create_snapshot(self, name: str, origin: str, cow: str) -> str:
-        return blockdev.create_snapshot(name, origin, cow)
+        return blockdev.create_snapshot(name, origin, cow, os.getuid())
 
     def remove_snapshot(self, name: str) -> bool:
-        return blockdev.remove_snapshot(name)
+        return blockdev.remove_snapshot(name, os.getuid())
 
     def launch_jailed(self, jail_id: str, uid: int, gid: int) -> JailedVmm:
         return jailer.launch(self.jail, jail_id, uid, gid)
@@ -376,10 +388,15 @@ class CheckedHostOps:
         self.transport.enable_ip_forward()
 
     def attach_loop(self, backing: str, read_only: bool) -> str:
-        validate_host_path(backing, "loop backing file")
+        validate_backing_file(backing)
         if not isinstance(read_only, bool):
             raise InvalidInput(f"invalid read_only {_show(read_only)}", hint="true or false")
-        return blockdev.validate_loop_device(self.transport.attach_loop(backing, read_only))
+        device = self.transport.attach_loop(backing, read_only)
+        try:
+            return blockdev.validate_loop_device(device)
+        except InvalidInput:
+            raise InternalError(f"the transport attached {backing} as {_show(device)}, not a "
+                                "loop device", hint="look for it with losetup -a") from None
 
     def detach_loop(self, device: str) -> bool:
         return self.transport.detach_loop(blockdev.validate_loop_device(device))
@@ -391,7 +408,13 @@ class CheckedHostOps:
         if origin == cow:
             raise InvalidInput(f"snapshot origin and cow are both {origin}",
                                hint="the copy-on-write device is a second loop device")
-        return blockdev.validate_mapper_path(self.transport.create_snapshot(name, origin, cow))
+        mapper = self.transport.create_snapshot(name, origin, cow)
+        try:
+            return blockdev.validate_mapper_path(mapper)
+        except InvalidInput:
+            self.transport.remove_snapshot(name)
+            raise InternalError(f"the transport made snapshot {name} as {_show(mapper)}, not "
+                                "its mapper path", hint="it was removed again") from None
 
     def remove_snapshot(self, name: str) -> bool:
         return self.transport.remove_snapshot(blockdev.validate_dm_name(name))

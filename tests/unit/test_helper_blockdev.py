@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from banger.core.errors import Forbidden, InvalidInput
+from banger.core.errors import Forbidden, InternalError, InvalidInput
 from banger.helper.guard import Owner
 from banger.host import blockdev
 from banger.host.helper_client import HelperHostOps
+from banger.host.privileged import CheckedHostOps
 from tests.support.fake_host_ops import RecordingHostOps
 from tests.support.helper_server import serve_helper
 from tests.unit.test_helper import raw
@@ -53,6 +54,10 @@ SHAPE_REFUSALS = [
     lambda h, o: h.attach_loop(f"{o.dirs[0]}/../../etc/passwd", True),  # ../
     lambda h, o: h.attach_loop(f"{o.dirs[0]}/{'a' * 5000}", True),       # too long
     lambda h, o: h.attach_loop("disk.img", False),                       # relative
+    lambda h, o: h.attach_loop(f"{o.dirs[0]}/y.img\n", False),  # a loop never detachable
+    lambda h, o: h.attach_loop(f"{o.dirs[0]}/x\x1b[2J.img", False),  # control characters
+    lambda h, o: h.attach_loop(f"{o.dirs[0]}/a b.img", False),
+    lambda h, o: h.attach_loop(f"{o.dirs[0]}/x\u202e.img", False),
     lambda h, o: h.detach_loop("/dev/sda"),
     lambda h, o: h.detach_loop("/dev/loop"),
     lambda h, o: h.detach_loop("/dev/loop01"),
@@ -120,6 +125,39 @@ def test_a_backing_file_outside_the_state_dir_is_refused(
 def test_the_snapshot_table_and_deps_parsing() -> None:
     assert blockdev.snapshot_table("/dev/loop3", "/dev/loop4", 2048) == (
         "0 2048 snapshot /dev/loop3 /dev/loop4 N 8")
-    assert blockdev.parse_deps(" 2 dependencies\t: (loop4) (loop3)\n") == [
-        "/dev/loop4", "/dev/loop3"]
-    assert blockdev.parse_deps("1 dependencies : (sda1)") == ["/dev/sda1"]  # refused later
+    assert blockdev.parse_deps(" 2 dependencies\t: (7, 4) (7, 3)\n") == [(7, 4), (7, 3)]
+    assert blockdev.parse_deps(" 1 dependencies\t: (253, 0)\n") == [(253, 0)]  # refused later
+    assert blockdev.parse_deps(" 0 dependencies\t:\n") == []  # refused later
+    for hostile in (" 2 dependencies\t: (loop4) (vg0-root)\n",  # names: read by number only
+                    " 3 dependencies\t: (7, 4) (7, 3)\n",       # the count disagrees
+                    " 1 dependencies\t: (7, 4) (7, 3)\n", "", "garbage"):
+        with pytest.raises(InternalError):
+            blockdev.parse_deps(hostile)
+
+
+def test_a_dm_dependency_that_is_not_a_loop_is_forbidden_naming_the_dm_device() -> None:
+    with pytest.raises(Forbidden, match="dm device banger-x is built on 253:0, not a loop"):
+        blockdev.loop_of_devno("banger-x", (253, 0))
+    with pytest.raises(Forbidden, match="banger-x"):
+        blockdev.loop_of_devno("banger-x", (7, 999999))  # no such loop
+
+
+class Misanswering(RecordingHostOps):
+    """A transport whose answers are not what the operation makes."""
+
+    def attach_loop(self, backing: str, read_only: bool) -> str:
+        super().attach_loop(backing, read_only)
+        return "/dev/sda"
+
+    def create_snapshot(self, name: str, origin: str, cow: str) -> str:
+        super().create_snapshot(name, origin, cow)
+        return "/dev/dm-0"
+
+
+def test_a_transport_answering_a_wrong_device_is_an_internal_error_and_cleaned_up() -> None:
+    ops = CheckedHostOps(Misanswering())
+    with pytest.raises(InternalError, match="not a loop device"):
+        ops.attach_loop("/var/lib/banger/disk.img", True)
+    with pytest.raises(InternalError, match="not its mapper path"):
+        ops.create_snapshot("banger-r", "/dev/loop1", "/dev/loop2")
+    assert ops.transport.methods()[-1] == "remove_snapshot"  # type: ignore[attr-defined]
