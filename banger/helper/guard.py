@@ -9,10 +9,10 @@ then proves it names the owner's things before the in-process operation runs:
   and only a TAP owned by the owner (or by no one, on the owner's bridge) is deleted;
 - a VMM is signalled only when every path in its markers lies under the owner's
   state or runtime dir with no symlink in any component (each component opened
-  ``O_PATH | O_NOFOLLOW`` from the dir down, the leaf re-checked through its fd:
-  a regular file of the owner's), the pidfile read through that fd names the pid,
-  and the process runs as the owner; then ``InProcessHostOps`` proves start time
-  and argv again and signals through a pidfd;
+  ``O_PATH | O_NOFOLLOW`` from ``/`` down, the owner's dir owned by the owner, the
+  leaf re-checked through its fd: a regular file of the owner's), the pidfile read
+  through that fd names the pid, and the process runs as the owner; then
+  ``InProcessHostOps`` proves start time and argv again and signals through a pidfd;
 - a loop device is attached only on a regular file of the owner's under the owner's
   state dir, reached the same way and handed to ``losetup`` as that fd; loop devices
   and dm-snapshots are the owner's by the helper's own registry and the dm uuid,
@@ -34,6 +34,7 @@ from pathlib import Path
 from banger.core.errors import Forbidden, InvalidInput, NotFound
 from banger.helper.blockguard import OwnedBlockDevices
 from banger.host import net
+from banger.host.files import path_parts, walk_nofollow
 from banger.host.jailer import HELPER_RUN_DIR, JailedVmm
 from banger.host.privileged import (
     MARKER_MAX,
@@ -42,8 +43,6 @@ from banger.host.privileged import (
     InProcessHostOps,
     path_marker,
 )
-
-_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -94,30 +93,31 @@ def _root_for(path: str, roots: tuple[Path, ...]) -> tuple[Path, list[str]]:
 
 
 def open_owner_file(path: str, owner: Owner, roots: tuple[Path, ...] | None = None) -> int:
-    """An ``O_PATH`` fd on the owner's regular file ``path``, reached with no symlink in
-    any component below the owner's dir (of ``roots``, default both); the caller closes it."""
+    """An ``O_PATH`` fd on the owner's regular file ``path`` under the owner's dir (of
+    ``roots``, default both), walked from ``/`` one component at a time without following
+    a symlink anywhere (the owner's dir itself included: root never starts a walk where
+    the owner points), the owner's dir owned by the owner. Missing, a symlink, not a
+    regular file, not the owner's: one refusal, so the walk tells nothing of what
+    exists where. The caller closes the fd."""
     root, parts = _root_for(path, roots or owner.dirs)
-    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    refused = _refuse_path(path, "it is not a regular file of the owner's in its dir")
     try:
-        for i, part in enumerate(parts):
-            try:
-                nxt = os.open(part, _PATH_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                raise _refuse_path(path, f"{part!r} does not exist") from None
-            os.close(fd)
-            fd = nxt
-            st = os.fstat(fd)
-            if stat.S_ISLNK(st.st_mode):
-                raise _refuse_path(path, f"component {part!r} is a symbolic link")
-            if i < len(parts) - 1 and not stat.S_ISDIR(st.st_mode):
-                raise _refuse_path(path, f"component {part!r} is not a directory")
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != owner.uid:
-            raise _refuse_path(path, "it is not a regular file of the owner's")
-        return fd
-    except BaseException:
+        root_fd = walk_nofollow(path_parts(root), directory=True)
+    except OSError:
+        raise refused from None
+    try:
+        if os.fstat(root_fd).st_uid != owner.uid:
+            raise refused
+        fd = walk_nofollow(parts, root_fd)
+    except OSError:
+        raise refused from None
+    finally:
+        os.close(root_fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != owner.uid:
         os.close(fd)
-        raise
+        raise refused
+    return fd
 
 
 def _pid_in(fd: int) -> int | None:

@@ -9,6 +9,7 @@ Real loop devices: ``tests/integration/test_helper_blockdev.py``; the jailer:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -33,8 +34,10 @@ JAIL_ID = "bgj-0123456789ab"
 @pytest.fixture
 def owner() -> Iterator[Owner]:
     base = Path(tempfile.mkdtemp(prefix="bgfc-"))
-    (base / "state").mkdir()
-    (base / "run").mkdir()
+    for d in ("state", "run"):
+        (base / d).mkdir()
+        if os.geteuid() == 0:
+            os.chown(base / d, UID, UID)  # the owner's dirs are the owner's
     yield Owner("someone", UID, UID, (base / "state", base / "run"))
     shutil.rmtree(base)
 
@@ -110,6 +113,38 @@ def test_a_jail_request_naming_a_binary_or_argv_is_refused(
 ) -> None:
     reply = raw(helper.path, json.dumps({"op_id": "t", **payload}).encode())
     assert reply["ok"] is False and reply["error"]["code"] == "invalid_input"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the owner's dir is another uid's")
+def test_an_owner_dir_pointing_elsewhere_tells_nothing_of_what_is_there(
+    tmp_path: Path, fake: RecordingHostOps
+) -> None:
+    """The reviewer's oracle: ``ln -s /home/victim ~/.local/state/banger`` made root walk
+    the victim's 0700 dir, and the refusal said which files exist there. The walk starts
+    at ``/`` without following a symlink, the owner's dir must be the owner's, and every
+    refusal reads the same."""
+    private = tmp_path / "private"
+    (private / ".ssh").mkdir(parents=True)
+    (private / ".ssh" / "id_ed25519").write_text("k")
+    private.chmod(0o700)
+    state = tmp_path / "state"
+    state.symlink_to(private)
+    not_theirs = tmp_path / "rootstate"  # a real dir, but root's, with a file of the owner's
+    not_theirs.mkdir()
+    (not_theirs / "disk.img").touch()
+    os.chown(not_theirs / "disk.img", UID, UID)
+    for owner_state in (state, not_theirs):
+        owner = Owner("someone", UID, UID, (owner_state, tmp_path / "run"))
+        (tmp_path / "run").mkdir(exist_ok=True)
+        texts = set()
+        for client in serve_helper(owner, fake, tmp_path / "run" / "h.sock"):
+            for name in (".ssh/id_ed25519", ".ssh/id_rsa", ".ssh", ".ssh/id_ed25519/x",
+                         "disk.img"):
+                with pytest.raises(Forbidden) as refused:
+                    client.attach_loop(f"{owner_state}/{name}", True)
+                texts.add(refused.value.message.replace(f"{owner_state}/{name}", "P"))
+        assert len(texts) == 1, texts
+    assert fake.methods() == []
 
 
 def test_a_backing_file_outside_the_state_dir_is_refused(
