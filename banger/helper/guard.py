@@ -43,6 +43,7 @@ from banger.host.privileged import (
     InProcessHostOps,
     path_marker,
 )
+from banger.host.proc_identity import read_pid_fd
 
 
 @dataclass(frozen=True)
@@ -120,13 +121,6 @@ def open_owner_file(path: str, owner: Owner, roots: tuple[Path, ...] | None = No
     return fd
 
 
-def _pid_in(fd: int) -> int | None:
-    """The pid in the file behind O_PATH ``fd`` (reopened through /proc, never by name)."""
-    with open(f"/proc/self/fd/{fd}", "rb") as f:
-        text = f.read(32).decode("ascii", "replace").strip()
-    return int(text) if text.isdigit() else None
-
-
 def process_uid(pid: int) -> int | None:
     """The real uid of ``pid``, or None when it is gone."""
     try:
@@ -191,7 +185,7 @@ class GuardedHostOps:
         for marker in (m for m in markers if path_marker(m)):
             fd = open_owner_file(marker, self.owner)
             try:
-                named = named or _pid_in(fd) == pid
+                named = named or read_pid_fd(fd) == pid
             finally:
                 os.close(fd)
         uid = process_uid(pid)

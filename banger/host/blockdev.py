@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from banger.core.errors import Forbidden, InternalError, InvalidInput
+from banger.core.validate import show_value
 from banger.host.run import require_tool, run
 
 TIMEOUT = 30.0
@@ -44,15 +45,10 @@ DEPS_RE = re.compile(r"\s*(\d+) dependencies\s*:((?:\s*\(\d+, \d+\))*)\s*")
 SNAPSHOT_CHUNK = 8  # sectors: 4 KiB copy-on-write chunks
 
 
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def validate_loop_device(device: object) -> str:
     """``/dev/loopN``, nothing else (no other block device, no path games)."""
     if not isinstance(device, str) or not LOOP_RE.fullmatch(device):
-        raise InvalidInput(f"invalid loop device {_show(device)}",
+        raise InvalidInput(f"invalid loop device {show_value(device)}",
                            hint="a loop device is /dev/loopN")
     return device
 
@@ -60,7 +56,7 @@ def validate_loop_device(device: object) -> str:
 def validate_dm_name(name: object) -> str:
     """A dm device name of banger's: ``banger-`` then 1-63 of ``[a-z0-9-]``."""
     if not isinstance(name, str) or not DM_NAME_RE.fullmatch(name):
-        raise InvalidInput(f"invalid dm name {_show(name)}",
+        raise InvalidInput(f"invalid dm name {show_value(name)}",
                            hint=f"a dm name is {DM_PREFIX} then 1-63 of a-z, 0-9 and '-'")
     return name
 
@@ -68,7 +64,7 @@ def validate_dm_name(name: object) -> str:
 def validate_mapper_path(path: object) -> str:
     """``/dev/mapper/<dm name of banger's>``."""
     if not isinstance(path, str) or not path.startswith(MAPPER_DIR):
-        raise InvalidInput(f"invalid mapper path {_show(path)}",
+        raise InvalidInput(f"invalid mapper path {show_value(path)}",
                            hint=f"a mapper path is {MAPPER_DIR}{DM_PREFIX}...")
     validate_dm_name(path.removeprefix(MAPPER_DIR))
     return path

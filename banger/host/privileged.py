@@ -40,6 +40,7 @@ from typing import Protocol, runtime_checkable
 
 from banger.core.errors import BangerError, Forbidden, InternalError, InvalidInput
 from banger.core.signals import validate_signal
+from banger.core.validate import show_value
 from banger.host import blockdev, jailer, nat, net, resolved
 from banger.host import proc_identity as proc
 from banger.host.jailer import JailConfig, JailedVmm, validate_jail_id
@@ -135,16 +136,10 @@ class HostOps(Protocol):
         ...
 
 
-def _show(value: object) -> str:
-    """``repr(value)``, cut short: a hostile argument never floods an error line."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _validate_int(value: object, what: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidInput(
-            f"invalid {what} {_show(value)}", hint=f"use an integer in {low}..{high}"
+            f"invalid {what} {show_value(value)}", hint=f"use an integer in {low}..{high}"
         )
     return value
 
@@ -167,7 +162,7 @@ def validate_resolver(address: object) -> str:
         return str(ipaddress.IPv4Address(address))
     except (ValueError, TypeError):
         raise InvalidInput(
-            f"invalid resolver address {_show(address)}", hint="use an IPv4 address"
+            f"invalid resolver address {show_value(address)}", hint="use an IPv4 address"
         ) from None
 
 
@@ -181,7 +176,7 @@ def validate_guest_address(address: object) -> str:
         ip = None
     if ip is None or ip.is_loopback or ip.is_multicast or ip.is_unspecified or (
             ip == ipaddress.IPv4Address("255.255.255.255")):
-        raise InvalidInput(f"invalid guest address {_show(address)}",
+        raise InvalidInput(f"invalid guest address {show_value(address)}",
                            hint="a guest address is a unicast IPv4 address on the bridge")
     return str(ip)
 
@@ -189,11 +184,11 @@ def validate_guest_address(address: object) -> str:
 def validate_guest_addresses(guests: object) -> tuple[str, ...]:
     """A tuple of distinct guest addresses, at most ``NAT_GUESTS_MAX``."""
     if not isinstance(guests, tuple) or len(guests) > NAT_GUESTS_MAX:
-        raise InvalidInput(f"invalid NAT guest list {_show(guests)}",
+        raise InvalidInput(f"invalid NAT guest list {show_value(guests)}",
                            hint=f"a tuple of at most {NAT_GUESTS_MAX} IPv4 addresses")
     checked = tuple(validate_guest_address(g) for g in guests)
     if len(set(checked)) != len(checked):
-        raise InvalidInput(f"NAT guest list {_show(guests)} names an address twice")
+        raise InvalidInput(f"NAT guest list {show_value(guests)} names an address twice")
     return checked
 
 
@@ -201,7 +196,7 @@ def validate_host_path(path: object, what: str) -> str:
     """A normalised absolute path of two or more components, at most ``MARKER_MAX`` long."""
     if not isinstance(path, str) or not 0 < len(path) <= MARKER_MAX or "\0" in path or (
             not path_marker(path)):
-        raise InvalidInput(f"invalid {what} {_show(path)}",
+        raise InvalidInput(f"invalid {what} {show_value(path)}",
                            hint="a normalised absolute path (no '..', '//' or trailing '/')")
     return path
 
@@ -212,7 +207,7 @@ def validate_backing_file(path: object) -> str:
     and ``losetup`` would make of it)."""
     checked = validate_host_path(path, "loop backing file")
     if not all(blockdev.BACKING_PART_RE.fullmatch(p) for p in checked.split("/")[1:]):
-        raise InvalidInput(f"invalid loop backing file {_show(path)}",
+        raise InvalidInput(f"invalid loop backing file {show_value(path)}",
                            hint="a backing file's path has only A-Z, a-z, 0-9, '.', '_', '-' "
                                 "between its slashes")
     return checked
@@ -233,12 +228,12 @@ def validate_markers(markers: object) -> tuple[str, ...]:
         isinstance(m, str) and 0 < len(m) <= MARKER_MAX and "\0" not in m for m in markers
     ):
         raise InvalidInput(
-            f"invalid VMM markers {_show(markers)}",
+            f"invalid VMM markers {show_value(markers)}",
             hint=f"a tuple of 1-{MARKER_MAX} character strings without NUL",
         )
     if not any(path_marker(m) for m in markers):
         raise InvalidInput(
-            f"VMM markers {_show(markers)} name no path: they cannot prove a process is ours",
+            f"VMM markers {show_value(markers)} name no path: they cannot prove a process is ours",
             hint="pass the VMM's pidfile path (as in its argv) as a marker",
         )
     return markers
@@ -390,12 +385,12 @@ class CheckedHostOps:
     def attach_loop(self, backing: str, read_only: bool) -> str:
         validate_backing_file(backing)
         if not isinstance(read_only, bool):
-            raise InvalidInput(f"invalid read_only {_show(read_only)}", hint="true or false")
+            raise InvalidInput(f"invalid read_only {show_value(read_only)}", hint="true or false")
         device = self.transport.attach_loop(backing, read_only)
         try:
             return blockdev.validate_loop_device(device)
         except InvalidInput:
-            raise InternalError(f"the transport attached {backing} as {_show(device)}, not a "
+            raise InternalError(f"the transport attached {backing} as {show_value(device)}, not a "
                                 "loop device", hint="look for it with losetup -a") from None
 
     def detach_loop(self, device: str) -> bool:
@@ -413,7 +408,7 @@ class CheckedHostOps:
             return blockdev.validate_mapper_path(mapper)
         except InvalidInput:
             self.transport.remove_snapshot(name)
-            raise InternalError(f"the transport made snapshot {name} as {_show(mapper)}, not "
+            raise InternalError(f"the transport made snapshot {name} as {show_value(mapper)}, not "
                                 "its mapper path", hint="it was removed again") from None
 
     def remove_snapshot(self, name: str) -> bool:
