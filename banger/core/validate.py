@@ -43,6 +43,12 @@ VCPU_MIN = 1
 VCPU_MAX = 64
 
 
+def show_value(value: object) -> str:
+    """``repr(value)``, cut short: a hostile argument never floods an error line."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _show(text: str, limit: int = 70) -> str:
     """Quote ``text`` for a one-line message: control characters escaped, long text cut."""
     if len(text) > limit:

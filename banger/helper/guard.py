@@ -9,16 +9,17 @@ then proves it names the owner's things before the in-process operation runs:
   and only a TAP owned by the owner (or by no one, on the owner's bridge) is deleted;
 - a VMM is signalled only when every path in its markers lies under the owner's
   state or runtime dir with no symlink in any component (each component opened
-  ``O_PATH | O_NOFOLLOW`` from the dir down, the leaf re-checked through its fd:
-  a regular file of the owner's), the pidfile read through that fd names the pid,
-  and the process runs as the owner; then ``InProcessHostOps`` proves start time
-  and argv again and signals through a pidfd;
+  ``O_PATH | O_NOFOLLOW`` from ``/`` down, the owner's dir owned by the owner, the
+  leaf re-checked through its fd: a regular file of the owner's), the pidfile read
+  through that fd names the pid, and the process runs as the owner; then
+  ``InProcessHostOps`` proves start time and argv again and signals through a pidfd;
 - a loop device is attached only on a regular file of the owner's under the owner's
-  state dir, reached the same way, and only when the kernel then reports that very
-  inode behind it; a loop device is detached, and a dm-snapshot made or removed, only
-  when every loop device involved is backed by such a file;
-- Firecracker is jailed only as the owner's uid and gid, in a chroot under
-  ``<runtime dir>/jail``, a dir of root's the owner cannot redirect.
+  state dir, reached the same way and handed to ``losetup`` as that fd; loop devices
+  and dm-snapshots are the owner's by the helper's own registry and the dm uuid,
+  never by path (``helper.blockguard``);
+- Firecracker is jailed only as the owner's uid and gid, and a jail removed only when
+  its chroot is the owner's; the chroot base is the helper's own (``host.jailer``),
+  never named by a request.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from banger.core.errors import Forbidden, InvalidInput, NotFound
-from banger.host import blockdev, net
-from banger.host.jailer import CHROOT_BASE_NAME, JailedVmm
+from banger.helper.blockguard import OwnedBlockDevices
+from banger.host import net
+from banger.host.files import path_parts, walk_nofollow
+from banger.host.jailer import HELPER_RUN_DIR, JailedVmm
 from banger.host.privileged import (
     MARKER_MAX,
     CheckedHostOps,
@@ -40,8 +43,7 @@ from banger.host.privileged import (
     InProcessHostOps,
     path_marker,
 )
-
-_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+from banger.host.proc_identity import read_pid_fd
 
 
 @dataclass(frozen=True)
@@ -92,65 +94,31 @@ def _root_for(path: str, roots: tuple[Path, ...]) -> tuple[Path, list[str]]:
 
 
 def open_owner_file(path: str, owner: Owner, roots: tuple[Path, ...] | None = None) -> int:
-    """An ``O_PATH`` fd on the owner's regular file ``path``, reached with no symlink in
-    any component below the owner's dir (of ``roots``, default both); the caller closes it."""
+    """An ``O_PATH`` fd on the owner's regular file ``path`` under the owner's dir (of
+    ``roots``, default both), walked from ``/`` one component at a time without following
+    a symlink anywhere (the owner's dir itself included: root never starts a walk where
+    the owner points), the owner's dir owned by the owner. Missing, a symlink, not a
+    regular file, not the owner's: one refusal, so the walk tells nothing of what
+    exists where. The caller closes the fd."""
     root, parts = _root_for(path, roots or owner.dirs)
-    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    refused = _refuse_path(path, "it is not a regular file of the owner's in its dir")
     try:
-        for i, part in enumerate(parts):
-            try:
-                nxt = os.open(part, _PATH_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                raise _refuse_path(path, f"{part!r} does not exist") from None
-            os.close(fd)
-            fd = nxt
-            st = os.fstat(fd)
-            if stat.S_ISLNK(st.st_mode):
-                raise _refuse_path(path, f"component {part!r} is a symbolic link")
-            if i < len(parts) - 1 and not stat.S_ISDIR(st.st_mode):
-                raise _refuse_path(path, f"component {part!r} is not a directory")
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != owner.uid:
-            raise _refuse_path(path, "it is not a regular file of the owner's")
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def ensure_root_dir(parent: Path, name: str) -> None:
-    """``parent/name``: a dir of root's (0755, made when missing), not a symlink, so
-    the owner cannot point what root builds inside it elsewhere."""
-    refused = _refuse_path(str(parent / name), "it is not a dir of root's only root writes")
-    pfd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        root_fd = walk_nofollow(path_parts(root), directory=True)
+    except OSError:
+        raise refused from None
     try:
-        made = True
-        try:
-            os.mkdir(name, 0o700, dir_fd=pfd)
-        except FileExistsError:
-            made = False
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         dir_fd=pfd)
-        except OSError:  # a symlink (ELOOP) or a file (ENOTDIR) there
-            raise refused from None
+        if os.fstat(root_fd).st_uid != owner.uid:
+            raise refused
+        fd = walk_nofollow(parts, root_fd)
+    except OSError:
+        raise refused from None
     finally:
-        os.close(pfd)
-    try:
-        if made:
-            os.fchmod(fd, 0o755)  # through the fd: whatever umask, whatever renames since
-        st = os.fstat(fd)
-    finally:
+        os.close(root_fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != owner.uid:
         os.close(fd)
-    if st.st_uid != 0 or st.st_mode & 0o022:
         raise refused
-
-
-def _pid_in(fd: int) -> int | None:
-    """The pid in the file behind O_PATH ``fd`` (reopened through /proc, never by name)."""
-    with open(f"/proc/self/fd/{fd}", "rb") as f:
-        text = f.read(32).decode("ascii", "replace").strip()
-    return int(text) if text.isdigit() else None
+    return fd
 
 
 def process_uid(pid: int) -> int | None:
@@ -167,9 +135,11 @@ def process_uid(pid: int) -> int | None:
 class GuardedHostOps:
     """``HostOps`` limited to ``owner``'s bridge, TAPs and VMMs, over ``transport``."""
 
-    def __init__(self, owner: Owner, transport: HostOps) -> None:
+    def __init__(self, owner: Owner, transport: HostOps, run_dir: Path = HELPER_RUN_DIR) -> None:
         self.owner = owner
         self.transport = transport
+        self.blocks = OwnedBlockDevices(
+            owner.uid, lambda path: open_owner_file(path, owner, (owner.dirs[0],)), run_dir)
 
     def _own_alias(self, alias: str) -> str:
         if not alias.startswith(self.owner.alias_prefix):
@@ -215,7 +185,7 @@ class GuardedHostOps:
         for marker in (m for m in markers if path_marker(m)):
             fd = open_owner_file(marker, self.owner)
             try:
-                named = named or _pid_in(fd) == pid
+                named = named or read_pid_fd(fd) == pid
             finally:
                 os.close(fd)
         uid = process_uid(pid)
@@ -248,70 +218,37 @@ class GuardedHostOps:
     def enable_ip_forward(self) -> None:
         self.transport.enable_ip_forward()
 
-    def _state_file(self, path: str) -> int:
-        return open_owner_file(path, self.owner, (self.owner.dirs[0],))
-
-    def _own_loop(self, device: str, backing: blockdev.LoopBacking | None) -> None:
-        """``backing`` (what the kernel says backs ``device``) is a file of the owner's state
-        dir, the very inode at that path."""
-        if backing is None:
-            raise Forbidden(f"{device} is not attached", hint="attach its backing file first")
-        fd = self._state_file(backing.path)  # " (deleted)" is not a normalised path: refused
-        try:
-            if not blockdev.same_inode(backing, os.fstat(fd)):
-                raise Forbidden(f"{device} is backed by another file than {backing.path}",
-                                hint="a helper acts only on loop devices of the owner's files")
-        finally:
-            os.close(fd)
-
     def attach_loop(self, backing: str, read_only: bool) -> str:
-        fd = self._state_file(backing)
-        try:
-            st = os.fstat(fd)
-            device = self.transport.attach_loop(backing, read_only)
-            got = blockdev.loop_backing(device)
-            if got is None or not blockdev.same_inode(got, st):  # swapped while attaching
-                self.transport.detach_loop(device)
-                raise Forbidden(f"{backing} changed while it was being attached",
-                                hint="attach a file the owner does not replace meanwhile")
-            return device
-        finally:
-            os.close(fd)
+        return self.blocks.attach(backing, read_only)
 
     def detach_loop(self, device: str) -> bool:
-        backing = blockdev.loop_backing(device)
-        if backing is None:
-            return False
-        self._own_loop(device, backing)
-        return self.transport.detach_loop(device)
+        return self.blocks.detach(device)
 
     def create_snapshot(self, name: str, origin: str, cow: str) -> str:
-        for device in (origin, cow):
-            self._own_loop(device, blockdev.loop_backing(device))
-        return self.transport.create_snapshot(name, origin, cow)
+        return self.blocks.create_snapshot(name, origin, cow)
 
     def remove_snapshot(self, name: str) -> bool:
-        if not blockdev.snapshot_exists(name):
-            return False
-        for device in blockdev.snapshot_loops(name):
-            blockdev.validate_loop_device(device)
-            self._own_loop(device, blockdev.loop_backing(device))
-        return self.transport.remove_snapshot(name)
+        return self.blocks.remove_snapshot(name)
 
-    def launch_jailed(self, jail_id: str, uid: int, gid: int, chroot_base: str) -> JailedVmm:
+    def _own_ids(self, uid: int, gid: int) -> None:
         if (uid, gid) != (self.owner.uid, self.owner.gid):
             raise Forbidden(f"refusing a jail as {uid}:{gid}: the helper's owner is "
                             f"{self.owner.uid}:{self.owner.gid}",
                             hint="Firecracker runs as the owner")
-        expected = self.owner.dirs[1] / CHROOT_BASE_NAME
-        if chroot_base != str(expected):
-            raise _refuse_path(chroot_base, f"the chroot base is {expected}")
-        ensure_root_dir(self.owner.dirs[1], CHROOT_BASE_NAME)
-        return self.transport.launch_jailed(jail_id, uid, gid, chroot_base)
+
+    def launch_jailed(self, jail_id: str, uid: int, gid: int) -> JailedVmm:
+        self._own_ids(uid, gid)
+        return self.transport.launch_jailed(jail_id, uid, gid)
+
+    def remove_jail(self, jail_id: str, uid: int) -> bool:
+        self._own_ids(uid, self.owner.gid)
+        return self.transport.remove_jail(jail_id, uid)
 
 
-def helper_ops(owner: Owner, transport: HostOps | None = None) -> HostOps:
+def helper_ops(owner: Owner, transport: HostOps | None = None,
+               run_dir: Path = HELPER_RUN_DIR) -> HostOps:
     """What the helper runs a request through: shape checks, then owner checks, then
-    the in-process operation (``transport``, for tests)."""
-    return CheckedHostOps(GuardedHostOps(owner, transport or InProcessHostOps()))
+    the in-process operation (``transport``, for tests); block devices run in the guard
+    itself (``helper.blockguard``), their registry in the helper's ``run_dir``."""
+    return CheckedHostOps(GuardedHostOps(owner, transport or InProcessHostOps(), run_dir))
 

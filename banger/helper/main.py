@@ -3,8 +3,10 @@
 Logs one line per call to stderr (the journal under systemd). ``--state-dir`` and
 ``--runtime-dir`` name the owner's dirs that VMM markers must lie under; they
 default to the owner's XDG defaults (``banger system install`` passes them).
-``--jailer`` and ``--firecracker`` are the only binaries ``launch_jailed`` runs
-(fixed when the helper starts, never named by a request).
+``--jailer`` and ``--firecracker`` are the only binaries ``launch_jailed`` runs, and
+``--run-dir`` (default ``/run/banger-root``) the helper's own dir, holding the jails'
+chroot base ``jail/`` (fixed when the helper starts, never named by a request; it
+and every dir above it must be root's and writable by root only).
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from banger.core.errors import BangerError
 from banger.helper.guard import Owner, helper_ops
 from banger.helper.server import serve
 from banger.host.helper_protocol import DEFAULT_SOCKET
-from banger.host.jailer import FIRECRACKER_BIN, JAILER_BIN, JailBinaries
+from banger.host.jailer import (
+    CHROOT_BASE,
+    FIRECRACKER_BIN,
+    HELPER_RUN_DIR,
+    JAILER_BIN,
+    JailConfig,
+)
 from banger.host.privileged import InProcessHostOps
 
 
@@ -33,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="Firecracker's jailer (a root-owned file)")
     p.add_argument("--firecracker", type=Path, default=FIRECRACKER_BIN,
                    help="the firecracker binary the jailer runs")
+    p.add_argument("--run-dir", type=Path, default=HELPER_RUN_DIR,
+                   help="the helper's own dir (root's): jails' chroot base, loop registry")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -45,8 +55,11 @@ def main(argv: list[str] | None = None) -> None:
         if os.geteuid() != 0:
             raise BangerError("bangerd-root must run as root", hint="sudo bangerd-root ...")
         owner = Owner.lookup(args.owner, args.state_dir, args.runtime_dir)
-        jail = JailBinaries(args.jailer, args.firecracker)
-        serve(args.socket, owner, helper_ops(owner, InProcessHostOps(jail)))
+        if not args.run_dir.is_absolute():
+            raise BangerError(f"--run-dir {args.run_dir} is not absolute",
+                              hint="pass an absolute path of root's, e.g. /run/banger-root")
+        jail = JailConfig(args.jailer, args.firecracker, args.run_dir / CHROOT_BASE.name)
+        serve(args.socket, owner, helper_ops(owner, InProcessHostOps(jail), args.run_dir))
     except BangerError as exc:
         print(f"bangerd-root: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""),
               file=sys.stderr)

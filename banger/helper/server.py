@@ -60,8 +60,8 @@ def dispatch(ops: HostOps, owner: Owner, req: Any) -> Any:
         "detach_loop": lambda: ops.detach_loop(req.device),
         "create_snapshot": lambda: ops.create_snapshot(req.name, req.origin, req.cow),
         "remove_snapshot": lambda: ops.remove_snapshot(req.name),
-        "launch_jailed": lambda: asdict(ops.launch_jailed(req.jail_id, req.uid, req.gid,
-                                                          req.chroot_base)),
+        "launch_jailed": lambda: asdict(ops.launch_jailed(req.jail_id, req.uid, req.gid)),
+        "remove_jail": lambda: ops.remove_jail(req.jail_id, req.uid),
     }
     return simple[req.op]()
 
@@ -69,15 +69,28 @@ def dispatch(ops: HostOps, owner: Owner, req: Any) -> Any:
 TEST_HOLD_ENV = "BANGER_HELPER_TEST_HOLD"
 
 
-def _test_hold(op: str) -> None:
-    """Test hook: with ``BANGER_HELPER_TEST_HOLD=<op>`` in the helper's own environment
-    (set only by whoever starts it as root; the unit never does), every ``op`` call
-    is held after it ran and before its reply, so a test can kill the helper in the
-    middle of a call that changed the host (tests/vm/test_privilege_split.py)."""
-    if os.environ.get(TEST_HOLD_ENV) == op:
-        log.warning("holding the reply of op=%s (test hook %s)", op, TEST_HOLD_ENV)
-        while True:
-            time.sleep(3600)
+def test_hold_op() -> str | None:
+    """Test hook, read once at start: with ``BANGER_HELPER_TEST_HOLD=<op>`` in the helper's
+    own environment (set only by whoever starts it as root), every ``op`` call is held
+    after it ran and before its reply, so a test can kill the helper in the middle of a
+    call that changed the host (tests/vm/test_privilege_split.py). Never under systemd
+    (``INVOCATION_ID`` set): a unit's helper ignores it, saying so."""
+    op = os.environ.get(TEST_HOLD_ENV)
+    if not op:
+        return None
+    if os.environ.get("INVOCATION_ID"):
+        log.error("ignoring %s=%s: a test hook, and this helper runs under systemd",
+                  TEST_HOLD_ENV, op[:40])
+        return None
+    log.warning("TEST HOOK ON: %s=%s holds every reply of that op forever; never run a "
+                "real install like this", TEST_HOLD_ENV, op[:40])
+    return op
+
+
+def _hold_forever(op: str) -> None:
+    log.warning("holding the reply of op=%s (test hook %s)", op, TEST_HOLD_ENV)
+    while True:
+        time.sleep(3600)
 
 
 def _read_request(sock: socket.socket) -> bytes:
@@ -109,7 +122,8 @@ class _Handler(socketserver.BaseRequestHandler):
             req = wire.parse_request(line)
             op, op_id = req.op, req.op_id  # type: ignore[attr-defined]
             reply = {"ok": True, "result": dispatch(self.server.ops, self.server.owner, req)}
-            _test_hold(op)
+            if op == self.server.hold_op:
+                _hold_forever(op)
         except BangerError as exc:
             reply = wire.error_reply(exc)
         except Exception as exc:  # a bug or a host failure: one line to the caller, all here
@@ -131,6 +145,7 @@ class HelperServer(socketserver.ThreadingUnixStreamServer):
         self.socket = sock
         self.owner = owner
         self.ops = ops
+        self.hold_op = test_hold_op()
 
 
 def bind_helper_socket(path: Path, owner: Owner) -> socket.socket:

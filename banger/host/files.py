@@ -67,6 +67,82 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+_WALK_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def walk_nofollow(parts: list[str], dir_fd: int | None = None, *, directory: bool = False) -> int:
+    """An ``O_PATH`` fd on ``parts`` below ``dir_fd`` (default ``/``), each component opened
+    ``O_NOFOLLOW`` from its parent's fd: a symlink anywhere, a missing component or a
+    non-directory in the middle raise ``OSError``. The leaf is a directory when
+    ``directory``, never a symlink; the caller closes the fd."""
+    fd = os.open("/" if dir_fd is None else ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
+                 dir_fd=dir_fd)
+    try:
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            nxt = os.open(part, _WALK_FLAGS | (os.O_DIRECTORY if directory or not last else 0),
+                          dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            raise OSError(errno.ELOOP, "a symbolic link", "/".join(parts))
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def path_parts(path: Path | str) -> list[str]:
+    """The components of absolute ``path`` (``/a/b`` -> ``["a", "b"]``)."""
+    return [p for p in str(path).split("/") if p]
+
+
+def open_root_only_dir(path: Path, *, create: bool) -> int:
+    """An ``O_RDONLY`` fd on dir ``path`` where every component from ``/`` down is a dir
+    (never a symlink) of root's that no group or other may write, so nobody but root can
+    rename, replace or plant anything on the way; missing components are made 0755 when
+    ``create``. ``Forbidden`` otherwise (``FileNotFoundError`` when missing and not
+    ``create``); the caller closes the fd."""
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in ["", *path_parts(path)]:
+            made = False
+            if part:
+                made = create and _mkdir_at(fd, part)
+                try:
+                    nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                  | os.O_CLOEXEC, dir_fd=fd)
+                except FileNotFoundError:
+                    raise
+                except OSError:  # a symlink (ELOOP) or a file (ENOTDIR)
+                    raise _not_root_only(path, part) from None
+                os.close(fd)
+                fd = nxt
+            if made:
+                os.fchmod(fd, 0o755)  # through the fd: others may traverse, never write
+            st = os.fstat(fd)
+            if st.st_uid != 0 or st.st_mode & 0o022:
+                raise _not_root_only(path, part or "/")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _mkdir_at(dir_fd: int, name: str) -> bool:
+    try:
+        os.mkdir(name, 0o700, dir_fd=dir_fd)  # 0700 until it is checked and chmodded
+    except FileExistsError:
+        return False
+    return True
+
+
+def _not_root_only(path: Path, part: str) -> Forbidden:
+    return Forbidden(f"refusing {path}: {part!r} on the way is not a dir of root's only root "
+                     "writes", hint=f"fix the owner and mode of every dir in {path} "
+                                    "(chown root:root, chmod go-w), or pick another path")
+
+
 def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
     """``os.open`` that refuses a symlink at ``path`` (never writes or reads through one)."""
     try:

@@ -150,10 +150,12 @@ class HelperHostOps:
     def remove_snapshot(self, name: str) -> bool:
         return bool(self.call("remove_snapshot", name=name))
 
-    def launch_jailed(self, jail_id: str, uid: int, gid: int, chroot_base: str) -> JailedVmm:
-        got = self.call("launch_jailed", jail_id=jail_id, uid=uid, gid=gid,
-                        chroot_base=chroot_base)
+    def launch_jailed(self, jail_id: str, uid: int, gid: int) -> JailedVmm:
+        got = self.call("launch_jailed", jail_id=jail_id, uid=uid, gid=gid)
         try:
             return JailedVmm(int(got["pid"]), str(got["api_socket"]), str(got["chroot"]))
         except (TypeError, KeyError, ValueError):
             raise InternalError("bangerd-root answered launch_jailed without a pid") from None
+
+    def remove_jail(self, jail_id: str, uid: int) -> bool:
+        return bool(self.call("remove_jail", jail_id=jail_id, uid=uid))

@@ -6,8 +6,8 @@ models are strict: no coercion of ``"0"`` to ``0`` or of ``1`` to ``True``, and
 no unknown fields; what the models accept then passes ``CheckedHostOps`` and the
 helper's own guard. Nothing takes a command line, a shell string or an
 arbitrary path: the only paths are a VMM's markers and a loop device's backing
-file, checked against the owner's dirs, and a jail's chroot base, which must be
-the owner's runtime dir's ``jail``.
+file, checked against the owner's dirs (a jail's chroot base is the helper's own,
+never named by a request).
 
 A reply is ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": {"code":
 ..., "message": ..., "hint": ...}}`` with a code of ``core.errors.ERROR_CLASSES``.
@@ -144,14 +144,19 @@ class LaunchJailed(_Op):
     jail_id: StrictStr
     uid: StrictInt
     gid: StrictInt
-    chroot_base: StrictStr
+
+
+class RemoveJail(_Op):
+    op: Literal["remove_jail"]
+    jail_id: StrictStr
+    uid: StrictInt
 
 
 Request = Annotated[
     Hello | CanManageNetwork | ClaimBridge | CreateTap | DeleteTap | TapsOnOurBridge
     | SignalVmm | RouteVmDomain | RevertResolver | NatSync | NatAdd | NatRemove
     | EnableIpForward | AttachLoop | DetachLoop | CreateSnapshot | RemoveSnapshot
-    | LaunchJailed,
+    | LaunchJailed | RemoveJail,
     Field(discriminator="op"),
 ]
 

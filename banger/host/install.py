@@ -133,7 +133,9 @@ def render_units(info: InstallInfo) -> dict[str, str]:
         "Type=simple",
         f"ExecStart={info.bangerd_root} --owner {info.owner} --socket {info.helper_socket} "
         f"--state-dir {info.state_dir} --runtime-dir {info.runtime_dir}",
-        "RuntimeDirectory=banger", "RuntimeDirectoryMode=0755",
+        # /run/banger: the socket's dir; /run/banger-root: the helper's own (jails' chroot
+        # base, loop registry), root's only, kept across restarts with the guests it serves
+        "RuntimeDirectory=banger banger-root", "RuntimeDirectoryMode=0755",
         "RuntimeDirectoryPreserve=yes",
         *_COMMON_HARDENING,
         "ProtectHome=read-only",  # pidfile proofs read the owner's dirs; nothing is written

@@ -35,7 +35,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from banger.core.cancel import checkpoint, to_thread_joined
-from banger.core.errors import BangerError, Conflict, Forbidden, HostToolError, InvalidInput
+from banger.core.errors import Conflict, Forbidden, HostToolError, InvalidInput
 from banger.core.validate import parse_bridge_cidr
 
 if TYPE_CHECKING:
@@ -390,7 +390,7 @@ class TapPool:
         for i, name in enumerate(names):
             try:
                 self.ops.delete_tap(name)
-            except BangerError as exc:
+            except Exception as exc:  # any failure: keep the names for the next try
                 log.warning("cannot delete TAP %s of a failed create yet: %s", name, exc)
                 with self._lock:
                     self._doubtful.extend(names[i:])

@@ -38,11 +38,12 @@ import time
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from banger.core.errors import BangerError, Forbidden, InvalidInput
+from banger.core.errors import BangerError, Forbidden, InternalError, InvalidInput
 from banger.core.signals import validate_signal
-from banger.host import blockdev, nat, net, resolved
+from banger.core.validate import show_value
+from banger.host import blockdev, jailer, nat, net, resolved
 from banger.host import proc_identity as proc
-from banger.host.jailer import JailBinaries, JailedVmm, launch, validate_jail_id
+from banger.host.jailer import JailConfig, JailedVmm, validate_jail_id
 
 log = logging.getLogger("banger.host.privileged")
 
@@ -125,21 +126,20 @@ class HostOps(Protocol):
         """Remove dm-snapshot ``name``; False when there is none."""
         ...
 
-    def launch_jailed(self, jail_id: str, uid: int, gid: int, chroot_base: str) -> JailedVmm:
-        """Firecracker under its jailer as ``uid:gid``, chrooted under ``chroot_base``."""
+    def launch_jailed(self, jail_id: str, uid: int, gid: int) -> JailedVmm:
+        """Firecracker under its jailer as ``uid:gid``, chrooted under the transport's own
+        root-only chroot base (never a caller's); ``Conflict`` when the jail exists."""
         ...
 
-
-def _show(value: object) -> str:
-    """``repr(value)``, cut short: a hostile argument never floods an error line."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    def remove_jail(self, jail_id: str, uid: int) -> bool:
+        """Delete jail ``jail_id``'s tree when its chroot is ``uid``'s; False when none."""
+        ...
 
 
 def _validate_int(value: object, what: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidInput(
-            f"invalid {what} {_show(value)}", hint=f"use an integer in {low}..{high}"
+            f"invalid {what} {show_value(value)}", hint=f"use an integer in {low}..{high}"
         )
     return value
 
@@ -162,7 +162,7 @@ def validate_resolver(address: object) -> str:
         return str(ipaddress.IPv4Address(address))
     except (ValueError, TypeError):
         raise InvalidInput(
-            f"invalid resolver address {_show(address)}", hint="use an IPv4 address"
+            f"invalid resolver address {show_value(address)}", hint="use an IPv4 address"
         ) from None
 
 
@@ -176,7 +176,7 @@ def validate_guest_address(address: object) -> str:
         ip = None
     if ip is None or ip.is_loopback or ip.is_multicast or ip.is_unspecified or (
             ip == ipaddress.IPv4Address("255.255.255.255")):
-        raise InvalidInput(f"invalid guest address {_show(address)}",
+        raise InvalidInput(f"invalid guest address {show_value(address)}",
                            hint="a guest address is a unicast IPv4 address on the bridge")
     return str(ip)
 
@@ -184,11 +184,11 @@ def validate_guest_address(address: object) -> str:
 def validate_guest_addresses(guests: object) -> tuple[str, ...]:
     """A tuple of distinct guest addresses, at most ``NAT_GUESTS_MAX``."""
     if not isinstance(guests, tuple) or len(guests) > NAT_GUESTS_MAX:
-        raise InvalidInput(f"invalid NAT guest list {_show(guests)}",
+        raise InvalidInput(f"invalid NAT guest list {show_value(guests)}",
                            hint=f"a tuple of at most {NAT_GUESTS_MAX} IPv4 addresses")
     checked = tuple(validate_guest_address(g) for g in guests)
     if len(set(checked)) != len(checked):
-        raise InvalidInput(f"NAT guest list {_show(guests)} names an address twice")
+        raise InvalidInput(f"NAT guest list {show_value(guests)} names an address twice")
     return checked
 
 
@@ -196,9 +196,21 @@ def validate_host_path(path: object, what: str) -> str:
     """A normalised absolute path of two or more components, at most ``MARKER_MAX`` long."""
     if not isinstance(path, str) or not 0 < len(path) <= MARKER_MAX or "\0" in path or (
             not path_marker(path)):
-        raise InvalidInput(f"invalid {what} {_show(path)}",
+        raise InvalidInput(f"invalid {what} {show_value(path)}",
                            hint="a normalised absolute path (no '..', '//' or trailing '/')")
     return path
+
+
+def validate_backing_file(path: object) -> str:
+    """A loop device's backing file: a host path (``validate_host_path``) whose components
+    are all of ``[A-Za-z0-9._-]`` (no newline or control character, whatever the kernel
+    and ``losetup`` would make of it)."""
+    checked = validate_host_path(path, "loop backing file")
+    if not all(blockdev.BACKING_PART_RE.fullmatch(p) for p in checked.split("/")[1:]):
+        raise InvalidInput(f"invalid loop backing file {show_value(path)}",
+                           hint="a backing file's path has only A-Z, a-z, 0-9, '.', '_', '-' "
+                                "between its slashes")
+    return checked
 
 
 def path_marker(marker: str) -> bool:
@@ -216,12 +228,12 @@ def validate_markers(markers: object) -> tuple[str, ...]:
         isinstance(m, str) and 0 < len(m) <= MARKER_MAX and "\0" not in m for m in markers
     ):
         raise InvalidInput(
-            f"invalid VMM markers {_show(markers)}",
+            f"invalid VMM markers {show_value(markers)}",
             hint=f"a tuple of 1-{MARKER_MAX} character strings without NUL",
         )
     if not any(path_marker(m) for m in markers):
         raise InvalidInput(
-            f"VMM markers {_show(markers)} name no path: they cannot prove a process is ours",
+            f"VMM markers {show_value(markers)} name no path: they cannot prove a process is ours",
             hint="pass the VMM's pidfile path (as in its argv) as a marker",
         )
     return markers
@@ -230,8 +242,8 @@ def validate_markers(markers: object) -> tuple[str, ...]:
 class InProcessHostOps:
     """``HostOps`` run in the daemon's own process (it holds the privileges)."""
 
-    def __init__(self, jail: JailBinaries | None = None) -> None:
-        self.jail = jail or JailBinaries()
+    def __init__(self, jail: JailConfig | None = None) -> None:
+        self.jail = jail or JailConfig()
 
     def can_manage_network(self) -> bool:
         return net.have_net_admin()
@@ -300,13 +312,16 @@ class InProcessHostOps:
         return blockdev.detach_loop(device)
 
     def create_snapshot(self, name: str, origin: str, cow: str) -> str:
-        return blockdev.create_snapshot(name, origin, cow)
+        return blockdev.create_snapshot(name, origin, cow, os.getuid())
 
     def remove_snapshot(self, name: str) -> bool:
-        return blockdev.remove_snapshot(name)
+        return blockdev.remove_snapshot(name, os.getuid())
 
-    def launch_jailed(self, jail_id: str, uid: int, gid: int, chroot_base: str) -> JailedVmm:
-        return launch(self.jail, jail_id, uid, gid, chroot_base)
+    def launch_jailed(self, jail_id: str, uid: int, gid: int) -> JailedVmm:
+        return jailer.launch(self.jail, jail_id, uid, gid)
+
+    def remove_jail(self, jail_id: str, uid: int) -> bool:
+        return jailer.remove(self.jail, jail_id, uid)
 
 
 class CheckedHostOps:
@@ -368,10 +383,15 @@ class CheckedHostOps:
         self.transport.enable_ip_forward()
 
     def attach_loop(self, backing: str, read_only: bool) -> str:
-        validate_host_path(backing, "loop backing file")
+        validate_backing_file(backing)
         if not isinstance(read_only, bool):
-            raise InvalidInput(f"invalid read_only {_show(read_only)}", hint="true or false")
-        return blockdev.validate_loop_device(self.transport.attach_loop(backing, read_only))
+            raise InvalidInput(f"invalid read_only {show_value(read_only)}", hint="true or false")
+        device = self.transport.attach_loop(backing, read_only)
+        try:
+            return blockdev.validate_loop_device(device)
+        except InvalidInput:
+            raise InternalError(f"the transport attached {backing} as {show_value(device)}, not a "
+                                "loop device", hint="look for it with losetup -a") from None
 
     def detach_loop(self, device: str) -> bool:
         return self.transport.detach_loop(blockdev.validate_loop_device(device))
@@ -383,17 +403,27 @@ class CheckedHostOps:
         if origin == cow:
             raise InvalidInput(f"snapshot origin and cow are both {origin}",
                                hint="the copy-on-write device is a second loop device")
-        return blockdev.validate_mapper_path(self.transport.create_snapshot(name, origin, cow))
+        mapper = self.transport.create_snapshot(name, origin, cow)
+        try:
+            return blockdev.validate_mapper_path(mapper)
+        except InvalidInput:
+            self.transport.remove_snapshot(name)
+            raise InternalError(f"the transport made snapshot {name} as {show_value(mapper)}, not "
+                                "its mapper path", hint="it was removed again") from None
 
     def remove_snapshot(self, name: str) -> bool:
         return self.transport.remove_snapshot(blockdev.validate_dm_name(name))
 
-    def launch_jailed(self, jail_id: str, uid: int, gid: int, chroot_base: str) -> JailedVmm:
+    def launch_jailed(self, jail_id: str, uid: int, gid: int) -> JailedVmm:
         validate_jail_id(jail_id)
         _validate_int(uid, "jail uid (never root)", 1, UID_MAX)
         _validate_int(gid, "jail gid (never root's)", 1, UID_MAX)
-        validate_host_path(chroot_base, "chroot base")
-        return self.transport.launch_jailed(jail_id, uid, gid, chroot_base)
+        return self.transport.launch_jailed(jail_id, uid, gid)
+
+    def remove_jail(self, jail_id: str, uid: int) -> bool:
+        validate_jail_id(jail_id)
+        _validate_int(uid, "jail uid (never root)", 1, UID_MAX)
+        return self.transport.remove_jail(jail_id, uid)
 
 
 def host_ops_for(helper_socket: Path | None = None) -> HostOps:

@@ -57,17 +57,32 @@ def _parse_pid(text: str) -> int | None:
     return int(text) if text.isdigit() and int(text) > 0 else None
 
 
-def read_pidfile(path: Path) -> int | None:
-    """The pid in ``path``, or None when it is missing, unreadable or not a pid, and
-    when it is not a regular file: a symlink (never followed) or a FIFO names no one."""
-    try:
-        fd = open_nofollow(path, os.O_RDONLY | os.O_NONBLOCK)
-    except (OSError, Forbidden):
-        return None
+def _pid_in(fd: int) -> int | None:
+    """The pid in the file open for reading at ``fd`` (closed here); None unless it is a
+    regular file holding a pid."""
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             return None
         return _parse_pid(f.read(32).decode("ascii", "replace"))
+
+
+def read_pid_fd(fd: int) -> int | None:
+    """The pid in the file behind ``fd`` (``O_PATH`` too: reopened through
+    ``/proc/self/fd``, never by name), as ``read_pidfile``."""
+    try:
+        return _pid_in(os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK
+                               | os.O_CLOEXEC))
+    except OSError:
+        return None
+
+
+def read_pidfile(path: Path) -> int | None:
+    """The pid in ``path``, or None when it is missing, unreadable or not a pid, and
+    when it is not a regular file: a symlink (never followed) or a FIFO names no one."""
+    try:
+        return _pid_in(open_nofollow(path, os.O_RDONLY | os.O_NONBLOCK))
+    except (OSError, Forbidden):
+        return None
 
 
 def pidfile_names(path: Path, pid: int) -> bool:

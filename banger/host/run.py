@@ -133,17 +133,19 @@ def run(
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     check: bool = True,
+    pass_fds: tuple[int, ...] = (),
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv`` to completion and return its captured output.
 
-    ``input`` is bytes, or an open file the child reads its stdin from.
+    ``input`` is bytes, or an open file the child reads its stdin from;
+    ``pass_fds`` stay open in the child at the same numbers (``/dev/fd/N``).
 
     Under a cancelled :class:`~banger.core.cancel.CancelToken` the child is
     killed and reaped, and ``Cancelled`` is raised.
     """
     argv = _logged_argv(argv)
     with _stdin_from(input) as stdin:
-        proc = _spawn(argv, stdin, env, cwd)
+        proc = _spawn(argv, stdin, env, cwd, pass_fds)
     with proc:
         out, err = _communicate(proc, argv, timeout)
     return _result(argv, proc.returncode, out, err, check)
@@ -273,7 +275,8 @@ def _communicate(
 
 
 def _spawn(argv: list[str], stdin: int | IO[bytes], env: Mapping[str, str] | None = None,
-           cwd: str | os.PathLike[str] | None = None) -> subprocess.Popen[bytes]:
+           cwd: str | os.PathLike[str] | None = None,
+           pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
     """Start ``argv`` (dying with us) with both output streams piped."""
     if shutil.which(argv[0], path=clean_env(env)["PATH"]) is None:
         raise CommandError(argv, 127, f"{argv[0]}: not found")  # not setpriv's words for it
@@ -281,6 +284,7 @@ def _spawn(argv: list[str], stdin: int | IO[bytes], env: Mapping[str, str] | Non
         return subprocess.Popen(
             [*_dies_with_us(), *argv], stdin=stdin, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, env=clean_env(env), cwd=cwd, process_group=0,
+            pass_fds=pass_fds,
         )
 
 

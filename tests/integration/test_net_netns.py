@@ -158,6 +158,39 @@ def test_a_tap_made_by_a_create_that_failed_mid_call_is_deleted_once_the_seam_an
     assert r["left"] == [r["fresh"]], "the orphan is gone, the new TAP is there"
 
 
+class _ResetsWhileAway(_DiesMidCreate):
+    """As ``_DiesMidCreate``, but a delete while the helper is away fails with a plain
+    ``OSError`` (a connection reset), not a banger error."""
+
+    def delete_tap(self, name: str) -> bool:
+        if self.killed and not self.back:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return OPS.delete_tap(name)
+
+
+def test_a_doubtful_tap_is_kept_whatever_its_failed_delete_raised() -> None:
+    """The names of doubtful TAPs were dropped when their delete raised anything but a
+    ``BangerError``: the orphan then stayed on the bridge for good."""
+    def body() -> dict[str, Any]:
+        net.claim_bridge("bgbr0", "172.16.5.1/24", OWNER)
+        seam = _ResetsWhileAway()
+        pool = net.TapPool(seam, "bgbr0", size=0)  # type: ignore[arg-type]
+        errors = []
+        for _ in range(2):
+            try:
+                pool.acquire()
+            except Exception as exc:
+                errors.append(type(exc).__name__)
+        seam.back = True
+        fresh = pool.acquire()
+        return {"errors": errors, "fresh": fresh,
+                "left": net.taps_on_our_bridge("bgbr0", OWNER)}
+
+    r = in_fresh_netns(body)
+    assert r["errors"] == ["InternalError", "Unavailable"]
+    assert r["left"] == [r["fresh"]], "the orphan is gone, the new TAP is there"
+
+
 def test_the_host_namespace_is_untouched_by_these_tests() -> None:
     assert not [n for n in links() if n.startswith(("bgt", "bgbr"))]
 

@@ -98,7 +98,11 @@ class RecordingHostOps:
         self._record("remove_snapshot", name)
         return True
 
-    def launch_jailed(self, jail_id: str, uid: int, gid: int, chroot_base: str) -> JailedVmm:
-        self._record("launch_jailed", jail_id, uid, gid, chroot_base)
-        return JailedVmm(4242, f"{chroot_base}/firecracker/{jail_id}/root/run/fc.sock",
-                         f"{chroot_base}/firecracker/{jail_id}/root")
+    def launch_jailed(self, jail_id: str, uid: int, gid: int) -> JailedVmm:
+        self._record("launch_jailed", jail_id, uid, gid)
+        root = f"/run/banger-root/jail/firecracker/{jail_id}/root"
+        return JailedVmm(4242, f"{root}/run/firecracker.socket", root)
+
+    def remove_jail(self, jail_id: str, uid: int) -> bool:
+        self._record("remove_jail", jail_id, uid)
+        return True

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +17,13 @@ from banger.host.helper_client import HelperHostOps
 
 def serve_helper(owner: Owner, transport: Any, path: Path) -> Iterator[HelperHostOps]:
     """A client of a helper serving ``owner`` over ``transport`` at ``path`` (a generator
-    for fixtures: the server stops when it is closed)."""
-    server = HelperServer(bind_helper_socket(path, owner), owner, helper_ops(owner, transport))
+    for fixtures: the server stops when it is closed). Its own run dir (the loop
+    registry) is a fresh dir of root's under /run when we are root (it must be root's
+    from / down), else one the block operations refuse."""
+    run_dir = Path(tempfile.mkdtemp(prefix="bghelper-", dir="/run" if os.geteuid() == 0 else None))
+    run_dir.chmod(0o755)
+    server = HelperServer(bind_helper_socket(path, owner), owner,
+                          helper_ops(owner, transport, run_dir))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:
@@ -24,3 +32,4 @@ def serve_helper(owner: Owner, transport: Any, path: Path) -> Iterator[HelperHos
         server.shutdown()
         server.server_close()
         thread.join()
+        shutil.rmtree(run_dir)

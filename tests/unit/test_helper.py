@@ -288,3 +288,23 @@ def test_host_ops_for_picks_the_helper_only_when_it_serves_us(
         assert isinstance(fallback.transport, InProcessHostOps)
     monkeypatch.setattr(os, "getuid", lambda: owner.uid + 1)  # a helper serving someone else
     assert isinstance(privileged.host_ops_for(helper.path).transport, InProcessHostOps)
+
+
+def test_the_test_hold_hook_is_read_once_and_never_honoured_under_systemd(
+    owner: Owner, fake: RecordingHostOps, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    from banger.helper import server
+
+    monkeypatch.setenv(server.TEST_HOLD_ENV, "delete_tap")
+    monkeypatch.setenv("INVOCATION_ID", "0123456789abcdef")  # started by systemd
+    assert server.test_hold_op() is None
+    assert "ignoring BANGER_HELPER_TEST_HOLD" in caplog.text
+    monkeypatch.delenv("INVOCATION_ID")
+    assert server.test_hold_op() == "delete_tap"
+    assert "TEST HOOK ON" in caplog.text
+    monkeypatch.delenv(server.TEST_HOLD_ENV)
+    for client in serve_helper(owner, fake, owner.dirs[1] / "h.sock"):
+        monkeypatch.setenv(server.TEST_HOLD_ENV, "enable_ip_forward")  # after the start
+        client.enable_ip_forward()  # answered: the hook was read once, at start
+    assert fake.methods() == ["enable_ip_forward"]

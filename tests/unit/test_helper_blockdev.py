@@ -1,8 +1,9 @@
-"""The Firecracker operations of ``bangerd-root`` (loop devices, dm-snapshots, the jailer
-launch): every malformed argument refused through the real socket before the recording
-transport sees anything; the pure builders against their documented shapes.
+"""The block-device operations of ``bangerd-root`` (loop devices, dm-snapshots): every
+malformed argument refused through the real socket before the recording transport sees
+anything; the pure builders and parsers against their documented shapes.
 
-Real loop devices: ``tests/integration/test_helper_blockdev.py``.
+Real loop devices: ``tests/integration/test_helper_blockdev.py``; the jailer:
+``tests/unit/test_helper_jail.py``.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from banger.core.errors import Forbidden, InvalidInput, NotFound
+from banger.core.errors import Forbidden, InternalError, InvalidInput
 from banger.helper.guard import Owner
 from banger.host import blockdev
 from banger.host.helper_client import HelperHostOps
-from banger.host.jailer import JailBinaries, jailer_argv, launch
+from banger.host.privileged import CheckedHostOps
 from tests.support.fake_host_ops import RecordingHostOps
 from tests.support.helper_server import serve_helper
 from tests.unit.test_helper import raw
@@ -33,8 +34,10 @@ JAIL_ID = "bgj-0123456789ab"
 @pytest.fixture
 def owner() -> Iterator[Owner]:
     base = Path(tempfile.mkdtemp(prefix="bgfc-"))
-    (base / "state").mkdir()
-    (base / "run").mkdir()
+    for d in ("state", "run"):
+        (base / d).mkdir()
+        if os.geteuid() == 0:
+            os.chown(base / d, UID, UID)  # the owner's dirs are the owner's
     yield Owner("someone", UID, UID, (base / "state", base / "run"))
     shutil.rmtree(base)
 
@@ -54,6 +57,10 @@ SHAPE_REFUSALS = [
     lambda h, o: h.attach_loop(f"{o.dirs[0]}/../../etc/passwd", True),  # ../
     lambda h, o: h.attach_loop(f"{o.dirs[0]}/{'a' * 5000}", True),       # too long
     lambda h, o: h.attach_loop("disk.img", False),                       # relative
+    lambda h, o: h.attach_loop(f"{o.dirs[0]}/y.img\n", False),  # a loop never detachable
+    lambda h, o: h.attach_loop(f"{o.dirs[0]}/x\x1b[2J.img", False),  # control characters
+    lambda h, o: h.attach_loop(f"{o.dirs[0]}/a b.img", False),
+    lambda h, o: h.attach_loop(f"{o.dirs[0]}/x\u202e.img", False),
     lambda h, o: h.detach_loop("/dev/sda"),
     lambda h, o: h.detach_loop("/dev/loop"),
     lambda h, o: h.detach_loop("/dev/loop01"),
@@ -69,13 +76,15 @@ SHAPE_REFUSALS = [
     lambda h, o: h.create_snapshot("banger-r", "/dev/loop1", "/dev/loop1"),
     lambda h, o: h.remove_snapshot("/dev/mapper/banger-r"),
     lambda h, o: h.remove_snapshot("root"),
-    lambda h, o: h.launch_jailed("banger-1", UID, UID, f"{o.dirs[1]}/jail"),
-    lambda h, o: h.launch_jailed("bgj-XYZ0123456", UID, UID, f"{o.dirs[1]}/jail"),
-    lambda h, o: h.launch_jailed("bgj-" + "a" * 33, UID, UID, f"{o.dirs[1]}/jail"),
-    lambda h, o: h.launch_jailed("--help", UID, UID, f"{o.dirs[1]}/jail"),
-    lambda h, o: h.launch_jailed(JAIL_ID, 0, UID, f"{o.dirs[1]}/jail"),  # root
-    lambda h, o: h.launch_jailed(JAIL_ID, UID, 0, f"{o.dirs[1]}/jail"),
-    lambda h, o: h.launch_jailed(JAIL_ID, UID, UID, f"{o.dirs[1]}/../jail"),
+    lambda h, o: h.launch_jailed("banger-1", UID, UID),
+    lambda h, o: h.launch_jailed("bgj-XYZ0123456", UID, UID),
+    lambda h, o: h.launch_jailed("bgj-" + "a" * 33, UID, UID),
+    lambda h, o: h.launch_jailed("--help", UID, UID),
+    lambda h, o: h.launch_jailed("bgj-0123456789/../x", UID, UID),
+    lambda h, o: h.launch_jailed(JAIL_ID, 0, UID),  # root
+    lambda h, o: h.launch_jailed(JAIL_ID, UID, 0),
+    lambda h, o: h.remove_jail("../../etc", UID),
+    lambda h, o: h.remove_jail(JAIL_ID, 0),
 ]  # fmt: skip
 
 
@@ -90,17 +99,52 @@ def test_malformed_block_device_and_jail_arguments_are_refused(
 @pytest.mark.parametrize("payload", [
     {"op": "attach_loop", "backing": "/x/y", "read_only": "yes"},
     {"op": "attach_loop", "backing": ["/x/y"], "read_only": True},
-    {"op": "launch_jailed", "jail_id": JAIL_ID, "uid": "4321", "gid": UID, "chroot_base": "/x/j"},
-    {"op": "launch_jailed", "jail_id": JAIL_ID, "uid": UID, "gid": UID, "chroot_base": "/x/j",
-     "exec_file": "/bin/sh"},
-    {"op": "launch_jailed", "jail_id": JAIL_ID, "uid": UID, "gid": UID, "chroot_base": "/x/j",
+    {"op": "launch_jailed", "jail_id": JAIL_ID, "uid": "4321", "gid": UID},
+    {"op": "launch_jailed", "jail_id": JAIL_ID, "uid": UID, "gid": UID, "exec_file": "/bin/sh"},
+    {"op": "launch_jailed", "jail_id": JAIL_ID, "uid": UID, "gid": UID,
      "argv": ["--seccomp-level", "0"]},
+    # the chroot base is the helper's own: a request naming one (the owner's runtime dir,
+    # which it could rename around the jailer) is refused outright
+    {"op": "launch_jailed", "jail_id": JAIL_ID, "uid": UID, "gid": UID, "chroot_base": "/x/j"},
+    {"op": "remove_jail", "jail_id": JAIL_ID, "uid": UID, "chroot_base": "/etc"},
 ])  # fmt: skip
 def test_a_jail_request_naming_a_binary_or_argv_is_refused(
     helper: HelperHostOps, payload: dict[str, Any]
 ) -> None:
     reply = raw(helper.path, json.dumps({"op_id": "t", **payload}).encode())
     assert reply["ok"] is False and reply["error"]["code"] == "invalid_input"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the owner's dir is another uid's")
+def test_an_owner_dir_pointing_elsewhere_tells_nothing_of_what_is_there(
+    tmp_path: Path, fake: RecordingHostOps
+) -> None:
+    """The reviewer's oracle: ``ln -s /home/victim ~/.local/state/banger`` made root walk
+    the victim's 0700 dir, and the refusal said which files exist there. The walk starts
+    at ``/`` without following a symlink, the owner's dir must be the owner's, and every
+    refusal reads the same."""
+    private = tmp_path / "private"
+    (private / ".ssh").mkdir(parents=True)
+    (private / ".ssh" / "id_ed25519").write_text("k")
+    private.chmod(0o700)
+    state = tmp_path / "state"
+    state.symlink_to(private)
+    not_theirs = tmp_path / "rootstate"  # a real dir, but root's, with a file of the owner's
+    not_theirs.mkdir()
+    (not_theirs / "disk.img").touch()
+    os.chown(not_theirs / "disk.img", UID, UID)
+    for owner_state in (state, not_theirs):
+        owner = Owner("someone", UID, UID, (owner_state, tmp_path / "run"))
+        (tmp_path / "run").mkdir(exist_ok=True)
+        texts = set()
+        for client in serve_helper(owner, fake, tmp_path / "run" / "h.sock"):
+            for name in (".ssh/id_ed25519", ".ssh/id_rsa", ".ssh", ".ssh/id_ed25519/x",
+                         "disk.img"):
+                with pytest.raises(Forbidden) as refused:
+                    client.attach_loop(f"{owner_state}/{name}", True)
+                texts.add(refused.value.message.replace(f"{owner_state}/{name}", "P"))
+        assert len(texts) == 1, texts
+    assert fake.methods() == []
 
 
 def test_a_backing_file_outside_the_state_dir_is_refused(
@@ -113,73 +157,42 @@ def test_a_backing_file_outside_the_state_dir_is_refused(
             helper.attach_loop(path, True)
 
 
-def test_a_jail_of_another_uid_or_elsewhere_is_refused(
-    helper: HelperHostOps, owner: Owner, tmp_path: Path
-) -> None:
-    with pytest.raises(Forbidden, match="owner is 4321"):
-        helper.launch_jailed(JAIL_ID, UID + 1, UID, f"{owner.dirs[1]}/jail")
-    with pytest.raises(Forbidden, match="chroot base"):
-        helper.launch_jailed(JAIL_ID, UID, UID, str(tmp_path / "jail"))
-    with pytest.raises(Forbidden, match="chroot base"):
-        helper.launch_jailed(JAIL_ID, UID, UID, f"{owner.dirs[0]}/jail")
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown a dir to the owner")
-def test_a_chroot_base_the_owner_made_or_symlinked_is_refused(
-    helper: HelperHostOps, owner: Owner, tmp_path: Path
-) -> None:
-    base = owner.dirs[1] / "jail"
-    base.symlink_to(tmp_path)
-    with pytest.raises(Forbidden, match="not a dir of root's"):
-        helper.launch_jailed(JAIL_ID, UID, UID, str(base))
-    base.unlink()
-    base.mkdir()
-    os.chown(base, UID, UID)  # the owner could put a symlink inside it
-    with pytest.raises(Forbidden, match="not a dir of root's"):
-        helper.launch_jailed(JAIL_ID, UID, UID, str(base))
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_the_jailer_argv_uses_only_its_documented_flags() -> None:
-    """docs/jailer.md of Firecracker: --id, --exec-file, --uid, --gid,
-    --chroot-base-dir, --daemonize, --new-pid-ns, then ``--`` and Firecracker's own."""
-    binaries = JailBinaries(Path("/opt/fc/jailer"), Path("/opt/fc/firecracker"))
-    assert jailer_argv(binaries, JAIL_ID, 1000, 1001, "/run/bangerd/jail") == [
-        "/opt/fc/jailer", "--id", JAIL_ID, "--exec-file", "/opt/fc/firecracker",
-        "--uid", "1000", "--gid", "1001", "--chroot-base-dir", "/run/bangerd/jail",
-        "--daemonize", "--new-pid-ns", "--", "--api-sock", "/run/firecracker.socket",
-    ]  # fmt: skip
-
-
-def test_jail_binaries_must_be_roots_regular_files(tmp_path: Path) -> None:
-    jailer, fc = tmp_path / "jailer", tmp_path / "firecracker"
-    with pytest.raises(NotFound, match="not installed"):
-        launch(JailBinaries(jailer, fc), JAIL_ID, UID, UID, str(tmp_path / "jail"))
-    jailer.write_text("#!/bin/sh\ntouch /tmp/pwned\n")
-    jailer.chmod(0o777)  # anyone may rewrite it
-    fc.symlink_to("/bin/true")
-    for binaries in (JailBinaries(jailer, Path("/bin/true")), JailBinaries(Path("/bin/true"), fc)):
-        with pytest.raises(Forbidden):
-            launch(binaries, JAIL_ID, UID, UID, str(tmp_path / "jail"))
-    assert not (tmp_path / "jail").exists()
-
-
 def test_the_snapshot_table_and_deps_parsing() -> None:
     assert blockdev.snapshot_table("/dev/loop3", "/dev/loop4", 2048) == (
         "0 2048 snapshot /dev/loop3 /dev/loop4 N 8")
-    assert blockdev.parse_deps(" 2 dependencies\t: (loop4) (loop3)\n") == [
-        "/dev/loop4", "/dev/loop3"]
-    assert blockdev.parse_deps("1 dependencies : (sda1)") == ["/dev/sda1"]  # refused later
+    assert blockdev.parse_deps(" 2 dependencies\t: (7, 4) (7, 3)\n") == [(7, 4), (7, 3)]
+    assert blockdev.parse_deps(" 1 dependencies\t: (253, 0)\n") == [(253, 0)]  # refused later
+    assert blockdev.parse_deps(" 0 dependencies\t:\n") == []  # refused later
+    for hostile in (" 2 dependencies\t: (loop4) (vg0-root)\n",  # names: read by number only
+                    " 3 dependencies\t: (7, 4) (7, 3)\n",       # the count disagrees
+                    " 1 dependencies\t: (7, 4) (7, 3)\n", "", "garbage"):
+        with pytest.raises(InternalError):
+            blockdev.parse_deps(hostile)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the chroot base is made root's")
-def test_a_valid_jail_request_gets_a_chroot_base_of_roots_and_only_its_ids(
-    owner: Owner, fake: RecordingHostOps
-) -> None:
-    base = f"{owner.dirs[1]}/jail"
-    for client in serve_helper(owner, fake, owner.dirs[1] / "h.sock"):
-        vmm = client.launch_jailed(JAIL_ID, UID, UID, base)
-        assert vmm.pid == 4242 and vmm.api_socket.startswith(base + "/")
-    st = os.lstat(base)
-    assert st.st_uid == 0 and st.st_mode & 0o7777 == 0o755
-    assert fake.calls == [("launch_jailed", (JAIL_ID, UID, UID, base))]
+def test_a_dm_dependency_that_is_not_a_loop_is_forbidden_naming_the_dm_device() -> None:
+    with pytest.raises(Forbidden, match="dm device banger-x is built on 253:0, not a loop"):
+        blockdev.loop_of_devno("banger-x", (253, 0))
+    with pytest.raises(Forbidden, match="banger-x"):
+        blockdev.loop_of_devno("banger-x", (7, 999999))  # no such loop
+
+
+class Misanswering(RecordingHostOps):
+    """A transport whose answers are not what the operation makes."""
+
+    def attach_loop(self, backing: str, read_only: bool) -> str:
+        super().attach_loop(backing, read_only)
+        return "/dev/sda"
+
+    def create_snapshot(self, name: str, origin: str, cow: str) -> str:
+        super().create_snapshot(name, origin, cow)
+        return "/dev/dm-0"
+
+
+def test_a_transport_answering_a_wrong_device_is_an_internal_error_and_cleaned_up() -> None:
+    ops = CheckedHostOps(Misanswering())
+    with pytest.raises(InternalError, match="not a loop device"):
+        ops.attach_loop("/var/lib/banger/disk.img", True)
+    with pytest.raises(InternalError, match="not its mapper path"):
+        ops.create_snapshot("banger-r", "/dev/loop1", "/dev/loop2")
+    assert ops.transport.methods()[-1] == "remove_snapshot"  # type: ignore[attr-defined]
