@@ -63,7 +63,7 @@ def tcg_cmdline(accel: Accel) -> tuple[str, ...]:
     """Kernel arguments a guest needs under this accelerator.
 
     Under TCG on a loaded host the guest may fail to calibrate its TSC and hang;
-    handing it the host's clock rate skips the calibration. Its TSC counts QEMU's
+    handing it the host's clock rate skips the calibration. Its TSC counts the VMM's
     clock (it stands still only while the VM is paused), but the clocksource watchdog
     compares it with jiffies, which a slow TCG guest loses, marks it unstable and
     falls back to refined-jiffies: the guest's clock then drifts seconds behind
