@@ -26,7 +26,7 @@ from typing import ClassVar
 
 from qemu.qmp import QMPClient, QMPError
 
-from banger.core.errors import Conflict, HostToolError, SnapshotUnusable
+from banger.core.errors import Conflict, HostToolError, SnapshotDamaged, SnapshotUnusable
 from banger.core.vmspec import Accel, TapNet, UserNet, VMSpec, kernel_cmdline
 from banger.host.files import reset_file
 from banger.host.privileged import HostOps, host_ops_for
@@ -241,7 +241,8 @@ class QemuBackend(VmmProcess):
         return self._version[1]
 
     async def save_state(self, handle: Handle, dest: Path) -> int:
-        """Pause the guest and save its device state and RAM to the new file ``dest``."""
+        """Pause the guest and save its device state to the new file ``dest`` (its RAM is
+        the template's shared memory file, flushed by the caller)."""
         async with self._qmp(handle) as qmp:
             return await qemu_snapshot.save(qmp, dest)
 
@@ -251,11 +252,14 @@ class QemuBackend(VmmProcess):
             async with self._qmp(handle) as qmp:
                 await qemu_snapshot.load(qmp, src)
         except (QMPError, OSError, EOFError) as exc:
-            # QEMU exits on a bad stream; its log says why ("load of migration failed").
-            tail = log_tail(handle.log_path).splitlines()
-            raise SnapshotUnusable(
-                f"QEMU could not load the saved state: {tail[-1] if tail else repr(exc)}"
-            ) from exc
+            # QEMU exits on a bad stream and its log says so; without that line the
+            # connection failed for another reason (a timeout, QEMU killed): the files may
+            # be fine.
+            tail = log_tail(handle.log_path)
+            refused = qemu_snapshot.LOAD_FAILED in tail
+            last = tail.splitlines()[-1] if tail else repr(exc)
+            raise (SnapshotDamaged if refused else SnapshotUnusable)(
+                f"QEMU could not load the saved state: {last}") from exc
 
     async def resume(self, handle: Handle) -> None:
         """Run a clone whose state is loaded (or that ``pause`` stopped)."""
