@@ -192,7 +192,12 @@ class QemuBackend(VmmProcess):
             # one boot per log: the tail on failure is this launch's.
             reset_file(path)
         argv = qemu_argv(spec, qemu_binary=self.binary)
-        status = await arun_to_log(argv, log_path=spec.vmm_log, timeout=self.launch_timeout)
+        try:
+            status = await arun_to_log(argv, log_path=spec.vmm_log, timeout=self.launch_timeout,
+                                       daemonizes=True)
+        except asyncio.CancelledError:  # e.g. daemon shutdown cancels a background build
+            await asyncio.shield(self._end_cancelled(spec))
+            raise
         if status != 0:
             self.cleanup(spec)
             raise _launch_error(spec, f"failed to start (exit status {status})")
@@ -202,6 +207,15 @@ class QemuBackend(VmmProcess):
             raise _launch_error(spec, "exited right after starting")
         log.debug("launched VM %s: pid %d", spec.vm_id, handle.pid)
         return handle
+
+    async def _end_cancelled(self, spec: VMSpec) -> None:
+        """A launch cancelled mid-way (``arun_to_log`` waited for QEMU's first process):
+        kill the VMM it may have daemonized, which nothing else would ever find."""
+        handle = self.adopt(spec.pidfile, spec)
+        if handle is not None:
+            log.warning("killing the VMM of VM %s: its launch was cancelled", spec.vm_id)
+            await self.shutdown(handle, graceful=False, timeout=0)
+        self.cleanup(spec)
 
     @contextlib.asynccontextmanager
     async def _qmp(self, handle: Handle) -> AsyncIterator[QMPClient]:
