@@ -64,9 +64,11 @@ def test_a_cancelled_launch_kills_the_vmm_it_daemonized(tmp_path: Path, cancel_w
             await task
 
     asyncio.run(scenario())
+    deadline = time.monotonic() + 5
+    while not side.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)  # the child writes it 0.3 s in, whatever the launch did
     pid = int(side.read_text())
     try:
-        deadline = time.monotonic() + 5
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.02)  # SIGKILL lands at once; this only rides out a loaded host
         assert not _alive(pid)
