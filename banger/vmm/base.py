@@ -105,7 +105,8 @@ class SnapshotCapable(Protocol):
         ...
 
     async def save_state(self, handle: Handle, dest: Path) -> int:
-        """Pause the guest and save its device state and RAM to the new file ``dest``."""
+        """Pause the guest and save its state to the new file ``dest`` (QEMU: device state, its
+        RAM being the template's memory file; Firecracker: also a memory file beside it)."""
         ...
 
     async def restore_state(self, handle: Handle, src: Path) -> None:
