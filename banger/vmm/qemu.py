@@ -73,7 +73,13 @@ def _netdev(spec: VMSpec) -> list[str]:
 
 
 def _memory_file(spec: VMSpec) -> list[str]:
-    """Guest RAM in a file: shared by a template (the file is its memory), private to a clone."""
+    """Guest RAM in a file: shared by a template (the file is its memory), private to a clone.
+
+    No device that discards guest RAM (virtio-balloon, virtio-mem, free page reporting) may
+    be given to a clone: QEMU 7.2 discards with fallocate(PUNCH_HOLE) even on a MAP_PRIVATE
+    file, so one clone's balloon would zero the snapshot's memory under all the others
+    (tests/unit/test_qemu_argv.py pins a clone's devices).
+    """
     if spec.memory_file is None:
         return []
     share = "on" if spec.snapshot_role == "template" else "off"
