@@ -241,3 +241,39 @@ def test_a_template_spec_that_cannot_be_made_gives_its_network_back(
     assert [c.name for c in backend.calls if c.name == "detach"] == ["detach"]
     assert sorted(p.name for p in vms.creator.snapshots.root.iterdir()) == []
 
+
+
+def test_a_slow_vmm_version_does_not_stall_the_event_loop(
+        lean: Lean, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``qemu --version`` (asked again whenever the binary changed) runs in a worker thread:
+    other requests go on meanwhile."""
+    vms, backend, image = lean
+    _warm(vms, image)
+    version = backend.vmm_version()
+
+    def slow_version() -> str:
+        time.sleep(0.6)
+        return version
+
+    monkeypatch.setattr(backend, "vmm_version", slow_version)
+
+    async def scenario() -> float:
+        gaps = [0.0]
+
+        async def tick() -> None:
+            last = time.monotonic()
+            while True:
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        ticker = asyncio.create_task(tick())
+        try:
+            await _create(vms, "c0")
+        finally:
+            ticker.cancel()
+        return max(gaps)
+
+    assert vms.drive(scenario) < 0.4
+    assert (vms.vm("c0").started_from or "").startswith("snapshot ")
