@@ -277,3 +277,12 @@ def test_a_slow_vmm_version_does_not_stall_the_event_loop(
 
     assert vms.drive(scenario) < 0.4
     assert (vms.vm("c0").started_from or "").startswith("snapshot ")
+
+
+def test_a_build_in_progress_and_trash_are_not_listed(lean: Lean) -> None:
+    vms, _, image = lean
+    snaps = vms.creator.snapshots
+    snap_id = _warm(vms, image)
+    for name in (f".tmp-{snap_id}-00000000", f".trash-{snap_id}-00000000"):
+        shutil.copytree(snaps.dir(snap_id), snaps.root / name)  # meta.json and all
+    assert [m["id"] for m in vms.drive(lambda: asyncio.to_thread(snaps.all))] == [snap_id]
