@@ -283,7 +283,7 @@ class Snapshots:
     def _stale_dirs(self) -> list[tuple[Path, tuple[int, str | None]]]:
         """Snapshot dirs stale for good (or that lost their meta), and ``.tmp-*`` dirs of
         builds not running now (a killed daemon's), each with its ``_signature``.
-        Blocking (a worker thread): ``_trash_if_unchanged`` checks each again."""
+        Blocking (a worker thread): ``_removable`` checks each again on the event loop."""
         found = []
         for d in self._dirs():
             if d.name.startswith(TRASH):
