@@ -266,5 +266,6 @@ def image_cache_prune(ctx: CliContext, dry_run: bool, as_json: bool) -> None:
         print_json(result.model_dump())
         return
     verb = "would free" if dry_run else "freed"
+    snaps = f", and {result.snapshots} stale snapshots" if result.snapshots else ""
     console().print(f"{verb} {format_size(result.bytes) if result.bytes else '0'} "
-                    f"in {result.blobs} blobs")
+                    f"in {result.blobs} blobs{snaps}")

@@ -71,10 +71,18 @@ class HostToolError(BangerError):
 
 
 class SnapshotUnusable(HostToolError):
-    """A warm snapshot's saved state cannot be loaded (truncated, corrupt, another VMM
-    version): the VM boots cold instead and the snapshot is dropped."""
+    """A clone could not be restored from a warm snapshot this time (a timeout, its VMM
+    died, the host ran short of something): the VM boots cold instead; the snapshot stays."""
 
     code = "snapshot_unusable"
+
+
+class SnapshotDamaged(SnapshotUnusable):
+    """A warm snapshot's files are bad (missing, truncated, a symbolic link, a stream the
+    VMM refused: corrupt or another VMM version): the VM boots cold and the snapshot is
+    dropped."""
+
+    code = "snapshot_damaged"
 
 
 class GuestError(BangerError):

@@ -102,7 +102,7 @@ async def import_image(body: ImageImportRequest, daemon: DaemonDep, request: Req
 @router.post("/images/cache/prune", response_model=CachePruneResult)
 async def prune_cache(body: CachePruneRequest, daemon: DaemonDep) -> CachePruneResult:
     freed, blobs = await daemon.images.prune_cache(dry_run=body.dry_run)
-    stale = [] if body.dry_run else await asyncio.to_thread(daemon.creator.snapshots.prune)
+    stale = await daemon.creator.snapshots.prune(dry_run=body.dry_run)
     return CachePruneResult(bytes=freed, blobs=blobs, dry_run=body.dry_run, snapshots=len(stale))
 
 

@@ -2,18 +2,21 @@
 
 - After a cold ``vm create`` of a shape that could have a snapshot and has
   none, the snapshot is made in the background (``snapshot_on_cold_create``):
-  once no create is in flight (or after 30 s of them), one build per key
-  (``Snapshots.warm``'s lock), the template's VMM at the lowest CPU priority.
-  A failure is logged; the daemon's shutdown cancels a build (its ``.tmp-*``
-  and template go with it).
-- Whenever a VM starts, stops or is deleted, stale snapshots no VM's root is
-  backed by any more are removed (in a worker thread, one sweep at a time).
+  once no create is in flight (or after 30 s of them), one background build at
+  a time across all shapes, the template's VMM at the lowest CPU priority, and
+  none (logged) while the disk under ``snapshots/`` has less free space than
+  the guest's memory plus ``DISK_RESERVE``. A failure is logged; the daemon's
+  shutdown cancels a build (its ``.tmp-*`` and template go with it).
+- Whenever a VM starts, stops or is deleted, snapshots stale for good that no
+  VM's root is backed by any more are removed (``Snapshots.prune``: one at a
+  time).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 from collections.abc import AsyncIterator
 
 import structlog
@@ -29,6 +32,7 @@ log = structlog.get_logger("banger.daemon.snapshot_keeper")
 
 QUIET_POLL = 0.25  # seconds between looks for "no create in flight"
 QUIET_MAX_WAIT = 30.0  # then it starts anyway (at nice 19): a stream of creates never ends
+DISK_RESERVE = 1 << 30  # bytes a background build leaves free beyond the guest's memory
 
 
 class SnapshotKeeper:
@@ -39,6 +43,7 @@ class SnapshotKeeper:
         self._creates = 0
         self._pending: set[str] = set()  # key ids a background build is queued or running for
         self._sweep_queued = False
+        self._building = asyncio.Lock()  # one background build at a time, across shapes
         self._closed = False  # after aclose nothing new starts
         snapshots.rt.on_running_change(self.vm_changed)
 
@@ -79,13 +84,29 @@ class SnapshotKeeper:
         self._pending.add(key.id)
         try:
             await self._lull()
-            snap_id = await snaps.warm(image, vcpu, memory_mib, background=True)
+            async with self._building:
+                if (why := self._no_room(memory_mib)) is not None:
+                    log.warning("no background snapshot", image=image.name, why=why)
+                    return
+                snap_id = await snaps.warm(image, vcpu, memory_mib, background=True)
             log.info("snapshot made in the background", snapshot=snap_id, image=image.name)
-        except BangerError as exc:
+        except Exception as exc:  # noqa: BLE001 - a background task: logged, never raised
             log.warning("background snapshot failed", image=image.name, vcpu=vcpu,
-                        memory_mib=memory_mib, error=exc.message, hint=exc.hint)
+                        memory_mib=memory_mib, error=getattr(exc, "message", repr(exc)),
+                        hint=getattr(exc, "hint", None))
         finally:
             self._pending.discard(key.id)
+
+    def _no_room(self, memory_mib: int) -> str | None:
+        """Why the disk cannot take a snapshot of a ``memory_mib`` guest now, or None."""
+        root = self.snapshots.root
+        where = root if root.is_dir() else root.parent
+        free = shutil.disk_usage(where).free
+        need = (memory_mib << 20) + DISK_RESERVE
+        if free < need:
+            return (f"{free >> 20} MiB free under {where}, less than the guest's "
+                    f"{memory_mib} MiB and a {DISK_RESERVE >> 20} MiB reserve")
+        return None
 
     async def _lull(self) -> None:
         """Until no create is in flight (their guests boot first), at most ``QUIET_MAX_WAIT``."""
@@ -102,7 +123,7 @@ class SnapshotKeeper:
 
     async def _sweep(self) -> None:
         self._sweep_queued = False
-        await asyncio.to_thread(self.snapshots.prune)
+        await self.snapshots.prune()
 
     @property
     def busy(self) -> bool:

@@ -8,6 +8,13 @@ overlay: read-only base of its clones' root overlays) and ``meta.json`` (its key
 VMM version, network kind and the agent protocol. It is built in ``.tmp-<id>-*`` and
 renamed into place, so a crash or a full disk never leaves a partial one; one build
 per id at a time.
+
+Generations: a dropped snapshot keeps its ``root`` while VMs' root overlays are backed
+by it (their overlays name that path), so its replacement is renamed to
+``<id>.<hex>`` instead; ``find`` takes the complete one, and a VM's ``snapshot_id``
+names the directory that backs it. Removal renames a directory to ``.trash-*`` on the
+event loop (after checking again that nothing took it meanwhile), then deletes it in a
+worker thread.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ log = structlog.get_logger("banger.daemon.snapshots")
 
 FORMAT = 3  # the agent protocol and this layout; a change invalidates every snapshot
 ROOT, META = "root", "meta.json"  # root: in the backend's root format
+TMP, TRASH = ".tmp-", ".trash-"
+CONFIG = ("backend", "accel", "net_mode")  # another value: kept for when it comes back
 TEMPLATE_WORK_BYTES = 64 << 20  # the template's scratch /root, unmounted before the save
 
 
@@ -100,11 +109,31 @@ def _sync_ram(path: Path) -> int:
         os.close(fd)
 
 
+def _key_id(name: str) -> str:
+    """The key id a snapshot directory's name (``<id>``, ``<id>.<hex>``, ``.tmp-<id>-*``)
+    is for."""
+    return name.removeprefix(TMP).split("-")[0].split(".")[0]
+
+
+def _signature(d: Path) -> tuple[int, str | None] | None:
+    """What a removal re-checks: the directory's inode and its meta (a build renamed in a
+    new one meanwhile, or wrote its meta); None once it is gone."""
+    try:
+        ino = d.lstat().st_ino
+    except OSError:
+        return None
+    try:
+        return ino, (d / META).read_text()
+    except (OSError, ValueError):
+        return ino, None
+
+
 class Snapshots:
     def __init__(self, rt: VMRuntime) -> None:
         self.rt = rt
         self.root = rt.paths.state_dir / "snapshots"
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._sweeping = asyncio.Lock()  # one prune at a time
         self._listeners: list[Callable[[], None]] = []
 
     def on_change(self, listener: Callable[[], None]) -> None:
@@ -127,8 +156,14 @@ class Snapshots:
             return "the image boots systemd, which has no banger agent (lean init only)"
         return None
 
+    def _config(self) -> dict[str, str]:
+        """The key's fields another daemon configuration changes (``CONFIG``)."""
+        return {"backend": self.rt.backend.name, "accel": self.rt.backend.accel,
+                "net_mode": str(self.rt.network.mode)}
+
     def key(self, image: ImageRecord, kernel: KernelRecord, vcpu: int, memory_mib: int
             ) -> SnapshotKey:
+        """The key of this shape (blocking: it may run the VMM to ask its version)."""
         backend = self._backend()
         assert backend is not None
         boot = boot_kernel(kernel, self.rt.backend.traits)
@@ -136,105 +171,164 @@ class Snapshots:
         # the record's creation time too: a kernel deleted and imported again under its
         # name is another kernel, even when its files' sizes and times are the same
         made = kernel.created_at.isoformat() if kernel.created_at else "?"
+        config = self._config()
         return SnapshotKey(
             image_id=image.id, kernel=f"{kernel.name}@{made}/{stamps}", vcpu=vcpu,
-            memory_mib=memory_mib, backend=self.rt.backend.name, accel=self.rt.backend.accel,
-            vmm_version=backend.vmm_version(), net_mode=str(self.rt.network.mode),
-        )
+            memory_mib=memory_mib, vmm_version=backend.vmm_version(), backend=config["backend"],
+            accel=config["accel"], net_mode=config["net_mode"])
 
     def dir(self, snap_id: str) -> Path:
+        """A snapshot's directory: ``snap_id`` is its name (``<key id>[.<hex>]``)."""
         return self.root / snap_id
 
     def find(self, key: SnapshotKey) -> Path | None:
-        """The snapshot for ``key`` when it is complete and its meta matches, else None."""
-        d = self.dir(key.id)
-        try:
-            meta = json.loads((d / META).read_text())
-        except (OSError, ValueError):
-            return None
-        if meta.get("key") != asdict(key) or not all((d / f).is_file() for f in (STATE, RAM, ROOT)):
-            return None
-        return d
+        """The complete snapshot (any generation) whose meta matches ``key``, else None."""
+        for d in [self.dir(key.id), *sorted(self.root.glob(f"{key.id}.*"))]:
+            try:
+                meta = json.loads((d / META).read_text())
+            except (OSError, ValueError):
+                continue
+            if meta.get("key") == asdict(key) and \
+                    all((d / f).is_file() for f in (STATE, RAM, ROOT)):
+                return d
+        return None
 
-    def invalidate(self, snap_id: str, why: str) -> None:
-        """Drop a snapshot's state (its root stays while clones are backed by it)."""
+    async def invalidate(self, snap_id: str, why: str) -> None:
+        """Drop a snapshot whose files are bad: its meta goes at once (``find`` no longer
+        sees it; a replacement can be made), the rest once no VM is backed by its root."""
         log.warning("snapshot dropped", snapshot=snap_id, why=why)
         d = self.dir(snap_id)
-        for name in (META, STATE, RAM):
-            (d / name).unlink(missing_ok=True)
-        if not self._in_use(snap_id):
-            remove_tree(d)
+        (d / META).unlink(missing_ok=True)
+        for path in [d] if not self._in_use(snap_id) else [d / STATE, d / RAM]:
+            self._trash(path)
         self._changed()
+        await to_thread_joined(self._empty_trash)
+
+    def _trash(self, path: Path) -> None:
+        """Rename ``path`` (in ``snapshots/``) out of every reader's way, to be deleted by
+        ``_empty_trash``: on the event loop, so no build renames in between."""
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path, self.root / f"{TRASH}{path.name}-{secrets.token_hex(4)}")
+
+    def _empty_trash(self) -> None:
+        """Delete what ``_trash`` set aside (blocking: in a worker thread)."""
+        for d in self.root.glob(f"{TRASH}*") if self.root.is_dir() else []:
+            if d.is_dir() and not d.is_symlink():
+                remove_tree(d)
+            else:
+                d.unlink(missing_ok=True)
 
     def _in_use(self, snap_id: str) -> bool:
         return any(vm.snapshot_id == snap_id for vm in self.rt.store.vms.list())
 
-    def all(self) -> list[dict[str, Any]]:
-        """Every complete snapshot's meta, with its id and why it is stale (None: ready)."""
-        out = []
-        for d in sorted(self.root.glob("[0-9a-f]*")) if self.root.is_dir() else []:
-            with contextlib.suppress(OSError, ValueError):
-                meta = json.loads((d / META).read_text())
-                out.append({"id": d.name, **meta, "stale": self.stale_why(meta)})
-        return out
-
-    def stale_why(self, meta: dict[str, object]) -> str | None:
-        """Why the snapshot ``meta`` describes can no longer be restored, or None."""
-        key = meta.get("key")
-        if not isinstance(key, dict):
-            return "its meta.json has no key"
-        image = self.rt.store.images.find_key(str(key.get("image_id")))
-        if image is None:
-            return "its image was deleted"
-        why = self.why_not(image)
-        if why is not None:
-            return why
-        try:
-            kernel = self.rt.kernel(image)
-            current = asdict(self.key(image, kernel, int(key["vcpu"]), int(key["memory_mib"])))
-        except BangerError as exc:
-            return f"its kernel is gone: {exc.message}"
-        except (KeyError, TypeError, ValueError):
-            return "its key is malformed"
-        changed = [name for name, value in current.items() if key.get(name) != value]
-        return "; ".join(_changed(name, key.get(name), current[name]) for name in changed) or None
-
-    def _stale_dirs(self) -> list[Path]:
-        """Snapshot dirs that are stale (or lost their state) and no VM is backed by, and
-        ``.tmp-*`` dirs of builds not running now (a killed daemon's).
-
-        A build holds its id's lock from before its ``.tmp-*`` exists until it is renamed
-        or removed, so a listed one whose lock is free is left over (this may run in a
-        worker thread: a lock's state is only read)."""
+    def _dirs(self) -> list[Path]:
+        """The directories in ``snapshots/`` (blocking). A symbolic link there is none of
+        banger's: it is removed (never followed); other files are left alone."""
         found = []
         for d in sorted(self.root.iterdir()) if self.root.is_dir() else []:
-            if d.name.startswith(".tmp-"):
-                lock = self._locks.get(d.name.split("-")[1])
-                if lock is None or not lock.locked():
-                    found.append(d)
-                continue
-            try:
-                meta = json.loads((d / META).read_text())
-            except (OSError, ValueError):
-                meta = {}
-            if self.stale_why(meta) is not None and not self._in_use(d.name):
+            if d.is_symlink():
+                d.unlink(missing_ok=True)
+            elif d.is_dir():
                 found.append(d)
         return found
 
-    def prune(self) -> list[str]:
-        """Remove stale snapshots (image gone, kernel or VMM changed) no VM is backed by,
-        and unfinished builds a killed daemon left; return the names removed."""
-        removed = []
-        for d in self._stale_dirs():
-            remove_tree(d)
-            removed.append(d.name)
+    def all(self) -> list[dict[str, Any]]:
+        """Every complete snapshot's meta, with its id and why it cannot be restored now
+        (``stale``, None: ready). Blocking: it may run the VMM to ask its version."""
+        out = []
+        for d in self._dirs():
+            if d.name.startswith("."):  # a build's .tmp-*, .trash-*
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                meta = json.loads((d / META).read_text())
+                out.append({"id": d.name, **meta, "stale": self.judge(meta)[0]})
+        return out
+
+    def stale_why(self, meta: dict[str, object]) -> str | None:
+        """Why the snapshot ``meta`` describes cannot be restored now, or None."""
+        return self.judge(meta)[0]
+
+    def judge(self, meta: dict[str, object]) -> tuple[str | None, bool]:
+        """Why the snapshot ``meta`` describes cannot be restored now (None: it can), and
+        whether that is for good (prune removes it). Kept: one made under another backend,
+        accelerator or network mode (it serves again when the configuration comes back),
+        and any while the VMM cannot say its version (a loaded host, a missing binary)."""
+        key = meta.get("key")
+        if not isinstance(key, dict):
+            return "its meta.json has no key", True
+        image = self.rt.store.images.find_key(str(key.get("image_id")))
+        if image is None:
+            return "its image was deleted", True
+        config = self._config()
+        if other := [n for n in CONFIG if key.get(n) != config[n]]:
+            changes = ", ".join(_changed(n, key.get(n), config[n]) for n in other)
+            return f"made under another configuration ({changes})", False
+        why = self.why_not(image)
+        if why is not None:
+            return why, True
+        try:
+            kernel = self.rt.kernel(image)
+        except BangerError as exc:
+            return f"its kernel is gone: {exc.message}", True
+        try:
+            current = asdict(self.key(image, kernel, int(key["vcpu"]), int(key["memory_mib"])))
+        except (KeyError, TypeError, ValueError):
+            return "its key is malformed", True
+        except BangerError as exc:  # only the VMM's version can fail here
+            return f"the VMM's version is unknown now: {exc.message}", False
+        changed = [name for name, value in current.items() if key.get(name) != value]
+        why = "; ".join(_changed(name, key.get(name), current[name]) for name in changed)
+        return why or None, True
+
+    def _stale_dirs(self) -> list[tuple[Path, tuple[int, str | None]]]:
+        """Snapshot dirs stale for good (or that lost their meta), and ``.tmp-*`` dirs of
+        builds not running now (a killed daemon's), each with its ``_signature``.
+        Blocking (a worker thread): ``_removable`` checks each again on the event loop."""
+        found = []
+        for d in self._dirs():
+            if d.name.startswith(TRASH):
+                continue
+            seen = _signature(d)
+            if seen is None:
+                continue  # gone meanwhile
+            if d.name.startswith(TMP):
+                found.append((d, seen))
+                continue
+            meta = json.loads(seen[1]) if seen[1] else {}
+            why, for_good = self.judge(meta if isinstance(meta, dict) else {})
+            if why is not None and for_good:
+                found.append((d, seen))
+        return found
+
+    def _removable(self, d: Path, seen: tuple[int, str | None]) -> bool:
+        """Whether ``d`` may go now (on the event loop, right before ``_trash``): no build of
+        its key runs (one holds the key's lock from before its ``.tmp-*`` exists until it is
+        renamed in), no VM is backed by it, and it is what ``_stale_dirs`` judged (no new
+        one was renamed in meanwhile)."""
+        lock = self._locks.get(_key_id(d.name))
+        if (lock is not None and lock.locked()) or self._in_use(d.name):
+            return False
+        return d.name.startswith(TMP) or _signature(d) == seen
+
+    async def prune(self, *, dry_run: bool = False) -> list[str]:
+        """Remove snapshots stale for good (image gone, kernel or VMM changed) no VM is
+        backed by, and unfinished builds a killed daemon left; return their names (with
+        ``dry_run``: what would go). One prune at a time."""
+        async with self._sweeping:
+            found = await to_thread_joined(self._stale_dirs)
+            removed = [d.name for d, seen in found if self._removable(d, seen)]
+            if dry_run:
+                return removed
+            for name in removed:
+                self._trash(self.dir(name))
+            await to_thread_joined(self._empty_trash)
         if removed:
             log.info("stale snapshots removed", what=removed)
         return removed
 
     def forget_image(self, image_id: str) -> list[str]:
-        """``image delete``: remove that image's snapshots no VM is backed by (the others
-        stay, stale, until their last clone goes); return their ids."""
+        """``image delete`` (in a worker thread): delete that image's snapshots no VM is
+        backed by (the others stay, stale, until their last clone goes); return their ids."""
         removed = []
         for meta in self.all():
             key = meta.get("key")
@@ -260,9 +354,10 @@ class Snapshots:
                 await self.rt.backend.shutdown(handle, graceful=False, timeout=0)
             remove_tree(run_dir)
             removed.append(f"snap/{run_dir.name}")
-        for d in sorted(self.root.glob(".tmp-*")) if self.root.is_dir() else []:
-            remove_tree(d)
+        for d in sorted(self.root.glob(f"{TMP}*")) if self.root.is_dir() else []:
+            self._trash(d)
             removed.append(d.name)
+        await to_thread_joined(self._empty_trash)  # and what a killed daemon set aside
         if removed:
             log.warning("removed an interrupted snapshot save", what=removed)
         return removed
@@ -290,36 +385,48 @@ class Snapshots:
         kernel = self.rt.kernel(image)
         key = await asyncio.to_thread(self.key, image, kernel, vcpu, memory_mib)
         async with self._locks[key.id]:  # a racing create waits, then finds it made
-            if self.find(key) is None:
+            found = self.find(key)
+            return found.name if found is not None else \
                 await self._build(key, image, kernel, background)
-        return key.id
 
     async def _build(self, key: SnapshotKey, image: ImageRecord, kernel: KernelRecord,
-                     background: bool) -> None:
+                     background: bool) -> str:
+        """Make the snapshot in ``.tmp-*`` and rename it in; return its name."""
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.root / f".tmp-{key.id}-{secrets.token_hex(4)}"
+        tmp = self.root / f"{TMP}{key.id}-{secrets.token_hex(4)}"
         tmp.mkdir(mode=0o700)
         try:
             started = time.monotonic()
             size = await self._save_template(key, image, kernel, tmp, background)
+            # state_bytes: the device state and the RAM the guest touched (its file is sparse)
             meta = {"key": asdict(key), "image_name": image.name, "state_bytes": size,
                     "created": time.time(), "save_seconds": round(time.monotonic() - started, 2)}
-            atomic_write_text(tmp / META, json.dumps(meta, indent=2))
+            await to_thread_joined(atomic_write_text, tmp / META, json.dumps(meta, indent=2))
             if self.rt.store.images.find_key(image.id) is None:
                 raise Conflict(f"image '{image.name}' was deleted while its snapshot was made",
                                hint="nothing to do: the snapshot is dropped")
-            final = self.dir(key.id)
-            if final.exists():  # an invalid one no clone needs any more (find said so)
-                if self._in_use(key.id):
-                    raise Conflict(f"snapshot {key.id} is invalid but VMs are backed by it",
-                                   hint="delete those VMs, then warm again")
-                remove_tree(final)
+            final = self._free_name(key.id)
             os.rename(tmp, final)
-            log.info("snapshot made", snapshot=key.id, image=image.name, bytes=size)
+            log.info("snapshot made", snapshot=final.name, image=image.name, bytes=size)
             self._changed()
+            return final.name
         except BaseException:
-            remove_tree(tmp)
+            await to_thread_joined(remove_tree, tmp)
             raise
+        finally:
+            await to_thread_joined(self._empty_trash)
+
+    def _free_name(self, key_id: str) -> Path:
+        """Where a new snapshot of ``key_id`` goes (``find`` saw none complete): ``<id>``, or
+        when a dropped one is there a new generation ``<id>.<hex>``: VMs' overlays may name
+        the old one's root (it is set aside now if no VM is backed by it), and a warm pool
+        member of the old one must not pass for one of the new."""
+        final = self.dir(key_id)
+        if os.path.lexists(final):
+            if not self._in_use(key_id):
+                self._trash(final)
+            final = self.dir(f"{key_id}.{secrets.token_hex(4)}")
+        return final
 
     async def _save_template(self, key: SnapshotKey, image: ImageRecord, kernel: KernelRecord,
                              tmp: Path, background: bool) -> int:
@@ -334,8 +441,8 @@ class Snapshots:
             disks.create_work_disk, tmp / "work.ext4", size, seed=seed if seed.exists() else None,
             authorized_keys=ssh.ensure_ssh_key(rt.paths.ssh_key)))
         net, tap = await rt.network.attach_template(allocate_mac(f"snap-{key.id}"))
-        spec = self._template_spec(key, image, kernel, tmp, net)
         try:
+            spec = self._template_spec(key, image, kernel, tmp, net)
             handle = await rt.backend.launch(spec)
             try:
                 if background and not lower_priority(handle.pid):
@@ -356,8 +463,8 @@ class Snapshots:
                 await rt.backend.shutdown(handle, graceful=False, timeout=0)
         finally:
             await rt.network.detach(tap)
-            (tmp / "work.ext4").unlink(missing_ok=True)
-            shutil.rmtree(spec.run_dir, ignore_errors=True)
+            await to_thread_joined(remove_tree, self._template_run_dir(key))
+            await to_thread_joined(remove_tree, tmp / "work.ext4")
 
     def _template_died(self, exc: BaseException) -> BangerError:
         """The template's VMM exited mid-save: most often its memory file could not grow."""
@@ -375,6 +482,9 @@ class Snapshots:
             raise Unavailable(f"the template's agent answered {request!r} with {reply[:80]!r}",
                               hint="see the template's console log in the daemon log")
 
+    def _template_run_dir(self, key: SnapshotKey) -> Path:
+        return self._run_root() / key.id[:8]
+
     def _template_spec(self, key: SnapshotKey, image: ImageRecord, kernel: KernelRecord,
                        tmp: Path, net: TapNet | UserNet) -> VMSpec:
         initrd = kernel.path / INITRD
@@ -385,7 +495,7 @@ class Snapshots:
             initrd=initrd if initrd.exists() else None,
             root=RootDisk(tmp / ROOT, traits.root_format),
             work_disk=tmp / "work.ext4", console_log=tmp / "console.log",
-            vmm_log=tmp / "vmm.log", run_dir=self._run_root() / key.id[:8],
+            vmm_log=tmp / "vmm.log", run_dir=self._template_run_dir(key),
             net=net, accel=accel, init=LEAN_INIT, cmdline_extra=tcg_cmdline(accel),
             snapshot_role="template", memory_file=tmp / RAM,
         )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from banger.api.models import ImageBuildRequest, ImageInfo, VMCreateRequest, VMInfo
 from banger.core.cancel import to_thread_joined
-from banger.core.errors import Conflict, GuestError, HostToolError, InvalidInput, SnapshotUnusable
+from banger.core.errors import Conflict, GuestError, HostToolError, InvalidInput, SnapshotDamaged
 from banger.core.names import generate_vm_name, new_id
 from banger.core.publish import PortMap, PublishedPort, parse_publish_list
 from banger.core.states import VMState
@@ -159,7 +159,7 @@ class VMCreator:
                 if member is not None and (started := await self.pool.claim(ctx, vm, member)):
                     undo.pop_all()
                     return self.rt.info(started)
-                snapshot, cold_why = self._pick_snapshot(plan, image)
+                snapshot, cold_why = await self._pick_snapshot(plan, image)
                 if snapshot is not None:  # before a disk is based on it (prune, invalidate)
                     self.store.vms.update(vm.id, snapshot_id=snapshot.name)
                 with ctx.stage("disks"):
@@ -186,7 +186,8 @@ class VMCreator:
 
         return plan, self.keeper.counting(work)
 
-    def _pick_snapshot(self, plan: CreatePlan, image: ImageRecord) -> tuple[Path | None, str]:
+    async def _pick_snapshot(self, plan: CreatePlan, image: ImageRecord
+                             ) -> tuple[Path | None, str]:
         """The warm snapshot this VM starts from, or None and why it boots cold."""
         if not plan.start:
             return None, "created without starting"
@@ -196,7 +197,8 @@ class VMCreator:
         if why is not None:
             return None, why
         try:
-            key = self.snapshots.key(image, self.rt.kernel(image), plan.vcpu, plan.memory_mib)
+            key = await to_thread_joined(self.snapshots.key, image, self.rt.kernel(image),
+                                         plan.vcpu, plan.memory_mib)
         except HostToolError as exc:  # e.g. the VMM cannot say its version: the boot will tell
             return None, f"no snapshot key: {exc.message}"
         found = self.snapshots.find(key)
@@ -214,10 +216,10 @@ class VMCreator:
                     vm = await self.booter.boot(ctx, vm, attempt, restore=snapshot)
                     undo.push_async_exit(attempt.pop_all())
                     return vm
-            except (SnapshotUnusable, GuestError, HostToolError) as exc:
+            except (GuestError, HostToolError) as exc:  # SnapshotUnusable is a HostToolError
                 cold_why = f"snapshot {snapshot.name} failed: {exc.message}"
-                if isinstance(exc, SnapshotUnusable):
-                    self.snapshots.invalidate(snapshot.name, exc.message)
+                if isinstance(exc, SnapshotDamaged):  # only bad files drop it, not a timeout
+                    await self.snapshots.invalidate(snapshot.name, exc.message)
                 ctx.detail(cold_why)
             with ctx.stage("disks"):  # the root overlay again, on the image itself
                 await to_thread_joined(

@@ -33,7 +33,7 @@ from typing import Protocol
 
 import structlog
 
-from banger.core.errors import BangerError, GuestError, HostToolError
+from banger.core.errors import BangerError, GuestError, HostToolError, SnapshotDamaged
 from banger.core.names import ID_RE, new_id
 from banger.core.publish import PublishedPort
 from banger.core.validate import parse_size
@@ -187,6 +187,8 @@ class WarmPool:
                 member = await self._fill_one(*current)
             except BangerError as exc:  # the next kick tries again
                 log.warning("could not fill the warm pool", error=exc.message, hint=exc.hint)
+                if isinstance(exc, SnapshotDamaged):  # its files are bad: a create's rule
+                    await self.snapshots.invalidate(current[2].name, exc.message)
                 return
             self._members.append(member)
             log.info("warm pool member ready", member=member.vm.id, members=self.members)
@@ -223,7 +225,7 @@ class WarmPool:
             return "no snapshot of the default shape (banger image warm makes one)"
         git = await asyncio.to_thread(host_git_identity)
         shape = Shape(image.id, kernel.name, vcpu, memory,
-                      parse_size(rt.settings.default_disk, "disk"), key.id,
+                      parse_size(rt.settings.default_disk, "disk"), snapshot.name,
                       tuple(sorted(git.items())))
         return shape, image, snapshot
 

@@ -22,10 +22,9 @@ import stat
 import time
 from pathlib import Path
 
-from banger.core.errors import BangerError, GuestError, SnapshotUnusable
+from banger.core.errors import GuestError, SnapshotDamaged
 from banger.core.vmspec import VMSpec, clone_identity, hostname_arg
-from banger.host.files import open_nofollow
-from banger.vmm.base import Backend, Handle, SnapshotCapable
+from banger.vmm.base import Backend, Handle, SnapshotCapable, open_snapshot_file
 from banger.vmm.channel import Channel
 
 STATE, RAM = "state", "ram"
@@ -39,16 +38,13 @@ def clone_spec(spec: VMSpec, snapshot: Path) -> VMSpec:
     that never answers) and follow a symbolic link.
     """
     ram = snapshot / RAM
-    try:
-        fd = open_nofollow(ram, os.O_RDONLY)
-    except (OSError, BangerError) as exc:
-        raise SnapshotUnusable(f"cannot open the saved memory {ram.name}: {exc}") from exc
+    fd = open_snapshot_file(ram, "memory")
     try:
         st = os.fstat(fd)
     finally:
         os.close(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_size != spec.memory_mib << 20:
-        raise SnapshotUnusable(
+        raise SnapshotDamaged(
             f"the saved memory is {st.st_size} bytes, not the guest's {spec.memory_mib} MiB")
     return dataclasses.replace(spec, snapshot_role="clone", memory_file=ram)
 

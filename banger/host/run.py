@@ -382,12 +382,15 @@ async def arun_to_log(
     log_path: str | os.PathLike[str],
     timeout: float,
     env: Mapping[str, str] | None = None,
+    daemonizes: bool = False,
 ) -> int:
     """Run ``argv`` with stdout/stderr appended to ``log_path`` and return its exit status.
 
     For programs that daemonize (``qemu -daemonize``): their long-lived child
     keeps writing to the log, which a pipe would hold open forever. The
     program starts in a new session so a terminal's signals never reach it.
+    ``daemonizes``: a cancel waits (at most ``timeout``) for the first process
+    to exit, so the caller can find the child it left by its pidfile and end it.
     """
     argv = _logged_argv(argv, f" >> {os.fspath(log_path)}")
     fd = open_nofollow(Path(log_path), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
@@ -400,7 +403,25 @@ async def arun_to_log(
             env=clean_env(env),
             start_new_session=True,
         )
-    return await _wait_or_kill(proc, proc.wait(), argv, timeout)
+    try:
+        return await _wait_or_kill(proc, proc.wait(), argv, timeout)
+    except asyncio.CancelledError:
+        if daemonizes:
+            await _settle_cancelled(proc, timeout)
+        raise
+
+
+async def _settle_cancelled(proc: asyncio.subprocess.Process, timeout: float) -> None:
+    """A cancelled daemonizing program: wait for its first process to exit (at most
+    ``timeout``; it exits once its child is set up and wrote its pidfile), so the caller
+    can find that child and end it; past that, kill and reap it."""
+    waiting = asyncio.ensure_future(proc.wait())
+    try:
+        await asyncio.wait({waiting}, timeout=timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await asyncio.shield(waiting)
 
 
 _DETACHED: set[subprocess.Popen[bytes]] = set()

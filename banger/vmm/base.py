@@ -10,6 +10,7 @@ key" is ``host/ssh.wait_for_ssh``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -19,7 +20,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
-from banger.core.errors import Forbidden, HostToolError
+from banger.core.errors import (
+    BangerError,
+    Forbidden,
+    HostToolError,
+    SnapshotDamaged,
+    SnapshotUnusable,
+)
 from banger.core.vmspec import Accel, VMSpec
 from banger.host import proc_identity as proc
 from banger.host.files import open_nofollow
@@ -98,12 +105,14 @@ class SnapshotCapable(Protocol):
         ...
 
     async def save_state(self, handle: Handle, dest: Path) -> int:
-        """Pause the guest and save its device state and RAM to the new file ``dest``."""
+        """Pause the guest and save its state to the new file ``dest`` (QEMU: device state, its
+        RAM being the template's memory file; Firecracker: also a memory file beside it)."""
         ...
 
     async def restore_state(self, handle: Handle, src: Path) -> None:
         """Load ``src`` into a VMM launched as a clone, leaving it paused; raise
-        ``SnapshotUnusable`` if refused."""
+        ``SnapshotDamaged`` if the VMM refused the stream, ``SnapshotUnusable`` if the
+        load failed otherwise (a timeout, the VMM died)."""
         ...
 
     async def resume(self, handle: Handle) -> None:
@@ -178,6 +187,22 @@ def adopt_vmm(backend: str, pidfile: Path, spec: VMSpec, markers: tuple[str, ...
     return Handle(backend=backend, vm_id=spec.vm_id, pid=pid, start_time=started,
                   control_socket=control_socket, pidfile=pidfile, log_path=spec.vmm_log,
                   markers=markers)
+
+
+# Opening a file fails with these for lack of a host resource, not because the file is bad.
+_TRANSIENT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR})
+
+
+def open_snapshot_file(path: Path, what: str) -> int:
+    """Open a warm snapshot's file read-only, not through a symbolic link: a missing one or
+    a link is ``SnapshotDamaged``, a host short of descriptors or memory ``SnapshotUnusable``."""
+    try:
+        return open_nofollow(path, os.O_RDONLY)
+    except OSError as exc:
+        cls = SnapshotUnusable if exc.errno in _TRANSIENT else SnapshotDamaged
+        raise cls(f"cannot open the saved {what} {path.name}: {exc}") from exc
+    except BangerError as exc:
+        raise SnapshotDamaged(f"cannot open the saved {what} {path.name}: {exc.message}") from exc
 
 
 def log_tail(path: Path, limit: int = 4096) -> str:

@@ -25,7 +25,13 @@ import os
 from pathlib import Path
 from typing import ClassVar
 
-from banger.core.errors import BangerError, Conflict, HostToolError, SnapshotUnusable
+from banger.core.errors import (
+    BangerError,
+    Conflict,
+    HostToolError,
+    SnapshotDamaged,
+    SnapshotUnusable,
+)
 from banger.core.vmspec import Accel, VMSpec
 from banger.host import proc_identity as proc
 from banger.host.files import atomic_write_text, open_nofollow, reset_file
@@ -34,7 +40,7 @@ from banger.host.probes import find_tool
 from banger.host.run import kill_detached, run, spawn_detached
 from banger.vmm import firecracker_api as api
 from banger.vmm.base import Handle, StopOutcome, VmmProcess, adopt_vmm, log_tail
-from banger.vmm.firecracker_client import FirecrackerClient
+from banger.vmm.firecracker_client import FirecrackerClient, FirecrackerFault
 from banger.vmm.traits import TRAITS, BackendTraits
 
 log = logging.getLogger("banger.vmm.firecracker")
@@ -192,12 +198,15 @@ class FirecrackerBackend(VmmProcess):
             raise SnapshotUnusable(f"VM {handle.vm_id} was not launched as a clone")
         for path in (src, api.memory_file(src)):
             if not path.is_file():
-                raise SnapshotUnusable(f"the saved state lacks {path.name}")
+                raise SnapshotDamaged(f"the saved state lacks {path.name}")
         try:
             await self._client(handle, LOAD_TIMEOUT).call(api.snapshot_load(spec, src))
         except BangerError as exc:
-            raise SnapshotUnusable(f"Firecracker could not load the saved state: "
-                                   f"{exc.message}") from exc
+            # Firecracker answered with a fault: it refused the files. Anything else (a
+            # timeout, a lost connection) leaves them in doubt: the snapshot stays.
+            damaged = isinstance(exc, FirecrackerFault)
+            raise (SnapshotDamaged if damaged else SnapshotUnusable)(
+                f"Firecracker could not load the saved state: {exc.message}") from exc
 
     async def resume(self, handle: Handle) -> None:
         """Run a clone whose state is loaded (or that ``pause`` stopped)."""

@@ -26,7 +26,7 @@ from typing import ClassVar
 
 from qemu.qmp import QMPClient, QMPError
 
-from banger.core.errors import Conflict, HostToolError, SnapshotUnusable
+from banger.core.errors import Conflict, HostToolError, SnapshotDamaged, SnapshotUnusable
 from banger.core.vmspec import Accel, TapNet, UserNet, VMSpec, kernel_cmdline
 from banger.host.files import reset_file
 from banger.host.privileged import HostOps, host_ops_for
@@ -73,7 +73,13 @@ def _netdev(spec: VMSpec) -> list[str]:
 
 
 def _memory_file(spec: VMSpec) -> list[str]:
-    """Guest RAM in a file: shared by a template (the file is its memory), private to a clone."""
+    """Guest RAM in a file: shared by a template (the file is its memory), private to a clone.
+
+    No device that discards guest RAM (virtio-balloon, virtio-mem, free page reporting) may
+    be given to a clone: QEMU 7.2 discards with fallocate(PUNCH_HOLE) even on a MAP_PRIVATE
+    file, so one clone's balloon would zero the snapshot's memory under all the others
+    (tests/unit/test_qemu_argv.py pins a clone's devices).
+    """
     if spec.memory_file is None:
         return []
     share = "on" if spec.snapshot_role == "template" else "off"
@@ -192,7 +198,12 @@ class QemuBackend(VmmProcess):
             # one boot per log: the tail on failure is this launch's.
             reset_file(path)
         argv = qemu_argv(spec, qemu_binary=self.binary)
-        status = await arun_to_log(argv, log_path=spec.vmm_log, timeout=self.launch_timeout)
+        try:
+            status = await arun_to_log(argv, log_path=spec.vmm_log, timeout=self.launch_timeout,
+                                       daemonizes=True)
+        except asyncio.CancelledError:  # e.g. daemon shutdown cancels a background build
+            await asyncio.shield(self._end_cancelled(spec))
+            raise
         if status != 0:
             self.cleanup(spec)
             raise _launch_error(spec, f"failed to start (exit status {status})")
@@ -202,6 +213,15 @@ class QemuBackend(VmmProcess):
             raise _launch_error(spec, "exited right after starting")
         log.debug("launched VM %s: pid %d", spec.vm_id, handle.pid)
         return handle
+
+    async def _end_cancelled(self, spec: VMSpec) -> None:
+        """A launch cancelled mid-way (``arun_to_log`` waited for QEMU's first process):
+        kill the VMM it may have daemonized, which nothing else would ever find."""
+        handle = self.adopt(spec.pidfile, spec)
+        if handle is not None:
+            log.warning("killing the VMM of VM %s: its launch was cancelled", spec.vm_id)
+            await self.shutdown(handle, graceful=False, timeout=0)
+        self.cleanup(spec)
 
     @contextlib.asynccontextmanager
     async def _qmp(self, handle: Handle) -> AsyncIterator[QMPClient]:
@@ -241,7 +261,8 @@ class QemuBackend(VmmProcess):
         return self._version[1]
 
     async def save_state(self, handle: Handle, dest: Path) -> int:
-        """Pause the guest and save its device state and RAM to the new file ``dest``."""
+        """Pause the guest and save its device state to the new file ``dest`` (its RAM is
+        the template's shared memory file, flushed by the caller)."""
         async with self._qmp(handle) as qmp:
             return await qemu_snapshot.save(qmp, dest)
 
@@ -251,11 +272,14 @@ class QemuBackend(VmmProcess):
             async with self._qmp(handle) as qmp:
                 await qemu_snapshot.load(qmp, src)
         except (QMPError, OSError, EOFError) as exc:
-            # QEMU exits on a bad stream; its log says why ("load of migration failed").
-            tail = log_tail(handle.log_path).splitlines()
-            raise SnapshotUnusable(
-                f"QEMU could not load the saved state: {tail[-1] if tail else repr(exc)}"
-            ) from exc
+            # QEMU exits on a bad stream and its log says so; without that line the
+            # connection failed for another reason (a timeout, QEMU killed): the files may
+            # be fine.
+            tail = log_tail(handle.log_path)
+            refused = qemu_snapshot.LOAD_FAILED in tail
+            last = tail.splitlines()[-1] if tail else repr(exc)
+            raise (SnapshotDamaged if refused else SnapshotUnusable)(
+                f"QEMU could not load the saved state: {last}") from exc
 
     async def resume(self, handle: Handle) -> None:
         """Run a clone whose state is loaded (or that ``pause`` stopped)."""

@@ -1,5 +1,6 @@
-"""QEMU warm snapshots: a paused guest's device state and RAM saved to a file, and loaded
-into a VMM started with ``-incoming defer`` (docs/snapshots.md).
+"""QEMU warm snapshots: a paused guest's device state saved to a file (its RAM is the
+memory-backend-file beside it, see below), and loaded into a VMM started with
+``-incoming defer`` (docs/snapshots.md).
 
 Both directions are QMP migration over a file descriptor the daemon opens and
 passes with ``getfd`` (QEMU 7.2 has no ``file:`` URI, and an ``exec:`` URI would
@@ -20,15 +21,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import QMPClient, QMPError
+from qemu.qmp import QMPClient
 
-from banger.core.errors import BangerError, HostToolError, SnapshotUnusable
+from banger.core.errors import HostToolError, SnapshotDamaged, SnapshotUnusable
 from banger.host.files import open_nofollow
+from banger.vmm.base import open_snapshot_file
 
 SAVE_TIMEOUT = 120.0
 LOAD_TIMEOUT = 60.0
 _POLL = 0.02
 _FD_NAME = "banger-snapshot"
+# What QEMU logs (then it exits) when an incoming stream is bad: corrupt, truncated, another
+# version's, or a RAM layout other than the clone's.
+LOAD_FAILED = "load of migration failed"
+
+
+class _MigrationFailed(HostToolError):
+    """QEMU says the migration failed (``query-migrate``'s status), with its reason."""
 
 
 async def _pass_fd(qmp: QMPClient, fd: int) -> None:
@@ -51,7 +60,7 @@ async def _wait_migration(qmp: QMPClient, timeout: float, what: str) -> dict[str
         if status == "completed":
             return info
         if status in ("failed", "cancelled"):
-            raise HostToolError(f"QEMU could not {what}: {info.get('error-desc', status)}")
+            raise _MigrationFailed(f"QEMU could not {what}: {info.get('error-desc', status)}")
         if time.monotonic() > deadline:
             raise HostToolError(f"QEMU did not {what} within {timeout:.0f} s")
         await asyncio.sleep(_POLL)
@@ -79,22 +88,20 @@ async def load(qmp: QMPClient, src: Path, *, timeout: float = LOAD_TIMEOUT) -> N
     """Load ``src`` into a VMM waiting with ``-incoming defer``; the guest stays paused
     (the template was paused when saved) until ``resume``.
 
-    Raises ``SnapshotUnusable`` when QEMU refuses the state (it then exits).
+    Raises ``SnapshotDamaged`` when QEMU refuses the stream, ``SnapshotUnusable`` when it
+    did not finish in time. A lost QMP connection (QEMU exits on a bad stream) is the
+    caller's to judge from QEMU's log (``LOAD_FAILED``).
     """
-    try:
-        fd = open_nofollow(src, os.O_RDONLY)
-    except (OSError, BangerError) as exc:
-        raise SnapshotUnusable(f"cannot open the saved state {src.name}: {exc}") from exc
+    fd = open_snapshot_file(src, "state")
     try:
         await _ignore_shared_ram(qmp)
         await _pass_fd(qmp, fd)
         await qmp.execute("migrate-incoming", {"uri": f"fd:{_FD_NAME}"})
         await _wait_migration(qmp, timeout, "load the saved state")
-    except HostToolError as exc:
+    except _MigrationFailed as exc:
+        raise SnapshotDamaged(exc.message) from exc
+    except HostToolError as exc:  # the timeout: a loaded host, not a bad file
         raise SnapshotUnusable(exc.message) from exc
-    except (QMPError, OSError, EOFError) as exc:
-        # QEMU exits when the stream is bad ("load of migration failed"): the log says why.
-        raise SnapshotUnusable(f"QEMU could not load the saved state: {exc!r}") from exc
     finally:
         os.close(fd)
 

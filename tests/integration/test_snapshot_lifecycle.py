@@ -225,7 +225,7 @@ def test_a_vmm_upgrade_makes_snapshots_stale_and_the_last_clone_takes_them(lean:
     assert _states(vms) == {snap_id: why}
     [info] = [snapshot_info(m) for m in vms.creator.snapshots.all()]  # what image list shows
     assert (info.current, info.stale) == (False, why)
-    assert vms.creator.snapshots.prune() == []  # c0's root is backed by it
+    assert vms.drive(vms.creator.snapshots.prune) == []  # c0's root is backed by it
     vms.drive(lambda: vms.run(vms.service.delete("c0")))
     vms.drive(lambda: _settle(vms))
     assert _snapshot_dirs(vms) == []
@@ -247,7 +247,7 @@ def test_a_kernel_imported_again_under_its_name_makes_snapshots_stale(lean: Lean
     vms.store.kernels.set_default("k2")  # the image boots the default kernel
     assert _states(vms)[snap_id] == "its kernel changed (re-imported, replaced or another " \
                                     "default)"
-    assert vms.creator.snapshots.prune() == [snap_id]
+    assert vms.drive(vms.creator.snapshots.prune) == [snap_id]
     assert _snapshot_dirs(vms) == []
 
 
@@ -263,7 +263,7 @@ def test_cache_prune_spares_a_build_in_progress_but_not_a_leftover(lean: Lean) -
             while not backend.named("save_state"):
                 await asyncio.sleep(0.01)
         leftover.mkdir()
-        removed = await asyncio.to_thread(snaps.prune)
+        removed = await snaps.prune()
         await warm
         return removed
 

@@ -16,7 +16,7 @@ import pytest
 import structlog.testing
 
 from banger.api.models import Operation, OperationState, VMCreateRequest
-from banger.core.errors import GuestError
+from banger.core.errors import GuestError, SnapshotUnusable
 from banger.core.manifests import ImageManifest
 from banger.daemon import vm_restore
 from banger.daemon.vm_layout import VMFiles
@@ -254,8 +254,32 @@ def test_a_dropped_snapshot_empties_the_pool(pool: Pool) -> None:
     async def scenario() -> None:
         await _filled(vms, image)
         [snap] = [m["id"] for m in vms.creator.snapshots.all()]
-        vms.creator.snapshots.invalidate(str(snap), "a test drops it")
-        await _until(lambda: p.members == 0 and not backend.live())
+        await vms.creator.snapshots.invalidate(str(snap), "a test drops it")
+        await _until(lambda: p.members == 0 and not backend.live() and not _members(p))
 
     vms.drive(scenario)
     assert _members(p) == [] and vms.leftovers() == []
+
+
+@pytest.mark.parametrize(("fault", "dropped"), [
+    ("scribbled", True),  # the VMM refused the stream: its files are bad
+    ("timeout", False),  # a loaded host: the snapshot stays (the next kick tries again)
+])
+def test_a_member_failing_to_restore_drops_the_snapshot_only_when_its_files_are_bad(
+        pool: Pool, fault: str, dropped: bool) -> None:
+    vms, backend, image = pool
+    snaps = vms.creator.snapshots
+    snap_id = vms.drive(lambda: snaps.warm(image, 1, 128))
+    if fault == "scribbled":
+        (snaps.dir(snap_id) / "state").write_bytes(b"scribbled over")
+    else:
+        backend.restore_error = SnapshotUnusable("QEMU did not load the saved state within 60 s")
+
+    async def scenario() -> None:
+        vms.creator.pool.start()
+        await _until(lambda: len(backend.named("restore_state")) >= 1 and not backend.live()
+                     and not _members(vms.creator.pool))
+
+    vms.drive(scenario)
+    assert (snaps.dir(snap_id) / "meta.json").exists() is not dropped
+    assert vms.creator.pool.members == 0 and _members(vms.creator.pool) == []

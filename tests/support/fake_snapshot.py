@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from banger.core.errors import BangerError, SnapshotUnusable
+from banger.core.errors import BangerError, SnapshotDamaged
 from banger.core.manifests import ImageManifest
 from banger.core.vmspec import VMSpec
 from banger.images.manifest import ROOTFS_NAME
@@ -38,6 +38,7 @@ class SnapshotFakeBackend(FakeBackend):
         self.agent: AgentMode = "ok"
         self.save_delay = 0.0  # seconds a save takes (a race needs it to take a while)
         self.save_error: BangerError | None = None  # what the next saves raise
+        self.restore_error: BangerError | None = None  # what the next restores raise
         self.version = "fake-vmm 1.0"
         self._agents: dict[str, asyncio.Server] = {}
 
@@ -70,8 +71,10 @@ class SnapshotFakeBackend(FakeBackend):
 
     async def restore_state(self, handle: Handle, src: Path) -> None:
         self._record("restore_state", handle.vm_id)
-        if src.read_bytes() != STATE_BYTES:
-            raise SnapshotUnusable("the fake VMM could not load the saved state")
+        if self.restore_error is not None:
+            raise self.restore_error
+        if src.read_bytes() != STATE_BYTES:  # as QEMU: "load of migration failed"
+            raise SnapshotDamaged("the fake VMM refused the saved state")
 
     async def resume(self, handle: Handle) -> None:
         self._record("resume", handle.vm_id)

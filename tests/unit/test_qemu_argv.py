@@ -124,3 +124,18 @@ def test_a_snapshot_template_maps_its_memory_file_shared_and_a_clone_private() -
 def test_a_vm_without_a_memory_file_has_no_memory_backend() -> None:
     argv = qemu_argv(make_spec())
     assert "-object" not in argv and "memory-backend" not in " ".join(argv)
+
+
+# Devices that discard guest RAM: under QEMU 7.2 a discard on a MAP_PRIVATE memory file punches
+# a hole through to the file, so one clone would zero the snapshot's memory under every other.
+RAM_DISCARDING = ("balloon", "virtio-mem", "free-page-reporting", "free-page-hint")
+
+
+def test_a_clone_has_exactly_the_golden_devices_and_none_that_discards_ram() -> None:
+    ram = Path("/var/lib/banger/snapshots/0123/ram")
+    argv = qemu_argv(replace(make_spec(), snapshot_role="clone", memory_file=ram))
+    devices = [argv[i + 1].split(",")[0] for i, a in enumerate(argv) if a == "-device"]
+    assert devices == ["virtio-blk-device", "virtio-blk-device", "virtio-net-device",
+                       "virtio-serial-device", "virtserialport"]
+    assert argv.count("-object") == 1
+    assert not [a for a in argv if any(word in a for word in RAM_DISCARDING)]
