@@ -17,32 +17,21 @@ import structlog.testing
 
 from banger.api.models import Operation, OperationState, VMCreateRequest
 from banger.core.errors import GuestError, SnapshotUnusable
-from banger.core.manifests import ImageManifest
 from banger.daemon import vm_restore
 from banger.daemon.vm_layout import VMFiles
 from banger.daemon.vm_pool import WarmPool
-from banger.images.manifest import ROOTFS_NAME
 from banger.store import ImageRecord
-from tests.support.fake_snapshot import SnapshotFakeBackend
-from tests.support.fake_vms import FakeVMs, fake_vms
+from tests.support.fake_snapshot import SnapshotFakeBackend, lean_vms
+from tests.support.fake_vms import FakeVMs
 
-LEAN_ID = "img00000lean"
 Pool = tuple[FakeVMs, SnapshotFakeBackend, ImageRecord]
 
 
 @pytest.fixture
 def pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pool]:
     monkeypatch.setattr(vm_restore, "IDENTITY_TIMEOUT", 1.0)
-    backend = SnapshotFakeBackend()
-    with fake_vms(tmp_path, fake=backend, warm_pool=1, default_vcpu=1, default_memory_mib=128,
-                  default_disk="8M") as vms:
-        image_dir = vms.settings.paths.images / LEAN_ID
-        image_dir.mkdir(parents=True)
-        with open(image_dir / ROOTFS_NAME, "wb") as rootfs:
-            rootfs.truncate(1 << 20)
-        manifest = ImageManifest(id=LEAN_ID, name="lean", source="test", kernel_name="k")
-        image = vms.store.images.add(ImageRecord(LEAN_ID, "lean", "test", image_dir,
-                                                 kernel_name="k", manifest=manifest))
+    with lean_vms(tmp_path, warm_pool=1, default_vcpu=1, default_memory_mib=128,
+                  default_disk="8M") as (vms, backend, image):
         vms.store.images.set_default("lean")
         try:
             yield vms, backend, image
