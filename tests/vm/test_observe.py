@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from banger.core.wait import poll_until
+from banger.host import proc
 from tests.vm.conftest import VMFactory
 
 pytestmark = pytest.mark.vm
@@ -46,12 +47,13 @@ def _stats(vms: VMFactory, name: str) -> dict[str, Any]:
 
 
 def _proc_cpu_percent(pid: int, seconds: float) -> float:
-    def ticks() -> int:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # utime + stime
-    before = ticks()
+    started = proc.start_time(pid)
+    assert started is not None, f"VMM {pid} is gone"
+    before = proc.usage(pid, started)
     time.sleep(seconds)
-    return (ticks() - before) * 100.0 / os.sysconf("SC_CLK_TCK") / seconds
+    after = proc.usage(pid, started)
+    assert before is not None and after is not None, f"VMM {pid} is gone"
+    return (after.cpu_ticks - before.cpu_ticks) * 100.0 / os.sysconf("SC_CLK_TCK") / seconds
 
 
 def _cpu(vms: VMFactory, name: str, samples: int) -> list[float]:
