@@ -43,7 +43,7 @@ from banger.daemon.vm_layout import adoption_spec, boot_kernel, tcg_cmdline
 from banger.daemon.vm_restore import RAM, STATE
 from banger.daemon.vm_runtime import VMRuntime
 from banger.host import disks, ssh
-from banger.host.files import atomic_write_text, open_nofollow, remove_tree
+from banger.host.files import atomic_write_text, fsync_file, remove_tree
 from banger.host.net import allocate_mac
 from banger.host.proc import lower_priority
 from banger.images.guest_bits import LEAN_INIT
@@ -101,12 +101,7 @@ def _file_stamp(path: Path) -> str:
 
 def _sync_ram(path: Path) -> int:
     """Flush the template's memory file to disk; return the bytes it holds (it is sparse)."""
-    fd = open_nofollow(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        return os.fstat(fd).st_blocks * 512
-    finally:
-        os.close(fd)
+    return fsync_file(path).st_blocks * 512
 
 
 def _key_id(name: str) -> str:

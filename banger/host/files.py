@@ -161,6 +161,16 @@ def reset_file(path: Path) -> None:
     os.close(open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
 
 
+def fsync_file(path: Path) -> os.stat_result:
+    """Flush ``path`` (not through a symbolic link) to disk; return its stat."""
+    fd = open_nofollow(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -34,7 +34,7 @@ from banger.core.errors import (
 )
 from banger.core.vmspec import Accel, VMSpec
 from banger.host import proc_identity as proc
-from banger.host.files import atomic_write_text, open_nofollow, reset_file
+from banger.host.files import atomic_write_text, fsync_file, reset_file
 from banger.host.privileged import HostOps, host_ops_for
 from banger.host.probes import find_tool
 from banger.host.run import kill_detached, run, spawn_detached
@@ -181,15 +181,7 @@ class FirecrackerBackend(VmmProcess):
         client = self._client(handle, SAVE_TIMEOUT)
         await client.call(api.pause())
         await client.call(api.snapshot_create(dest))
-        size = 0
-        for path in files:
-            fd = open_nofollow(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-                size += os.fstat(fd).st_size
-            finally:
-                os.close(fd)
-        return size
+        return sum(fsync_file(path).st_size for path in files)
 
     async def restore_state(self, handle: Handle, src: Path) -> None:
         """Load ``src`` (and its RAM) into a Firecracker launched as a clone, paused."""
