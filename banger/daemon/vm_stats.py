@@ -109,15 +109,18 @@ class VMStatsService:
         )
 
     async def stats(self, ref: str) -> VMStats:
-        """``vm stats``: a CPU sample of SAMPLE_SECONDS while the guest is asked."""
+        """``vm stats``: a CPU sample of SAMPLE_SECONDS, then the guest is asked (asking it
+        during the sample would count banger's own command as the guest's load)."""
         vm = self.rt.store.vms.get(ref)
         handle = self._handle(vm)
         before = sample(handle)
         if vm.state is not VMState.RUNNING:
             host = await asyncio.to_thread(self._host, vm, None, before)
             return VMStats(vm=vm.name, state=vm.state, host=host, guest_error=not_running(vm))
-        guest, _ = await asyncio.gather(self._guest_reading(vm), asyncio.sleep(SAMPLE_SECONDS))
-        host = await asyncio.to_thread(self._host, vm, before, sample(handle))
+        await asyncio.sleep(SAMPLE_SECONDS)
+        after = sample(handle)
+        guest = await self._guest_reading(vm)
+        host = await asyncio.to_thread(self._host, vm, before, after)
         return VMStats(vm=vm.name, state=vm.state, host=host, guest_error=guest.error,
                        guest=guest_usage(guest.view) if guest.view else None)
 

@@ -11,7 +11,6 @@ running and stops it once the session ends, saying why in ``vm show``.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import shlex
@@ -26,7 +25,6 @@ from typing import Any
 import pytest
 
 from banger.core.wait import poll_until
-from banger.host import proc
 from tests.vm.conftest import VMFactory
 
 pytestmark = pytest.mark.vm
@@ -44,16 +42,6 @@ def _stats(vms: VMFactory, name: str) -> dict[str, Any]:
     answer = json.loads(vms.ok("vm", "stats", name, "--json"))
     assert [a["vm"] for a in answer] == [name]
     return dict(answer[0])
-
-
-def _proc_cpu_percent(pid: int, seconds: float) -> float:
-    started = proc.start_time(pid)
-    assert started is not None, f"VMM {pid} is gone"
-    before = proc.usage(pid, started)
-    time.sleep(seconds)
-    after = proc.usage(pid, started)
-    assert before is not None and after is not None, f"VMM {pid} is gone"
-    return (after.cpu_ticks - before.cpu_ticks) * 100.0 / os.sysconf("SC_CLK_TCK") / seconds
 
 
 def _cpu(vms: VMFactory, name: str, samples: int) -> list[float]:
@@ -128,9 +116,7 @@ def test_stats_health_and_top_of_a_real_guest(vms: VMFactory, tmp_path: Path) ->
                    what="the SSH session counted")
         session.kill()
 
-    # At rest, read from /proc over a quiet window: a `vm stats` call itself runs a guest
-    # command during its half-second sample, which on a slow host is most of it.
-    resting = _proc_cpu_percent(int(str(vms.show("obs")["pid"])), 2.0)
+    resting = min(_cpu(vms, "obs", 2))
     assert vms.ssh("obs", "sh", "-c", BURN).returncode == 0
     time.sleep(1)
     burning = max(_cpu(vms, "obs", 3))
