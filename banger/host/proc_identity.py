@@ -22,7 +22,8 @@ __all__ = ["read_stat", "start_time"]  # kept here too: a VMM's identity is read
 
 
 def cmdline(pid: int) -> list[str] | None:
-    """The argv of ``pid``, or None when it is gone or a zombie (empty cmdline)."""
+    """The argv of ``pid``, or None when it is gone, a zombie, or in the middle of an
+    ``execve`` (the kernel shows an empty cmdline for both)."""
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
@@ -46,10 +47,11 @@ def is_running(pid: int, started: int, markers: Iterable[str]) -> bool:
     stat = read_stat(pid)
     if stat is None or stat[0] in ("Z", "X") or stat[1] != started:
         return False
+    wanted = tuple(markers)
+    if not wanted:  # no cmdline read: it is empty for a moment while the process execs
+        return True
     argv = cmdline(pid)
-    if argv is None:
-        return False
-    return all(any(m in arg for arg in argv) for m in markers)
+    return argv is not None and all(any(m in arg for arg in argv) for m in wanted)
 
 
 def _parse_pid(text: str) -> int | None:

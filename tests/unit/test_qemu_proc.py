@@ -81,6 +81,22 @@ def test_a_live_process_matches_only_with_its_start_time_and_markers(tmp_path: P
     assert not proc.is_running(child.pid, started, [marker])
 
 
+def test_a_process_in_the_middle_of_exec_is_running_when_no_marker_is_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While a process execs, the kernel shows an empty cmdline (CI once failed a launch so)."""
+    child = spawn(["sleep", "30"])
+    try:
+        started = proc.start_time(child.pid)
+        assert started is not None
+        monkeypatch.setattr(proc, "cmdline", lambda pid: None)
+        assert proc.is_running(child.pid, started, ())
+        assert not proc.is_running(child.pid, started, ["sleep"])  # a marker needs the argv
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_an_exited_child_is_reaped_and_not_running() -> None:
     child = spawn(["sleep", "0.1"])
     started = proc.start_time(child.pid) or 0
