@@ -115,36 +115,51 @@ def _pool_filled(env: BenchEnv, times: int, timeout: float = 120.0) -> None:
         time.sleep(0.1)
 
 
+def _claimed(env: BenchEnv, name: str) -> dict[str, float]:
+    """The figures of ``name``'s create; raise unless it claimed the warm pool's member."""
+    op = op_for(env.operations(), "vm.create", name)
+    if not any(s.detail == "claimed from the warm pool" for s in op.stages):
+        raise RuntimeError(f"{name} did not claim the warm pool's VM: "
+                           + "; ".join(s.detail or "" for s in op.stages))
+    return {"create_s": wall_s(op.finished_at) - wall_s(op.created_at),
+            **{f"stage_{s}_s": stage_seconds(op, s) for s in ("restore", "ssh")}}
+
+
 def pool(env: BenchEnv, n: int, progress: Progress) -> dict[str, Any]:
-    """``warm_pool = 1``: ``vm create`` claiming the pool's member, each after the refill.
+    """``warm_pool = 1``: ``vm create`` and ``vm run --rm -- true`` claiming the pool's
+    member, alternated, each after the refill.
 
     The ``restore`` stage of a claim is its restore work (the guest runs, takes its
-    identity); ``ssh`` is the readiness after it.
+    name and the clock); ``ssh`` is the readiness after it (the connection held since
+    the fill, checked).
     """
     log = env.state_dir / "bangerd.log"
     filled = log.read_text(errors="replace").count("warm pool member ready")
     env.restart_daemon("warm_pool = 1\n")
-    wall, rows = [], []
+    wall: dict[str, list[float]] = {"create": [], "run": []}
+    rows: dict[str, list[dict[str, float]]] = {"create": [], "run": []}
     try:
         for i in range(n):
-            _pool_filled(env, filled + i + 1)
-            name = f"bench-pool{i}"
-            timed = env.cli_ok("vm", "create", "--name", name)
-            op = op_for(env.operations(), "vm.create", name)
-            if not any(s.detail == "claimed from the warm pool" for s in op.stages):
-                raise RuntimeError(f"{name} did not claim the warm pool's VM: "
-                                   + "; ".join(s.detail or "" for s in op.stages))
-            wall.append(timed.seconds)
-            rows.append({"create_s": wall_s(op.finished_at) - wall_s(op.created_at),
-                         **{f"stage_{s}_s": stage_seconds(op, s) for s in ("restore", "ssh")}})
-            env.delete_vm(name)
-            progress(f"vm create claiming the warm pool: {timed.seconds:.2f} s "
-                     f"(claim {rows[-1]['stage_restore_s']:.3f} s)")
+            for kind, argv in (("create", ("vm", "create")), ("run", ("vm", "run", "--rm"))):
+                filled += 1
+                _pool_filled(env, filled)
+                name = f"bench-pool-{kind}{i}"
+                timed = env.cli_ok(*argv, "--name", name, *(("--", "true") if kind == "run"
+                                                            else ()))
+                wall[kind].append(timed.seconds)
+                rows[kind].append(_claimed(env, name))
+                if kind == "create":
+                    env.delete_vm(name)
+                progress(f"vm {kind} claiming the warm pool: {timed.seconds:.2f} s "
+                         f"(claim {rows[kind][-1]['stage_restore_s']:.3f} s)")
     finally:
         env.restart_daemon("")
     keys = ("create_s", "stage_restore_s", "stage_ssh_s")
-    return {"wall_s": summary(wall), **{k: summary([r[k] for r in rows]) for k in keys},
-            "load": load()}
+    out: dict[str, Any] = {"load": load()}
+    for kind in ("create", "run"):
+        out[kind] = {"wall_s": summary(wall[kind]),
+                     **{k: summary([r[k] for r in rows[kind]]) for k in keys}}
+    return out
 
 
 def snapshots(env: BenchEnv, n: int, concurrency: int, progress: Progress,
@@ -158,6 +173,6 @@ def snapshots(env: BenchEnv, n: int, concurrency: int, progress: Progress,
     doc["create"] = creates(env, n, progress)
     progress(f"{concurrency} concurrent vm run --rm true from the snapshot")
     doc["concurrent"] = concurrent(env, concurrency, progress)
-    progress(f"vm create claiming from warm_pool = 1: {n} times")
+    progress(f"vm create and vm run claiming from warm_pool = 1: {n} times each")
     doc["pool"] = pool(env, n, progress)
     doc["section_s"] = round(time.perf_counter() - started, 1)

@@ -31,6 +31,7 @@ def ssh_argv(
     control_path: Path | None = None,
     start_master: bool = True,
     authenticate_only: bool = False,
+    held: bool = False,
 ) -> list[str]:
     """The system ``ssh`` argv for a VM (pure). ``command`` is quoted for the remote shell.
 
@@ -41,9 +42,13 @@ def ssh_argv(
     (a daemon-side command whose output is read through pipes).
     ``authenticate_only`` (``-N``; a master to start, no ``command``) opens no
     session: ssh returns once sshd accepted the key and leaves the master up.
+    ``held`` (with it: a warm pool member's master, its guest paused next) sends no
+    keepalive, which a paused guest cannot answer, and stays until it is closed.
     """
     if authenticate_only and (command or control_path is None or not start_master):
         raise ValueError("authenticate_only starts a master and runs no command")
+    if held and not authenticate_only:
+        raise ValueError("only an authenticate_only master is held")
     argv = [ssh_binary, "-F", "/dev/null"]  # the user's ~/.ssh/config must not change this
     options = {
         "IdentitiesOnly": "yes",
@@ -58,7 +63,9 @@ def ssh_argv(
     if control_path is not None:
         options.update(ControlMaster="auto" if start_master else "no",
                        ControlPath=os.fspath(control_path))
-        if start_master:
+        if held:
+            options.update(ControlPersist="yes", ServerAliveInterval="0", TCPKeepAlive="no")
+        elif start_master:
             options.update(ControlPersist=CONTROL_PERSIST, ServerAliveInterval="5",
                            ServerAliveCountMax="3")
     argv += ["-i", os.fspath(key), "-p", str(port)]

@@ -67,14 +67,20 @@ class VMBooter:
         return await self.become_ready(ctx, vm, handle, started_from)
 
     async def become_ready(self, ctx: OperationContext, vm: VMRecord, handle: Handle,
-                           started_from: str) -> VMRecord:
-        """Stage ssh: wait until the guest's sshd accepts our key, then the VM runs."""
+                           started_from: str, *, connected: bool = False) -> VMRecord:
+        """Stage ssh: wait until the guest's sshd accepts our key, then the VM runs.
+        ``connected``: sshd accepted it before (a warm pool member, over a connection held
+        since); that connection, still up, is the proof."""
         rt = self.rt
         host, port = rt.network.ssh_endpoint(vm)
         with ctx.stage("ssh"):
-            deadline = time.monotonic() + rt.settings.ssh_ready_timeout
-            await rt.guest.wait_ready(vm, rt.files(vm), host, port, deadline=deadline,
-                                      alive=handle.running)
+            files = rt.files(vm)
+            if connected and await rt.guest.still_connected(vm, files):
+                ctx.detail("over the connection made when the warm pool filled")
+            else:
+                deadline = time.monotonic() + rt.settings.ssh_ready_timeout
+                await rt.guest.wait_ready(vm, files, host, port, deadline=deadline,
+                                          alive=handle.running)
             vm = rt.store.vms.transition(
                 vm, VMState.RUNNING, reason="booted, sshd accepts our key", started_at=utcnow(),
                 started_from=started_from,

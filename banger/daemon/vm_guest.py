@@ -27,9 +27,16 @@ log = structlog.get_logger("banger.daemon.vm_guest")
 class Guest(Protocol):
     async def wait_ready(
         self, vm: VMRecord, files: VMFiles, host: str, port: int, *,
-        deadline: float, alive: Callable[[], bool],
+        deadline: float, alive: Callable[[], bool], held: bool = False,
     ) -> None:
-        """Return once the guest accepts our key; GuestError at ``deadline`` or once not alive."""
+        """Return once the guest accepts our key; GuestError at ``deadline`` or once not alive.
+        ``held``: the guest is paused next (a warm pool member); the connection made here
+        must outlive that, for ``still_connected``."""
+        ...
+
+    async def still_connected(self, vm: VMRecord, files: VMFiles) -> bool:
+        """Whether the connection a held ``wait_ready`` made is still up (nothing is asked
+        of the guest)."""
         ...
 
     async def poweroff(self, vm: VMRecord, files: VMFiles, host: str, port: int) -> None:
@@ -55,7 +62,7 @@ class SSHGuest:
 
     async def wait_ready(
         self, vm: VMRecord, files: VMFiles, host: str, port: int, *,
-        deadline: float, alive: Callable[[], bool],
+        deadline: float, alive: Callable[[], bool], held: bool = False,
     ) -> None:
         """Until sshd accepts our key; leaves the shared SSH connection up where possible."""
         control = ssh.control_path_for(files.run_dir)
@@ -64,7 +71,10 @@ class SSHGuest:
                                    deadline=deadline, alive=alive)
             return
         await ssh.open_master(host, port, self.key, files.known_hosts, control,
-                              deadline=deadline, log_path=files.ssh_log, alive=alive)
+                              deadline=deadline, log_path=files.ssh_log, alive=alive, held=held)
+
+    async def still_connected(self, vm: VMRecord, files: VMFiles) -> bool:
+        return await ssh.master_up(ssh.control_path_for(files.run_dir))
 
     async def poweroff(self, vm: VMRecord, files: VMFiles, host: str, port: int) -> None:
         try:

@@ -7,12 +7,15 @@ a held guest address and a TAP, its MAC, a root overlay on the snapshot's root, 
 work disk with the owner's key, a fresh host key (pinned in its ``known_hosts``)
 and the git identity. Its VMM was launched with ``-incoming defer``, the state
 loaded, and the guest ran just long enough to take all that identity from its
-agent (address, MAC, RNG reseed, machine-id, ``/root``, sshd's host key); it is
-paused again with its agent waiting on the open control channel. It has no row:
+agent (address, MAC, RNG reseed, machine-id, ``/root``, sshd's host key) and for
+sshd to accept our key over the VM's shared SSH connection, held open (no
+keepalives: ``ssh_argv(held=True)``); it is paused again with its agent waiting on
+the open control channel. It has no row:
 it is in no ``vm list``, holds no name, and the network never hands its address
 to a VM (``VMNetwork.hold_ip``). A create it can serve (``why_not_served``)
 gives the member's id, address, TAP and VMM to its new row (``hand_over``); the
-guest then runs and takes the VM's name and the wall clock (``claim``).
+guest then runs and takes the VM's name and the wall clock, and the held connection,
+still up, is its readiness (``claim``): no SSH handshake on the claim's path.
 
 Members are filled one at a time in the background, only while no create runs,
 and discarded when the snapshot, the default shape or the git identity changes,
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,6 +266,9 @@ class WarmPool:
             channel = await load_clone(rt.backend, handle, spec, snapshot)
             undo.push_async_callback(channel.close)
             await give_identity(rt.backend, handle, spec, channel, hold=True)
+            undo.push_async_callback(ssh.close_master, ssh.control_path_for(files.run_dir))
+            await rt.guest.wait_ready(vm, files, host, port, held=True, alive=handle.running,
+                                      deadline=time.monotonic() + rt.settings.ssh_ready_timeout)
             await self._pause(handle)
             undo.pop_all()
         return Member(vm, shape, snapshot, net, handle, channel)
@@ -325,7 +332,8 @@ class WarmPool:
             rt.store.vms.update(vm.id, tap_name=None, pid=None, ssh_port=None, snapshot_id=None)
             return None
         return await self.booter.become_ready(
-            ctx, vm, member.handle, f"snapshot {member.snapshot.name} (warm pool)")
+            ctx, vm, member.handle, f"snapshot {member.snapshot.name} (warm pool)",
+            connected=True)
 
     async def discard(self, member: Member) -> None:
         """Kill a member and give back all it holds; once handed over, its row's owner
@@ -333,6 +341,7 @@ class WarmPool:
         await member.channel.close()
         if member.handed_over:
             return
+        await ssh.close_master(ssh.control_path_for(self.rt.files(member.vm).run_dir))
         await self.rt.backend.shutdown(member.handle, graceful=False, timeout=0)
         await self.rt.network.detach(member.vm.tap_name)
         await self._remove(member.vm)
@@ -357,6 +366,7 @@ class WarmPool:
                 files = VMFiles.of(self.rt.paths, marker.name, self.rt.backend.traits.root_format)
                 spec = adoption_spec(marker.name, files.run_dir, files.dir, files.root_format)
                 handle = self.rt.backend.adopt(spec.pidfile, spec)
+                await ssh.close_master(ssh.control_path_for(files.run_dir))
                 if handle is not None:
                     await self.rt.backend.shutdown(handle, graceful=False, timeout=0)
                 await asyncio.to_thread(remove_tree, files.dir)

@@ -169,6 +169,7 @@ async def open_master(
     deadline: float,
     log_path: Path,
     alive: Callable[[], bool] | None = None,
+    held: bool = False,
 ) -> None:
     """Return once sshd accepts our key, leaving the VM's shared connection up.
 
@@ -178,11 +179,12 @@ async def open_master(
     ~0.2 s under TCG) and returns as soon as sshd accepted the key, its master
     backgrounding itself; so its output goes to ``log_path``, never to a pipe
     the master would hold open. A master left from an earlier boot is closed
-    first: ``ssh -N`` through a master would open a shell session.
+    first: ``ssh -N`` through a master would open a shell session. A ``held`` master
+    (``ssh_argv``) outlives a pause of its guest.
     """
     await close_master(control_path)
     argv = ssh_argv(host, port, key, known_hosts, connect_timeout=2,
-                    control_path=control_path, authenticate_only=True)
+                    control_path=control_path, authenticate_only=True, held=held)
 
     async def attempt(remaining: float) -> str | None:
         try:
@@ -226,13 +228,28 @@ async def _until_ssh_accepts(
             await asyncio.sleep(pause)
 
 
+async def master_up(control_path: Path | None) -> bool:
+    """Whether the VM's shared connection is up (``ssh -O check``: asks the master only)."""
+    if control_path is None or not control_path.exists():
+        return False
+    try:
+        return (await arun(_to_master(control_path, "check"), timeout=5, check=False)
+                ).returncode == 0
+    except CommandError:
+        return False
+
+
 async def close_master(control_path: Path | None) -> None:
     """End the VM's shared connection, if one is up (idempotent)."""
     if control_path is None or not control_path.exists():
         return
-    argv = ["ssh", "-F", "/dev/null", "-o", f"ControlPath={control_path}", "-O", "exit", "vm"]
     with contextlib.suppress(CommandError):
-        await arun(argv, timeout=5, check=False)
+        await arun(_to_master(control_path, "exit"), timeout=5, check=False)
+
+
+def _to_master(control_path: Path, command: str) -> list[str]:
+    """``ssh -O command`` to the master at ``control_path`` (nothing reaches the guest)."""
+    return ["ssh", "-F", "/dev/null", "-o", f"ControlPath={control_path}", "-O", command, "vm"]
 
 
 async def wait_for_ssh(

@@ -11,6 +11,7 @@ import asyncio
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog.testing
@@ -90,6 +91,10 @@ def test_a_create_claims_the_member_takes_its_name_and_the_pool_refills(pool: Po
     assert name.startswith("name banger.hostname=c0 banger.time="), name
     assert [c.name for c in backend.calls if c.vm_id == vm.id and c.name in (
         "restore_state", "resume", "pause")] == ["restore_state", "resume", "pause", "resume"]
+    # sshd accepted our key at the fill, over a held connection; the claim only checks it
+    assert [(c.name, c.args[-1]) for c in backend.calls if c.vm_id == vm.id and c.name in (
+        "wait_ready", "still_connected")] == [("wait_ready", True), ("still_connected", True)]
+    assert "connection made when the warm pool filled" in str([s.detail for s in op.stages])
     assert [v.name for v in vms.store.vms.list()] == ["c0"]  # members have no rows
     assert {h.pid for h in backend.live()} >= {vm.pid}
 
@@ -204,20 +209,24 @@ def test_an_image_whose_agent_cannot_hold_leaves_the_pool_empty_and_nothing_behi
 
 def test_the_refill_waits_for_the_running_create_and_a_failed_claiming_create_leaves_nothing(
         pool: Pool) -> None:
-    """The claiming create's guest never lets SSH in: while that create runs no refill
-    starts (it would compete for the CPU); once it failed, its VM (the member) is gone and
-    the pool refills."""
+    """The claiming create's guest lost the connection held since the fill and never lets
+    SSH in again: while that create runs no refill starts (it would compete for the CPU);
+    once it failed, its VM (the member) is gone and the pool refills."""
     vms, backend, image = pool
 
     async def scenario() -> tuple[str, list[str | None], Operation]:
         p = await _filled(vms, image)
         [first] = _members(p)
         gate = asyncio.Event()
+        fill_ready = vms.guest.wait_ready
 
-        async def held_ready(*_args: object, **_kwargs: object) -> None:
+        async def held_ready(*args: Any, **kwargs: Any) -> None:
+            if kwargs.get("held"):  # the refill's
+                return await fill_ready(*args, **kwargs)
             await gate.wait()
             raise GuestError("SSH did not accept our key in time")
 
+        vms.guest.held.clear()
         vms.guest.wait_ready = held_ready  # type: ignore[method-assign]
         create = asyncio.ensure_future(_create(vms, "c3"))
         await _until(lambda: bool(backend.named("agent name")))

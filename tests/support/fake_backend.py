@@ -253,6 +253,7 @@ class FakeGuest:
         self.ready = True
         self.honours_poweroff = True
         self.root: Path | None = None
+        self.held: set[str] = set()  # VMs whose held connection is up (drop one to test)
 
     def _local(self, command: Sequence[str]) -> list[str]:
         if self.root is None:
@@ -285,13 +286,19 @@ class FakeGuest:
 
     async def wait_ready(
         self, vm: VMRecord, files: VMFiles, host: str, port: int, *,
-        deadline: float, alive: Callable[[], bool],
+        deadline: float, alive: Callable[[], bool], held: bool = False,
     ) -> None:
-        self.calls.append(Call("wait_ready", vm.id, (host, port)))
+        self.calls.append(Call("wait_ready", vm.id, (host, port, held)))
         if not alive():
             raise GuestError(f"the VM behind {host}:{port} exited before SSH came up")
         if not self.ready:
             raise GuestError(f"SSH on {host}:{port} did not accept our key in time: refused")
+        if held:
+            self.held.add(vm.id)
+
+    async def still_connected(self, vm: VMRecord, files: VMFiles) -> bool:
+        self.calls.append(Call("still_connected", vm.id, (vm.id in self.held,)))
+        return vm.id in self.held
 
     async def poweroff(self, vm: VMRecord, files: VMFiles, host: str, port: int) -> None:
         self.calls.append(Call("poweroff", vm.id))

@@ -11,7 +11,7 @@ from bench.stats import summary
 
 
 def _doc(run_p50: float, create_p50: float, restored: int | None,
-         claim_p50: float = 0.15) -> dict[str, Any]:
+         claim_p50: float = 0.15, pool_p50: tuple[float, float] = (0.5, 0.7)) -> dict[str, Any]:
     s = summary
     snap = {
         "warm": {"id": "ab", "wall_s": 3.3, "vcpu": 2, "memory_mib": 1024,
@@ -29,8 +29,9 @@ def _doc(run_p50: float, create_p50: float, restored: int | None,
                        "vmm_peak_pss_mib": s([220.0] * 4, digits=1), "restored": restored,
                        "most_vmms_at_once": 4, "mem_available_drop_mib": 1000.0,
                        "mem_available_drop_per_vm_mib": 250.0},
-        "pool": {"wall_s": s([0.9]), "create_s": s([0.6]), "stage_restore_s": s([claim_p50]),
-                 "stage_ssh_s": s([0.4])},
+        "pool": {kind: {"wall_s": s([wall]), "create_s": s([0.3]),
+                        "stage_restore_s": s([claim_p50]), "stage_ssh_s": s([0.02])}
+                 for kind, wall in zip(("create", "run"), pool_p50, strict=True)},
     }
     return {"date": "d", "settings": {"runs": 1}, "load_start": [0], "snapshot": snap,
             "machine": {"nproc": 2, "cpu": "c", "accel": "tcg", "kvm_status": "k"}}
@@ -38,11 +39,13 @@ def _doc(run_p50: float, create_p50: float, restored: int | None,
 
 def test_snapshot_verdicts_judge_the_targets_and_that_every_concurrent_run_restored() -> None:
     doc = _doc(run_p50=0.9, create_p50=0.8, restored=4)
-    keys = ("snap_run_p50", "snap_create_p50", "snap_concurrent_all_succeed", "pool_claim_p50")
+    keys = ("snap_run_p50", "snap_create_p50", "snap_concurrent_all_succeed", "pool_claim_p50",
+            "pool_create_p50", "pool_run_p50")
     v = verdicts(doc)
-    assert [v[k]["verdict"] for k in keys] == ["PASS"] * 4
-    slow = verdicts(_doc(run_p50=1.01, create_p50=0.81, restored=3, claim_p50=0.21))
-    assert [slow[k]["verdict"] for k in keys] == ["MISS"] * 4
+    assert [v[k]["verdict"] for k in keys] == ["PASS"] * 6
+    slow = verdicts(_doc(run_p50=1.01, create_p50=0.81, restored=3, claim_p50=0.21,
+                         pool_p50=(0.81, 1.01)))
+    assert [slow[k]["verdict"] for k in keys] == ["MISS"] * 6
 
 
 def test_the_table_shows_each_snapshot_figure(tmp_path: Path) -> None:
@@ -51,6 +54,8 @@ def test_the_table_shows_each_snapshot_figure(tmp_path: Path) -> None:
     text = table(doc)
     for fragment in ("7 warm snapshots", "91 MB", "1.78 s", "<= 1.0 s", "2.12 s", "<= 0.8 s",
                      "2.5x", "229 / 220 MiB", "PASS", "MemAvailable drop per VM (4 up at once, "
-                     "1000 MiB in all)", "250 MiB", "warm_pool = 1: claim", "<= 0.2 s"):
+                     "1000 MiB in all)", "250 MiB", "warm_pool = 1: claim", "<= 0.2 s",
+                     "warm_pool = 1: vm create claiming it", "0.50 s",
+                     "warm_pool = 1: vm run --rm true claiming it", "0.70 s"):
         assert fragment in text, text
     (tmp_path / "doc.json").write_text(json.dumps(doc))  # the document stays JSON-serialisable

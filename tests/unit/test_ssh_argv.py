@@ -85,3 +85,14 @@ def test_authenticate_only_starts_a_master_and_asks_for_no_session() -> None:
                   {"control_path": ctl, "start_master": False}):
         with pytest.raises(ValueError, match="starts a master"):
             ssh_argv("h", 22, KEY, KH, authenticate_only=True, **wrong)  # type: ignore[arg-type]
+
+
+def test_a_held_master_sends_no_keepalive_a_paused_guest_could_not_answer() -> None:
+    ctl = Path("/run/banger/vms/x/ssh")
+    argv = ssh_argv("h", 22, KEY, KH, control_path=ctl, authenticate_only=True, held=True)
+    options = {argv[i + 1] for i, a in enumerate(argv) if a == "-o"}
+    assert {"ControlPersist=yes", "ServerAliveInterval=0", "TCPKeepAlive=no"} <= options
+    assert not any(o.startswith("ServerAliveCountMax") or o == "ControlPersist=60s"
+                   for o in options)
+    with pytest.raises(ValueError, match="held"):
+        ssh_argv("h", 22, KEY, KH, control_path=ctl, held=True)

@@ -36,13 +36,24 @@ def _filled(vms: VMFactory, times: int) -> list[str]:
     return sorted(p.name for p in (vms.env.state_dir / "pool").iterdir())
 
 
+def _masters(vms: VMFactory, vm_id: str) -> dict[int, str]:
+    """The ssh masters of the VM's shared connection (their argv names its control path)."""
+    return processes_naming(str(vms.env.runtime_dir / "vms" / vm_id / "ssh"), program="ssh")
+
+
 def test_a_create_claims_the_pool_member_with_its_own_identity_and_the_pool_refills(
         vms: VMFactory) -> None:
     snap = _pool_of_one(vms)
     [first] = _filled(vms, 1)
     assert vms.ok("vm", "list", "-q").split() == []  # a member is no VM of the owner's
+    # sshd accepted our key at the fill, over a connection held while the guest is paused:
+    # longer than keepalives would allow (15 s), and the claim is ready over it
+    master = _masters(vms, first)
+    assert len(master) == 1, master
+    time.sleep(16)
     p1 = vms.create("p1")
     assert p1["id"] == first and p1["started_from"] == f"snapshot {snap} (warm pool)", p1
+    assert _masters(vms, first) == master
     [second] = _filled(vms, 2)  # refilled in the background
     assert second != first
     p2 = vms.create("p2")
@@ -76,6 +87,8 @@ def test_a_daemon_killed_with_a_filled_pool_leaves_nothing_after_restart(
     member_run = vms.env.runtime_dir / "vms" / member
     vmms = processes_naming(str(member_run), program="qemu-system")
     assert vmms, "the member's VMM should run (else this proves nothing)"
+    masters = _masters(vms, member)
+    assert masters, "the member's held SSH connection should be up"
     pid = vms.env.daemon_pid()
     assert pid
     os.kill(pid, signal.SIGKILL)
@@ -84,6 +97,7 @@ def test_a_daemon_killed_with_a_filled_pool_leaves_nothing_after_restart(
     vms.env.extra_env["BANGER_WARM_POOL"] = "0"  # the restarted daemon fills nothing new
     vms.ok("daemon", "start")
     assert poll_until(lambda: not any(pid_alive(p) for p in vmms), timeout=10), vmms
+    assert poll_until(lambda: not any(pid_alive(p) for p in masters), timeout=10), masters
     assert not (vms.env.state_dir / "vms" / member).exists() and not member_run.exists()
     assert list((vms.env.state_dir / "pool").iterdir()) == []
     # its TAP: reaped with the idle ones (the factory's finalizer checks the bridge is empty)
