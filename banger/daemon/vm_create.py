@@ -142,7 +142,7 @@ class VMCreator:
 
         async def work(ctx: OperationContext) -> VMInfo:
             image = plan.image or await self._default_image(ctx)
-            member = await self.pool.take(plan, image, workspace is not None)
+            member = await self.pool.take(plan, image)
             vm_id = member.vm.id if member is not None else new_id()
             async with (self.pool.busy(), self.rt.lock(vm_id),
                         contextlib.AsyncExitStack() as undo,
@@ -157,6 +157,12 @@ class VMCreator:
                     else:
                         vm = self.pool.hand_over(vm, member)
                 if member is not None and (started := await self.pool.claim(ctx, vm, member)):
+                    await self.rt.network.open_rules(started)
+                    if workspace is not None:  # its work disk is the guest's /root already
+                        staged, where = await scratch.enter_async_context(
+                            self.workspaces.staged(ctx, workspace))
+                        copied = await self.workspaces.copy_over_ssh(ctx, started, staged, where)
+                        started = self.workspaces.record(started, staged, copied)
                     undo.pop_all()
                     return self.rt.info(started)
                 snapshot, cold_why = await self._pick_snapshot(plan, image)

@@ -152,10 +152,7 @@ class VMNetwork:
             tap = await asyncio.to_thread(pool.acquire)
             undo.push_async_callback(self.detach, tap, None)
             self._tasks.spawn(pool.arefill(), name="refill the TAP pool")
-            if vm.nat:
-                await self.nat.add(vm.guest_ip)
-                undo.push_async_callback(self.nat.remove, vm.guest_ip)
-            await self._open_forwards(vm)
+            await self.open_rules(vm)
             undo.pop_all()
         spec = TapNet(
             tap_name=tap,
@@ -165,6 +162,24 @@ class VMNetwork:
             dns=(str(self.bridge.ip),),  # bangerd answers there (daemon/dns_service.py)
         )
         return spec, tap, 22
+
+    async def open_rules(self, vm: VMRecord) -> None:
+        """A TAP-networked VM's NAT and published ports (at its attach, or when a warm pool
+        member becomes it); all or none. With user-mode networking there are none to add
+        (the VMM forwards ports from its argv)."""
+        if vm.net_mode is NetMode.USER:
+            if vm.nat or vm.published:
+                raise ValueError("user-mode networking forwards ports at the VMM's launch")
+            return
+        assert vm.guest_ip is not None
+        if vm.nat:
+            self.nat.check_available()
+        async with contextlib.AsyncExitStack() as undo:
+            if vm.nat:
+                await self.nat.add(vm.guest_ip)
+                undo.push_async_callback(self.nat.remove, vm.guest_ip)
+            await self._open_forwards(vm)
+            undo.pop_all()
 
     async def attach_template(self, mac: str) -> tuple[TapNet | UserNet, str | None]:
         """A snapshot template's network: the same kind its clones get, no address

@@ -40,6 +40,7 @@ import structlog
 from banger.core.errors import BangerError, GuestError, HostToolError, SnapshotDamaged
 from banger.core.names import ID_RE, new_id
 from banger.core.publish import PublishedPort
+from banger.core.states import NetMode
 from banger.core.validate import parse_size
 from banger.core.vmspec import NetSpec
 from banger.daemon.background import BackgroundTasks
@@ -108,17 +109,17 @@ class Member:
     handed_over: bool = False  # a VM row holds it now (its create's undo destroys it)
 
 
-def why_not_served(want: Wanted, image: ImageRecord | None, has_workspace: bool,
-                   shape: Shape) -> str | None:
-    """Why a member of ``shape`` cannot be this create's VM, or None when it can."""
+def why_not_served(want: Wanted, image: ImageRecord | None, shape: Shape, *,
+                   user_net: bool) -> str | None:
+    """Why a member of ``shape`` cannot be this create's VM, or None when it can. A workspace
+    goes in over SSH after the claim; NAT and published ports are host rules added then,
+    except with user-mode networking, where ports are forwarded by the VMM's own argv."""
     if not want.start:
         return "created without starting"
     if want.cold:
         return "--cold"
-    if has_workspace:
-        return "a workspace (its files go onto the work disk before the guest runs)"
-    if want.nat or want.ports:
-        return "--nat or --publish"
+    if (want.nat or want.ports) and user_net:
+        return "--nat or --publish with user-mode networking (the VMM forwards the ports)"
     if image is None or image.id != shape.image_id:
         return "another image than the default one"
     if (want.vcpu, want.memory_mib) != (shape.vcpu, shape.memory_mib):
@@ -278,8 +279,7 @@ class WarmPool:
         assert isinstance(backend, SnapshotCapable)
         await backend.pause(handle)
 
-    async def take(self, want: Wanted, image: ImageRecord | None,
-                   has_workspace: bool) -> Member | None:
+    async def take(self, want: Wanted, image: ImageRecord | None) -> Member | None:
         """A member to be this create's VM, or None (the create goes on without the pool)."""
         if not self._members:
             return None
@@ -288,7 +288,8 @@ class WarmPool:
         if not self._members:  # another create took the last one meanwhile
             return None
         member = self._members[0]
-        why = why_not_served(want, image, has_workspace, member.shape)
+        why = why_not_served(want, image, member.shape,
+                             user_net=self.rt.network.mode is NetMode.USER)
         if why is None and (current is None or current[0] != member.shape):
             why = "the snapshot, the default shape or the git identity changed since it filled"
         if why is not None:

@@ -18,28 +18,34 @@ PLAIN = CreatePlan(name="box", vcpu=2, memory_mib=1024, disk_bytes=8 << 30, imag
                    start=True)
 
 
-def test_a_plain_create_of_the_default_shape_is_served() -> None:
-    assert why_not_served(PLAIN, IMAGE, False, SHAPE) is None
+NAT = {"nat": True}
+PUBLISH = {"ports": tuple(parse_publish_list(["8080:80"]))}
 
 
-@pytest.mark.parametrize(("change", "workspace", "why"), [
+@pytest.mark.parametrize("change", [{}, NAT, PUBLISH])
+def test_a_create_of_the_default_shape_is_served_with_nat_or_ports_on_taps(
+        change: dict[str, object]) -> None:
+    plan = dataclasses.replace(PLAIN, **change)  # type: ignore[arg-type]
+    assert why_not_served(plan, IMAGE, SHAPE, user_net=False) is None
+
+
+@pytest.mark.parametrize(("change", "user_net", "why"), [
     ({"start": False}, False, "created without starting"),
     ({"cold": True}, False, "--cold"),
-    ({}, True, "a workspace"),
-    ({"nat": True}, False, "--nat"),
-    ({"ports": tuple(parse_publish_list(["8080:80"]))}, False, "--publish"),
+    (NAT, True, "user-mode networking"),
+    (PUBLISH, True, "user-mode networking"),
     ({"vcpu": 1}, False, "vCPUs or memory"),
     ({"memory_mib": 2048}, False, "vCPUs or memory"),
     ({"disk_bytes": 9 << 30}, False, "--disk"),
 ])
-def test_a_create_a_member_cannot_be_says_why(change: dict[str, object], workspace: bool,
+def test_a_create_a_member_cannot_be_says_why(change: dict[str, object], user_net: bool,
                                                why: str) -> None:
     plan = dataclasses.replace(PLAIN, **change)  # type: ignore[arg-type]
-    found = why_not_served(plan, IMAGE, workspace, SHAPE)
+    found = why_not_served(plan, IMAGE, SHAPE, user_net=user_net)
     assert found is not None and why in found, found
 
 
 def test_another_image_is_not_served() -> None:
     other = dataclasses.replace(IMAGE, id="img000000002")
-    assert "image" in (why_not_served(PLAIN, other, False, SHAPE) or "")
-    assert "image" in (why_not_served(PLAIN, None, False, SHAPE) or "")
+    assert "image" in (why_not_served(PLAIN, other, SHAPE, user_net=False) or "")
+    assert "image" in (why_not_served(PLAIN, None, SHAPE, user_net=False) or "")

@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from banger.core.wait import poll_until
 from banger.host.proc import pid_alive
 from tests.support.hostcheck import processes_naming
+from tests.support.workspace_repo import make_repo
 from tests.vm.conftest import VMFactory
 
 pytestmark = pytest.mark.vm
@@ -42,7 +45,7 @@ def _masters(vms: VMFactory, vm_id: str) -> dict[int, str]:
 
 
 def test_a_create_claims_the_pool_member_with_its_own_identity_and_the_pool_refills(
-        vms: VMFactory) -> None:
+        vms: VMFactory, tmp_path: Path) -> None:
     snap = _pool_of_one(vms)
     [first] = _filled(vms, 1)
     assert vms.ok("vm", "list", "-q").split() == []  # a member is no VM of the owner's
@@ -78,6 +81,17 @@ def test_a_create_claims_the_pool_member_with_its_own_identity_and_the_pool_refi
     assert other["started_from"] == f"snapshot {snap}", other
     assert vms.ssh("n1", "hostname").stdout.strip() == "n1"
     assert sorted(vms.ok("vm", "list", "-q").split()) == ["n1", "p1", "p2"]
+    # a workspace (copied over the held connection) and NAT (host rules added at the claim)
+    repo = make_repo(tmp_path)
+    ran = vms.banger("vm", "run", str(repo.top), "--nat", "--name", "w1", "--",
+                     "sh", "-c", "cat tracked.txt; git log --format=%s")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == ["v1 edited on the host", "first"], ran.stdout
+    w1 = vms.show("w1")
+    assert str(w1["started_from"]).endswith("(warm pool)") and w1["nat"] is True, w1
+    nat = subprocess.run(["nft", "-j", "list", "set", "ip", f"banger_{vms.bridge}",
+                          "nat_guests"], capture_output=True, text=True, check=True)
+    assert f'"{w1["guest_ip"]}"' in nat.stdout, nat.stdout
 
 
 def test_a_daemon_killed_with_a_filled_pool_leaves_nothing_after_restart(
