@@ -188,6 +188,8 @@ class WarmPool:
             await self._discard_stale(current[0] if current else None)
             if current is None or len(self._members) >= self.size:
                 return
+            if not self._quiet.is_set():  # a create began while we looked: after it
+                continue
             try:
                 member = await self._fill_one(*current)
             except BangerError as exc:  # the next kick tries again

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import structlog.testing
 
-from banger.api.models import Operation, OperationState, VMCreateRequest
+from banger.api.models import Operation, OperationState, VMCreateRequest, WorkspaceRequest
 from banger.core.errors import GuestError, SnapshotUnusable
 from banger.daemon import vm_restore
 from banger.daemon.vm_layout import VMFiles
@@ -24,6 +24,7 @@ from banger.daemon.vm_pool import WarmPool
 from banger.store import ImageRecord
 from tests.support.fake_snapshot import SnapshotFakeBackend, lean_vms
 from tests.support.fake_vms import FakeVMs
+from tests.support.workspace_repo import make_repo
 
 Pool = tuple[FakeVMs, SnapshotFakeBackend, ImageRecord]
 
@@ -281,3 +282,35 @@ def test_a_member_failing_to_restore_drops_the_snapshot_only_when_its_files_are_
     vms.drive(scenario)
     assert (snaps.dir(snap_id) / "meta.json").exists() is not dropped
     assert vms.creator.pool.members == 0 and _members(vms.creator.pool) == []
+
+
+def test_a_workspace_create_claims_the_member_and_copies_the_repo_in_over_ssh(
+        pool: Pool, tmp_path: Path) -> None:
+    """The repository goes in after the claim (the member's work disk is its /root already);
+    a copy the guest fails ends the create with the member's VM gone and nothing left."""
+    vms, backend, image = pool
+    repo = make_repo(tmp_path)
+    vms.guest.root = tmp_path / "guest"
+
+    async def scenario() -> tuple[Operation, Operation, str]:
+        p = await _filled(vms, image)
+        ok = await _create(vms, "w1", workspace=WorkspaceRequest(path=str(repo.top)))
+        await _until(lambda: p.members == 1)
+        [member] = _members(p)
+        vms.guest.root = None  # the next copy fails in the guest
+        failed = await _create(vms, "w2", workspace=WorkspaceRequest(path=str(repo.top)))
+        return ok, failed, member
+
+    ok, failed, claimed = vms.drive(scenario)
+    assert ok.state is OperationState.SUCCEEDED, ok.error
+    w1 = vms.vm("w1")
+    assert w1.started_from.endswith("(warm pool)") and w1.workspace is not None
+    assert [s.name for s in ok.stages][-3:] == ["stage", "pack", "copy"], ok.stages
+    assert (tmp_path / "guest" / "root" / "repo" / "tracked.txt").read_bytes() == (
+        b"v1 edited on the host\n")
+    assert failed.state is OperationState.FAILED and "filesystem" in str(failed.error)
+    assert vms.store.vms.find("w2") is None
+    assert [c.args[0].split()[1] for c in backend.named("agent name")][-1] == (
+        "banger.hostname=w2")  # it was claimed
+    assert not (vms.settings.paths.vms / claimed).exists()
+    assert [h.vm_id for h in backend.live()] == [w1.id]
