@@ -288,13 +288,17 @@ def test_a_load_firecracker_refuses_is_snapshot_unusable_with_its_reason(
         run(rig.backend.shutdown(handle, graceful=False, timeout=0))
 
 
-def test_only_a_clone_launch_can_take_a_state(short_dir: Path) -> None:
+def test_only_a_clone_launch_can_take_a_state_and_only_a_template_be_saved(
+        short_dir: Path) -> None:
     rig = Rig(short_dir)
     spec = make_spec(short_dir)
     handle = run(rig.backend.launch(spec))
     try:
         with pytest.raises(SnapshotUnusable, match="not launched as a clone"):
             run(rig.backend.restore_state(handle, short_dir / "state"))
+        with pytest.raises(SnapshotUnusable, match="not launched as a template"):
+            run(rig.backend.save_state(handle, short_dir / "state"))
+        assert ("PATCH", "/vm", {"state": "Paused"}) not in rig.requests()
     finally:
         run(rig.backend.shutdown(handle, graceful=False, timeout=0))
 
