@@ -30,6 +30,7 @@ from banger.core.errors import GuestError, HostToolError
 MAX_REPLY = 512
 CONNECT_TIMEOUT = 5.0
 RETRY_PAUSE = 0.05  # between vsock connections the guest did not accept
+_HANDSHAKE_HINT = "see the VMM's log (vmm.log in the VM's dir); a restored VM boots cold instead"
 _HANDSHAKE_OK = re.compile(r"OK [0-9]{1,10}")
 
 
@@ -86,17 +87,19 @@ class Channel:
                 writer.close()
                 if exc.partial:
                     raise GuestError(f"the vsock handshake on {self.path.name} was cut off "
-                                     f"after {_shown(exc.partial)}") from exc
+                                     f"after {_shown(exc.partial)}",
+                                     hint=_HANDSHAKE_HINT) from exc
                 await asyncio.sleep(RETRY_PAUSE)  # closed unanswered: nobody listens yet
                 continue
             except (asyncio.LimitOverrunError, OSError) as exc:
                 writer.close()
                 raise GuestError(f"the vsock handshake on {self.path.name} failed: "
-                                 f"{type(exc).__name__} (an over-long or lost answer)") from exc
+                                 f"{type(exc).__name__} (an over-long or lost answer)",
+                                 hint=_HANDSHAKE_HINT) from exc
             if not _HANDSHAKE_OK.fullmatch(raw[:-1].decode("ascii", "replace")):
                 writer.close()
                 raise GuestError(f"the VM's vsock answered CONNECT {self.vsock_port} with "
-                                 f"{_shown(raw[:-1])}, not OK <port>")
+                                 f"{_shown(raw[:-1])}, not OK <port>", hint=_HANDSHAKE_HINT)
             self._reader, self._writer = reader, writer
             return
 

@@ -85,6 +85,7 @@ def test_a_hostile_handshake_answer_is_one_printable_line_and_no_retry(
     text = err.value.message
     assert message in text, text
     assert "\n" not in text and text.isprintable() and text.isascii() and len(text) < 300
+    assert "vmm.log" in (err.value.hint or "")
     assert fake.connects == 1
 
 
