@@ -442,7 +442,7 @@ class Snapshots:
             try:
                 if background and not lower_priority(handle.pid):
                     log.info("could not lower the template VMM's priority", pid=handle.pid)
-                channel = await Channel.open(spec.agent_socket)
+                channel = await backend.agent_channel(spec)
                 try:
                     await self._ask(channel, "ping", "pong", rt.settings.ssh_ready_timeout)
                     await self._ask(channel, "quiesce", "quiesced", 30.0)

@@ -1,12 +1,13 @@
 """A clone's start from a warm snapshot: load the saved state, then give the guest its identity.
 
-The VMM was launched as a clone (``-incoming defer``). The control channel is
-opened before the state loads, so the agent (blocked in a read in the saved
-memory) sees the host connected throughout. The state loads paused; then the
-clone runs, its own work disk size is announced, and one ``identity`` request
+The VMM was launched as a clone, waiting for its state. The backend's control
+channel (``agent_channel``) is taken before the state loads: a backend whose
+channel must be connected then connects it, one whose connections a load resets
+connects at the first request, once the clone runs. The state loads paused; then
+the clone runs, its own work disk size is announced, and one ``identity`` request
 carries hostname, address, MAC, the wall clock, fresh host entropy and that
-size; the agent answers ``ok`` once all
-of it is applied (docs/snapshots.md). Anything else is a ``GuestError``.
+size; the agent answers ``ok`` once all of it is applied (docs/snapshots.md).
+Anything else is a ``GuestError``.
 
 A warm pool member (``vm_pool.py``) takes its identity when it is filled, held:
 its agent stays, the guest is paused again, and a claim runs it and gives it
@@ -58,9 +59,9 @@ async def restore_clone(backend: Backend, handle: Handle, spec: VMSpec, snapshot
 
 
 async def load_clone(backend: Backend, handle: Handle, spec: VMSpec, snapshot: Path) -> Channel:
-    """Load the saved state into the clone's VMM (paused); return its open control channel."""
+    """Load the saved state into the clone's VMM (paused); return its control channel."""
     assert isinstance(backend, SnapshotCapable)
-    channel = await Channel.open(spec.agent_socket)
+    channel = await backend.agent_channel(spec)
     try:
         await backend.restore_state(handle, snapshot / STATE)
     except BaseException:

@@ -32,6 +32,7 @@ from banger.host import proc_identity as proc
 from banger.host.files import open_nofollow
 from banger.host.privileged import HostOps
 from banger.host.probes import have_usable_kvm
+from banger.vmm.channel import Channel
 from banger.vmm.traits import BackendTraits
 
 
@@ -104,9 +105,17 @@ class SnapshotCapable(Protocol):
         """The VMM's version: a saved state loads only into the same one."""
         ...
 
+    async def agent_channel(self, spec: VMSpec) -> Channel:
+        """The control channel to ``spec``'s guest agent (a template, or a clone about to
+        load its state): QEMU's is connected now (its chardev must be before a state loads);
+        Firecracker's vsock connects at the first request, once the guest runs (a snapshot
+        load resets vsock connections). A pause keeps either."""
+        ...
+
     async def save_state(self, handle: Handle, dest: Path) -> int:
-        """Pause the guest and save its state to the new file ``dest`` (QEMU: device state, its
-        RAM being the template's memory file; Firecracker: also a memory file beside it)."""
+        """Pause the guest and save its device state to the new file ``dest``; return its
+        bytes. The guest's RAM is the template's ``VMSpec.memory_file`` (QEMU: mapped from
+        boot; Firecracker: written now), flushed and counted by the caller."""
         ...
 
     async def restore_state(self, handle: Handle, src: Path) -> None:

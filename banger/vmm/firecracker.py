@@ -40,6 +40,7 @@ from banger.host.probes import find_tool
 from banger.host.run import kill_detached, run, spawn_detached
 from banger.vmm import firecracker_api as api
 from banger.vmm.base import Handle, StopOutcome, VmmProcess, adopt_vmm, log_tail
+from banger.vmm.channel import Channel
 from banger.vmm.firecracker_client import FirecrackerClient, FirecrackerFault
 from banger.vmm.traits import TRAITS, BackendTraits
 
@@ -82,7 +83,8 @@ class FirecrackerBackend(VmmProcess):
         self.launch_timeout = launch_timeout
         self.host_ops = host_ops if host_ops is not None else host_ops_for()
         self._version: str | None = None
-        self._clones: dict[str, VMSpec] = {}  # launched clones waiting for their state
+        # launched templates (to be saved) and clones (waiting for their state), by VM id
+        self._snapshot_specs: dict[str, VMSpec] = {}
 
     @property
     def binary(self) -> str:
@@ -113,9 +115,9 @@ class FirecrackerBackend(VmmProcess):
             os.symlink(target, spec.run_dir / link)
         handle = await self._spawn(spec)
         try:
-            if spec.snapshot_role == "clone":
-                self._clones[spec.vm_id] = spec  # restore_state loads its state
-            else:
+            if spec.snapshot_role is not None:
+                self._snapshot_specs[spec.vm_id] = spec  # save_state, restore_state
+            if spec.snapshot_role != "clone":  # a clone waits for restore_state
                 await self._client(handle).run(api.boot_calls(spec))
         except BaseException as exc:
             await self.shutdown(handle, graceful=False, timeout=0)
@@ -158,7 +160,7 @@ class FirecrackerBackend(VmmProcess):
     async def shutdown(self, handle: Handle, *, graceful: bool = True,
                        timeout: float = 10.0) -> StopOutcome:
         """Ctrl-Alt-Del (when ``graceful``) bounded by ``timeout``, then SIGKILL."""
-        self._clones.pop(handle.vm_id, None)
+        self._snapshot_specs.pop(handle.vm_id, None)
         ask = functools.partial(self._ctrl_alt_del, handle) if graceful else None
         return await self._stop(handle, ask, timeout)
 
@@ -169,26 +171,36 @@ class FirecrackerBackend(VmmProcess):
             self._version = (out.splitlines() or ["unknown"])[0].strip()
         return self._version
 
-    async def save_state(self, handle: Handle, dest: Path) -> int:
-        """Pause the guest; save its state to the new file ``dest`` and its RAM next to it.
+    async def agent_channel(self, spec: VMSpec) -> Channel:
+        """The hybrid vsock to the agent's port, connected at the first request: a paused
+        guest answers no ``CONNECT``, and a snapshot load resets vsock connections."""
+        return Channel.vsock(spec.agent_socket, api.AGENT_PORT)
 
-        The guest stays paused (the caller ends the VMM); both files are fsynced.
+    async def save_state(self, handle: Handle, dest: Path) -> int:
+        """Pause the template; save its device state to the new file ``dest`` (fsynced; its
+        bytes are returned) and its RAM to its ``memory_file`` (the caller flushes that).
+
+        The guest stays paused (the caller ends the VMM).
         """
-        files = (dest, api.memory_file(dest))
-        for path in files:
+        spec = self._snapshot_specs.get(handle.vm_id)
+        if spec is None or spec.snapshot_role != "template":
+            raise SnapshotUnusable(f"VM {handle.vm_id} was not launched as a template")
+        for path in (dest, api.memory_file(spec)):
             if os.path.lexists(path):
                 raise Conflict(f"{path} exists: a snapshot is never written over another")
         client = self._client(handle, SAVE_TIMEOUT)
         await client.call(api.pause())
-        await client.call(api.snapshot_create(dest))
-        return sum(fsync_file(path).st_size for path in files)
+        await client.call(api.snapshot_create(spec, dest))
+        return fsync_file(dest).st_size
 
     async def restore_state(self, handle: Handle, src: Path) -> None:
-        """Load ``src`` (and its RAM) into a Firecracker launched as a clone, paused."""
-        spec = self._clones.pop(handle.vm_id, None)
-        if spec is None:
+        """Load ``src`` and the clone's memory file into a Firecracker launched as a clone,
+        paused."""
+        spec = self._snapshot_specs.get(handle.vm_id)
+        if spec is None or spec.snapshot_role != "clone":
             raise SnapshotUnusable(f"VM {handle.vm_id} was not launched as a clone")
-        for path in (src, api.memory_file(src)):
+        del self._snapshot_specs[handle.vm_id]
+        for path in (src, api.memory_file(spec)):
             if not path.is_file():
                 raise SnapshotDamaged(f"the saved state lacks {path.name}")
         try:

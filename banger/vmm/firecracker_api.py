@@ -29,7 +29,6 @@ ROOT_LINK, WORK_LINK = "root.disk", "work.disk"  # in the run dir (the VMM's cwd
 AGENT_SOCKET = "agent.sock"  # relative, like VMSpec.agent_socket in the run dir
 AGENT_PORT = 52  # the guest's vsock port of the banger agent
 GUEST_CID = 3  # the first CID a guest may have
-MEMORY_SUFFIX = ".mem"  # next to the saved state: the guest's RAM
 
 Method = Literal["GET", "PUT", "PATCH"]
 
@@ -48,9 +47,12 @@ def disk_links(spec: VMSpec) -> dict[str, Path]:
     return {ROOT_LINK: spec.root.path, WORK_LINK: spec.work_disk}
 
 
-def memory_file(state: Path) -> Path:
-    """Where the guest's RAM of the saved state ``state`` is kept."""
-    return state.with_name(state.name + MEMORY_SUFFIX)
+def memory_file(spec: VMSpec) -> Path:
+    """The file of a template's or clone's RAM (``VMSpec.memory_file``: the daemon names it)."""
+    if spec.snapshot_role is None or spec.memory_file is None:
+        raise InvalidInput(f"VM {spec.name} has no memory file: it is no snapshot's template "
+                           "or clone", hint="launch it with a snapshot role and memory file")
+    return spec.memory_file
 
 
 def _require_firecracker_shape(spec: VMSpec) -> None:
@@ -108,16 +110,16 @@ def resume() -> ApiCall:
     return ApiCall("PATCH", "/vm", {"state": "Resumed"})
 
 
-def snapshot_create(state: Path) -> ApiCall:
-    """Save a paused guest: device state to ``state``, RAM to ``memory_file(state)``."""
+def snapshot_create(template: VMSpec, state: Path) -> ApiCall:
+    """Save a paused guest: device state to ``state``, RAM to the template's memory file."""
     return ApiCall("PUT", "/snapshot/create", {
         "snapshot_type": "Full", "snapshot_path": str(state),
-        "mem_file_path": str(memory_file(state))})
+        "mem_file_path": str(memory_file(template))})
 
 
 def snapshot_load(spec: VMSpec, state: Path) -> ApiCall:
-    """Load ``state`` into a fresh Firecracker for the clone ``spec``, paused (``resume()``
-    runs it, as QEMU's clones wait for ``cont``).
+    """Load ``state`` and the clone ``spec``'s memory file into a fresh Firecracker, paused
+    (``resume()`` runs it, as QEMU's clones wait for ``cont``).
 
     The clone's TAP replaces the template's (``network_overrides``, 1.16+); its
     disks and vsock socket are the relative names the template used.
@@ -125,7 +127,7 @@ def snapshot_load(spec: VMSpec, state: Path) -> ApiCall:
     _require_firecracker_shape(spec)
     body: dict[str, Any] = {
         "snapshot_path": str(state),
-        "mem_backend": {"backend_type": "File", "backend_path": str(memory_file(state))},
+        "mem_backend": {"backend_type": "File", "backend_path": str(memory_file(spec))},
         "resume_vm": False,
     }
     if isinstance(spec.net, TapNet):

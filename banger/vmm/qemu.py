@@ -33,6 +33,7 @@ from banger.host.privileged import HostOps, host_ops_for
 from banger.host.run import arun_to_log, require_tool, run
 from banger.vmm import qemu_snapshot
 from banger.vmm.base import Handle, StopOutcome, VmmProcess, adopt_vmm, log_tail
+from banger.vmm.channel import Channel
 from banger.vmm.traits import TRAITS, BackendTraits
 
 log = logging.getLogger("banger.vmm.qemu")
@@ -259,6 +260,11 @@ class QemuBackend(VmmProcess):
             out = run([self.binary, "--version"], timeout=10).stdout.decode("utf-8", "replace")
             self._version = (stamp, (out.splitlines() or ["unknown"])[0].strip())
         return self._version[1]
+
+    async def agent_channel(self, spec: VMSpec) -> Channel:
+        """Connected now: a clone's chardev must be before its state loads (the agent in the
+        saved memory is blocked in a read on the port)."""
+        return await Channel.open(spec.agent_socket)
 
     async def save_state(self, handle: Handle, dest: Path) -> int:
         """Pause the guest and save its device state to the new file ``dest`` (its RAM is

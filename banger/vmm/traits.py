@@ -61,9 +61,8 @@ TRAITS: Mapping[str, BackendTraits] = {
         root_overlay="reflink",  # raw disks only; a reflink clone, else a sparse copy
         kernel_forms=(KernelForm.VMLINUX,),
         net_kinds=frozenset({NetMode.TAP}),
-        # The backend saves and loads (SnapshotCapable), but the guest agent answers on
-        # virtio-serial only, not vsock: until it does, VMs boot cold (docs/backends.md).
-        can_snapshot=False,
+        # /snapshot/create and /load (SnapshotCapable); the agent answers on vsock
+        can_snapshot=True,
         guest_stop=GuestStop.CTRL_ALT_DEL,
     ),
 }

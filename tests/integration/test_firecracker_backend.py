@@ -3,8 +3,9 @@
 The fake is a real process on the real API socket that checks every request
 against Firecracker's OpenAPI spec and Firecracker's ordering rules, so this
 runs the backend's own code for spawn, pidfile, adoption, the API sequence of
-a launch, a snapshot save and a clone's load, faults, and stop. No guest runs:
-this is the contract, not Firecracker (docs/backends.md).
+a launch, a snapshot save and a clone's load (with the daemon's restore steps
+and the control channel over the fake's hybrid vsock), faults, and stop. No
+guest runs: this is the contract, not Firecracker (docs/backends.md).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 
 from banger.core.errors import Conflict, HostToolError, SnapshotUnusable
 from banger.core.vmspec import RootDisk, TapNet, VMSpec
+from banger.daemon import vm_restore
 from banger.host import proc_identity as proc
 from banger.vmm import firecracker_api as api
 from banger.vmm.base import Backend, SnapshotCapable, StopOutcome
@@ -135,16 +137,16 @@ def test_a_binary_that_never_listens_fails_the_launch_and_is_killed(short_dir: P
 
 
 def snapshot_pair(rig: Rig, root: Path) -> tuple[VMSpec, VMSpec, Path]:
-    """A template saved to ``<root>/snap/state``, and a clone's spec."""
-    template = make_spec(root, "tpl", snapshot_role="template")
-    clone = make_spec(root, "clone", snapshot_role="clone")
+    """A template saved to ``<root>/snap/state`` and ``ram``, and a clone's spec."""
     (root / "snap").mkdir()
-    state = root / "snap" / "state"
+    state, ram = root / "snap" / "state", root / "snap" / "ram"
+    template = make_spec(root, "tpl", snapshot_role="template", memory_file=ram)
+    clone = make_spec(root, "clone", snapshot_role="clone", memory_file=ram)
     backend: SnapshotCapable = rig.backend
     handle = run(rig.backend.launch(template))
     try:
-        assert run(backend.save_state(handle, state)) == state.stat().st_size + (
-            api.memory_file(state).stat().st_size)
+        assert run(backend.save_state(handle, state)) == state.stat().st_size
+        assert ram.stat().st_size == template.memory_mib << 20  # the ram the daemon checks
     finally:
         run(rig.backend.shutdown(handle, graceful=False, timeout=0))
     return template, clone, state
@@ -157,7 +159,7 @@ def test_a_snapshot_pauses_then_saves_state_and_ram_and_a_clone_loads_it(
     template, clone, state = snapshot_pair(rig, short_dir)
     saved = rig.requests()
     assert saved[-2:] == [("PATCH", "/vm", {"state": "Paused"}),
-                          ("PUT", "/snapshot/create", api.snapshot_create(state).body)]
+                          ("PUT", "/snapshot/create", api.snapshot_create(template, state).body)]
     assert ("PUT", "/vsock", {"guest_cid": 3, "uds_path": "agent.sock"}) in saved
     handle = run(rig.backend.launch(clone))  # no configuration: a load must come first
     try:
@@ -178,11 +180,83 @@ def test_a_snapshot_pauses_then_saves_state_and_ram_and_a_clone_loads_it(
         run(rig.backend.shutdown(handle, graceful=False, timeout=0))
 
 
+def warmed(rig: Rig, root: Path) -> Path:
+    """A snapshot made as the daemon makes one: boot the template, ping and quiesce its
+    agent over its channel, close it, save (device state ``state``, RAM ``ram``)."""
+    snap = root / "snap"
+    snap.mkdir()
+    template = make_spec(root, "tpl", snapshot_role="template",
+                         memory_file=snap / vm_restore.RAM)
+    handle = run(rig.backend.launch(template))
+
+    async def build() -> None:
+        channel = await rig.backend.agent_channel(template)
+        try:
+            assert await channel.request("ping", timeout=10) == "pong"
+            assert await channel.request("quiesce", timeout=10) == "quiesced"
+        finally:
+            await channel.close()
+        await rig.backend.save_state(handle, snap / vm_restore.STATE)
+
+    try:
+        run(build())
+    finally:
+        run(rig.backend.shutdown(handle, graceful=False, timeout=0))
+    return snap
+
+
+def _sequence(rig: Rig) -> list[str]:
+    return [f"{m} {p}" for m, p, _ in rig.requests()
+            if p.startswith(("CONNECT", "/snapshot", "/vm", "/actions"))
+            or f"{m} {p}" == "PATCH /drives/work"]
+
+
+def test_a_template_build_then_a_clones_restore_over_the_vsock_channel(short_dir: Path) -> None:
+    rig = Rig(short_dir)
+    snap = warmed(rig, short_dir)
+    saved = _sequence(rig)
+    assert saved == ["PUT /actions", "VSOCK CONNECT 52", "PATCH /vm", "PUT /snapshot/create"]
+    clone = vm_restore.clone_spec(make_spec(short_dir, "clone"), snap)  # ram: the whole RAM
+    handle = run(rig.backend.launch(clone))
+    try:
+        run(vm_restore.restore_clone(rig.backend, handle, clone, snap))
+    finally:
+        run(rig.backend.shutdown(handle, graceful=False, timeout=0))
+    # the channel connects once the clone runs: a load resets vsock connections
+    assert _sequence(rig)[len(saved):] == [
+        "PUT /snapshot/load", "PATCH /vm", "PATCH /drives/work", "VSOCK CONNECT 52"]
+
+
+def test_a_held_clone_keeps_its_vsock_connection_across_a_pause(short_dir: Path) -> None:
+    rig = Rig(short_dir)
+    snap = warmed(rig, short_dir)
+    saved = len(_sequence(rig))
+    clone = vm_restore.clone_spec(make_spec(short_dir, "clone"), snap)
+    handle = run(rig.backend.launch(clone))
+
+    async def fill_then_claim() -> None:
+        channel = await vm_restore.load_clone(rig.backend, handle, clone, snap)
+        try:
+            await vm_restore.give_identity(rig.backend, handle, clone, channel, hold=True)
+            await rig.backend.pause(handle)  # a warm pool member
+            await vm_restore.give_name(rig.backend, handle, clone, channel)
+        finally:
+            await channel.close()
+
+    try:
+        run(fill_then_claim())
+    finally:
+        run(rig.backend.shutdown(handle, graceful=False, timeout=0))
+    assert _sequence(rig)[saved:] == [
+        "PUT /snapshot/load", "PATCH /vm", "PATCH /drives/work", "VSOCK CONNECT 52",
+        "PATCH /vm", "PATCH /vm"]
+
+
 def test_saving_over_an_existing_file_is_refused_before_any_call(short_dir: Path) -> None:
     rig = Rig(short_dir)
-    spec = make_spec(short_dir, snapshot_role="template")
+    spec = make_spec(short_dir, snapshot_role="template", memory_file=short_dir / "ram")
     state = short_dir / "state"
-    api.memory_file(state).write_bytes(b"old")
+    (short_dir / "ram").write_bytes(b"old")
     handle = run(rig.backend.launch(spec))
     try:
         with pytest.raises(Conflict, match="never written over"):
@@ -203,8 +277,8 @@ def test_a_load_firecracker_refuses_is_snapshot_unusable_with_its_reason(
         rig = Rig(short_dir, faults)
         reason = "Snapshot version mismatch"
     else:
-        api.memory_file(state).unlink()  # a save cut short
-        reason = "lacks state.mem"
+        api.memory_file(clone).unlink()  # a save cut short
+        reason = "lacks ram"
     handle = run(rig.backend.launch(clone))
     try:
         with pytest.raises(SnapshotUnusable, match=reason) as err:
@@ -214,13 +288,17 @@ def test_a_load_firecracker_refuses_is_snapshot_unusable_with_its_reason(
         run(rig.backend.shutdown(handle, graceful=False, timeout=0))
 
 
-def test_only_a_clone_launch_can_take_a_state(short_dir: Path) -> None:
+def test_only_a_clone_launch_can_take_a_state_and_only_a_template_be_saved(
+        short_dir: Path) -> None:
     rig = Rig(short_dir)
     spec = make_spec(short_dir)
     handle = run(rig.backend.launch(spec))
     try:
         with pytest.raises(SnapshotUnusable, match="not launched as a clone"):
             run(rig.backend.restore_state(handle, short_dir / "state"))
+        with pytest.raises(SnapshotUnusable, match="not launched as a template"):
+            run(rig.backend.save_state(handle, short_dir / "state"))
+        assert ("PATCH", "/vm", {"state": "Paused"}) not in rig.requests()
     finally:
         run(rig.backend.shutdown(handle, graceful=False, timeout=0))
 
@@ -252,7 +330,9 @@ def test_firecrackers_order_is_enforced_and_reported_with_its_fault_message(
         run(client.call(api.action("InstanceStart")))
     assert err.value.status == 400 and err.value.call.path == "/actions"
     with pytest.raises(FirecrackerFault, match="pause it first"):
-        run(client.call(api.snapshot_create(Path("/nonexistent/state"))))
+        run(client.call(api.ApiCall("PUT", "/snapshot/create", {
+            "snapshot_type": "Full", "snapshot_path": "/nonexistent/state",
+            "mem_file_path": "/nonexistent/ram"})))
     assert run(client.call(api.ApiCall("GET", "/version"))) == {"firecracker_version": "1.16.1"}
 
 

@@ -2,8 +2,12 @@
 
 ``SnapshotFakeBackend`` is ``FakeBackend`` plus ``SnapshotCapable``: its "state"
 is a small file (and ``ram`` a sparse one), and a template or clone gets a real Unix socket at its
-``agent_socket`` (as QEMU's chardev), served by a fake agent speaking the
-agent's protocol (docs/snapshots.md). ``agent`` picks how a clone's agent
+``agent_socket``, served by a fake agent speaking the agent's protocol
+(docs/snapshots.md). ``transport`` picks the channel: ``chardev`` (QEMU's: the
+host connects when it likes, the agent answers) or ``vsock`` (Firecracker's
+hybrid vsock: ``CONNECT 52`` is answered ``OK <port>`` only while the guest
+runs, nothing is answered while it is paused, and a state load resets every
+connection, as Firecracker does). ``agent`` picks how a clone's agent
 answers ``identity``: ``ok``, ``error`` (a refusal), ``silent`` (reads the
 request and never answers, like a guest hung in the middle of applying it) or
 ``old`` (an agent from before the warm pool: it never holds).
@@ -12,6 +16,7 @@ request and never answers, like a guest hung in the middle of applying it) or
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,11 +28,14 @@ from banger.core.vmspec import VMSpec
 from banger.images.manifest import ROOTFS_NAME
 from banger.store import ImageRecord
 from banger.vmm.base import Handle, SnapshotCapable, StopOutcome
+from banger.vmm.channel import Channel
 from tests.support.fake_backend import FakeBackend
 from tests.support.fake_vms import FakeVMs, fake_vms
 
 STATE_BYTES = b"fake guest state\n"
 AgentMode = Literal["ok", "error", "silent", "old"]
+Transport = Literal["chardev", "vsock"]
+VSOCK_PORT = 52
 
 
 class SnapshotFakeBackend(FakeBackend):
@@ -40,7 +48,10 @@ class SnapshotFakeBackend(FakeBackend):
         self.save_error: BangerError | None = None  # what the next saves raise
         self.restore_error: BangerError | None = None  # what the next restores raise
         self.version = "fake-vmm 1.0"
+        self.transport: Transport = "chardev"
         self._agents: dict[str, asyncio.Server] = {}
+        self._running: dict[str, asyncio.Event] = {}  # the guest runs (vsock answers)
+        self._conns: dict[str, set[asyncio.StreamWriter]] = {}
 
     def vmm_version(self) -> str:
         return self.version
@@ -51,14 +62,26 @@ class SnapshotFakeBackend(FakeBackend):
             with spec.memory_file.open("wb") as ram:  # as QEMU makes it: sparse, the RAM's size
                 ram.truncate(spec.memory_mib << 20)
         if spec.snapshot_role is not None:
+            self._running[spec.vm_id] = running = asyncio.Event()
+            if spec.snapshot_role == "template":
+                running.set()  # it boots; a clone waits for its state and a resume
+            self._conns[spec.vm_id] = set()
             self._agents[spec.vm_id] = await asyncio.start_unix_server(
-                self._serve_agent, path=str(spec.agent_socket))
+                functools.partial(self._serve_agent, spec.vm_id), path=str(spec.agent_socket))
         return handle
+
+    async def agent_channel(self, spec: VMSpec) -> Channel:
+        if self.transport == "vsock":
+            return Channel.vsock(spec.agent_socket, VSOCK_PORT)
+        return await Channel.open(spec.agent_socket)
 
     async def shutdown(self, handle: Handle, *, graceful: bool, timeout: float) -> StopOutcome:
         agent = self._agents.pop(handle.vm_id, None)
         if agent is not None:
             agent.close()
+        for writer in self._conns.pop(handle.vm_id, set()):
+            writer.close()
+        self._running.pop(handle.vm_id, None)
         return await super().shutdown(handle, graceful=graceful, timeout=timeout)
 
     async def save_state(self, handle: Handle, dest: Path) -> int:
@@ -75,20 +98,43 @@ class SnapshotFakeBackend(FakeBackend):
             raise self.restore_error
         if src.read_bytes() != STATE_BYTES:  # as QEMU: "load of migration failed"
             raise SnapshotDamaged("the fake VMM refused the saved state")
+        if self.transport == "vsock":  # Firecracker resets vsock connections on a load
+            for writer in self._conns.get(handle.vm_id, set()):
+                writer.close()
 
     async def resume(self, handle: Handle) -> None:
         self._record("resume", handle.vm_id)
+        if (running := self._running.get(handle.vm_id)) is not None:
+            running.set()
 
     async def pause(self, handle: Handle) -> None:
         self._record("pause", handle.vm_id)
+        if (running := self._running.get(handle.vm_id)) is not None:
+            running.clear()
+
+    async def _accept_vsock(self, vm_id: str, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> bool:
+        """Firecracker's side of the handshake: ``OK <port>`` once the guest runs."""
+        if await reader.readline() != f"CONNECT {VSOCK_PORT}\n".encode():
+            return False
+        await self._running[vm_id].wait()
+        self._record("agent connect", vm_id)
+        self._conns[vm_id].add(writer)
+        writer.write(b"OK 1073741824\n")
+        await writer.drain()
+        return True
 
     async def announce_work_disk(self, handle: Handle, size: int) -> None:
         self._record("announce_work_disk", handle.vm_id, size)
 
-    async def _serve_agent(self, reader: asyncio.StreamReader,
+    async def _serve_agent(self, vm_id: str, reader: asyncio.StreamReader,
                            writer: asyncio.StreamWriter) -> None:
         try:
+            if self.transport == "vsock" and not await self._accept_vsock(vm_id, reader, writer):
+                return
             while line := await reader.readline():
+                if self.transport == "vsock":
+                    await self._running[vm_id].wait()  # a paused guest answers nothing
                 request = line.decode().split(" ", 1)[0].strip()
                 self._record(f"agent {request}", None, line.decode().strip())
                 reply = {"ping": "pong", "quiesce": "quiesced"}.get(request)

@@ -17,6 +17,7 @@ from tests.support.firecracker_spec import SpecValidator, load_spec
 from tests.unit.test_qemu_vmspec import VM, make_spec
 
 SNAP = Path("/var/lib/banger/snapshots/0123456789abcdef/state")
+RAM = SNAP.with_name("ram")  # the daemon's name for the guest's memory (vm_restore.RAM)
 
 
 def fc_spec(**overrides: object) -> VMSpec:
@@ -27,11 +28,12 @@ def fc_spec(**overrides: object) -> VMSpec:
 def every_call() -> list[api.ApiCall]:
     """Every request the backend can send, for every shape of spec."""
     calls: list[api.ApiCall] = []
-    for spec in (fc_spec(), fc_spec(net=None, initrd=None), fc_spec(snapshot_role="template"),
-                 fc_spec(snapshot_role="clone")):
+    template = fc_spec(snapshot_role="template", memory_file=RAM)
+    for spec in (fc_spec(), fc_spec(net=None, initrd=None), template):
         calls += api.boot_calls(spec)
-        calls.append(api.snapshot_load(spec, SNAP))
-    calls += [api.pause(), api.snapshot_create(SNAP), api.grow_work_disk(),
+        calls.append(api.snapshot_load(replace(spec, snapshot_role="clone", memory_file=RAM),
+                                       SNAP))
+    calls += [api.pause(), api.snapshot_create(template, SNAP), api.grow_work_disk(),
               api.action("SendCtrlAltDel"), api.action("FlushMetrics")]
     return calls
 
@@ -98,18 +100,27 @@ def test_only_snapshot_roles_get_the_vsock_control_channel() -> None:
     assert fc_spec().agent_socket.name == "agent.sock"  # relative to the run dir: the same
 
 
-def test_a_snapshot_is_a_full_one_with_ram_next_to_the_state() -> None:
-    assert api.snapshot_create(SNAP).body == {
-        "snapshot_type": "Full", "snapshot_path": str(SNAP),
-        "mem_file_path": str(SNAP.with_name("state.mem"))}
+def test_a_snapshot_is_a_full_one_with_ram_in_the_templates_memory_file() -> None:
+    template = fc_spec(snapshot_role="template", memory_file=RAM)
+    assert api.snapshot_create(template, SNAP).body == {
+        "snapshot_type": "Full", "snapshot_path": str(SNAP), "mem_file_path": str(RAM)}
     assert api.pause().body == {"state": "Paused"}
 
 
+def test_a_save_or_load_without_a_memory_file_is_refused_before_any_call() -> None:
+    for spec in (fc_spec(), fc_spec(snapshot_role="clone")):
+        with pytest.raises(InvalidInput, match="no memory file") as err:
+            api.snapshot_load(spec, SNAP)
+        assert err.value.hint
+    with pytest.raises(InvalidInput, match="no memory file"):
+        api.snapshot_create(fc_spec(snapshot_role="template"), SNAP)
+
+
 def test_a_clone_loads_from_file_resumes_and_takes_its_own_tap() -> None:
-    spec = fc_spec(snapshot_role="clone")
+    spec = fc_spec(snapshot_role="clone", memory_file=RAM)
     assert api.snapshot_load(spec, SNAP).body == {
         "snapshot_path": str(SNAP),
-        "mem_backend": {"backend_type": "File", "backend_path": str(SNAP) + ".mem"},
+        "mem_backend": {"backend_type": "File", "backend_path": str(RAM)},
         "resume_vm": False,
         "network_overrides": [{"iface_id": "net0", "host_dev_name": "bgt0a1b2c3d4e5f"}],
     }

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -131,3 +134,89 @@ def test_without_perl_the_identity_fails_at_once_instead_of_hanging(root: Path,
                        "agent_kernel 00ff; echo $?", check=False)
     lines = proc.stdout.splitlines()
     assert lines[0] == "[]" and lines[-1] not in ("", "0")
+
+
+def serve(root: Path, sock: socket.socket, **env: str) -> subprocess.Popen[bytes]:
+    """The agent run as the vsock listener runs it for one connection: ``sock`` as fd 3."""
+    shell = (root / ".shell").read_text().splitlines()
+    full = {"PATH": "/usr/bin:/bin", "BANGER_ROOT": str(root), "AGENT_SERVE": "1",
+            "BANGER_BOOTSTRAP": str(root / "bootstrap"), **env}
+    fd = sock.fileno()  # fd 3 in the agent, as perl's dup2 leaves it (dash has no fd > 9)
+    as_fd3 = "import os, sys; os.dup2(int(sys.argv[1]), 3); os.execvp(sys.argv[2], sys.argv[2:])"
+    return subprocess.Popen([sys.executable, "-c", as_fd3, str(fd), *shell, str(root / "agent")],
+                            env=full, pass_fds=(fd,), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def test_a_vsock_connection_is_served_with_the_same_lines_and_a_hangup_ends_it(
+        root: Path) -> None:
+    host, guest = socket.socketpair()
+    proc = serve(root, guest)
+    guest.close()
+    with host, host.makefile("rwb", buffering=0) as f:
+        for request, expected in ((b"ping", b"pong"), (b"bogus", b"error unknown request"),
+                                  (b"ping", b"pong")):
+            f.write(request + b"\n")
+            assert f.readline() == expected + b"\n"
+    assert proc.wait(timeout=10) == 3  # the host hung up: the listener accepts the next
+    assert proc.stderr is not None and proc.stderr.read() == b""
+
+
+def test_the_agent_takes_vsock_only_where_a_virtio_vsock_device_is(root: Path) -> None:
+    devices = root / "sys/bus/virtio/devices"
+    for n, kind in enumerate(("0x0003", "0x0002")):  # a console, a block device
+        (devices / f"virtio{n}").mkdir(parents=True)
+        (devices / f"virtio{n}/device").write_text(kind + "\n")
+    assert agent(root, "agent_find_vsock", check=False).returncode == 1
+    (devices / "virtio5").mkdir()
+    (devices / "virtio5/device").write_text("0x0013\n")
+    assert agent(root, "agent_find_vsock", check=False).returncode == 0
+
+
+def test_the_vsock_listener_is_perl_on_port_52_with_the_agent_and_its_settings(
+        root: Path, tmp_path: Path) -> None:
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "perl").write_text('#!/bin/sh\nshift 2\necho "$* $AGENT_SERVE $AGENT_SSHD_RESTART"\n')
+    (fake / "perl").chmod(0o755)
+    out = agent(root, f"PATH={fake}; AGENT_SSHD_RESTART=1; agent_listen_vsock; echo returned")
+    assert out.stdout == f"{root / 'agent'} 52 1 1\n"  # exec'd: nothing after it runs
+
+
+def vsock_free_port() -> int:
+    try:
+        probe = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    except (AttributeError, OSError) as exc:
+        pytest.skip(f"no AF_VSOCK on this host: {exc}")
+    with probe:
+        probe.bind((socket.VMADDR_CID_ANY, socket.VMADDR_PORT_ANY))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("port", ["", "52;x", "-1", "99999999999"])
+def test_the_vsock_listener_refuses_a_malformed_port(root: Path, port: str) -> None:
+    proc = agent(root, f'perl -e "$AGENT_VSOCK_PL" agent "{port}"', check=False)
+    assert proc.returncode != 0 and "usage: AGENT PORT" in proc.stderr
+
+
+def test_the_vsock_listener_binds_its_port_for_any_cid(root: Path) -> None:
+    """The sockaddr_vm packing, checked by the kernel: the port is taken (no vsock loopback
+    here, so nothing can connect to it)."""
+    port = vsock_free_port()
+    proc = subprocess.Popen(
+        ["sh", "-c", f'. "$0"; exec perl -e "$AGENT_VSOCK_PL" "$1" {port}', str(root / "agent"),
+         str(root / "agent")],
+        env={"PATH": "/usr/bin:/bin", "BANGER_AGENT_LIB": "1", "BANGER_ROOT": str(root),
+             "BANGER_BOOTSTRAP": str(root / "bootstrap")},
+        stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        assert proc.stderr.readline() == f"banger-agent: listening on vsock port {port}\n".encode()
+        with socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM) as other:
+            with pytest.raises(OSError) as err:
+                other.bind((socket.VMADDR_CID_ANY, port))
+            assert err.value.errno == errno.EADDRINUSE
+        assert proc.poll() is None  # waiting in accept
+    finally:
+        proc.kill()
+        proc.wait()

@@ -34,7 +34,7 @@ def test_the_traits_table_golden() -> None:
     )  # fmt: skip
     assert FIRECRACKER == BackendTraits(
         name="firecracker", root_overlay="reflink", kernel_forms=(KernelForm.VMLINUX,),
-        net_kinds=frozenset({NetMode.TAP}), can_snapshot=False,
+        net_kinds=frozenset({NetMode.TAP}), can_snapshot=True,
         guest_stop=GuestStop.CTRL_ALT_DEL,
     )  # fmt: skip
     assert (QEMU.root_format, FIRECRACKER.root_format) == ("qcow2", "raw")
