@@ -10,8 +10,7 @@ pool member's connection across its pause, and say nothing VMM-specific.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from banger.api.models import Operation, OperationState, VMCreateRequest
 from banger.daemon import vm_restore
 from banger.daemon.vm_pool import WarmPool
 from banger.store import ImageRecord
-from tests.support.fake_snapshot import SnapshotFakeBackend, lean_vms
+from tests.support.fake_snapshot import SnapshotFakeBackend, pooled_lean_vms, until
 from tests.support.fake_vms import FakeVMs
 
 Lean = tuple[FakeVMs, SnapshotFakeBackend, ImageRecord]
@@ -29,20 +28,8 @@ Lean = tuple[FakeVMs, SnapshotFakeBackend, ImageRecord]
 @pytest.fixture
 def lean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lean]:
     monkeypatch.setattr(vm_restore, "IDENTITY_TIMEOUT", 2.0)
-    with lean_vms(tmp_path, warm_pool=1, default_vcpu=1, default_memory_mib=128,
-                  default_disk="8M") as (vms, backend, image):
-        backend.transport = "vsock"
-        vms.store.images.set_default("lean")
-        try:
-            yield vms, backend, image
-        finally:
-            vms.drive(vms.creator.pool.close)
-
-
-async def _until(what: Callable[[], bool], timeout: float = 10) -> None:
-    async with asyncio.timeout(timeout):
-        while not what():
-            await asyncio.sleep(0.01)
+    with pooled_lean_vms(tmp_path, "vsock") as made:
+        yield made
 
 
 async def _create(vms: FakeVMs, name: str) -> Operation:
@@ -80,7 +67,7 @@ def test_a_pool_member_keeps_its_connection_across_its_pause_for_the_claim(
         await vms.creator.snapshots.warm(image, 1, 128)
         pool = vms.creator.pool
         pool.start()
-        await _until(lambda: pool.members == 1)
+        await until(lambda: pool.members == 1)
         return pool, await _create(vms, "c1")
 
     _, op = vms.drive(scenario)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from banger.daemon import vm_restore
 from banger.daemon.vm_layout import VMFiles
 from banger.daemon.vm_pool import WarmPool
 from banger.store import ImageRecord
-from tests.support.fake_snapshot import SnapshotFakeBackend, lean_vms
+from tests.support.fake_snapshot import SnapshotFakeBackend, pooled_lean_vms, until
 from tests.support.fake_vms import FakeVMs
 from tests.support.workspace_repo import make_repo
 
@@ -32,19 +32,8 @@ Pool = tuple[FakeVMs, SnapshotFakeBackend, ImageRecord]
 @pytest.fixture
 def pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pool]:
     monkeypatch.setattr(vm_restore, "IDENTITY_TIMEOUT", 1.0)
-    with lean_vms(tmp_path, warm_pool=1, default_vcpu=1, default_memory_mib=128,
-                  default_disk="8M") as (vms, backend, image):
-        vms.store.images.set_default("lean")
-        try:
-            yield vms, backend, image
-        finally:
-            vms.drive(vms.creator.pool.close)
-
-
-async def _until(what: Callable[[], bool], timeout: float = 10) -> None:
-    async with asyncio.timeout(timeout):
-        while not what():
-            await asyncio.sleep(0.01)
+    with pooled_lean_vms(tmp_path) as made:
+        yield made
 
 
 async def _filled(vms: FakeVMs, image: ImageRecord) -> WarmPool:
@@ -52,7 +41,7 @@ async def _filled(vms: FakeVMs, image: ImageRecord) -> WarmPool:
     await vms.creator.snapshots.warm(image, 1, 128)
     pool = vms.creator.pool
     pool.start()
-    await _until(lambda: pool.members == 1)
+    await until(lambda: pool.members == 1)
     return pool
 
 
@@ -73,7 +62,7 @@ def test_a_create_claims_the_member_takes_its_name_and_the_pool_refills(pool: Po
         p = await _filled(vms, image)
         before = _members(p)
         op = await _create(vms, "c0")
-        await _until(lambda: p.members == 1)  # refilled, one member at a time
+        await until(lambda: p.members == 1)  # refilled, one member at a time
         return before, op, _members(p)
 
     before, op, after = vms.drive(scenario)
@@ -197,7 +186,7 @@ def test_an_image_whose_agent_cannot_hold_leaves_the_pool_empty_and_nothing_behi
         await vms.creator.snapshots.warm(image, 1, 128)
         with structlog.testing.capture_logs() as logs:
             p.start()
-            await _until(lambda: any(e["event"] == "could not fill the warm pool" for e in logs))
+            await until(lambda: any(e["event"] == "could not fill the warm pool" for e in logs))
             await asyncio.sleep(0.05)
         return logs
 
@@ -230,12 +219,12 @@ def test_the_refill_waits_for_the_running_create_and_a_failed_claiming_create_le
         vms.guest.held.clear()
         vms.guest.wait_ready = held_ready  # type: ignore[method-assign]
         create = asyncio.ensure_future(_create(vms, "c3"))
-        await _until(lambda: bool(backend.named("agent name")))
+        await until(lambda: bool(backend.named("agent name")))
         await asyncio.sleep(0.3)  # time enough for a refill to start, were it allowed
         during = [c.vm_id for c in backend.named("launch")]
         gate.set()
         op = await create
-        await _until(lambda: p.members == 1)
+        await until(lambda: p.members == 1)
         return first, during, op
 
     first, during, op = vms.drive(scenario)
@@ -254,7 +243,7 @@ def test_a_dropped_snapshot_empties_the_pool(pool: Pool) -> None:
         await _filled(vms, image)
         [snap] = [m["id"] for m in vms.creator.snapshots.all()]
         await vms.creator.snapshots.invalidate(str(snap), "a test drops it")
-        await _until(lambda: p.members == 0 and not backend.live() and not _members(p))
+        await until(lambda: p.members == 0 and not backend.live() and not _members(p))
 
     vms.drive(scenario)
     assert _members(p) == [] and vms.leftovers() == []
@@ -276,7 +265,7 @@ def test_a_member_failing_to_restore_drops_the_snapshot_only_when_its_files_are_
 
     async def scenario() -> None:
         vms.creator.pool.start()
-        await _until(lambda: len(backend.named("restore_state")) >= 1 and not backend.live()
+        await until(lambda: len(backend.named("restore_state")) >= 1 and not backend.live()
                      and not _members(vms.creator.pool))
 
     vms.drive(scenario)
@@ -295,7 +284,7 @@ def test_a_workspace_create_claims_the_member_and_copies_the_repo_in_over_ssh(
     async def scenario() -> tuple[Operation, Operation, str]:
         p = await _filled(vms, image)
         ok = await _create(vms, "w1", workspace=WorkspaceRequest(path=str(repo.top)))
-        await _until(lambda: p.members == 1)
+        await until(lambda: p.members == 1)
         [member] = _members(p)
         vms.guest.root = None  # the next copy fails in the guest
         failed = await _create(vms, "w2", workspace=WorkspaceRequest(path=str(repo.top)))
@@ -304,7 +293,7 @@ def test_a_workspace_create_claims_the_member_and_copies_the_repo_in_over_ssh(
     ok, failed, claimed = vms.drive(scenario)
     assert ok.state is OperationState.SUCCEEDED, ok.error
     w1 = vms.vm("w1")
-    assert w1.started_from.endswith("(warm pool)") and w1.workspace is not None
+    assert str(w1.started_from).endswith("(warm pool)") and w1.workspace is not None
     assert [s.name for s in ok.stages][-3:] == ["stage", "pack", "copy"], ok.stages
     assert (tmp_path / "guest" / "root" / "repo" / "tracked.txt").read_bytes() == (
         b"v1 edited on the host\n")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -175,3 +175,26 @@ def lean_vms(tmp_path: Path, *, kernel_name: str | None = "k", **settings: Any
                                                  kernel_name=kernel_name, manifest=manifest))
         vms.store.kernels.set_default("k")
         yield vms, backend, image
+
+
+@contextmanager
+def pooled_lean_vms(tmp_path: Path, transport: Transport = "chardev"
+                    ) -> Iterator[tuple[FakeVMs, SnapshotFakeBackend, ImageRecord]]:
+    """``lean_vms`` with ``warm_pool = 1`` of a small default shape (1 vCPU, 128 MiB, 8 MiB
+    disk), ``lean`` the default image, the channel over ``transport``; the pool is closed
+    at the end."""
+    with lean_vms(tmp_path, warm_pool=1, default_vcpu=1, default_memory_mib=128,
+                  default_disk="8M") as (vms, backend, image):
+        backend.transport = transport
+        vms.store.images.set_default("lean")
+        try:
+            yield vms, backend, image
+        finally:
+            vms.drive(vms.creator.pool.close)
+
+
+async def until(what: Callable[[], bool], timeout: float = 10) -> None:
+    """Return once ``what()`` holds; TimeoutError after ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        while not what():
+            await asyncio.sleep(0.01)
