@@ -65,7 +65,10 @@ class VMWatcher:
         return vm
 
     async def destroy(self, vm: VMRecord) -> None:
-        """Kill, release and remove everything of ``vm``, its row last (idempotent)."""
+        """Kill, release and remove everything of ``vm``, its row last (idempotent). What
+        it holds is read from its row now: ``vm`` may be a copy from before it took its
+        TAP, address and VMM (a create's undo, registered first)."""
+        vm = self.rt.store.vms.find_key(vm.id) or vm
         handle = self.rt.handle(vm)
         if handle is not None:
             await self.rt.backend.shutdown(handle, graceful=False, timeout=0)

@@ -22,6 +22,7 @@ from banger.daemon import vm_restore
 from banger.daemon.vm_layout import VMFiles
 from banger.daemon.vm_pool import WarmPool
 from banger.store import ImageRecord
+from tests.support.fake_host_ops import RecordingHostOps
 from tests.support.fake_snapshot import SnapshotFakeBackend, pooled_lean_vms, until
 from tests.support.fake_vms import FakeVMs
 from tests.support.workspace_repo import make_repo
@@ -303,3 +304,38 @@ def test_a_workspace_create_claims_the_member_and_copies_the_repo_in_over_ssh(
         "banger.hostname=w2")  # it was claimed
     assert not (vms.settings.paths.vms / claimed).exists()
     assert [h.vm_id for h in backend.live()] == [w1.id]
+
+
+def test_on_taps_a_claim_adds_nat_and_a_failed_claiming_create_leaves_no_tap_or_nat(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TAP networking: a ``--nat`` create claims the member and puts its address in the NAT
+    set; a ``--nat`` create whose workspace copy then fails leaves neither the member's TAP
+    nor its NAT element (its undo reads what the VM holds from the row, not from the copy
+    it registered before the claim), so the next VM on that address gets no NAT."""
+    monkeypatch.setattr(vm_restore, "IDENTITY_TIMEOUT", 1.0)
+    host = RecordingHostOps()
+    repo = make_repo(tmp_path)
+    with pooled_lean_vms(tmp_path, host_ops=host) as (vms, _backend, image):
+        vms.guest.root = tmp_path / "guest"
+        bridge = vms.settings.bridge_name
+
+        async def scenario() -> tuple[Operation, Operation, str, str]:
+            p = await _filled(vms, image)
+            ok = await _create(vms, "n1", nat=True)
+            await until(lambda: p.members == 1)
+            tap = p._members[0].vm.tap_name
+            assert tap is not None and tap in host.taps
+            vms.guest.root = None  # the copy fails in the guest
+            failed = await _create(vms, "n2", nat=True,
+                                   workspace=WorkspaceRequest(path=str(repo.top)))
+            return ok, failed, tap, str(p._members[0].vm.guest_ip) if p._members else ""
+
+        ok, failed, tap, _ = vms.drive(scenario)
+        n1 = vms.vm("n1")
+        assert ok.state is OperationState.SUCCEEDED, ok.error
+        assert str(n1.started_from).endswith("(warm pool)") and n1.tap_name in host.taps
+        assert failed.state is OperationState.FAILED and vms.store.vms.find("n2") is None
+        assert tap not in host.taps  # the claimed member's TAP went with its VM
+        assert host.nat.get(bridge, set()) == {n1.guest_ip}  # n2's address left the set
+        vms.drive(lambda: vms.run(vms.service.delete("n1")))
+        assert host.nat.get(bridge, set()) == set() and n1.tap_name not in host.taps

@@ -30,6 +30,7 @@ from banger.store import ImageRecord
 from banger.vmm.base import Handle, SnapshotCapable, StopOutcome
 from banger.vmm.channel import Channel
 from tests.support.fake_backend import FakeBackend
+from tests.support.fake_host_ops import RecordingHostOps
 from tests.support.fake_vms import FakeVMs, fake_vms
 
 STATE_BYTES = b"fake guest state\n"
@@ -178,13 +179,14 @@ def lean_vms(tmp_path: Path, *, kernel_name: str | None = "k", **settings: Any
 
 
 @contextmanager
-def pooled_lean_vms(tmp_path: Path, transport: Transport = "chardev"
+def pooled_lean_vms(tmp_path: Path, transport: Transport = "chardev",
+                    host_ops: RecordingHostOps | None = None,
                     ) -> Iterator[tuple[FakeVMs, SnapshotFakeBackend, ImageRecord]]:
     """``lean_vms`` with ``warm_pool = 1`` of a small default shape (1 vCPU, 128 MiB, 8 MiB
-    disk), ``lean`` the default image, the channel over ``transport``; the pool is closed
-    at the end."""
+    disk), ``lean`` the default image, the channel over ``transport``, TAP networking
+    through ``host_ops`` if given; the pool is closed at the end."""
     with lean_vms(tmp_path, warm_pool=1, default_vcpu=1, default_memory_mib=128,
-                  default_disk="8M") as (vms, backend, image):
+                  default_disk="8M", host_ops=host_ops) as (vms, backend, image):
         backend.transport = transport
         vms.store.images.set_default("lean")
         try:

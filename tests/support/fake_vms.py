@@ -9,6 +9,7 @@ every state change the store makes is recorded in ``transitions``.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Coroutine, Iterator
@@ -28,6 +29,7 @@ from banger.daemon.vm_network import VMNetwork
 from banger.daemon.vm_runtime import VMRuntime
 from banger.daemon.vm_service import VMService
 from banger.daemon.workspace_service import WorkspaceService
+from banger.host import net
 from banger.host.privileged import CheckedHostOps
 from banger.images.manifest import ROOTFS_NAME
 from banger.store import ImageRecord, KernelRecord, Store, VMRecord
@@ -140,10 +142,11 @@ class FakeVMs:
 @contextmanager
 def fake_vms(
     tmp_path: Path, traits: BackendTraits | None = None, *, fake: FakeBackend | None = None,
-    **settings_values: Any,
+    host_ops: RecordingHostOps | None = None, **settings_values: Any,
 ) -> Iterator[FakeVMs]:
     """The VM services on a fake backend (``fake``, else one with QEMU's traits unless
-    given), in ``tmp_path``, with any other ``Settings`` values given.
+    given), in ``tmp_path``, with any other ``Settings`` values given. User-mode
+    networking, or with ``host_ops`` TAP networking whose host operations it records.
 
     Every fake VMM is killed at the end.
     """
@@ -160,8 +163,10 @@ def fake_vms(
         rootfs.truncate(1 << 20)
     store.images.add(ImageRecord(IMAGE_ID, "img", "test", image_dir, kernel_name="k"))
     backend = fake or (FakeBackend() if traits is None else FakeBackend.with_traits(traits))
-    inner = VMNetwork(store, settings.bridge_name, settings.bridge_cidr, "test-owner",
-                      frozenset({NetMode.USER}), CheckedHostOps(RecordingHostOps()))
+    inner = VMNetwork(store, settings.bridge_name, settings.bridge_cidr,
+                      net.owner_alias(os.getuid(), str(settings.paths.state_dir)),
+                      frozenset({NetMode.TAP if host_ops else NetMode.USER}),
+                      CheckedHostOps(host_ops or RecordingHostOps()))
     vms = FakeVMs(settings, store, backend, FakeGuest(backend),
                   RecordingNetwork(inner, backend.calls))
     try:
