@@ -5,8 +5,11 @@
   once no create is in flight (or after 30 s of them), one background build at
   a time across all shapes, the template's VMM at the lowest CPU priority, and
   none (logged) while the disk under ``snapshots/`` has less free space than
-  the guest's memory plus ``DISK_RESERVE``. A failure is logged; the daemon's
-  shutdown cancels a build (its ``.tmp-*`` and template go with it).
+  the guest's memory plus ``DISK_RESERVE``. A failure is logged, and that key is
+  not built in the background again while the daemon runs (an image whose guest
+  cannot serve a template would otherwise boot one after every cold create);
+  ``banger image warm`` still tries. The daemon's shutdown cancels a build (its
+  ``.tmp-*`` and template go with it).
 - Whenever a VM starts, stops or is deleted, snapshots stale for good that no
   VM's root is backed by any more are removed (``Snapshots.prune``: one at a
   time).
@@ -42,6 +45,7 @@ class SnapshotKeeper:
         self._tasks = BackgroundTasks()
         self._creates = 0
         self._pending: set[str] = set()  # key ids a background build is queued or running for
+        self._failed: set[str] = set()  # key ids whose background build failed
         self._sweep_queued = False
         self._building = asyncio.Lock()  # one background build at a time, across shapes
         self._closed = False  # after aclose nothing new starts
@@ -79,7 +83,7 @@ class SnapshotKeeper:
         except BangerError as exc:
             log.warning("no background snapshot: no key", image=image.name, error=exc.message)
             return
-        if key.id in self._pending or snaps.find(key) is not None:
+        if key.id in self._pending or key.id in self._failed or snaps.find(key) is not None:
             return
         self._pending.add(key.id)
         try:
@@ -91,9 +95,11 @@ class SnapshotKeeper:
                 snap_id = await snaps.warm(image, vcpu, memory_mib, background=True)
             log.info("snapshot made in the background", snapshot=snap_id, image=image.name)
         except Exception as exc:  # noqa: BLE001 - a background task: logged, never raised
+            self._failed.add(key.id)
             log.warning("background snapshot failed", image=image.name, vcpu=vcpu,
                         memory_mib=memory_mib, error=getattr(exc, "message", repr(exc)),
-                        hint=getattr(exc, "hint", None))
+                        hint=getattr(exc, "hint", None),
+                        next_try="banger image warm (none in the background until a restart)")
         finally:
             self._pending.discard(key.id)
 

@@ -154,6 +154,14 @@ def test_a_failed_background_build_is_logged_and_leaves_nothing(lean: Lean) -> N
     assert [e["error"] for e in failed] == ["No space left on device"], logs
     assert _snapshot_dirs(vms) == []  # no .tmp-* either
     assert [h.vm_id for h in backend.live()] == [vms.vm("c0").id]  # the template is gone
+    # that shape is not built in the background again (a guest that cannot serve a template
+    # would boot one after every cold create); image warm still tries
+    assert vms.drive(lambda: _create(vms, "c1")).state is OperationState.SUCCEEDED
+    vms.drive(lambda: _settle(vms))
+    assert _templates(backend).count("launch") == 1, _templates(backend)
+    backend.save_error = None
+    vms.drive(lambda: vms.creator.snapshots.warm(vms.store.images.get("lean"), 1, 128))
+    assert _templates(backend).count("launch") == 2 and len(_snapshot_dirs(vms)) == 1
 
 
 def test_closing_the_daemon_cancels_a_build_and_leaves_nothing(lean: Lean) -> None:
