@@ -83,19 +83,23 @@ class Channel:
                 writer.write(request)
                 await writer.drain()
                 raw = await reader.readuntil(b"\n")
-            except asyncio.IncompleteReadError as exc:
+            except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as exc:
                 writer.close()
-                if exc.partial:
+                partial = getattr(exc, "partial", b"")
+                if partial:
                     raise GuestError(f"the vsock handshake on {self.path.name} was cut off "
-                                     f"after {_shown(exc.partial)}",
+                                     f"after {_shown(partial)}",
                                      hint=_HANDSHAKE_HINT) from exc
-                await asyncio.sleep(RETRY_PAUSE)  # closed unanswered: nobody listens yet
+                await asyncio.sleep(RETRY_PAUSE)  # closed or reset unanswered: nobody listens yet
                 continue
             except (asyncio.LimitOverrunError, OSError) as exc:
                 writer.close()
                 raise GuestError(f"the vsock handshake on {self.path.name} failed: "
                                  f"{type(exc).__name__} (an over-long or lost answer)",
                                  hint=_HANDSHAKE_HINT) from exc
+            except BaseException:  # the request's deadline (or a cancel): nothing left open
+                writer.close()
+                raise
             if not _HANDSHAKE_OK.fullmatch(raw[:-1].decode("ascii", "replace")):
                 writer.close()
                 raise GuestError(f"the VM's vsock answered CONNECT {self.vsock_port} with "

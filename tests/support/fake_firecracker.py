@@ -29,6 +29,7 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -151,13 +152,15 @@ class FakeHybridVsock:
 
     Hostile or early answers for tests: ``answer`` replaces the ``OK`` line (raw
     bytes, sent as they are, then the connection closes); the first ``refusals``
-    connections are closed unanswered (nothing listens in the guest yet).
+    connections are closed unanswered (nothing listens in the guest yet), the first
+    ``resets`` of those with the ``CONNECT`` line unread (the host sees a reset).
     """
 
     def __init__(self, path: Path, *, port: int = 52, running: threading.Event | None = None,
-                 answer: bytes | None = None, refusals: int = 0,
+                 answer: bytes | None = None, refusals: int = 0, resets: int = 0,
                  api: FakeFirecrackerApi | None = None) -> None:
         self.path, self.port, self.answer, self.refusals = path, port, answer, refusals
+        self.resets = resets
         self.running = running if running is not None else threading.Event()
         if running is None:
             self.running.set()
@@ -180,6 +183,11 @@ class FakeHybridVsock:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        if self.connects < self.resets:
+            self.connects += 1
+            time.sleep(0.05)  # the CONNECT line has arrived, unread: closing resets
+            conn.close()
+            return
         with conn, conn.makefile("rwb", buffering=0) as f:
             hello = f.readline(64)
             self.connects += 1

@@ -54,6 +54,12 @@ def test_connections_closed_unanswered_are_tried_again_until_the_agent_listens(
     assert fake.connects == 4
 
 
+def test_connections_reset_unanswered_are_tried_again_too(sock: Path) -> None:
+    fake = FakeHybridVsock(sock, refusals=2, resets=2)
+    assert asyncio.run(_ask(sock, "ping")) == ["pong"]
+    assert fake.connects == 3
+
+
 def test_an_agent_that_never_accepts_is_a_guest_error_within_the_deadline(sock: Path) -> None:
     FakeHybridVsock(sock, refusals=10**6)
     with pytest.raises(GuestError, match="accepted no connection on vsock port 52") as err:
