@@ -220,3 +220,49 @@ def test_the_vsock_listener_binds_its_port_for_any_cid(root: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def _listener_over_unix(path: Path) -> str:
+    """The agent's vsock listener with only its socket and bind swapped for a Unix socket at
+    ``path`` (no vsock loopback here): its accept loop, fd 3 handoff and exits as they are."""
+    text = AGENT.decode()
+    start = text.index("AGENT_VSOCK_PL='") + len("AGENT_VSOCK_PL='")
+    perl = text[start:text.index("'\n", start)]
+    vsock_socket = "socket(my $l, 40, 1, 0)"
+    vsock_bind = 'bind($l, pack("S S L L C x3", 40, 0, $port, 0xFFFFFFFF, 0))'
+    assert vsock_socket in perl and vsock_bind in perl, "the listener changed: update this test"
+    return perl.replace(vsock_socket, "socket(my $l, 1, 1, 0)").replace(
+        vsock_bind, f'bind($l, pack("S a108", 1, "{path}"))')
+
+
+def test_the_listener_serves_one_connection_at_a_time_and_ends_when_the_agent_is_done(
+        root: Path, tmp_path: Path) -> None:
+    if shutil.which("perl") is None:
+        pytest.skip("no perl on this host")
+    path = tmp_path / "l.sock"
+    shell = (root / ".shell").read_text().splitlines()
+    env = {"PATH": "/usr/bin:/bin", "BANGER_ROOT": str(root), "AGENT_SERVE": "1",
+           "BANGER_BOOTSTRAP": str(root / "bootstrap"), "BANGER_CMDLINE": str(root / "id")}
+    for d in ("run/banger", "proc/sys/kernel", "etc"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    agent_sh = tmp_path / "agent.sh"  # perl runs `/bin/sh AGENT`: this shell, this agent
+    agent_sh.write_text(f'exec {" ".join(shell)} {root / "agent"}\n')
+    proc = subprocess.Popen(["perl", "-e", _listener_over_unix(path), str(agent_sh), "52"],
+                            env=env, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        assert proc.stderr.readline().startswith(b"banger-agent: listening")
+        for _ in range(2):  # a host that hangs up (a template's ping) is served again
+            with socket.socket(socket.AF_UNIX) as c, c.makefile("rwb", buffering=0) as f:
+                c.connect(os.fspath(path))
+                f.write(b"ping\n")
+                assert f.readline() == b"pong\n"
+        with socket.socket(socket.AF_UNIX) as c, c.makefile("rwb", buffering=0) as f:
+            c.connect(os.fspath(path))
+            f.write(b"name banger.hostname=box\n")  # a held clone's last request
+            assert f.readline() == b"ok\n"
+        assert proc.wait(timeout=10) == 0  # the agent is done: so is the listener
+        assert (root / "etc/hostname").read_text() == "box\n"
+    finally:
+        proc.kill()
+        proc.wait()
