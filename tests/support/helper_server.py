@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,3 +34,18 @@ def serve_helper(owner: Owner, transport: Any, path: Path) -> Iterator[HelperHos
         server.server_close()
         thread.join()
         shutil.rmtree(run_dir)
+
+
+@contextmanager
+def owner_of(uid: int) -> Iterator[Owner]:
+    """Owner ``someone`` (``uid``) with a state and a run dir of its own (its own when we are
+    root), removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="bgowner-"))
+    for d in ("state", "run"):
+        (base / d).mkdir()
+        if os.geteuid() == 0:
+            os.chown(base / d, uid, uid)
+    try:
+        yield Owner("someone", uid, uid, (base / "state", base / "run"))
+    finally:
+        shutil.rmtree(base)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from banger.host import blockdev
 from banger.host.helper_client import HelperHostOps
 from banger.host.privileged import CheckedHostOps
 from tests.support.fake_host_ops import RecordingHostOps
-from tests.support.helper_server import serve_helper
+from tests.support.helper_server import owner_of, serve_helper
 from tests.unit.test_helper import raw
 
 UID = 4321  # the owner of these tests' helper: never this process (root or not)
@@ -33,13 +31,8 @@ JAIL_ID = "bgj-0123456789ab"
 
 @pytest.fixture
 def owner() -> Iterator[Owner]:
-    base = Path(tempfile.mkdtemp(prefix="bgfc-"))
-    for d in ("state", "run"):
-        (base / d).mkdir()
-        if os.geteuid() == 0:
-            os.chown(base / d, UID, UID)  # the owner's dirs are the owner's
-    yield Owner("someone", UID, UID, (base / "state", base / "run"))
-    shutil.rmtree(base)
+    with owner_of(UID) as made:
+        yield made
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from banger.host.helper_client import HelperHostOps
 from banger.host.jailer import JailConfig, jailer_argv
 from banger.host.privileged import InProcessHostOps
 from tests.support.fake_host_ops import RecordingHostOps
-from tests.support.helper_server import serve_helper
+from tests.support.helper_server import owner_of, serve_helper
 
 UID = 4321
 JAIL_ID = "bgj-0123456789ab"
@@ -33,11 +33,8 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: dirs of r
 
 @pytest.fixture
 def owner() -> Iterator[Owner]:
-    base = Path(tempfile.mkdtemp(prefix="bgjo-"))
-    for d in ("state", "run"):
-        (base / d).mkdir()
-    yield Owner("someone", UID, UID, (base / "state", base / "run"))
-    shutil.rmtree(base)
+    with owner_of(UID) as made:
+        yield made
 
 
 @pytest.fixture
