@@ -39,7 +39,14 @@ from banger.host.privileged import HostOps, host_ops_for
 from banger.host.probes import find_tool
 from banger.host.run import kill_detached, run, spawn_detached
 from banger.vmm import firecracker_api as api
-from banger.vmm.base import Handle, StopOutcome, VmmProcess, adopt_vmm, log_tail
+from banger.vmm.base import (
+    Handle,
+    StopOutcome,
+    VmmProcess,
+    adopt_vmm,
+    log_tail,
+    open_snapshot_file,
+)
 from banger.vmm.channel import Channel
 from banger.vmm.firecracker_client import FirecrackerClient, FirecrackerFault
 from banger.vmm.traits import TRAITS, BackendTraits
@@ -200,9 +207,12 @@ class FirecrackerBackend(VmmProcess):
         if spec is None or spec.snapshot_role != "clone":
             raise SnapshotUnusable(f"VM {handle.vm_id} was not launched as a clone")
         del self._snapshot_specs[handle.vm_id]
-        for path in (src, api.memory_file(spec)):
-            if not path.is_file():
-                raise SnapshotDamaged(f"the saved state lacks {path.name}")
+        for path, what in ((src, "state"), (api.memory_file(spec), "memory")):
+            try:  # checked as QEMU's clone opens them: never through a symbolic link
+                os.close(open_snapshot_file(path, what))
+            except SnapshotDamaged as exc:
+                raise SnapshotDamaged(f"the saved state lacks {path.name} ({exc.message})",
+                                      hint=exc.hint) from exc
         try:
             await self._client(handle, LOAD_TIMEOUT).call(api.snapshot_load(spec, src))
         except BangerError as exc:
