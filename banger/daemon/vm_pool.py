@@ -5,8 +5,8 @@ A member is a clone whose host-side identity is made when it is filled: an id
 (so its files are already the VM's own, ``vms/<id>/`` and ``runtime_dir/vms/<id>/``),
 a held guest address and a TAP, its MAC, a root overlay on the snapshot's root, a
 work disk with the owner's key, a fresh host key (pinned in its ``known_hosts``)
-and the git identity. Its VMM was launched with ``-incoming defer``, the state
-loaded, and the guest ran just long enough to take all that identity from its
+and the git identity. Its VMM was launched as a clone (waiting for its state), the
+state loaded, and the guest ran just long enough to take all that identity from its
 agent (address, MAC, RNG reseed, machine-id, ``/root``, sshd's host key) and for
 sshd to accept our key over the VM's shared SSH connection, held open (no
 keepalives: ``ssh_argv(held=True)``); it is paused again with its agent waiting on
@@ -33,13 +33,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import structlog
 
 from banger.core.errors import BangerError, GuestError, HostToolError, SnapshotDamaged
 from banger.core.names import ID_RE, new_id
-from banger.core.publish import PublishedPort
 from banger.core.states import NetMode
 from banger.core.validate import parse_size
 from banger.core.vmspec import NetSpec
@@ -58,30 +57,14 @@ from banger.store.records import ImageRecord, VMRecord
 from banger.vmm.base import Handle, SnapshotCapable
 from banger.vmm.channel import Channel
 
+if TYPE_CHECKING:  # vm_create imports this module
+    from banger.daemon.vm_create import CreatePlan
+
 log = structlog.get_logger("banger.daemon.vm_pool")
 
 MEMBER_NAME = "banger-pool"  # a member's hostname until a create names it
 
 MakeDisks = Callable[[VMRecord, ImageRecord, Path | None], Awaitable[None]]
-
-
-class Wanted(Protocol):
-    """What a create asks for (``vm_create.CreatePlan``)."""
-
-    @property
-    def vcpu(self) -> int: ...
-    @property
-    def memory_mib(self) -> int: ...
-    @property
-    def disk_bytes(self) -> int: ...
-    @property
-    def start(self) -> bool: ...
-    @property
-    def cold(self) -> bool: ...
-    @property
-    def nat(self) -> bool: ...
-    @property
-    def ports(self) -> tuple[PublishedPort, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -109,7 +92,7 @@ class Member:
     handed_over: bool = False  # a VM row holds it now (its create's undo destroys it)
 
 
-def why_not_served(want: Wanted, image: ImageRecord | None, shape: Shape, *,
+def why_not_served(want: CreatePlan, image: ImageRecord | None, shape: Shape, *,
                    user_net: bool) -> str | None:
     """Why a member of ``shape`` cannot be this create's VM, or None when it can. A workspace
     goes in over SSH after the claim; NAT and published ports are host rules added then,
@@ -281,7 +264,7 @@ class WarmPool:
         assert isinstance(backend, SnapshotCapable)
         await backend.pause(handle)
 
-    async def take(self, want: Wanted, image: ImageRecord | None) -> Member | None:
+    async def take(self, want: CreatePlan, image: ImageRecord | None) -> Member | None:
         """A member to be this create's VM, or None (the create goes on without the pool)."""
         if not self._members:
             return None
