@@ -239,10 +239,6 @@ class Snapshots:
                 out.append({"id": d.name, **meta, "stale": self.judge(meta)[0]})
         return out
 
-    def stale_why(self, meta: dict[str, object]) -> str | None:
-        """Why the snapshot ``meta`` describes cannot be restored now, or None."""
-        return self.judge(meta)[0]
-
     def judge(self, meta: dict[str, object]) -> tuple[str | None, bool]:
         """Why the snapshot ``meta`` describes cannot be restored now (None: it can), and
         whether that is for good (prune removes it). Kept: one made under another backend,

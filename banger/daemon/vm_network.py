@@ -144,8 +144,6 @@ class VMNetwork:
             await asyncio.to_thread(self.check_ports_free, vm.published)
             port = net.free_loopback_port()
             return UserNet(ssh_host_port=port, mac=mac, forwards=vm.published), None, port
-        if vm.nat:
-            self.nat.check_available()
         pool = await self._tap_pool()
         assert vm.guest_ip is not None
         async with contextlib.AsyncExitStack() as undo:
