@@ -214,14 +214,14 @@ def net_args(spec: VMSpec) -> list[str]:
     return args
 
 
-def hostname_arg(spec: VMSpec) -> str:
+def hostname_arg(name: str) -> str:
     """``banger.hostname=NAME``: the guest's hostname (kernel command line or the agent)."""
-    return f"banger.hostname={_check_token(spec.name, 'hostname')}"
+    return f"banger.hostname={_check_token(name, 'hostname')}"
 
 
 def clone_identity(spec: VMSpec) -> list[str]:
     """What a clone's agent applies after a restore: hostname, network and its own MAC."""
-    args = [hostname_arg(spec), *net_args(spec)]
+    args = [hostname_arg(spec.name), *net_args(spec)]
     if spec.net is not None:
         args.append(f"banger.mac={spec.net.mac}")
     return args
@@ -233,7 +233,7 @@ def kernel_cmdline(spec: VMSpec) -> str:
     args = ["console=ttyS0", "root=/dev/vda", "rw", "reboot=k", "panic=-1"]
     if spec.quiet:
         args.append("quiet")
-    args.append(hostname_arg(spec))
+    args.append(hostname_arg(spec.name))
     # A template has no address: each clone gets its own over the control channel.
     args += ["banger.agent=1"] if spec.snapshot_role == "template" else net_args(spec)
     if spec.init is not None:

@@ -41,7 +41,6 @@ from banger.core.errors import BangerError, GuestError, HostToolError, SnapshotD
 from banger.core.names import ID_RE, new_id
 from banger.core.states import NetMode
 from banger.core.validate import parse_size
-from banger.core.vmspec import NetSpec
 from banger.daemon.background import BackgroundTasks
 from banger.daemon.operations import OperationContext
 from banger.daemon.snapshots import Snapshots
@@ -86,7 +85,6 @@ class Member:
     vm: VMRecord  # its row to be (not stored): id, address, MAC, TAP, SSH port
     shape: Shape
     snapshot: Path
-    net: NetSpec
     handle: Handle
     channel: Channel
     handed_over: bool = False  # a VM row holds it now (its create's undo destroys it)
@@ -257,7 +255,7 @@ class WarmPool:
                                       deadline=time.monotonic() + rt.settings.ssh_ready_timeout)
             await self._pause(handle)
             undo.pop_all()
-        return Member(vm, shape, snapshot, net, handle, channel)
+        return Member(vm, shape, snapshot, handle, channel)
 
     async def _pause(self, handle: Handle) -> None:
         backend = self.rt.backend
@@ -305,9 +303,8 @@ class WarmPool:
         try:
             with ctx.stage("restore"):
                 ctx.detail("claimed from the warm pool")
-                spec = dataclasses.replace(rt.spec(vm, member.net), snapshot_role="clone")
                 try:
-                    await give_name(rt.backend, member.handle, spec, member.channel)
+                    await give_name(rt.backend, member.handle, vm.name, member.channel)
                 finally:
                     await member.channel.close()
         except (GuestError, HostToolError) as exc:

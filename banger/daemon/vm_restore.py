@@ -89,12 +89,12 @@ async def give_identity(backend: Backend, handle: Handle, spec: VMSpec, channel:
                          hint="rebuild or re-import the image, then banger image warm")
 
 
-async def give_name(backend: Backend, handle: Handle, spec: VMSpec, channel: Channel) -> None:
-    """Run a held clone (paused since ``give_identity``) and give it ``spec``'s hostname and
-    the wall clock (it stood still while paused)."""
+async def give_name(backend: Backend, handle: Handle, name: str, channel: Channel) -> None:
+    """Run a held clone (paused since ``give_identity``) and give it the hostname ``name``
+    and the wall clock (it stood still while paused)."""
     assert isinstance(backend, SnapshotCapable)
     await backend.resume(handle)
-    line = f"name {hostname_arg(spec)} banger.time={time.time():.6f}"
+    line = f"name {hostname_arg(name)} banger.time={time.time():.6f}"
     reply = await channel.request(line, timeout=IDENTITY_TIMEOUT)
     if reply != "ok":
         raise GuestError(f"the warm pool's guest could not take its name: {reply[:120]}")

@@ -239,7 +239,7 @@ def test_a_held_clone_keeps_its_vsock_connection_across_a_pause(short_dir: Path)
         try:
             await vm_restore.give_identity(rig.backend, handle, clone, channel, hold=True)
             await rig.backend.pause(handle)  # a warm pool member
-            await vm_restore.give_name(rig.backend, handle, clone, channel)
+            await vm_restore.give_name(rig.backend, handle, clone.name, channel)
         finally:
             await channel.close()
 
