@@ -17,12 +17,17 @@ from typing import Any
 
 import pytest
 
-from banger.api.models import Operation, OperationState, VMCreateRequest
+from banger.api.models import OperationState
 from banger.core.vmspec import UserNet
 from banger.daemon import vm_restore
 from banger.daemon.snapshots import Snapshots
 from banger.store import ImageRecord
-from tests.support.fake_snapshot import SnapshotFakeBackend, lean_vms
+from tests.support.fake_snapshot import (
+    SnapshotFakeBackend,
+    create_lean,
+    lean_vms,
+    warm_small,
+)
 from tests.support.fake_vms import FakeVMs
 
 
@@ -34,21 +39,15 @@ def snap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         yield made
 
 
-async def _create(vms: FakeVMs, name: str) -> Operation:
-    req = VMCreateRequest(name=name, image="lean", vcpu=1, memory_mib=128, disk="8M")
-    _, work = await vms.creator.create(req)
-    return await vms.run(work, "vm.create")
 
 
-def _warm(vms: FakeVMs, image: ImageRecord) -> str:
-    return vms.drive(lambda: vms.creator.snapshots.warm(image, 1, 128))
 
 
 def test_a_clone_from_the_snapshot_restores(
         snap: tuple[FakeVMs, SnapshotFakeBackend, ImageRecord]) -> None:
     vms, backend, image = snap
-    snap_id = _warm(vms, image)
-    op = vms.drive(lambda: _create(vms, "c0"))
+    snap_id = warm_small(vms, image)
+    op = vms.drive(lambda: create_lean(vms, "c0"))
     assert op.state is OperationState.SUCCEEDED, op.error
     assert vms.vm("c0").started_from == f"snapshot {snap_id}"
     assert [c.name for c in backend.named("restore_state", "agent identity")] == [
@@ -62,9 +61,9 @@ def test_a_clone_from_the_snapshot_restores(
 def test_a_clone_whose_agent_does_not_confirm_is_killed_and_boots_cold(
         snap: tuple[FakeVMs, SnapshotFakeBackend, ImageRecord], agent: str, why: str) -> None:
     vms, backend, image = snap
-    snap_id = _warm(vms, image)
+    snap_id = warm_small(vms, image)
     backend.agent = agent  # type: ignore[assignment]
-    op = vms.drive(lambda: _create(vms, "c1"))
+    op = vms.drive(lambda: create_lean(vms, "c1"))
     assert op.state is OperationState.SUCCEEDED, op.error
     vm = vms.vm("c1")
     assert vm.started_from == f"cold (snapshot {snap_id} failed: {why})"
@@ -99,9 +98,9 @@ def test_a_snapshot_whose_memory_file_is_damaged_boots_cold_without_launching_a_
     """QEMU would create a missing memory file (a clone of zeroes) and follow a link: the
     file is checked first; the create boots cold saying why, and the snapshot is dropped."""
     vms, backend, image = snap
-    snap_id = _warm(vms, image)
+    snap_id = warm_small(vms, image)
     damage(vms.creator.snapshots.dir(snap_id) / "ram")
-    op = vms.drive(lambda: _create(vms, "c3"))
+    op = vms.drive(lambda: create_lean(vms, "c3"))
     assert op.state is OperationState.SUCCEEDED, op.error
     vm = vms.vm("c3")
     assert vm.started_from is not None
@@ -115,9 +114,9 @@ def test_a_snapshot_whose_memory_file_is_damaged_boots_cold_without_launching_a_
 def test_a_snapshot_without_its_memory_file_is_not_found(
         snap: tuple[FakeVMs, SnapshotFakeBackend, ImageRecord]) -> None:
     vms, backend, image = snap
-    snap_id = _warm(vms, image)
+    snap_id = warm_small(vms, image)
     (vms.creator.snapshots.dir(snap_id) / "ram").unlink()
-    op = vms.drive(lambda: _create(vms, "c4"))
+    op = vms.drive(lambda: create_lean(vms, "c4"))
     assert op.state is OperationState.SUCCEEDED, op.error
     assert vms.vm("c4").started_from == (
         "cold (no snapshot of this shape: banger image warm makes one)")
@@ -127,10 +126,10 @@ def test_a_snapshot_without_its_memory_file_is_not_found(
 def test_when_the_cold_boot_fails_too_the_create_fails_with_its_error(
         snap: tuple[FakeVMs, SnapshotFakeBackend, ImageRecord]) -> None:
     vms, backend, image = snap
-    _warm(vms, image)
+    warm_small(vms, image)
     backend.agent = "silent"
     vms.guest.ready = False  # the cold boot's guest never lets SSH in either
-    op = vms.drive(lambda: _create(vms, "c2"))
+    op = vms.drive(lambda: create_lean(vms, "c2"))
     assert op.state is OperationState.FAILED
     assert op.error is not None and "identity" not in op.error.message, op.error
     assert backend.live() == [] and vms.store.vms.find("c2") is None

@@ -16,13 +16,19 @@ from pathlib import Path
 import pytest
 import structlog
 
-from banger.api.models import Operation, OperationState, VMCreateRequest
+from banger.api.models import OperationState
 from banger.core.errors import HostToolError
 from banger.daemon import snapshot_keeper
 from banger.daemon.artifact_routes import snapshot_info
 from banger.store import ImageRecord, KernelRecord
 from banger.vmm.qemu import QemuBackend
-from tests.support.fake_snapshot import SnapshotFakeBackend, lean_vms
+from tests.support.fake_snapshot import (
+    SnapshotFakeBackend,
+    create_lean,
+    lean_vms,
+    settle,
+    warm_small,
+)
 from tests.support.fake_vms import FakeVMs
 
 Lean = tuple[FakeVMs, SnapshotFakeBackend, ImageRecord]
@@ -34,18 +40,8 @@ def lean(tmp_path: Path) -> Iterator[Lean]:
         yield made
 
 
-async def _create(vms: FakeVMs, name: str, *extra: str) -> Operation:
-    req = VMCreateRequest(name=name, image="lean", vcpu=1, memory_mib=128, disk="8M",
-                          cold="--cold" in extra)
-    _, work = await vms.creator.create(req)
-    return await vms.run(work, "vm.create")
 
 
-async def _settle(vms: FakeVMs, timeout: float = 10) -> None:
-    """Until no background build or sweep is queued or running."""
-    async with asyncio.timeout(timeout):
-        while vms.creator.keeper.busy:
-            await asyncio.sleep(0.01)
 
 
 def _templates(backend: SnapshotFakeBackend) -> list[str]:
@@ -59,19 +55,19 @@ def _snapshot_dirs(vms: FakeVMs) -> list[str]:
 
 def test_a_cold_create_makes_the_snapshot_in_the_background_for_the_next(lean: Lean) -> None:
     vms, backend, _ = lean
-    op = vms.drive(lambda: _create(vms, "c0"))
+    op = vms.drive(lambda: create_lean(vms, "c0"))
     assert op.state is OperationState.SUCCEEDED, op.error
     assert vms.vm("c0").started_from == "cold (no snapshot of this shape: banger image warm " \
                                          "makes one)"
     assert _templates(backend) == []  # nothing of the build ran while the create did
-    vms.drive(lambda: _settle(vms))
+    vms.drive(lambda: settle(vms))
     assert _templates(backend)[:1] == ["launch"] and len(backend.named("save_state")) == 1
     [snap_id] = _snapshot_dirs(vms)
-    op = vms.drive(lambda: _create(vms, "c1"))
+    op = vms.drive(lambda: create_lean(vms, "c1"))
     assert vms.vm("c1").started_from == f"snapshot {snap_id}"
     # --cold and a VM started from the snapshot make nothing more
-    vms.drive(lambda: _create(vms, "c2", "--cold"))
-    vms.drive(lambda: _settle(vms))
+    vms.drive(lambda: create_lean(vms, "c2", cold=True))
+    vms.drive(lambda: settle(vms))
     assert len(backend.named("save_state")) == 1
     assert [h.vm_id for h in backend.live()] == [vms.vm(n).id for n in ("c0", "c1", "c2")]
 
@@ -80,9 +76,9 @@ def test_two_cold_creates_of_one_shape_make_one_snapshot(lean: Lean) -> None:
     vms, backend, _ = lean
 
     async def both() -> None:
-        ops = await asyncio.gather(_create(vms, "c0"), _create(vms, "c1"))
+        ops = await asyncio.gather(create_lean(vms, "c0"), create_lean(vms, "c1"))
         assert all(op.state is OperationState.SUCCEEDED for op in ops), ops
-        await _settle(vms)
+        await settle(vms)
 
     vms.drive(both)
     assert len(backend.named("save_state")) == 1
@@ -105,7 +101,7 @@ def test_the_build_waits_until_no_create_is_in_flight(lean: Lean) -> None:
         assert _templates(backend) == []  # a create is in flight: the template waits
         release.set()
         await vms.registry.join(op.id)
-        await _settle(vms)
+        await settle(vms)
 
     vms.drive(scenario)
     assert len(backend.named("save_state")) == 1
@@ -130,7 +126,7 @@ def test_a_stream_of_creates_does_not_hold_the_build_off_forever(
                 await asyncio.sleep(0.01)
         release.set()
         await vms.registry.join(op.id)
-        await _settle(vms)
+        await settle(vms)
 
     vms.drive(scenario)
     assert len(_snapshot_dirs(vms)) == 1
@@ -138,8 +134,8 @@ def test_a_stream_of_creates_does_not_hold_the_build_off_forever(
 
 def test_the_switch_off_makes_no_snapshot(tmp_path: Path) -> None:
     with lean_vms(tmp_path, kernel_name=None, snapshot_on_cold_create=False) as (vms, b, _):
-        assert vms.drive(lambda: _create(vms, "c0")).state is OperationState.SUCCEEDED
-        vms.drive(lambda: _settle(vms))
+        assert vms.drive(lambda: create_lean(vms, "c0")).state is OperationState.SUCCEEDED
+        vms.drive(lambda: settle(vms))
         assert _templates(b) == [] and _snapshot_dirs(vms) == []
 
 
@@ -147,8 +143,8 @@ def test_a_failed_background_build_is_logged_and_leaves_nothing(lean: Lean) -> N
     vms, backend, _ = lean
     backend.save_error = HostToolError("No space left on device")
     with structlog.testing.capture_logs() as logs:
-        op = vms.drive(lambda: _create(vms, "c0"))
-        vms.drive(lambda: _settle(vms))
+        op = vms.drive(lambda: create_lean(vms, "c0"))
+        vms.drive(lambda: settle(vms))
     assert op.state is OperationState.SUCCEEDED
     failed = [e for e in logs if e["event"] == "background snapshot failed"]
     assert [e["error"] for e in failed] == ["No space left on device"], logs
@@ -156,8 +152,8 @@ def test_a_failed_background_build_is_logged_and_leaves_nothing(lean: Lean) -> N
     assert [h.vm_id for h in backend.live()] == [vms.vm("c0").id]  # the template is gone
     # that shape is not built in the background again (a guest that cannot serve a template
     # would boot one after every cold create); image warm still tries
-    assert vms.drive(lambda: _create(vms, "c1")).state is OperationState.SUCCEEDED
-    vms.drive(lambda: _settle(vms))
+    assert vms.drive(lambda: create_lean(vms, "c1")).state is OperationState.SUCCEEDED
+    vms.drive(lambda: settle(vms))
     assert _templates(backend).count("launch") == 1, _templates(backend)
     backend.save_error = None
     vms.drive(lambda: vms.creator.snapshots.warm(vms.store.images.get("lean"), 1, 128))
@@ -169,7 +165,7 @@ def test_closing_the_daemon_cancels_a_build_and_leaves_nothing(lean: Lean) -> No
     backend.save_delay = 60
 
     async def scenario() -> float:
-        await _create(vms, "c0")
+        await create_lean(vms, "c0")
         async with asyncio.timeout(10):
             while not backend.named("save_state"):
                 await asyncio.sleep(0.01)
@@ -177,7 +173,7 @@ def test_closing_the_daemon_cancels_a_build_and_leaves_nothing(lean: Lean) -> No
         started = time.monotonic()
         await vms.creator.keeper.aclose()
         took = time.monotonic() - started
-        await _create(vms, "c1")  # finishing cold after the close: it starts no build
+        await create_lean(vms, "c1")  # finishing cold after the close: it starts no build
         return took
 
     assert vms.drive(scenario) < 5
@@ -187,8 +183,6 @@ def test_closing_the_daemon_cancels_a_build_and_leaves_nothing(lean: Lean) -> No
     assert not list((vms.settings.paths.runtime_dir / "snap").glob("*"))
 
 
-def _warm(vms: FakeVMs, image: ImageRecord) -> str:
-    return vms.drive(lambda: vms.creator.snapshots.warm(image, 1, 128))
 
 
 def _states(vms: FakeVMs) -> dict[str, str | None]:
@@ -197,7 +191,7 @@ def _states(vms: FakeVMs) -> dict[str, str | None]:
 
 def test_image_delete_removes_its_snapshots_at_once(lean: Lean) -> None:
     vms, _, image = lean
-    snap_id = _warm(vms, image)
+    snap_id = warm_small(vms, image)
     other = vms.store.images.get("img")  # another image's snapshot is not touched
     planted = vms.creator.snapshots.dir("0123456789abcdef")
     planted.mkdir()
@@ -224,9 +218,9 @@ def test_a_snapshot_made_while_its_image_is_deleted_is_dropped(lean: Lean) -> No
 
 def test_a_vmm_upgrade_makes_snapshots_stale_and_the_last_clone_takes_them(lean: Lean) -> None:
     vms, backend, image = lean
-    snap_id = _warm(vms, image)
+    snap_id = warm_small(vms, image)
     assert _states(vms) == {snap_id: None}
-    vms.drive(lambda: _create(vms, "c0"))
+    vms.drive(lambda: create_lean(vms, "c0"))
     assert vms.vm("c0").snapshot_id == snap_id
     backend.version = "fake-vmm 2.0"
     why = "the VMM changed (fake-vmm 1.0 -> fake-vmm 2.0)"
@@ -235,14 +229,14 @@ def test_a_vmm_upgrade_makes_snapshots_stale_and_the_last_clone_takes_them(lean:
     assert (info.current, info.stale) == (False, why)
     assert vms.drive(vms.creator.snapshots.prune) == []  # c0's root is backed by it
     vms.drive(lambda: vms.run(vms.service.delete("c0")))
-    vms.drive(lambda: _settle(vms))
+    vms.drive(lambda: settle(vms))
     assert _snapshot_dirs(vms) == []
 
 
 def test_a_kernel_imported_again_under_its_name_makes_snapshots_stale(lean: Lean) -> None:
     """Same name, same files (same sizes and times): still another kernel."""
     vms, _, image = lean
-    snap_id = _warm(vms, image)
+    snap_id = warm_small(vms, image)
     k = vms.store.kernels.get("k")
     vms.store.images.delete("img")  # the other image names k; lean boots the default
     vms.store.kernels.delete("k")

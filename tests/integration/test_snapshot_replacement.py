@@ -8,17 +8,21 @@ snapshot whose root still backs VMs is replaced by a new generation beside it at
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from banger.api.models import Operation, OperationState, VMCreateRequest
+from banger.api.models import Operation, OperationState
 from banger.core.errors import SnapshotUnusable
 from banger.daemon import vm_restore
 from banger.store import ImageRecord
-from tests.support.fake_snapshot import SnapshotFakeBackend, lean_vms
+from tests.support.fake_snapshot import (
+    SnapshotFakeBackend,
+    create_lean,
+    lean_vms,
+    settle,
+)
 from tests.support.fake_vms import FakeVMs
 
 Lean = tuple[FakeVMs, SnapshotFakeBackend, ImageRecord]
@@ -32,13 +36,9 @@ def lean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lean]:
 
 
 async def _create(vms: FakeVMs, name: str) -> Operation:
-    req = VMCreateRequest(name=name, image="lean", vcpu=1, memory_mib=128, disk="8M")
-    _, work = await vms.creator.create(req)
-    op = await vms.run(work, "vm.create")
+    op = await create_lean(vms, name)
     assert op.state is OperationState.SUCCEEDED, op.error
-    async with asyncio.timeout(10):  # its background build or sweep, if any
-        while vms.creator.keeper.busy:
-            await asyncio.sleep(0.01)
+    await settle(vms)  # its background build or sweep, if any
     return op
 
 

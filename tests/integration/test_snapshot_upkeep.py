@@ -13,12 +13,18 @@ from pathlib import Path
 import pytest
 import structlog
 
-from banger.api.models import Operation, OperationState, VMCreateRequest
+from banger.api.models import Operation, OperationState
 from banger.core.errors import HostToolError
 from banger.daemon import snapshot_keeper
 from banger.daemon.snapshots import Snapshots
 from banger.store import ImageRecord
-from tests.support.fake_snapshot import SnapshotFakeBackend, lean_vms
+from tests.support.fake_snapshot import (
+    SnapshotFakeBackend,
+    create_lean,
+    lean_vms,
+    settle,
+    warm_small,
+)
 from tests.support.fake_vms import FakeVMs
 
 Lean = tuple[FakeVMs, SnapshotFakeBackend, ImageRecord]
@@ -31,21 +37,13 @@ def lean(tmp_path: Path) -> Iterator[Lean]:
 
 
 async def _create(vms: FakeVMs, name: str, memory_mib: int = 128) -> Operation:
-    req = VMCreateRequest(name=name, image="lean", vcpu=1, memory_mib=memory_mib, disk="8M")
-    _, work = await vms.creator.create(req)
-    op = await vms.run(work, "vm.create")
+    op = await create_lean(vms, name, memory_mib=memory_mib)
     assert op.state is OperationState.SUCCEEDED, op.error
     return op
 
 
-async def _settle(vms: FakeVMs, timeout: float = 10) -> None:
-    async with asyncio.timeout(timeout):
-        while vms.creator.keeper.busy:
-            await asyncio.sleep(0.01)
 
 
-def _warm(vms: FakeVMs, image: ImageRecord) -> str:
-    return vms.drive(lambda: vms.creator.snapshots.warm(image, 1, 128))
 
 
 def _slow_judge(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
@@ -65,7 +63,7 @@ def test_a_sweep_spares_a_snapshot_renamed_into_place_after_its_decision(
         lean: Lean, monkeypatch: pytest.MonkeyPatch) -> None:
     vms, _, image = lean
     snaps = vms.creator.snapshots
-    snap_id = _warm(vms, image)
+    snap_id = warm_small(vms, image)
     d = snaps.dir(snap_id)
     meta = (d / "meta.json").read_text()
     (d / "meta.json").unlink()  # as a dropped one: stale
@@ -89,7 +87,7 @@ def test_a_sweep_spares_the_snapshot_of_a_build_in_progress(
         lean: Lean, monkeypatch: pytest.MonkeyPatch) -> None:
     vms, _, image = lean
     snaps = vms.creator.snapshots
-    snap_id = _warm(vms, image)
+    snap_id = warm_small(vms, image)
     (snaps.dir(snap_id) / "meta.json").unlink()
 
     async def scenario() -> tuple[list[str], list[str]]:
@@ -105,7 +103,7 @@ def test_the_reviewers_race_a_replacement_built_while_the_last_clone_goes_surviv
         lean: Lean, monkeypatch: pytest.MonkeyPatch) -> None:
     vms, backend, image = lean
     snaps = vms.creator.snapshots
-    old = _warm(vms, image)
+    old = warm_small(vms, image)
     vms.drive(lambda: _create(vms, "c0"))
     vms.drive(lambda: snaps.invalidate(old, "a test drops it"))  # c0 is backed by it
     _slow_judge(monkeypatch, 1.0)
@@ -116,7 +114,7 @@ def test_the_reviewers_race_a_replacement_built_while_the_last_clone_goes_surviv
         await asyncio.sleep(0.1)
         await vms.run(vms.service.delete("c0"))  # its last clone goes: a sweep starts
         new = await warm
-        await _settle(vms)
+        await settle(vms)
         return new
 
     new = vms.drive(scenario)
@@ -129,7 +127,7 @@ def test_a_vmm_that_cannot_say_its_version_now_makes_no_snapshot_go(
     """``qemu --version`` timing out under load is no reason to delete every snapshot."""
     vms, backend, image = lean
     snaps = vms.creator.snapshots
-    snap_id = _warm(vms, image)
+    snap_id = warm_small(vms, image)
 
     def no_version() -> str:
         raise HostToolError("qemu-system-x86_64 --version timed out after 10 s")
@@ -151,7 +149,7 @@ def test_a_snapshot_of_another_configuration_is_kept(
     """Switching the accelerator or the backend and back must not cost every snapshot."""
     vms, backend, image = lean
     snaps = vms.creator.snapshots
-    snap_id = _warm(vms, image)
+    snap_id = warm_small(vms, image)
     monkeypatch.setattr(backend, field, value)
     [meta] = vms.drive(lambda: asyncio.to_thread(snaps.all))
     assert meta["stale"] == f"made under another configuration ({why})"
@@ -163,7 +161,7 @@ def test_a_snapshot_of_another_configuration_is_kept(
 
 def test_a_snapshot_whose_kernel_is_gone_is_pruned(lean: Lean) -> None:
     vms, _, image = lean
-    snap_id = _warm(vms, image)
+    snap_id = warm_small(vms, image)
     vms.store.images.delete("img")  # the other image names k; lean boots the default
     vms.store.kernels.delete("k")
     assert vms.drive(lambda: vms.creator.snapshots.prune(dry_run=True)) == [snap_id]
@@ -176,7 +174,7 @@ def test_a_symlink_in_snapshots_is_removed_once_and_a_file_left_alone(
         lean: Lean, tmp_path: Path) -> None:
     vms, _, image = lean
     snaps = vms.creator.snapshots
-    _warm(vms, image)
+    warm_small(vms, image)
     target = tmp_path / "elsewhere"
     target.mkdir()
     (target / "precious").write_text("x")
@@ -195,7 +193,7 @@ def test_no_background_build_without_room_for_the_guests_memory(
     monkeypatch.setattr(snapshot_keeper, "DISK_RESERVE", 1 << 60)  # more than any disk has
     with structlog.testing.capture_logs() as logs:
         vms.drive(lambda: _create(vms, "c0"))
-        vms.drive(lambda: _settle(vms))
+        vms.drive(lambda: settle(vms))
     assert backend.named("save_state") == []
     [skipped] = [e for e in logs if e["event"] == "no background snapshot"]
     assert "MiB free under" in skipped["why"] and "reserve" in skipped["why"]
@@ -207,7 +205,7 @@ def test_background_builds_of_two_shapes_run_one_at_a_time(lean: Lean) -> None:
 
     async def scenario() -> None:
         await asyncio.gather(_create(vms, "c0", 128), _create(vms, "c1", 256))
-        await _settle(vms)
+        await settle(vms)
 
     vms.drive(scenario)
     templates = [(c.name, c.vm_id) for c in backend.calls
@@ -222,7 +220,7 @@ def test_a_background_build_failing_with_any_exception_is_logged(lean: Lean) -> 
     backend.save_error = OSError(28, "No space left on device")  # type: ignore[assignment]
     with structlog.testing.capture_logs() as logs:
         vms.drive(lambda: _create(vms, "c0"))
-        vms.drive(lambda: _settle(vms))
+        vms.drive(lambda: settle(vms))
     [failed] = [e for e in logs if e["event"] == "background snapshot failed"]
     assert "No space left on device" in failed["error"]
     assert sorted(p.name for p in vms.creator.snapshots.root.iterdir()) == []
@@ -237,7 +235,7 @@ def test_a_template_spec_that_cannot_be_made_gives_its_network_back(
 
     monkeypatch.setattr(Snapshots, "_template_spec", broken)
     with pytest.raises(HostToolError):
-        _warm(vms, image)
+        warm_small(vms, image)
     assert [c.name for c in backend.calls if c.name == "detach"] == ["detach"]
     assert sorted(p.name for p in vms.creator.snapshots.root.iterdir()) == []
 
@@ -248,7 +246,7 @@ def test_a_slow_vmm_version_does_not_stall_the_event_loop(
     """``qemu --version`` (asked again whenever the binary changed) runs in a worker thread:
     other requests go on meanwhile."""
     vms, backend, image = lean
-    _warm(vms, image)
+    warm_small(vms, image)
     version = backend.vmm_version()
 
     def slow_version() -> str:
@@ -282,7 +280,7 @@ def test_a_slow_vmm_version_does_not_stall_the_event_loop(
 def test_a_build_in_progress_and_trash_are_not_listed(lean: Lean) -> None:
     vms, _, image = lean
     snaps = vms.creator.snapshots
-    snap_id = _warm(vms, image)
+    snap_id = warm_small(vms, image)
     for name in (f".tmp-{snap_id}-00000000", f".trash-{snap_id}-00000000"):
         shutil.copytree(snaps.dir(snap_id), snaps.root / name)  # meta.json and all
     assert [m["id"] for m in vms.drive(lambda: asyncio.to_thread(snaps.all))] == [snap_id]

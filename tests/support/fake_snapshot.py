@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+from banger.api.models import Operation, VMCreateRequest
 from banger.core.errors import BangerError, SnapshotDamaged
 from banger.core.manifests import ImageManifest
 from banger.core.vmspec import VMSpec
@@ -200,3 +201,22 @@ async def until(what: Callable[[], bool], timeout: float = 10) -> None:
     async with asyncio.timeout(timeout):
         while not what():
             await asyncio.sleep(0.01)
+
+
+async def create_lean(vms: FakeVMs, name: str, **fields: Any) -> Operation:
+    """``vm create`` of image ``lean`` in the small shape (1 vCPU, 128 MiB, an 8 MiB disk)
+    unless ``fields`` say otherwise; its operation, whatever its end."""
+    req = VMCreateRequest(**{"name": name, "image": "lean", "vcpu": 1, "memory_mib": 128,
+                             "disk": "8M", **fields})
+    _, work = await vms.creator.create(req)
+    return await vms.run(work, "vm.create")
+
+
+async def settle(vms: FakeVMs, timeout: float = 10) -> None:
+    """Until no background snapshot build or sweep is queued or running."""
+    await until(lambda: not vms.creator.keeper.busy, timeout)
+
+
+def warm_small(vms: FakeVMs, image: ImageRecord) -> str:
+    """``image warm`` of the small shape; the snapshot's id."""
+    return vms.drive(lambda: vms.creator.snapshots.warm(image, 1, 128))
