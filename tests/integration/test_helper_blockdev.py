@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from banger.core.errors import Forbidden, InternalError
+from banger.core.wait import poll_until
 from banger.helper import blockguard, guard
 from banger.helper.guard import Owner
 from banger.host import blockdev
@@ -244,14 +245,15 @@ def test_firecracker_is_launched_under_the_jailer_as_the_owner(tmp_path: Path) -
     owner = Owner("nobody", 65534, 65534, (tmp_path / "state", runtime))
     helper = serve_helper(owner, InProcessHostOps(), tmp_path / "h.sock")
     client = next(helper)
+    vmm = None
     try:
         vmm = client.launch_jailed("bgj-0123456789ab", 65534, 65534)
-        deadline = time.monotonic() + 10
-        while not Path(vmm.api_socket).exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert poll_until(lambda: Path(vmm.api_socket).exists(), timeout=10, interval=0.05)
         assert os.stat(vmm.api_socket).st_uid == 65534, "the API socket is the owner's"
-        os.kill(vmm.pid, 9)
     finally:
+        if vmm is not None:  # a failed check leaves no jailed Firecracker or jail behind
+            os.kill(vmm.pid, 9)
+            client.remove_jail("bgj-0123456789ab", 65534)
         helper.close()
 
 
