@@ -32,6 +32,7 @@ from banger.host import proc_identity as proc
 from banger.host.files import open_nofollow
 from banger.host.privileged import HostOps
 from banger.host.probes import have_usable_kvm
+from banger.host.run import run
 from banger.vmm.channel import Channel
 from banger.vmm.traits import BackendTraits
 
@@ -147,6 +148,24 @@ class VmmProcess:
 
     vmm_label: ClassVar[str]  # "QEMU", "Firecracker": for messages
     host_ops: HostOps
+    _version: tuple[tuple[int, ...] | None, str] | None = None  # (binary's stamp, version)
+
+    @property
+    def binary(self) -> str:
+        raise NotImplementedError
+
+    def vmm_version(self) -> str:
+        """``<binary> --version``'s first line, asked again whenever the binary's file
+        changed (an upgrade under a running daemon makes every snapshot stale at once)."""
+        try:
+            st = os.stat(self.binary)
+            stamp: tuple[int, ...] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = None  # run() below says what is wrong
+        if self._version is None or stamp is None or self._version[0] != stamp:
+            out = run([self.binary, "--version"], timeout=10).stdout.decode("utf-8", "replace")
+            self._version = (stamp, (out.splitlines() or ["unknown"])[0].strip())
+        return self._version[1]
 
     def kill(self, handle: Handle, sig: signal.Signals = signal.SIGKILL) -> bool:
         """Send ``sig`` while the pid is still this VM's VMM; True when it was sent."""

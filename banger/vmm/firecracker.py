@@ -37,7 +37,7 @@ from banger.host import proc_identity as proc
 from banger.host.files import atomic_write_text, fsync_file, reset_file
 from banger.host.privileged import HostOps, host_ops_for
 from banger.host.probes import find_tool
-from banger.host.run import kill_detached, run, spawn_detached
+from banger.host.run import kill_detached, spawn_detached
 from banger.vmm import firecracker_api as api
 from banger.vmm.base import (
     Handle,
@@ -89,7 +89,6 @@ class FirecrackerBackend(VmmProcess):
         self.accel: Accel = "kvm"  # Firecracker has no other
         self.launch_timeout = launch_timeout
         self.host_ops = host_ops if host_ops is not None else host_ops_for()
-        self._version: str | None = None
         # launched templates (to be saved) and clones (waiting for their state), by VM id
         self._snapshot_specs: dict[str, VMSpec] = {}
 
@@ -170,13 +169,6 @@ class FirecrackerBackend(VmmProcess):
         self._snapshot_specs.pop(handle.vm_id, None)
         ask = functools.partial(self._ctrl_alt_del, handle) if graceful else None
         return await self._stop(handle, ask, timeout)
-
-    def vmm_version(self) -> str:
-        """``firecracker --version``'s first line ("Firecracker v1.16.1"), asked once."""
-        if self._version is None:
-            out = run([self.binary, "--version"], timeout=10).stdout.decode("utf-8", "replace")
-            self._version = (out.splitlines() or ["unknown"])[0].strip()
-        return self._version
 
     async def agent_channel(self, spec: VMSpec) -> Channel:
         """The hybrid vsock to the agent's port, connected at the first request: a paused

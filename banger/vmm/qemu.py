@@ -30,7 +30,7 @@ from banger.core.errors import Conflict, HostToolError, SnapshotDamaged, Snapsho
 from banger.core.vmspec import Accel, TapNet, UserNet, VMSpec, kernel_cmdline
 from banger.host.files import reset_file
 from banger.host.privileged import HostOps, host_ops_for
-from banger.host.run import arun_to_log, require_tool, run
+from banger.host.run import arun_to_log, require_tool
 from banger.vmm import qemu_snapshot
 from banger.vmm.base import Handle, StopOutcome, VmmProcess, adopt_vmm, log_tail
 from banger.vmm.channel import Channel
@@ -177,7 +177,6 @@ class QemuBackend(VmmProcess):
         self.accel = accel
         self.launch_timeout = launch_timeout
         self.host_ops = host_ops if host_ops is not None else host_ops_for()
-        self._version: tuple[tuple[int, ...] | None, str] | None = None
 
     @property
     def binary(self) -> str:
@@ -247,19 +246,6 @@ class QemuBackend(VmmProcess):
         """ACPI powerdown (when ``graceful``) bounded by ``timeout``, then SIGKILL."""
         return await self._stop(handle, functools.partial(self._powerdown, handle)
                                 if graceful else None, timeout)
-
-    def vmm_version(self) -> str:
-        """``qemu-system-x86_64 --version``'s first line, asked again whenever the binary's
-        file changed (an upgrade under a running daemon makes every snapshot stale at once)."""
-        try:
-            st = os.stat(self.binary)
-            stamp: tuple[int, ...] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
-        except OSError:
-            stamp = None  # run() below says what is wrong
-        if self._version is None or stamp is None or self._version[0] != stamp:
-            out = run([self.binary, "--version"], timeout=10).stdout.decode("utf-8", "replace")
-            self._version = (stamp, (out.splitlines() or ["unknown"])[0].strip())
-        return self._version[1]
 
     async def agent_channel(self, spec: VMSpec) -> Channel:
         """Connected now: a clone's chardev must be before its state loads (the agent in the
