@@ -64,10 +64,21 @@ def _stat_fields(pid: int) -> list[str] | None:
     return data[data.rindex(")") + 2 :].split()
 
 
+PF_EXITING = 0x4  # include/linux/sched.h: the task is inside do_exit
+
+
 def read_stat(pid: int) -> tuple[str, int] | None:
-    """Return (state letter, start time in ticks) of ``pid``, or None when it is gone."""
+    """Return (state letter, start time in ticks) of ``pid``, or None when it is gone.
+
+    A process already inside its exit reads as ``X`` (dead) though the kernel still
+    shows it running until it is a zombie: it has let go of its memory by then, so its
+    cmdline reads empty, and it is going whatever anyone does (CI once saw a killed
+    VMM in that window taken for a stranger)."""
     fields = _stat_fields(pid)
-    return None if fields is None else (fields[0], int(fields[19]))
+    if fields is None:
+        return None
+    state = "X" if int(fields[6]) & PF_EXITING else fields[0]
+    return state, int(fields[19])
 
 
 def usage(pid: int, started: int) -> ProcUsage | None:

@@ -17,6 +17,7 @@ import pytest
 from banger.core.errors import Forbidden, InvalidInput
 from banger.core.signals import parse_vmm_signal
 from banger.host import net
+from banger.host import proc as host_proc
 from banger.host import proc_identity as proc
 from banger.host.privileged import CheckedHostOps, HostOps, InProcessHostOps, host_ops_for
 from tests.support.fake_host_ops import RecordingHostOps
@@ -270,6 +271,30 @@ def test_a_reused_pid_or_a_gone_one_is_not_signalled_and_says_so(
     child.kill()
     child.wait()
     assert ops.signal_vmm(pid, started, (str(pidfile),), signal.SIGKILL) is False
+
+
+def test_a_vmm_already_inside_its_exit_is_gone_not_a_stranger(
+    vmm_like: tuple[subprocess.Popen[bytes], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed VMM still shows state R for a moment after its memory (and so its
+    cmdline) is gone: kill it twice and the second finds it exiting (CI once raised
+    Forbidden here). Simulated: the kernel's PF_EXITING flag and the empty cmdline."""
+    child, pidfile = vmm_like
+    pid, started = identity(child)
+    real_fields = host_proc._stat_fields
+
+    def exiting(of: int) -> list[str] | None:
+        fields = real_fields(of)
+        if of == pid and fields is not None:
+            fields[6] = str(int(fields[6]) | host_proc.PF_EXITING)
+        return fields
+
+    monkeypatch.setattr(host_proc, "_stat_fields", exiting)
+    monkeypatch.setattr(proc, "cmdline", lambda of: None)
+    assert host_ops_for().signal_vmm(pid, started, (str(pidfile),), signal.SIGKILL) is False
+    assert not proc.is_running(pid, started, ())
+    monkeypatch.undo()
+    assert state_letter(child) in ("S", "R")  # it was sent nothing
 
 
 @pytest.mark.parametrize("sig", [signal.SIGSTOP, 19])
