@@ -136,7 +136,7 @@ class FirecrackerBackend(VmmProcess):
     async def _spawn(self, spec: VMSpec) -> Handle:
         """Start Firecracker, write its pidfile, and wait until its API socket listens."""
         pid = spawn_detached(firecracker_argv(spec, binary=self.binary), log_path=spec.vmm_log,
-                             cwd=spec.run_dir)
+                             cwd=spec.run_dir, env="clean").pid
         atomic_write_text(spec.pidfile, f"{pid}\n")
         started = proc.start_time(pid)
 
