@@ -17,7 +17,6 @@ from banger.host.proc import (
     pid_alive,
     python_module_argv,
     send_signal,
-    spawn_detached,
     start_time,
 )
 
@@ -42,10 +41,14 @@ def start_daemon(settings: Settings, client: Client) -> tuple[Ping, bool]:
     ping = try_ping(client)
     if ping is not None:
         return ping, False
+    from banger.host.run import spawn_detached  # asyncio and all: only when starting one
+
     state_dir = ensure_private_dir(settings.paths.state_dir, setting="BANGER_STATE_DIR")
     stderr_log = state_dir / "bangerd.stderr.log"
     offset = stderr_log.stat().st_size if stderr_log.exists() else 0
-    proc = spawn_detached(python_module_argv("banger.daemon.main"), log_path=stderr_log)
+    # Its own session at /, and our environment: the BANGER_* settings are the daemon's too.
+    proc = spawn_detached(python_module_argv("banger.daemon.main"), log_path=stderr_log,
+                          cwd="/", env="inherit")
 
     def ready() -> Ping | bool | None:
         if proc.poll() is not None:

@@ -117,6 +117,10 @@ class UserNet:
 NetSpec = TapNet | UserNet
 
 
+# The VMM's files in ``VMSpec.run_dir``, by name (the properties below; a backend lists its own).
+QMP_SOCKET, API_SOCKET, PIDFILE, AGENT_SOCKET = "qmp.sock", "vmm.pid.sock", "vmm.pid", "agent.sock"
+
+
 @dataclass(frozen=True)
 class VMSpec:
     """Everything a backend needs to launch one VM; paths absolute, values validated."""
@@ -177,22 +181,22 @@ class VMSpec:
 
     @property
     def qmp_socket(self) -> Path:
-        return self.run_dir / "qmp.sock"
+        return self.run_dir / QMP_SOCKET
 
     @property
     def api_socket(self) -> Path:
         """Firecracker's API socket, named after the pidfile: Firecracker has no
         ``--pidfile``, so this is how its argv names the pidfile (vmm/firecracker.py)."""
-        return self.run_dir / "vmm.pid.sock"
+        return self.run_dir / API_SOCKET
 
     @property
     def pidfile(self) -> Path:
-        return self.run_dir / "vmm.pid"
+        return self.run_dir / PIDFILE
 
     @property
     def agent_socket(self) -> Path:
         """The host end of the control channel (snapshot templates and clones only)."""
-        return self.run_dir / "agent.sock"
+        return self.run_dir / AGENT_SOCKET
 
 
 def _check_token(value: str, what: str) -> str:

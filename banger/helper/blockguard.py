@@ -17,6 +17,10 @@ kernel still reports that very backing inode behind it, deleted or not.
 - a dm-snapshot is removed only with the owner's uuid and when it is built on one
   or more devices, every one a loop device of the owner's.
 
+Each operation runs each check once: one ownership test of a loop (``_owned``, on one
+reading of the kernel's backing inode, which ``blockdev.detach_loop`` hands it), and a
+removal's uuid and dependency checks inside ``blockdev.remove_snapshot``'s own steps.
+
 One lock serialises every block-device operation of the helper, so no detach runs
 between another call's check and its use.
 """
@@ -111,21 +115,22 @@ class OwnedBlockDevices:
             finally:
                 os.close(fd)
 
-    def _owned(self, device: str) -> None:
-        backing = blockdev.loop_backing(device)
+    def _owned(self, device: str, backing: blockdev.LoopBacking | None) -> None:
+        """``Forbidden`` unless loop ``device``, backed by ``backing`` as the kernel reported
+        it just now, is one the helper attached for the owner, still on that very inode."""
         if backing is None:
             raise Forbidden(f"{device} is not attached", hint="attach its backing file first")
         if self.registry.get(device) != [self.uid, *backing.dev, backing.ino]:
             raise Forbidden(f"{device} is not a loop device the helper attached for uid "
                             f"{self.uid}", hint="a helper acts only on the owner's loop devices")
 
+    def _owned_loop(self, device: str) -> None:
+        """``_owned`` on what the kernel reports behind ``device`` now."""
+        self._owned(device, blockdev.loop_backing(device))
+
     def detach(self, device: str) -> bool:
         with _LOCK:
-            if blockdev.loop_backing(device) is None:
-                self.registry.drop(device)
-                return False
-            self._owned(device)
-            detached = blockdev.detach_loop(device)
+            detached = blockdev.detach_loop(device, lambda got: self._owned(device, got))
             self.registry.drop(device)
             return detached
 
@@ -136,13 +141,13 @@ class OwnedBlockDevices:
             raise Forbidden(f"dm device {name} is built on no device",
                             hint="banger acts only on snapshots over its loop devices")
         for devno in deps:
-            self._owned(blockdev.loop_of_devno(name, devno))
+            self._owned_loop(blockdev.loop_of_devno(name, devno))
         return set(deps)
 
     def create_snapshot(self, name: str, origin: str, cow: str) -> str:
         with _LOCK:
             for device in (origin, cow):
-                self._owned(device)
+                self._owned_loop(device)
             want = {blockdev.loop_devno(origin), blockdev.loop_devno(cow)}
             mapper = blockdev.create_snapshot(name, origin, cow, self.uid)
             try:
@@ -156,8 +161,4 @@ class OwnedBlockDevices:
 
     def remove_snapshot(self, name: str) -> bool:
         with _LOCK:
-            if not blockdev.snapshot_exists(name):
-                return False
-            blockdev.require_uuid(name, self.uid)
-            self._owned_deps(name)
-            return blockdev.remove_snapshot(name, self.uid)
+            return blockdev.remove_snapshot(name, self.uid, lambda: self._owned_deps(name))

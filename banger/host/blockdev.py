@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,10 +111,13 @@ def attach_loop(backing: str | int, read_only: bool) -> str:
     return validate_loop_device(out.decode(errors="replace").strip())
 
 
-def detach_loop(device: str) -> bool:
-    """Detach ``device``; False when it was not attached."""
-    if loop_backing(device) is None:
+def detach_loop(device: str, verify: Callable[[LoopBacking], object] = lambda _: None) -> bool:
+    """Detach ``device`` once ``verify`` (the root helper's ownership check) accepted what
+    backs it; False when it was not attached."""
+    backing = loop_backing(device)
+    if backing is None:
         return False
+    verify(backing)
     run([require_tool("losetup", "mount"), "--detach", device], timeout=TIMEOUT)
     return True
 
@@ -164,25 +168,25 @@ def create_snapshot(name: str, origin: str, cow: str, uid: int) -> str:
     return validate_mapper_path(MAPPER_DIR + name)
 
 
-def snapshot_exists(name: str) -> bool:
-    return run([require_tool("dmsetup", "dmsetup"), "info", name], timeout=TIMEOUT,
-               check=False).returncode == 0
-
-
-def require_uuid(name: str, uid: int) -> None:
-    """``Forbidden`` unless dm device ``name`` was made for ``uid`` (its uuid)."""
-    out = run([require_tool("dmsetup", "dmsetup"), "info", "-c", "--noheadings", "-o", "uuid",
-               name], timeout=TIMEOUT).stdout.decode(errors="replace").strip()
-    if out != snapshot_uuid(uid, name):
+def snapshot_made_for(name: str, uid: int) -> bool:
+    """True when dm device ``name`` exists and was made for ``uid`` (its uuid), False when
+    there is none; ``Forbidden`` when it is another's. One ``dmsetup info`` answers both."""
+    proc = run([require_tool("dmsetup", "dmsetup"), "info", "-c", "--noheadings", "-o", "uuid",
+                name], timeout=TIMEOUT, check=False)
+    if proc.returncode != 0:
+        return False  # "Device does not exist."
+    if proc.stdout.decode(errors="replace").strip() != snapshot_uuid(uid, name):
         raise Forbidden(f"dm device {name} was not made by banger for uid {uid}",
                         hint="banger removes only the snapshots it made for this user")
+    return True
 
 
-def remove_snapshot(name: str, uid: int) -> bool:
-    """Remove dm device ``name`` made for ``uid``; False when there is none."""
-    if not snapshot_exists(name):
+def remove_snapshot(name: str, uid: int, verify: Callable[[], object] = lambda: None) -> bool:
+    """Remove dm device ``name`` made for ``uid`` once ``verify`` (the root helper's check of
+    what it is built on) passed; False when there is none."""
+    if not snapshot_made_for(name, uid):
         return False
-    require_uuid(name, uid)
+    verify()
     run([require_tool("dmsetup", "dmsetup"), "remove", name], timeout=TIMEOUT)
     return True
 

@@ -1,12 +1,10 @@
-"""Processes banger starts and watches: detached spawns, liveness, signals."""
+"""Processes banger starts and watches: its own modules' argv, liveness, usage, signals."""
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,26 +18,6 @@ def python_module_argv(module: str, *args: str) -> list[str]:
     shadow ours. Plain ``-m`` would put the working directory first.
     """
     return [sys.executable, "-I", "-m", module, *args]
-
-
-def spawn_detached(argv: Sequence[str], *, log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in its own session at ``/``, stdio to ``log_path``; it outlives us.
-
-    The environment is passed through on purpose: ``BANGER_*`` settings must
-    reach the child (unlike ``host.run.run``, which cleans it). ``log_path``'s
-    directory must exist (the caller makes it private).
-    """
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    with open(fd, "ab") as log:
-        return subprocess.Popen(
-            list(argv),
-            cwd="/",
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            close_fds=True,
-        )
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

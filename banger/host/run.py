@@ -1,8 +1,10 @@
 """The one way banger runs a host program.
 
 argv lists only (never a shell), stdin closed unless given, a clean
-environment, the command logged at debug, and a non-zero exit raised as
-``CommandError``. Only ``host/`` and ``vmm/`` call it (``tests/unit/test_layers.py``).
+environment (a detached program inherits ours only when its caller says so:
+``spawn_detached``), the command logged at debug, and a non-zero exit raised as
+``CommandError``. Only ``host/`` and ``vmm/`` call it, and ``cli/lifecycle.py`` to
+start the daemon (``tests/unit/test_layers.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import threading
 import time
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Literal, TypeVar
 
 from banger.core.cancel import current_token
 from banger.core.errors import Cancelled, HostToolError
@@ -31,6 +33,7 @@ from banger.host.files import open_nofollow
 
 log = logging.getLogger("banger.host.run")
 T = TypeVar("T")
+EnvPolicy = Literal["clean", "inherit"]  # a detached program's environment: spawn_detached
 
 _CLEAN_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "LOGNAME", "XDG_RUNTIME_DIR")
 _STDERR_TAIL = 2000
@@ -424,7 +427,7 @@ async def _settle_cancelled(proc: asyncio.subprocess.Process, timeout: float) ->
             await asyncio.shield(waiting)
 
 
-_DETACHED: set[subprocess.Popen[bytes]] = set()
+_DETACHED: set[subprocess.Popen[bytes]] = set()  # what spawn_detached started, until it exits
 _DETACHED_LOCK = threading.Lock()
 
 
@@ -433,27 +436,33 @@ def spawn_detached(
     *,
     log_path: str | os.PathLike[str],
     cwd: str | os.PathLike[str],
-) -> int:
-    """Start a long-lived program that outlives the daemon; return its pid.
+    env: EnvPolicy,
+) -> subprocess.Popen[bytes]:
+    """Start a long-lived program that outlives its starter; return its ``Popen``.
 
-    For VMMs that do not daemonize themselves (Firecracker): a new session (no
-    terminal's signals, no parent-death signal), stdin closed, stdout and
-    stderr appended to ``log_path`` (opened without following a symlink).
-    The daemon never waits for it: ``proc_identity`` (or the next spawn) reaps
-    it once it exited, and after a daemon restart it is init's child.
+    A VMM that does not daemonize itself (Firecracker) or the daemon the CLI
+    starts: a new session (no terminal's signals, no parent-death signal),
+    stdin closed, stdout and stderr appended to ``log_path`` (opened without
+    following a symlink; its directory must exist). ``env``: ``"clean"``
+    (:func:`clean_env`, a VMM) or ``"inherit"`` (this process's own, so the
+    ``BANGER_*`` settings reach the daemon the CLI starts). Nobody waits for it:
+    it is kept here until it exited (or the next spawn) reaps it, so it is never
+    reported as leaked, and :func:`kill_detached` can end it; once its starter
+    is gone it is init's child.
     """
-    argv = _logged_argv(argv, f" >> {os.fspath(log_path)} (detached)")
+    argv = _logged_argv(argv, f" >> {os.fspath(log_path)} (detached, {env} env)")
     fd = open_nofollow(Path(log_path), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         with _starting(argv):
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
-                                    env=clean_env(), cwd=cwd, start_new_session=True)
+                                    env=clean_env() if env == "clean" else None, cwd=cwd,
+                                    start_new_session=True)
     finally:
         os.close(fd)
-    with _DETACHED_LOCK:  # kept until they exit, so none is reported as leaked
+    with _DETACHED_LOCK:
         _DETACHED.difference_update([p for p in _DETACHED if p.poll() is not None])
         _DETACHED.add(proc)
-    return proc.pid
+    return proc
 
 
 def kill_detached(pid: int, *, timeout: float = 10.0) -> None:

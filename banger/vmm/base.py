@@ -22,6 +22,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 from banger.core.errors import (
     BangerError,
+    Conflict,
     Forbidden,
     HostToolError,
     SnapshotDamaged,
@@ -29,7 +30,7 @@ from banger.core.errors import (
 )
 from banger.core.vmspec import Accel, VMSpec
 from banger.host import proc_identity as proc
-from banger.host.files import open_nofollow
+from banger.host.files import open_nofollow, reset_file
 from banger.host.privileged import HostOps
 from banger.host.probes import have_usable_kvm
 from banger.host.run import run
@@ -143,10 +144,13 @@ KILL_TIMEOUT = 10.0
 
 
 class VmmProcess:
-    """What every backend does the same way to its VMM process: signal it through the
-    privileged seam, wait for it, and stop it (the guest asked first, then SIGKILL)."""
+    """What every backend does the same way to its VMM process: prepare its launch and
+    report a failed one, signal it through the privileged seam, wait for it, stop it (the
+    guest asked first, then SIGKILL), and remove its runtime files once it is gone."""
 
     vmm_label: ClassVar[str]  # "QEMU", "Firecracker": for messages
+    # The files a launch leaves in the VM's run dir (sockets, pidfile, links), by name.
+    runtime_files: ClassVar[tuple[str, ...]]
     host_ops: HostOps
     _version: tuple[tuple[int, ...] | None, str] | None = None  # (binary's stamp, version)
 
@@ -176,14 +180,46 @@ class VmmProcess:
             handle.pid, handle.start_time, handle.markers, timeout=timeout
         )
 
-    def _remove_runtime_files(self, handle: Handle) -> None:
+    def adopt(self, pidfile: Path, spec: VMSpec) -> Handle | None:
         raise NotImplementedError
+
+    def cleanup(self, spec: VMSpec) -> None:
+        """Remove the runtime files unless a live VMM of this VM still owns them."""
+        if self.adopt(spec.pidfile, spec) is None:
+            self._remove_runtime_files(spec.run_dir)
+
+    def _remove_runtime_files(self, run_dir: Path) -> None:
+        for name in self.runtime_files:
+            (run_dir / name).unlink(missing_ok=True)
+
+    def _prepare_launch(self, spec: VMSpec) -> None:
+        """Refuse a VM whose VMM still runs; else clear the run dir of an earlier VMM's
+        files and make both logs ours and empty before the VMM opens them (it would follow
+        a planted symlink; one boot per log, so a failure's tail is this launch's)."""
+        if self.adopt(spec.pidfile, spec) is not None:
+            raise Conflict(f"VM {spec.name} already has a running {self.vmm_label}",
+                           hint="stop or kill the VM first")
+        spec.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._remove_runtime_files(spec.run_dir)
+        for path in (spec.console_log, spec.vmm_log):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            reset_file(path)
+
+    def _launch_failed(self, spec: VMSpec, what: str) -> HostToolError:
+        """Remove what a failed launch left (the VMM is gone) and return its error: ``what``
+        and the VMM log's last line, the log's tail as the hint."""
+        self.cleanup(spec)
+        tail = log_tail(spec.vmm_log)
+        last = tail.splitlines()[-1] if tail else "no output"
+        return HostToolError(f"{self.vmm_label} failed to start VM {spec.name}: {what} ({last})",
+                             hint=f"full log: {spec.vmm_log}\n{tail}" if tail
+                             else f"see {spec.vmm_log}")
 
     async def _stop(self, handle: Handle, ask_guest: Callable[[], Awaitable[None]] | None,
                     timeout: float) -> StopOutcome:
         """``ask_guest`` (when given) to power off within ``timeout``, then SIGKILL."""
         if not handle.running():
-            self._remove_runtime_files(handle)
+            self._remove_runtime_files(handle.control_socket.parent)
             return StopOutcome.GONE
         if ask_guest is not None:
             try:
@@ -191,7 +227,7 @@ class VmmProcess:
             except (HostToolError, OSError, TimeoutError) as exc:
                 log.debug("asking VM %s to power off failed: %s", handle.vm_id, exc)
             if await self.wait_exit(handle, timeout=timeout):
-                self._remove_runtime_files(handle)
+                self._remove_runtime_files(handle.control_socket.parent)
                 return StopOutcome.POWERDOWN
         self.kill(handle, signal.SIGKILL)
         if not await self.wait_exit(handle, timeout=KILL_TIMEOUT):
@@ -199,7 +235,7 @@ class VmmProcess:
                 f"{self.vmm_label} pid {handle.pid} of VM {handle.vm_id} survived SIGKILL",
                 hint="the process is stuck in the kernel (D state); check dmesg",
             )
-        self._remove_runtime_files(handle)
+        self._remove_runtime_files(handle.control_socket.parent)
         return StopOutcome.KILLED
 
 

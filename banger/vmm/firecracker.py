@@ -32,9 +32,9 @@ from banger.core.errors import (
     SnapshotDamaged,
     SnapshotUnusable,
 )
-from banger.core.vmspec import Accel, VMSpec
+from banger.core.vmspec import API_SOCKET, PIDFILE, Accel, VMSpec
 from banger.host import proc_identity as proc
-from banger.host.files import atomic_write_text, fsync_file, reset_file
+from banger.host.files import atomic_write_text, fsync_file
 from banger.host.privileged import HostOps, host_ops_for
 from banger.host.probes import find_tool
 from banger.host.run import kill_detached, spawn_detached
@@ -44,7 +44,6 @@ from banger.vmm.base import (
     StopOutcome,
     VmmProcess,
     adopt_vmm,
-    log_tail,
     open_snapshot_file,
 )
 from banger.vmm.channel import Channel
@@ -71,17 +70,14 @@ def ownership_markers(spec: VMSpec) -> tuple[str, ...]:
     return (os.fspath(spec.api_socket), os.fspath(spec.pidfile))
 
 
-def _runtime_files(run_dir: Path, own: tuple[Path, ...]) -> tuple[Path, ...]:
-    """``own`` (API socket, pidfile) and the vsock socket and disk links in ``run_dir``."""
-    return (*own, *(run_dir / n for n in (api.AGENT_SOCKET, api.ROOT_LINK, api.WORK_LINK)))
-
-
 class FirecrackerBackend(VmmProcess):
     """``vmm.Backend`` and ``SnapshotCapable`` for Firecracker (see the module docstring)."""
 
     name: ClassVar[str] = "firecracker"
     vmm_label: ClassVar[str] = "Firecracker"
     traits: ClassVar[BackendTraits] = TRAITS["firecracker"]
+    runtime_files: ClassVar[tuple[str, ...]] = (
+        API_SOCKET, PIDFILE, api.AGENT_SOCKET, api.ROOT_LINK, api.WORK_LINK)
 
     def __init__(self, binary: str | None = None, *, launch_timeout: float = LAUNCH_TIMEOUT,
                  host_ops: HostOps | None = None) -> None:
@@ -109,14 +105,7 @@ class FirecrackerBackend(VmmProcess):
 
     async def launch(self, spec: VMSpec) -> Handle:
         """Start Firecracker and configure and start the guest (a clone waits for its state)."""
-        if self.adopt(spec.pidfile, spec) is not None:
-            raise Conflict(f"VM {spec.name} already has a running Firecracker",
-                           hint="stop or kill the VM first")
-        spec.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.cleanup(spec)
-        for path in (spec.console_log, spec.vmm_log):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            reset_file(path)  # ours and empty: Firecracker would follow a planted symlink
+        self._prepare_launch(spec)
         for link, target in api.disk_links(spec).items():
             os.symlink(target, spec.run_dir / link)
         handle = await self._spawn(spec)
@@ -128,7 +117,7 @@ class FirecrackerBackend(VmmProcess):
         except BaseException as exc:
             await self.shutdown(handle, graceful=False, timeout=0)
             if isinstance(exc, HostToolError):
-                raise self._launch_error(spec, exc.message) from exc
+                raise self._launch_failed(spec, exc.message) from exc
             raise
         log.debug("launched VM %s: pid %d", spec.vm_id, handle.pid)
         return handle
@@ -136,7 +125,7 @@ class FirecrackerBackend(VmmProcess):
     async def _spawn(self, spec: VMSpec) -> Handle:
         """Start Firecracker, write its pidfile, and wait until its API socket listens."""
         pid = spawn_detached(firecracker_argv(spec, binary=self.binary), log_path=spec.vmm_log,
-                             cwd=spec.run_dir)
+                             cwd=spec.run_dir, env="clean").pid
         atomic_write_text(spec.pidfile, f"{pid}\n")
         started = proc.start_time(pid)
 
@@ -148,17 +137,8 @@ class FirecrackerBackend(VmmProcess):
         handle = self.adopt(spec.pidfile, spec) if listening else None
         if handle is None:
             kill_detached(pid)  # hung before its socket listened, or already gone
-            self.cleanup(spec)
-            raise self._launch_error(spec, "it exited or never listened on its API socket")
+            raise self._launch_failed(spec, "it exited or never listened on its API socket")
         return handle
-
-    @staticmethod
-    def _launch_error(spec: VMSpec, what: str) -> HostToolError:
-        tail = log_tail(spec.vmm_log)
-        last = tail.splitlines()[-1] if tail else "no output"
-        return HostToolError(f"Firecracker failed to start VM {spec.name}: {what} ({last})",
-                             hint=f"full log: {spec.vmm_log}\n{tail}" if tail
-                             else f"see {spec.vmm_log}")
 
     async def _ctrl_alt_del(self, handle: Handle) -> None:
         await self._client(handle).call(api.action("SendCtrlAltDel"))
@@ -229,14 +209,3 @@ class FirecrackerBackend(VmmProcess):
     def adopt(self, pidfile: Path, spec: VMSpec) -> Handle | None:
         """A handle on the Firecracker in ``pidfile`` if it runs and its argv names ``spec``'s."""
         return adopt_vmm(self.name, pidfile, spec, ownership_markers(spec), spec.api_socket)
-
-    def cleanup(self, spec: VMSpec) -> None:
-        """Remove the runtime files unless a live Firecracker of this VM still owns them."""
-        if self.adopt(spec.pidfile, spec) is None:
-            for path in _runtime_files(spec.run_dir, (spec.api_socket, spec.pidfile)):
-                path.unlink(missing_ok=True)
-
-    def _remove_runtime_files(self, handle: Handle) -> None:
-        run_dir = handle.control_socket.parent
-        for path in _runtime_files(run_dir, (handle.control_socket, handle.pidfile)):
-            path.unlink(missing_ok=True)

@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from banger.core.errors import InvalidInput
-from banger.core.vmspec import TapNet, VMSpec, kernel_cmdline
+from banger.core.vmspec import AGENT_SOCKET, TapNet, VMSpec, kernel_cmdline
 
 SPEC_VERSION = "1.16.1"  # the OpenAPI spec the bodies are written against
 ROOT_DRIVE, WORK_DRIVE, NET_IFACE = "root", "work", "net0"
 ROOT_LINK, WORK_LINK = "root.disk", "work.disk"  # in the run dir (the VMM's cwd)
-AGENT_SOCKET = "agent.sock"  # relative, like VMSpec.agent_socket in the run dir
 AGENT_PORT = 52  # the guest's vsock port of the banger agent
 GUEST_CID = 3  # the first CID a guest may have
 

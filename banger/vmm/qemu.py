@@ -26,9 +26,17 @@ from typing import ClassVar
 
 from qemu.qmp import QMPClient, QMPError
 
-from banger.core.errors import Conflict, HostToolError, SnapshotDamaged, SnapshotUnusable
-from banger.core.vmspec import Accel, TapNet, UserNet, VMSpec, kernel_cmdline
-from banger.host.files import reset_file
+from banger.core.errors import HostToolError, SnapshotDamaged, SnapshotUnusable
+from banger.core.vmspec import (
+    AGENT_SOCKET,
+    PIDFILE,
+    QMP_SOCKET,
+    Accel,
+    TapNet,
+    UserNet,
+    VMSpec,
+    kernel_cmdline,
+)
 from banger.host.privileged import HostOps, host_ops_for
 from banger.host.run import arun_to_log, require_tool
 from banger.vmm import qemu_snapshot
@@ -149,21 +157,13 @@ def ownership_markers(spec: VMSpec) -> tuple[str, ...]:
     return (f"path={opt(spec.qmp_socket)},", os.fspath(spec.pidfile))
 
 
-def _launch_error(spec: VMSpec, what: str) -> HostToolError:
-    tail = log_tail(spec.vmm_log)
-    last = tail.splitlines()[-1] if tail else "no output"
-    return HostToolError(
-        f"QEMU {what} for VM {spec.name}: {last}",
-        hint=f"full log: {spec.vmm_log}\n{tail}" if tail else f"see {spec.vmm_log}",
-    )
-
-
 class QemuBackend(VmmProcess):
     """``vmm.Backend`` for QEMU (see the module docstring for how it detaches)."""
 
     name: ClassVar[str] = "qemu"
     vmm_label: ClassVar[str] = "QEMU"
     traits: ClassVar[BackendTraits] = TRAITS["qemu"]
+    runtime_files: ClassVar[tuple[str, ...]] = (QMP_SOCKET, PIDFILE, AGENT_SOCKET)
 
     def __init__(
         self,
@@ -186,17 +186,7 @@ class QemuBackend(VmmProcess):
 
     async def launch(self, spec: VMSpec) -> Handle:
         """Start QEMU daemonized; return once it initialised, or raise with its log tail."""
-        if self.adopt(spec.pidfile, spec) is not None:
-            raise Conflict(
-                f"VM {spec.name} already has a running QEMU", hint="stop or kill the VM first"
-            )
-        spec.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.cleanup(spec)
-        for path in (spec.console_log, spec.vmm_log):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Ours and empty before QEMU opens them (it would follow a planted symlink);
-            # one boot per log: the tail on failure is this launch's.
-            reset_file(path)
+        self._prepare_launch(spec)
         argv = qemu_argv(spec, qemu_binary=self.binary)
         try:
             status = await arun_to_log(argv, log_path=spec.vmm_log, timeout=self.launch_timeout,
@@ -205,12 +195,10 @@ class QemuBackend(VmmProcess):
             await asyncio.shield(self._end_cancelled(spec))
             raise
         if status != 0:
-            self.cleanup(spec)
-            raise _launch_error(spec, f"failed to start (exit status {status})")
+            raise self._launch_failed(spec, f"exit status {status}")
         handle = self.adopt(spec.pidfile, spec)
         if handle is None:
-            self.cleanup(spec)
-            raise _launch_error(spec, "exited right after starting")
+            raise self._launch_failed(spec, "it exited right after starting")
         log.debug("launched VM %s: pid %d", spec.vm_id, handle.pid)
         return handle
 
@@ -297,14 +285,3 @@ class QemuBackend(VmmProcess):
     def adopt(self, pidfile: Path, spec: VMSpec) -> Handle | None:
         """A handle on the QEMU in ``pidfile`` if it runs and its argv names ``spec``'s files."""
         return adopt_vmm(self.name, pidfile, spec, ownership_markers(spec), spec.qmp_socket)
-
-    def cleanup(self, spec: VMSpec) -> None:
-        """Remove the QMP socket and pidfile unless a live QEMU of this VM still owns them."""
-        if self.adopt(spec.pidfile, spec) is None:
-            for path in (spec.qmp_socket, spec.pidfile, spec.agent_socket):
-                path.unlink(missing_ok=True)
-
-    def _remove_runtime_files(self, handle: Handle) -> None:
-        for path in (handle.control_socket, handle.pidfile,
-                     handle.control_socket.with_name("agent.sock")):
-            path.unlink(missing_ok=True)

@@ -263,7 +263,7 @@ def test_firecracker_is_launched_under_the_jailer_as_the_owner(tmp_path: Path) -
 FAKE_DMSETUP = """#!/bin/sh
 echo "$@" >> {d}/argv
 case "$1" in
-  info) if [ "$2" = "-c" ]; then cat {d}/uuid; else [ -e {d}/exists ]; fi ;;
+  info) [ -e {d}/exists ] || {{ echo "Device does not exist." >&2; exit 1; }}; cat {d}/uuid ;;
   deps) cat {d}/deps ;;
   create) sleep "$(cat {d}/create_delay 2>/dev/null || echo 0)"; touch {d}/exists ;;
   remove) rm -f {d}/exists ;;
@@ -334,6 +334,38 @@ def test_a_snapshot_of_the_owners_is_made_with_its_uuid_and_removed(
                   if line.startswith("create"))
     assert "--uuid BANGER-0-banger-s" in create
     assert helper.remove_snapshot("banger-s") is True and ran(dmsetup, "remove")
+
+
+def test_a_removal_asks_dmsetup_once_whether_the_snapshot_is_there_and_the_owners(
+    helper: HelperHostOps, two_loops: tuple[str, str], dmsetup: Path
+) -> None:
+    """One ``dmsetup info`` per removal answers both (it fails for a missing device), and
+    the helper's checks are not run again by the removal it calls."""
+    origin, cow = two_loops
+    (dmsetup / "uuid").write_text("BANGER-0-banger-s\n")
+    (dmsetup / "deps").write_text(f" 2 dependencies\t: {devno(origin)} {devno(cow)}\n")
+    assert helper.remove_snapshot("banger-s") is False  # none there
+    (dmsetup / "exists").touch()
+    assert helper.remove_snapshot("banger-s") is True
+    verbs = [line.split()[0] for line in (dmsetup / "argv").read_text().splitlines()]
+    assert verbs == ["info", "info", "deps", "remove"]
+
+
+def test_a_detach_reads_what_backs_the_loop_once(
+    helper: HelperHostOps, owner: Owner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ownership check and the detach use one reading of the kernel's backing inode."""
+    device = helper.attach_loop(sparse(owner.dirs[0] / "vms" / "one.img"), False)
+    reads: list[str] = []
+    real = blockdev.loop_backing
+
+    def counted(dev: str) -> blockdev.LoopBacking | None:
+        reads.append(dev)
+        return real(dev)
+
+    monkeypatch.setattr(blockdev, "loop_backing", counted)
+    assert helper.detach_loop(device) is True
+    assert reads == [device]
 
 
 def test_a_snapshot_built_on_other_devices_than_asked_is_removed_again(

@@ -18,7 +18,8 @@ from tests.support.fake_daemon import Answer, fake_daemon
 # Never in a CLI process: the daemon's stack, and httpx (the client is http.client).
 NEVER = {"asyncssh", "structlog", "fastapi", "starlette", "uvicorn", "pyroute2", "httpx", "anyio"}
 # Not on the -q paths: model parsing and rich rendering are for the commands that need them.
-NOT_ON_QUIET_PATHS = NEVER | {"pydantic", "pydantic_core", "rich", "banger.api.models"}
+NOT_ON_QUIET_PATHS = NEVER | {"pydantic", "pydantic_core", "rich", "banger.api.models",
+                              "asyncio", "banger.host.run"}
 # Allowed there: click, http.client (and its email parser), the client, config, the list command.
 
 _RUN = """

@@ -44,6 +44,7 @@ EXCEPTIONS = {
     ("api/client.py", "banger.host.private_dirs"),  # proves the socket is the daemon's
     ("cli/lifecycle.py", "banger.host.private_dirs"),  # starts and stops the daemon
     ("cli/lifecycle.py", "banger.host.proc"),
+    ("cli/lifecycle.py", "banger.host.run"),  # spawn_detached: the daemon, in our environment
     ("cli/lifecycle.py", "banger.host.install"),  # a system install's daemon socket
     # banger system install|status|uninstall: the install's files, systemd, the helper's hello
     ("cli/system_cmd.py", "banger.host.install"),

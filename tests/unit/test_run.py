@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from banger.host.run import CommandError, arun, arun_to_log, run
+from banger.host.run import CommandError, EnvPolicy, arun, arun_to_log, run
 
 
 def test_run_returns_captured_output_and_feeds_input() -> None:
@@ -107,7 +107,7 @@ def test_a_detached_program_never_writes_through_a_planted_log_symlink(tmp_path:
     target.write_text("keep")
     (tmp_path / "vmm.log").symlink_to(target)
     with pytest.raises(Forbidden):
-        spawn_detached(["echo", "hi"], log_path=tmp_path / "vmm.log", cwd=tmp_path)
+        spawn_detached(["echo", "hi"], log_path=tmp_path / "vmm.log", cwd=tmp_path, env="clean")
     assert target.read_text() == "keep"
 
 
@@ -117,10 +117,27 @@ def test_a_detached_program_runs_in_its_own_session_and_kill_detached_reaps_it(
     from banger.host import proc_identity
     from banger.host.run import kill_detached, spawn_detached
 
-    pid = spawn_detached(["sleep", "30"], log_path=tmp_path / "log", cwd=tmp_path)
+    pid = spawn_detached(["sleep", "30"], log_path=tmp_path / "log", cwd=tmp_path,
+                         env="clean").pid
     assert os.getsid(pid) == pid  # its own session: no terminal's signals reach it
     started = proc_identity.start_time(pid)
     assert started is not None and proc_identity.is_running(pid, started, ())
     kill_detached(pid)
     assert not proc_identity.is_running(pid, started, ())
     kill_detached(os.getpid())  # not one it started: a no-op
+
+
+@pytest.mark.parametrize(("policy", "seen"), [("clean", "clean"), ("inherit", "leak")])
+def test_a_detached_program_gets_the_environment_its_caller_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: EnvPolicy, seen: str
+) -> None:
+    """A VMM gets a clean environment; the daemon the CLI starts gets ours (BANGER_*)."""
+    from banger.host.run import spawn_detached
+
+    monkeypatch.setenv("BANGER_SECRET_FOR_TEST", "leak")
+    log = tmp_path / "log"
+    proc = spawn_detached(["sh", "-c", "echo ${BANGER_SECRET_FOR_TEST:-clean} $PWD"],
+                          log_path=log, cwd="/", env=policy)
+    assert proc.wait(timeout=10) == 0
+    assert log.read_text() == f"{seen} /\n"
+    assert (log.stat().st_mode & 0o777) == 0o600
