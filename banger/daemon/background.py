@@ -5,16 +5,24 @@ can vanish mid-flight, and an exception in one nobody awaits is lost.
 ``BackgroundTasks`` holds every task it spawns until it ends, logs any
 exception with the task's name, and cancels and awaits what is left when it
 closes (it is an async context manager, for ``serve()``'s exit stack).
+
+``CreatesInFlight`` counts the ``vm create`` operations running: background work that
+would compete with them for the CPU (a snapshot build, a warm pool fill) waits until
+none runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import contextlib
+from collections.abc import AsyncIterator, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
 import structlog
+
+from banger.api.models import OperationResult
+from banger.daemon.operations import OperationContext, Work
 
 log = structlog.get_logger("banger.daemon.background")
 
@@ -64,3 +72,44 @@ class BackgroundTasks:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+class CreatesInFlight:
+    """The creates running now, one count every background worker consults."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._quiet = asyncio.Event()  # set while no create runs
+        self._quiet.set()
+
+    @property
+    def quiet(self) -> bool:
+        """Whether no create runs."""
+        return self._quiet.is_set()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Counted as a create in flight while inside."""
+        self._count += 1
+        self._quiet.clear()
+        try:
+            yield
+        finally:
+            self._count -= 1
+            if self._count == 0:
+                self._quiet.set()
+
+    def counting(self, work: Work) -> Work:
+        """``work`` (a create) counted as in flight while it runs."""
+
+        async def counted(ctx: OperationContext) -> OperationResult | None:
+            async with self.running():
+                return await work(ctx)
+
+        return counted
+
+    async def lull(self, at_most: float | None = None) -> None:
+        """Until no create runs; with ``at_most``, no longer than that many seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(at_most):
+                await self._quiet.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from banger.api.models import CatalogKernel, KernelImportRequest, KernelInfo
@@ -35,6 +36,11 @@ class KernelService:
         self.store = store
         self.kernels_dir = kernels_dir
         self.cache_dir = cache_dir
+        self._on_delete: list[Callable[[], None]] = []
+
+    def on_delete(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (on the event loop) after a kernel is deleted."""
+        self._on_delete.append(listener)
 
     def catalog(self) -> list[CatalogKernel]:
         stored = {k.name for k in self.store.kernels.list()}
@@ -112,5 +118,7 @@ class KernelService:
         """Forget the kernel, then remove its files in a worker thread (it may wait for a lock)."""
         record = self.store.kernels.get(name)
         self.store.kernels.delete(record.name)  # refuses while an image or VM refers to it
+        for listener in self._on_delete:  # e.g. the warm snapshots it booted are stale now
+            listener()
         if record.path.exists():
             await asyncio.to_thread(delete_kernel, record.name, self.kernels_dir)

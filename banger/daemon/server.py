@@ -86,6 +86,7 @@ async def start_services(stack: contextlib.AsyncExitStack, daemon: Daemon) -> No
     # background snapshot builds: closed after the creates are cancelled (one finishing
     # then starts none), before the network they use
     stack.push_async_callback(daemon.creator.keeper.aclose)
+    daemon.creator.keeper.sweep_soon()  # what went stale while no daemon ran
     stack.push_async_callback(daemon.creator.pool.close)  # before the network closes
     daemon.creator.pool.start()
     stack.push_async_callback(daemon.operations.cancel_all)

@@ -10,84 +10,69 @@
   cannot serve a template would otherwise boot one after every cold create);
   ``banger image warm`` still tries. The daemon's shutdown cancels a build (its
   ``.tmp-*`` and template go with it).
-- Whenever a VM starts, stops or is deleted, snapshots stale for good that no
-  VM's root is backed by any more are removed (``Snapshots.prune``: one at a
-  time).
+- Snapshots stale for good that no VM's root is backed by any more are removed
+  (``Snapshots.prune``: one at a time) where one may have gone stale or free: at
+  daemon start, after a kernel is deleted, when a lookup finds the VMM's version or
+  an image's kernel changed or looks an image up first (``Snapshots.on_stale``), and
+  when a VM backed by a snapshot is deleted (its last clone takes a dropped or stale
+  one with it). A VM's start or stop changes none of these, and sweeps nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
-from collections.abc import AsyncIterator
 
 import structlog
 
-from banger.api.models import OperationResult
 from banger.core.errors import BangerError
-from banger.daemon.background import BackgroundTasks
-from banger.daemon.operations import OperationContext, Work
+from banger.daemon.background import BackgroundTasks, CreatesInFlight
 from banger.daemon.snapshots import Snapshots
-from banger.store.records import ImageRecord
+from banger.store.records import ImageRecord, VMRecord
 
 log = structlog.get_logger("banger.daemon.snapshot_keeper")
 
-QUIET_POLL = 0.25  # seconds between looks for "no create in flight"
 QUIET_MAX_WAIT = 30.0  # then it starts anyway (at nice 19): a stream of creates never ends
 DISK_RESERVE = 1 << 30  # bytes a background build leaves free beyond the guest's memory
 
 
 class SnapshotKeeper:
-    def __init__(self, snapshots: Snapshots, *, on_cold_create: bool) -> None:
+    def __init__(self, snapshots: Snapshots, creates: CreatesInFlight, *,
+                 on_cold_create: bool) -> None:
         self.snapshots = snapshots
+        self.creates = creates
         self.on_cold_create = on_cold_create
         self._tasks = BackgroundTasks()
-        self._creates = 0
         self._pending: set[str] = set()  # key ids a background build is queued or running for
         self._failed: set[str] = set()  # key ids whose background build failed
         self._sweep_queued = False
         self._building = asyncio.Lock()  # one background build at a time, across shapes
         self._closed = False  # after aclose nothing new starts
-        snapshots.rt.on_running_change(self.vm_changed)
-
-    def counting(self, work: Work) -> Work:
-        """``work`` (a create) counted as in flight while it runs."""
-
-        async def counted(ctx: OperationContext) -> OperationResult | None:
-            async with self._in_flight():
-                return await work(ctx)
-
-        return counted
-
-    @contextlib.asynccontextmanager
-    async def _in_flight(self) -> AsyncIterator[None]:
-        self._creates += 1
-        try:
-            yield
-        finally:
-            self._creates -= 1
+        snapshots.on_stale(self.sweep_soon)
+        snapshots.rt.on_delete(self.vm_deleted)
 
     def after_cold_create(self, image: ImageRecord, vcpu: int, memory_mib: int) -> None:
         """A VM of this shape booted cold: make its snapshot in the background if it could
         have one and none exists (nothing when ``snapshot_on_cold_create`` is off)."""
-        if self.on_cold_create and not self._closed and self.snapshots.why_not(image) is None:
+        if self.on_cold_create and not self._closed:
             self._tasks.spawn(self._make(image, vcpu, memory_mib),
                               name=f"snapshot of {image.name} {vcpu} vCPU {memory_mib} MiB")
 
     async def _make(self, image: ImageRecord, vcpu: int, memory_mib: int) -> None:
         snaps = self.snapshots
         try:
-            kernel = snaps.rt.kernel(image)
-            key = await asyncio.to_thread(snaps.key, image, kernel, vcpu, memory_mib)
+            found = await snaps.lookup(image, vcpu, memory_mib)
         except BangerError as exc:
             log.warning("no background snapshot: no key", image=image.name, error=exc.message)
             return
-        if key.id in self._pending or key.id in self._failed or snaps.find(key) is not None:
+        if isinstance(found, str) or found.path is not None:  # it cannot have one, or has
+            return
+        key = found.key
+        if key.id in self._pending or key.id in self._failed:
             return
         self._pending.add(key.id)
         try:
-            await self._lull()
+            await self.creates.lull(QUIET_MAX_WAIT)  # the creates' own guests boot first
             async with self._building:
                 if (why := self._no_room(memory_mib)) is not None:
                     log.warning("no background snapshot", image=image.name, why=why)
@@ -114,15 +99,14 @@ class SnapshotKeeper:
                     f"{memory_mib} MiB and a {DISK_RESERVE >> 20} MiB reserve")
         return None
 
-    async def _lull(self) -> None:
-        """Until no create is in flight (their guests boot first), at most ``QUIET_MAX_WAIT``."""
-        waited = 0.0
-        while self._creates and waited < QUIET_MAX_WAIT:
-            await asyncio.sleep(QUIET_POLL)
-            waited += QUIET_POLL
+    def vm_deleted(self, vm: VMRecord) -> None:
+        """A VM went: the snapshot it was backed by may go now (stale, or dropped)."""
+        if vm.snapshot_id is not None:
+            self.sweep_soon()
 
-    def vm_changed(self) -> None:
-        """A VM started, stopped or went: sweep stale snapshots no VM is backed by now."""
+    def sweep_soon(self) -> None:
+        """Something may have made snapshots stale or freed one: sweep in the background
+        (one queued at a time)."""
         if not self._sweep_queued and not self._closed:
             self._sweep_queued = True
             self._tasks.spawn(self._sweep(), name="sweep stale snapshots")

@@ -80,6 +80,15 @@ class SnapshotKey:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Lookup:
+    """A shape's key, the kernel it boots and its usable snapshot (None: none made yet)."""
+
+    key: SnapshotKey
+    kernel: KernelRecord
+    path: Path | None
+
+
 def _changed(name: str, old: object, new: object) -> str:
     """One line of why a key no longer matches: the field that changed."""
     if name == "vmm_version":
@@ -130,10 +139,17 @@ class Snapshots:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._sweeping = asyncio.Lock()  # one prune at a time
         self._listeners: list[Callable[[], None]] = []
+        self._stale_listeners: list[Callable[[], None]] = []
+        self._seen: dict[tuple[str, str], str] = {}  # what ``lookup`` last saw (``_notice``)
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (on the event loop) after a snapshot is made or dropped."""
         self._listeners.append(listener)
+
+    def on_stale(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (on the event loop) when a lookup finds that snapshots made
+        before went stale: the VMM's version or an image's kernel changed since the last."""
+        self._stale_listeners.append(listener)
 
     def _changed(self) -> None:
         for listener in self._listeners:
@@ -175,6 +191,30 @@ class Snapshots:
     def dir(self, snap_id: str) -> Path:
         """A snapshot's directory: ``snap_id`` is its name (``<key id>[.<hex>]``)."""
         return self.root / snap_id
+
+    async def lookup(self, image: ImageRecord, vcpu: int, memory_mib: int) -> Lookup | str:
+        """The key of this shape and its usable snapshot, or why VMs of ``image`` cannot
+        start from one here (``why_not``). A ``BangerError`` when there is no key: the kernel
+        is gone, or the VMM cannot say its version (asked in a worker thread)."""
+        why = self.why_not(image)
+        if why is not None:
+            return why
+        kernel = self.rt.kernel(image)
+        key = await to_thread_joined(self.key, image, kernel, vcpu, memory_mib)
+        self._notice(image.id, key)
+        return Lookup(key, kernel, self.find(key))
+
+    def _notice(self, image_id: str, key: SnapshotKey) -> None:
+        """Tell ``on_stale`` listeners when ``key``'s VMM version or its image's kernel
+        (name, import time, files) differ from the last lookup's, or none was seen yet
+        (either may have changed since the daemon's start-up sweep): snapshots made before
+        may be stale now."""
+        now = {("vmm", ""): key.vmm_version, ("kernel", image_id): key.kernel}
+        stale = any(self._seen.get(what) != seen for what, seen in now.items())
+        self._seen.update(now)
+        if stale:
+            for listener in self._stale_listeners:
+                listener()
 
     def find(self, key: SnapshotKey) -> Path | None:
         """The complete snapshot (any generation) whose meta matches ``key``, else None."""
@@ -369,16 +409,15 @@ class Snapshots:
                    background: bool = False) -> str:
         """The snapshot for this shape, made now if there is none; return its id.
         ``background``: the template's VMM runs at the lowest CPU priority."""
-        why = self.why_not(image)
-        if why is not None:
-            raise Unavailable(f"no snapshot for image '{image.name}': {why}",
+        found = await self.lookup(image, vcpu, memory_mib)
+        if isinstance(found, str):
+            raise Unavailable(f"no snapshot for image '{image.name}': {found}",
                               hint="VMs of this image boot cold")
-        kernel = self.rt.kernel(image)
-        key = await asyncio.to_thread(self.key, image, kernel, vcpu, memory_mib)
+        key = found.key
         async with self._locks[key.id]:  # a racing create waits, then finds it made
-            found = self.find(key)
-            return found.name if found is not None else \
-                await self._build(key, image, kernel, background)
+            made = self.find(key)
+            return made.name if made is not None else \
+                await self._build(key, image, found.kernel, background)
 
     async def _build(self, key: SnapshotKey, image: ImageRecord, kernel: KernelRecord,
                      background: bool) -> str:

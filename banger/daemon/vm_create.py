@@ -27,6 +27,7 @@ from banger.core.validate import (
     validate_vcpu,
 )
 from banger.core.vmspec import DiskFormat
+from banger.daemon.background import CreatesInFlight
 from banger.daemon.image_service import ImageService
 from banger.daemon.operations import OperationContext, Work
 from banger.daemon.snapshot_keeper import SnapshotKeeper
@@ -36,7 +37,8 @@ from banger.daemon.vm_layout import VMFiles
 from banger.daemon.vm_pool import WarmPool
 from banger.daemon.vm_service import VMService, check_host_room
 from banger.daemon.workspace_service import WorkspaceService
-from banger.host import disks, git_identity, ssh
+from banger.host import disks, ssh
+from banger.host.git_identity import guest_gitconfig, host_git_identity
 from banger.host.net import allocate_mac
 from banger.images.manifest import ROOTFS_NAME, WORK_SEED_NAME
 from banger.store.records import ImageRecord, VMRecord
@@ -78,10 +80,12 @@ class VMCreator:
         self.store = vms.rt.store
         self.settings = vms.rt.settings
         self.snapshots = Snapshots(vms.rt)
-        self.keeper = SnapshotKeeper(self.snapshots,
+        self.creates = CreatesInFlight()  # background builds and pool fills wait for none
+        self.keeper = SnapshotKeeper(self.snapshots, self.creates,
                                      on_cold_create=vms.rt.settings.snapshot_on_cold_create)
         images.on_delete(self.snapshots.forget_image)
-        self.pool = WarmPool(vms.rt, vms.booter, self.snapshots, self._make_disks)
+        images.kernels.on_delete(self.keeper.sweep_soon)
+        self.pool = WarmPool(vms.rt, vms.booter, self.snapshots, self.creates, self._make_disks)
 
     def plan(self, req: VMCreateRequest) -> CreatePlan:
         """Validate the request against the store and the host; nothing is created."""
@@ -144,7 +148,7 @@ class VMCreator:
             image = plan.image or await self._default_image(ctx)
             member = await self.pool.take(plan, image)
             vm_id = member.vm.id if member is not None else new_id()
-            async with (self.pool.busy(), self.rt.lock(vm_id),
+            async with (self.rt.lock(vm_id),
                         contextlib.AsyncExitStack() as undo,
                         contextlib.AsyncExitStack() as scratch):
                 if member is not None:
@@ -190,7 +194,7 @@ class VMCreator:
                 self.keeper.after_cold_create(image, plan.vcpu, plan.memory_mib)
             return self.rt.info(vm)
 
-        return plan, self.keeper.counting(work)
+        return plan, self.creates.counting(work)
 
     async def _pick_snapshot(self, plan: CreatePlan, image: ImageRecord
                              ) -> tuple[Path | None, str]:
@@ -199,18 +203,15 @@ class VMCreator:
             return None, "created without starting"
         if plan.cold:
             return None, "--cold"
-        why = self.snapshots.why_not(image)
-        if why is not None:
-            return None, why
         try:
-            key = await to_thread_joined(self.snapshots.key, image, self.rt.kernel(image),
-                                         plan.vcpu, plan.memory_mib)
+            found = await self.snapshots.lookup(image, plan.vcpu, plan.memory_mib)
         except HostToolError as exc:  # e.g. the VMM cannot say its version: the boot will tell
             return None, f"no snapshot key: {exc.message}"
-        found = self.snapshots.find(key)
-        if found is None:
+        if isinstance(found, str):
+            return None, found
+        if found.path is None:
             return None, "no snapshot of this shape: banger image warm makes one"
-        return found, ""
+        return found.path, ""
 
     async def _start(self, ctx: OperationContext, vm: VMRecord, image: ImageRecord,
                      undo: contextlib.AsyncExitStack, snapshot: Path | None,
@@ -260,9 +261,11 @@ class VMCreator:
             )
         )
 
-    async def _make_disks(self, vm: VMRecord, image: ImageRecord, snapshot: Path | None) -> None:
+    async def _make_disks(self, vm: VMRecord, image: ImageRecord, snapshot: Path | None,
+                          git: dict[str, str] | None = None) -> None:
         """Root overlay (on the image, or on a warm snapshot's saved root), and (in
-        parallel) the work disk with our key and a fresh host key."""
+        parallel) the work disk with our key, a fresh host key and the git identity ``git``
+        (None: the host's, read now)."""
         files = self.rt.files(vm)
         files.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         base: Path = image.path / ROOTFS_NAME
@@ -276,14 +279,15 @@ class VMCreator:
                 disks.create_root_overlay, base, files.root, self.rt.backend.traits.root_overlay,
                 backing_format=base_format,
             )),
-            to_thread_joined(self._make_work_disk, vm, image, files),
+            to_thread_joined(self._make_work_disk, vm, image, files, git),
             return_exceptions=True,
         )
         for result in results:
             if isinstance(result, BaseException):
                 raise result
 
-    def _make_work_disk(self, vm: VMRecord, image: ImageRecord, files: VMFiles) -> None:
+    def _make_work_disk(self, vm: VMRecord, image: ImageRecord, files: VMFiles,
+                        git: dict[str, str] | None) -> None:
         host_key = ssh.fresh_host_key("banger-vm")
         files.host_key_pub.write_bytes(host_key[1])
         seed = image.path / WORK_SEED_NAME
@@ -293,5 +297,5 @@ class VMCreator:
             seed=seed if seed.exists() else None,
             authorized_keys=ssh.ensure_ssh_key(self.settings.paths.ssh_key),
             host_key=host_key,
-            gitconfig=git_identity.guest_gitconfig(git_identity.host_git_identity()),
+            gitconfig=guest_gitconfig(host_git_identity() if git is None else git),
         )

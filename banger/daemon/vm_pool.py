@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,7 +41,7 @@ from banger.core.errors import BangerError, GuestError, HostToolError, SnapshotD
 from banger.core.names import ID_RE, new_id
 from banger.core.states import NetMode
 from banger.core.validate import parse_size
-from banger.daemon.background import BackgroundTasks
+from banger.daemon.background import BackgroundTasks, CreatesInFlight
 from banger.daemon.operations import OperationContext
 from banger.daemon.snapshots import Snapshots
 from banger.daemon.vm_boot import VMBooter
@@ -63,7 +63,8 @@ log = structlog.get_logger("banger.daemon.vm_pool")
 
 MEMBER_NAME = "banger-pool"  # a member's hostname until a create names it
 
-MakeDisks = Callable[[VMRecord, ImageRecord, Path | None], Awaitable[None]]
+# the VM, its image, the snapshot its root is based on, the git identity for its work disk
+MakeDisks = Callable[[VMRecord, ImageRecord, Path | None, dict[str, str]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -112,19 +113,17 @@ def why_not_served(want: CreatePlan, image: ImageRecord | None, shape: Shape, *,
 
 class WarmPool:
     def __init__(self, rt: VMRuntime, booter: VMBooter, snapshots: Snapshots,
-                 make_disks: MakeDisks) -> None:
+                 creates: CreatesInFlight, make_disks: MakeDisks) -> None:
         self.rt = rt
         self.booter = booter
         self.snapshots = snapshots
+        self.creates = creates  # the pool fills only while none runs
         self._make_disks = make_disks
         self.size = rt.settings.warm_pool
         self.markers = rt.paths.state_dir / "pool"
         self._members: list[Member] = []
         self._tasks = BackgroundTasks()
         self._wake = asyncio.Event()
-        self._quiet = asyncio.Event()  # set while no create runs
-        self._quiet.set()
-        self._creates = 0
         self._idle_why: str | None = None
         snapshots.on_change(self.kick)  # a new snapshot fills the pool, a dropped one empties it
 
@@ -142,18 +141,6 @@ class WarmPool:
         """Look again: fill up, or discard members gone stale (a claim, a new snapshot)."""
         self._wake.set()
 
-    @contextlib.asynccontextmanager
-    async def busy(self) -> AsyncIterator[None]:
-        """Held by every create (and ``take``): the pool fills only while none runs."""
-        self._creates += 1
-        self._quiet.clear()
-        try:
-            yield
-        finally:
-            self._creates -= 1
-            if self._creates == 0:
-                self._quiet.set()
-
     async def _fill_forever(self) -> None:
         while True:
             await self._wake.wait()
@@ -161,25 +148,30 @@ class WarmPool:
             await self._fill()
 
     async def _fill(self) -> None:
-        """Discard stale members, then fill up to ``size``, one at a time."""
+        """Discard stale members, then fill up to ``size``, one at a time, from one look at
+        the shape and the git identity (``_current``): a create beginning meanwhile makes it
+        wait and look again; a kick meanwhile (a snapshot made or dropped, a claim) ends it,
+        and ``_fill_forever`` looks again."""
         while True:
-            while not self._quiet.is_set():  # woken, but a create may have begun since
-                await self._quiet.wait()
+            await self.creates.lull()  # woken, but a create may have begun since
             current = await self._current()
             await self._discard_stale(current[0] if current else None)
-            if current is None or len(self._members) >= self.size:
+            while current is not None and len(self._members) < self.size:
+                if self._wake.is_set():
+                    return
+                if not self.creates.quiet:  # a create began: after it
+                    break
+                try:
+                    member = await self._fill_one(*current)
+                except BangerError as exc:  # the next kick tries again
+                    log.warning("could not fill the warm pool", error=exc.message, hint=exc.hint)
+                    if isinstance(exc, SnapshotDamaged):  # its files are bad: a create's rule
+                        await self.snapshots.invalidate(current[2].name, exc.message)
+                    return
+                self._members.append(member)
+                log.info("warm pool member ready", member=member.vm.id, members=self.members)
+            else:
                 return
-            if not self._quiet.is_set():  # a create began while we looked: after it
-                continue
-            try:
-                member = await self._fill_one(*current)
-            except BangerError as exc:  # the next kick tries again
-                log.warning("could not fill the warm pool", error=exc.message, hint=exc.hint)
-                if isinstance(exc, SnapshotDamaged):  # its files are bad: a create's rule
-                    await self.snapshots.invalidate(current[2].name, exc.message)
-                return
-            self._members.append(member)
-            log.info("warm pool member ready", member=member.vm.id, members=self.members)
 
     async def _current(self) -> tuple[Shape, ImageRecord, Path] | None:
         """The default shape and its snapshot; None (saying why, once) when there is none."""
@@ -199,23 +191,20 @@ class WarmPool:
         image = rt.store.images.get_default()
         if image is None:
             return "no default image"
-        why = self.snapshots.why_not(image)
-        if why is not None:
-            return why
         vcpu, memory = rt.settings.default_vcpu, rt.settings.default_memory_mib
         try:
-            kernel = rt.kernel(image)
-            key = await asyncio.to_thread(self.snapshots.key, image, kernel, vcpu, memory)
+            found = await self.snapshots.lookup(image, vcpu, memory)
         except BangerError as exc:
             return exc.message
-        snapshot = self.snapshots.find(key)
-        if snapshot is None:
+        if isinstance(found, str):
+            return found
+        if found.path is None:
             return "no snapshot of the default shape (banger image warm makes one)"
         git = await asyncio.to_thread(host_git_identity)
-        shape = Shape(image.id, kernel.name, vcpu, memory,
-                      parse_size(rt.settings.default_disk, "disk"), snapshot.name,
+        shape = Shape(image.id, found.kernel.name, vcpu, memory,
+                      parse_size(rt.settings.default_disk, "disk"), found.path.name,
                       tuple(sorted(git.items())))
-        return shape, image, snapshot
+        return shape, image, found.path
 
     async def _discard_stale(self, current: Shape | None) -> None:
         for member in [m for m in self._members if m.shape != current]:
@@ -237,7 +226,7 @@ class WarmPool:
         )
         async with contextlib.AsyncExitStack() as undo:
             undo.push_async_callback(self._remove, vm)
-            await self._make_disks(vm, image, snapshot)
+            await self._make_disks(vm, image, snapshot, dict(shape.git))  # read with the shape
             net, tap, port = await rt.network.attach(vm)
             undo.push_async_callback(rt.network.detach, tap)
             vm = dataclasses.replace(vm, tap_name=tap, ssh_port=port)
@@ -266,8 +255,7 @@ class WarmPool:
         """A member to be this create's VM, or None (the create goes on without the pool)."""
         if not self._members:
             return None
-        async with self.busy():  # its create holds ``busy`` right after
-            current = await self._current()
+        current = await self._current()  # its create is counted in ``creates`` already
         if not self._members:  # another create took the last one meanwhile
             return None
         member = self._members[0]

@@ -32,6 +32,13 @@ from banger.vmm.base import Backend, Handle
 log = structlog.get_logger("banger.daemon.vm_runtime")
 
 
+def _call(listener: Callable[..., None], *args: object) -> None:
+    try:
+        listener(*args)
+    except Exception:  # one broken listener must not fail a VM verb
+        log.exception("a VM change listener failed", listener=repr(listener))
+
+
 class VMRuntime:
     def __init__(
         self, settings: Settings, store: Store, network: VMNetwork, backend: Backend,
@@ -45,17 +52,25 @@ class VMRuntime:
         self.guest: Guest = guest or SSHGuest(settings.paths.ssh_key)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._listeners: list[Callable[[], None]] = []
+        self._delete_listeners: list[Callable[[VMRecord], None]] = []
 
     def on_running_change(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` whenever a VM starts or stops running (or is deleted)."""
         self._listeners.append(listener)
 
+    def on_delete(self, listener: Callable[[VMRecord], None]) -> None:
+        """Call ``listener(vm)`` after ``vm`` (its last row) is deleted."""
+        self._delete_listeners.append(listener)
+
     def running_changed(self) -> None:
         for listener in self._listeners:
-            try:
-                listener()
-            except Exception:  # one broken listener must not fail a VM verb
-                log.exception("a VM change listener failed", listener=repr(listener))
+            _call(listener)
+
+    def deleted(self, vm: VMRecord) -> None:
+        """``vm`` is gone: it stopped running too."""
+        self.running_changed()
+        for listener in self._delete_listeners:
+            _call(listener, vm)
 
     def files(self, vm: VMRecord) -> VMFiles:
         return VMFiles.of(self.paths, vm.id, self.backend.traits.root_format)

@@ -79,7 +79,7 @@ class VMWatcher:
         await asyncio.to_thread(shutil.rmtree, files.run_dir, ignore_errors=True)
         self._unwatch(vm.id)
         self.rt.store.vms.delete(vm.id, missing_ok=True)
-        self.rt.running_changed()
+        self.rt.deleted(vm)
 
     async def reconcile(self) -> None:
         """Daemon start: adopt VMs whose VMM provably runs; clean up the rest and half-made

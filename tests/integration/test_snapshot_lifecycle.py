@@ -95,7 +95,7 @@ def test_the_build_waits_until_no_create_is_in_flight(lean: Lean) -> None:
         async def slow_create(_ctx: object) -> None:
             await release.wait()
 
-        op = vms.registry.begin("vm.create", keeper.counting(slow_create))
+        op = vms.registry.begin("vm.create", vms.creator.creates.counting(slow_create))
         keeper.after_cold_create(image, 1, 128)
         await asyncio.sleep(1.0)
         assert _templates(backend) == []  # a create is in flight: the template waits
@@ -119,7 +119,7 @@ def test_a_stream_of_creates_does_not_hold_the_build_off_forever(
         async def endless_create(_ctx: object) -> None:
             await release.wait()
 
-        op = vms.registry.begin("vm.create", keeper.counting(endless_create))
+        op = vms.registry.begin("vm.create", vms.creator.creates.counting(endless_create))
         keeper.after_cold_create(image, 1, 128)
         async with asyncio.timeout(10):  # made while the create is still in flight
             while not backend.named("save_state"):

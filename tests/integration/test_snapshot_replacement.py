@@ -89,6 +89,6 @@ def test_a_damaged_snapshot_backing_a_vm_is_replaced_by_a_new_generation(lean: L
         assert vms.vm(name).snapshot_id == new
     assert _saves(backend) == 2
     vms.drive(lambda: vms.run(vms.service.delete("c0")))  # the old root's last VM
-    vms.drive(lambda: _create(vms, "c4"))  # (its sweep runs in the background)
+    vms.drive(lambda: _create(vms, "c4"))  # (the delete queued a sweep: settled here)
     assert _dirs(vms) == [new]
     assert vms.drive(lambda: snaps.warm(image, 1, 128)) == new

@@ -17,6 +17,7 @@ from banger.api.models import Operation, OperationState
 from banger.core.errors import HostToolError
 from banger.daemon import snapshot_keeper
 from banger.daemon.snapshots import Snapshots
+from banger.daemon.vm_layout import boot_kernel
 from banger.store import ImageRecord
 from tests.support.fake_snapshot import (
     SnapshotFakeBackend,
@@ -168,6 +169,71 @@ def test_a_snapshot_whose_kernel_is_gone_is_pruned(lean: Lean) -> None:
     assert vms.creator.snapshots.dir(snap_id).is_dir()  # a dry run removes nothing
     assert vms.drive(vms.creator.snapshots.prune) == [snap_id]
     assert not vms.creator.snapshots.dir(snap_id).exists()
+
+
+def _count_sweeps(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Every ``Snapshots.prune`` from now on, as its ``dry_run`` (the sweep itself runs)."""
+    sweeps: list[bool] = []
+    prune = Snapshots.prune
+
+    async def counted(self: Snapshots, *, dry_run: bool = False) -> list[str]:
+        sweeps.append(dry_run)
+        return await prune(self, dry_run=dry_run)
+
+    monkeypatch.setattr(Snapshots, "prune", counted)
+    return sweeps
+
+
+def test_a_vm_start_or_stop_sweeps_nothing_and_its_delete_takes_its_dropped_snapshot(
+        lean: Lean, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only an image or kernel change, a VMM upgrade or a backed VM's delete can make a
+    snapshot go: a stop or start (which changes none of them) looks at none."""
+    vms, _, image = lean
+    snaps = vms.creator.snapshots
+    snap_id = warm_small(vms, image)
+    vms.drive(lambda: _create(vms, "c0"))
+    assert vms.vm("c0").snapshot_id == snap_id
+    vms.drive(lambda: snaps.invalidate(snap_id, "a test drops it"))  # kept: c0 is backed by it
+    vms.drive(lambda: settle(vms))
+    sweeps = _count_sweeps(monkeypatch)
+    for verb in (vms.service.stop, vms.service.start) * 2:
+        op = vms.drive(lambda verb=verb: vms.run(verb("c0")))  # type: ignore[misc]
+        assert op.state is OperationState.SUCCEEDED, op.error
+        assert not vms.creator.keeper.busy  # nothing was queued
+    assert sweeps == [] and snaps.dir(snap_id).is_dir()
+    vms.drive(lambda: vms.run(vms.service.delete("c0")))  # its last clone goes
+    vms.drive(lambda: settle(vms))
+    assert sweeps == [False] and not snaps.dir(snap_id).exists()
+
+
+@pytest.mark.parametrize("change", ["vmm upgraded", "kernel file replaced"])
+def test_a_change_that_makes_a_snapshot_stale_is_swept_once_a_lookup_sees_it(
+        lean: Lean, change: str) -> None:
+    vms, backend, image = lean
+    snaps = vms.creator.snapshots
+    old = warm_small(vms, image)
+    if change == "vmm upgraded":
+        backend.version = "fake-vmm 2.0"  # its binary replaced under the running daemon
+    else:
+        boot = boot_kernel(vms.service.rt.kernel(image), backend.traits)
+        boot.parent.mkdir(parents=True, exist_ok=True)
+        boot.write_bytes(b"another build, same name")
+    vms.drive(lambda: _create(vms, "c0"))  # its lookup finds the key changed
+    assert vms.vm("c0").started_from == \
+        "cold (no snapshot of this shape: banger image warm makes one)"
+    vms.drive(lambda: settle(vms))
+    [new] = sorted(p.name for p in snaps.root.iterdir())  # c0's background build made it
+    assert new != old
+
+
+def test_a_kernel_delete_sweeps_the_snapshots_it_made_stale(lean: Lean) -> None:
+    vms, _, image = lean
+    snaps = vms.creator.snapshots
+    snap_id = warm_small(vms, image)
+    vms.store.images.delete("img")  # the other image names k; lean boots the default
+    vms.drive(lambda: vms.creator.images.kernels.delete("k"))
+    vms.drive(lambda: settle(vms))
+    assert not snaps.dir(snap_id).exists()
 
 
 def test_a_symlink_in_snapshots_is_removed_once_and_a_file_left_alone(

@@ -18,9 +18,10 @@ import structlog.testing
 
 from banger.api.models import Operation, OperationState, VMCreateRequest, WorkspaceRequest
 from banger.core.errors import GuestError, SnapshotUnusable
-from banger.daemon import vm_restore
+from banger.daemon import vm_create, vm_pool, vm_restore
 from banger.daemon.vm_layout import VMFiles
 from banger.daemon.vm_pool import WarmPool
+from banger.host.git_identity import guest_gitconfig
 from banger.store import ImageRecord
 from tests.support.fake_host_ops import RecordingHostOps
 from tests.support.fake_snapshot import SnapshotFakeBackend, pooled_lean_vms, until
@@ -133,6 +134,33 @@ def test_a_member_whose_guest_fails_its_identity_is_dropped_and_the_create_goes_
     assert [h.pid for h in backend.live() if h.vm_id == vm.id] == [vm.pid]
 
 
+def test_a_fill_reads_the_git_identity_once_and_its_work_disk_gets_that_one(
+        pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The identity the member's shape records (what a claim compares) is the one its work
+    disk holds: read once per fill, not again for the disk."""
+    vms, _, image = pool
+    identities = iter([{"user.name": 'Ada "; touch /pwned #', "user.email": "a@example.org"},
+                       {"user.name": "someone else"}])  # a second read would see this one
+    reads: list[dict[str, str]] = []
+
+    def host_identity() -> dict[str, str]:
+        reads.append(next(identities))
+        return reads[-1]
+
+    written: list[dict[str, str]] = []
+
+    def gitconfig(identity: dict[str, str]) -> bytes | None:
+        written.append(identity)
+        return guest_gitconfig(identity)
+
+    monkeypatch.setattr(vm_pool, "host_git_identity", host_identity)
+    monkeypatch.setattr(vm_create, "host_git_identity", host_identity)
+    monkeypatch.setattr(vm_create, "guest_gitconfig", gitconfig)
+    vms.drive(lambda: _filled(vms, image))
+    assert len(reads) == 1 and written == reads
+    assert vms.creator.pool.creates is vms.creator.keeper.creates  # one count of creates
+
+
 def test_the_members_of_a_killed_daemon_are_reaped_at_its_restart(pool: Pool) -> None:
     """A daemon SIGKILLed with a filled pool leaves the member's VMM (daemonized), files
     and marker. A marker whose pidfile names a live process that is not the member's VMM
@@ -150,7 +178,7 @@ def test_the_members_of_a_killed_daemon_are_reaped_at_its_restart(pool: Pool) ->
         (files.run_dir / "vmm.pid").write_text(f"{stranger.pid}\n")
         (first.markers / "0123456789ab").touch()
         (first.markers / "not-an-id").touch()
-        restarted = WarmPool(vms.new_service().rt, first.booter, first.snapshots,
+        restarted = WarmPool(vms.new_service().rt, first.booter, first.snapshots, first.creates,
                              make_disks=None)  # type: ignore[arg-type]  # recover makes none
         reaped = vms.drive(restarted.recover)
         assert sorted(reaped) == sorted([member_id, "0123456789ab"])

@@ -218,5 +218,8 @@ async def settle(vms: FakeVMs, timeout: float = 10) -> None:
 
 
 def warm_small(vms: FakeVMs, image: ImageRecord) -> str:
-    """``image warm`` of the small shape; the snapshot's id."""
-    return vms.drive(lambda: vms.creator.snapshots.warm(image, 1, 128))
+    """``image warm`` of the small shape, and the sweep its lookup queued (the image's
+    first); the snapshot's id."""
+    snap_id = vms.drive(lambda: vms.creator.snapshots.warm(image, 1, 128))
+    vms.drive(lambda: settle(vms))
+    return snap_id
