@@ -11,7 +11,7 @@ so a test can assert the order of a whole create and its undo).
 
 Timeouts the daemon passes (10 s for a graceful stop, an hour for the
 watcher's wait) are multiplied by ``time_scale`` so a test that waits one out
-takes a fraction of a second.
+takes a fraction of a second (a wait for an exit: at least a second).
 """
 
 from __future__ import annotations
@@ -151,8 +151,13 @@ class FakeBackend:
     async def wait_exit(self, handle: Handle, *, timeout: float) -> bool:
         self._record("wait_exit", handle.vm_id, timeout)
         return await proc.wait_until_gone(
-            handle.pid, handle.start_time, handle.markers, timeout=timeout * self.time_scale
+            handle.pid, handle.start_time, handle.markers, timeout=self._scaled_wait(timeout)
         )
+
+    def _scaled_wait(self, timeout: float) -> float:
+        """``timeout`` scaled, but never under a second (nor over ``timeout``): a signalled
+        ``sleep`` on a loaded 2-core host can take longer than 0.1 s to exit (CI saw it)."""
+        return max(timeout * self.time_scale, min(timeout, 1.0))
 
     def adopt(self, pidfile: Path, spec: VMSpec) -> Handle | None:
         self._record("adopt", spec.vm_id)

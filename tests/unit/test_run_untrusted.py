@@ -22,7 +22,9 @@ from banger.core.errors import Cancelled
 from banger.host.run import CommandError, OutputTooLarge, run_untrusted, stream_stdout
 
 FLOOD_STDERR = "import sys\nfor _ in range(320): sys.stderr.write('w' * 65535 + '\\n')\n"
-SILENT_WITH_GRANDCHILD = "import subprocess\nsubprocess.run(['sleep', '31.4159'])\n"
+# The grandchild's argv is this run's own (another test run on the host has its own)
+GRANDCHILD_SLEEP = f"31.{os.getpid()}"
+SILENT_WITH_GRANDCHILD = f"import subprocess\nsubprocess.run(['sleep', '{GRANDCHILD_SLEEP}'])\n"
 TRICKLE = "import sys, time\nwhile True:\n print('x', flush=True)\n time.sleep(0.2)\n"
 ENDLESS = "import sys\nwhile True: sys.stdout.write('y' * 65536)\n"
 
@@ -41,7 +43,8 @@ def no_child_left() -> Iterator[None]:
     before = _children()  # earlier tests' long-lived children (a daemon) are not this test's
     yield
     assert _children() - before == set(), "a child (or its group) outlived the call"
-    sleepers = subprocess.run(["pgrep", "-f", "^sleep 31.4159$"], capture_output=True, check=False)
+    sleepers = subprocess.run(["pgrep", "-f", f"^sleep {GRANDCHILD_SLEEP}$"],
+                              capture_output=True, check=False)
     assert sleepers.stdout == b"", "a grandchild outlived the call"
 
 
