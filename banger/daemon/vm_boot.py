@@ -7,16 +7,29 @@ import time
 from pathlib import Path
 
 from banger.core.cancel import to_thread_joined
-from banger.core.errors import BangerError
+from banger.core.errors import BangerError, GuestError
 from banger.core.states import VMState
 from banger.daemon.operations import OperationContext
 from banger.daemon.vm_restore import clone_spec, restore_clone
 from banger.daemon.vm_runtime import VMRuntime
 from banger.daemon.vm_watch import VMWatcher
 from banger.host import ssh, work_files
+from banger.host.files import log_tail
 from banger.store.codec import utcnow
 from banger.store.records import VMRecord
 from banger.vmm.base import Handle
+
+CONSOLE_TAIL = 2000  # bytes of its console shown with a guest that never became ready
+
+
+def with_console(exc: GuestError, console: Path) -> GuestError:
+    """``exc`` with the guest console's last lines as its hint, read now: a failed create
+    removes the VM, its console log with it, before anyone could run ``banger vm logs``."""
+    tail = log_tail(console, CONSOLE_TAIL)
+    if not tail:
+        return exc
+    lines = tail.splitlines()[-20:]
+    return GuestError(exc.message, hint="the guest's console, last lines:\n" + "\n".join(lines))
 
 
 class VMBooter:
@@ -79,8 +92,11 @@ class VMBooter:
                 ctx.detail("over the connection made when the warm pool filled")
             else:
                 deadline = time.monotonic() + rt.settings.ssh_ready_timeout
-                await rt.guest.wait_ready(vm, files, host, port, deadline=deadline,
-                                          alive=handle.running)
+                try:
+                    await rt.guest.wait_ready(vm, files, host, port, deadline=deadline,
+                                              alive=handle.running)
+                except GuestError as exc:
+                    raise with_console(exc, files.console_log) from exc
             vm = rt.store.vms.transition(
                 vm, VMState.RUNNING, reason="booted, sshd accepts our key", started_at=utcnow(),
                 started_from=started_from,

@@ -345,3 +345,13 @@ def write_private(path: Path, data: bytes) -> None:
     with os.fdopen(fd, "wb") as f:
         os.fchmod(f.fileno(), 0o600)
         f.write(data)
+
+
+def log_tail(path: Path, limit: int = 4096) -> str:
+    """The last ``limit`` bytes of a log file, or '' when it cannot be read."""
+    try:
+        with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
+            return f.read().decode("utf-8", "replace").strip()
+    except (OSError, Forbidden):
+        return ""

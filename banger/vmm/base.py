@@ -23,14 +23,13 @@ from typing import ClassVar, Protocol, runtime_checkable
 from banger.core.errors import (
     BangerError,
     Conflict,
-    Forbidden,
     HostToolError,
     SnapshotDamaged,
     SnapshotUnusable,
 )
 from banger.core.vmspec import Accel, VMSpec
 from banger.host import proc_identity as proc
-from banger.host.files import open_nofollow, reset_file
+from banger.host.files import log_tail, open_nofollow, reset_file
 from banger.host.privileged import HostOps
 from banger.host.probes import have_usable_kvm
 from banger.host.run import run
@@ -267,16 +266,6 @@ def open_snapshot_file(path: Path, what: str) -> int:
         raise cls(f"cannot open the saved {what} {path.name}: {exc}") from exc
     except BangerError as exc:
         raise SnapshotDamaged(f"cannot open the saved {what} {path.name}: {exc.message}") from exc
-
-
-def log_tail(path: Path, limit: int = 4096) -> str:
-    """The last ``limit`` bytes of a log file, or '' when it cannot be read."""
-    try:
-        with os.fdopen(open_nofollow(path, os.O_RDONLY), "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
-            return f.read().decode("utf-8", "replace").strip()
-    except (OSError, Forbidden):
-        return ""
 
 
 def choose_accel() -> Accel:

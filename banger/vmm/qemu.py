@@ -37,10 +37,11 @@ from banger.core.vmspec import (
     VMSpec,
     kernel_cmdline,
 )
+from banger.host.files import log_tail
 from banger.host.privileged import HostOps, host_ops_for
 from banger.host.run import arun_to_log, require_tool
 from banger.vmm import qemu_snapshot
-from banger.vmm.base import Handle, StopOutcome, VmmProcess, adopt_vmm, log_tail
+from banger.vmm.base import Handle, StopOutcome, VmmProcess, adopt_vmm
 from banger.vmm.channel import Channel
 from banger.vmm.traits import TRAITS, BackendTraits
 

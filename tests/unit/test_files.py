@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from banger.core.errors import Forbidden
-from banger.host.files import atomic_write_text, open_nofollow, reset_file, sha256_file
-from banger.vmm.base import log_tail
+from banger.host.files import atomic_write_text, log_tail, open_nofollow, reset_file, sha256_file
 
 
 def test_sha256_of_a_sparse_file_equals_hashing_every_byte(tmp_path: Path) -> None:

@@ -20,8 +20,10 @@ from banger.api.models import Operation, VMCreateRequest
 from banger.core.cancel import pause
 from banger.core.errors import HostToolError, Unavailable
 from banger.core.states import VM_TRANSITIONS, NetMode, VMState
+from banger.daemon.vm_layout import VMFiles
 from banger.host import disks
 from banger.images.manifest import ROOTFS_NAME
+from banger.store import VMRecord
 from banger.vmm.traits import TRAITS
 from tests.support.fake_vms import IMAGE_ID, FakeVMs, fake_vms
 
@@ -135,6 +137,34 @@ def test_a_create_whose_guest_never_answers_stops_the_vmm_then_unwinds(vms: Fake
     (shutdown,) = vms.backend.named("shutdown")
     assert shutdown.args == (False, 0)  # not graceful: the create is being undone
     assert [c.args for c in vms.backend.named("kill")] == [("SIGKILL",)]
+
+
+def test_a_guest_that_never_answers_has_its_console_tail_in_the_error(
+    vms: FakeVMs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The create's undo removes the VM and its console log: what the guest printed is in
+    the error, its last lines only, since ``banger vm logs`` has nothing left to show."""
+    vms.guest.ready = False
+    never = vms.guest.wait_ready
+
+    async def printing(vm: VMRecord, files: VMFiles, *args: Any, **kwargs: Any) -> None:
+        files.console_log.write_text("boot noise\n" * 500 + "Kernel panic - not syncing: VFS\n")
+        await never(vm, files, *args, **kwargs)
+
+    monkeypatch.setattr(vms.guest, "wait_ready", printing)
+    op = vms.drive(lambda: vms.create("box"))
+    assert op.state == "failed" and op.error is not None
+    assert "did not accept our key" in op.error.message
+    hint = op.error.hint or ""
+    assert hint.startswith("the guest's console, last lines:\n")
+    assert hint.endswith("Kernel panic - not syncing: VFS") and len(hint.splitlines()) == 21
+    assert_nothing_left(vms)
+
+
+def test_a_guest_that_printed_nothing_keeps_the_probe_hint(vms: FakeVMs) -> None:
+    vms.guest.ready = False
+    op = vms.drive(lambda: vms.create("box"))
+    assert op.error is not None and op.error.hint is None  # the fake's error has none
 
 
 def test_a_failed_create_leaves_the_name_free_for_the_next(vms: FakeVMs) -> None:
