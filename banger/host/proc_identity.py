@@ -99,17 +99,22 @@ async def wait_until_gone(
 
     Event-driven through a pidfd (readable once the process exits), so no
     polling; a pidfd is opened before the identity is re-checked, which closes
-    the window in which the pid could be reused.
+    the window in which the pid could be reused. A process already inside its exit
+    is waited for too: it still holds its files (a VMM its TAP) until it is a zombie.
     """
     markers = tuple(markers)
-    if not is_running(pid, started, markers):
+
+    def still_there() -> bool:  # running, or inside its exit
+        return is_running(pid, started, markers) or read_stat(pid) == ("X", started)
+
+    if not still_there():
         return True
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
         return True
     try:
-        if not is_running(pid, started, markers):
+        if not still_there():
             return True
         loop = asyncio.get_running_loop()
         exited = loop.create_future()

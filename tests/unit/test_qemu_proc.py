@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from banger.host import proc as host_proc
 from banger.host import proc_identity as proc
 from banger.vmm.qemu import QemuBackend, ownership_markers
 from tests.support.processes import spawn
@@ -95,6 +96,35 @@ def test_a_process_in_the_middle_of_exec_is_running_when_no_marker_is_asked(
     finally:
         child.kill()
         child.wait()
+
+
+def test_wait_until_gone_waits_for_a_process_inside_its_exit_to_be_done(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Inside its exit a process shows an empty cmdline but still holds its files (a VMM
+    its TAP): "gone" only once it really exited. Simulated: PF_EXITING set, no argv."""
+    child = spawn(["sleep", "30"])
+    started = proc.start_time(child.pid)
+    assert started is not None
+    real_fields = host_proc._stat_fields
+
+    def exiting(of: int) -> list[str] | None:
+        fields = real_fields(of)
+        if of == child.pid and fields is not None:
+            fields[6] = str(int(fields[6]) | host_proc.PF_EXITING)
+        return fields
+
+    monkeypatch.setattr(host_proc, "_stat_fields", exiting)
+    monkeypatch.setattr(proc, "cmdline", lambda of: None)
+
+    async def scenario() -> tuple[bool, tuple[str, int] | None]:
+        asyncio.get_running_loop().call_later(0.3, child.kill)
+        gone = await proc.wait_until_gone(child.pid, started, ["sleep"], timeout=10)
+        return gone, proc.read_stat(child.pid)
+
+    gone, after = asyncio.run(scenario())
+    child.returncode = -9  # reaped by wait_until_gone
+    assert gone and after is None  # it returned once the process had exited, and reaped it
 
 
 def test_an_exited_child_is_reaped_and_not_running() -> None:
