@@ -46,17 +46,19 @@ PF_EXITING = 0x4  # include/linux/sched.h: the task is inside do_exit
 
 
 def read_stat(pid: int) -> tuple[str, int] | None:
-    """Return (state letter, start time in ticks) of ``pid``, or None when it is gone.
-
-    A process already inside its exit reads as ``X`` (dead) though the kernel still
-    shows it running until it is a zombie: it has let go of its memory by then, so its
-    cmdline reads empty, and it is going whatever anyone does (CI once saw a killed
-    VMM in that window taken for a stranger)."""
+    """Return (state letter, start time in ticks) of ``pid``, or None when it is gone."""
     fields = _stat_fields(pid)
-    if fields is None:
-        return None
-    state = "X" if int(fields[6]) & PF_EXITING else fields[0]
-    return state, int(fields[19])
+    return None if fields is None else (fields[0], int(fields[19]))
+
+
+def is_exiting(pid: int, started: int) -> bool:
+    """True while the process that started at ``started`` is inside its exit: the kernel
+    still shows it running (and it still holds its files, its flocks) after it let go
+    of its memory, so its cmdline already reads empty (CI once saw a killed VMM in that
+    window taken for a stranger)."""
+    fields = _stat_fields(pid)
+    return fields is not None and int(fields[19]) == started \
+        and bool(int(fields[6]) & PF_EXITING) and fields[0] not in ("Z", "X")
 
 
 def usage(pid: int, started: int) -> ProcUsage | None:

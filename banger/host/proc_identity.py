@@ -16,7 +16,7 @@ from pathlib import Path
 
 from banger.core.errors import Forbidden
 from banger.host.files import open_nofollow
-from banger.host.proc import read_stat, start_time
+from banger.host.proc import is_exiting, read_stat, start_time
 
 __all__ = ["read_stat", "start_time"]  # kept here too: a VMM's identity is read through this module
 
@@ -42,10 +42,12 @@ def reap(pid: int) -> None:
 
 
 def is_running(pid: int, started: int, markers: Iterable[str]) -> bool:
-    """True when ``pid`` runs, started at ``started`` and its argv contains every marker."""
+    """True when ``pid`` runs, started at ``started`` and its argv contains every marker.
+    A process already inside its exit is not running: it is going whatever anyone does,
+    and its argv can no longer be read (``wait_until_gone`` still waits for it)."""
     reap(pid)
     stat = read_stat(pid)
-    if stat is None or stat[0] in ("Z", "X") or stat[1] != started:
+    if stat is None or stat[0] in ("Z", "X") or stat[1] != started or is_exiting(pid, started):
         return False
     wanted = tuple(markers)
     if not wanted:  # no cmdline read: it is empty for a moment while the process execs
@@ -105,7 +107,7 @@ async def wait_until_gone(
     markers = tuple(markers)
 
     def still_there() -> bool:  # running, or inside its exit
-        return is_running(pid, started, markers) or read_stat(pid) == ("X", started)
+        return is_running(pid, started, markers) or is_exiting(pid, started)
 
     if not still_there():
         return True
@@ -127,7 +129,7 @@ async def wait_until_gone(
         try:
             await asyncio.wait_for(exited, timeout)
         except TimeoutError:
-            return not is_running(pid, started, markers)
+            return not still_there()
         finally:
             loop.remove_reader(fd)
         reap(pid)

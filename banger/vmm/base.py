@@ -216,9 +216,22 @@ class VmmProcess:
 
     async def _stop(self, handle: Handle, ask_guest: Callable[[], Awaitable[None]] | None,
                     timeout: float) -> StopOutcome:
-        """``ask_guest`` (when given) to power off within ``timeout``, then SIGKILL."""
+        """``ask_guest`` (when given) to power off within ``timeout``, then SIGKILL; the
+        runtime files go once the VMM has exited (one already inside its exit is waited
+        for: it still holds its files)."""
+        outcome = await self._make_exit(handle, ask_guest, timeout)
+        if not await self.wait_exit(handle, timeout=KILL_TIMEOUT):
+            raise HostToolError(
+                f"{self.vmm_label} pid {handle.pid} of VM {handle.vm_id} survived SIGKILL",
+                hint="the process is stuck in the kernel (D state); check dmesg",
+            )
+        self._remove_runtime_files(handle.control_socket.parent)
+        return outcome
+
+    async def _make_exit(self, handle: Handle,
+                         ask_guest: Callable[[], Awaitable[None]] | None,
+                         timeout: float) -> StopOutcome:
         if not handle.running():
-            self._remove_runtime_files(handle.control_socket.parent)
             return StopOutcome.GONE
         if ask_guest is not None:
             try:
@@ -226,15 +239,8 @@ class VmmProcess:
             except (HostToolError, OSError, TimeoutError) as exc:
                 log.debug("asking VM %s to power off failed: %s", handle.vm_id, exc)
             if await self.wait_exit(handle, timeout=timeout):
-                self._remove_runtime_files(handle.control_socket.parent)
                 return StopOutcome.POWERDOWN
         self.kill(handle, signal.SIGKILL)
-        if not await self.wait_exit(handle, timeout=KILL_TIMEOUT):
-            raise HostToolError(
-                f"{self.vmm_label} pid {handle.pid} of VM {handle.vm_id} survived SIGKILL",
-                hint="the process is stuck in the kernel (D state); check dmesg",
-            )
-        self._remove_runtime_files(handle.control_socket.parent)
         return StopOutcome.KILLED
 
 

@@ -11,8 +11,12 @@ import pytest
 
 from banger.core.errors import Forbidden, HostToolError
 from banger.core.vmspec import RootDisk, VMSpec
+from banger.host import proc as host_proc
+from banger.host import proc_identity as proc
+from banger.vmm.base import Handle, StopOutcome
 from banger.vmm.firecracker import FirecrackerBackend
 from banger.vmm.qemu import QemuBackend
+from tests.support.processes import spawn
 from tests.unit.test_qemu_vmspec import make_spec
 
 BACKENDS: dict[str, tuple[type[QemuBackend] | type[FirecrackerBackend], set[str]]] = {
@@ -85,3 +89,44 @@ def test_a_failed_launch_names_the_vmm_the_vm_and_its_logs_last_line_and_clears_
     assert {p.name for p in spec.run_dir.iterdir()} == (ALL_NAMES - BACKENDS[name][1]) | {"keep"}
     spec.vmm_log.write_text("")
     assert backend._launch_failed(spec, "gone").message.endswith(": gone (no output)")
+
+
+def test_a_stop_finding_its_vmm_inside_its_exit_waits_before_removing_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside its exit a VMM no longer shows its argv but still holds its files (a TAP):
+    the stop says GONE, yet removes the runtime files only once it really exited.
+    Simulated: the kernel's PF_EXITING flag on a ``sleep`` and its empty cmdline."""
+    spec = _spec(tmp_path)
+    _fill_run_dir(spec)
+    child = spawn(["sleep", "30"])
+    started = proc.start_time(child.pid)
+    assert started is not None
+    spec.pidfile.write_text(f"{child.pid}\n")
+    handle = Handle("qemu", spec.vm_id, child.pid, started, spec.qmp_socket, spec.pidfile,
+                    spec.vmm_log, (str(spec.pidfile),))
+    real_fields = host_proc._stat_fields
+
+    def exiting(of: int) -> list[str] | None:
+        fields = real_fields(of)
+        if of == child.pid and fields is not None:
+            fields[6] = str(int(fields[6]) | host_proc.PF_EXITING)
+        return fields
+
+    monkeypatch.setattr(host_proc, "_stat_fields", exiting)
+    monkeypatch.setattr(proc, "cmdline", lambda of: None)
+    backend = QemuBackend("/nonexistent/vmm")
+
+    async def scenario() -> tuple[StopOutcome, bool]:
+        def exit_now() -> None:  # the exit completes: its files are let go
+            child.kill()
+            assert spec.pidfile.exists()  # not removed while it still held them
+
+        asyncio.get_running_loop().call_later(0.3, exit_now)
+        outcome = await backend.shutdown(handle, graceful=True, timeout=5)
+        return outcome, proc.read_stat(child.pid) is None
+
+    outcome, reaped = asyncio.run(scenario())
+    child.returncode = -9
+    assert outcome is StopOutcome.GONE and reaped
+    assert not spec.pidfile.exists() and not spec.qmp_socket.exists()
