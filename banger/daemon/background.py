@@ -6,6 +6,9 @@ can vanish mid-flight, and an exception in one nobody awaits is lost.
 exception with the task's name, and cancels and awaits what is left when it
 closes (it is an async context manager, for ``serve()``'s exit stack).
 
+``Listeners`` calls what subscribed to one kind of event; one that raises is logged
+and never fails the caller.
+
 ``CreatesInFlight`` counts the ``vm create`` operations running: background work that
 would compete with them for the CPU (a snapshot build, a warm pool fill) waits until
 none runs.
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -113,3 +116,23 @@ class CreatesInFlight:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(at_most):
                 await self._quiet.wait()
+
+
+class Listeners:
+    """What subscribed to one kind of event (``event`` names it in the log), each called
+    on the event loop in turn. One that raises is logged and skipped: it must not fail
+    the verb, delete or lookup that told it."""
+
+    def __init__(self, event: str) -> None:
+        self.event = event
+        self._subscribed: list[Callable[..., None]] = []
+
+    def add(self, listener: Callable[..., None]) -> None:
+        self._subscribed.append(listener)
+
+    def notify(self, *args: object) -> None:
+        for listener in self._subscribed:
+            try:
+                listener(*args)
+            except Exception:
+                log.exception("a listener failed", about=self.event, listener=repr(listener))

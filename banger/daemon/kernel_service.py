@@ -10,6 +10,7 @@ from banger.api.models import CatalogKernel, KernelImportRequest, KernelInfo
 from banger.core.errors import Conflict, InvalidInput
 from banger.core.manifests import KernelManifest
 from banger.core.validate import validate_name, validate_new_name
+from banger.daemon.background import Listeners
 from banger.daemon.operations import OperationContext, Work
 from banger.kernels import catalog
 from banger.kernels.importer import delete_kernel, import_kernel, pull_kernel
@@ -36,11 +37,11 @@ class KernelService:
         self.store = store
         self.kernels_dir = kernels_dir
         self.cache_dir = cache_dir
-        self._on_delete: list[Callable[[], None]] = []
+        self._deletes = Listeners("a kernel deleted")
 
     def on_delete(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (on the event loop) after a kernel is deleted."""
-        self._on_delete.append(listener)
+        self._deletes.add(listener)
 
     def catalog(self) -> list[CatalogKernel]:
         stored = {k.name for k in self.store.kernels.list()}
@@ -118,7 +119,6 @@ class KernelService:
         """Forget the kernel, then remove its files in a worker thread (it may wait for a lock)."""
         record = self.store.kernels.get(name)
         self.store.kernels.delete(record.name)  # refuses while an image or VM refers to it
-        for listener in self._on_delete:  # e.g. the warm snapshots it booted are stale now
-            listener()
+        self._deletes.notify()  # e.g. the warm snapshots it booted are stale now
         if record.path.exists():
             await asyncio.to_thread(delete_kernel, record.name, self.kernels_dir)

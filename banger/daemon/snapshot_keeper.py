@@ -13,9 +13,12 @@
 - Snapshots stale for good that no VM's root is backed by any more are removed
   (``Snapshots.prune``: one at a time) where one may have gone stale or free: at
   daemon start, after a kernel is deleted, when a lookup finds the VMM's version or
-  an image's kernel changed or looks an image up first (``Snapshots.on_stale``), and
-  when a VM backed by a snapshot is deleted (its last clone takes a dropped or stale
-  one with it). A VM's start or stop changes none of these, and sweeps nothing.
+  an image's kernel changed or looks an image up first (``Snapshots.on_stale``),
+  after a snapshot is made or dropped (a build's lock kept an older generation), and
+  when a VM lets go of its snapshot (``VMRuntime.on_snapshot_released``: deleted, or
+  its disks made again on the image after a failed restore; the last clone takes a
+  dropped or stale one with it). A VM's start or stop changes none of these, and
+  sweeps nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import structlog
 from banger.core.errors import BangerError
 from banger.daemon.background import BackgroundTasks, CreatesInFlight
 from banger.daemon.snapshots import Snapshots
-from banger.store.records import ImageRecord, VMRecord
+from banger.store.records import ImageRecord
 
 log = structlog.get_logger("banger.daemon.snapshot_keeper")
 
@@ -49,7 +52,8 @@ class SnapshotKeeper:
         self._building = asyncio.Lock()  # one background build at a time, across shapes
         self._closed = False  # after aclose nothing new starts
         snapshots.on_stale(self.sweep_soon)
-        snapshots.rt.on_delete(self.vm_deleted)
+        snapshots.on_change(self.sweep_soon)  # a build's lock held back an older generation
+        snapshots.rt.on_snapshot_released(self.sweep_soon)
 
     def after_cold_create(self, image: ImageRecord, vcpu: int, memory_mib: int) -> None:
         """A VM of this shape booted cold: make its snapshot in the background if it could
@@ -98,11 +102,6 @@ class SnapshotKeeper:
             return (f"{free >> 20} MiB free under {where}, less than the guest's "
                     f"{memory_mib} MiB and a {DISK_RESERVE >> 20} MiB reserve")
         return None
-
-    def vm_deleted(self, vm: VMRecord) -> None:
-        """A VM went: the snapshot it was backed by may go now (stale, or dropped)."""
-        if vm.snapshot_id is not None:
-            self.sweep_soon()
 
     def sweep_soon(self) -> None:
         """Something may have made snapshots stale or freed one: sweep in the background

@@ -39,6 +39,7 @@ import structlog
 from banger.core.cancel import to_thread_joined
 from banger.core.errors import BangerError, Conflict, HostToolError, Unavailable
 from banger.core.vmspec import RootDisk, TapNet, UserNet, VMSpec
+from banger.daemon.background import Listeners
 from banger.daemon.vm_layout import adoption_spec, boot_kernel, tcg_cmdline
 from banger.daemon.vm_restore import RAM, STATE
 from banger.daemon.vm_runtime import VMRuntime
@@ -138,22 +139,21 @@ class Snapshots:
         self.root = rt.paths.state_dir / "snapshots"
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._sweeping = asyncio.Lock()  # one prune at a time
-        self._listeners: list[Callable[[], None]] = []
-        self._stale_listeners: list[Callable[[], None]] = []
+        self._changes = Listeners("a warm snapshot made or dropped")
+        self._stale = Listeners("warm snapshots may have gone stale")
         self._seen: dict[tuple[str, str], str] = {}  # what ``lookup`` last saw (``_notice``)
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (on the event loop) after a snapshot is made or dropped."""
-        self._listeners.append(listener)
+        self._changes.add(listener)
 
     def on_stale(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (on the event loop) when a lookup finds that snapshots made
         before went stale: the VMM's version or an image's kernel changed since the last."""
-        self._stale_listeners.append(listener)
+        self._stale.add(listener)
 
     def _changed(self) -> None:
-        for listener in self._listeners:
-            listener()
+        self._changes.notify()
 
     def _backend(self) -> SnapshotCapable | None:
         b = self.rt.backend
@@ -213,8 +213,7 @@ class Snapshots:
         stale = any(self._seen.get(what) != seen for what, seen in now.items())
         self._seen.update(now)
         if stale:
-            for listener in self._stale_listeners:
-                listener()
+            self._stale.notify()
 
     def find(self, key: SnapshotKey) -> Path | None:
         """The complete snapshot (any generation) whose meta matches ``key``, else None."""

@@ -19,17 +19,20 @@ from banger.store.codec import utcnow
 from banger.store.records import VMRecord
 from banger.vmm.base import Handle
 
-CONSOLE_TAIL = 2000  # bytes of its console shown with a guest that never became ready
+CONSOLE_TAIL = 2000  # bytes, and at most CONSOLE_LINES lines, of the console of a guest
+CONSOLE_LINES = 20  # that never became ready, shown in the error
 
 
 def with_console(exc: GuestError, console: Path) -> GuestError:
-    """``exc`` with the guest console's last lines as its hint, read now: a failed create
-    removes the VM, its console log with it, before anyone could run ``banger vm logs``."""
+    """``exc`` (its type and hint kept) with the guest console's last lines added to its
+    hint, read now: a failed create removes the VM, its console log with it, before anyone
+    could run ``banger vm logs``."""
     tail = log_tail(console, CONSOLE_TAIL)
     if not tail:
         return exc
-    lines = tail.splitlines()[-20:]
-    return GuestError(exc.message, hint="the guest's console, last lines:\n" + "\n".join(lines))
+    lines = "\n".join(tail.splitlines()[-CONSOLE_LINES:])
+    shown = f"the guest's console, last lines:\n{lines}"
+    return type(exc)(exc.message, hint=f"{exc.hint}\n{shown}" if exc.hint else shown)
 
 
 class VMBooter:

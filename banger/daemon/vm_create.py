@@ -233,6 +233,7 @@ class VMCreator:
                     disks.create_root_overlay, image.path / ROOTFS_NAME, self.rt.files(vm).root,
                     self.rt.backend.traits.root_overlay)
             vm = self.store.vms.update(vm.id, snapshot_id=None, pid=None, tap_name=None)
+            self.rt.snapshot_released()
         return await self.booter.boot(ctx, vm, undo, started_from=f"cold ({cold_why})")
 
     async def _default_image(self, ctx: OperationContext) -> ImageRecord:

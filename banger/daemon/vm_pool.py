@@ -208,6 +208,8 @@ class WarmPool:
 
     async def _discard_stale(self, current: Shape | None) -> None:
         for member in [m for m in self._members if m.shape != current]:
+            if member not in self._members:  # a create took it while one before was discarded
+                continue
             self._members.remove(member)
             log.info("discarding a stale warm pool member", member=member.vm.id)
             await self.discard(member)
@@ -301,6 +303,7 @@ class WarmPool:
             await rt.network.detach(vm.tap_name)
             await asyncio.to_thread(remove_tree, rt.files(vm).dir)
             rt.store.vms.update(vm.id, tap_name=None, pid=None, ssh_port=None, snapshot_id=None)
+            rt.snapshot_released()
             return None
         return await self.booter.become_ready(
             ctx, vm, member.handle, f"snapshot {member.snapshot.name} (warm pool)",

@@ -20,6 +20,7 @@ from banger.config import Settings
 from banger.core.errors import BangerError, Unavailable
 from banger.core.states import VMState
 from banger.core.vmspec import NetSpec, VMSpec
+from banger.daemon.background import Listeners
 from banger.daemon.vm_guest import Guest, SSHGuest
 from banger.daemon.vm_layout import VMFiles, build_spec
 from banger.daemon.vm_network import VMNetwork
@@ -30,13 +31,6 @@ from banger.store.records import ImageRecord, KernelRecord, VMRecord
 from banger.vmm.base import Backend, Handle
 
 log = structlog.get_logger("banger.daemon.vm_runtime")
-
-
-def _call(listener: Callable[..., None], *args: object) -> None:
-    try:
-        listener(*args)
-    except Exception:  # one broken listener must not fail a VM verb
-        log.exception("a VM change listener failed", listener=repr(listener))
 
 
 class VMRuntime:
@@ -51,26 +45,29 @@ class VMRuntime:
         self.backend = backend
         self.guest: Guest = guest or SSHGuest(settings.paths.ssh_key)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._listeners: list[Callable[[], None]] = []
-        self._delete_listeners: list[Callable[[VMRecord], None]] = []
+        self._running_changes = Listeners("a VM started or stopped running")
+        self._snapshot_releases = Listeners("a VM let go of its warm snapshot")
 
     def on_running_change(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` whenever a VM starts or stops running (or is deleted)."""
-        self._listeners.append(listener)
+        self._running_changes.add(listener)
 
-    def on_delete(self, listener: Callable[[VMRecord], None]) -> None:
-        """Call ``listener(vm)`` after ``vm`` (its last row) is deleted."""
-        self._delete_listeners.append(listener)
+    def on_snapshot_released(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` once a VM's root is no longer backed by a warm snapshot: the VM
+        was deleted, or its disks were made again on the image (a restore that failed)."""
+        self._snapshot_releases.add(listener)
 
     def running_changed(self) -> None:
-        for listener in self._listeners:
-            _call(listener)
+        self._running_changes.notify()
+
+    def snapshot_released(self) -> None:
+        self._snapshot_releases.notify()
 
     def deleted(self, vm: VMRecord) -> None:
-        """``vm`` is gone: it stopped running too."""
+        """``vm`` is gone: it stopped running too, and let go of its snapshot if it had one."""
         self.running_changed()
-        for listener in self._delete_listeners:
-            _call(listener, vm)
+        if vm.snapshot_id is not None:
+            self.snapshot_released()
 
     def files(self, vm: VMRecord) -> VMFiles:
         return VMFiles.of(self.paths, vm.id, self.backend.traits.root_format)

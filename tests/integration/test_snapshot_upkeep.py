@@ -43,10 +43,6 @@ async def _create(vms: FakeVMs, name: str, memory_mib: int = 128) -> Operation:
     return op
 
 
-
-
-
-
 def _slow_judge(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     """A sweep's worker thread that takes ``seconds`` per snapshot without meta (a loaded
     host): the window in which a build may rename a new one into place."""
@@ -306,7 +302,6 @@ def test_a_template_spec_that_cannot_be_made_gives_its_network_back(
     assert sorted(p.name for p in vms.creator.snapshots.root.iterdir()) == []
 
 
-
 def test_a_slow_vmm_version_does_not_stall_the_event_loop(
         lean: Lean, monkeypatch: pytest.MonkeyPatch) -> None:
     """``qemu --version`` (asked again whenever the binary changed) runs in a worker thread:
@@ -350,3 +345,29 @@ def test_a_build_in_progress_and_trash_are_not_listed(lean: Lean) -> None:
     for name in (f".tmp-{snap_id}-00000000", f".trash-{snap_id}-00000000"):
         shutil.copytree(snaps.dir(snap_id), snaps.root / name)  # meta.json and all
     assert [m["id"] for m in vms.drive(lambda: asyncio.to_thread(snaps.all))] == [snap_id]
+
+
+def _snapshot_dirs(vms: FakeVMs) -> list[str]:
+    return sorted(p.name for p in vms.creator.snapshots.root.iterdir())
+
+
+def test_a_dropped_generation_goes_once_its_last_clone_lets_go_of_it(lean: Lean) -> None:
+    """A restore from a damaged snapshot drops it, but a clone's root overlay is backed by
+    it: it stays until the last one lets go, here a create whose restore failed and whose
+    disks were made again on the image (a row update, no delete), which must sweep too."""
+    vms, _, image = lean
+    snaps = vms.creator.snapshots
+    first = vms.drive(lambda: snaps.warm(image, 1, 128))
+    vms.drive(lambda: _create(vms, "c0"))  # restored from ``first``: backed by it
+    (snaps.dir(first) / "state").write_bytes(b"scribbled")
+    vms.drive(lambda: _create(vms, "c1"))  # fails on it, boots cold; a new build follows
+    vms.drive(lambda: settle(vms))
+    [second] = [d for d in _snapshot_dirs(vms) if d != first]
+    vms.drive(lambda: vms.run(vms.service.delete("c0")))
+    vms.drive(lambda: settle(vms))
+    assert _snapshot_dirs(vms) == [second]  # the delete of its last clone took ``first``
+    (snaps.dir(second) / "state").write_bytes(b"scribbled")
+    vms.drive(lambda: _create(vms, "c2"))  # held ``second`` for a moment, then let it go
+    vms.drive(lambda: settle(vms))
+    assert vms.vm("c2").snapshot_id is None
+    assert second not in _snapshot_dirs(vms)

@@ -23,7 +23,7 @@ import structlog
 from banger.api.models import OperationState
 from banger.config import Settings
 from banger.daemon import server
-from banger.daemon.background import BackgroundTasks
+from banger.daemon.background import BackgroundTasks, Listeners
 from banger.daemon.image_service import ImageService
 from banger.daemon.kernel_service import KernelService
 from banger.daemon.operations import OperationContext, OperationRegistry
@@ -244,3 +244,21 @@ def test_ping_answers_while_a_cache_prune_waits_for_a_pull_and_shutdown_stops_ev
     assert "prune operations" in services
     assert leftover == set()
     assert not settings.paths.socket.exists()
+
+
+def test_a_listener_that_raises_is_logged_and_the_others_still_hear() -> None:
+    """One broken subscriber must not fail what told it (a VM verb, a kernel delete, a
+    create's snapshot lookup), nor keep the news from the rest."""
+    heard: list[str] = []
+
+    def broken(what: str) -> None:
+        raise RuntimeError("boom")
+
+    listeners = Listeners("a test event")
+    listeners.add(broken)
+    listeners.add(heard.append)
+    with structlog.testing.capture_logs() as logs:
+        listeners.notify("news")
+    assert heard == ["news"]
+    assert [entry["event"] for entry in logs] == ["a listener failed"]
+    assert logs[0]["about"] == "a test event" and "broken" in logs[0]["listener"]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from banger.core.publish import parse_publish_list
 from banger.daemon.vm_create import CreatePlan
-from banger.daemon.vm_pool import Shape, why_not_served
+from banger.daemon.vm_pool import Shape, WarmPool, why_not_served
 from banger.store.records import ImageRecord
 
 IMAGE = ImageRecord("img000000001", "img", "test", Path("/nonexistent"))
@@ -49,3 +51,19 @@ def test_another_image_is_not_served() -> None:
     other = dataclasses.replace(IMAGE, id="img000000002")
     assert "image" in (why_not_served(PLAIN, other, SHAPE, user_net=False) or "")
     assert "image" in (why_not_served(PLAIN, None, SHAPE, user_net=False) or "")
+
+
+def test_discarding_stale_members_skips_one_a_create_took_meanwhile() -> None:
+    """Discarding one member awaits; a create may take the next one then: it is the
+    create's now, neither removed twice (ValueError killed the pool's fill task) nor
+    discarded under it."""
+    first, second = (SimpleNamespace(shape="old", vm=SimpleNamespace(id=i)) for i in "ab")
+    discarded: list[str] = []
+
+    async def discard(member: SimpleNamespace) -> None:
+        discarded.append(member.vm.id)
+        pool._members.remove(second)  # a create's take() while this one was discarded
+
+    pool = SimpleNamespace(_members=[first, second], discard=discard)
+    asyncio.run(WarmPool._discard_stale(pool, None))  # type: ignore[arg-type]
+    assert discarded == ["a"] and pool._members == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +19,9 @@ import pytest
 
 from banger.api.models import Operation, VMCreateRequest
 from banger.core.cancel import pause
-from banger.core.errors import HostToolError, Unavailable
+from banger.core.errors import GuestError, HostToolError, Unavailable
 from banger.core.states import VM_TRANSITIONS, NetMode, VMState
+from banger.daemon.vm_boot import with_console
 from banger.daemon.vm_layout import VMFiles
 from banger.host import disks
 from banger.images.manifest import ROOTFS_NAME
@@ -156,15 +158,22 @@ def test_a_guest_that_never_answers_has_its_console_tail_in_the_error(
     assert op.state == "failed" and op.error is not None
     assert "did not accept our key" in op.error.message
     hint = op.error.hint or ""
-    assert hint.startswith("the guest's console, last lines:\n")
+    assert hint.startswith("the guest's console, last lines:\n")  # the fake's error has none
     assert hint.endswith("Kernel panic - not syncing: VFS") and len(hint.splitlines()) == 21
     assert_nothing_left(vms)
 
 
-def test_a_guest_that_printed_nothing_keeps_the_probe_hint(vms: FakeVMs) -> None:
-    vms.guest.ready = False
-    op = vms.drive(lambda: vms.create("box"))
-    assert op.error is not None and op.error.hint is None  # the fake's error has none
+def test_the_console_lines_follow_the_errors_own_hint_and_nothing_is_added_without_them(
+) -> None:
+    err = GuestError("SSH did not accept our key in time", hint="see banger vm logs")
+    with tempfile.TemporaryDirectory() as d:
+        console = Path(d) / "console.log"
+        assert with_console(err, console) is err  # no console log: the error as it was
+        console.write_text("banger-init: [2.27] sshd started\n")
+        shown = with_console(err, console)
+    assert type(shown) is GuestError and shown.message == err.message
+    assert shown.hint == ("see banger vm logs\nthe guest's console, last lines:\n"
+                          "banger-init: [2.27] sshd started")
 
 
 def test_a_failed_create_leaves_the_name_free_for_the_next(vms: FakeVMs) -> None:
