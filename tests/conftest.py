@@ -11,6 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from banger.core.signals import ALLOWED_SIGNALS
+from banger.host.proc import restore_ignored
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """As bangerd does at its start: a run launched in the background of a script (SIGINT
+    and SIGQUIT ignored) must not hand that on to the fake VMMs the tests signal."""
+    restore_ignored(ALLOWED_SIGNALS)
+
 
 @dataclass
 class BangerEnv:

@@ -7,7 +7,7 @@ import signal
 from banger.core.errors import InvalidInput
 
 VMM_SIGNALS = ("TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2", "ABRT")
-_ALLOWED = frozenset(signal.Signals[f"SIG{name}"] for name in VMM_SIGNALS)
+ALLOWED_SIGNALS = frozenset(signal.Signals[f"SIG{name}"] for name in VMM_SIGNALS)
 _RULE = f"use one of: {' '.join(VMM_SIGNALS)}"
 
 
@@ -21,6 +21,6 @@ def parse_vmm_signal(name: str) -> signal.Signals:
 
 def validate_signal(sig: object) -> signal.Signals:
     """Return ``sig`` if it is an allowlisted ``signal.Signals`` member (never a bare number)."""
-    if not isinstance(sig, signal.Signals) or sig not in _ALLOWED:
+    if not isinstance(sig, signal.Signals) or sig not in ALLOWED_SIGNALS:
         raise InvalidInput(f"refusing to send signal {str(sig)[:40]!r} to a VMM", hint=_RULE)
     return sig

@@ -11,9 +11,11 @@ import structlog
 
 from banger.config import Settings, config_file, load_settings
 from banger.core.errors import BangerError, InvalidInput
+from banger.core.signals import ALLOWED_SIGNALS
 from banger.daemon.logging import configure_logging
 from banger.daemon.server import instance_lock, serve
 from banger.host.private_dirs import ensure_private_dir
+from banger.host.proc import restore_ignored
 
 
 def _private_dir(path: Path, setting: str) -> None:
@@ -60,6 +62,9 @@ def main() -> None:
     paths = settings.paths
     configure_logging(settings.log_level, paths.log_file)
     log = structlog.get_logger("banger.daemon")
+    if restored := restore_ignored(ALLOWED_SIGNALS):  # the VMMs we start would inherit them
+        log.info("signals inherited ignored set back to their defaults",
+                 signals=[sig.name for sig in restored])
     try:
         with instance_lock(paths.pidfile):
             asyncio.run(serve(settings))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +95,21 @@ def send_signal(pid: int, sig: signal.Signals) -> bool:
 
 
 LOWEST_PRIORITY = 19
+
+
+def restore_ignored(signals: Iterable[signal.Signals]) -> list[signal.Signals]:
+    """Set each of ``signals`` this process inherited *ignored* back to its default (SIGINT
+    to Python's ``KeyboardInterrupt``); return those. An ignored signal stays ignored
+    across ``exec``: a daemon started in the background of a non-interactive shell
+    (SIGINT, SIGQUIT ignored) or under ``nohup`` (SIGHUP) would hand that on to every
+    VMM it starts, and ``banger vm kill --signal INT`` would do nothing."""
+    restored = []
+    for sig in sorted(signals):
+        if signal.getsignal(sig) is signal.SIG_IGN:
+            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT
+                          else signal.SIG_DFL)
+            restored.append(sig)
+    return restored
 
 
 def lower_priority(pid: int) -> bool:

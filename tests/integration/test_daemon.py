@@ -218,3 +218,37 @@ def test_client_reconnects_after_a_daemon_restart(banger_env: BangerEnv) -> None
         banger_env.banger("daemon", "stop")
         banger_env.banger("daemon", "start")
         assert client.ping().pid != first
+
+
+IGNORED_BY_A_SCRIPT = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT)  # `&` in sh; nohup
+
+
+def _ignored_mask(pid: int) -> int:
+    """The signals ``pid`` ignores (``SigIgn`` in /proc/<pid>/status), as a bit mask."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines()
+                    if line.startswith("SigIgn:")), 16)
+
+
+def test_a_daemon_started_with_signals_ignored_does_not_hand_that_to_its_vmms(
+    banger_env: BangerEnv,
+) -> None:
+    """Started from a script's background job (SIGINT, SIGQUIT ignored) or under nohup
+    (SIGHUP), bangerd would pass those on to every VMM it starts (an ignored signal stays
+    ignored across exec): `vm kill --signal INT` would do nothing. It sets them back."""
+
+    def ignore() -> None:
+        for sig in IGNORED_BY_A_SCRIPT:
+            signal.signal(sig, signal.SIG_IGN)
+
+    started = subprocess.run([*banger_env.banger_argv(), "daemon", "start"],
+                             env=banger_env.env(), capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL, preexec_fn=ignore)
+    assert started.returncode == 0, started.stderr
+    pid = banger_env.daemon_pid()
+    assert pid is not None
+    ignored = _ignored_mask(pid)
+    assert not [sig for sig in IGNORED_BY_A_SCRIPT if ignored & (1 << (sig - 1))]
+    log = (banger_env.state_dir / "bangerd.log").read_text()
+    assert "signals inherited ignored set back to their defaults" in log
+    assert all(sig.name in log for sig in IGNORED_BY_A_SCRIPT)
