@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,24 @@ def test_a_guest_report_drops_only_what_the_plan_holds(tmp_path: Path) -> None:
     apply_guest_report(plan, junk + b"file g\nfile g\n")
     assert sorted(plan.files) == ["/d/f"]
     assert plan.skipped == ["file_sync skipped /root/g: a directory is in its place"]
+
+
+def test_the_payload_is_root_owned_with_the_staged_modes_and_one_path_a_line(
+        world: tuple[Path, Path, bytes], tmp_path: Path) -> None:  # noqa: F811
+    home = world[0]
+    (tmp_path / "scratch").mkdir()
+    payload = tmp_path / "payload.tar"
+    plan = pack_file_sync(entries(home), home, tmp_path / "scratch", payload)
+    with tarfile.open(payload) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        dirs = tar.extractfile("dirs").read().decode().splitlines()  # type: ignore[union-attr]
+        files = tar.extractfile("files").read().decode().splitlines()  # type: ignore[union-attr]
+    assert dirs == [d.lstrip("/") for d in plan.dirs] and dirs.index(".aws") < dirs.index(
+        ".aws/sub")  # parents first
+    assert sorted(files) == sorted(f.lstrip("/") for f in plan.files)
+    assert all(m.uid == 0 and m.gid == 0 and not m.issym() and not m.islnk()
+               for m in members.values())
+    assert members["tree/.config/tool/token"].mode == 0o600
+    assert members["tree/.aws/sub/nested.txt"].mode == 0o755
+    assert all(members[f"tree/{d}"].isdir() and members[f"tree/{d}"].mode == 0o755
+               for d in dirs)
