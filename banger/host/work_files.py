@@ -217,6 +217,9 @@ def plan_file_sync(entries: Sequence[FileSyncEntry], home: Path, staging: Path) 
                 plan.skip(entry, entry.host, "a special file (not a regular file or directory)")
         finally:
             os.close(fd)
+    # Entries that collide (a file where another entry's tree has a directory): the
+    # directory wins, for both writers, as it did in debugfs (its mkdir runs first).
+    plan.drop_files([f for f in plan.files if f in plan.dirs])
     return plan
 
 

@@ -154,3 +154,23 @@ def test_the_payload_is_root_owned_with_the_staged_modes_and_one_path_a_line(
     assert members["tree/.aws/sub/nested.txt"].mode == 0o755
     assert all(members[f"tree/{d}"].isdir() and members[f"tree/{d}"].mode == 0o755
                for d in dirs)
+
+
+def test_entries_that_collide_leave_the_file_out_in_both_writers(
+        world: tuple[Path, Path, bytes], guest: Path, tmp_path: Path) -> None:  # noqa: F811
+    """One entry's tree has a directory where another entry puts a file: the directory
+    wins, with a warning, and neither writer fails (tar would refuse the file)."""
+    home, image, _ = world
+    (home / "plain").write_text("a file\n")
+    colliding = parse_file_sync([{"host": "~/.aws", "guest": "/root/.aws"},
+                                 {"host": "~/plain", "guest": "/root/.aws/sub"}], home)
+    on_disk = sync_files(image, colliding, home)
+    (tmp_path / "scratch").mkdir()
+    payload = tmp_path / "scratch" / "payload.tar"
+    running = pack_file_sync(colliding, home, tmp_path / "scratch", payload)
+    with open(payload, "rb") as f:
+        apply_guest_report(running, run(sync_argv(f"{guest}/"), input=f, timeout=60).stdout)
+    warning = "file_sync skipped /root/.aws/sub: a directory is in its place"
+    assert warning in on_disk.skipped and warning in running.skipped
+    assert not any("debugfs:" in s for s in on_disk.skipped)
+    assert (guest / ".aws" / "sub" / "nested.txt").read_text() == "nested\n"
