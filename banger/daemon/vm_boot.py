@@ -8,17 +8,22 @@ from pathlib import Path
 
 from banger.core.cancel import to_thread_joined
 from banger.core.errors import BangerError, GuestError
+from banger.core.file_sync import GUEST_HOME
+from banger.core.file_sync_script import NO_TAR, sync_argv
 from banger.core.states import VMState
 from banger.daemon.operations import OperationContext
 from banger.daemon.vm_restore import clone_spec, restore_clone
 from banger.daemon.vm_runtime import VMRuntime
 from banger.daemon.vm_watch import VMWatcher
 from banger.host import ssh, work_files
-from banger.host.files import log_tail
+from banger.host.files import log_tail, make_scratch, remove_tree
+from banger.host.ssh import GuestCommandError
 from banger.store.codec import utcnow
 from banger.store.records import VMRecord
 from banger.vmm.base import Handle
 
+SYNC_TIMEOUT = 600.0
+SYNC_REPORT_LIMIT = 1 << 20  # the guest's lines of what it left out
 CONSOLE_TAIL = 2000  # bytes, and at most CONSOLE_LINES lines, of the console of a guest
 CONSOLE_LINES = 20  # that never became ready, shown in the error
 
@@ -33,6 +38,21 @@ def with_console(exc: GuestError, console: Path) -> GuestError:
     lines = "\n".join(tail.splitlines()[-CONSOLE_LINES:])
     shown = f"the guest's console, last lines:\n{lines}"
     return type(exc)(exc.message, hint=f"{exc.hint}\n{shown}" if exc.hint else shown)
+
+
+def _synced(plan: work_files.SyncPlan) -> str:
+    """The file_sync stage's detail line."""
+    return (f"{len(plan.files)} files copied, {len(plan.skipped)} skipped"
+            + (" (see the daemon log)" if plan.skipped else ""))
+
+
+def _sync_failure(vm: VMRecord, exc: GuestCommandError) -> GuestError:
+    if exc.status == NO_TAR:
+        return GuestError(f"VM '{vm.name}': file_sync needs tar in the guest, it has none",
+                          hint="build an image that has it: banger image build NAME "
+                               "--packages tar")
+    return GuestError(f"VM '{vm.name}': file_sync failed in the guest ({exc.status}): "
+                      f"{exc.said[:200]}", hint=f"see the guest: banger vm ssh {vm.name}")
 
 
 class VMBooter:
@@ -62,8 +82,7 @@ class VMBooter:
                 plan = await to_thread_joined(
                     work_files.sync_files, files.work, rt.settings.file_sync, Path.home()
                 )
-                ctx.detail(f"{len(plan.files)} files copied, {len(plan.skipped)} skipped"
-                           + (" (see the daemon log)" if plan.skipped else ""))
+                ctx.detail(_synced(plan))
         with ctx.stage("network"):
             net, tap, port = await rt.network.attach(vm)
             undo.push_async_callback(rt.network.detach, tap, vm)
@@ -81,6 +100,32 @@ class VMBooter:
                 await restore_clone(rt.backend, handle, spec, restore)
                 started_from = f"snapshot {restore.name}"
         return await self.become_ready(ctx, vm, handle, started_from)
+
+    async def sync_running(self, ctx: OperationContext, vm: VMRecord) -> None:
+        """Stage file_sync into a running guest (a claimed warm pool member): the plan a
+        start writes with debugfs, as one tar the guest's fixed script puts in ``/root``.
+        A failure fails the stage (the caller's undo removes the VM)."""
+        rt = self.rt
+        if not rt.settings.file_sync:
+            return
+        scratch = make_scratch(rt.paths.vms, "file-sync-")  # state_dir/tmp
+        try:
+            with ctx.stage("file_sync", detail="over SSH"):
+                payload = scratch / "payload.tar"
+                plan = await to_thread_joined(
+                    work_files.pack_file_sync, rt.settings.file_sync, Path.home(),
+                    scratch, payload)
+                if plan.dirs or plan.files:
+                    try:
+                        report = await rt.guest.read(
+                            rt.guest_target(vm), sync_argv(f"{GUEST_HOME}/"), stdin=payload,
+                            limit=SYNC_REPORT_LIMIT, timeout=SYNC_TIMEOUT)
+                    except GuestCommandError as exc:
+                        raise _sync_failure(vm, exc) from None
+                    work_files.apply_guest_report(plan, report)
+                ctx.detail(_synced(plan))
+        finally:
+            await to_thread_joined(remove_tree, scratch)
 
     async def become_ready(self, ctx: OperationContext, vm: VMRecord, handle: Handle,
                            started_from: str, *, connected: bool = False) -> VMRecord:

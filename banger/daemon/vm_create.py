@@ -162,6 +162,7 @@ class VMCreator:
                         vm = self.pool.hand_over(vm, member)
                 if member is not None and (started := await self.pool.claim(ctx, vm, member)):
                     await self.rt.network.open_rules(started)
+                    await self.booter.sync_running(ctx, started)  # as a start's, over SSH
                     if workspace is not None:  # its work disk is the guest's /root already
                         staged, where = await scratch.enter_async_context(
                             self.workspaces.staged(ctx, workspace))

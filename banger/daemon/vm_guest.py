@@ -49,8 +49,9 @@ class Guest(Protocol):
         ...
 
     async def read(self, target: GuestTarget, command: Sequence[str], *, limit: int,
-                   timeout: float) -> bytes:
-        """The stdout of ``command``, at most ``limit`` bytes; GuestCommandError if it fails."""
+                   timeout: float, stdin: Path | None = None) -> bytes:
+        """The stdout of ``command`` (with the file ``stdin``), at most ``limit`` bytes;
+        GuestCommandError if it fails."""
         ...
 
 
@@ -95,5 +96,9 @@ class SSHGuest:
             await to_thread_joined(ssh.run_in_guest, target, command, f, timeout)
 
     async def read(self, target: GuestTarget, command: Sequence[str], *, limit: int,
-                   timeout: float) -> bytes:
-        return await to_thread_joined(ssh.read_from_guest, target, command, limit, timeout)
+                   timeout: float, stdin: Path | None = None) -> bytes:
+        if stdin is None:
+            return await to_thread_joined(ssh.read_from_guest, target, command, limit, timeout)
+        with open(stdin, "rb") as f:
+            return await to_thread_joined(ssh.read_from_guest, target, command, limit,
+                                          timeout, f)

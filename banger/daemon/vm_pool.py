@@ -15,7 +15,9 @@ it is in no ``vm list``, holds no name, and the network never hands its address
 to a VM (``VMNetwork.hold_ip``). A create it can serve (``why_not_served``)
 gives the member's id, address, TAP and VMM to its new row (``hand_over``); the
 guest then runs and takes the VM's name and the wall clock, and the held connection,
-still up, is its readiness (``claim``): no SSH handshake on the claim's path.
+still up, is its readiness (``claim``): no SSH handshake on the claim's path. The
+create then copies the ``[[file_sync]]`` files in over that connection
+(``VMBooter.sync_running``), read from the host at the claim as a start reads them.
 
 Members are filled one at a time in the background, only while no create runs,
 and discarded when the snapshot, the default shape or the git identity changes,
@@ -93,8 +95,9 @@ class Member:
 
 def why_not_served(want: CreatePlan, image: ImageRecord | None, shape: Shape, *,
                    user_net: bool) -> str | None:
-    """Why a member of ``shape`` cannot be this create's VM, or None when it can. A workspace
-    goes in over SSH after the claim; NAT and published ports are host rules added then,
+    """Why a member of ``shape`` cannot be this create's VM, or None when it can. The
+    ``[[file_sync]]`` files and a workspace go in over SSH after the claim (read from the
+    host then, as a start reads them); NAT and published ports are host rules added then,
     except with user-mode networking, where ports are forwarded by the VMM's own argv."""
     if not want.start:
         return "created without starting"
@@ -186,8 +189,6 @@ class WarmPool:
 
     async def _find_current(self) -> tuple[Shape, ImageRecord, Path] | str:
         rt = self.rt
-        if rt.settings.file_sync:
-            return "file_sync is set (synced files are read at each start)"
         image = rt.store.images.get_default()
         if image is None:
             return "no default image"

@@ -349,9 +349,10 @@ def run_in_guest(target: GuestTarget, command: Sequence[str], stdin: IO[bytes] |
 
 
 def read_from_guest(target: GuestTarget, command: Sequence[str], limit: int,
-                    timeout: float) -> bytes:
-    """The stdout of ``command`` in the guest, at most ``limit`` bytes (else GuestError)."""
-    return _from_guest(target, command, None, limit, timeout)
+                    timeout: float, stdin: IO[bytes] | None = None) -> bytes:
+    """The stdout of ``command`` in the guest (with ``stdin``, a file), at most ``limit``
+    bytes (else GuestError)."""
+    return _from_guest(target, command, stdin, limit, timeout)
 
 
 def _from_guest(target: GuestTarget, command: Sequence[str], stdin: IO[bytes] | None,

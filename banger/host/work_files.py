@@ -1,11 +1,15 @@
-"""``[[file_sync]]``: copy files from the owner's home into a stopped VM's work disk.
+"""``[[file_sync]]``: copy files from the owner's home into a VM's ``/root``.
 
-Run at every start, before the VMM opens the disk, as one debugfs run. The
-host side is read without following links: each entry's last component is
-opened with O_NOFOLLOW, and a synced directory is walked with ``openat``
-from its own descriptors, so a symlink anywhere in it is skipped (logged,
-"file_sync skipped symlink") and its target never read. Each file is copied
-into a private staging dir with its final mode, then debugfs writes that copy.
+One plan (``plan_file_sync``), two writers: at every start, before the VMM
+opens the work disk, one debugfs run (``sync_files``); into a running guest (a
+claimed warm pool member), one tar (``write_sync_payload``) that a fixed guest
+script (``core/file_sync_script.py``) puts in place, saying what it left out
+(``apply_guest_report``). The host side is read without following links: each
+entry's last component is opened with O_NOFOLLOW, and a synced directory is
+walked with ``openat`` from its own descriptors, so a symlink anywhere in it is
+skipped (logged, "file_sync skipped symlink") and its target never read. Each
+file is copied into a private staging dir with its final mode, and the writer
+copies that.
 
 Nothing here fails a start for one entry: a missing host path, a symlink,
 a name debugfs cannot encode, or a guest path banger owns is a warning and
@@ -15,10 +19,12 @@ goes) is reported the same way.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shutil
 import stat
+import tarfile
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -68,11 +74,19 @@ class SyncPlan:
     def drop_below(self, blocked: Sequence[str]) -> None:
         """Leave out every file under ``blocked`` (the guest put a non-directory there)."""
         for d in blocked:
-            message = f"file_sync skipped /root{d}: it is not a directory on the work disk"
-            log.warning("%s", message)
-            self.skipped.append(message)
+            self._dropped(f"file_sync skipped /root{d}: it is not a directory on the work disk")
         for dest in [f for f in self.files if any(f.startswith(f"{d}/") for d in blocked)]:
             del self.files[dest]
+
+    def drop_files(self, blocked: Sequence[str]) -> None:
+        """Leave out the files ``blocked`` (the guest has a directory there)."""
+        for dest in blocked:
+            self._dropped(f"file_sync skipped /root{dest}: a directory is in its place")
+            del self.files[dest]
+
+    def _dropped(self, message: str) -> None:
+        log.warning("%s", message)
+        self.skipped.append(message)
 
     def add_dir(self, dest: str) -> None:
         if dest not in self.dirs:
@@ -203,6 +217,9 @@ def plan_file_sync(entries: Sequence[FileSyncEntry], home: Path, staging: Path) 
                 plan.skip(entry, entry.host, "a special file (not a regular file or directory)")
         finally:
             os.close(fd)
+    # Entries that collide (a file where another entry's tree has a directory): the
+    # directory wins, for both writers, as it did in debugfs (its mkdir runs first).
+    plan.drop_files([f for f in plan.files if f in plan.dirs])
     return plan
 
 
@@ -233,3 +250,63 @@ def sync_files(image: Path, entries: Sequence[FileSyncEntry], home: Path) -> Syn
         shutil.rmtree(staging, ignore_errors=True)
 
 
+
+
+PAYLOAD_DIRS, PAYLOAD_FILES, PAYLOAD_TREE = "dirs", "files", "tree"
+
+
+def _root_owned(name: str, mode: int, size: int = 0, *, kind: bytes = tarfile.REGTYPE
+                ) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.size = kind, mode, size
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+def _listing(tar: tarfile.TarFile, name: str, paths: Sequence[str]) -> None:
+    # One path a line: the plan holds no name with a newline (``_checked_dest``).
+    data = b"".join(os.fsencode(p.lstrip("/")) + b"\n" for p in paths)
+    tar.addfile(_root_owned(name, 0o600, len(data)), io.BytesIO(data))
+
+
+def write_sync_payload(plan: SyncPlan, out: Path) -> None:
+    """``plan`` as the tar the guest's file_sync script reads (``core/file_sync_script.py``):
+    the lists of directories and files, and ``tree/`` holding them, root-owned, directories
+    0755 (the mode debugfs gives a new one), each file with its staged mode."""
+    with tarfile.open(out, "x", format=tarfile.PAX_FORMAT) as tar:
+        _listing(tar, PAYLOAD_DIRS, plan.dirs)
+        _listing(tar, PAYLOAD_FILES, list(plan.files))
+        for d in plan.dirs:
+            tar.addfile(_root_owned(f"{PAYLOAD_TREE}{d}", 0o755, kind=tarfile.DIRTYPE))
+        for dest, staged in plan.files.items():
+            st = staged.stat()
+            with open(staged, "rb") as f:
+                tar.addfile(_root_owned(f"{PAYLOAD_TREE}{dest}", stat.S_IMODE(st.st_mode),
+                                        st.st_size), f)
+
+
+def apply_guest_report(plan: SyncPlan, report: bytes) -> None:
+    """Drop from ``plan`` (logged, as the debugfs writer does) what the guest's script said
+    it left out: ``dir PATH`` / ``file PATH`` lines. The guest is not trusted: a line that
+    names nothing of the plan is ignored."""
+    dirs: list[str] = []
+    files: list[str] = []
+    for line in report.split(b"\n"):
+        kind, _, rel = line.partition(b" ")
+        dest = "/" + os.fsdecode(rel)
+        if kind == b"dir" and dest in plan.dirs and dest not in dirs:
+            dirs.append(dest)
+        elif kind == b"file" and dest in plan.files and dest not in files:
+            files.append(dest)
+    plan.drop_below(dirs)
+    plan.drop_files(files)
+
+
+def pack_file_sync(entries: Sequence[FileSyncEntry], home: Path, scratch: Path,
+                   payload: Path) -> SyncPlan:
+    """Read every entry from the host (staged under ``scratch``) into the tar ``payload``
+    for a running guest; what it holds, and what was skipped."""
+    plan = plan_file_sync(entries, home, scratch)
+    write_sync_payload(plan, payload)
+    return plan

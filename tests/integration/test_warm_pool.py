@@ -8,6 +8,7 @@ product's. Real guests: tests/vm/test_warm_pool.py.
 from __future__ import annotations
 
 import asyncio
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import structlog.testing
 
 from banger.api.models import Operation, OperationState, VMCreateRequest, WorkspaceRequest
 from banger.core.errors import GuestError, SnapshotUnusable
+from banger.core.file_sync import parse_file_sync
 from banger.daemon import vm_create, vm_pool, vm_restore
 from banger.daemon.vm_layout import VMFiles
 from banger.daemon.vm_pool import WarmPool
@@ -367,3 +369,54 @@ def test_on_taps_a_claim_adds_nat_and_a_failed_claiming_create_leaves_no_tap_or_
         assert host.nat.get(bridge, set()) == {n1.guest_ip}  # n2's address left the set
         vms.drive(lambda: vms.run(vms.service.delete("n1")))
         assert host.nat.get(bridge, set()) == set() and n1.tap_name not in host.taps
+
+
+def test_with_file_sync_a_claim_copies_the_files_read_at_the_claim_and_a_failed_copy_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool fills though ``[[file_sync]]`` is set; the claiming create's ``file_sync``
+    stage copies what the home holds then (over SSH, by the same plan as a start's: a link
+    in the home and a name with a newline are left out); a copy the guest fails ends the
+    create with the member's VM gone."""
+    monkeypatch.setattr(vm_restore, "IDENTITY_TIMEOUT", 1.0)
+    home = tmp_path / "home"
+    (home / ".aws").mkdir(parents=True)
+    token = home / "token"
+    token.write_text("at the fill\n")
+    (home / ".aws" / "leak").symlink_to(tmp_path / "secret")
+    (home / ".aws" / "new\nline").write_text("unencodable\n")
+    (home / ".aws" / "$(touch PWNED)").write_text("plain data\n")
+    (tmp_path / "secret").write_text("SECRET\n")
+    monkeypatch.setenv("HOME", str(home))
+    synced = parse_file_sync([{"host": "~/token", "guest": "/root/.config/token", "mode": "0600"},
+                              {"host": "~/.aws", "guest": "/root/.aws"}], home)
+    guest = tmp_path / "guest" / "root"
+    guest.mkdir(parents=True)
+    with pooled_lean_vms(tmp_path, file_sync=synced) as (vms, backend, image):
+        vms.guest.root = guest.parent
+
+        async def scenario() -> tuple[Operation, Operation, str]:
+            p = await _filled(vms, image)
+            token.write_text("at the claim\n")
+            ok = await _create(vms, "s1")
+            await until(lambda: p.members == 1)
+            [member] = _members(p)
+            vms.guest.root = None  # the next copy fails in the guest
+            failed = await _create(vms, "s2")
+            return ok, failed, member
+
+        ok, failed, claimed = vms.drive(scenario)
+        assert ok.state is OperationState.SUCCEEDED, ok.error
+        assert str(vms.vm("s1").started_from).endswith("(warm pool)")
+        assert [s.name for s in ok.stages][-3:] == ["restore", "ssh", "file_sync"], ok.stages
+        assert ok.stages[-1].detail == "2 files copied, 2 skipped (see the daemon log)"
+        assert (guest / ".config" / "token").read_text() == "at the claim\n"
+        assert stat.S_IMODE((guest / ".config" / "token").stat().st_mode) == 0o600
+        assert (guest / ".aws" / "$(touch PWNED)").read_text() == "plain data\n"
+        assert sorted(p.name for p in (guest / ".aws").iterdir()) == ["$(touch PWNED)"]
+        assert not any(p.name == "PWNED" for p in tmp_path.rglob("*"))
+        assert failed.state is OperationState.FAILED and "filesystem" in str(failed.error)
+        assert failed.stages[-1].name == "file_sync"
+        assert vms.store.vms.find("s2") is None
+        assert not (vms.settings.paths.vms / claimed).exists()
+        assert [h.vm_id for h in backend.live()] == [vms.vm("s1").id]
+        assert not list((vms.settings.paths.state_dir / "tmp").iterdir())  # no scratch left

@@ -279,10 +279,16 @@ class FakeGuest:
             raise GuestCommandError.of(exc) from None
 
     async def read(self, target: GuestTarget, command: Sequence[str], *, limit: int,
-                   timeout: float) -> bytes:
+                   timeout: float, stdin: Path | None = None) -> bytes:
         self.calls.append(Call("guest_read", None, (command[3:],)))
+        argv = self._local(command)
         try:
-            out = (await asyncio.to_thread(run, self._local(command), timeout=timeout)).stdout
+            if stdin is None:
+                out = (await asyncio.to_thread(run, argv, timeout=timeout)).stdout
+            else:
+                with open(stdin, "rb") as f:
+                    out = (await asyncio.to_thread(
+                        functools.partial(run, argv, input=f, timeout=timeout))).stdout
         except CommandError as exc:
             raise GuestCommandError.of(exc) from None
         if len(out) > limit:

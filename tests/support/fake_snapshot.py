@@ -181,13 +181,14 @@ def lean_vms(tmp_path: Path, *, kernel_name: str | None = "k", **settings: Any
 
 @contextmanager
 def pooled_lean_vms(tmp_path: Path, transport: Transport = "chardev",
-                    host_ops: RecordingHostOps | None = None,
+                    host_ops: RecordingHostOps | None = None, **settings: Any,
                     ) -> Iterator[tuple[FakeVMs, SnapshotFakeBackend, ImageRecord]]:
     """``lean_vms`` with ``warm_pool = 1`` of a small default shape (1 vCPU, 128 MiB, 8 MiB
     disk), ``lean`` the default image, the channel over ``transport``, TAP networking
-    through ``host_ops`` if given; the pool is closed at the end."""
+    through ``host_ops`` if given, any other ``Settings`` values given; the pool is closed
+    at the end."""
     with lean_vms(tmp_path, warm_pool=1, default_vcpu=1, default_memory_mib=128,
-                  default_disk="8M", host_ops=host_ops) as (vms, backend, image):
+                  default_disk="8M", host_ops=host_ops, **settings) as (vms, backend, image):
         backend.transport = transport
         vms.store.images.set_default("lean")
         try:

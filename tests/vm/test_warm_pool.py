@@ -115,3 +115,39 @@ def test_a_daemon_killed_with_a_filled_pool_leaves_nothing_after_restart(
     assert not (vms.env.state_dir / "vms" / member).exists() and not member_run.exists()
     assert list((vms.env.state_dir / "pool").iterdir()) == []
     # its TAP: reaped with the idle ones (the factory's finalizer checks the bridge is empty)
+
+
+def test_with_file_sync_a_claim_copies_the_synced_files_into_the_guest(
+        vms: VMFactory, tmp_path: Path) -> None:
+    """``[[file_sync]]`` no longer keeps the pool empty: the claiming create copies the
+    files, read from the home at the claim, into the running guest's /root over SSH; a
+    symlink in the home is left out, a name a shell would split lands as itself."""
+    home = tmp_path / "home"
+    (home / ".tool").mkdir(parents=True)
+    token = home / ".tool" / "token"
+    token.write_text("at the fill\n")
+    (home / ".tool" / "$(touch PWNED) *").write_text("plain data\n")
+    (home / ".tool" / "leak").symlink_to(tmp_path / "secret")
+    (tmp_path / "secret").write_text("SECRET\n")
+    vms.env.extra_env["HOME"] = str(home)  # the daemon's Path.home(), the owner's home
+    vms.env.config_file.write_text('[[file_sync]]\nhost = "~/.tool"\nguest = "/root/.tool"\n'
+                                   'mode = "0600"\n')
+    snap = _pool_of_one(vms)
+    [member] = _filled(vms, 1)
+    token.write_text("at the claim\n")  # read at the claim, not at the fill
+    vms.names.append("fs1")
+    made = vms.banger("vm", "create", "--name", "fs1", "--disk", "1G", "--json")
+    assert made.returncode == 0, made.stderr
+    info = json.loads(made.stdout)
+    assert info["id"] == member and info["started_from"] == f"snapshot {snap} (warm pool)"
+    assert "claimed from the warm pool" in made.stderr, made.stderr
+    [stage] = [line for line in made.stderr.splitlines() if "file_sync" in line]
+    assert "2 files copied, 1 skipped" in stage, made.stderr
+    out = vms.ssh("fs1", "sh", "-c", "cat /root/.tool/token; stat -c '%a %u %g %F' "
+                  "/root/.tool/token /root/.tool; LC_ALL=C ls -A /root/.tool; "
+                  "cat '/root/.tool/$(touch PWNED) *'; ls -A /root")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[:3] == ["at the claim", "600 0 0 regular file", "755 0 0 directory"], lines
+    assert lines[3:6] == ["$(touch PWNED) *", "token", "plain data"], lines
+    assert "PWNED" not in lines[6:] and not any(n.startswith(".banger-sync") for n in lines)
