@@ -29,7 +29,7 @@ from banger.core.sessions import COMMAND_BYTES_MAX, SessionInfo, SessionMeta, pa
 from banger.core.states import VMState
 from banger.core.validate import validate_new_name
 from banger.daemon.vm_runtime import VMRuntime
-from banger.host.files import make_scratch, remove_tree
+from banger.host.files import remove_tree
 from banger.host.ssh import GuestCommandError
 from banger.store.records import VMRecord
 
@@ -133,7 +133,7 @@ class SessionService:
         except ValueError:  # binascii.Error, or a str that is not ASCII
             raise InvalidInput("data_b64 is not base64") from None
         vm = self._running(ref)
-        scratch = make_scratch(self.rt.paths.state_dir, "session-send-")
+        scratch = self.rt.scratch("session-send-")
         try:
             (scratch / "data").write_bytes(data)
             await self._run(vm, name, scripts.script_argv(scripts.SEND, self.top, name),

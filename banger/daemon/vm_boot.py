@@ -16,7 +16,7 @@ from banger.daemon.vm_restore import clone_spec, restore_clone
 from banger.daemon.vm_runtime import VMRuntime
 from banger.daemon.vm_watch import VMWatcher
 from banger.host import ssh, work_files
-from banger.host.files import log_tail, make_scratch, remove_tree
+from banger.host.files import log_tail, remove_tree
 from banger.host.ssh import GuestCommandError
 from banger.store.codec import utcnow
 from banger.store.records import VMRecord
@@ -108,7 +108,7 @@ class VMBooter:
         rt = self.rt
         if not rt.settings.file_sync:
             return
-        scratch = make_scratch(rt.paths.vms, "file-sync-")  # state_dir/tmp
+        scratch = rt.scratch("file-sync-")
         try:
             with ctx.stage("file_sync", detail="over SSH"):
                 payload = scratch / "payload.tar"

@@ -37,7 +37,7 @@ from banger.core.workspace_state import WorkspaceState
 from banger.daemon.operations import OperationContext, Work
 from banger.daemon.vm_runtime import VMRuntime
 from banger.host import git
-from banger.host.files import make_scratch, remove_tree
+from banger.host.files import remove_tree
 from banger.host.ssh import GuestCommandError
 from banger.store.records import VMRecord
 from banger.workspace import scripts
@@ -81,7 +81,7 @@ class WorkspaceService:
     async def dry_run(self, req: WorkspaceRequest) -> WorkspacePlanInfo:
         """What a prepare of ``req`` would ship (no VM needed)."""
         plan = await self.plan(req)
-        scratch = make_scratch(self.rt.paths.state_dir, "workspace-")
+        scratch = self.rt.scratch("workspace-")
         try:
             staged = await to_thread_joined(functools.partial(stage, plan, scratch, pack=False))
             entries = await to_thread_joined(_listing, staged)
@@ -114,7 +114,7 @@ class WorkspaceService:
     async def staged(self, ctx: OperationContext,
                      plan: Plan) -> AsyncIterator[tuple[Staged, Path]]:
         """``plan`` staged in a scratch dir (the ``stage`` stage), removed afterwards."""
-        scratch = make_scratch(self.rt.paths.state_dir, "workspace-")
+        scratch = self.rt.scratch("workspace-")
         try:
             with ctx.stage("stage", detail=str(plan.top)):
                 staged = await to_thread_joined(stage, plan, scratch)

@@ -128,7 +128,10 @@ def test_a_dry_run_lists_what_would_ship_without_a_vm(vms: FakeVMs, repo: Repo) 
     assert files["caf\\xff.txt"].kind == "file" and files["new\\x0aline.txt"].size == 8
     assert files["run.sh"].kind == "exec" and files["link_out"].kind == "link"
     assert plan.files == len(files) and plan.head_commit == repo.head()
-    assert not guest_tree(vms).exists() and list(vms.settings.paths.state_dir.glob("tmp/*")) == []
+    state_dir = vms.settings.paths.state_dir
+    assert not guest_tree(vms).exists() and list(state_dir.glob("tmp/*")) == []
+    assert (state_dir / "tmp").is_dir()  # its scratch was banger's own, in the state dir
+    assert not (state_dir.parent / "tmp").exists()  # never beside it
 
 
 def test_export_of_a_vm_without_a_workspace_is_not_found_with_the_fix(vms: FakeVMs) -> None:
