@@ -9,9 +9,7 @@ lists, is read with ``read -r`` and only ever expanded in quotes, after ``./``.
 
 from __future__ import annotations
 
-from banger.core.guest_sh import PRELUDE, sh_argv
-
-NO_TAR = 90
+from banger.core.guest_sh import PRELUDE, REQUIRE_TAR, sh_argv
 
 # stdin: the tar ``work_files.write_sync_payload`` makes: ``dirs`` (the plan's
 # directories, parents first, one a line, relative to $1), ``files`` (its files, likewise)
@@ -22,8 +20,7 @@ NO_TAR = 90
 # that file out (each said on stdout: ``dir PATH`` / ``file PATH``); a symlink where a
 # file goes is replaced, never followed.
 SYNC = PRELUDE + r"""home=$1
-command -v tar >/dev/null 2>&1 || die 90 tar
-cd "$home"
+""" + REQUIRE_TAR + r"""cd "$home"
 new=$(mktemp -d "./.banger-sync.XXXXXX")
 trap 'rm -rf "$new"' EXIT
 tar -x -p -f - -C "$new"

@@ -1,7 +1,8 @@
 """Fixed shell scripts run in guests: values travel only as ``$1 $2 ...``, failures as exit codes.
 
 Workspaces (``workspace/scripts.py``), sessions (``core/session_scripts.py``) and ``vm exec``
-(``core/workspace.py``) share the argv shape and the ``die`` helper.
+(``core/workspace.py``) share the argv shape and the ``die`` helper; workspaces and a running
+guest's file_sync (``core/file_sync_script.py``) the check that the guest has tar.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 PRELUDE = r"""set -eu
 die() { code=$1; shift; printf '%s\n' "$*" >&2; exit "$code"; }
 """
+
+NO_TAR = 90  # the exit code of a script run in a guest without tar
+REQUIRE_TAR = f"command -v tar >/dev/null 2>&1 || die {NO_TAR} tar\n"
 
 
 def sh_argv(script: str, name: str, *args: str) -> list[str]:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 
 from banger.core.cancel import to_thread_joined
 from banger.core.errors import BangerError, GuestError
 from banger.core.file_sync import GUEST_HOME
-from banger.core.file_sync_script import NO_TAR, sync_argv
+from banger.core.file_sync_script import sync_argv
+from banger.core.guest_sh import NO_TAR
 from banger.core.states import VMState
 from banger.daemon.operations import OperationContext
 from banger.daemon.vm_restore import clone_spec, restore_clone
@@ -23,7 +25,6 @@ from banger.store.records import VMRecord
 from banger.vmm.base import Handle
 
 SYNC_TIMEOUT = 600.0
-SYNC_REPORT_LIMIT = 1 << 20  # the guest's lines of what it left out
 CONSOLE_TAIL = 2000  # bytes, and at most CONSOLE_LINES lines, of the console of a guest
 CONSOLE_LINES = 20  # that never became ready, shown in the error
 
@@ -44,6 +45,12 @@ def _synced(plan: work_files.SyncPlan) -> str:
     """The file_sync stage's detail line."""
     return (f"{len(plan.files)} files copied, {len(plan.skipped)} skipped"
             + (" (see the daemon log)" if plan.skipped else ""))
+
+
+def _report_limit(plan: work_files.SyncPlan) -> int:
+    """The most an honest guest's report of what it left out can be: each of the plan's
+    directories and files once, as ``file PATH``."""
+    return sum(len(os.fsencode(p)) + 6 for p in (*plan.dirs, *plan.files)) + 1
 
 
 def _sync_failure(vm: VMRecord, exc: GuestCommandError) -> GuestError:
@@ -119,10 +126,10 @@ class VMBooter:
                     try:
                         report = await rt.guest.read(
                             rt.guest_target(vm), sync_argv(f"{GUEST_HOME}/"), stdin=payload,
-                            limit=SYNC_REPORT_LIMIT, timeout=SYNC_TIMEOUT)
+                            limit=_report_limit(plan), timeout=SYNC_TIMEOUT)
                     except GuestCommandError as exc:
                         raise _sync_failure(vm, exc) from None
-                    work_files.apply_guest_report(plan, report)
+                    await to_thread_joined(work_files.apply_guest_report, plan, report)
                 ctx.detail(_synced(plan))
         finally:
             await to_thread_joined(remove_tree, scratch)

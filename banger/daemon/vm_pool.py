@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from banger.core.errors import BangerError, GuestError, HostToolError, SnapshotDamaged
+from banger.core.guest_sh import PRELUDE, REQUIRE_TAR, sh_argv
 from banger.core.names import ID_RE, new_id
 from banger.core.states import NetMode
 from banger.core.validate import parse_size
@@ -54,6 +55,7 @@ from banger.host import ssh
 from banger.host.files import remove_tree
 from banger.host.git_identity import host_git_identity
 from banger.host.net import allocate_mac
+from banger.host.ssh import GuestCommandError
 from banger.store.records import ImageRecord, VMRecord
 from banger.vmm.base import Handle, SnapshotCapable
 from banger.vmm.channel import Channel
@@ -64,6 +66,8 @@ if TYPE_CHECKING:  # vm_create imports this module
 log = structlog.get_logger("banger.daemon.vm_pool")
 
 MEMBER_NAME = "banger-pool"  # a member's hostname until a create names it
+TAR_CHECK = sh_argv(PRELUDE + REQUIRE_TAR, "banger-pool")  # with [[file_sync]]: checked at the fill
+TAR_CHECK_TIMEOUT = 60.0
 
 # the VM, its image, the snapshot its root is based on, the git identity for its work disk
 MakeDisks = Callable[[VMRecord, ImageRecord, Path | None, dict[str, str]], Awaitable[None]]
@@ -128,6 +132,7 @@ class WarmPool:
         self._tasks = BackgroundTasks()
         self._wake = asyncio.Event()
         self._idle_why: str | None = None
+        self._without_tar: set[str] = set()  # snapshot ids whose guest has no tar
         snapshots.on_change(self.kick)  # a new snapshot fills the pool, a dropped one empties it
 
     @property
@@ -201,6 +206,9 @@ class WarmPool:
             return found
         if found.path is None:
             return "no snapshot of the default shape (banger image warm makes one)"
+        if rt.settings.file_sync and found.path.name in self._without_tar:
+            return (f"[[file_sync]] is set and the guest of snapshot {found.path.name} has no "
+                    "tar to take the files while it runs")
         git = await asyncio.to_thread(host_git_identity)
         shape = Shape(image.id, found.kernel.name, vcpu, memory,
                       parse_size(rt.settings.default_disk, "disk"), found.path.name,
@@ -245,9 +253,23 @@ class WarmPool:
             undo.push_async_callback(ssh.close_master, ssh.control_path_for(files.run_dir))
             await rt.guest.wait_ready(vm, files, host, port, held=True, alive=handle.running,
                                       deadline=time.monotonic() + rt.settings.ssh_ready_timeout)
+            if rt.settings.file_sync:
+                await self._needs_tar(vm, snapshot)
             await self._pause(handle)
             undo.pop_all()
         return Member(vm, shape, snapshot, handle, channel)
+
+    async def _needs_tar(self, vm: VMRecord, snapshot: Path) -> None:
+        """A claim puts the ``[[file_sync]]`` files in with tar: a guest without it could
+        serve no create, so its snapshot fills no member (until the daemon restarts)."""
+        try:
+            await self.rt.guest.read(self.rt.guest_target(vm), TAR_CHECK, limit=4096,
+                                     timeout=TAR_CHECK_TIMEOUT)
+        except GuestCommandError as exc:
+            self._without_tar.add(snapshot.name)
+            raise GuestError(f"the warm pool's guest has no tar ({exc.said[:80]})",
+                             hint="build an image that has it: banger image build NAME "
+                                  "--packages tar") from None
 
     async def _pause(self, handle: Handle) -> None:
         backend = self.rt.backend
@@ -257,6 +279,7 @@ class WarmPool:
     async def take(self, want: CreatePlan, image: ImageRecord | None) -> Member | None:
         """A member to be this create's VM, or None (the create goes on without the pool)."""
         if not self._members:
+            self.kick()  # a fill that failed tries again (once no create runs)
             return None
         current = await self._current()  # its create is counted in ``creates`` already
         if not self._members:  # another create took the last one meanwhile

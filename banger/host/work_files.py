@@ -26,6 +26,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ class SyncPlan:
     files: dict[str, Path] = field(default_factory=dict)  # work-disk path -> staged copy
     skipped: list[str] = field(default_factory=list)
     copies: int = 0
+    _dir_set: set[str] = field(default_factory=set, init=False, repr=False)  # ``dirs``, to look up
 
     def skip(self, entry: FileSyncEntry, path: Path, why: str) -> None:
         """Log (a warning) and record one thing left out, naming the entry."""
@@ -75,27 +77,37 @@ class SyncPlan:
         """Leave out every file under ``blocked`` (the guest put a non-directory there)."""
         for d in blocked:
             self._dropped(f"file_sync skipped /root{d}: it is not a directory on the work disk")
-        for dest in [f for f in self.files if any(f.startswith(f"{d}/") for d in blocked)]:
+        walls = set(blocked)
+        for dest in [f for f in self.files if any(d in walls for d in _parents(f))]:
             del self.files[dest]
 
     def drop_files(self, blocked: Sequence[str]) -> None:
         """Leave out the files ``blocked`` (the guest has a directory there)."""
         for dest in blocked:
-            self._dropped(f"file_sync skipped /root{dest}: a directory is in its place")
-            del self.files[dest]
+            if self.files.pop(dest, None) is not None:
+                self._dropped(f"file_sync skipped /root{dest}: a directory is in its place")
 
     def _dropped(self, message: str) -> None:
         log.warning("%s", message)
         self.skipped.append(message)
 
     def add_dir(self, dest: str) -> None:
-        if dest not in self.dirs:
+        if dest not in self._dir_set:
+            self._dir_set.add(dest)
             self.dirs.append(dest)
 
+    def has_dir(self, dest: str) -> bool:
+        return dest in self._dir_set
+
     def add_parents(self, dest: str) -> None:
-        parts = dest.strip("/").split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            self.add_dir("/" + "/".join(parts[:i]))
+        for parent in _parents(dest):
+            self.add_dir(parent)
+
+
+def _parents(dest: str) -> list[str]:
+    """``/a/b/c`` -> ``/a``, ``/a/b``: the directories above a work-disk path."""
+    parts = dest.strip("/").split("/")[:-1]
+    return ["/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
 def _owned_by_banger(dest: str) -> bool:
@@ -219,7 +231,7 @@ def plan_file_sync(entries: Sequence[FileSyncEntry], home: Path, staging: Path) 
             os.close(fd)
     # Entries that collide (a file where another entry's tree has a directory): the
     # directory wins, for both writers, as it did in debugfs (its mkdir runs first).
-    plan.drop_files([f for f in plan.files if f in plan.dirs])
+    plan.drop_files([f for f in plan.files if plan.has_dir(f)])
     return plan
 
 
@@ -250,8 +262,6 @@ def sync_files(image: Path, entries: Sequence[FileSyncEntry], home: Path) -> Syn
         shutil.rmtree(staging, ignore_errors=True)
 
 
-
-
 PAYLOAD_DIRS, PAYLOAD_FILES, PAYLOAD_TREE = "dirs", "files", "tree"
 
 
@@ -260,6 +270,7 @@ def _root_owned(name: str, mode: int, size: int = 0, *, kind: bytes = tarfile.RE
     info = tarfile.TarInfo(name)
     info.type, info.mode, info.size = kind, mode, size
     info.uid = info.gid = 0
+    info.mtime = int(time.time())  # written now, as debugfs stamps what it writes
     info.uname = info.gname = "root"
     return info
 
@@ -290,17 +301,17 @@ def apply_guest_report(plan: SyncPlan, report: bytes) -> None:
     """Drop from ``plan`` (logged, as the debugfs writer does) what the guest's script said
     it left out: ``dir PATH`` / ``file PATH`` lines. The guest is not trusted: a line that
     names nothing of the plan is ignored."""
-    dirs: list[str] = []
-    files: list[str] = []
+    dirs: dict[str, None] = {}  # ordered sets: each once, in the guest's order
+    files: dict[str, None] = {}
     for line in report.split(b"\n"):
         kind, _, rel = line.partition(b" ")
         dest = "/" + os.fsdecode(rel)
-        if kind == b"dir" and dest in plan.dirs and dest not in dirs:
-            dirs.append(dest)
-        elif kind == b"file" and dest in plan.files and dest not in files:
-            files.append(dest)
-    plan.drop_below(dirs)
-    plan.drop_files(files)
+        if kind == b"dir" and plan.has_dir(dest):
+            dirs[dest] = None
+        elif kind == b"file" and dest in plan.files:
+            files[dest] = None
+    plan.drop_below(list(dirs))
+    plan.drop_files(list(files))  # those under a reported dir are gone already
 
 
 def pack_file_sync(entries: Sequence[FileSyncEntry], home: Path, scratch: Path,

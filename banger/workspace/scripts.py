@@ -7,9 +7,10 @@ tell apart exit with the codes below and one line on stderr.
 
 from __future__ import annotations
 
-from banger.core.guest_sh import PRELUDE, sh_argv
+from banger.core import guest_sh
+from banger.core.guest_sh import PRELUDE, REQUIRE_TAR, sh_argv
 
-NO_TAR = 90
+NO_TAR = guest_sh.NO_TAR
 NO_GIT = 91
 NO_ROOM = 92
 NO_WORKSPACE = 93
@@ -29,8 +30,7 @@ _COMMON = PRELUDE + r"""dest=$1
 # races nothing; what interrupted prepares left is removed before the room check; a
 # failed unpack removes its part.
 PREPARE = _COMMON + r"""need=$2 base_dir=$3 entries=$4
-command -v tar >/dev/null 2>&1 || die 90 tar
-command -v git >/dev/null 2>&1 || die 91 git
+""" + REQUIRE_TAR + r"""command -v git >/dev/null 2>&1 || die 91 git
 parent=${dest%/*}
 name=${dest##*/}
 mkdir -p "$parent"

@@ -15,6 +15,7 @@ import logging
 import os
 import stat
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,22 @@ def test_a_guest_report_drops_only_what_the_plan_holds(tmp_path: Path) -> None:
     apply_guest_report(plan, junk + b"file g\nfile g\n")
     assert sorted(plan.files) == ["/d/f"]
     assert plan.skipped == ["file_sync skipped /root/g: a directory is in its place"]
+    apply_guest_report(plan, b"dir d\nfile d/f\n")  # a file under a reported dir: once
+    assert plan.files == {} and plan.skipped[1:] == [
+        "file_sync skipped /root/d: it is not a directory on the work disk"]
+
+
+def test_the_payloads_files_are_stamped_with_the_time_they_are_written(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "g").write_text("y\n")
+    os.utime(home / "g", (0, 0))
+    (tmp_path / "scratch").mkdir()
+    before = time.time()
+    pack_file_sync(parse_file_sync([{"host": "~/g", "guest": "/root/g"}], home), home,
+                   tmp_path / "scratch", tmp_path / "payload.tar")
+    with tarfile.open(tmp_path / "payload.tar") as tar:
+        assert tar.getmember("tree/g").mtime >= int(before)  # as debugfs stamps a write
 
 
 def test_the_payload_is_root_owned_with_the_staged_modes_and_one_path_a_line(

@@ -20,6 +20,7 @@ import structlog.testing
 from banger.api.models import Operation, OperationState, VMCreateRequest, WorkspaceRequest
 from banger.core.errors import GuestError, SnapshotUnusable
 from banger.core.file_sync import parse_file_sync
+from banger.core.guest_sh import PRELUDE, sh_argv
 from banger.daemon import vm_create, vm_pool, vm_restore
 from banger.daemon.vm_layout import VMFiles
 from banger.daemon.vm_pool import WarmPool
@@ -420,3 +421,37 @@ def test_with_file_sync_a_claim_copies_the_files_read_at_the_claim_and_a_failed_
         assert not (vms.settings.paths.vms / claimed).exists()
         assert [h.vm_id for h in backend.live()] == [vms.vm("s1").id]
         assert not list((vms.settings.paths.state_dir / "tmp").iterdir())  # no scratch left
+
+
+def test_with_file_sync_a_guest_without_tar_fills_no_member_and_creates_go_on_without(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A claim puts the synced files in with tar: a snapshot whose guest has none (checked
+    at the fill, over the member's own connection) fills nothing, says why, and leaves
+    nothing of the member; creates then start from the snapshot as without a pool."""
+    monkeypatch.setattr(vm_restore, "IDENTITY_TIMEOUT", 1.0)
+    monkeypatch.setattr(vm_pool, "TAR_CHECK", sh_argv(PRELUDE + "die 90 tar\n", "banger-pool"))
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "token").write_text("t\n")
+    monkeypatch.setenv("HOME", str(home))
+    synced = parse_file_sync([{"host": "~/token", "guest": "/root/token"}], home)
+    guest = tmp_path / "guest" / "root"
+    guest.mkdir(parents=True)
+    with pooled_lean_vms(tmp_path, file_sync=synced) as (vms, backend, image):
+        vms.guest.root = guest.parent
+
+        async def scenario() -> Operation:
+            await vms.creator.snapshots.warm(image, 1, 128)
+            pool = vms.creator.pool
+            pool.start()
+            await until(lambda: bool(pool._without_tar))  # the fill found no tar
+            op = await _create(vms, "s1")
+            await until(lambda: "has no tar" in (pool._idle_why or ""))  # looked again: idle
+            return op
+
+        op = vms.drive(scenario)
+        pool = vms.creator.pool
+        assert pool.members == 0 and _members(pool) == []
+        assert op.state is OperationState.SUCCEEDED, op.error
+        assert "warm pool" not in str(vms.vm("s1").started_from)
+        assert [h.vm_id for h in backend.live()] == [vms.vm("s1").id]
