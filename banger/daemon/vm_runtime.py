@@ -26,7 +26,7 @@ from banger.daemon.vm_guest import Guest, SSHGuest
 from banger.daemon.vm_layout import VMFiles, build_spec
 from banger.daemon.vm_network import VMNetwork
 from banger.host import ssh
-from banger.host.files import make_scratch
+from banger.host.files import make_state_scratch
 from banger.host.ssh import GuestTarget
 from banger.store.db import Store
 from banger.store.records import ImageRecord, KernelRecord, VMRecord
@@ -74,7 +74,7 @@ class VMRuntime:
     def scratch(self, prefix: str) -> Path:
         """A new private scratch dir in ``state_dir/tmp`` (what a killed daemon left there is
         swept at the next start); the caller removes it."""
-        return make_scratch(self.paths.vms, prefix)  # beside vms/: state_dir/tmp
+        return make_state_scratch(self.paths.state_dir, prefix)
 
     def files(self, vm: VMRecord) -> VMFiles:
         return VMFiles.of(self.paths, vm.id, self.backend.traits.root_format)

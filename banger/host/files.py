@@ -241,7 +241,11 @@ def remove_tree(path: Path) -> None:
 
 def scratch_root(store_dir: Path) -> Path:
     """The private scratch dir beside ``store_dir`` (``images/``, ``kernels/``): ``../tmp``."""
-    root = store_dir.parent / SCRATCH_DIR
+    return _scratch_in(store_dir.parent)
+
+
+def _scratch_in(state_dir: Path) -> Path:
+    root = state_dir / SCRATCH_DIR
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     return root
 
@@ -249,6 +253,11 @@ def scratch_root(store_dir: Path) -> Path:
 def make_scratch(store_dir: Path, prefix: str) -> Path:
     """A new private dir under :func:`scratch_root`, on the same filesystem as ``store_dir``."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir=scratch_root(store_dir)))
+
+
+def make_state_scratch(state_dir: Path, prefix: str) -> Path:
+    """A new private dir in ``state_dir/tmp`` (which ``sweep_scratch`` empties)."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=_scratch_in(state_dir)))
 
 
 def sweep_scratch(state_dir: Path) -> int:
