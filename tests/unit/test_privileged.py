@@ -17,11 +17,10 @@ import pytest
 from banger.core.errors import Forbidden, InvalidInput
 from banger.core.signals import parse_vmm_signal
 from banger.host import net
-from banger.host import proc as host_proc
 from banger.host import proc_identity as proc
 from banger.host.privileged import CheckedHostOps, HostOps, InProcessHostOps, host_ops_for
 from tests.support.fake_host_ops import RecordingHostOps
-from tests.support.processes import spawn
+from tests.support.processes import seem_exiting, spawn
 
 OWNER = net.owner_alias(1000, "/home/u/.local/state/banger")
 SLEEPER = "import time; time.sleep(30)"
@@ -281,16 +280,7 @@ def test_a_vmm_already_inside_its_exit_is_gone_not_a_stranger(
     Forbidden here). Simulated: the kernel's PF_EXITING flag and the empty cmdline."""
     child, pidfile = vmm_like
     pid, started = identity(child)
-    real_fields = host_proc._stat_fields
-
-    def exiting(of: int) -> list[str] | None:
-        fields = real_fields(of)
-        if of == pid and fields is not None:
-            fields[6] = str(int(fields[6]) | host_proc.PF_EXITING)
-        return fields
-
-    monkeypatch.setattr(host_proc, "_stat_fields", exiting)
-    monkeypatch.setattr(proc, "cmdline", lambda of: None)
+    seem_exiting(monkeypatch, pid)
     assert host_ops_for().signal_vmm(pid, started, (str(pidfile),), signal.SIGKILL) is False
     assert not proc.is_running(pid, started, ())
     monkeypatch.undo()

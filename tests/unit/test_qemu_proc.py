@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from banger.host import proc as host_proc
 from banger.host import proc_identity as proc
 from banger.vmm.qemu import QemuBackend, ownership_markers
-from tests.support.processes import spawn
+from tests.support.processes import seem_exiting, spawn
 from tests.unit.test_qemu_vmspec import make_spec
 
 
@@ -106,16 +105,7 @@ def test_wait_until_gone_waits_for_a_process_inside_its_exit_to_be_done(
     child = spawn(["sleep", "30"])
     started = proc.start_time(child.pid)
     assert started is not None
-    real_fields = host_proc._stat_fields
-
-    def exiting(of: int) -> list[str] | None:
-        fields = real_fields(of)
-        if of == child.pid and fields is not None:
-            fields[6] = str(int(fields[6]) | host_proc.PF_EXITING)
-        return fields
-
-    monkeypatch.setattr(host_proc, "_stat_fields", exiting)
-    monkeypatch.setattr(proc, "cmdline", lambda of: None)
+    seem_exiting(monkeypatch, child.pid)
 
     async def scenario() -> tuple[bool, tuple[str, int] | None]:
         asyncio.get_running_loop().call_later(0.3, child.kill)

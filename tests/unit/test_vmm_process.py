@@ -11,12 +11,11 @@ import pytest
 
 from banger.core.errors import Forbidden, HostToolError
 from banger.core.vmspec import RootDisk, VMSpec
-from banger.host import proc as host_proc
 from banger.host import proc_identity as proc
 from banger.vmm.base import Handle, StopOutcome
 from banger.vmm.firecracker import FirecrackerBackend
 from banger.vmm.qemu import QemuBackend
-from tests.support.processes import spawn
+from tests.support.processes import seem_exiting, spawn
 from tests.unit.test_qemu_vmspec import make_spec
 
 BACKENDS: dict[str, tuple[type[QemuBackend] | type[FirecrackerBackend], set[str]]] = {
@@ -105,16 +104,7 @@ def test_a_stop_finding_its_vmm_inside_its_exit_waits_before_removing_its_files(
     spec.pidfile.write_text(f"{child.pid}\n")
     handle = Handle("qemu", spec.vm_id, child.pid, started, spec.qmp_socket, spec.pidfile,
                     spec.vmm_log, (str(spec.pidfile),))
-    real_fields = host_proc._stat_fields
-
-    def exiting(of: int) -> list[str] | None:
-        fields = real_fields(of)
-        if of == child.pid and fields is not None:
-            fields[6] = str(int(fields[6]) | host_proc.PF_EXITING)
-        return fields
-
-    monkeypatch.setattr(host_proc, "_stat_fields", exiting)
-    monkeypatch.setattr(proc, "cmdline", lambda of: None)
+    seem_exiting(monkeypatch, child.pid)
     backend = QemuBackend("/nonexistent/vmm")
 
     async def scenario() -> tuple[StopOutcome, bool]:
