@@ -27,7 +27,7 @@ from banger.core.errors import GuestError, InvalidInput, StoreError
 from banger.core.sshcmd import CONNECT_TIMEOUT, ssh_argv
 from banger.core.validate import approx_size
 from banger.core.wait import Backoff
-from banger.host.files import atomic_write_text, flock_wait, open_nofollow, write_private
+from banger.host.files import atomic_write_text, flock_wait, log_tail, open_nofollow, write_private
 from banger.host.run import (
     CommandError,
     OutputTooLarge,
@@ -186,12 +186,18 @@ async def open_master(
     argv = ssh_argv(host, port, key, known_hosts, connect_timeout=2,
                     control_path=control_path, authenticate_only=True, held=held)
 
+    def said() -> str:
+        """ssh's last line in the log (why it gave up), escaped when shown: the log goes
+        with a failed create's VM, the error stays."""
+        lines = log_tail(log_path, 1024).splitlines()
+        return f"ssh said: {lines[-1]}" if lines else "ssh said nothing"
+
     async def attempt(remaining: float) -> str | None:
         try:
             status = await arun_to_log(argv, log_path=log_path, timeout=min(remaining, 15))
         except CommandError as exc:  # a try that timed out: try again
-            return exc.message
-        return None if status == 0 else f"ssh exited with status {status} (see {log_path})"
+            return f"{exc.message} ({said()})"
+        return None if status == 0 else f"ssh exited with status {status} ({said()})"
 
     await _until_ssh_accepts(host, port, deadline=deadline, alive=alive, attempt=attempt)
 

@@ -94,13 +94,13 @@ def test_invalid_name_and_zero_vcpu_leave_no_row(vms: VMFactory) -> None:
 
 
 def test_two_concurrent_vm_runs_both_succeed(vms: VMFactory) -> None:
-    def run(name: str) -> int:
+    def run(name: str) -> tuple[int, str]:
         result = vms.banger("vm", "run", "--rm", "--name", name, "--disk", "1G", "--", "true")
-        return result.returncode
+        return result.returncode, result.stderr
 
     with ThreadPoolExecutor(2) as pool:
-        codes = list(pool.map(run, ["one", "two"]))
-    assert codes == [0, 0]
+        results = list(pool.map(run, ["one", "two"]))
+    assert [code for code, _ in results] == [0, 0], results
     assert vms.rows() == []
 
 
