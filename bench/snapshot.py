@@ -21,6 +21,7 @@ from bench.measure import (
     launch_stage,
     load,
     op_for,
+    run_breakdown,
     stage_seconds,
 )
 from bench.stats import summary
@@ -97,11 +98,19 @@ def creates(env: BenchEnv, n: int, progress: Progress) -> dict[str, Any]:
 def concurrent(env: BenchEnv, n: int, progress: Progress) -> dict[str, Any]:
     """``n`` concurrent ``vm run --rm -- true``, all from the one snapshot."""
     prefix = "bench-sncc"
+    started = time.time()
     doc = concurrent_runs(env, n, progress, prefix=prefix)
+    ended = time.time()
+    if doc["succeeded"] != n:
+        return {**doc, "restored": None}
+    names = [f"{prefix}{i}" for i in range(n)]
+    ops = env.operations()
     doc["restored"] = sum(
-        1 for i in range(n)
-        if launch_stage(op_for(env.operations(), "vm.create", f"{prefix}{i}")) == "restore"
-    ) if doc["succeeded"] == n else None
+        1 for name in names if launch_stage(op_for(ops, "vm.create", name)) == "restore")
+    rows = [run_breakdown(env, name, started, ended) for name in names]
+    doc["where_s"] = {key: summary([row[key] for row in rows]) for key in
+                      ("create_s", "create_stage_restore_s", "create_stage_ssh_s", "exec_s",
+                       "delete_s") if all(key in row for row in rows)}
     return doc
 
 

@@ -159,6 +159,10 @@ def _connect_options(key: Path, known_hosts: Path | None, timeout: float) -> dic
     }
 
 
+PROBE_CONNECT_TIMEOUT = 2  # seconds: a guest whose network is not up yet is tried again soon
+SLOW_GREETING_TIMEOUT = 12  # the most it grows to for an sshd slow to greet (open_master)
+
+
 async def open_master(
     host: str,
     port: int,
@@ -183,8 +187,7 @@ async def open_master(
     (``ssh_argv``) outlives a pause of its guest.
     """
     await close_master(control_path)
-    argv = ssh_argv(host, port, key, known_hosts, connect_timeout=2,
-                    control_path=control_path, authenticate_only=True, held=held)
+    connect_timeout = PROBE_CONNECT_TIMEOUT
 
     def said() -> str:
         """ssh's last line in the log (why it gave up), escaped when shown: the log goes
@@ -193,11 +196,23 @@ async def open_master(
         return f"ssh said: {lines[-1]}" if lines else "ssh said nothing"
 
     async def attempt(remaining: float) -> str | None:
+        nonlocal connect_timeout
+        argv = ssh_argv(host, port, key, known_hosts, connect_timeout=connect_timeout,
+                        control_path=control_path, authenticate_only=True, held=held)
         try:
             status = await arun_to_log(argv, log_path=log_path, timeout=min(remaining, 15))
         except CommandError as exc:  # a try that timed out: try again
             return f"{exc.message} ({said()})"
-        return None if status == 0 else f"ssh exited with status {status} ({said()})"
+        if status == 0:
+            return None
+        why = said()
+        if "banner exchange" in why:
+            # sshd took the connection but did not greet in time (a loaded TCG guest's sshd
+            # starting anew for each connection): every abandoned try costs the guest one
+            # more sshd start, so trying as often again only adds to its load (CI saw a
+            # guest never catch up in 120 s). Wait longer for the next greeting instead.
+            connect_timeout = min(connect_timeout * 2, SLOW_GREETING_TIMEOUT)
+        return f"ssh exited with status {status} ({why})"
 
     await _until_ssh_accepts(host, port, deadline=deadline, alive=alive, attempt=attempt)
 

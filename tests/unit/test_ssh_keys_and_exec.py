@@ -296,3 +296,54 @@ def test_open_master_gives_up_at_the_deadline_when_nothing_listens(
 def test_control_path_is_dropped_when_too_long_for_a_socket(tmp_path: Path) -> None:
     assert control_path_for(Path("/run/user/1000/banger/vms/abc")) is not None
     assert control_path_for(Path("/" + "x" * 95)) is None
+
+
+async def _greeting_delayed(port: int, target: int, delay: float) -> asyncio.Server:
+    """A TCP relay on ``port`` to ``target`` that holds each connection ``delay`` seconds
+    before anything passes: an sshd too loaded to greet in time (a busy TCG guest)."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def relay(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(delay)
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", target)
+        await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
+
+    return await asyncio.start_server(relay, "127.0.0.1", port)
+
+
+def test_open_master_waits_longer_for_an_sshd_too_slow_to_greet(
+    keys: Keys, tmp_path: Path
+) -> None:
+    """An sshd that takes the connection but greets after the 2 s ConnectTimeout: each
+    abandoned try would cost the guest another sshd start, so the next try waits longer
+    (without it, every try times out until the deadline)."""
+    relay_port = _free_port()
+    line = keys.known_hosts.read_text()  # the VM's key, as reached through the relay
+    keys.known_hosts.write_text(line.replace(f"]:{keys.port} ", f"]:{relay_port} "))
+
+    async def scenario() -> None:
+        server = await asyncssh.listen(
+            "127.0.0.1", keys.port, server_host_keys=[str(keys.host_key)],
+            authorized_client_keys=str(keys.authorized))
+        relay = await _greeting_delayed(relay_port, keys.port, delay=2.6)
+        try:
+            await open_master("127.0.0.1", relay_port, keys.client, keys.known_hosts,
+                              tmp_path / "ctl", deadline=time.monotonic() + 14,
+                              log_path=tmp_path / "ssh.log")
+            await close_master(tmp_path / "ctl")
+        finally:
+            relay.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
+    assert "banner exchange" in (tmp_path / "ssh.log").read_text()  # the first try gave up
