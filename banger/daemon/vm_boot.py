@@ -11,7 +11,7 @@ from banger.core.cancel import to_thread_joined
 from banger.core.errors import BangerError, GuestError
 from banger.core.file_sync import GUEST_HOME
 from banger.core.file_sync_script import sync_argv
-from banger.core.guest_sh import NO_TAR
+from banger.core.guest_sh import NO_TAR, lacks_tar
 from banger.core.states import VMState
 from banger.daemon.operations import OperationContext
 from banger.daemon.vm_restore import clone_spec, restore_clone
@@ -55,9 +55,7 @@ def _report_limit(plan: work_files.SyncPlan) -> int:
 
 def _sync_failure(vm: VMRecord, exc: GuestCommandError) -> GuestError:
     if exc.status == NO_TAR:
-        return GuestError(f"VM '{vm.name}': file_sync needs tar in the guest, it has none",
-                          hint="build an image that has it: banger image build NAME "
-                               "--packages tar")
+        return lacks_tar(vm.name)
     return GuestError(f"VM '{vm.name}': file_sync failed in the guest ({exc.status}): "
                       f"{exc.said[:200]}", hint=f"see the guest: banger vm ssh {vm.name}")
 

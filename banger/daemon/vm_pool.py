@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from banger.core.errors import BangerError, GuestError, HostToolError, SnapshotDamaged
-from banger.core.guest_sh import PRELUDE, REQUIRE_TAR, sh_argv
+from banger.core.guest_sh import NO_TAR, PRELUDE, REQUIRE_TAR, lacks_tar, sh_argv
 from banger.core.names import ID_RE, new_id
 from banger.core.states import NetMode
 from banger.core.validate import parse_size
@@ -266,10 +266,10 @@ class WarmPool:
             await self.rt.guest.read(self.rt.guest_target(vm), TAR_CHECK, limit=4096,
                                      timeout=TAR_CHECK_TIMEOUT)
         except GuestCommandError as exc:
+            if exc.status != NO_TAR:
+                raise
             self._without_tar.add(snapshot.name)
-            raise GuestError(f"the warm pool's guest has no tar ({exc.said[:80]})",
-                             hint="build an image that has it: banger image build NAME "
-                                  "--packages tar") from None
+            raise lacks_tar(vm.name) from None
 
     async def _pause(self, handle: Handle) -> None:
         backend = self.rt.backend

@@ -30,6 +30,7 @@ from banger.api.models import (
 from banger.core.cancel import to_thread_joined
 from banger.core.display import display_path
 from banger.core.errors import BangerError, Conflict, GuestError, InvalidInput, NotFound
+from banger.core.guest_sh import lacks_tar
 from banger.core.states import VMState
 from banger.core.validate import approx_size
 from banger.core.workspace import WorkspaceMode, validate_commit_id
@@ -230,7 +231,7 @@ def _guest_failure(vm: VMRecord, exc: GuestCommandError) -> Exception:
     code = exc.status
     image_hint = "build an image that has it: banger image build NAME --packages tar,git"
     if code == scripts.NO_TAR:
-        return GuestError(f"VM '{vm.name}': the guest has no tar", hint=image_hint)
+        return lacks_tar(vm.name, "tar,git")
     if code == scripts.NO_GIT:
         return GuestError(f"VM '{vm.name}': the guest has no git", hint=image_hint)
     if code == scripts.NO_ROOM:
