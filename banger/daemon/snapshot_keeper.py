@@ -13,7 +13,7 @@
 - Snapshots stale for good that no VM's root is backed by any more are removed
   (``Snapshots.prune``: one at a time) where one may have gone stale or free: at
   daemon start, after a kernel is deleted, when a lookup finds the VMM's version or
-  an image's kernel changed or looks an image up first (``Snapshots.on_stale``),
+  an image's kernel changed since the last lookup (``Snapshots.on_stale``),
   after a snapshot is made or dropped (a build's lock kept an older generation), and
   when a VM lets go of its snapshot (``VMRuntime.on_snapshot_released``: deleted, or
   its disks made again on the image after a failed restore; the last clone takes a

@@ -206,11 +206,10 @@ class Snapshots:
 
     def _notice(self, image_id: str, key: SnapshotKey) -> None:
         """Tell ``on_stale`` listeners when ``key``'s VMM version or its image's kernel
-        (name, import time, files) differ from the last lookup's, or none was seen yet
-        (either may have changed since the daemon's start-up sweep): snapshots made before
-        may be stale now."""
+        (name, import time, files) differ from the last lookup's: snapshots made before may
+        be stale now. A first sighting only records (the daemon swept at its start)."""
         now = {("vmm", ""): key.vmm_version, ("kernel", image_id): key.kernel}
-        stale = any(self._seen.get(what) != seen for what, seen in now.items())
+        stale = any(self._seen.get(what, seen) != seen for what, seen in now.items())
         self._seen.update(now)
         if stale:
             self._stale.notify()
