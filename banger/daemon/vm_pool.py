@@ -156,30 +156,34 @@ class WarmPool:
             await self._fill()
 
     async def _fill(self) -> None:
-        """Discard stale members, then fill up to ``size``, one at a time, from one look at
-        the shape and the git identity (``_current``): a create beginning meanwhile makes it
-        wait and look again; a kick meanwhile (a snapshot made or dropped, a claim) ends it,
-        and ``_fill_forever`` looks again."""
+        """Discard stale members, then fill up to ``size`` from one look at the shape and
+        the git identity (``_current``); look again after a create that began meanwhile."""
         while True:
             await self.creates.lull()  # woken, but a create may have begun since
             current = await self._current()
             await self._discard_stale(current[0] if current else None)
-            while current is not None and len(self._members) < self.size:
-                if self._wake.is_set():
-                    return
-                if not self.creates.quiet:  # a create began: after it
-                    break
-                try:
-                    member = await self._fill_one(*current)
-                except BangerError as exc:  # the next kick tries again
-                    log.warning("could not fill the warm pool", error=exc.message, hint=exc.hint)
-                    if isinstance(exc, SnapshotDamaged):  # its files are bad: a create's rule
-                        await self.snapshots.invalidate(current[2].name, exc.message)
-                    return
-                self._members.append(member)
-                log.info("warm pool member ready", member=member.vm.id, members=self.members)
-            else:
+            if current is None or not await self._fill_up(*current):
                 return
+
+    async def _fill_up(self, shape: Shape, image: ImageRecord, snapshot: Path) -> bool:
+        """Members one at a time until ``size``; True when a create began meanwhile (look
+        again after it). A kick meanwhile (a snapshot made or dropped, a claim) or a
+        failed fill ends it: ``_fill_forever`` looks again at the next kick."""
+        while len(self._members) < self.size:
+            if self._wake.is_set():
+                return False
+            if not self.creates.quiet:
+                return True
+            try:
+                member = await self._fill_one(shape, image, snapshot)
+            except BangerError as exc:
+                log.warning("could not fill the warm pool", error=exc.message, hint=exc.hint)
+                if isinstance(exc, SnapshotDamaged):  # its files are bad: a create's rule
+                    await self.snapshots.invalidate(snapshot.name, exc.message)
+                return False
+            self._members.append(member)
+            log.info("warm pool member ready", member=member.vm.id, members=self.members)
+        return False
 
     async def _current(self) -> tuple[Shape, ImageRecord, Path] | None:
         """The default shape and its snapshot; None (saying why, once) when there is none."""
